@@ -1,0 +1,139 @@
+"""The `megdecode` command: thin shells over the library, one sub-command per stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+logger = logging.getLogger("megdecode.cli")
+
+Size = Annotated[str, typer.Option(help="twin size: tiny | demo | full")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    from megdecode.logs import setup_logging
+
+    setup_logging("DEBUG" if verbose else "INFO")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="BIDS root to write")],
+    size: Size = "tiny",
+    seed: int = 0,
+) -> None:
+    """Write the MEG twin (a simulated THINGS-MEG-like BIDS dataset) to OUT."""
+    from megdecode.data.simulate import TwinConfig, simulate as run_simulation
+
+    summary = run_simulation(TwinConfig.preset(size, seed=seed), out)
+    typer.echo(json.dumps(_as_dict(summary), indent=2, default=str))
+
+
+@app.command()
+def preprocess(
+    bids_root: Annotated[Path, typer.Option("--bids", help="BIDS root (THINGS-MEG or twin)")],
+    out: Annotated[Path, typer.Option(help="epoch store to write")],
+    subjects: Annotated[list[str] | None, typer.Option("--subject")] = None,
+    ray: Annotated[bool, typer.Option(help="one Ray task per run file")] = True,
+    address: Annotated[str | None, typer.Option(help="Ray address; default: local cluster")] = None,
+) -> None:
+    """Preprocess every run (paper pipeline) into the Parquet epoch store."""
+    report = _preprocess(bids_root, out, subjects, ray, address)
+    typer.echo(json.dumps(_as_dict(report), indent=2, default=str))
+
+
+@app.command()
+def latents(
+    store: Annotated[Path, typer.Option(help="epoch store (lists the images)")],
+    bids_root: Annotated[Path, typer.Option("--bids", help="BIDS root holding stimuli/")],
+    out: Annotated[Path, typer.Option(help="latents folder")],
+    encoder: Annotated[list[str], typer.Option(help="handcrafted | clip-vision | clip-vision-tokens")] = ["handcrafted"],  # noqa: B006
+    images_root: Annotated[Path | None, typer.Option(help="images folder (real THINGS images)")] = None,
+    clip_model: str = "ViT-L-14",
+    clip_weights: Annotated[Path | None, typer.Option(help="local open_clip checkpoint")] = None,
+    device: str = "cpu",
+) -> None:
+    """Encode every stimulus of the store into latents/<name>.parquet."""
+    from megdecode.latents.registry import build_latents, make_encoder
+
+    for name in encoder:
+        enc = make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device)
+        report = build_latents(store, bids_root, out, enc, images_root=images_root)
+        typer.echo(json.dumps(_as_dict(report), default=str))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
+    size: Size = "demo",
+    seed: int = 0,
+    ray: Annotated[bool, typer.Option(help="preprocess on a local Ray cluster")] = True,
+    clip_weights: Annotated[Path | None, typer.Option(help="local open_clip checkpoint")] = None,
+    clip_model: str = "ViT-L-14",
+) -> None:
+    """Simulate the twin, preprocess it, write the epoch store and the latents, summarise."""
+    from megdecode.data import shards
+    from megdecode.data.simulate import TwinConfig, simulate as run_simulation
+    from megdecode.latents.registry import build_latents, make_encoder
+
+    start = time.perf_counter()
+    bids_root, store, latent_dir = out / "bids", out / "store", out / "latents"
+    twin = run_simulation(TwinConfig.preset(size, seed=seed), bids_root)
+    report = _preprocess(bids_root, store, None, ray, None)
+    encoders = ["handcrafted"]
+    if clip_weights is not None:
+        encoders.append("clip-vision")
+    else:
+        logger.warning("no --clip-weights given: skipping CLIP-Vision latents (no weights are downloaded)")
+    latent_reports = [
+        build_latents(store, bids_root, latent_dir, make_encoder(n, clip_model, clip_weights))
+        for n in encoders
+    ]
+    manifest = shards.read_manifest(store)
+    summary = {
+        "twin": _as_dict(twin),
+        "store": _as_dict(report) | {"rows_per_subject": manifest.row_counts},
+        "latents": [_as_dict(r) for r in latent_reports],
+        "seconds_total": round(time.perf_counter() - start, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def _preprocess(bids_root: Path, out: Path, subjects: list[str] | None, use_ray: bool, address: str | None):  # type: ignore[no-untyped-def]
+    from megdecode.data.build import build_epoch_store
+
+    if not use_ray:
+        return build_epoch_store(bids_root, out, subjects=subjects)
+    import ray as ray_module
+
+    from megdecode.raycluster import init_ray
+
+    init_ray(address)
+    try:
+        return build_epoch_store(bids_root, out, subjects=subjects, use_ray=True)
+    finally:
+        ray_module.shutdown()
+
+
+def _as_dict(obj: object) -> dict:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return dict(vars(obj))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Generation: latent-conditioned image generators, post-processing and image metrics."""

@@ -1,0 +1,1 @@
+"""Image latents: frozen image models that map stimuli to target vectors, with caching."""

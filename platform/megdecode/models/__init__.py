@@ -1,0 +1,1 @@
+"""Models: the brain module and the ridge baseline."""

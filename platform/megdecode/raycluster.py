@@ -1,0 +1,35 @@
+"""Start or attach to Ray the same way from every entry point.
+
+A laptop run starts a private local cluster bound to loopback (the GCS otherwise listens
+on every interface); a cluster run passes ``--address auto`` or ``ray://host:10001``.
+``RAY_ADDRESS=http://host:8265`` is the job-submission address for the CLI only: Ray's
+``init`` rejects it, so it is ignored here with a warning instead of a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
+    """`ray.init` for our jobs: local and loopback-only unless an address is given."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env_address = os.environ.get("RAY_ADDRESS", "")
+    if env_address.startswith("http"):
+        logger.warning("ignoring RAY_ADDRESS=%s (a dashboard URL for `ray job`, not for ray.init)", env_address)
+        os.environ.pop("RAY_ADDRESS")
+        env_address = ""
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    options.update(kwargs)
+    if address or env_address:
+        ray.init(address=address or env_address, **options)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **options)
+    logger.info("ray: %s", ray.cluster_resources())
