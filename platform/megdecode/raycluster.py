@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+
+def package_dir() -> str:
+    """The folder of the installed or checked-out `megdecode` package."""
+    import megdecode
+
+    return str(Path(megdecode.__file__).resolve().parent)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
@@ -29,6 +37,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     options.update(kwargs)
     if address or env_address:
+        # Attaching to a cluster whose workers may not have megdecode installed (a job
+        # submitted with --working-dir ships the repo, but platform/ is not on sys.path):
+        # ship the package itself.
+        options.setdefault("runtime_env", {"py_modules": [package_dir()]})
         ray.init(address=address or env_address, **options)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **options)
