@@ -24,7 +24,7 @@ from megdecode.data.preprocess import (
     EpochBlock,
     PreprocessConfig,
     apply_scaler,
-    fit_robust_scaler,
+    fit_scaler,
     preprocess_run,
 )
 from megdecode.data.splits import SplitConfig, assign_splits
@@ -104,7 +104,7 @@ def scale_subject(block: EpochBlock, split: SplitConfig, cfg: PreprocessConfig) 
     train = metadata["split"].to_numpy() == "train"
     if not train.any():
         raise ValueError(f"subject {metadata['subject'].iloc[0]} has no training epochs")
-    scaler = fit_robust_scaler(block.data[train])
+    scaler = fit_scaler(block.data[train], cfg)
     data = apply_scaler(block.data, scaler, cfg.clip)
     scaled = EpochBlock(
         data=data,

@@ -51,7 +51,7 @@ def make_encoder(
 
 def store_images(store: Path) -> tuple[np.ndarray, list[str]]:
     """Unique (image_id, image_path) pairs of every epoch in the store, sorted by id."""
-    _, meta = shards.load_epochs(store, columns_only=True)
+    meta = shards.load_metadata(store)
     unique = meta[["image_id", "image_path"]].drop_duplicates("image_id").sort_values("image_id")
     return unique["image_id"].to_numpy(np.int64), unique["image_path"].astype(str).tolist()
 

@@ -1,0 +1,145 @@
+"""Latent caches: ``<cache_dir>/<encoder.name>.parquet``, one row per image id.
+
+Encoding 22k THINGS images through CLIP takes hours on CPU, and every subject, split,
+seed and search trial needs the same vectors, so each image is encoded once. Columns:
+``image_id`` int64 and ``latent``, a canonical ``arrow.fixed_shape_tensor`` of shape
+(F,) float32 (the same choice as the epoch store: pyarrow and Ray Data both read it as
+an array). The schema metadata records the encoder name, dim, fingerprint and token shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from megdecode.latents.base import ImageEncoder, fingerprint
+from megdecode.logs import progress
+
+logger = logging.getLogger(__name__)
+
+_META_KEY = b"megdecode.latents"
+
+
+class LatentCacheError(ValueError):
+    """A cache file does not match the encoder asking for it; the message names the file."""
+
+
+def cache_path(cache_dir: str | Path, name: str) -> Path:
+    return Path(cache_dir) / f"{name}.parquet"
+
+
+def latent_info(path: str | Path) -> dict[str, Any]:
+    """Encoder name, dim, fingerprint and token_shape stored with a cache file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no latent cache at {path}")
+    meta = pq.read_schema(path).metadata or {}
+    if _META_KEY not in meta:
+        raise LatentCacheError(f"{path} is not a megdecode latent cache (no {_META_KEY!r})")
+    return dict(json.loads(meta[_META_KEY]))
+
+
+def load_latents(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (N,) int64, latents (N, F) float32), sorted by image id."""
+    path = Path(path)
+    latent_info(path)
+    table = pq.read_table(path)
+    ids = table.column("image_id").to_numpy()
+    latents = table.column("latent").combine_chunks().to_numpy_ndarray()
+    return ids.astype(np.int64), np.ascontiguousarray(latents, dtype=np.float32)
+
+
+def _write(path: Path, ids: np.ndarray, latents: np.ndarray, info: dict[str, Any]) -> None:
+    """Write sorted by id to a temp file, then rename: readers never see half a cache."""
+    order = np.argsort(ids, kind="stable")
+    table = pa.table(
+        {
+            "image_id": pa.array(ids[order], pa.int64()),
+            "latent": pa.FixedShapeTensorArray.from_numpy_ndarray(
+                np.ascontiguousarray(latents[order])
+            ),
+        }
+    )
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(info).encode()})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _open_rgb(path: str | Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def encode_cached(
+    encoder: ImageEncoder,
+    image_ids: Sequence[int] | np.ndarray,
+    image_paths: Sequence[str | Path],
+    cache_dir: str | Path,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Latents of `image_ids`, encoding only the ids missing from the cache.
+
+    Returns (ids (N,) int64 in the order given, latents (N, F) float32), duplicates
+    included. `image_paths[i]` is the file of `image_ids[i]`.
+    """
+    ids = np.asarray(image_ids, dtype=np.int64)
+    if len(ids) != len(image_paths):
+        raise ValueError(f"{len(ids)} image ids but {len(image_paths)} image paths")
+    path = cache_path(cache_dir, encoder.name)
+    info = {
+        "name": encoder.name,
+        "dim": int(encoder.dim),
+        "fingerprint": fingerprint(encoder),
+        "token_shape": getattr(encoder, "token_shape", None),
+    }
+    cached_ids = np.empty(0, np.int64)
+    cached = np.empty((0, encoder.dim), np.float32)
+    if path.exists():
+        stored = latent_info(path)
+        for key in ("dim", "fingerprint"):
+            if stored.get(key) != info[key]:
+                raise LatentCacheError(
+                    f"{path} was written with {key}={stored.get(key)!r}, the encoder has "
+                    f"{info[key]!r}; delete it or use another cache_dir"
+                )
+        cached_ids, cached = load_latents(path)
+
+    known = set(cached_ids.tolist())
+    todo: dict[int, str | Path] = {}
+    for image_id, image_path in zip(ids.tolist(), image_paths, strict=True):
+        if image_id not in known and image_id not in todo:
+            todo[image_id] = image_path
+    if todo:
+        new_ids = np.fromiter(todo, np.int64, len(todo))
+        paths = list(todo.values())
+        chunks = []
+        starts = range(0, len(paths), batch_size)
+        for start in progress(starts, desc=f"encode {encoder.name}", total=len(starts)):
+            images = [_open_rgb(p) for p in paths[start : start + batch_size]]
+            out = np.asarray(encoder.encode(images))
+            if out.shape != (len(images), encoder.dim) or out.dtype != np.float32:
+                raise LatentCacheError(
+                    f"{encoder.name}.encode returned {out.shape} {out.dtype}, "
+                    f"expected ({len(images)}, {encoder.dim}) float32"
+                )
+            chunks.append(out)
+        logger.info(
+            "%s: encoded %d new images (%d cached)", encoder.name, len(new_ids), len(cached_ids)
+        )
+        cached_ids = np.concatenate([cached_ids, new_ids])
+        cached = np.concatenate([cached, *chunks])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, cached_ids, cached, info)
+
+    row = {image_id: i for i, image_id in enumerate(cached_ids.tolist())}
+    return ids, cached[[row[i] for i in ids.tolist()]]
