@@ -1,0 +1,183 @@
+"""Time-window curves: one model per window, to see *when* the image is decodable.
+
+The paper trains one decoder per window: sliding 100 ms windows with a 25 ms stride, and
+growing windows [0, 100] ... [0, 1500] ms. Our stored epochs span -0.5 .. +1.0 s around
+image onset, so every grid is clipped to the epoch: sliding windows run from the epoch
+start (pre-stimulus windows give a chance-level reference) to the epoch end, and growing
+windows stop at min(1.5 s, epoch end), i.e. [0, 0.1] ... [0, 1.0] s by default.
+Times are in seconds and rounded to the microsecond so that grids compare exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from megdecode.logs import progress as progress_bar
+
+logger = logging.getLogger(__name__)
+
+Window = tuple[float, float]
+
+# Latest end of the paper's growing windows (s); clipped to the stored epoch.
+PAPER_GROWING_MAX = 1.5
+
+
+def _r(t: float) -> float:
+    return round(t, 6)
+
+
+def window_grid(
+    kind: str,
+    epoch_tmin: float = -0.5,
+    epoch_tmax: float = 1.0,
+    width: float = 0.1,
+    stride: float = 0.025,
+    start: float = 0.0,
+    step: float = 0.1,
+    growing_max: float = PAPER_GROWING_MAX,
+) -> list[Window]:
+    """Windows (tmin, tmax) in seconds, all inside [epoch_tmin, epoch_tmax].
+
+    kind="sliding": [t, t + width] for t = epoch_tmin, epoch_tmin + stride, ... while the
+        window fits; defaults give 57 windows, [-0.5, -0.4] ... [0.9, 1.0].
+    kind="growing": [start, start + step], [start, start + 2 step], ... up to
+        min(growing_max, epoch_tmax); defaults give [0, 0.1] ... [0, 1.0] (10 windows).
+    """
+    if epoch_tmax <= epoch_tmin:
+        raise ValueError(f"empty epoch [{epoch_tmin}, {epoch_tmax}]")
+    tol = 1e-9
+    if kind == "sliding":
+        if width <= 0 or stride <= 0:
+            raise ValueError(f"width and stride must be > 0, got {width}, {stride}")
+        n = math.floor((epoch_tmax - epoch_tmin - width) / stride + tol) + 1
+        if n < 1:
+            raise ValueError(f"a {width} s window does not fit in [{epoch_tmin}, {epoch_tmax}]")
+        return [
+            (_r(epoch_tmin + i * stride), _r(epoch_tmin + i * stride + width)) for i in range(n)
+        ]
+    if kind == "growing":
+        if step <= 0:
+            raise ValueError(f"step must be > 0, got {step}")
+        if not epoch_tmin - tol <= start < epoch_tmax:
+            raise ValueError(f"start {start} outside the epoch [{epoch_tmin}, {epoch_tmax})")
+        end = min(growing_max, epoch_tmax)
+        n = math.floor((end - start) / step + tol)
+        if n < 1:
+            raise ValueError(f"no growing window of step {step} fits in [{start}, {end}]")
+        return [(_r(start), _r(start + i * step)) for i in range(1, n + 1)]
+    raise ValueError(f"kind must be 'sliding' or 'growing', got {kind!r}")
+
+
+def window_curve(
+    fit_eval: Callable[[float, float], Mapping[str, float]],
+    windows: Sequence[Window],
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Call fit_eval(tmin, tmax) once per window (it trains and scores one model).
+
+    Returns one row per window, in the given order: tmin, tmax, center, then the metrics
+    the callable returned (a metric missing for some window is NaN there).
+    """
+    rows: list[dict[str, float]] = []
+    items = progress_bar(windows, desc="windows", total=len(windows)) if progress else windows
+    for i, (tmin, tmax) in enumerate(items):
+        started = time.perf_counter()
+        metrics = fit_eval(tmin, tmax)
+        if not isinstance(metrics, Mapping):
+            raise TypeError(
+                f"fit_eval must return a mapping of metrics, got {type(metrics).__name__}"
+            )
+        clash = {"tmin", "tmax", "center"} & set(metrics)
+        if clash:
+            raise ValueError(f"fit_eval returned reserved key(s) {sorted(clash)}")
+        rows.append({"tmin": tmin, "tmax": tmax, "center": _r((tmin + tmax) / 2), **metrics})
+        if progress:
+            shown = ", ".join(
+                f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
+            )
+            logger.info(
+                "window %d/%d [%.3f, %.3f] s: %s (%.1f s)",
+                i + 1,
+                len(windows),
+                tmin,
+                tmax,
+                shown,
+                time.perf_counter() - started,
+            )
+    return pd.DataFrame(rows, columns=None if rows else ["tmin", "tmax", "center"])
+
+
+def plot_window_curves(
+    table: pd.DataFrame,
+    metric: str,
+    chance: float,
+    path: str | Path,
+    truth_latencies: Mapping[str, float] | Sequence[float] | None = None,
+    hue: str | None = None,
+    x: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write a PNG of `metric` against time, chance as a dashed line.
+
+    One line per value of column `hue` (e.g. model name) when given. x defaults to
+    "tmax" for growing windows (all tmin equal) and "center" otherwise. A column
+    f"{metric}_std" is drawn as a band (e.g. over seeds). truth_latencies are the
+    simulator's true response latencies (s), drawn as dotted vertical lines.
+    Uses matplotlib's Agg canvas directly (no pyplot), so no global backend is changed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if metric not in table.columns:
+        raise ValueError(f"metric column {metric!r} not in table; columns: {list(table.columns)}")
+    if x is None:
+        x = "tmax" if len(table) > 1 and table["tmin"].nunique() == 1 else "center"
+    fig = Figure(figsize=(6.4, 3.6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    groups = table.groupby(hue, sort=False) if hue else [(None, table)]
+    for label, part in groups:
+        part = part.sort_values(x)
+        line = ax.plot(
+            part[x], part[metric], marker=".", label=None if label is None else str(label)
+        )
+        std_col = f"{metric}_std"
+        if std_col in part.columns:
+            lo = part[metric] - part[std_col]
+            hi = part[metric] + part[std_col]
+            ax.fill_between(part[x], lo, hi, alpha=0.2, color=line[0].get_color())
+    ax.axhline(chance, linestyle="--", color="grey", label=f"chance ({chance:.3g})")
+    if truth_latencies is not None:
+        items = (
+            list(truth_latencies.items())
+            if isinstance(truth_latencies, Mapping)
+            else [(f"truth {t:.3f} s", t) for t in truth_latencies]
+        )
+        for j, (name, t) in enumerate(items):
+            ax.axvline(float(t), linestyle=":", color=f"C{(j + 3) % 10}", label=str(name))
+    ax.axvline(0.0, color="black", linewidth=0.5)
+    ax.set_xlabel(f"window {x} (s after image onset)")
+    ax.set_ylabel(metric)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    logger.info("window curve written to %s", path)
+    return path
+
+
+def peak_time(table: pd.DataFrame, metric: str, x: str = "center") -> float:
+    """Time (column x) at which `metric` is largest: where a curve peaks, for twin checks."""
+    if table.empty:
+        raise ValueError("empty window table")
+    return float(table[x].to_numpy()[int(np.nanargmax(table[metric].to_numpy()))])
