@@ -8,3 +8,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MEGDECODE_PROGRESS", "0")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny twin simulated, preprocessed to a store, with handcrafted latents.
+
+    Built once per test session (about 15 s); tests must not modify it.
+    """
+    from megdecode.data.build import build_epoch_store
+    from megdecode.data.simulate import TwinConfig, simulate
+    from megdecode.latents.registry import build_latents, make_encoder
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    simulate(TwinConfig.preset("tiny", seed=0), root / "bids")
+    build_epoch_store(root / "bids", root / "store")
+    build_latents(root / "store", root / "bids", root / "latents", make_encoder("handcrafted"))
+    return root

@@ -1,0 +1,80 @@
+"""One training run on the tiny twin: determinism, callbacks, windows, best-epoch restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from megdecode.cli import app
+from megdecode.config import ConfigError
+from megdecode.models.brain import BrainConfig
+from megdecode.predict import load_model
+from megdecode.train import FitConfig, TrainConfig, fit, load_run_data, predict
+
+SMALL = BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16)
+
+
+def _cfg(run: Path, **train: object) -> FitConfig:
+    options = {"max_epochs": 3, "batch_size": 32, "patience": 5} | train
+    return FitConfig(store=str(run / "store"), latents_dir=str(run / "latents"), model=SMALL,
+                     train=TrainConfig(**options))  # type: ignore[arg-type]
+
+
+def test_same_seed_same_run_other_seed_other_run(tiny_run: Path) -> None:
+    data = load_run_data(_cfg(tiny_run))
+    a = fit(_cfg(tiny_run, seed=1), data=data)
+    b = fit(_cfg(tiny_run, seed=1), data=data)
+    c = fit(_cfg(tiny_run, seed=2), data=data)
+    assert a.history == b.history
+    for key, value in a.model.state_dict().items():
+        torch.testing.assert_close(value, b.model.state_dict()[key], rtol=0, atol=0)
+    assert a.history != c.history
+
+
+def test_callback_gets_every_epoch_and_best_weights_are_restored(tiny_run: Path) -> None:
+    seen: list[tuple[int, dict[str, float]]] = []
+    cfg = _cfg(tiny_run, max_epochs=4)
+    result = fit(cfg, callback=lambda epoch, row: seen.append((epoch, row)))
+    assert [e for e, _ in seen] == list(range(len(result.history)))
+    assert {"train/loss", "val/clip_loss", "val/top5", "temperature"} <= set(seen[0][1])
+    best = int(result.metrics["best_epoch"])
+    data = load_run_data(cfg)
+    _, _, losses = predict(result.model, result.loss, data.val, cfg.train.batch_size)
+    assert losses[1] == pytest.approx(result.history[best]["val/clip_loss"], rel=1e-5)
+    for key in ("test/top5", "test/top5_avg", "test/median_rank", "test_large/top5", "val/top5"):
+        assert 0.0 <= result.metrics[key] <= 1.0
+
+
+def test_window_is_sliced_from_the_stored_epochs(tiny_run: Path, tmp_path: Path) -> None:
+    result = fit(_cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=1), out_dir=tmp_path / "bundle")
+    assert result.model.cfg.n_times == 61  # 0..0.5 s at 120 Hz, both ends
+    model, bundle = load_model(tmp_path / "bundle")
+    assert (bundle.tmin, bundle.tmax, bundle.n_times) == (0.0, 0.5, 61)
+    assert bundle.metrics["test/top5"] == result.metrics["test/top5"]
+    assert len(bundle.gallery) == len(np.unique(bundle.gallery_ids))
+
+
+def test_bad_configs_fail_clearly(tiny_run: Path) -> None:
+    with pytest.raises(ConfigError, match="monitor"):
+        TrainConfig(monitor="val/acc")
+    with pytest.raises(ConfigError, match="tmin"):
+        TrainConfig(tmin=0.5, tmax=0.1)
+    with pytest.raises(FileNotFoundError, match="no latents 'clip-vision'"):
+        load_run_data(_cfg(tiny_run, latent="clip-vision"))
+
+
+def test_cli_train_then_evaluate_print_the_same_table(tiny_run: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["train", "--data", str(tiny_run), "--max-epochs", "1", "--out", str(tmp_path / "m"), "--no-ridge"]
+    trained = runner.invoke(app, args)
+    assert trained.exit_code == 0, trained.output + repr(trained.exception)
+    evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "m")])
+    assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
+    table_lines = [line for line in trained.output.splitlines() if line.strip().startswith(("small", "large"))]
+    assert len(table_lines) == 4
+    for line in table_lines:
+        assert line in evaluated.output
