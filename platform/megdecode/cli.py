@@ -28,11 +28,12 @@ def simulate(
     out: Annotated[Path, typer.Option(help="BIDS root to write")],
     size: Size = "tiny",
     seed: int = 0,
+    jobs: Annotated[int, typer.Option(help="parallel processes (same output for any value)")] = 2,
 ) -> None:
     """Write the MEG twin (a simulated THINGS-MEG-like BIDS dataset) to OUT."""
     from megdecode.data.simulate import TwinConfig, simulate as run_simulation
 
-    summary = run_simulation(TwinConfig.preset(size, seed=seed), out)
+    summary = run_simulation(TwinConfig.preset(size, seed=seed), out, n_jobs=jobs)
     typer.echo(json.dumps(_as_dict(summary), indent=2, default=str))
 
 
@@ -85,7 +86,7 @@ def demo(
 
     start = time.perf_counter()
     bids_root, store, latent_dir = out / "bids", out / "store", out / "latents"
-    twin = run_simulation(TwinConfig.preset(size, seed=seed), bids_root)
+    twin = run_simulation(TwinConfig.preset(size, seed=seed), bids_root, n_jobs=2)
     report = _preprocess(bids_root, store, None, ray, None)
     encoders = ["handcrafted"]
     if clip_weights is not None:
@@ -105,6 +106,69 @@ def demo(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="run folder with store/ and latents/, or a store")],
+    latent: Annotated[str, typer.Option(help="latents/<NAME>.parquet is the target")] = "handcrafted",
+    latents_dir: Annotated[Path | None, typer.Option(help="default: DATA/latents")] = None,
+    tmin: float = -0.5,
+    tmax: float = 1.0,
+    seed: int = 0,
+    max_epochs: int = 100,
+    patience: int = 10,
+    batch_size: int = 128,
+    lam: Annotated[float, typer.Option(help="loss = lam*CLIP + (1-lam)*MSE")] = 0.75,
+    ridge: Annotated[bool, typer.Option(help="also fit the ridge baseline")] = True,
+    out: Annotated[Path | None, typer.Option(help="bundle folder; default DATA/models/<latent>-seed<seed>")] = None,
+    model_config: Annotated[Path | None, typer.Option(help="JSON of BrainConfig fields")] = None,
+) -> None:
+    """Train one brain module (one seed, one window); print ConvNet vs ridge vs chance."""
+    from megdecode.compare import format_table, results_table, ridge_table
+    from megdecode.losses import LossConfig
+    from megdecode.models.brain import BrainConfig
+    from megdecode.train import FitConfig, TrainConfig, fit, load_run_data
+
+    store = data / "store" if (data / "store" / "manifest.json").exists() else data
+    latents_dir = latents_dir or (data / "latents")
+    brain = BrainConfig.from_flat_dict(json.loads(model_config.read_text())) if model_config else BrainConfig()
+    cfg = FitConfig(
+        store=str(store), latents_dir=str(latents_dir), model=brain, loss=LossConfig(lam=lam),
+        train=TrainConfig(latent=latent, tmin=tmin, tmax=tmax, seed=seed, max_epochs=max_epochs,
+                          patience=patience, batch_size=batch_size),
+    )
+    out = out or data / "models" / f"{latent}-seed{seed}"
+    run_data = load_run_data(cfg)
+    result = fit(cfg, out_dir=out, data=run_data)
+    table = results_table(result.table, ridge_table(run_data) if ridge else None)
+    typer.echo(format_table(table))
+    typer.echo(f"bundle: {result.bundle_path}")
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="model bundle folder")],
+    store: Annotated[Path | None, typer.Option(help="default: the store the bundle was trained on")] = None,
+    latents_dir: Annotated[Path | None, typer.Option(help="default: the bundle's latents folder")] = None,
+) -> None:
+    """Re-score a bundle on its store's test sets; print the retrieval table."""
+    from megdecode.compare import format_table, results_table
+    from megdecode.evaluate import evaluate_all
+    from megdecode.predict import load_model, predict_windows
+    from megdecode.train import FitConfig, load_run_data
+
+    model, meta = load_model(bundle)
+    fit_cfg = FitConfig.from_flat_dict(meta.extra["fit_config"])
+    fit_cfg = FitConfig.from_flat_dict(fit_cfg.to_flat_dict() | {
+        k: str(v) for k, v in (("store", store), ("latents_dir", latents_dir)) if v is not None
+    })
+    run_data = load_run_data(fit_cfg)
+    if run_data.ch_names != meta.ch_names:
+        raise typer.BadParameter("the store's channels differ from the bundle's")
+    clip, _ = predict_windows(model, run_data.test.meg.numpy(), run_data.test.subject.numpy())
+    table = evaluate_all(clip, run_data.test.meta, run_data.latent_ids, run_data.latents)
+    typer.echo(format_table(results_table(table)))
 
 
 def _preprocess(bids_root: Path, out: Path, subjects: list[str] | None, use_ray: bool, address: str | None):  # type: ignore[no-untyped-def]

@@ -1,0 +1,166 @@
+"""The model bundle: everything needed to rebuild and use a trained brain module.
+
+What the registry holds and serving loads (DESIGN §6): the weights, the model config,
+the time window, the channel layout, the subject index, the latent name and the training
+latents' mean/std (for the MSE-head post-processing), a gallery of candidate latents with
+their image ids, the metrics and the git commit. `load_bundle` refuses a bundle whose
+fields are missing or inconsistent, because a model applied to the wrong channel order
+or window decodes garbage without any error.
+
+On disk: ``bundle.json`` (metadata + sha256 of the tensor files), ``model.safetensors``
+and ``arrays.safetensors`` (positions, latent stats, gallery).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "megdecode-bundle/1"
+_ARRAYS = ("pos2d", "latent_mean", "latent_std", "gallery", "gallery_ids")
+
+
+class BundleError(ValueError):
+    """The bundle is missing a field or its fields disagree; the message says which."""
+
+
+@dataclass
+class ModelBundle:
+    """A trained brain module and the facts needed to use it safely.
+
+    Arrays: pos2d (C, 2); latent_mean, latent_std (F,); gallery (M, F); gallery_ids (M,).
+    """
+
+    model_config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    tmin: float
+    tmax: float
+    sfreq: float
+    n_times: int
+    ch_names: list[str]
+    pos2d: np.ndarray
+    subjects: list[str]
+    latent_name: str
+    latent_mean: np.ndarray
+    latent_std: np.ndarray
+    gallery: np.ndarray
+    gallery_ids: np.ndarray
+    metrics: dict[str, float] = field(default_factory=dict)
+    git_commit: str = "unknown"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise `BundleError` naming the first inconsistency."""
+        c, f = len(self.ch_names), len(self.latent_mean)
+        checks = [
+            (self.pos2d.shape == (c, 2), f"pos2d has shape {self.pos2d.shape}, expected ({c}, 2)"),
+            (self.latent_std.shape == (f,), f"latent_std has shape {self.latent_std.shape}, expected ({f},)"),
+            (bool(np.all(self.latent_std > 0)), "latent_std has non-positive entries"),
+            (self.gallery.ndim == 2 and self.gallery.shape[1] == f, f"gallery has shape {self.gallery.shape}, expected (M, {f})"),
+            (self.gallery_ids.shape == (len(self.gallery),), "gallery_ids and gallery differ in length"),
+            (self.tmin < self.tmax, f"window tmin={self.tmin} >= tmax={self.tmax}"),
+            (self.n_times == int(round((self.tmax - self.tmin) * self.sfreq)) + 1,
+             f"n_times={self.n_times} does not match window [{self.tmin}, {self.tmax}] at {self.sfreq} Hz"),
+            (len(set(self.ch_names)) == c, "duplicate channel names"),
+            (len(self.subjects) >= 1 and len(set(self.subjects)) == len(self.subjects), "subjects must be unique and non-empty"),
+            (bool(self.state_dict), "state_dict is empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BundleError(message)
+        for key in ("n_channels", "n_times", "n_subjects", "out_dim"):
+            expected = {"n_channels": c, "n_times": self.n_times, "n_subjects": len(self.subjects), "out_dim": f}[key]
+            if key in self.model_config and int(self.model_config[key]) != expected:
+                raise BundleError(f"model_config {key}={self.model_config[key]} but the bundle says {expected}")
+
+    def subject_index(self, subject: str | int) -> int:
+        """Index of a subject label (or an index already), with a clear error."""
+        if isinstance(subject, int) and not isinstance(subject, bool):
+            if 0 <= subject < len(self.subjects):
+                return subject
+            raise BundleError(f"subject index {subject} out of range 0..{len(self.subjects) - 1}")
+        if str(subject) in self.subjects:
+            return self.subjects.index(str(subject))
+        raise BundleError(f"unknown subject {subject!r}; known: {', '.join(self.subjects)}")
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The current commit (with '-dirty' when the tree has changes), or 'unknown'."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_bundle(bundle: ModelBundle, path: Path) -> Path:
+    """Validate and write the bundle folder; returns it."""
+    bundle.validate()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_torch({k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()}, str(path / "model.safetensors"))
+    arrays = {name: np.ascontiguousarray(getattr(bundle, name)) for name in _ARRAYS}
+    save_numpy(arrays, str(path / "arrays.safetensors"))
+    meta = {
+        "format": FORMAT,
+        "model_config": bundle.model_config,
+        "tmin": bundle.tmin, "tmax": bundle.tmax, "sfreq": bundle.sfreq, "n_times": bundle.n_times,
+        "ch_names": bundle.ch_names, "subjects": bundle.subjects, "latent_name": bundle.latent_name,
+        "metrics": bundle.metrics, "git_commit": bundle.git_commit, "extra": bundle.extra,
+        "sha256": {name: _sha256(path / name) for name in ("model.safetensors", "arrays.safetensors")},
+    }
+    (path / "bundle.json").write_text(json.dumps(meta, indent=2, default=float))
+    return path
+
+
+def load_bundle(path: Path) -> ModelBundle:
+    """Read and check a bundle folder; every missing or inconsistent field is an error."""
+    path = Path(path)
+    meta_path = path / "bundle.json"
+    if not meta_path.exists():
+        raise BundleError(f"no bundle.json in {path}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    required = ("model_config", "tmin", "tmax", "sfreq", "n_times", "ch_names", "subjects", "latent_name", "sha256")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise BundleError(f"{meta_path} is missing {', '.join(missing)}")
+    for name, digest in meta["sha256"].items():
+        file = path / name
+        if not file.exists():
+            raise BundleError(f"bundle file {file} is missing")
+        if _sha256(file) != digest:
+            raise BundleError(f"bundle file {file} does not match its checksum")
+    arrays = load_numpy(str(path / "arrays.safetensors"))
+    absent = [a for a in _ARRAYS if a not in arrays]
+    if absent:
+        raise BundleError(f"arrays.safetensors is missing {', '.join(absent)}")
+    bundle = ModelBundle(
+        model_config=meta["model_config"],
+        state_dict=load_torch(str(path / "model.safetensors")),
+        tmin=float(meta["tmin"]), tmax=float(meta["tmax"]), sfreq=float(meta["sfreq"]),
+        n_times=int(meta["n_times"]), ch_names=list(meta["ch_names"]), subjects=list(meta["subjects"]),
+        latent_name=str(meta["latent_name"]), metrics=dict(meta.get("metrics", {})),
+        git_commit=str(meta.get("git_commit", "unknown")), extra=dict(meta.get("extra", {})),
+        **{name: arrays[name] for name in _ARRAYS},
+    )
+    bundle.validate()
+    return bundle

@@ -1,0 +1,301 @@
+"""One training run: one config, one seed, one time window -> metrics and a model bundle.
+
+`fit(config)` is the single entry point used by the CLI, by Ray Tune trainables and by
+the window curves, so every path trains the same way. The loop is plain: `train_step`
+and `eval_step` are functions over a typed `Batch`; per-epoch metrics go to a callback so
+Tune and MLflow can consume them without this module knowing about either.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from megdecode.bundle import ModelBundle, git_commit, save_bundle
+from megdecode.config import ConfigError, FlatConfig
+from megdecode.data import shards
+from megdecode.evaluate import evaluate_all, retrieval_ranks, topk_accuracy
+from megdecode.latents.cache import load_latents
+from megdecode.logs import progress
+from megdecode.losses import CombinedLoss, LossConfig
+from megdecode.models.brain import BrainConfig, BrainModule
+
+logger = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+MONITORS = {"val/clip_loss": "min", "val/top5": "max"}
+
+
+@dataclass(frozen=True)
+class TrainConfig(FlatConfig):
+    """Optimisation and data selection for one run (paper defaults)."""
+
+    latent: str = "handcrafted"  # latents_dir/<latent>.parquet holds the targets
+    tmin: float = -0.5  # window (s, relative to onset), sliced from the stored epochs
+    tmax: float = 1.0
+    seed: int = 0
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    batch_size: int = 128
+    max_epochs: int = 100
+    patience: int = 10  # epochs without improvement of `monitor` before stopping
+    monitor: str = "val/clip_loss"  # or "val/top5"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"monitor: expected one of {sorted(MONITORS)}, got {self.monitor!r}")
+        if self.tmin >= self.tmax:
+            raise ConfigError(f"window: tmin={self.tmin} must be < tmax={self.tmax}")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size: InfoNCE needs at least 2 samples per batch")
+
+
+@dataclass(frozen=True)
+class FitConfig(FlatConfig):
+    """Everything a run needs; flattens to MLflow params and Tune keys."""
+
+    store: str = ""
+    latents_dir: str = ""
+    model: BrainConfig = field(default_factory=BrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class Batch:
+    """One minibatch. meg: (B, C, T) float32; subject: (B,) long; target: (B, F) float32."""
+
+    meg: torch.Tensor
+    subject: torch.Tensor
+    target: torch.Tensor
+
+    def to(self, device: str | torch.device) -> Batch:
+        return Batch(self.meg.to(device), self.subject.to(device), self.target.to(device))
+
+
+@dataclass
+class SplitTensors:
+    """All epochs of one split as tensors, so a batch is an index, not a Python loop."""
+
+    meg: torch.Tensor  # (N, C, T)
+    subject: torch.Tensor  # (N,)
+    target: torch.Tensor  # (N, F)
+    meta: pd.DataFrame  # N rows
+
+    def batches(self, size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Shuffled when a generator is given; a trailing singleton is dropped when shuffling."""
+        n = len(self.meta)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, size):
+            idx = order[start : start + size]
+            if generator is not None and len(idx) < 2:
+                continue
+            yield Batch(self.meg[idx], self.subject[idx], self.target[idx])
+
+
+@dataclass
+class RunData:
+    """The epochs and targets of one run, split, with what the bundle must remember."""
+
+    train: SplitTensors
+    val: SplitTensors
+    test: SplitTensors
+    subjects: list[str]
+    ch_names: list[str]
+    pos2d: np.ndarray  # (C, 2)
+    sfreq: float
+    tmin: float
+    tmax: float
+    latent_ids: np.ndarray  # (L,)
+    latents: np.ndarray  # (L, F)
+
+
+@dataclass
+class RunResult:
+    """What `fit` returns: metrics, per-epoch history, the model and where it was saved."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    table: pd.DataFrame  # retrieval table (test set x mode)
+    model: BrainModule
+    loss: CombinedLoss  # with the learned temperature of the best epoch
+    bundle_path: Path | None = None
+
+
+def load_run_data(cfg: FitConfig) -> RunData:
+    """Read the window of every epoch and attach each epoch's target latent."""
+    if not cfg.store or not cfg.latents_dir:
+        raise ConfigError("store and latents_dir must be set")
+    t = cfg.train
+    manifest = shards.read_manifest(cfg.store)
+    X, meta = shards.load_epochs(cfg.store, tmin=t.tmin, tmax=t.tmax)
+    latent_path = Path(cfg.latents_dir) / f"{t.latent}.parquet"
+    if not latent_path.exists():
+        raise FileNotFoundError(f"no latents {t.latent!r} at {latent_path}; run `megdecode latents` first")
+    latent_ids, latents = load_latents(latent_path)
+    row = pd.Index(latent_ids).get_indexer(meta["image_id"].to_numpy())
+    if (row < 0).any():
+        missing = meta["image_id"].to_numpy()[row < 0][:5].tolist()
+        raise KeyError(f"{int((row < 0).sum())} epochs have no {t.latent!r} latent, e.g. image ids {missing}")
+    subjects = sorted(manifest.subjects)
+    subject_index = meta["subject"].map({s: i for i, s in enumerate(subjects)}).to_numpy(np.int64)
+    times = np.asarray(manifest.times)
+    kept = times[(times >= t.tmin - 1e-9) & (times <= t.tmax + 1e-9)]
+
+    def split(*names: str) -> SplitTensors:
+        mask = meta["split"].isin(names).to_numpy()
+        if not mask.any():
+            raise ValueError(f"the store has no epochs with split in {names}")
+        return SplitTensors(
+            meg=torch.from_numpy(X[mask]),
+            subject=torch.from_numpy(subject_index[mask]),
+            target=torch.from_numpy(latents[row[mask]]),
+            meta=meta.loc[mask].reset_index(drop=True),
+        )
+
+    return RunData(
+        train=split("train"), val=split("val"), test=split("test", "test_large"),
+        subjects=subjects, ch_names=list(manifest.ch_names), pos2d=np.asarray(manifest.pos2d),
+        sfreq=manifest.sfreq, tmin=float(kept[0]), tmax=float(kept[-1]),
+        latent_ids=latent_ids, latents=latents,
+    )
+
+
+def build_model(cfg: BrainConfig, data: RunData) -> BrainModule:
+    """The brain module sized for this data (channels, window, subjects, latent size)."""
+    sized = cfg.replace(
+        n_channels=len(data.ch_names), n_times=int(data.train.meg.shape[2]),
+        n_subjects=len(data.subjects), out_dim=int(data.latents.shape[1]),
+    )
+    return BrainModule(sized, data.pos2d)
+
+
+def train_step(model: BrainModule, loss_fn: CombinedLoss, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
+    """One optimiser step; returns the detached (total, clip, mse) losses as a (3,) tensor."""
+    model.train()
+    out = model(batch.meg, batch.subject)
+    parts = loss_fn(out.clip, out.mse, batch.target)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    optimizer.step()
+    loss_fn.clamp_()
+    return torch.stack([parts.total, parts.clip, parts.mse]).detach()
+
+
+@torch.no_grad()
+def eval_step(model: BrainModule, loss_fn: CombinedLoss, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(clip_pred (B, F), mse_pred (B, F), losses (3,)) in eval mode."""
+    model.eval()
+    out = model(batch.meg, batch.subject)
+    parts = loss_fn(out.clip, out.mse, batch.target)
+    return out.clip, out.mse, torch.stack([parts.total, parts.clip, parts.mse])
+
+
+def predict(model: BrainModule, loss_fn: CombinedLoss, data: SplitTensors, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """clip (N, F), mse (N, F) predictions and the batch-size-weighted mean losses (3,)."""
+    clips, mses, losses, sizes = [], [], [], []
+    for batch in data.batches(batch_size):
+        clip, mse, loss = eval_step(model, loss_fn, batch)
+        clips.append(clip)
+        mses.append(mse)
+        losses.append(loss)
+        sizes.append(len(batch.meg))
+    weights = torch.tensor(sizes, dtype=torch.float32) / sum(sizes)
+    mean_loss = (torch.stack(losses) * weights[:, None]).sum(0)
+    return torch.cat(clips).numpy(), torch.cat(mses).numpy(), mean_loss.numpy()
+
+
+def _val_top5(pred: np.ndarray, val: SplitTensors) -> float:
+    """Single-trial top-5 among the validation images."""
+    ids = val.meta["image_id"].to_numpy()
+    unique, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    return topk_accuracy(retrieval_ranks(pred, val.target.numpy()[first], inverse), 5)
+
+
+def fit(cfg: FitConfig, callback: EpochCallback | None = None, out_dir: Path | None = None, data: RunData | None = None) -> RunResult:
+    """Train one brain module with early stopping; evaluate; save a bundle to `out_dir`."""
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed)
+    data = data or load_run_data(cfg)
+    model = build_model(cfg.model, data).to(t.device)
+    loss_fn = CombinedLoss(cfg.loss).to(t.device)
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    optimizer = torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+    generator = torch.Generator().manual_seed(t.seed)
+    sign = 1.0 if MONITORS[t.monitor] == "min" else -1.0
+    best, best_epoch, best_state, history = float("inf"), -1, None, []
+    start = time.perf_counter()
+    n_seen = 0
+    for epoch in progress(range(t.max_epochs), desc="epochs", total=t.max_epochs):
+        losses = [train_step(model, loss_fn, optimizer, b.to(t.device)) for b in data.train.batches(t.batch_size, generator)]
+        n_seen += len(data.train.meta)
+        train_loss = torch.stack(losses).mean(0).tolist()
+        val_clip, _, val_loss = predict(model, loss_fn, data.val, t.batch_size)
+        row = {
+            "epoch": float(epoch), "train/loss": train_loss[0], "train/clip_loss": train_loss[1],
+            "train/mse_loss": train_loss[2], "val/loss": float(val_loss[0]), "val/clip_loss": float(val_loss[1]),
+            "val/mse_loss": float(val_loss[2]), "val/top5": _val_top5(val_clip, data.val),
+            "temperature": float(1.0 / loss_fn.clip.scale().item()),
+        }
+        history.append(row)
+        if callback is not None:
+            callback(epoch, row)
+        score = sign * row[t.monitor]
+        if score < best:
+            best, best_epoch = score, epoch
+            best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(loss_fn.state_dict()))
+        logger.info("epoch %d: train %.4f val %.4f val/top5 %.3f", epoch, row["train/loss"], row["val/loss"], row["val/top5"])
+        if epoch - best_epoch >= t.patience:
+            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    seconds = time.perf_counter() - start
+    assert best_state is not None
+    model.load_state_dict(best_state[0])
+    loss_fn.load_state_dict(best_state[1])
+    test_clip, _, _ = predict(model, loss_fn, data.test, t.batch_size)
+    table = evaluate_all(test_clip, data.test.meta, data.latent_ids, data.latents)
+    metrics = _summary_metrics(table, history[best_epoch], best_epoch, len(history), seconds, n_seen)
+    result = RunResult(metrics=metrics, history=history, table=table, model=model, loss=loss_fn)
+    if out_dir is not None:
+        result.bundle_path = save_bundle(make_bundle(cfg, data, model, metrics), Path(out_dir))
+    return result
+
+
+def _summary_metrics(table: pd.DataFrame, best_row: dict[str, float], best_epoch: int, epochs: int, seconds: float, n_seen: int) -> dict[str, float]:
+    """DESIGN §6 names: val/top5, test/top5, test/top5_avg, test/median_rank, and the rest."""
+    metrics = {k: v for k, v in best_row.items() if k.startswith("val/")}
+    for r in table.to_dict("records"):
+        prefix = "test" if r["test_set"] == "small" else "test_large"
+        suffix = "" if r["mode"] == "single" else "_avg"
+        for name in ("top1", "top5", "median_rank"):
+            metrics[f"{prefix}/{name}{suffix}"] = float(r[name])
+        metrics[f"{prefix}/chance_top5"] = float(r["chance_top5"])
+    metrics.update({"best_epoch": float(best_epoch), "epochs": float(epochs), "train_seconds": seconds,
+                    "train_samples_per_s": n_seen / seconds if seconds > 0 else float("nan")})
+    return metrics
+
+
+def make_bundle(cfg: FitConfig, data: RunData, model: BrainModule, metrics: dict[str, float]) -> ModelBundle:
+    """The bundle of DESIGN §6; the gallery is the large test set's images."""
+    targets = data.train.target.numpy()
+    gallery_ids = np.unique(data.test.meta["image_id"].to_numpy())
+    gallery = data.latents[np.searchsorted(data.latent_ids, gallery_ids)]
+    return ModelBundle(
+        model_config=model.cfg.to_flat_dict(), state_dict=model.state_dict(),
+        tmin=data.tmin, tmax=data.tmax, sfreq=data.sfreq, n_times=int(data.train.meg.shape[2]),
+        ch_names=data.ch_names, pos2d=data.pos2d.astype(np.float32), subjects=data.subjects,
+        latent_name=cfg.train.latent, latent_mean=targets.mean(0), latent_std=targets.std(0) + 1e-8,
+        gallery=gallery, gallery_ids=gallery_ids, metrics=metrics, git_commit=git_commit(),
+        extra={"fit_config": cfg.to_flat_dict()},
+    )
