@@ -31,7 +31,8 @@ def simulate(
     jobs: Annotated[int, typer.Option(help="parallel processes (same output for any value)")] = 2,
 ) -> None:
     """Write the MEG twin (a simulated THINGS-MEG-like BIDS dataset) to OUT."""
-    from megdecode.data.simulate import TwinConfig, simulate as run_simulation
+    from megdecode.data.simulate import TwinConfig
+    from megdecode.data.simulate import simulate as run_simulation
 
     summary = run_simulation(TwinConfig.preset(size, seed=seed), out, n_jobs=jobs)
     typer.echo(json.dumps(_as_dict(summary), indent=2, default=str))
@@ -81,7 +82,8 @@ def demo(
 ) -> None:
     """Simulate the twin, preprocess it, write the epoch store and the latents, summarise."""
     from megdecode.data import shards
-    from megdecode.data.simulate import TwinConfig, simulate as run_simulation
+    from megdecode.data.simulate import TwinConfig
+    from megdecode.data.simulate import simulate as run_simulation
     from megdecode.latents.registry import build_latents, make_encoder
 
     start = time.perf_counter()

@@ -50,7 +50,7 @@ def _decode(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if args and args[-1] is not Ellipsis and len(args) == len(value):
-            return tuple(_decode(v, a, key) for v, a in zip(value, args))
+            return tuple(_decode(v, a, key) for v, a in zip(value, args, strict=True))
         inner = args[0] if args else None
         return tuple(_decode(v, inner, key) if inner else v for v in value)
     if origin is dict or annotation is dict:
