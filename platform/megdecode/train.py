@@ -222,54 +222,101 @@ def _val_top5(pred: np.ndarray, val: SplitTensors) -> float:
     return topk_accuracy(retrieval_ranks(pred, val.target.numpy()[first], inverse), 5)
 
 
+class Trainer:
+    """One seed's run, stepped one epoch at a time.
+
+    Stepping lets several seeds advance in lockstep inside one Tune trial and report
+    their mean per epoch to the scheduler. Each trainer owns its random state (restored
+    around every step), so interleaving seeds gives exactly the run `fit` gives alone.
+    """
+
+    def __init__(self, cfg: FitConfig, data: RunData) -> None:
+        t = cfg.train
+        self.cfg, self.data = cfg, data
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed)
+            self.model = build_model(cfg.model, data).to(t.device)
+            self.loss_fn = CombinedLoss(cfg.loss).to(t.device)
+            self._rng_state = torch.get_rng_state()
+        params = list(self.model.parameters()) + list(self.loss_fn.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+        self.generator = torch.Generator().manual_seed(t.seed)
+        self.sign = 1.0 if MONITORS[t.monitor] == "min" else -1.0
+        self.best, self.best_epoch = float("inf"), -1
+        self.best_state: tuple[dict, dict] | None = None
+        self.history: list[dict[str, float]] = []
+        self.seconds, self.n_seen = 0.0, 0
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    @property
+    def done(self) -> bool:
+        """Max epochs reached, or `patience` epochs without improving the monitor."""
+        t = self.cfg.train
+        stalled = self.best_epoch >= 0 and self.epoch - 1 - self.best_epoch >= t.patience
+        return self.epoch >= t.max_epochs or stalled
+
+    def step(self) -> dict[str, float]:
+        """Train one epoch, validate, keep the best weights; returns the epoch's metrics."""
+        t, data = self.cfg.train, self.data
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            losses = [
+                train_step(self.model, self.loss_fn, self.optimizer, b.to(t.device))
+                for b in data.train.batches(t.batch_size, self.generator)
+            ]
+            self._rng_state = torch.get_rng_state()
+        self.n_seen += len(data.train.meta)
+        train_loss = torch.stack(losses).mean(0).tolist()
+        val_clip, _, val_loss = predict(self.model, self.loss_fn, data.val, t.batch_size)
+        self.seconds += time.perf_counter() - start
+        row = {
+            "epoch": float(self.epoch), "train/loss": train_loss[0], "train/clip_loss": train_loss[1],
+            "train/mse_loss": train_loss[2], "val/loss": float(val_loss[0]),
+            "val/clip_loss": float(val_loss[1]), "val/mse_loss": float(val_loss[2]),
+            "val/top5": _val_top5(val_clip, data.val),
+            "temperature": float(1.0 / self.loss_fn.clip.scale().item()),
+        }
+        if self.sign * row[t.monitor] < self.best:
+            self.best, self.best_epoch = self.sign * row[t.monitor], self.epoch
+            self.best_state = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.loss_fn.state_dict()))
+        self.history.append(row)
+        logger.info("seed %d epoch %d: train %.4f val %.4f val/top5 %.3f", t.seed, self.epoch - 1,
+                    row["train/loss"], row["val/loss"], row["val/top5"])
+        return row
+
+    def finish(self, out_dir: Path | None = None) -> RunResult:
+        """Restore the best epoch's weights, score the test sets, optionally save a bundle."""
+        if self.best_state is None:
+            raise RuntimeError("finish() before any epoch was trained")
+        self.model.load_state_dict(self.best_state[0])
+        self.loss_fn.load_state_dict(self.best_state[1])
+        data, t = self.data, self.cfg.train
+        test_clip, _, _ = predict(self.model, self.loss_fn, data.test, t.batch_size)
+        table = evaluate_all(test_clip, data.test.meta, data.latent_ids, data.latents)
+        metrics = _summary_metrics(table, self.history[self.best_epoch], self.best_epoch,
+                                   len(self.history), self.seconds, self.n_seen)
+        result = RunResult(metrics=metrics, history=self.history, table=table, model=self.model, loss=self.loss_fn)
+        if out_dir is not None:
+            result.bundle_path = save_bundle(make_bundle(self.cfg, data, self.model, metrics), Path(out_dir))
+        return result
+
+
 def fit(cfg: FitConfig, callback: EpochCallback | None = None, out_dir: Path | None = None, data: RunData | None = None) -> RunResult:
     """Train one brain module with early stopping; evaluate; save a bundle to `out_dir`."""
-    t = cfg.train
-    torch.manual_seed(t.seed)
-    np.random.seed(t.seed)
-    data = data or load_run_data(cfg)
-    model = build_model(cfg.model, data).to(t.device)
-    loss_fn = CombinedLoss(cfg.loss).to(t.device)
-    params = list(model.parameters()) + list(loss_fn.parameters())
-    optimizer = torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
-    generator = torch.Generator().manual_seed(t.seed)
-    sign = 1.0 if MONITORS[t.monitor] == "min" else -1.0
-    best, best_epoch, best_state, history = float("inf"), -1, None, []
-    start = time.perf_counter()
-    n_seen = 0
-    for epoch in progress(range(t.max_epochs), desc="epochs", total=t.max_epochs):
-        losses = [train_step(model, loss_fn, optimizer, b.to(t.device)) for b in data.train.batches(t.batch_size, generator)]
-        n_seen += len(data.train.meta)
-        train_loss = torch.stack(losses).mean(0).tolist()
-        val_clip, _, val_loss = predict(model, loss_fn, data.val, t.batch_size)
-        row = {
-            "epoch": float(epoch), "train/loss": train_loss[0], "train/clip_loss": train_loss[1],
-            "train/mse_loss": train_loss[2], "val/loss": float(val_loss[0]), "val/clip_loss": float(val_loss[1]),
-            "val/mse_loss": float(val_loss[2]), "val/top5": _val_top5(val_clip, data.val),
-            "temperature": float(1.0 / loss_fn.clip.scale().item()),
-        }
-        history.append(row)
+    trainer = Trainer(cfg, data or load_run_data(cfg))
+    bar = iter(progress(range(cfg.train.max_epochs), desc=f"seed {cfg.train.seed} epochs", total=cfg.train.max_epochs))
+    while not trainer.done:
+        next(bar, None)
+        row = trainer.step()
         if callback is not None:
-            callback(epoch, row)
-        score = sign * row[t.monitor]
-        if score < best:
-            best, best_epoch = score, epoch
-            best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(loss_fn.state_dict()))
-        logger.info("epoch %d: train %.4f val %.4f val/top5 %.3f", epoch, row["train/loss"], row["val/loss"], row["val/top5"])
-        if epoch - best_epoch >= t.patience:
-            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
-            break
-    seconds = time.perf_counter() - start
-    assert best_state is not None
-    model.load_state_dict(best_state[0])
-    loss_fn.load_state_dict(best_state[1])
-    test_clip, _, _ = predict(model, loss_fn, data.test, t.batch_size)
-    table = evaluate_all(test_clip, data.test.meta, data.latent_ids, data.latents)
-    metrics = _summary_metrics(table, history[best_epoch], best_epoch, len(history), seconds, n_seen)
-    result = RunResult(metrics=metrics, history=history, table=table, model=model, loss=loss_fn)
-    if out_dir is not None:
-        result.bundle_path = save_bundle(make_bundle(cfg, data, model, metrics), Path(out_dir))
-    return result
+            callback(trainer.epoch - 1, row)
+    if trainer.epoch < cfg.train.max_epochs:
+        logger.info("early stop after epoch %d (best %d)", trainer.epoch - 1, trainer.best_epoch)
+    return trainer.finish(out_dir)
 
 
 def _summary_metrics(table: pd.DataFrame, best_row: dict[str, float], best_epoch: int, epochs: int, seconds: float, n_seen: int) -> dict[str, float]:

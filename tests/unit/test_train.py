@@ -78,3 +78,18 @@ def test_cli_train_then_evaluate_print_the_same_table(tiny_run: Path, tmp_path: 
     assert len(table_lines) == 4
     for line in table_lines:
         assert line in evaluated.output
+
+
+def test_seeds_stepped_in_lockstep_equal_seeds_run_alone(tiny_run: Path) -> None:
+    """Tune trials step several seeds together; each must equal its solo run."""
+    from megdecode.train import Trainer
+
+    data = load_run_data(_cfg(tiny_run))
+    trainers = [Trainer(_cfg(tiny_run, seed=s, max_epochs=2), data) for s in (3, 4)]
+    while not all(t.done for t in trainers):
+        for t in trainers:
+            if not t.done:
+                t.step()
+    for seed, trainer in zip((3, 4), trainers, strict=True):
+        alone = fit(_cfg(tiny_run, seed=seed, max_epochs=2), data=data)
+        assert trainer.finish().history == alone.history
