@@ -135,12 +135,12 @@ def test_splits_follow_the_design_and_the_scaler_saw_train_only(
     for got, want in zip(meta["split"], truth["expected_split"], strict=True):
         assert got in want.split("|")
     per_subject = meta.groupby("subject")["split"].agg(set).to_dict()
-    assert per_subject == {"BIGMEG1": {"train", "val", "test", "test_large"},
-                           "BIGMEG2": {"train", "test"}}  # fmt: skip
+    assert per_subject["BIGMEG1"] >= {"train", "test", "test_large"}
+    assert per_subject["BIGMEG2"] >= {"train", "test"}
     val = meta[meta.split == "val"]
-    assert val["image_id"].nunique() == 1  # round(0.1 * 7 exp images) for BIGMEG1
-    bigmeg1 = meta[meta.subject == "BIGMEG1"]
-    assert set(bigmeg1.loc[bigmeg1.image_id.isin(val.image_id), "split"]) == {"val"}
+    assert val["image_id"].nunique() == 1  # round(0.1 x the distinct training images of both subjects)
+    # validation images are shared: every trial of a val image, in any subject, is val
+    assert set(meta.loc[meta.image_id.isin(val.image_id), "split"]) == {"val"}
     # 10 ordinary exp trials (8 of BIGMEG1, 2 of BIGMEG2) share train and val
     assert report.split_counts == {"train": 10 - len(val), "val": len(val), "test": 6,
                                    "test_large": 1}  # fmt: skip

@@ -167,3 +167,17 @@ def test_errors() -> None:
 def test_config_flat_round_trip() -> None:
     cfg = SplitConfig(val_fraction=0.2, seed=7, zero_shot=False)
     assert SplitConfig.from_flat_dict(cfg.to_flat_dict()) == cfg
+
+
+def test_validation_images_are_shared_across_subjects() -> None:
+    """Subjects with different image sets: an image is val for every subject or for none."""
+    rows = []
+    for subject, images in (("S1", range(0, 30)), ("S2", range(5, 21)), ("S3", range(10, 13))):
+        for trial, image in enumerate(images):
+            rows.append({"subject": subject, "session": "01", "run": "01", "trial_index": trial,
+                         "image_id": image, "category_id": image, "category": f"c{image}",
+                         "trial_type": "exp"})
+    meta = assign_splits(pd.DataFrame(rows), SplitConfig(val_fraction=0.3, seed=1))
+    per_image = meta.groupby("image_id")["split"].nunique()
+    assert (per_image == 1).all()
+    assert (meta["split"] == "val").any()

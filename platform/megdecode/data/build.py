@@ -98,9 +98,9 @@ def concat_blocks(blocks: Sequence[EpochBlock]) -> EpochBlock:
     )
 
 
-def scale_subject(block: EpochBlock, split: SplitConfig, cfg: PreprocessConfig) -> tuple[EpochBlock, Any]:
-    """Splits, then a scaler fitted on this subject's training epochs only, then clip."""
-    metadata = assign_splits(block.metadata, split)
+def scale_subject(block: EpochBlock, cfg: PreprocessConfig) -> tuple[EpochBlock, Any]:
+    """A scaler fitted on this subject's training epochs only (splits assigned), then clip."""
+    metadata = block.metadata
     train = metadata["split"].to_numpy() == "train"
     if not train.any():
         raise ValueError(f"subject {metadata['subject'].iloc[0]} has no training epochs")
@@ -140,9 +140,15 @@ def build_epoch_store(
     for block in iterate(bids_root, keys, preprocess):
         by_subject[str(block.metadata["subject"].iloc[0])].append(block)
 
+    subjects_sorted = sorted(by_subject)
+    stacked = [concat_blocks(by_subject[s]) for s in subjects_sorted]
+    # Splits are assigned over all subjects at once: validation images are shared.
+    metadata = assign_splits(pd.concat([b.metadata for b in stacked], ignore_index=True), split)
+    bounds = np.cumsum([0] + [len(b.metadata) for b in stacked])
     blocks, scalers = [], {}
-    for subject in sorted(by_subject):
-        scaled, scaler = scale_subject(concat_blocks(by_subject[subject]), split, preprocess)
+    for subject, block, lo, hi in zip(subjects_sorted, stacked, bounds[:-1], bounds[1:], strict=True):
+        block.metadata = metadata.iloc[lo:hi].reset_index(drop=True)
+        scaled, scaler = scale_subject(block, preprocess)
         blocks.append(scaled)
         scalers[subject] = scaler
     manifest = shards.write_store(

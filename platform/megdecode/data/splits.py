@@ -98,7 +98,8 @@ def repetitions(meta: pd.DataFrame) -> np.ndarray:
     return np.where(meta["trial_type"].to_numpy() == "catch", 0, rep).astype(np.int64)
 
 
-def _split_subject(meta: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
+def _test_splits(meta: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
+    """train / test / test_large / catch for one subject (val is decided across subjects)."""
     trial_type = meta["trial_type"].to_numpy()
     split = np.full(len(meta), "train", dtype=object)
     split[trial_type == "test"] = "test"
@@ -108,10 +109,6 @@ def _split_subject(meta: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
         split[(trial_type == "exp") & meta["category"].isin(test_categories).to_numpy()] = (
             "test_large"
         )
-    is_train = split == "train"
-    image_id = meta["image_id"].to_numpy()
-    held_out = val_images(image_id[is_train], cfg.val_fraction, cfg.seed)
-    split[is_train & np.isin(image_id, held_out)] = "val"
     return split
 
 
@@ -131,7 +128,14 @@ def assign_splits(meta: pd.DataFrame, cfg: SplitConfig | None = None) -> pd.Data
     subjects = out["subject"].astype(str).to_numpy()
     for subject in np.unique(subjects):
         rows = subjects == subject
-        split[rows] = _split_subject(out[rows], cfg)
+        split[rows] = _test_splits(out[rows], cfg)
+    # Validation images are drawn once from the union of every subject's training images,
+    # so an image is validation for all subjects or for none: a model trained on pooled
+    # subjects never sees a validation image in training.
+    image_id = out["image_id"].to_numpy()
+    is_train = split == "train"
+    held_out = val_images(image_id[is_train], cfg.val_fraction, cfg.seed)
+    split[is_train & np.isin(image_id, held_out)] = "val"
     out["split"] = split.astype(str)
     out["repetition"] = repetitions(out)
     counts = out["split"].value_counts().to_dict()
