@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from megdecode.data import bids, shards
+from megdecode.data import bids, runcache, shards
 from megdecode.data.preprocess import (
     EpochBlock,
     PreprocessConfig,
@@ -44,36 +44,43 @@ class BuildReport:
     n_times: int
     seconds: float
     split_counts: dict[str, int]
+    n_runs_reused: int = 0  # runs taken from the run cache instead of recomputed
 
     @property
     def epochs_per_second(self) -> float:
         return self.n_epochs / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _preprocess_one(root: str, key: bids.RunKey, cfg: PreprocessConfig) -> EpochBlock:
-    return preprocess_run(bids.read_run(Path(root), key), cfg)
+def _preprocess_cached(root: str, key: bids.RunKey, cfg: PreprocessConfig, cache_dir: str) -> tuple[str, bool]:
+    """Preprocess one run into the run cache unless a valid cache exists: (stem, reused)."""
+    stem = runcache.cache_stem(Path(cache_dir), key, cfg)
+    if runcache.load_block(stem) is not None:
+        return str(stem), True
+    runcache.save_block(preprocess_run(bids.read_run(Path(root), key), cfg), stem)
+    return str(stem), False
 
 
-def _iter_local(root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig) -> Iterator[EpochBlock]:
-    for key in progress(keys, desc="preprocess runs"):
-        yield _preprocess_one(str(root), key, cfg)
+def _run_local(root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path) -> list[tuple[str, bool]]:
+    return [_preprocess_cached(str(root), key, cfg, str(cache)) for key in progress(keys, desc="preprocess runs")]
 
 
-def _iter_ray(root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig) -> Iterator[EpochBlock]:
-    """One Ray task per run file; results are yielded as they finish."""
+def _run_ray(root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path) -> list[tuple[str, bool]]:
+    """Ray Data over the run files: one row, hence one task, per run."""
     import ray
 
     if not ray.is_initialized():
         raise RuntimeError("use_ray=True needs ray.init() first (the job or CLI starts Ray)")
-    task = ray.remote(num_cpus=1)(_preprocess_one)
-    pending = [task.remote(str(root), key, cfg) for key in keys]
-    done = 0
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        done += 1
-        if done % max(1, len(keys) // 10) == 0 or not pending:
-            logger.info("preprocessed %d/%d runs", done, len(keys))
-        yield ray.get(ready[0])
+
+    def one(row: dict[str, Any]) -> dict[str, Any]:
+        key = bids.RunKey(row["subject"], row["session"], row["run"])
+        stem, reused = _preprocess_cached(row["root"], key, cfg, row["cache"])
+        return {"stem": stem, "reused": reused}
+
+    items = [{"root": str(root), "cache": str(cache), "subject": k.subject, "session": k.session, "run": k.run}
+             for k in keys]
+    rows = ray.data.from_items(items, override_num_blocks=len(items)).map(one, num_cpus=1).take_all()
+    by_stem = {r["stem"]: bool(r["reused"]) for r in rows}
+    return [(stem, by_stem[stem]) for stem in (str(runcache.cache_stem(cache, k, cfg)) for k in keys)]
 
 
 def concat_blocks(blocks: Sequence[EpochBlock]) -> EpochBlock:
@@ -125,19 +132,31 @@ def build_epoch_store(
     split: SplitConfig | None = None,
     subjects: Sequence[str] | None = None,
     use_ray: bool = False,
+    cache_dir: Path | None = None,
 ) -> BuildReport:
-    """Preprocess every run under `bids_root` and write the epoch store at `out`."""
+    """Preprocess every run under `bids_root` and (re)write the epoch store at `out`.
+
+    Runs go through the run cache (default: a hidden sibling of `out`), so a rerun only
+    recomputes runs that are missing or corrupt; the store itself is cheap to rewrite.
+    """
     preprocess = preprocess or PreprocessConfig()
     split = split or SplitConfig()
     bids_root, out = Path(bids_root), Path(out)
+    cache = Path(cache_dir) if cache_dir else out.parent / f".{out.name}.runs"
     start = time.perf_counter()
     keys = bids.find_runs(bids_root, subjects=subjects)
     if not keys:
         raise FileNotFoundError(f"no task-main MEG runs found under {bids_root}")
     logger.info("preprocessing %d runs from %s (%s)", len(keys), bids_root, "ray" if use_ray else "local")
-    iterate: Callable[..., Iterator[EpochBlock]] = _iter_ray if use_ray else _iter_local
+    done = (_run_ray if use_ray else _run_local)(bids_root, keys, preprocess, cache)
+    reused = sum(r for _, r in done)
+    if reused:
+        logger.info("reused %d/%d runs from %s", reused, len(keys), cache)
     by_subject: dict[str, list[EpochBlock]] = defaultdict(list)
-    for block in iterate(bids_root, keys, preprocess):
+    for stem, _ in done:
+        block = runcache.load_block(Path(stem))
+        if block is None:
+            raise RuntimeError(f"run cache {stem} vanished or was corrupted during the build")
         by_subject[str(block.metadata["subject"].iloc[0])].append(block)
 
     subjects_sorted = sorted(by_subject)
@@ -152,7 +171,7 @@ def build_epoch_store(
         blocks.append(scaled)
         scalers[subject] = scaler
     manifest = shards.write_store(
-        out, blocks, preprocess_config=preprocess, split_config=split, scalers=scalers
+        out, blocks, preprocess_config=preprocess, split_config=split, scalers=scalers, overwrite=True
     )
     seconds = time.perf_counter() - start
     n_epochs = sum(len(b.metadata) for b in blocks)
@@ -166,4 +185,5 @@ def build_epoch_store(
         n_times=len(manifest.times),
         seconds=seconds,
         split_counts={str(k): int(v) for k, v in counts.items()},
+        n_runs_reused=reused,
     )
