@@ -13,4 +13,4 @@ if __name__ == "__main__":
     ensure_importable()
     from megdecode.cli import app
 
-    app(["latents", *sys.argv[1:]])
+    app(["latents", "--ray", *sys.argv[1:]])

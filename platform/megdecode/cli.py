@@ -61,13 +61,22 @@ def latents(
     clip_model: str = "ViT-L-14",
     clip_weights: Annotated[Path | None, typer.Option(help="local open_clip checkpoint")] = None,
     device: str = "cpu",
+    ray: Annotated[bool, typer.Option(help="encode on a Ray Data actor pool (a GPU per actor if any)")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray address; default: local cluster")] = None,
 ) -> None:
     """Encode every stimulus of the store into latents/<name>.parquet."""
-    from megdecode.latents.registry import build_latents, make_encoder
+    from megdecode.latents.distributed import ray_encode_fn
+    from megdecode.latents.registry import build_latents, encoder_factory, make_encoder
 
+    if ray:
+        from megdecode.raycluster import init_ray
+
+        init_ray(address)
     for name in encoder:
         enc = make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device)
-        report = build_latents(store, bids_root, out, enc, images_root=images_root)
+        factory = encoder_factory(name, clip_model, clip_weights)
+        encode_fn = ray_encode_fn(factory) if ray else None
+        report = build_latents(store, bids_root, out, enc, images_root=images_root, encode_fn=encode_fn)
         typer.echo(json.dumps(_as_dict(report), default=str))
 
 
@@ -171,6 +180,113 @@ def evaluate(
     clip, _ = predict_windows(model, run_data.test.meg.numpy(), run_data.test.subject.numpy())
     table = evaluate_all(clip, run_data.test.meta, run_data.latent_ids, run_data.latents)
     typer.echo(format_table(results_table(table)))
+
+
+@app.command()
+def tune(
+    space: Annotated[Path | None, typer.Option(help="search space YAML (search_spaces/*.yaml); not needed with --resume")] = None,
+    data: Annotated[Path, typer.Option(help="run folder with store/ and latents/ (absolute on a cluster)")] = Path("runs/demo"),
+    out: Annotated[Path | None, typer.Option(help="Tune results folder; default DATA/tune")] = None,
+    experiment: Annotated[str | None, typer.Option(help="Tune and MLflow experiment name; default <space>-<time>")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MEGDECODE_TRACKING_URI", help="MLflow URI; default a SQLite file in DATA")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="trials; default: the space's")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="wall-clock budget of the search (s)")] = None,
+    seeds: Annotated[int | None, typer.Option(help="seeds per trial; default: the space's")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(help="trials at once; default: the space's")] = None,
+    max_failures: Annotated[int, typer.Option(help="retries of a trial that raises")] = 2,
+    cpus_per_trial: Annotated[int | None, typer.Option(help="default: the cluster's CPUs / max concurrent trials")] = None,
+    gpus_per_trial: float = 0.0,
+    resume: Annotated[bool, typer.Option(help="resume the interrupted search OUT/EXPERIMENT (latest if no --experiment)")] = False,
+    retry_errored: Annotated[bool, typer.Option(help="with --resume: rerun failed trials from scratch")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray address; default: a local cluster (or RAY_ADDRESS)")] = None,
+    top_k: Annotated[int, typer.Option(help="configs in the summary table")] = 5,
+    register: Annotated[bool, typer.Option(help="register the best bundle as megdecode-brain@champion")] = True,
+) -> None:
+    """Ray Tune + Optuna search over SPACE, N seeds a trial, logged to MLflow; prints the summary."""
+    import ray as ray_module
+
+    from megdecode.tracking import default_tracking_uri
+    from megdecode.tune import SearchSetup, latest_experiment, run_search
+
+    data = data.resolve()
+    out = (out or data / "tune").resolve()
+    if resume:
+        experiment = experiment or latest_experiment(out)
+    elif space is None:
+        raise typer.BadParameter("--space is required (unless --resume)")
+    else:
+        from megdecode.search import load_space
+
+        experiment = experiment or f"{load_space(space).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    setup = SearchSetup(
+        space=str(space.resolve()) if space else "", data=str(data), out=str(out), experiment=experiment,
+        tracking_uri=tracking_uri or default_tracking_uri(data), num_samples=num_samples,
+        time_budget_s=time_budget, seeds=seeds, max_concurrent=max_concurrent, max_failures=max_failures,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+    )
+    started_ray = not ray_module.is_initialized()
+    try:
+        report = run_search(setup, resume=resume, address=address, top_k=top_k,
+                            register=("megdecode-brain", "champion") if register else None, retry_errored=retry_errored)
+    finally:
+        if started_ray:
+            ray_module.shutdown()
+    typer.echo(report.text())
+    typer.echo(f"browse: mlflow ui --backend-store-uri {report.tracking_uri}")
+
+
+@app.command()
+def windows(
+    data: Annotated[Path, typer.Option(help="run folder with store/ and latents/, or a store")],
+    latent: Annotated[str, typer.Option(help="latents/<NAME>.parquet is the target")] = "handcrafted",
+    out: Annotated[Path | None, typer.Option(help="output folder; default DATA/windows")] = None,
+    kind: Annotated[str, typer.Option(help="sliding | growing")] = "sliding",
+    model: Annotated[str, typer.Option(help="ridge | convnet")] = "ridge",
+    latents_dir: Annotated[Path | None, typer.Option(help="default: DATA/latents")] = None,
+    width: Annotated[float, typer.Option(help="sliding window length (s)")] = 0.1,
+    stride: Annotated[float, typer.Option(help="sliding window stride (s)")] = 0.025,
+    step: Annotated[float, typer.Option(help="growing window step (s)")] = 0.1,
+    metric: Annotated[str, typer.Option(help="metric of the figure and the peak")] = "small_top5_avg",
+    smooth: Annotated[int, typer.Option(help="windows averaged before taking the peak")] = 1,
+    seed: int = 0,
+    max_epochs: Annotated[int, typer.Option(help="convnet only")] = 100,
+    patience: Annotated[int, typer.Option(help="convnet only")] = 10,
+    batch_size: Annotated[int, typer.Option(help="convnet only")] = 128,
+    model_config: Annotated[Path | None, typer.Option(help="convnet only: JSON of BrainConfig fields")] = None,
+) -> None:
+    """One model per time window (paper grids); writes the table (CSV) and curve (PNG), prints the peak."""
+    from megdecode.curves import curve_peak, save_window_figure, window_table
+    from megdecode.data.simulate import read_ground_truth
+    from megdecode.models.brain import BrainConfig
+    from megdecode.train import FitConfig, TrainConfig
+
+    store = data / "store" if (data / "store" / "manifest.json").exists() else data
+    brain = BrainConfig.from_flat_dict(json.loads(model_config.read_text())) if model_config else BrainConfig()
+    cfg = FitConfig(
+        store=str(store), latents_dir=str(latents_dir or data / "latents"), model=brain,
+        train=TrainConfig(latent=latent, seed=seed, max_epochs=max_epochs, patience=patience,
+                          batch_size=batch_size),
+    )
+    grid = {"width": width, "stride": stride} if kind == "sliding" else {"step": step}
+    table = window_table(cfg, kind, model, **grid)
+    truth = None
+    if (data / "bids").is_dir():
+        try:
+            truth = read_ground_truth(data / "bids")["latencies_s"]
+        except FileNotFoundError:
+            logger.info("%s is not a twin: no true latencies to mark", data / "bids")
+    out = out or data / "windows"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"windows-{latent}-{model}-{kind}"
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    save_window_figure(table, stem.with_suffix(".png"), truth=truth, metric=metric,
+                       title=f"{latent}, {model}, {kind} windows")
+    x = "tmax" if kind == "growing" else "center"
+    peak = curve_peak(table, metric, x=x, smooth=smooth)
+    value = float(table.loc[table[x] == peak, metric].iloc[0])
+    typer.echo(f"table: {stem.with_suffix('.csv')}\nfigure: {stem.with_suffix('.png')}")
+    typer.echo(f"peak of {metric}: window {x} {peak:.3f} s ({metric} = {value:.3f})"
+               + (f"; twin latencies {truth}" if truth else ""))
 
 
 def _preprocess(bids_root: Path, out: Path, subjects: list[str] | None, use_ray: bool, address: str | None):  # type: ignore[no-untyped-def]

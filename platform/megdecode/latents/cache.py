@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +81,32 @@ def _open_rgb(path: str | Path) -> Image.Image:
         return image.convert("RGB")
 
 
+EncodeFn = Callable[[Sequence[str | Path], int], np.ndarray]
+
+
+def encode_files(encoder: ImageEncoder, paths: Sequence[str | Path], batch_size: int) -> np.ndarray:
+    """(len(paths), F) float32: the images encoded in batches, in order, in this process."""
+    chunks = []
+    starts = range(0, len(paths), batch_size)
+    for start in progress(starts, desc=f"encode {encoder.name}", total=len(starts)):
+        images = [_open_rgb(p) for p in paths[start : start + batch_size]]
+        chunks.append(np.asarray(encoder.encode(images)))
+    return np.concatenate(chunks) if chunks else np.empty((0, encoder.dim), np.float32)
+
+
 def encode_cached(
     encoder: ImageEncoder,
     image_ids: Sequence[int] | np.ndarray,
     image_paths: Sequence[str | Path],
     cache_dir: str | Path,
     batch_size: int = 32,
+    encode_fn: EncodeFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Latents of `image_ids`, encoding only the ids missing from the cache.
 
     Returns (ids (N,) int64 in the order given, latents (N, F) float32), duplicates
-    included. `image_paths[i]` is the file of `image_ids[i]`.
+    included. `image_paths[i]` is the file of `image_ids[i]`. `encode_fn(paths,
+    batch_size) -> (n, F)` replaces the local loop (e.g. a Ray Data actor pool).
     """
     ids = np.asarray(image_ids, dtype=np.int64)
     if len(ids) != len(image_paths):
@@ -122,22 +138,17 @@ def encode_cached(
     if todo:
         new_ids = np.fromiter(todo, np.int64, len(todo))
         paths = list(todo.values())
-        chunks = []
-        starts = range(0, len(paths), batch_size)
-        for start in progress(starts, desc=f"encode {encoder.name}", total=len(starts)):
-            images = [_open_rgb(p) for p in paths[start : start + batch_size]]
-            out = np.asarray(encoder.encode(images))
-            if out.shape != (len(images), encoder.dim) or out.dtype != np.float32:
-                raise LatentCacheError(
-                    f"{encoder.name}.encode returned {out.shape} {out.dtype}, "
-                    f"expected ({len(images)}, {encoder.dim}) float32"
-                )
-            chunks.append(out)
+        encoded = (encode_fn or partial(encode_files, encoder))(paths, batch_size)
+        if encoded.shape != (len(paths), encoder.dim) or encoded.dtype != np.float32:
+            raise LatentCacheError(
+                f"{encoder.name} returned {encoded.shape} {encoded.dtype}, "
+                f"expected ({len(paths)}, {encoder.dim}) float32"
+            )
         logger.info(
             "%s: encoded %d new images (%d cached)", encoder.name, len(new_ids), len(cached_ids)
         )
         cached_ids = np.concatenate([cached_ids, new_ids])
-        cached = np.concatenate([cached, *chunks])
+        cached = np.concatenate([cached, encoded])
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(path, cached_ids, cached, info)
 

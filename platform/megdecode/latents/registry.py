@@ -8,14 +8,16 @@ from the BIDS tree (or a separate images folder for the real THINGS images).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from megdecode.data import bids, shards
 from megdecode.latents.base import ImageEncoder
-from megdecode.latents.cache import encode_cached
+from megdecode.latents.cache import EncodeFn, encode_cached
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,15 @@ def make_encoder(
     raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
 
 
+def _make_on_device(name: str, clip_model: str, clip_weights: Path | None, device: str) -> ImageEncoder:
+    return make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device)
+
+
+def encoder_factory(name: str, clip_model: str = "ViT-L-14", clip_weights: Path | None = None) -> Callable[[str], ImageEncoder]:
+    """A picklable `device -> encoder` builder, for actors that pick their own device."""
+    return partial(_make_on_device, name, clip_model, clip_weights)
+
+
 def store_images(store: Path) -> tuple[np.ndarray, list[str]]:
     """Unique (image_id, image_path) pairs of every epoch in the store, sorted by id."""
     meta = shards.load_metadata(store)
@@ -63,11 +74,15 @@ def build_latents(
     encoder: ImageEncoder,
     images_root: Path | None = None,
     batch_size: int = 32,
+    encode_fn: EncodeFn | None = None,
 ) -> LatentsReport:
-    """Encode every stimulus of `store` with `encoder` into out_dir/<name>.parquet."""
+    """Encode every stimulus of `store` with `encoder` into out_dir/<name>.parquet.
+
+    `encode_fn` runs the encoding elsewhere (e.g. `distributed.ray_encode_fn`).
+    """
     ids, rel_paths = store_images(store)
     files = [bids.image_file(bids_root, p, images_root) for p in rel_paths]
-    ids_out, vectors = encode_cached(encoder, ids, files, out_dir, batch_size=batch_size)
+    ids_out, vectors = encode_cached(encoder, ids, files, out_dir, batch_size=batch_size, encode_fn=encode_fn)
     path = Path(out_dir) / f"{encoder.name}.parquet"
     logger.info("%s: %d images x %d dims -> %s", encoder.name, len(ids_out), vectors.shape[1], path)
     return LatentsReport(encoder.name, path, len(ids_out), int(vectors.shape[1]))
