@@ -153,7 +153,11 @@ class SearchSpace:
 
     def to_fit_config(self, flat: dict[str, Any], base: FitConfig) -> FitConfig:
         """base, then the fixed keys, then `flat` (a trial's config) -> a validated FitConfig."""
-        merged = base.to_flat_dict() | self.fixed | dict(flat)
+        merged = base.to_flat_dict()
+        unknown = sorted(set(flat) - set(merged))
+        if unknown:
+            raise ConfigError(f"search space {self.name!r}: unknown key(s) {unknown} (not FitConfig fields)")
+        merged |= self.fixed | dict(flat)
         try:
             return FitConfig.from_flat_dict(merged)
         except (TypeError, ValueError) as exc:
@@ -355,7 +359,8 @@ def _check_window(space: SearchSpace, where: str) -> None:
 
 
 def _check_configs(space: SearchSpace, where: str) -> None:
-    """Build the all-low, all-high and each-choice configs now, not in trial 37."""
+    """Build every value alone, then the all-low, all-high and each-choice configs, now
+    rather than in trial 37; a value alone names its key, a combination its label."""
     lows = {p.key: p.extremes()[0] for p in space.params}
     highs = {p.key: p.extremes()[1] for p in space.params}
     if TMIN in lows and TMAX in lows:
@@ -365,6 +370,14 @@ def _check_configs(space: SearchSpace, where: str) -> None:
     for spec in space.params:
         if spec.type == "categorical":
             candidates += [(f"{spec.key}={c!r}", lows | {spec.key: c}) for c in spec.choices]
+    for key, value in [(k, v) for k, v in space.fixed.items()] + [
+        (p.key, v) for p in space.params for v in (*p.extremes(), *p.choices)
+    ]:
+        if key not in (TMIN, TMAX):  # a window bound alone may clash with the default other bound
+            try:
+                FitConfig.from_flat_dict({key: value})
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}: {key}={value!r} is invalid: {exc}") from exc
     base = FitConfig()
     for label, flat in candidates:
         try:

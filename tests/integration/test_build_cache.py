@@ -41,3 +41,19 @@ def test_a_changed_config_does_not_reuse_the_cache(tiny_run: Path, tmp_path: Pat
     other = build_epoch_store(tiny_run / "bids", tmp_path / "b", cache_dir=cache,
                               preprocess=PreprocessConfig(h_freq=30.0))
     assert other.n_runs_reused == 0
+
+
+def test_rewritten_input_files_invalidate_the_cache(tmp_path: Path) -> None:
+    """A dataset simulated again (new files) must not reuse epochs of the old one."""
+    from megdecode.data.simulate import TwinConfig, simulate
+
+    cfg = TwinConfig.preset("tiny", seed=0).replace(n_subjects=1, n_sessions=2, n_runs=1)
+    simulate(cfg, tmp_path / "bids")
+    cache = tmp_path / "cache"
+    build_epoch_store(tmp_path / "bids", tmp_path / "a", cache_dir=cache)
+    simulate(cfg.replace(seed=1), tmp_path / "bids")
+    again = build_epoch_store(tmp_path / "bids", tmp_path / "b", cache_dir=cache)
+    assert again.n_runs_reused == 0
+    X_a, _ = shards.load_epochs(tmp_path / "a")
+    X_b, _ = shards.load_epochs(tmp_path / "b")
+    assert not np.array_equal(X_a, X_b)

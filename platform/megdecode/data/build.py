@@ -54,9 +54,10 @@ class BuildReport:
 def _preprocess_cached(root: str, key: bids.RunKey, cfg: PreprocessConfig, cache_dir: str) -> tuple[str, bool]:
     """Preprocess one run into the run cache unless a valid cache exists: (stem, reused)."""
     stem = runcache.cache_stem(Path(cache_dir), key, cfg)
-    if runcache.load_block(stem) is not None:
+    source = runcache.source_fingerprint(Path(root), key)
+    if runcache.load_block(stem, source) is not None:
         return str(stem), True
-    runcache.save_block(preprocess_run(bids.read_run(Path(root), key), cfg), stem)
+    runcache.save_block(preprocess_run(bids.read_run(Path(root), key), cfg), stem, source)
     return str(stem), False
 
 

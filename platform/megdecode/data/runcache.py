@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from megdecode.data import bids
 from megdecode.data.bids import RunKey
 from megdecode.data.preprocess import EpochBlock, PreprocessConfig
 
@@ -34,6 +35,16 @@ def cache_stem(cache_dir: Path, key: RunKey, cfg: PreprocessConfig) -> Path:
     return Path(cache_dir) / f"{key.basename}-{config_hash(cfg)}"
 
 
+def source_fingerprint(root: Path, key: RunKey) -> str:
+    """Size and mtime of the run's recording files and its tables: a rewritten dataset
+    (e.g. a twin simulated again with another seed) never reuses an old cache."""
+    raw = Path(bids.raw_path(root, key).fpath)
+    files = sorted(p for p in raw.rglob("*") if p.is_file()) if raw.is_dir() else [raw]
+    files += [bids.events_path(root, key), bids.attributes_path(root, key.subject)]
+    stats = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -42,7 +53,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_block(block: EpochBlock, stem: Path) -> None:
+def save_block(block: EpochBlock, stem: Path, source: str = "") -> None:
     """Write arrays and metadata, then the marker; a crash before the marker leaves no cache."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     marker = stem.with_suffix(".json")
@@ -52,19 +63,23 @@ def save_block(block: EpochBlock, stem: Path) -> None:
         np.savez(handle, data=block.data, pos2d=block.pos2d, pos3d=block.pos3d,
                  ch_names=np.asarray(block.ch_names), sfreq=block.sfreq, tmin=block.tmin)
     block.metadata.to_parquet(table, index=False)
-    info = {"npz": _sha256(arrays), "parquet": _sha256(table), "dropped": block.dropped}
+    info = {"npz": _sha256(arrays), "parquet": _sha256(table), "dropped": block.dropped, "source": source}
     tmp = marker.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, marker)
 
 
-def load_block(stem: Path) -> EpochBlock | None:
-    """The cached block, or None when absent, partial or corrupt (then it must be rebuilt)."""
+def load_block(stem: Path, source: str | None = None) -> EpochBlock | None:
+    """The cached block, or None when absent, partial, corrupt or (when `source` is given)
+    made from other input files; then it must be rebuilt."""
     marker, arrays, table = stem.with_suffix(".json"), stem.with_suffix(".npz"), stem.with_suffix(".parquet")
     if not marker.exists():
         return None
     try:
         info = json.loads(marker.read_text())
+        if source is not None and info.get("source") != source:
+            logger.info("cached run %s was made from other input files; rebuilding it", stem.name)
+            return None
         if _sha256(arrays) != info["npz"] or _sha256(table) != info["parquet"]:
             logger.warning("cached run %s does not match its checksum; rebuilding it", stem.name)
             return None

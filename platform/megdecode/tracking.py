@@ -1,0 +1,323 @@
+"""MLflow tracking for searches and the model registry (DESIGN §6).
+
+One experiment per search, one parent run per Tune trial and one child run per seed
+(tag ``mlflow.parentRunId``), per-epoch curves as step metrics, and the best bundle
+registered as a model with an alias (``megdecode-brain@champion``).
+
+Why `MlflowClient` with explicit run ids: the Tune driver logs for many trials at once,
+and MLflow's fluent API keeps one global active run per process. Why only the driver
+logs: the default store is a SQLite file (MLflow 3 deprecates the ``file:`` store), and
+SQLite takes one writing process; trials report to Tune, the driver writes MLflow. On
+several nodes, point ``--tracking-uri`` at an MLflow server instead.
+
+Idempotence: a trial run is found again by its ``megdecode.trial_id`` tag and a seed
+run by (parent, ``megdecode.seed``), so a resumed search does not duplicate runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow.artifacts
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.types import Schema, TensorSpec
+
+from megdecode.bundle import ModelBundle, git_commit
+from megdecode.predict import load_model, predict_windows
+
+logger = logging.getLogger(__name__)
+
+TRACKING_ENV = "MEGDECODE_TRACKING_URI"
+TAG_KIND, TAG_TRIAL, TAG_SEED = "megdecode.kind", "megdecode.trial_id", "megdecode.seed"
+TAG_COMMIT, TAG_DATA, TAG_PARENT = "megdecode.git_commit", "megdecode.dataset_sha256", "mlflow.parentRunId"
+MODEL_PATH = "model"  # artifact folder of the registered pyfunc model inside its run
+_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+def default_tracking_uri(run_dir: str | Path) -> str:
+    """``sqlite:///<run_dir>/mlflow.db``, unless MEGDECODE_TRACKING_URI says otherwise."""
+    return os.environ.get(TRACKING_ENV) or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def store_checksum(store: str | Path) -> str:
+    """sha256 of the store's manifest.json, which itself holds the sha256 of every shard."""
+    manifest = Path(store) / "manifest.json"
+    if not manifest.exists():
+        raise FileNotFoundError(f"no manifest.json in {store}; is it an epochs store?")
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+
+def bundle_signature(bundle: ModelBundle) -> ModelSignature:
+    """Inputs meg (-1, C, T) float32 and subject (-1,) int64; outputs clip, mse (-1, F) float32."""
+    c, t, f = len(bundle.ch_names), bundle.n_times, len(bundle.latent_mean)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, t), "meg"),
+                       TensorSpec(np.dtype(np.int64), (-1,), "subject")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, f), "clip"),
+                        TensorSpec(np.dtype(np.float32), (-1, f), "mse")]),
+    )
+
+
+class BundleModel(PythonModel):
+    """The registered pyfunc: loads the bundle through `megdecode.predict.load_model`."""
+
+    # `predict` has no type hints on purpose: MLflow would derive a schema from them, and
+    # hints cannot express named tensors, which the explicit `bundle_signature` does. This
+    # flag (what MLflow's own ChatModel uses) stops MLflow warning about the missing hints
+    # at class creation; if MLflow drops it, the only effect is that warning.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context):  # type: ignore[no-untyped-def]
+        self.model, self.bundle = load_model(Path(context.artifacts["bundle"]))
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """model_input {"meg": (N, C, T) float32, "subject": (N,) int} -> {"clip", "mse": (N, F)}."""
+        clip, mse = predict_windows(self.model, np.asarray(model_input["meg"], np.float32),
+                                    np.asarray(model_input["subject"], np.int64))
+        return {"clip": clip, "mse": mse}
+
+
+# The model is logged "from code" (this file, copied into the model) rather than pickled,
+# so loading it runs no unpickled code, only an import of megdecode.
+_MODEL_CODE = """import mlflow
+from megdecode.tracking import BundleModel
+
+mlflow.models.set_model(BundleModel())
+"""
+
+
+class Tracker:
+    """Runs of one experiment (created on first use) and the model registry of one store."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str | None = None) -> None:
+        if tracking_uri.startswith("file:") or "://" not in tracking_uri:
+            raise ValueError(f"tracking URI {tracking_uri!r}: MLflow 3 deprecates the file store; "
+                             "use sqlite:///PATH/mlflow.db or an http(s):// MLflow server")
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.artifact_root: Path | None = None
+        if tracking_uri.startswith("sqlite:///"):
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self.artifact_root = db.parent.resolve() / "mlartifacts"  # next to the db, not in the cwd
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._experiment_id: str | None = None
+        self._commit: str | None = None
+        self._checksums: dict[str, str] = {}
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            if not self.experiment_name:
+                raise ValueError("this Tracker has no experiment_name; pass one to log runs")
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+            else:
+                folder = self.experiment_name.replace("/", "_")
+                location = str(self.artifact_root / folder) if self.artifact_root else None
+                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+        return self._experiment_id
+
+    # --- runs -----------------------------------------------------------------------------
+    def trial_run(self, trial_id: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+        """The parent run of a Tune trial, reused (and set RUNNING) if it exists already."""
+        existing = self._find(f"tags.`{TAG_TRIAL}` = '{_quote(trial_id)}' AND tags.`{TAG_KIND}` = 'trial'")
+        all_tags = self._base_tags(params) | {TAG_KIND: "trial", TAG_TRIAL: trial_id} | dict(tags or {})
+        if existing is not None:
+            run_id = existing.info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            logger.info("trial %s: reusing run %s", trial_id, run_id)
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}").info.run_id
+        self._log_params(run_id, params)
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+        return run_id
+
+    def log_epoch(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
+        """One point of every per-epoch curve."""
+        now = int(time.time() * 1000)
+        self._log_metrics(run_id, [Metric(k, float(v), now, int(step)) for k, v in metrics.items()])
+
+    def seed_run(self, parent_run_id: str, seed: int, params: dict[str, Any], metrics: dict[str, float],
+                 history: list[dict[str, float]]) -> str:
+        """A finished child run of one seed: params, history as steps 0..E-1, then `metrics`.
+
+        A finished child for (parent, seed) is returned as it is; an unfinished one (a crash
+        while logging) is deleted and logged again, so no curve holds duplicate steps.
+        """
+        query = f"tags.`{TAG_PARENT}` = '{_quote(parent_run_id)}' AND tags.`{TAG_SEED}` = '{int(seed)}'"
+        existing = self._find(query)
+        if existing is not None and existing.info.status == "FINISHED":
+            return existing.info.run_id
+        if existing is not None:
+            self.client.delete_run(existing.info.run_id)
+        parent = self.client.get_run(parent_run_id)
+        inherited = {k: v for k, v in parent.data.tags.items() if k in (TAG_COMMIT, TAG_DATA, TAG_TRIAL)}
+        trial = parent.data.tags.get(TAG_TRIAL, parent_run_id)
+        tags = self._base_tags(params) | inherited | {TAG_PARENT: parent_run_id, TAG_KIND: "seed", TAG_SEED: str(int(seed))}
+        run_id = self.client.create_run(parent.info.experiment_id, run_name=f"{trial}-seed{seed}", tags=tags).info.run_id
+        self._log_params(run_id, params)
+        for step, row in enumerate(history):
+            self.log_epoch(run_id, step, row)
+        self.finish(run_id, metrics)
+        return run_id
+
+    def finish(self, run_id: str, metrics: dict[str, float] | None = None, status: str = "FINISHED") -> None:
+        """Log the summary `metrics` one step after the last curve point, then end the run.
+
+        The summary (e.g. val/top5 of the best epoch) is thus each metric's latest value,
+        which is what MLflow's run table shows.
+        """
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
+        if metrics:
+            step = self._next_step(run_id, metrics)
+            self.log_epoch(run_id, step, metrics)
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifacts(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file or a folder (e.g. a bundle, a window-curve figure) into the run's artifacts."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no artifact at {path}")
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_table(self, run_id: str, df: pd.DataFrame, name: str) -> str:
+        """`df` as tables/<name> (CSV, or JSON records when name ends in .json); returns the path."""
+        name = name if name.endswith((".csv", ".json")) else f"{name}.csv"
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / name
+            if name.endswith(".json"):
+                df.to_json(file, orient="records", indent=1)
+            else:
+                df.to_csv(file, index=False)
+            self.client.log_artifact(run_id, str(file), "tables")
+        return f"tables/{name}"
+
+    # --- registry -------------------------------------------------------------------------
+    def register_bundle(self, run_id: str, bundle_dir: str | Path, name: str = "megdecode-brain",
+                        alias: str = "champion") -> int:
+        """Log the bundle as a pyfunc model (with its signature) in `run_id`, register it, alias it."""
+        _, bundle = load_model(Path(bundle_dir))  # a broken bundle never enters the registry
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(input example|type hint).*")
+            code = Path(tmp) / "megdecode_pyfunc.py"
+            code.write_text(_MODEL_CODE)
+            mlflow.pyfunc.save_model(
+                Path(tmp) / MODEL_PATH, python_model=str(code), artifacts={"bundle": str(bundle_dir)},
+                signature=bundle_signature(bundle), pip_requirements=_requirements(),
+                metadata={"latent_name": bundle.latent_name, "tmin": bundle.tmin, "tmax": bundle.tmax},
+            )
+            self.client.log_artifacts(run_id, str(Path(tmp) / MODEL_PATH), MODEL_PATH)
+        try:
+            self.client.create_registered_model(name, description="MEG window -> image latent (megdecode)")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        tags = {"latent_name": bundle.latent_name, "tmin": bundle.tmin, "tmax": bundle.tmax,
+                "sfreq": bundle.sfreq, "n_channels": len(bundle.ch_names), "git_commit": bundle.git_commit}
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_PATH}"
+        version = self.client.create_model_version(name, source=source, run_id=run_id,
+                                                   tags={k: str(v) for k, v in tags.items()})
+        self.client.set_registered_model_alias(name, alias, version.version)
+        logger.info("registered %s version %s as @%s (run %s)", name, version.version, alias, run_id)
+        return int(version.version)
+
+    def resolve_alias(self, name: str = "megdecode-brain", alias: str = "champion",
+                      dst: str | Path | None = None) -> Path:
+        """Download ``name@alias`` and return its bundle folder (for `predict.load_model`)."""
+        version = self.client.get_model_version_by_alias(name, alias)
+        dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="megdecode-model-"))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst),
+                                                    tracking_uri=self.tracking_uri)
+        found = sorted(Path(local).rglob("bundle.json"), key=lambda p: len(p.parts))
+        if not found:
+            raise FileNotFoundError(f"{name}@{alias} (version {version.version}) holds no bundle.json")
+        return found[0].parent
+
+    def download_bundle(self, run_id: str, dst: str | Path | None = None) -> Path:
+        """The shallowest folder of the run's artifacts that holds a bundle.json, downloaded."""
+        folders, queue = [], [""]
+        while queue:
+            for info in self.client.list_artifacts(run_id, queue.pop(0) or None):
+                if info.is_dir:
+                    queue.append(info.path)
+                elif Path(info.path).name == "bundle.json":
+                    folders.append(str(Path(info.path).parent))
+        if not folders:
+            raise FileNotFoundError(f"run {run_id} has no bundle.json in its artifacts")
+        folder = min(folders, key=lambda p: (p.count("/"), p))
+        dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="megdecode-bundle-"))
+        if folder == ".":
+            return Path(self.client.download_artifacts(run_id, "", str(dst)))
+        return Path(self.client.download_artifacts(run_id, folder, str(dst)))
+
+    # --- helpers --------------------------------------------------------------------------
+    def _find(self, filter_string: str) -> Any:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=2)
+        if len(runs) > 1:
+            logger.warning("%d runs match %s; using the first", len(runs), filter_string)
+        return runs[0] if runs else None
+
+    def _base_tags(self, params: dict[str, Any]) -> dict[str, str]:
+        """Git commit always; the dataset checksum when the params name a store that exists."""
+        if self._commit is None:
+            self._commit = git_commit(Path(__file__).resolve().parent)
+        tags = {TAG_COMMIT: self._commit}
+        store = str(params.get("store") or "")
+        if store and (Path(store) / "manifest.json").exists():
+            if store not in self._checksums:
+                self._checksums[store] = store_checksum(store)
+            tags[TAG_DATA] = self._checksums[store]
+        return tags
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Params are immutable in MLflow: log the missing ones only (a resumed run has the rest)."""
+        have = self.client.get_run(run_id).data.params
+        values = {k: "None" if v is None else str(v) for k, v in params.items()}
+        changed = sorted(k for k, v in values.items() if k in have and have[k] != v)
+        if changed:
+            logger.warning("run %s keeps its logged values of %s (MLflow params are immutable)", run_id, changed)
+        todo = [Param(k, v) for k, v in values.items() if k not in have]
+        for start in range(0, len(todo), _BATCH):
+            self.client.log_batch(run_id, params=todo[start : start + _BATCH])
+
+    def _log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+    def _next_step(self, run_id: str, metrics: dict[str, float]) -> int:
+        logged = set(self.client.get_run(run_id).data.metrics) & set(metrics)
+        steps = [m.step for key in logged for m in self.client.get_metric_history(run_id, key)]
+        return max(steps) + 1 if steps else 0
+
+
+def _quote(value: str) -> str:
+    if "'" in value:
+        raise ValueError(f"ids may not contain quotes: {value!r}")
+    return value
+
+
+def _requirements() -> list[str]:
+    """Pinned to what wrote the model, so a loader knows what it needs."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "torch", "numpy", "safetensors")]
