@@ -3,6 +3,7 @@ PY ?= .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
+export MLFLOW_DISABLE_TELEMETRY := true
 DEMO_OUT ?= runs/demo
 
 .PHONY: install demo test test-slow lint bench clean
