@@ -71,10 +71,11 @@ def slice_window(data: RunData, tmin: float, tmax: float) -> RunData:
     if len(keep) < 2:
         raise ValueError(f"window [{tmin}, {tmax}] s holds {len(keep)} samples of "
                          f"[{data.tmin:.4f}, {data.tmax:.4f}] s")
-    idx = torch.from_numpy(keep)
+    lo, hi = int(keep[0]), int(keep[-1]) + 1
 
-    def cut(split: SplitTensors) -> SplitTensors:
-        return dataclasses.replace(split, meg=split.meg.index_select(2, idx).contiguous())
+    def cut(split: SplitTensors) -> SplitTensors:  # windows are contiguous: a slice, copied
+        meg = np.ascontiguousarray(split.meg.numpy()[:, :, lo:hi])
+        return dataclasses.replace(split, meg=torch.from_numpy(meg))
 
     return dataclasses.replace(data, train=cut(data.train), val=cut(data.val), test=cut(data.test),
                                tmin=float(times[keep[0]]), tmax=float(times[keep[-1]]))
@@ -170,11 +171,19 @@ def _lower_is_better(metric: str) -> bool:
     return "rank" in metric
 
 
-def curve_peak(table: pd.DataFrame, metric: str = "small_top5_avg", x: str = "center") -> float:
-    """Time (column x) of the best window: highest top-k, lowest rank."""
+def curve_peak(table: pd.DataFrame, metric: str = "large_mean_rank", x: str = "center",
+               smooth: int = 1) -> float:
+    """Time (column x) of the best window: highest top-k, lowest rank.
+
+    smooth > 1 first averages `smooth` neighbouring windows (centred): a response that
+    decodes over a plateau of windows then peaks at the plateau's middle instead of at
+    whichever window the noise favours. The table must be sorted by x.
+    """
     if table.empty:
         raise ValueError("empty window table")
-    values = table[metric].to_numpy(dtype=float)
+    if smooth < 1:
+        raise ValueError(f"smooth must be >= 1, got {smooth}")
+    values = table[metric].astype(float).rolling(smooth, center=True, min_periods=1).mean()
     best = np.nanargmin(values) if _lower_is_better(metric) else np.nanargmax(values)
     return float(table[x].to_numpy()[int(best)])
 

@@ -14,6 +14,11 @@ only for the twin: a real THINGS-MEG root has no ground truth and is refused.
 Files: ``<out_dir>/<name>.parquet`` in the `megdecode.latents.cache` format (image_id,
 fixed-shape tensor ``latent``, schema metadata), so `load_latents` and `train` read them
 like any encoder's. Catch images (image_id -1, never kept in the store) are left out.
+
+Retrieval caveat: all images of a category share one twin-category vector, and ties
+count against the prediction (`megdecode.evaluate`), so on the large test set (several
+images per test category) twin-category top-5 is 0 by construction; use the small set
+or the rank metrics for it.
 """
 
 from __future__ import annotations
@@ -81,10 +86,11 @@ def write_twin_latents(bids_root: str | Path, out_dir: str | Path) -> list[Path]
     Raises NotATwinError (a FileNotFoundError) when bids_root holds no twin ground truth.
     Existing files of the same names are replaced (they are a pure function of the truth).
     """
+    latents_by_name = twin_latents(bids_root)  # first: a non-twin root writes nothing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, (ids, latents) in twin_latents(bids_root).items():
+    for name, (ids, latents) in latents_by_name.items():
         digest = hashlib.sha256(ids.tobytes() + latents.tobytes()).hexdigest()[:16]
         info = {"name": name, "dim": int(latents.shape[1]), "fingerprint": f"{name}:{digest}",
                 "token_shape": None, "source": "twin ground truth"}
