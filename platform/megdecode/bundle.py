@@ -13,7 +13,6 @@ and ``arrays.safetensors`` (positions, latent stats, gallery).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import subprocess
@@ -27,6 +26,8 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
+
+from megdecode.data.shards import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +109,6 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_bundle(bundle: ModelBundle, path: Path) -> Path:
     """Validate and write the bundle folder; returns it."""
     bundle.validate()
@@ -126,7 +123,7 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
         "tmin": bundle.tmin, "tmax": bundle.tmax, "sfreq": bundle.sfreq, "n_times": bundle.n_times,
         "ch_names": bundle.ch_names, "subjects": bundle.subjects, "latent_name": bundle.latent_name,
         "metrics": bundle.metrics, "git_commit": bundle.git_commit, "extra": bundle.extra,
-        "sha256": {name: _sha256(path / name) for name in ("model.safetensors", "arrays.safetensors")},
+        "sha256": {name: sha256_file(path / name) for name in ("model.safetensors", "arrays.safetensors")},
     }
     (path / "bundle.json").write_text(json.dumps(meta, indent=2, default=float))
     return path
@@ -149,7 +146,7 @@ def load_bundle(path: Path) -> ModelBundle:
         file = path / name
         if not file.exists():
             raise BundleError(f"bundle file {file} is missing")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise BundleError(f"bundle file {file} does not match its checksum")
     arrays = load_numpy(str(path / "arrays.safetensors"))
     absent = [a for a in _ARRAYS if a not in arrays]

@@ -22,6 +22,7 @@ import pandas as pd
 from megdecode.data import bids
 from megdecode.data.bids import RunKey
 from megdecode.data.preprocess import EpochBlock, PreprocessConfig
+from megdecode.data.shards import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ def source_fingerprint(root: Path, key: RunKey) -> str:
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_block(block: EpochBlock, stem: Path, source: str = "") -> None:
     """Write arrays and metadata, then the marker; a crash before the marker leaves no cache."""
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +56,7 @@ def save_block(block: EpochBlock, stem: Path, source: str = "") -> None:
         np.savez(handle, data=block.data, pos2d=block.pos2d, pos3d=block.pos3d,
                  ch_names=np.asarray(block.ch_names), sfreq=block.sfreq, tmin=block.tmin)
     block.metadata.to_parquet(table, index=False)
-    info = {"npz": _sha256(arrays), "parquet": _sha256(table), "dropped": block.dropped, "source": source}
+    info = {"npz": sha256_file(arrays), "parquet": sha256_file(table), "dropped": block.dropped, "source": source}
     tmp = marker.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, marker)
@@ -80,7 +73,7 @@ def load_block(stem: Path, source: str | None = None) -> EpochBlock | None:
         if source is not None and info.get("source") != source:
             logger.info("cached run %s was made from other input files; rebuilding it", stem.name)
             return None
-        if _sha256(arrays) != info["npz"] or _sha256(table) != info["parquet"]:
+        if sha256_file(arrays) != info["npz"] or sha256_file(table) != info["parquet"]:
             logger.warning("cached run %s does not match its checksum; rebuilding it", stem.name)
             return None
         with np.load(arrays) as npz:

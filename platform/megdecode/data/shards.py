@@ -146,7 +146,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (shards are hundreds of MB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -362,7 +363,7 @@ def _write_into(
     for subject in sorted(writers):
         writers[subject].close()
         for path, n in writers[subject].done:
-            files.append(ShardFile(path.relative_to(root).as_posix(), subject, n, _sha256(path)))
+            files.append(ShardFile(path.relative_to(root).as_posix(), subject, n, sha256_file(path)))
     from megdecode import __version__
 
     manifest = Manifest(
@@ -409,7 +410,7 @@ def verify_store(store: str | Path) -> Manifest:
         path = store / f.path
         if not path.is_file():
             raise FileNotFoundError(f"store file {path} listed in the manifest is missing")
-        if _sha256(path) != f.sha256:
+        if sha256_file(path) != f.sha256:
             raise StoreError(f"store file {path} is corrupt: sha256 does not match the manifest")
     return manifest
 
