@@ -17,7 +17,7 @@ threads ran the ConvNet ~3x slower and ridge's eigendecompositions up to ~100x s
 Needs a built demo (`megdecode demo`): reads RUN/store and RUN/latents/handcrafted.parquet,
 writes the twin latents into RUN/latents (a pure function of the ground truth) and the
 curves (CSV, PNG) plus results.json into --out.
-Usage: python benchmarks/twin_decoding.py [--run runs/demo] [--epochs 10] [--hidden 96]
+Usage: python benchmarks/twin_decoding.py [--run runs/demo] [--epochs 25] [--hidden 96]
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/demo"))
     parser.add_argument("--out", type=Path, default=None, help="default RUN/twin_decoding")
     parser.add_argument("--targets", nargs="*", default=list(TARGETS))
-    parser.add_argument("--epochs", type=int, default=10, help="ConvNet max epochs")
-    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=25, help="ConvNet max epochs")
+    parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=96, help="hidden and merger channels")
     parser.add_argument("--curve-decim", type=int, default=13,
                         help="ridge curves: time samples averaged per feature (13 = the window mean)")

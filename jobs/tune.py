@@ -1,0 +1,17 @@
+"""Ray job: the search (`tune` stage). Arguments as `megdecode tune --help`.
+
+    ray job submit --working-dir . -- python jobs/tune.py --space search_spaces/smoke.yaml --data /abs/run
+    python jobs/tune.py --space search_spaces/smoke.yaml       # no cluster: starts a local Ray
+"""
+
+from __future__ import annotations
+
+import sys
+
+from _bootstrap import ensure_importable
+
+if __name__ == "__main__":
+    ensure_importable()
+    from megdecode.cli import app
+
+    app(["tune", *sys.argv[1:]])

@@ -1,0 +1,247 @@
+"""What a Tune trial runs: one config over N seeds in lockstep, on data shared by the node.
+
+One trial = one flat config from the search space, trained for every seed of the space in
+lockstep (`train.Trainer`, one epoch each per step), so the trial can report the mean and
+standard deviation over seeds of every validation metric after every epoch: ASHA stops
+and Optuna ranks on the *mean*. Seeds live inside the trial rather than in Tune's
+`Repeater` because the Repeater cannot resume an interrupted search and hides the per-epoch
+mean from the scheduler; here a resumed search sees whole trials only.
+
+At the end of a trial each seed is scored on the test sets and saved as a model bundle in
+the trial's checkpoint (``<experiment>/<trial>/checkpoint_000000/seed<s>/``), next to
+``seeds.json`` (per-seed metrics and per-epoch history). Nothing in a trial talks to
+MLflow: the driver-side callback of `megdecode.tune_mlflow` is the only writer;
+`megdecode.tune.run_search` drives the search.
+
+Data: the epoch store is read once, in the driver, at the full stored window, and shipped
+to the trials with `tune.with_parameters` (one `ray.put`). Trials on a node map the same
+shared-memory object store buffers (numpy arrays deserialise zero-copy, read-only), and
+each trial slices its window as a view (`SharedEpochs.run_data`), so memory does not grow
+with the number of trials, and worker nodes need no access to the store's disk: Ray moves
+the object to each node once. Reading the store through Ray Data inside every trial would
+instead re-read and copy it per trial; minibatch shuffling needs each split in memory
+anyway, so streaming buys nothing here (Ray Data is what `jobs/preprocess.py` uses).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from megdecode.config import ConfigError
+from megdecode.data import shards
+from megdecode.latents.cache import load_latents
+from megdecode.search import SearchSpace
+from megdecode.train import FitConfig, RunData, SplitTensors, Trainer
+
+logger = logging.getLogger(__name__)
+
+SPLIT_GROUPS = {"train": ("train",), "val": ("val",), "test": ("test", "test_large")}
+SEEDS_FILE = "seeds.json"
+CURVE = "curve/"  # prefix of the last epoch's values in a trial's final report
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by a fault-injection drill (`TrialPlan.fail_trials`)."""
+
+
+@dataclass
+class SharedEpochs:
+    """Every epoch of the store at the full stored window, per split group, plus latents.
+
+    meg[group]: (N_group, C, T_full) float32, rows in store order, exactly the rows
+    `train.load_run_data` selects for that split group; latents: name -> (ids (L,), (L, F)).
+    """
+
+    manifest: shards.Manifest
+    meg: dict[str, np.ndarray]
+    meta: dict[str, pd.DataFrame]
+    latents: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def load(cls, store: str | Path, latents_dir: str | Path, latent_names: list[str]) -> SharedEpochs:
+        """Read the store (pyarrow, one pass per split group) and the named latents."""
+        manifest = shards.read_manifest(store)
+        meg, meta = {}, {}
+        for group, splits in SPLIT_GROUPS.items():
+            meg[group], meta[group] = shards.load_epochs(store, splits=splits)
+            if not len(meta[group]):
+                raise ValueError(f"the store {store} has no epochs with split in {splits}")
+        latents = {}
+        for name in latent_names:
+            path = Path(latents_dir) / f"{name}.parquet"
+            if not path.exists():
+                raise FileNotFoundError(f"no latents {name!r} at {path}; run `megdecode latents` first")
+            latents[name] = load_latents(path)
+        return cls(manifest, meg, meta, latents)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in self.meg.values())
+
+    def run_data(self, cfg: FitConfig) -> RunData:
+        """The `RunData` that `train.load_run_data(cfg)` reads from disk, as views of our arrays."""
+        t = cfg.train
+        if t.latent not in self.latents:
+            raise KeyError(f"latent {t.latent!r} was not loaded for this search; loaded: {sorted(self.latents)}")
+        latent_ids, latents = self.latents[t.latent]
+        window = shards.time_slice(self.manifest, t.tmin, t.tmax)
+        subjects = sorted(self.manifest.subjects)
+        index = pd.Index(latent_ids)
+
+        def split(group: str) -> SplitTensors:
+            meta = self.meta[group]
+            row = index.get_indexer(meta["image_id"].to_numpy())
+            if (row < 0).any():
+                missing = meta["image_id"].to_numpy()[row < 0][:5].tolist()
+                raise KeyError(f"{int((row < 0).sum())} epochs have no {t.latent!r} latent, e.g. image ids {missing}")
+            with warnings.catch_warnings():  # the object store's arrays are read-only; we never write
+                warnings.simplefilter("ignore", UserWarning)
+                meg = torch.from_numpy(self.meg[group][:, :, window])
+            return SplitTensors(
+                meg=meg,
+                subject=torch.from_numpy(meta["subject"].map({s: i for i, s in enumerate(subjects)}).to_numpy(np.int64, copy=True)),
+                target=torch.from_numpy(latents[row]),
+                meta=meta,
+            )
+
+        times = np.asarray(self.manifest.times)[window]
+        return RunData(
+            train=split("train"), val=split("val"), test=split("test"), subjects=subjects,
+            ch_names=list(self.manifest.ch_names), pos2d=np.asarray(self.manifest.pos2d),
+            sfreq=self.manifest.sfreq, tmin=float(times[0]), tmax=float(times[-1]),
+            latent_ids=latent_ids, latents=latents,
+        )
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every trial shares besides the data: the space, the base config, the seeds.
+
+    fail_trials: fault-injection drill (tests, chaos checks): the trials numbered so (1-based,
+    in creation order, as in their names ``trial_0003_...``) raise `InjectedFault` after
+    their first epoch on every attempt, so retries and failure handling can be exercised
+    deterministically. Empty in normal use.
+    """
+
+    space: SearchSpace
+    base: FitConfig
+    seeds: tuple[int, ...]
+    device: str = "cpu"
+    threads: int = 1  # torch threads of a trial = the CPUs Tune reserved for it
+    fail_trials: frozenset[int] = field(default_factory=frozenset)
+
+    def fit_config(self, flat: dict[str, Any], seed: int) -> FitConfig:
+        cfg = self.space.to_fit_config(flat, self.base)
+        return cfg.replace(train=cfg.train.replace(seed=seed, device=self.device))
+
+
+def trial_name(trial: Any) -> str:
+    """``trial_0003_<id>``: creation order first, so names sort and the reporter stays narrow."""
+    number = str(trial.experiment_tag).split("_", 1)[0]
+    return f"trial_{int(number):04d}_{trial.trial_id}" if number.isdigit() else f"trial_{trial.trial_id}"
+
+
+def trial_number(name: str) -> int | None:
+    parts = name.split("_")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "trial" and parts[1].isdigit() else None
+
+
+def seed_stats(rows: list[dict[str, float]]) -> dict[str, float]:
+    """{key_mean, key_std} over seeds for every numeric key; std is the sample std (ddof=1)."""
+    out: dict[str, float] = {}
+    for key in rows[0]:
+        values = np.array([float(r[key]) for r in rows if key in r], dtype=np.float64)
+        out[f"{key}_mean"] = float(values.mean())
+        out[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def _current_row(trainer: Trainer) -> dict[str, float]:
+    """This epoch's row, or the best epoch's row once the seed has stopped (the model it keeps)."""
+    row = trainer.history[trainer.best_epoch] if trainer.done and trainer.best_epoch >= 0 else trainer.history[-1]
+    return {k: v for k, v in row.items() if k != "epoch"}
+
+
+def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> None:
+    """The Tune trainable: every seed in lockstep, one report per epoch, bundles at the end.
+
+    Reports {epoch, <metric>_mean, <metric>_std} after every epoch (ASHA's time attribute
+    is ``epoch``); the last report also carries the final metrics and the checkpoint.
+    """
+    from ray import tune
+
+    name = tune.get_context().get_trial_name()
+    torch.set_num_threads(plan.threads)
+    cfgs = [plan.fit_config(config, seed) for seed in plan.seeds]
+    data = shared.run_data(cfgs[0])
+    trainers = [Trainer(cfg, data) for cfg in cfgs]
+    epoch = 0
+    while True:
+        for trainer in trainers:
+            if not trainer.done:
+                trainer.step()
+        epoch += 1
+        metrics: dict[str, Any] = {"epoch": epoch, **seed_stats([_current_row(t) for t in trainers])}
+        if not all(t.done for t in trainers):
+            tune.report(metrics)
+            if trial_number(name) in plan.fail_trials:
+                raise InjectedFault(f"{name}: fault injected after epoch {epoch} (TrialPlan.fail_trials)")
+            continue
+        # The last epoch and the final metrics share one report: ASHA stops a trial that
+        # reaches max_t on that epoch's report, so a later report would never arrive. The
+        # final (best-epoch) values take the metric names Optuna and ASHA read; the last
+        # epoch's own values ride along as curve/<name> for the per-epoch curves.
+        curve = {f"{CURVE}{k}": v for k, v in metrics.items() if k != "epoch"}
+        folder = Path(tempfile.mkdtemp(prefix="megdecode-trial-"))
+        try:
+            final = _finish(trainers, folder) | {"epoch": epoch} | curve
+            tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        finally:  # report() has copied the checkpoint to the experiment's storage
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+
+
+def _finish(trainers: list[Trainer], folder: Path) -> dict[str, float]:
+    """Test every seed and save its bundle in `folder`; mean/std of the final metrics.
+
+    The trial's best seed is chosen on val/top5 (never on test).
+    """
+    seeds: list[dict[str, Any]] = []
+    for trainer in trainers:
+        seed = trainer.cfg.train.seed
+        result = trainer.finish(folder / f"seed{seed}")
+        seeds.append({"seed": seed, "metrics": result.metrics, "history": result.history, "bundle": f"seed{seed}"})
+    best = max(seeds, key=lambda s: s["metrics"]["val/top5"])
+    (folder / SEEDS_FILE).write_text(json.dumps({"best_seed": best["seed"], "seeds": seeds}, default=float))
+    return seed_stats([s["metrics"] for s in seeds]) | {"best_seed": float(best["seed"]), "final": 1.0}
+
+
+def fit_config_from_params(params: dict[str, str], seed: int) -> FitConfig:
+    """The FitConfig of one seed of a trial, from its MLflow parent-run params (strings)."""
+    known = FitConfig().to_flat_dict()
+    flat = {k: (None if v == "None" else v) for k, v in params.items() if k in known}
+    if not flat:
+        raise ConfigError("these params hold no FitConfig key; is this a trial's parent run?")
+    cfg = FitConfig.from_flat_dict(flat)
+    return cfg.replace(train=cfg.train.replace(seed=seed))
+
+
+def latent_names(space: SearchSpace, base: FitConfig) -> list[str]:
+    """Every latent a trial of this space can ask for (so the driver loads each once)."""
+    names = {str(space.fixed.get("train.latent", base.train.latent))}
+    for spec in space.params:
+        if spec.key == "train.latent":
+            names |= {str(c) for c in spec.choices}
+    return sorted(names)
+
