@@ -47,7 +47,6 @@ from megdecode.tune_trial import (
     SEEDS_FILE,
     SharedEpochs,
     TrialPlan,
-    latent_names,
     run_trial,
     trial_name,
 )
@@ -129,6 +128,15 @@ class SearchReport:
         return "\n".join(lines)
 
 
+def latent_names(space: SearchSpace, base: FitConfig) -> list[str]:
+    """Every latent a trial of this space can ask for (so the driver loads each once)."""
+    names = {str(space.fixed.get("train.latent", base.train.latent))}
+    for spec in space.params:
+        if spec.key == "train.latent":
+            names |= {str(c) for c in spec.choices}
+    return sorted(names)
+
+
 def latest_experiment(out: Path) -> str:
     """The most recently started search under `out` (for `--resume` without a name)."""
     found = sorted(Path(out).glob(f"*/{SETUP_FILE}"), key=lambda p: p.stat().st_mtime)
@@ -166,8 +174,8 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     seeds = tuple(range(setup.seeds or space.seeds))
     store, latents_dir = data_paths(Path(setup.data))
     base = FitConfig(store=str(store), latents_dir=str(latents_dir))
-    plan = TrialPlan(space, base, seeds, device="cuda" if setup.gpus_per_trial > 0 else "cpu",
-                     fail_trials=frozenset(setup.fail_trials))
+    plan = TrialPlan(base, dict(space.fixed), seeds, tuple(p.key for p in space.params),
+                     device="cuda" if setup.gpus_per_trial > 0 else "cpu", fail_trials=frozenset(setup.fail_trials))
     concurrent = setup.max_concurrent or space.max_concurrent
     # Ray's new console output ignores `progress_reporter` and prints every trial's full
     # result; the classic table (`_reporter`) stays readable. Set RAY_AIR_NEW_OUTPUT=1 to undo.
@@ -282,7 +290,7 @@ def _trial_rows(results: Any, statuses: dict[str, str], plan: TrialPlan) -> pd.D
     """One row per trial: FINISHED (test metrics, bundles), FAILED, EARLY_STOPPED (by ASHA),
     UNFINISHED (interrupted: a resume reruns it)."""
     rows = []
-    searched = [p.key for p in plan.space.params]
+    searched = list(plan.searched)
     for result in results:
         metrics = dict(result.metrics or {})
         trial_id = metrics.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1]

@@ -177,7 +177,7 @@ def window_figure(trials: pd.DataFrame, plan: TrialPlan, path: Path, metric: str
     """`metric` (mean±std over seeds) against each finished trial's window, when windows were searched."""
     from megdecode.windows import plot_window_curves
 
-    keys = {p.key for p in plan.space.params}
+    keys = set(plan.searched)
     if not keys & {"train.tmin", "train.tmax"} or trials.empty:
         return None
     base = plan.fit_config({}, plan.seeds[0]).train

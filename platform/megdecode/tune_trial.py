@@ -41,7 +41,6 @@ import torch
 from megdecode.config import ConfigError
 from megdecode.data import shards
 from megdecode.latents.cache import load_latents
-from megdecode.search import SearchSpace
 from megdecode.train import FitConfig, RunData, SplitTensors, Trainer
 
 logger = logging.getLogger(__name__)
@@ -126,23 +125,32 @@ class SharedEpochs:
 
 @dataclass(frozen=True)
 class TrialPlan:
-    """What every trial shares besides the data: the space, the base config, the seeds.
+    """What every trial shares besides the data: the base config, the space's fixed keys, the seeds.
+
+    A trial's config is base, then `fixed`, then the trial's own keys: the merge of
+    `search.SearchSpace.to_fit_config`, which `search.load_space` has already checked on the
+    extremes of the space. The plan holds no `SearchSpace`, so a Tune worker imports neither
+    the YAML nor the Optuna machinery (seconds of start-up per worker).
 
     fail_trials: fault-injection drill (tests, chaos checks): the trials numbered so (1-based,
     in creation order, as in their names ``trial_0003_...``) raise `InjectedFault` after
-    their first epoch on every attempt, so retries and failure handling can be exercised
-    deterministically. Empty in normal use.
+    their first epoch (unless it is their last) on every attempt, so that retries and
+    failure handling can be exercised deterministically. Empty in normal use.
     """
 
-    space: SearchSpace
     base: FitConfig
+    fixed: dict[str, Any]
     seeds: tuple[int, ...]
+    searched: tuple[str, ...] = ()  # the keys the space searches (for tables and figures)
     device: str = "cpu"
     threads: int = 1  # torch threads of a trial = the CPUs Tune reserved for it
     fail_trials: frozenset[int] = field(default_factory=frozenset)
 
     def fit_config(self, flat: dict[str, Any], seed: int) -> FitConfig:
-        cfg = self.space.to_fit_config(flat, self.base)
+        try:
+            cfg = FitConfig.from_flat_dict(self.base.to_flat_dict() | self.fixed | dict(flat))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid trial config: {exc}") from exc
         return cfg.replace(train=cfg.train.replace(seed=seed, device=self.device))
 
 
@@ -235,13 +243,3 @@ def fit_config_from_params(params: dict[str, str], seed: int) -> FitConfig:
         raise ConfigError("these params hold no FitConfig key; is this a trial's parent run?")
     cfg = FitConfig.from_flat_dict(flat)
     return cfg.replace(train=cfg.train.replace(seed=seed))
-
-
-def latent_names(space: SearchSpace, base: FitConfig) -> list[str]:
-    """Every latent a trial of this space can ask for (so the driver loads each once)."""
-    names = {str(space.fixed.get("train.latent", base.train.latent))}
-    for spec in space.params:
-        if spec.key == "train.latent":
-            names |= {str(c) for c in spec.choices}
-    return sorted(names)
-
