@@ -56,10 +56,15 @@ def latents(
     store: Annotated[Path, typer.Option(help="epoch store (lists the images)")],
     bids_root: Annotated[Path, typer.Option("--bids", help="BIDS root holding stimuli/")],
     out: Annotated[Path, typer.Option(help="latents folder")],
-    encoder: Annotated[list[str], typer.Option(help="handcrafted | clip-vision | clip-vision-tokens")] = ["handcrafted"],  # noqa: B006
+    encoder: Annotated[list[str], typer.Option(help="handcrafted | clip-vision[-tokens] | clip-text[-tokens] | autokl[-avg] | dinov2 | vgg19")] = ["handcrafted"],  # noqa: B006
     images_root: Annotated[Path | None, typer.Option(help="images folder (real THINGS images)")] = None,
     clip_model: str = "ViT-L-14",
-    clip_weights: Annotated[Path | None, typer.Option(help="local open_clip checkpoint")] = None,
+    clip_weights: Annotated[Path | None, typer.Option(help="local open_clip checkpoint (clip-vision*, clip-text*)")] = None,
+    autokl_weights: Annotated[Path | None, typer.Option(help="local diffusers AutoencoderKL folder")] = None,
+    dinov2_weights: Annotated[Path | None, typer.Option(help="local timm/DINOv2 checkpoint file")] = None,
+    dinov2_model: str = "vit_large_patch14_dinov2",
+    vgg19_weights: Annotated[Path | None, typer.Option(help="local torchvision VGG-19 state_dict")] = None,
+    allow_random_init: Annotated[bool, typer.Option(help="random weights where none are given (tests/twin demos only)")] = False,
     device: str = "cpu",
     ray: Annotated[bool, typer.Option(help="encode on a Ray Data actor pool (a GPU per actor if any)")] = False,
     address: Annotated[str | None, typer.Option(help="Ray address; default: local cluster")] = None,
@@ -72,9 +77,13 @@ def latents(
         from megdecode.raycluster import init_ray
 
         init_ray(address)
+    weights = {
+        "autokl_weights": autokl_weights, "dinov2_weights": dinov2_weights, "vgg19_weights": vgg19_weights,
+        "dinov2_model": dinov2_model, "allow_random_init": allow_random_init,
+    }
     for name in encoder:
-        enc = make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device)
-        factory = encoder_factory(name, clip_model, clip_weights)
+        enc = make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device, **weights)  # type: ignore[arg-type]
+        factory = encoder_factory(name, clip_model, clip_weights, **weights)
         encode_fn = ray_encode_fn(factory) if ray else None
         report = build_latents(store, bids_root, out, enc, images_root=images_root, encode_fn=encode_fn)
         typer.echo(json.dumps(_as_dict(report), default=str))
@@ -88,35 +97,18 @@ def demo(
     ray: Annotated[bool, typer.Option(help="preprocess on a local Ray cluster")] = True,
     clip_weights: Annotated[Path | None, typer.Option(help="local open_clip checkpoint")] = None,
     clip_model: str = "ViT-L-14",
+    tune: Annotated[bool, typer.Option(help="run the search and register the champion")] = True,
+    space: Annotated[Path | None, typer.Option(help="search space; default search_spaces/smoke.yaml")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="trials; default: the space's")] = None,
+    serve: Annotated[bool, typer.Option(help="serve the champion on 127.0.0.1 and decode test windows")] = True,
 ) -> None:
-    """Simulate the twin, preprocess it, write the epoch store and the latents, summarise."""
-    from megdecode.data import shards
-    from megdecode.data.simulate import TwinConfig
-    from megdecode.data.simulate import simulate as run_simulation
-    from megdecode.latents.registry import build_latents, make_encoder
+    """The whole chain on the twin: simulate, preprocess, latents, search, register, serve."""
+    from megdecode.demo import DemoSetup, run_demo
 
-    start = time.perf_counter()
-    bids_root, store, latent_dir = out / "bids", out / "store", out / "latents"
-    twin = run_simulation(TwinConfig.preset(size, seed=seed), bids_root, n_jobs=2)
-    report = _preprocess(bids_root, store, None, ray, None)
-    encoders = ["handcrafted"]
-    if clip_weights is not None:
-        encoders.append("clip-vision")
-    else:
-        logger.warning("no --clip-weights given: skipping CLIP-Vision latents (no weights are downloaded)")
-    latent_reports = [
-        build_latents(store, bids_root, latent_dir, make_encoder(n, clip_model, clip_weights))
-        for n in encoders
-    ]
-    manifest = shards.read_manifest(store)
-    summary = {
-        "twin": _as_dict(twin),
-        "store": _as_dict(report) | {"rows_per_subject": manifest.row_counts},
-        "latents": [_as_dict(r) for r in latent_reports],
-        "seconds_total": round(time.perf_counter() - start, 1),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    typer.echo(json.dumps(summary, indent=2, default=str))
+    if tune and not ray:
+        raise typer.BadParameter("--tune needs Ray: drop --no-ray or add --no-tune")
+    run_demo(DemoSetup(out=out, size=size, seed=seed, use_ray=ray, clip_weights=clip_weights, clip_model=clip_model,
+                       tune=tune, space=space, num_samples=num_samples, serve=serve), echo=typer.echo)
 
 
 @app.command()

@@ -360,7 +360,8 @@ def _check_window(space: SearchSpace, where: str) -> None:
 
 def _check_configs(space: SearchSpace, where: str) -> None:
     """Build every value alone, then the all-low, all-high and each-choice configs, now
-    rather than in trial 37; a value alone names its key, a combination its label."""
+    rather than in trial 37; a value alone names its key, a combination its label.
+    A conditional key is built with its condition met, and left out where it is not."""
     lows = {p.key: p.extremes()[0] for p in space.params}
     highs = {p.key: p.extremes()[1] for p in space.params}
     if TMIN in lows and TMAX in lows:
@@ -369,13 +370,14 @@ def _check_configs(space: SearchSpace, where: str) -> None:
     candidates = [("the lows / first choices", lows), ("the highs / last choices", highs)]
     for spec in space.params:
         if spec.type == "categorical":
-            candidates += [(f"{spec.key}={c!r}", lows | {spec.key: c}) for c in spec.choices]
-    for key, value in [(k, v) for k, v in space.fixed.items()] + [
-        (p.key, v) for p in space.params for v in (*p.extremes(), *p.choices)
+            candidates += [(f"{spec.key}={c!r}", lows | _condition(spec) | {spec.key: c}) for c in spec.choices]
+    candidates = [(label, _drop_inactive(space, flat)) for label, flat in candidates]
+    for key, value, flat in [(k, v, {k: v}) for k, v in space.fixed.items()] + [
+        (p.key, v, _condition(p) | {p.key: v}) for p in space.params for v in (*p.extremes(), *p.choices)
     ]:
         if key not in (TMIN, TMAX):  # a window bound alone may clash with the default other bound
             try:
-                FitConfig.from_flat_dict({key: value})
+                FitConfig.from_flat_dict(flat)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{where}: {key}={value!r} is invalid: {exc}") from exc
     base = FitConfig()
@@ -384,3 +386,15 @@ def _check_configs(space: SearchSpace, where: str) -> None:
             space.to_fit_config(flat, base)
         except ConfigError as exc:
             raise ConfigError(f"{where}: the config built from {label} is invalid: {exc.__cause__ or exc}") from exc
+
+
+def _condition(spec: ParamSpec) -> dict[str, Any]:
+    """The first allowed value of each key the spec is conditional on (empty if none)."""
+    return {key: allowed[0] for key, allowed in spec.when}
+
+
+def _drop_inactive(space: SearchSpace, flat: dict[str, Any]) -> dict[str, Any]:
+    """`flat` without the conditional keys whose condition it does not meet."""
+    values = dict(space.fixed) | flat
+    inactive = {p.key for p in space.params if p.when and not p.active(values)}
+    return {k: v for k, v in flat.items() if k not in inactive}

@@ -16,7 +16,7 @@ from megdecode.data import shards
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "tiny", "--no-ray"])
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "tiny", "--no-ray", "--no-tune"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
 
@@ -25,14 +25,15 @@ def test_demo_writes_store_latents_and_summary(demo_out: Path) -> None:
     summary = json.loads((demo_out / "summary.json").read_text())
     manifest = shards.read_manifest(demo_out / "store")
     shards.verify_store(demo_out / "store")
-    assert summary["store"]["n_epochs"] == sum(manifest.row_counts.values())
-    assert summary["store"]["n_times"] == 181  # -0.5..1.0 s at 120 Hz
+    assert summary["preprocess"]["n_epochs"] == sum(manifest.row_counts.values())
+    assert summary["preprocess"]["n_times"] == 181  # -0.5..1.0 s at 120 Hz
     assert manifest.sfreq == 120.0
     X, meta = shards.load_epochs(demo_out / "store")
     assert X.dtype == np.float32 and X.shape[1:] == (len(manifest.ch_names), 181)
     assert np.abs(X).max() <= 20.0
     assert "catch" not in set(meta["trial_type"])
     assert {"train", "val", "test", "test_large"} <= set(meta["split"])
+    assert set(summary["stages"]) == {"simulate", "preprocess", "latents"}
     latents = summary["latents"][0]
     assert latents["name"] == "handcrafted"
     assert latents["n_images"] == meta["image_id"].nunique()

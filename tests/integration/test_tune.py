@@ -43,8 +43,7 @@ from megdecode.tune_trial import (
     trial_number,
 )
 
-# slow until the Tune job has passed a clean-clone CI run (about 2.5 min on 2 cores)
-pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = 2

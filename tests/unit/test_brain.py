@@ -261,3 +261,29 @@ def test_bad_inputs_raise_clear_errors() -> None:
     model = BrainModule(small_config(), positions())
     with pytest.raises(ValueError, match="expected x of shape"):
         model(torch.randn(2, C, T + 1), torch.zeros(2, dtype=torch.long))
+
+
+def test_multi_head_attention_pooling_equals_a_loop_over_channel_groups() -> None:
+    torch.manual_seed(0)
+    agg = TemporalAggregation("attention", channels=6, n_times=5, heads=3)
+    proj = torch.nn.Linear(4, 6)
+    x = torch.randn(2, 5, 4)
+    h = proj(x)  # (B, T, 6)
+    scores = torch.softmax(agg.score(h), dim=1)  # (B, T, 3)
+    expected = torch.zeros(2, 6)
+    for b in range(2):
+        for head in range(3):
+            cols = slice(2 * head, 2 * head + 2)
+            for t in range(5):
+                expected[b, cols] += scores[b, t, head] * h[b, t, cols]
+    assert torch.allclose(agg(x, proj), expected, atol=1e-6)
+
+
+def test_attention_heads_must_divide_the_features_and_need_attention() -> None:
+    with pytest.raises(ConfigError, match="divide"):
+        small_config(aggregation="attention", attention_heads=5)
+    with pytest.raises(ConfigError, match="needs aggregation='attention'"):
+        small_config(aggregation="mean", attention_heads=2)
+    model = BrainModule(small_config(aggregation="attention", attention_heads=2), positions())
+    x, subject = batch()
+    assert model(x, subject).clip.shape == (6, F)

@@ -68,6 +68,17 @@ def test_paper_and_smoke_search_what_the_issue_asks() -> None:
     assert (specs["model.depth"].low, specs["model.depth"].high) == (1, 2)
 
 
+def test_paper_suggests_attention_heads_only_for_attention_pooling() -> None:
+    space = load_space(SPACES / "paper.yaml")
+    base = FitConfig(store="/s", latents_dir="/l")
+    kinds = set()
+    for flat in _samples(space, 60, seed=2):
+        kinds.add(flat["model.aggregation"])
+        assert ("model.attention_heads" in flat) == (flat["model.aggregation"] == "attention"), flat
+        space.to_fit_config(flat, base)  # every sampled head count divides F'
+    assert kinds == {"mean", "affine", "attention"}
+
+
 def test_windows_are_on_the_grid_inside_the_epoch_and_ordered() -> None:
     space = load_space(SPACES / "windows.yaml")
     assert {p.key for p in space.params} == {"train.tmin", "train.tmax"}

@@ -180,7 +180,9 @@ class TemporalAggregation(nn.Module):
     "mean": global average pooling. "affine": a learned weight per time step plus a bias,
     shared over channels (Benchetrit et al.'s choice), initialised to the mean so training
     starts from average pooling. "attention": a per-time score from a linear map of the
-    channels, softmax over time, weighted sum.
+    channels, softmax over time, weighted sum; with ``heads`` > 1 the D_out channels are
+    split into that many groups, each pooled with its own scores (so different feature
+    groups can read different latencies, e.g. an early low-level and a late semantic peak).
 
     `forward(x, proj)` returns Agg(proj(x)). For the two linear kinds it computes
     proj(Agg'(x)) instead, which is the same number (proj acts on channels, the
@@ -188,25 +190,30 @@ class TemporalAggregation(nn.Module):
     Σ_t a_t (W x_t + c) + b = W (Σ_t a_t x_t) + c Σ_t a_t + b.
     """
 
-    def __init__(self, kind: str, channels: int, n_times: int) -> None:
+    def __init__(self, kind: str, channels: int, n_times: int, heads: int = 1) -> None:
         super().__init__()
         if kind not in ("mean", "affine", "attention"):
             raise ValueError(f"aggregation must be 'mean', 'affine' or 'attention', got {kind!r}")
+        if heads < 1 or channels % heads:
+            raise ValueError(f"attention heads ({heads}) must divide the channels ({channels})")
         self.kind = kind
         self.n_times = n_times
+        self.heads = heads
         if kind == "affine":
             self.weight = nn.Parameter(torch.full((n_times,), 1.0 / n_times))
             self.bias = nn.Parameter(torch.zeros(()))
         elif kind == "attention":
-            self.score = nn.Linear(channels, 1)  # channels = D_out, scores the projected x
+            self.score = nn.Linear(channels, heads)  # channels = D_out, scores the projected x
 
     def forward(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
         if x.shape[1] != self.n_times:
             raise ValueError(f"expected {self.n_times} time samples, got {x.shape[1]}")
         if self.kind == "attention":
             h = proj(x)  # (B, T, D_out)
-            attn = torch.softmax(self.score(h), dim=1)  # (B, T, 1)
-            return torch.bmm(attn.transpose(1, 2), h).squeeze(1)
+            attn = torch.softmax(self.score(h), dim=1)  # (B, T, heads)
+            b, t, d = h.shape
+            groups = h.reshape(b, t, self.heads, d // self.heads)  # (B, T, heads, D_out/heads)
+            return torch.einsum("bth,bthd->bhd", attn, groups).reshape(b, d)
         if self.kind == "mean":
             return proj(x.mean(dim=1))
         # (B, 1, T) @ (B, T, D_in): a batched product that reads x in place (torch.matmul
