@@ -113,7 +113,7 @@ def demo(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="run folder with store/ and latents/, or a store")],
+    data: Annotated[Path | None, typer.Option(help="run folder with store/ and latents/, or a store")] = None,
     latent: Annotated[str, typer.Option(help="latents/<NAME>.parquet is the target")] = "handcrafted",
     latents_dir: Annotated[Path | None, typer.Option(help="default: DATA/latents")] = None,
     tmin: float = -0.5,
@@ -126,6 +126,9 @@ def train(
     ridge: Annotated[bool, typer.Option(help="also fit the ridge baseline")] = True,
     out: Annotated[Path | None, typer.Option(help="bundle folder; default DATA/models/<latent>-seed<seed>")] = None,
     model_config: Annotated[Path | None, typer.Option(help="JSON of BrainConfig fields")] = None,
+    from_run: Annotated[str | None, typer.Option(help="MLflow run id of a Tune trial: train its logged config "
+                                                      "with --seed (other options ignored, --data overrides its store)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MEGDECODE_TRACKING_URI", help="MLflow URI for --from-run")] = None,
 ) -> None:
     """Train one brain module (one seed, one window); print ConvNet vs ridge vs chance."""
     from megdecode.compare import format_table, results_table, ridge_table
@@ -133,15 +136,22 @@ def train(
     from megdecode.models.brain import BrainConfig
     from megdecode.train import FitConfig, TrainConfig, fit, load_run_data
 
-    store = data / "store" if (data / "store" / "manifest.json").exists() else data
-    latents_dir = latents_dir or (data / "latents")
-    brain = BrainConfig.from_flat_dict(json.loads(model_config.read_text())) if model_config else BrainConfig()
-    cfg = FitConfig(
-        store=str(store), latents_dir=str(latents_dir), model=brain, loss=LossConfig(lam=lam),
-        train=TrainConfig(latent=latent, tmin=tmin, tmax=tmax, seed=seed, max_epochs=max_epochs,
-                          patience=patience, batch_size=batch_size),
-    )
-    out = out or data / "models" / f"{latent}-seed{seed}"
+    if from_run is not None:
+        cfg = _trial_config(from_run, tracking_uri, seed)
+        latent = cfg.train.latent
+    elif data is None:
+        raise typer.BadParameter("--data is required (unless --from-run)")
+    else:
+        brain = BrainConfig.from_flat_dict(json.loads(model_config.read_text())) if model_config else BrainConfig()
+        cfg = FitConfig(
+            store="", latents_dir="", model=brain, loss=LossConfig(lam=lam),
+            train=TrainConfig(latent=latent, tmin=tmin, tmax=tmax, seed=seed, max_epochs=max_epochs,
+                              patience=patience, batch_size=batch_size),
+        )
+    if data is not None:
+        store = data / "store" if (data / "store" / "manifest.json").exists() else data
+        cfg = cfg.replace(store=str(store), latents_dir=str(latents_dir or (data / "latents")))
+    out = out or Path(cfg.store).parent / "models" / f"{latent}-seed{seed}"
     run_data = load_run_data(cfg)
     result = fit(cfg, out_dir=out, data=run_data)
     table = results_table(result.table, ridge_table(run_data) if ridge else None)
@@ -281,6 +291,18 @@ def windows(
     typer.echo(f"table: {stem.with_suffix('.csv')}\nfigure: {stem.with_suffix('.png')}")
     typer.echo(f"peak of {metric}: window {x} {peak:.3f} s ({metric} = {value:.3f})"
                + (f"; twin latencies {truth}" if truth else ""))
+
+
+def _trial_config(run_id: str, tracking_uri: str | None, seed: int):  # type: ignore[no-untyped-def]
+    """The FitConfig a Tune trial logged to MLflow (its parent run's params), for `seed`."""
+    from mlflow import MlflowClient
+
+    from megdecode.tune_trial import fit_config_from_params
+
+    if tracking_uri is None:
+        raise typer.BadParameter("--from-run needs --tracking-uri (or MEGDECODE_TRACKING_URI)")
+    run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    return fit_config_from_params(run.data.params, seed)
 
 
 def _preprocess(bids_root: Path, out: Path, subjects: list[str] | None, use_ray: bool, address: str | None):  # type: ignore[no-untyped-def]

@@ -43,5 +43,27 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         options.setdefault("runtime_env", {"py_modules": [package_dir()]})
         ray.init(address=address or env_address, **options)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **options)
+        _loopback_only()
+        ray.init(num_cpus=num_cpus or os.cpu_count(), **options)
     logger.info("ray: %s", ray.cluster_resources())
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> None:
+    """Make the private local cluster advertise and bind 127.0.0.1 only.
+
+    On Linux, Ray resolves every local address (even ``_node_ip_address="127.0.0.1"`` or
+    ``ray start --node-ip-address=127.0.0.1``) to the machine's network address, and its
+    GCS, raylet and object manager then listen on all interfaces. With Ray's switch
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` ("no multi-node cluster") the node address is
+    the loopback one and those servers bind 127.0.0.1, which is what a one-machine run
+    wants. Set the variable to 1 yourself to let other machines join a cluster started here.
+    Ray reads it when `ray` is first imported, so the imported constant is updated too; the
+    variable is also what Ray's own child processes see.
+    """
+    from ray._private import ray_constants
+
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ[LOOPBACK_ENV].strip().lower() in ("1", "true")

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from megdecode.predict import load_model
-from megdecode.train import FitConfig, TrainConfig, fit, load_run_data
+from megdecode.train import FitConfig, TrainConfig, load_run_data
 from megdecode.tune import SearchSetup, check_searcher, run_search, saved_trials
 from megdecode.tune_mlflow import summary_table
 from megdecode.tune_trial import (
@@ -225,16 +225,25 @@ def test_check_searcher_refuses_a_trial_the_study_did_not_suggest(search: Simple
         check_searcher(setup.path, [stray])
 
 
-def test_best_trial_is_reproduced_by_fit_outside_tune(search: SimpleNamespace) -> None:
+def test_best_trial_is_reproduced_by_megdecode_train_outside_tune(search: SimpleNamespace, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from megdecode.bundle import load_bundle
+    from megdecode.cli import app
+
     best = search.second.best
     client = _client(search.uri)
-    params = client.get_run(best["run_id"]).data.params
     child = client.search_runs(
         [client.get_run(best["run_id"]).info.experiment_id],
         f"tags.`mlflow.parentRunId` = '{best['run_id']}' AND tags.`megdecode.seed` = '{best['seed']}'")[0]
-    result = fit(fit_config_from_params(params, best["seed"]))
-    for key in ("val/top5", "val/clip_loss", "val/loss", "best_epoch"):
-        assert result.metrics[key] == pytest.approx(child.data.metrics[key], rel=1e-4, abs=1e-6), key
+    result = CliRunner().invoke(app, ["train", "--from-run", best["run_id"], "--tracking-uri", search.uri,
+                                      "--seed", str(best["seed"]), "--no-ridge", "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    metrics = load_bundle(tmp_path / "bundle").metrics
+    for key in ("val/top5", "val/clip_loss", "val/loss", "best_epoch", "test/top5"):
+        assert metrics[key] == pytest.approx(child.data.metrics[key], rel=1e-4, abs=1e-6), key
+    params = client.get_run(best["run_id"]).data.params
+    assert fit_config_from_params(params, best["seed"]).train.seed == best["seed"]
 
 
 def test_shared_epochs_give_exactly_the_run_data_read_from_disk(tiny_run: Path) -> None:
@@ -286,7 +295,8 @@ def test_ray_job_submit_runs_jobs_tune_on_a_head_the_test_starts(tiny_run: Path,
                                         "metrics-export-port", "ray-client-server-port",
                                         "node-manager-port", "object-manager-port")}
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix sockets live there
-    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+                        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # a one-machine head on loopback only
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1",
