@@ -198,6 +198,7 @@ def tune(
     max_failures: Annotated[int, typer.Option(help="retries of a trial that raises")] = 2,
     cpus_per_trial: Annotated[int | None, typer.Option(help="default: the cluster's CPUs / max concurrent trials")] = None,
     gpus_per_trial: float = 0.0,
+    scheduler: Annotated[str, typer.Option(help="asha (early stopping) | fifo (none)")] = "asha",
     resume: Annotated[bool, typer.Option(help="resume the interrupted search OUT/EXPERIMENT (latest if no --experiment)")] = False,
     retry_errored: Annotated[bool, typer.Option(help="with --resume: rerun failed trials from scratch")] = False,
     address: Annotated[str | None, typer.Option(help="Ray address; default: a local cluster (or RAY_ADDRESS)")] = None,
@@ -224,7 +225,7 @@ def tune(
         space=str(space.resolve()) if space else "", data=str(data), out=str(out), experiment=experiment,
         tracking_uri=tracking_uri or default_tracking_uri(data), num_samples=num_samples,
         time_budget_s=time_budget, seeds=seeds, max_concurrent=max_concurrent, max_failures=max_failures,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler,
     )
     started_ray = not ray_module.is_initialized()
     try:
@@ -303,6 +304,55 @@ def _trial_config(run_id: str, tracking_uri: str | None, seed: int):  # type: ig
         raise typer.BadParameter("--from-run needs --tracking-uri (or MEGDECODE_TRACKING_URI)")
     run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
     return fit_config_from_params(run.data.params, seed)
+
+
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[Path, typer.Option(help="Serve config YAML")] = Path("serve_apps/config.yaml"),
+    bundle: Annotated[Path | None, typer.Option(help="serve this bundle folder")] = None,
+    model: Annotated[str | None, typer.Option(help="serve models:/<name>@<alias>")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MEGDECODE_TRACKING_URI", help="MLflow URI for --model")] = None,
+    generator: Annotated[Path | None, typer.Option(help="generator folder for /v1/reconstruct")] = None,
+    port: Annotated[int | None, typer.Option(help="default: the config's http_options.port")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray address; default: a local loopback cluster")] = None,
+) -> None:
+    """Serve the decoder (and generator) over HTTP on 127.0.0.1 until interrupted."""
+    import ray as ray_module
+    from ray import serve
+
+    from megdecode.serve.app import start
+    from megdecode.serve.config import read_config_file
+
+    cfg, _ = read_config_file(config)
+    source = str(bundle) if bundle else model
+    if source:
+        cfg = cfg.replace(decoder=cfg.decoder.replace(model=source, tracking_uri=tracking_uri or cfg.decoder.tracking_uri))
+    if generator:
+        cfg = cfg.replace(generator=cfg.generator.replace(weights=str(generator)))
+    if port:
+        cfg = cfg.replace(http=cfg.http.replace(port=port))
+    url = start(cfg, address=address)
+    typer.echo(f"serving {cfg.decoder.model} at {url} (docs: {url}/docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray_module.shutdown()
+
+
+@app.command("serve-example")
+def serve_example(
+    store: Annotated[Path, typer.Option(help="epoch store of the model")],
+    bundle: Annotated[Path, typer.Option(help="bundle whose window and subjects the example must fit")],
+    out: Annotated[Path, typer.Option(help="JSON body to write")] = Path("examples/window.json"),
+) -> None:
+    """Write one test window as a /v1/decode JSON body (curl -d @OUT)."""
+    from megdecode.serve.demo import example_window
+
+    typer.echo(str(example_window(store, bundle, out)))
 
 
 def _preprocess(bids_root: Path, out: Path, subjects: list[str] | None, use_ray: bool, address: str | None):  # type: ignore[no-untyped-def]

@@ -77,6 +77,11 @@ class SearchSetup:
     gpus_per_trial: float = 0.0
     sampler_seed: int = 0
     fail_trials: tuple[int, ...] = ()  # fault-injection drill, see `TrialPlan`
+    scheduler: str = "asha"  # "asha" (early stopping on the per-epoch mean) | "fifo" (none: baselines)
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("asha", "fifo"):
+            raise ValueError(f"scheduler: expected 'asha' or 'fifo', got {self.scheduler!r}")
 
     @property
     def path(self) -> Path:
@@ -209,7 +214,7 @@ def _new_tuner(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, trainabl
                verbose: int) -> Any:
     """Optuna (TPE, define-by-run) behind a concurrency limit, ASHA on the per-epoch mean."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -223,7 +228,8 @@ def _new_tuner(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, trainabl
         tune_config=tune.TuneConfig(
             metric=metric, mode=space.mode, num_samples=setup.num_samples or space.num_samples,
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period),
+            scheduler=(ASHAScheduler(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period)
+                       if setup.scheduler == "asha" else FIFOScheduler()),
             time_budget_s=setup.time_budget_s or space.time_budget_s,
             trial_name_creator=trial_name, trial_dirname_creator=trial_name, reuse_actors=True),
         run_config=tune.RunConfig(
