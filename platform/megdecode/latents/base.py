@@ -37,6 +37,28 @@ class ImageEncoder(Protocol):
         ...
 
 
-def fingerprint(encoder: ImageEncoder) -> str:
+@runtime_checkable
+class TextEncoder(Protocol):
+    """A text model frozen into a feature extractor (e.g. CLIP-Text of an image's category).
+
+    Same contract as ImageEncoder (name, dim, optional fingerprint and token_shape), but it
+    encodes the text attached to each image: the stage that builds latents turns each
+    image's ``category`` (from the store) into ``prompt(category)`` and feeds those texts
+    instead of pixels; the cache is still keyed by image id.
+    """
+
+    name: str
+    dim: int
+
+    def prompt(self, category: str) -> str:
+        """The text to encode for an image of `category` (part of the fingerprint)."""
+        ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts, encoded verbatim -> (N, F) float32."""
+        ...
+
+
+def fingerprint(encoder: ImageEncoder | TextEncoder) -> str:
     """The encoder's identity for cache checks: ``fingerprint`` if it has one, else name."""
     return str(getattr(encoder, "fingerprint", encoder.name))

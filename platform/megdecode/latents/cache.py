@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from megdecode.latents.base import ImageEncoder, fingerprint
+from megdecode.latents.base import ImageEncoder, TextEncoder, fingerprint
 from megdecode.logs import progress
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def encode_files(encoder: ImageEncoder, paths: Sequence[str | Path], batch_size:
 
 
 def encode_cached(
-    encoder: ImageEncoder,
+    encoder: ImageEncoder | TextEncoder,
     image_ids: Sequence[int] | np.ndarray,
     image_paths: Sequence[str | Path],
     cache_dir: str | Path,
@@ -106,7 +106,8 @@ def encode_cached(
 
     Returns (ids (N,) int64 in the order given, latents (N, F) float32), duplicates
     included. `image_paths[i]` is the file of `image_ids[i]`. `encode_fn(paths,
-    batch_size) -> (n, F)` replaces the local loop (e.g. a Ray Data actor pool).
+    batch_size) -> (n, F)` replaces the local loop (e.g. a Ray Data actor pool); a
+    `TextEncoder` needs one, and its "paths" are then the texts to encode.
     """
     ids = np.asarray(image_ids, dtype=np.int64)
     if len(ids) != len(image_paths):
@@ -138,7 +139,11 @@ def encode_cached(
     if todo:
         new_ids = np.fromiter(todo, np.int64, len(todo))
         paths = list(todo.values())
-        encoded = (encode_fn or partial(encode_files, encoder))(paths, batch_size)
+        if encode_fn is None:
+            if not isinstance(encoder, ImageEncoder):
+                raise TypeError(f"{encoder.name} does not encode images: pass encode_fn")
+            encode_fn = partial(encode_files, encoder)
+        encoded = encode_fn(paths, batch_size)
         if encoded.shape != (len(paths), encoder.dim) or encoded.dtype != np.float32:
             raise LatentCacheError(
                 f"{encoder.name} returned {encoded.shape} {encoded.dtype}, "

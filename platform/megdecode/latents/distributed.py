@@ -13,15 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from megdecode.latents.base import ImageEncoder
+from megdecode.latents.base import ImageEncoder, TextEncoder
 
 logger = logging.getLogger(__name__)
 
-EncoderFactory = Callable[[str], ImageEncoder]  # device -> encoder
+EncoderFactory = Callable[[str], ImageEncoder | TextEncoder]  # device -> encoder
 
 
 class _EncodeActor:
-    """Ray Data callable class: {"row", "path"} batches -> {"row", "latent"} batches."""
+    """Ray Data callable class: {"row", "path"} batches -> {"row", "latent"} batches.
+
+    For a `TextEncoder` the "path" column holds the texts to encode.
+    """
 
     def __init__(self, factory: EncoderFactory) -> None:
         import torch
@@ -31,8 +34,11 @@ class _EncodeActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from megdecode.latents.cache import _open_rgb
 
-        images = [_open_rgb(str(p)) for p in batch["path"]]
-        return {"row": batch["row"], "latent": np.asarray(self.encoder.encode(images), np.float32)}
+        if isinstance(self.encoder, TextEncoder):
+            latents = self.encoder.encode_texts([str(t) for t in batch["path"]])
+        else:
+            latents = self.encoder.encode([_open_rgb(str(p)) for p in batch["path"]])
+        return {"row": batch["row"], "latent": np.asarray(latents, np.float32)}
 
 
 def ray_encode_fn(factory: EncoderFactory, actors: int | None = None) -> Callable[[Sequence[str | Path], int], np.ndarray]:

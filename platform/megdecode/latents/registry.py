@@ -2,7 +2,19 @@
 
 Latents are keyed by image id, so one cache serves every subject and every split; the
 image list comes from the epoch store (what was actually shown and kept), and the files
-from the BIDS tree (or a separate images folder for the real THINGS images).
+from the BIDS tree (or a separate images folder for the real THINGS images). Text
+encoders (CLIP-Text) get each image's category, as `encoder.prompt(category)`, instead.
+
+    name                 model                           F (paper's weights)
+    handcrafted          colour hist + HOG + LBP         depends on its config
+    clip-vision          open_clip image embedding       768 (ViT-L/14)
+    clip-vision-tokens   open_clip image token grid      257 x 768
+    clip-text            open_clip text, token mean      768
+    clip-text-tokens     open_clip text token grid       77 x 768
+    autokl               diffusers AutoencoderKL mean    4 x 64 x 64 (512 px)
+    autokl-avg           its channel average             64 x 64
+    dinov2               timm DINOv2 CLS token           1024 (ViT-L/14)
+    vgg19                torchvision VGG-19 logits       1000
 """
 
 from __future__ import annotations
@@ -16,12 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from megdecode.data import bids, shards
-from megdecode.latents.base import ImageEncoder
+from megdecode.latents.base import ImageEncoder, TextEncoder
 from megdecode.latents.cache import EncodeFn, encode_cached
 
 logger = logging.getLogger(__name__)
 
-ENCODERS = ("handcrafted", "clip-vision", "clip-vision-tokens")
+ENCODERS = (
+    "handcrafted", "clip-vision", "clip-vision-tokens", "clip-text", "clip-text-tokens",
+    "autokl", "autokl-avg", "dinov2", "vgg19",
+)
+Encoder = ImageEncoder | TextEncoder
 
 
 @dataclass(frozen=True)
@@ -37,8 +53,25 @@ def make_encoder(
     clip_model: str = "ViT-L-14",
     clip_weights: Path | None = None,
     device: str = "cpu",
-) -> ImageEncoder:
-    """Build the encoder called `name`; CLIP needs weights at a local path."""
+    *,
+    autokl_weights: Path | None = None,
+    dinov2_weights: Path | None = None,
+    vgg19_weights: Path | None = None,
+    dinov2_model: str = "vit_large_patch14_dinov2",
+    autokl_size: int | None = None,
+    allow_random_init: bool = False,
+) -> Encoder:
+    """Build the encoder called `name` from weights at a local path (see the table above).
+
+    `clip_weights` serves the four CLIP latents (a full open_clip checkpoint holds both
+    towers); `clip_model` is an open_clip name or a JSON config path. `autokl_weights` is
+    a diffusers folder, the others are files.
+    `autokl_size` defaults to 512 px with weights and 64 px for the tiny random VAE.
+    `allow_random_init` (tests and twin demos only) builds random weights where a path is
+    missing, with a loud warning; the cache fingerprint records it.
+    """
+    if name.startswith("clip-"):
+        clip_model = open_clip_architecture(clip_model)
     if name == "handcrafted":
         from megdecode.latents.handcrafted import HandcraftedEncoder
 
@@ -47,42 +80,122 @@ def make_encoder(
         from megdecode.latents.clip import ClipVisionEncoder
 
         output = "tokens" if name.endswith("tokens") else "cls"
-        return ClipVisionEncoder(clip_model, pretrained=clip_weights, output=output, device=device)
+        return ClipVisionEncoder(
+            clip_model, pretrained=clip_weights, output=output,
+            device=device, allow_random_init=allow_random_init,
+        )
+    if name in ("clip-text", "clip-text-tokens"):
+        from megdecode.latents.clip_text import ClipTextEncoder
+
+        output = "tokens" if name.endswith("tokens") else "mean"
+        return ClipTextEncoder(
+            clip_model, pretrained=clip_weights, output=output,
+            device=device, allow_random_init=allow_random_init,
+        )
+    if name in ("autokl", "autokl-avg"):
+        from megdecode.latents.autokl import AutoKLEncoder
+
+        size = autokl_size or (512 if autokl_weights is not None else 64)
+        output = "avg" if name.endswith("avg") else "latent"
+        return AutoKLEncoder(
+            autokl_weights, output=output, image_size=size,
+            device=device, allow_random_init=allow_random_init,
+        )
+    if name == "dinov2":
+        from megdecode.latents.vision import DinoV2Encoder
+
+        return DinoV2Encoder(
+            dinov2_model, weights=dinov2_weights,
+            device=device, allow_random_init=allow_random_init,
+        )
+    if name == "vgg19":
+        from megdecode.latents.vision import Vgg19Encoder
+
+        return Vgg19Encoder(
+            vgg19_weights,
+            device=device, allow_random_init=allow_random_init,
+        )
     raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
 
 
-def _make_on_device(name: str, clip_model: str, clip_weights: Path | None, device: str) -> ImageEncoder:
-    return make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device)
+def open_clip_architecture(clip_model: str) -> str:
+    """An open_clip model name, or the path of an open_clip JSON config (registered here).
+
+    A config path lets a custom (e.g. tiny test) architecture travel to Ray actors, which
+    register it again when they build their encoder from the same arguments.
+    """
+    if clip_model.endswith(".json"):
+        import open_clip
+
+        path = Path(clip_model).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"no open_clip model config at {path}")
+        open_clip.add_model_config(path)
+        return path.stem
+    return clip_model
 
 
-def encoder_factory(name: str, clip_model: str = "ViT-L-14", clip_weights: Path | None = None) -> Callable[[str], ImageEncoder]:
-    """A picklable `device -> encoder` builder, for actors that pick their own device."""
-    return partial(_make_on_device, name, clip_model, clip_weights)
+def _make_on_device(name: str, clip_model: str, clip_weights: Path | None, kwargs: dict, device: str) -> Encoder:
+    return make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device, **kwargs)
+
+
+def encoder_factory(
+    name: str, clip_model: str = "ViT-L-14", clip_weights: Path | None = None, **kwargs: object
+) -> Callable[[str], Encoder]:
+    """A picklable `device -> encoder` builder, for actors that pick their own device.
+
+    kwargs: the keyword-only arguments of `make_encoder` (other weights, random init).
+    """
+    return partial(_make_on_device, name, clip_model, clip_weights, dict(kwargs))
 
 
 def store_images(store: Path) -> tuple[np.ndarray, list[str]]:
     """Unique (image_id, image_path) pairs of every epoch in the store, sorted by id."""
+    ids, table = _unique_images(store)
+    return ids, table["image_path"].astype(str).tolist()
+
+
+def store_categories(store: Path) -> tuple[np.ndarray, list[str]]:
+    """Unique (image_id, category) pairs of every epoch in the store, sorted by id."""
+    ids, table = _unique_images(store)
+    return ids, table["category"].astype(str).tolist()
+
+
+def _unique_images(store: Path):  # type: ignore[no-untyped-def]
     meta = shards.load_metadata(store)
-    unique = meta[["image_id", "image_path"]].drop_duplicates("image_id").sort_values("image_id")
-    return unique["image_id"].to_numpy(np.int64), unique["image_path"].astype(str).tolist()
+    unique = meta[["image_id", "image_path", "category"]].drop_duplicates("image_id")
+    unique = unique.sort_values("image_id")
+    return unique["image_id"].to_numpy(np.int64), unique
+
+
+def _encode_texts(encoder: TextEncoder, texts: list[str], batch_size: int) -> np.ndarray:
+    chunks = [encoder.encode_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    return np.concatenate(chunks) if chunks else np.empty((0, encoder.dim), np.float32)
 
 
 def build_latents(
     store: Path,
     bids_root: Path,
     out_dir: Path,
-    encoder: ImageEncoder,
+    encoder: Encoder,
     images_root: Path | None = None,
     batch_size: int = 32,
     encode_fn: EncodeFn | None = None,
 ) -> LatentsReport:
     """Encode every stimulus of `store` with `encoder` into out_dir/<name>.parquet.
 
-    `encode_fn` runs the encoding elsewhere (e.g. `distributed.ray_encode_fn`).
+    Image encoders read the image files; text encoders encode `encoder.prompt(category)`
+    of each image. `encode_fn` runs the encoding elsewhere (e.g. `distributed.ray_encode_fn`).
     """
-    ids, rel_paths = store_images(store)
-    files = [bids.image_file(bids_root, p, images_root) for p in rel_paths]
-    ids_out, vectors = encode_cached(encoder, ids, files, out_dir, batch_size=batch_size, encode_fn=encode_fn)
+    items: list[str] | list[Path]
+    if isinstance(encoder, TextEncoder):
+        ids, categories = store_categories(store)
+        items = [encoder.prompt(c) for c in categories]
+        encode_fn = encode_fn or partial(_encode_texts, encoder)  # type: ignore[arg-type]
+    else:
+        ids, rel_paths = store_images(store)
+        items = [bids.image_file(bids_root, p, images_root) for p in rel_paths]
+    ids_out, vectors = encode_cached(encoder, ids, items, out_dir, batch_size=batch_size, encode_fn=encode_fn)
     path = Path(out_dir) / f"{encoder.name}.parquet"
     logger.info("%s: %d images x %d dims -> %s", encoder.name, len(ids_out), vectors.shape[1], path)
     return LatentsReport(encoder.name, path, len(ids_out), int(vectors.shape[1]))
