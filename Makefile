@@ -6,15 +6,19 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo serve test test-slow lint bench clean
 
 install:  ## virtualenv + the package with dev and generation extras (torch from local disk)
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev,gen]"
 
-demo:  ## simulate the demo twin, preprocess it on Ray, write the epoch store and latents
+demo:  ## the whole chain on the demo twin: simulate, preprocess, latents, search, register, serve
 	$(PY) -m megdecode.cli demo --out $(DEMO_OUT)
+
+serve:  ## serve the demo's champion on 127.0.0.1:8000 until Ctrl-C
+	$(PY) -m megdecode.cli serve --config serve_apps/config.yaml --model models:/megdecode-brain@champion \
+		--tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db
 
 test:  ## the default suite (excludes -m slow)
 	$(PY) -m pytest -q
@@ -26,10 +30,14 @@ lint:
 	$(PY) -m ruff check platform tests jobs benchmarks
 	$(PY) -m mypy
 
-bench:
+bench:  ## every benchmark, one after the other (needs `make demo` first; tens of minutes)
 	$(PY) benchmarks/twin_build.py
 	$(PY) benchmarks/preprocess_throughput.py
+	$(PY) benchmarks/preprocess_scaling.py --bids $(DEMO_OUT)/bids
 	$(PY) benchmarks/store_read.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/tune_overhead.py --data $(DEMO_OUT)
+	$(PY) benchmarks/asha_savings.py --data $(DEMO_OUT)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
