@@ -13,14 +13,16 @@ the trial's checkpoint (``<experiment>/<trial>/checkpoint_000000/seed<s>/``), ne
 MLflow: the driver-side callback of `megdecode.tune_mlflow` is the only writer;
 `megdecode.tune.run_search` drives the search.
 
-Data: the epoch store is read once, in the driver, at the full stored window, and shipped
-to the trials with `tune.with_parameters` (one `ray.put`). Trials on a node map the same
+Data: the epoch store is read once per search through Ray Data (`shards.read_ray_dataset`,
+one read task per shard file, run by the cluster; the metadata, tiny, comes from pyarrow
+and every MEG row is checked against it), at the full stored window, and shipped to the
+trials with `tune.with_parameters` (one `ray.put`). Trials on a node map the same
 shared-memory object store buffers (numpy arrays deserialise zero-copy, read-only), and
 each trial slices its window as a view (`SharedEpochs.run_data`), so memory does not grow
 with the number of trials, and worker nodes need no access to the store's disk: Ray moves
 the object to each node once. Reading the store through Ray Data inside every trial would
 instead re-read and copy it per trial; minibatch shuffling needs each split in memory
-anyway, so streaming buys nothing here (Ray Data is what `jobs/preprocess.py` uses).
+anyway, so streaming per trial buys nothing here.
 """
 
 from __future__ import annotations
@@ -68,12 +70,22 @@ class SharedEpochs:
     latents: dict[str, tuple[np.ndarray, np.ndarray]]
 
     @classmethod
-    def load(cls, store: str | Path, latents_dir: str | Path, latent_names: list[str]) -> SharedEpochs:
-        """Read the store (pyarrow, one pass per split group) and the named latents."""
+    def load(cls, store: str | Path, latents_dir: str | Path, latent_names: list[str],
+             reader: str = "ray") -> SharedEpochs:
+        """Read the store and the named latents; one pass per split group.
+
+        reader: "ray" (Ray Data on the running cluster, the search's path) or "arrow"
+        (pyarrow in this process, `shards.load_epochs`); both give the same arrays.
+        """
+        if reader not in ("ray", "arrow"):
+            raise ValueError(f"reader: expected 'ray' or 'arrow', got {reader!r}")
         manifest = shards.read_manifest(store)
         meg, meta = {}, {}
         for group, splits in SPLIT_GROUPS.items():
-            meg[group], meta[group] = shards.load_epochs(store, splits=splits)
+            if reader == "ray":
+                meg[group], meta[group] = _read_with_ray_data(store, splits)
+            else:
+                meg[group], meta[group] = shards.load_epochs(store, splits=splits)
             if not len(meta[group]):
                 raise ValueError(f"the store {store} has no epochs with split in {splits}")
         latents = {}
@@ -121,6 +133,36 @@ class SharedEpochs:
             sfreq=self.manifest.sfreq, tmin=float(times[0]), tmax=float(times[-1]),
             latent_ids=latent_ids, latents=latents,
         )
+
+
+def _read_with_ray_data(store: str | Path, splits: tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame]:
+    """The rows of `splits`: MEG through Ray Data, metadata (tiny) through pyarrow.
+
+    Ray Data may hand batches back in any order, so every MEG row is put at the position
+    of its (subject, session, run, trial_index) in the metadata; a row that is missing,
+    unknown or seen twice is an error, never a silently shifted epoch/latent pairing.
+    """
+    meta = shards.load_metadata(store, splits=splits)
+    key = ["subject", "session", "run", "trial_index"]
+    position = {k: i for i, k in enumerate(zip(*(meta[c].astype(str) for c in key), strict=True))}
+    if len(position) != len(meta):
+        raise ValueError(f"the store {store} holds duplicate (subject, session, run, trial_index) rows")
+    ds = shards.read_ray_dataset(store, splits=splits).select_columns(["meg", *key])
+    X: np.ndarray | None = None
+    seen = np.zeros(len(meta), bool)
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
+        rows = batch["meg"]
+        if X is None:
+            X = np.empty((len(meta), *rows.shape[1:]), np.float32)
+        keys = zip(*(np.asarray(batch[c]).astype(str) for c in key), strict=True)
+        at = np.array([position.get(k, -1) for k in keys])
+        if (at < 0).any() or seen[at].any() or len(np.unique(at)) != len(at):
+            raise RuntimeError(f"Ray Data returned rows of {store} that the metadata does not list once")
+        X[at] = rows
+        seen[at] = True
+    if not seen.all():
+        raise RuntimeError(f"Ray Data read {int(seen.sum())} rows of {store} for {splits}, the metadata has {len(meta)}")
+    return (X if X is not None else np.empty((0, 0, 0), np.float32)), meta
 
 
 @dataclass(frozen=True)

@@ -246,10 +246,11 @@ def test_best_trial_is_reproduced_by_megdecode_train_outside_tune(search: Simple
     assert fit_config_from_params(params, best["seed"]).train.seed == best["seed"]
 
 
-def test_shared_epochs_give_exactly_the_run_data_read_from_disk(tiny_run: Path) -> None:
+@pytest.mark.parametrize("reader", ["ray", "arrow"])
+def test_shared_epochs_give_exactly_the_run_data_read_from_disk(tiny_run: Path, local_ray: None, reader: str) -> None:
     cfg = FitConfig(store=str(tiny_run / "store"), latents_dir=str(tiny_run / "latents"),
                     train=TrainConfig(tmin=-0.1, tmax=0.475))
-    shared = SharedEpochs.load(cfg.store, cfg.latents_dir, ["handcrafted"])
+    shared = SharedEpochs.load(cfg.store, cfg.latents_dir, ["handcrafted"], reader=reader)
     ours, disk = shared.run_data(cfg), load_run_data(cfg)
     for split in ("train", "val", "test"):
         a, b = getattr(ours, split), getattr(disk, split)
