@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,16 +15,6 @@ from megdecode.models.brain import BrainConfig, BrainModule, count_parameters, p
 from megdecode.models.dilated import dilated_conv
 
 C, T, S, F = 16, 24, 3, 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread, since OpenMP hand-offs cost more than the work (and far
-    more on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_config(**changes: object) -> BrainConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,6 @@ from megdecode.generate import metrics
 from megdecode.generate.features import FeatureNets, as_float_images
 
 TINY_CLIP = "megdecode-test-tiny-metric-clip"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def smooth_images(n: int, size: int, seed: int) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,6 @@ from megdecode.latents.base import ImageEncoder, TextEncoder
 
 TINY_CLIP = "megdecode-test-tiny-clip-text"
 TINY_DINO = {"depth": 1, "embed_dim": 32, "num_heads": 2}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def images(n: int, size: int = 40, seed: int = 0) -> list[Image.Image]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,16 +12,6 @@ from open_clip.loss import ClipLoss as OpenClipLoss
 
 from megdecode.config import ConfigError
 from megdecode.losses import ClipLoss, CombinedLoss, LossConfig, mse_loss
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread, since OpenMP hand-offs cost more than the work (and far
-    more on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("scale", [1.0, 1 / 0.07, 50.0])
