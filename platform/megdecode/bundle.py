@@ -83,10 +83,25 @@ class ModelBundle:
         for ok, message in checks:
             if not ok:
                 raise BundleError(message)
+        if sum(w for _, w in self.latent_parts) != f:
+            raise BundleError(f"latent_parts {self.latent_parts} do not add up to the latent width {f}")
         for key in ("n_channels", "n_times", "n_subjects", "out_dim"):
             expected = {"n_channels": c, "n_times": self.n_times, "n_subjects": len(self.subjects), "out_dim": f}[key]
             if key in self.model_config and int(self.model_config[key]) != expected:
                 raise BundleError(f"model_config {key}={self.model_config[key]} but the bundle says {expected}")
+
+    @property
+    def latent_parts(self) -> list[tuple[str, int]]:
+        """[(latent name, width)] of the target's blocks (several for a multi-latent target
+        "a+b", see `megdecode.latents.targets`); one block for bundles that do not say."""
+        parts = self.extra.get("latent_parts") or [[self.latent_name, len(self.latent_mean)]]
+        return [(str(n), int(w)) for n, w in parts]
+
+    def split_latent(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, F) predictions -> {latent name: (N, F_name)}, what a generator is conditioned on."""
+        from megdecode.latents.targets import split_target
+
+        return split_target(z, self.latent_parts)
 
     def subject_index(self, subject: str | int) -> int:
         """Index of a subject label (or an index already), with a clear error."""

@@ -23,7 +23,7 @@ from megdecode.bundle import ModelBundle, git_commit, save_bundle
 from megdecode.config import ConfigError, FlatConfig
 from megdecode.data import shards
 from megdecode.evaluate import evaluate_all, retrieval_ranks, topk_accuracy
-from megdecode.latents.cache import load_latents
+from megdecode.latents.targets import load_target
 from megdecode.logs import progress
 from megdecode.losses import CombinedLoss, LossConfig
 from megdecode.models.brain import BrainConfig, BrainModule
@@ -118,6 +118,7 @@ class RunData:
     tmax: float
     latent_ids: np.ndarray  # (L,)
     latents: np.ndarray  # (L, F)
+    latent_parts: list[tuple[str, int]] = field(default_factory=list)  # [(name, F_name)]: blocks of F
 
 
 @dataclass
@@ -139,10 +140,7 @@ def load_run_data(cfg: FitConfig) -> RunData:
     t = cfg.train
     manifest = shards.read_manifest(cfg.store)
     X, meta = shards.load_epochs(cfg.store, tmin=t.tmin, tmax=t.tmax)
-    latent_path = Path(cfg.latents_dir) / f"{t.latent}.parquet"
-    if not latent_path.exists():
-        raise FileNotFoundError(f"no latents {t.latent!r} at {latent_path}; run `megdecode latents` first")
-    latent_ids, latents = load_latents(latent_path)
+    latent_ids, latents, parts = load_target(cfg.latents_dir, t.latent)
     row = pd.Index(latent_ids).get_indexer(meta["image_id"].to_numpy())
     if (row < 0).any():
         missing = meta["image_id"].to_numpy()[row < 0][:5].tolist()
@@ -167,7 +165,7 @@ def load_run_data(cfg: FitConfig) -> RunData:
         train=split("train"), val=split("val"), test=split("test", "test_large"),
         subjects=subjects, ch_names=list(manifest.ch_names), pos2d=np.asarray(manifest.pos2d),
         sfreq=manifest.sfreq, tmin=float(kept[0]), tmax=float(kept[-1]),
-        latent_ids=latent_ids, latents=latents,
+        latent_ids=latent_ids, latents=latents, latent_parts=parts,
     )
 
 
@@ -344,5 +342,26 @@ def make_bundle(cfg: FitConfig, data: RunData, model: BrainModule, metrics: dict
         ch_names=data.ch_names, pos2d=data.pos2d.astype(np.float32), subjects=data.subjects,
         latent_name=cfg.train.latent, latent_mean=targets.mean(0), latent_std=targets.std(0) + 1e-8,
         gallery=gallery, gallery_ids=gallery_ids, metrics=metrics, git_commit=git_commit(),
-        extra={"fit_config": cfg.to_flat_dict()},
+        extra={"fit_config": cfg.to_flat_dict(), "latent_parts": [[n, int(w)] for n, w in data.latent_parts],
+               **serving_extra(cfg.store, data, gallery_ids)},
     )
+
+
+def serving_extra(store: str, data: RunData, gallery_ids: np.ndarray) -> dict[str, object]:
+    """What serving needs beyond DESIGN §6's fields (optional keys: old bundles lack them).
+
+    ``gallery_meta``: category and image path per gallery image (aligned with gallery_ids);
+    ``preprocess`` (flat PreprocessConfig) and ``scalers`` (subject -> robust-scaler
+    centre/scale and the native ``raw_sfreq``): the online stream rebuilds model inputs
+    from raw samples with them.
+    """
+    meta = data.test.meta.drop_duplicates("image_id").set_index("image_id").reindex(gallery_ids)
+    extra: dict[str, object] = {"gallery_meta": {
+        "category": meta["category"].fillna("").astype(str).tolist(),
+        "image_path": meta["image_path"].fillna("").astype(str).tolist(),
+    }}
+    manifest = shards.read_manifest(store)
+    if manifest.preprocess and manifest.scalers:
+        extra["preprocess"] = dict(manifest.preprocess)
+        extra["scalers"] = {s: manifest.scalers[s] for s in data.subjects if s in manifest.scalers}
+    return extra

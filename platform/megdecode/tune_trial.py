@@ -42,7 +42,7 @@ import torch
 
 from megdecode.config import ConfigError
 from megdecode.data import shards
-from megdecode.latents.cache import load_latents
+from megdecode.latents.targets import load_target
 from megdecode.train import FitConfig, RunData, SplitTensors, Trainer
 
 logger = logging.getLogger(__name__)
@@ -61,13 +61,13 @@ class SharedEpochs:
     """Every epoch of the store at the full stored window, per split group, plus latents.
 
     meg[group]: (N_group, C, T_full) float32, rows in store order, exactly the rows
-    `train.load_run_data` selects for that split group; latents: name -> (ids (L,), (L, F)).
+    `train.load_run_data` selects for that split group; latents: target -> (ids (L,), (L, F), parts).
     """
 
     manifest: shards.Manifest
     meg: dict[str, np.ndarray]
     meta: dict[str, pd.DataFrame]
-    latents: dict[str, tuple[np.ndarray, np.ndarray]]
+    latents: dict[str, tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]]  # target -> ids, values, parts
 
     @classmethod
     def load(cls, store: str | Path, latents_dir: str | Path, latent_names: list[str],
@@ -88,12 +88,7 @@ class SharedEpochs:
                 meg[group], meta[group] = shards.load_epochs(store, splits=splits)
             if not len(meta[group]):
                 raise ValueError(f"the store {store} has no epochs with split in {splits}")
-        latents = {}
-        for name in latent_names:
-            path = Path(latents_dir) / f"{name}.parquet"
-            if not path.exists():
-                raise FileNotFoundError(f"no latents {name!r} at {path}; run `megdecode latents` first")
-            latents[name] = load_latents(path)
+        latents = {name: load_target(latents_dir, name) for name in latent_names}
         return cls(manifest, meg, meta, latents)
 
     @property
@@ -105,7 +100,7 @@ class SharedEpochs:
         t = cfg.train
         if t.latent not in self.latents:
             raise KeyError(f"latent {t.latent!r} was not loaded for this search; loaded: {sorted(self.latents)}")
-        latent_ids, latents = self.latents[t.latent]
+        latent_ids, latents, parts = self.latents[t.latent]
         window = shards.time_slice(self.manifest, t.tmin, t.tmax)
         subjects = sorted(self.manifest.subjects)
         index = pd.Index(latent_ids)
@@ -131,7 +126,7 @@ class SharedEpochs:
             train=split("train"), val=split("val"), test=split("test"), subjects=subjects,
             ch_names=list(self.manifest.ch_names), pos2d=np.asarray(self.manifest.pos2d),
             sfreq=self.manifest.sfreq, tmin=float(times[0]), tmax=float(times[-1]),
-            latent_ids=latent_ids, latents=latents,
+            latent_ids=latent_ids, latents=latents, latent_parts=parts,
         )
 
 

@@ -84,6 +84,11 @@ def _run_ray(root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cac
     return [(stem, by_stem[stem]) for stem in (str(runcache.cache_stem(cache, k, cfg)) for k in keys)]
 
 
+def _raw_sfreq(root: Path, key: bids.RunKey) -> float:
+    """The recording's native sampling rate, from its header (no data is loaded)."""
+    return float(bids.read_run(root, key, preload=False).raw.info["sfreq"])
+
+
 def concat_blocks(blocks: Sequence[EpochBlock]) -> EpochBlock:
     """Stack runs of one subject; channel lists and time grids must agree."""
     first = blocks[0]
@@ -170,7 +175,10 @@ def build_epoch_store(
         block.metadata = metadata.iloc[lo:hi].reset_index(drop=True)
         scaled, scaler = scale_subject(block, preprocess)
         blocks.append(scaled)
-        scalers[subject] = scaler
+        # The native rate goes next to the scaler: online preprocessing (serving's stream)
+        # needs both to rebuild the model's input from raw samples.
+        first = next(k for k in keys if str(k.subject) == subject)
+        scalers[subject] = scaler.to_dict() | {"raw_sfreq": _raw_sfreq(bids_root, first)}
     manifest = shards.write_store(
         out, blocks, preprocess_config=preprocess, split_config=split, scalers=scalers, overwrite=True
     )

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import mne
 import numpy as np
 import pandas as pd
-from scipy.signal import resample_poly
+from scipy.signal import butter, resample_poly, sosfilt
 
 from megdecode.config import ConfigError, FlatConfig
 
@@ -55,6 +55,7 @@ METADATA_COLUMNS = (
 _PICKS = {"mag": "mag", "grad": "grad", "meg": True}
 _RESAMPLE_HALF_TAPS = 10  # scipy resample_poly's default FIR has 2*10*max(up, down)+1 taps
 _CHUNK = 64  # epochs resampled per call: bounds the float64 native-rate working set
+CAUSAL_ORDER = 4  # Butterworth order of each edge of the causal band-pass (filter_phase="causal")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ class PreprocessConfig(FlatConfig):
     l_freq: float | None = 0.1  # THINGS official band-pass 0.1-40 Hz; None = no high-pass
     h_freq: float | None = 40.0  # None = no low-pass (the resampler still anti-aliases)
     filter_method: str = "fir"  # MNE default zero-phase FIR; "iir" = Butterworth, faster
+    # "zero": the offline zero-phase filter above (non-causal: it looks ahead in time).
+    # "causal": a Butterworth band-pass (order CAUSAL_ORDER, second-order sections) run
+    # forwards only from the first sample of the run, zero initial state; filter_method is
+    # then ignored. It is what a real-time stream can compute, so a model trained on a
+    # store built with it sees exactly what `megdecode.serve.stream` feeds it online.
+    filter_phase: str = "zero"
     sfreq: float = 120.0  # target rate (Hz)
     tmin: float = -0.5  # window start relative to image onset (s), snapped to the 120 Hz grid
     tmax: float = 1.0  # window end, inclusive: (-0.5, 1.0) at 120 Hz gives 181 samples
@@ -80,6 +87,8 @@ class PreprocessConfig(FlatConfig):
             raise ConfigError(f"picks: expected one of {sorted(_PICKS)}, got {self.picks!r}")
         if self.filter_method not in ("fir", "iir"):
             raise ConfigError(f"filter_method: expected 'fir' or 'iir', got {self.filter_method!r}")
+        if self.filter_phase not in ("zero", "causal"):
+            raise ConfigError(f"filter_phase: expected 'zero' or 'causal', got {self.filter_phase!r}")
         if self.scaler not in ("robust", "none"):
             raise ConfigError(f"scaler: expected 'robust' or 'none', got {self.scaler!r}")
         if self.sfreq <= 0:
@@ -252,6 +261,28 @@ def _resample_epochs(data: np.ndarray, onsets: np.ndarray, grid: _Grid) -> np.nd
     return out
 
 
+def causal_sos(sfreq_in: float, cfg: PreprocessConfig) -> np.ndarray | None:
+    """Second-order sections of the causal band-pass at the native rate; None = no filter.
+
+    A band edge at or above Nyquist is dropped (the resampler still anti-aliases).
+    """
+    nyquist = sfreq_in / 2
+    low = cfg.l_freq
+    high = cfg.h_freq if cfg.h_freq is not None and cfg.h_freq < nyquist else None
+    if low is None and high is None:
+        return None
+    if low is not None and high is not None:
+        return butter(CAUSAL_ORDER, [low, high], btype="bandpass", fs=sfreq_in, output="sos")
+    if low is not None:
+        return butter(CAUSAL_ORDER, low, btype="highpass", fs=sfreq_in, output="sos")
+    return butter(CAUSAL_ORDER, high, btype="lowpass", fs=sfreq_in, output="sos")
+
+
+def causal_zi(sos: np.ndarray, n_channels: int) -> np.ndarray:
+    """Zero initial filter state (n_sections, C, 2): the run starts from rest, online and offline."""
+    return np.zeros((sos.shape[0], n_channels, 2))
+
+
 # ---------------------------------------------------------------- MNE steps
 
 
@@ -340,7 +371,11 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
 
     picks = pick_meg(raw.info, cfg)
     data = raw.get_data(picks=picks).astype(np.float64, copy=False)
-    if cfg.l_freq is not None or cfg.h_freq is not None:
+    if cfg.filter_phase == "causal":
+        sos = causal_sos(sfreq_in, cfg)
+        if sos is not None:
+            data = sosfilt(sos, data, axis=-1, zi=causal_zi(sos, data.shape[0]))[0]
+    elif cfg.l_freq is not None or cfg.h_freq is not None:
         with warnings.catch_warnings(record=True) as caught:  # e.g. run shorter than the FIR
             warnings.simplefilter("always")
             data = mne.filter.filter_data(

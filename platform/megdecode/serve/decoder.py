@@ -1,0 +1,161 @@
+"""The BrainDecoder deployment: MEG windows -> latents and top-k gallery images.
+
+The model loads in `reconfigure` (Serve's user_config), not only in ``__init__``:
+promoting a new alias and redeploying with a bumped ``revision`` (or a new ``model``)
+makes Serve call `reconfigure` on the live replicas, which load the new bundle first and
+then swap one reference, so requests in flight finish on the old model and none is
+dropped. Single-window requests go through ``@serve.batch`` (size and wait from the
+config); the stream sends its windows already stacked to `decode_windows`.
+
+Methods return error dicts (`errors.to_dict`) instead of raising for bad input: an
+exception crossing a handle is re-wrapped by Ray, and the ingress should not have to
+unpick it to produce a 422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+
+from megdecode.serve.config import DecoderConfig
+from megdecode.serve.errors import ApiError
+from megdecode.serve.model import LoadedModel, load_served_model
+from megdecode.serve.stream import StreamError, StreamSpec
+from megdecode.serve.validate import check_window, subject_index
+
+logger = logging.getLogger(__name__)
+
+
+def error_dict(exc: ApiError) -> dict[str, Any]:
+    return {"error": exc.error, "detail": exc.detail, "status": exc.status, "headers": exc.headers}
+
+
+@serve.deployment(name="BrainDecoder")
+class BrainDecoder:
+    """One replica: a loaded bundle, a batching queue, and the reload hook."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.cfg = DecoderConfig.from_flat_dict(config)
+        torch.set_num_threads(self.cfg.torch_threads)
+        self._batched.set_max_batch_size(self.cfg.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self.state: LoadedModel | None = None
+        self.loaded_from: tuple[str, str, int] | None = None
+        self.load_error = ""
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load {model, tracking_uri, revision, store} and swap it in; keep the old one on failure."""
+        key = (str(user_config.get("model", "")), str(user_config.get("tracking_uri", "")),
+               int(user_config.get("revision", 0)))
+        if key == self.loaded_from and self.state is not None:
+            return
+        try:
+            new = load_served_model(key[0], key[1], user_config.get("store") or None)
+        except Exception as exc:  # a bad source must not kill a replica that serves an older model
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            logger.error("could not load %s: %s", key[0], self.load_error)
+            return
+        with torch.no_grad():  # warm up: the first forward allocates
+            c, t = new.shape
+            new.forward(np.zeros((1, c, t), np.float32), np.zeros(1, np.int64))
+        self.state, self.loaded_from, self.load_error = new, key, ""
+
+    # --- queries ---------------------------------------------------------------------------
+    def ready(self) -> dict[str, Any]:
+        return {"ready": self.state is not None, "error": self.load_error}
+
+    def card(self) -> dict[str, Any] | None:
+        return None if self.state is None else self.state.card
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _current(self) -> LoadedModel:
+        if self.state is None:
+            raise ApiError(503, "model_not_loaded", self.load_error or "the model is still loading")
+        return self.state
+
+    def _check(self, state: LoadedModel, window: np.ndarray, subject: str | int) -> int:
+        check_window(window, *state.shape)
+        return subject_index(subject, state.bundle.subjects)
+
+    # --- decoding --------------------------------------------------------------------------
+    async def decode(self, window: np.ndarray, subject: str | int, top_k: int) -> dict[str, Any]:
+        """One window (C, T) -> {latent, top_k, model, timing} or an error dict."""
+        try:
+            state = self._current()
+            index = self._check(state, window, subject)
+        except ApiError as exc:
+            return error_dict(exc)
+        clip, forward_ms, batch = await self._batched((state, window, index))
+        return {"latent": clip.tolist(), "top_k": state.gallery.topk(clip[None], top_k)[0],
+                "model": {"name": state.card["name"], "version": state.card["version"]},
+                "timing": {"forward_ms": round(forward_ms, 3), "batch_size": batch}}
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _batched(self, items: list[tuple[LoadedModel, np.ndarray, int]]) -> list[tuple[np.ndarray, float, int]]:
+        """Stack the queued windows into one forward (per model, should a reload split them)."""
+        out: list[tuple[np.ndarray, float, int] | None] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (state, _, _) in enumerate(items):
+            groups.setdefault(id(state), []).append(i)
+        for idx in groups.values():
+            state = items[idx[0]][0]
+            windows = np.stack([items[i][1] for i in idx])
+            subjects = np.array([items[i][2] for i in idx], np.int64)
+            start = time.perf_counter()
+            clip, _ = await asyncio.to_thread(state.forward, windows, subjects)
+            ms = (time.perf_counter() - start) * 1e3
+            for row, i in enumerate(idx):
+                out[i] = (clip[row], ms, len(idx))
+        return out  # type: ignore[return-value]
+
+    def decode_windows(self, windows: np.ndarray, subject: int, top_k: int) -> dict[str, Any]:
+        """Stacked stream windows (K, C, T) of one subject index -> per-window top-k, forward time."""
+        try:
+            state = self._current()
+            if windows.ndim != 3 or windows.shape[1:] != state.shape:
+                raise ApiError(422, "invalid_shape", "stream windows do not match the model")
+        except ApiError as exc:
+            return error_dict(exc)
+        start = time.perf_counter()
+        clip, _ = state.forward(windows, np.full(len(windows), subject, np.int64))
+        ms = (time.perf_counter() - start) * 1e3
+        return {"top_k": state.gallery.topk(clip, top_k), "forward_ms": ms,
+                "model": {"name": state.card["name"], "version": state.card["version"]}}
+
+    def stream_spec(self, subject: str | int, sfreq: float | None) -> dict[str, Any]:
+        """What the ingress needs to preprocess a live feed of `subject` (or an error dict)."""
+        try:
+            state = self._current()
+            index = subject_index(subject, state.bundle.subjects)
+            label = state.bundle.subjects[index]
+            spec = StreamSpec.from_bundle(state.bundle, label, sfreq)
+        except ApiError as exc:
+            return error_dict(exc)
+        except StreamError as exc:
+            return error_dict(ApiError(422, "stream_unavailable", str(exc)))
+        return {"spec": spec, "subject_index": index, "n_channels": state.shape[0],
+                "channels": list(state.bundle.ch_names)}
+
+    def generation_latent(self, window: np.ndarray, subject: str | int) -> dict[str, Any]:
+        """MSE head -> latent on the training latents' scale, for the generator."""
+        from megdecode.generate.postprocess import stored_stats, to_latent_space
+
+        try:
+            state = self._current()
+            index = self._check(state, window, subject)
+        except ApiError as exc:
+            return error_dict(exc)
+        _, mse = state.forward(window[None], np.array([index]))
+        b = state.bundle
+        latent = to_latent_space(mse, b.latent_mean, b.latent_std, *stored_stats(b.extra))
+        return {"latent_name": b.latent_name, "latent": latent,
+                "model": {"name": state.card["name"], "version": state.card["version"]}}

@@ -1,0 +1,98 @@
+"""The end of `make demo`: serve a model, decode a few test windows over HTTP, print them.
+
+`decode_demo` starts a loopback Ray (unless one runs) and the app on a free port, posts
+`n` test windows of the epoch store as raw float32 (the fast path a BCI client uses),
+prints the top-5 images and the latency of each request, and shuts everything down.
+`example_window` writes one such window as the JSON body of examples/window.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from megdecode.data import shards
+from megdecode.serve.config import ServeConfig
+
+logger = logging.getLogger(__name__)
+
+
+def test_windows(store: str | Path, tmin: float, tmax: float, subjects: list[str], n: int,
+                 seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
+    """n windows (n, C, T) of the store's small test set (subjects the model knows), with metadata."""
+    X, meta = shards.load_epochs(store, subjects=[s for s in subjects if s in shards.read_manifest(store).subjects],
+                                 splits=["test"], tmin=tmin, tmax=tmax)
+    if not len(meta):
+        raise ValueError(f"store {store} has no test epochs for subjects {subjects}")
+    rows = np.random.default_rng(seed).choice(len(meta), size=min(n, len(meta)), replace=False)
+    return X[rows], meta.iloc[rows].reset_index(drop=True)
+
+
+def example_window(store: str | Path, bundle_dir: str | Path, out: str | Path, seed: int = 0) -> Path:
+    """Write {"subject", "data"} of one test window shaped for `bundle_dir` (curl -d @out)."""
+    from megdecode.bundle import load_bundle
+
+    b = load_bundle(Path(bundle_dir))
+    X, meta = test_windows(store, b.tmin, b.tmax, b.subjects, 1, seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"subject": str(meta["subject"].iloc[0]),
+                               "data": np.round(X[0].astype(np.float64), 5).tolist()}))
+    return out
+
+
+def decode_demo(bundle_or_uri: str | Path, store: str | Path, n: int = 5, tracking_uri: str | None = None,
+                port: int | None = None) -> pd.DataFrame:
+    """Serve `bundle_or_uri` (a bundle folder or models:/name@alias), decode n test windows, print.
+
+    Returns one row per request: subject, true image and category, top-5 ids and
+    categories, whether the true image is in them, client latency and server time (ms).
+    """
+    import ray
+    import requests
+    from ray import serve
+
+    from megdecode.serve.app import free_port, start
+    from megdecode.serve.model import fetch
+
+    source = str(bundle_or_uri)
+    cfg = ServeConfig.from_mapping({"app_name": "megdecode-demo", "http": {"port": port or free_port()},
+                                    "decoder": {"model": source, "tracking_uri": tracking_uri or "", "num_cpus": 0.5}})
+    from megdecode.bundle import load_bundle
+
+    bundle = load_bundle(fetch(source, cfg.tracking_uri())[0])
+    X, meta = test_windows(store, bundle.tmin, bundle.tmax, bundle.subjects, n)
+    started_ray = not ray.is_initialized()
+    url = start(cfg, token="", store=str(store))
+    rows = []
+    try:
+        session = requests.Session()
+        for x, (_, m) in zip(X, meta.iterrows(), strict=True):
+            t0 = time.perf_counter()
+            r = session.post(f"{url}/v1/decode", data=x.tobytes(), timeout=60, headers={
+                "content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}",
+                "x-subject": str(m["subject"])})
+            latency = (time.perf_counter() - t0) * 1e3
+            r.raise_for_status()
+            body = r.json()
+            top = body["top_k"][:5]
+            rows.append({"subject": m["subject"], "image_id": int(m["image_id"]), "category": m["category"],
+                         "top5_ids": [h["image_id"] for h in top], "top5_categories": [h["category"] for h in top],
+                         "hit": int(m["image_id"]) in [h["image_id"] for h in top],
+                         "latency_ms": round(latency, 2), "server_ms": body["timing"]["server_ms"]})
+    finally:
+        serve.delete(cfg.app_name)
+        if started_ray:
+            serve.shutdown()
+            ray.shutdown()
+    table = pd.DataFrame(rows)
+    for row in rows:
+        print(f"sub-{row['subject']} image {row['image_id']} ({row['category']}): top-5 "
+              f"{list(zip(row['top5_ids'], row['top5_categories'], strict=True))} "
+              f"{'HIT' if row['hit'] else 'miss'}  {row['latency_ms']:.1f} ms (server {row['server_ms']:.1f} ms)")
+    return table

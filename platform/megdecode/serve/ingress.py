@@ -1,0 +1,246 @@
+"""The HTTP/WebSocket ingress: authenticate, bound and parse requests, route to deployments.
+
+The ingress holds no model. It turns every failure into ``{"error", "detail"}`` with a
+4xx/503 status (`megdecode.serve.errors`): overload of a model deployment
+(``max_queued_requests``) and timeouts become 503 with Retry-After, a replica that died
+mid-request becomes 503 too, so no client waits forever. The token (when
+MEGDECODE_API_TOKEN is set where the app is built) arrives as its sha256 in the user
+config, never in clear, and is compared in constant time.
+
+No ``from __future__ import annotations`` here: Serve's class-based view rebuilds the
+route signatures, and string annotations (``request: "Request"``) would turn the request
+into a required query parameter.
+"""
+
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+
+from megdecode import __version__
+from megdecode.serve import schemas
+from megdecode.serve.config import ServeConfig
+from megdecode.serve.errors import ApiError, install_handlers, unavailable
+from megdecode.serve.stream import StreamError, StreamSession
+from megdecode.serve.validate import (
+    JSON_TYPES,
+    OCTET_TYPES,
+    bounded,
+    media_type,
+    parse_json_body,
+    subject_value,
+    window_from_bytes,
+    window_from_json,
+)
+
+logger = logging.getLogger(__name__)
+
+api = FastAPI(title="megdecode", version=__version__,
+              description="MEG window -> image latent, top-k gallery images and reconstructions.")
+install_handlers(api)
+
+
+def token_digest(token: str | None) -> str:
+    return hashlib.sha256(token.encode()).hexdigest() if token else ""
+
+
+async def _ws_close(ws: WebSocket, message: dict[str, Any], code: int = 1008) -> None:
+    try:
+        await ws.send_json(message)
+        await ws.close(code=code)
+    except Exception:  # the client is gone already
+        logger.debug("websocket closed before the final message")
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    """Routes of the app; `decoder` and `generator` are DeploymentHandles (generator may be None)."""
+
+    def __init__(self, decoder: Any, generator: Any, config: dict[str, Any]) -> None:
+        self.cfg = ServeConfig.from_flat_dict(config)
+        self.decoder, self.generator = decoder, generator
+        self.token_sha256 = ""
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.token_sha256 = str(user_config.get("token_sha256", ""))
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _authorize(self, headers: Any) -> None:
+        if not self.token_sha256:
+            return
+        auth = headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-token", "")
+        if not token or not hmac.compare_digest(token_digest(token), self.token_sha256):
+            raise ApiError(401, "unauthorized", "a valid token is required (Authorization: Bearer <token>)",
+                           {"WWW-Authenticate": "Bearer"})
+
+    async def _call(self, response: Awaitable[Any], what: str, timeout: float | None = None) -> Any:
+        """Await a handle call; overload, timeout and dead replicas become 503s."""
+        retry = self.cfg.http.retry_after_s
+        try:
+            result = await asyncio.wait_for(response, timeout or self.cfg.http.request_timeout_s)
+        except BackPressureError:
+            raise unavailable("overloaded", f"the {what} is at capacity; retry later", retry) from None
+        except TimeoutError:
+            raise unavailable("timeout", f"the {what} did not answer in time", retry) from None
+        except Exception as exc:  # replica died, deployment unavailable, ...
+            logger.warning("%s call failed: %s", what, type(exc).__name__)
+            raise unavailable(f"{what}_unavailable", f"the {what} failed to answer; retry", retry) from None
+        if isinstance(result, dict) and "error" in result and "status" in result:
+            raise ApiError(int(result["status"]), str(result["error"]), str(result["detail"]), result.get("headers"))
+        return result
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.cfg.http.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _window(self, request: Request) -> tuple[str | int, np.ndarray]:
+        kind = media_type(request.headers.get("content-type"))
+        if kind not in JSON_TYPES + OCTET_TYPES:
+            raise ApiError(415, "unsupported_media_type", "send application/json or application/octet-stream")
+        body = await self._body(request)
+        if kind in OCTET_TYPES:
+            return window_from_bytes(body, request.headers)
+        return window_from_json(parse_json_body(body))
+
+    # --- routes ----------------------------------------------------------------------------
+    @api.get("/healthz", summary="liveness: the ingress answers")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz", summary="readiness: the model is loaded", responses={503: schemas.ERRORS[503]})
+    async def readyz(self) -> dict[str, Any]:
+        state = await self._call(self.decoder.ready.remote(), "decoder", timeout=5.0)
+        if not state["ready"]:
+            raise unavailable("not_ready", state["error"] or "the model is still loading", self.cfg.http.retry_after_s)
+        return {"ready": True}
+
+    @api.get("/v1/model", summary="the model card", response_model=schemas.ModelCard, responses=schemas.ERRORS)
+    async def model_card(self, request: Request) -> Any:
+        self._authorize(request.headers)
+        card = await self._call(self.decoder.card.remote(), "decoder")
+        if card is None:
+            raise unavailable("not_ready", "the model is still loading", self.cfg.http.retry_after_s)
+        return card
+
+    @api.post("/v1/decode", summary="decode one MEG window", response_model=schemas.DecodeResponse,
+              responses=schemas.ERRORS, openapi_extra=schemas.window_body("one window, JSON or raw float32 "
+              "bytes (headers X-Shape: C,T and X-Subject)"))
+    async def decode(self, request: Request, top_k: int | None = None) -> JSONResponse:
+        start = time.perf_counter()
+        self._authorize(request.headers)
+        k = self.cfg.decoder.top_k if top_k is None else int(bounded("top_k", top_k, 1, self.cfg.decoder.max_top_k, True))
+        subject, window = await self._window(request)
+        result = await self._call(self.decoder.decode.remote(window, subject, k), "decoder")
+        result["timing"]["server_ms"] = round((time.perf_counter() - start) * 1e3, 3)
+        return JSONResponse(result)
+
+    @api.post("/v1/reconstruct", summary="generate an image from one MEG window",
+              responses={200: {"content": {"image/png": {}}, "model": schemas.ReconstructJSON}, **schemas.ERRORS},
+              openapi_extra=schemas.window_body("one window, as for /v1/decode"))
+    async def reconstruct(self, request: Request, steps: int | None = None, guidance: float | None = None,
+                          seed: int = 0, format: str = "png") -> Response:
+        start = time.perf_counter()
+        self._authorize(request.headers)
+        g = self.cfg.generator
+        steps_ = int(bounded("steps", g.default_steps if steps is None else steps, 1, g.max_steps, True))
+        guidance_ = float(bounded("guidance", g.default_guidance if guidance is None else guidance, 0.0, g.max_guidance))
+        seed_ = int(bounded("seed", seed, 0, 2**31 - 1, True))
+        if format not in ("png", "json"):
+            raise ApiError(422, "invalid_option", "format must be 'png' or 'json'")
+        if self.generator is None:
+            raise unavailable("generator_disabled", "no generator is configured (generator.weights)", 60)
+        subject, window = await self._window(request)
+        decoded = await self._call(self.decoder.generation_latent.remote(window, subject), "decoder")
+        result = await self._call(self.generator.generate.remote(decoded["latent_name"], decoded["latent"],
+                                                                steps_, guidance_, seed_), "generator", g.timeout_s)
+        ms = round((time.perf_counter() - start) * 1e3, 3)
+        if format == "json":
+            images = [base64.b64encode(p).decode() for p in result["png"]]
+            return JSONResponse({"images": images, "model": decoded["model"], "timing": {"server_ms": ms}})
+        return Response(result["png"][0], media_type="image/png", headers={"X-Server-Ms": str(ms)})
+
+    @api.websocket("/v1/stream")
+    async def stream(self, ws: WebSocket) -> None:
+        """Start message {subject, sfreq?, top_k?}, then binary float32 chunks (C x n, channel-major)."""
+        await ws.accept()
+        try:
+            self._authorize(ws.headers)
+            start = await asyncio.wait_for(ws.receive_json(), 30)
+            if not isinstance(start, dict):
+                raise ApiError(400, "malformed_json", "the first message must be a JSON object")
+            subject = subject_value(start.get("subject"))
+            sfreq = start.get("sfreq")
+            if sfreq is not None:
+                bounded("sfreq", sfreq, 1.0, 100_000.0)
+            k = int(bounded("top_k", start.get("top_k", self.cfg.decoder.top_k), 1, self.cfg.decoder.max_top_k, True))
+            info = await self._call(self.decoder.stream_spec.remote(subject, sfreq), "decoder")
+            await self._stream_loop(ws, info, k)
+        except WebSocketDisconnect:
+            return
+        except ApiError as exc:
+            await _ws_close(ws, {"type": "error", "error": exc.error, "detail": exc.detail})
+        except StreamError as exc:
+            await _ws_close(ws, {"type": "error", "error": "invalid_chunk", "detail": str(exc)})
+        except (TimeoutError, ValueError, KeyError, TypeError):
+            await _ws_close(ws, {"type": "error", "error": "bad_message", "detail": "expected a JSON start message"})
+
+    async def _stream_loop(self, ws: WebSocket, info: dict[str, Any], k: int) -> None:
+        s = self.cfg.stream
+        spec, n_channels = info["spec"], int(info["n_channels"])
+        if s.require_causal_training and not spec.matches_training:
+            raise ApiError(422, "stream_unavailable", "this model was trained on zero-phase filtered data; "
+                           "the stream's causal filter would feed it other inputs")
+        session = StreamSession(spec, n_channels, s.stride_s, s.max_backlog_s, s.max_chunk_s)
+        await ws.send_json({"type": "ready", "n_channels": n_channels, "sfreq": spec.sfreq_in,
+                            "stride_samples": session.stride, "stride_s": session.stride_s,
+                            "window": [spec.tmin, spec.tmax], "delay_s": session.pre.delay_s,
+                            "filter_matches_training": spec.matches_training})
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                if '"end"' in message["text"]:
+                    await _ws_close(ws, {"type": "end"}, code=1000)
+                    return
+                raise StreamError("send chunks as binary float32 frames")
+            raw = message.get("bytes") or b""
+            if len(raw) % (4 * n_channels) or not raw:
+                raise StreamError(f"a chunk must be n x {n_channels} float32 values (channel-major)")
+            received = time.perf_counter()
+            tick = session.push(np.frombuffer(raw, "<f4").reshape(n_channels, -1))
+            if tick.skipped or tick.lag_s > s.max_backlog_s:
+                await ws.send_json({"type": "behind", "lag_s": round(tick.lag_s, 4), "skipped": tick.skipped})
+            if not len(tick.onsets):
+                continue
+            windows = await asyncio.to_thread(session.pre.windows, tick.onsets)
+            out = await self._call(self.decoder.decode_windows.remote(windows, info["subject_index"], k), "decoder")
+            latency = (time.perf_counter() - received) * 1e3
+            for onset, hits in zip(tick.onsets.tolist(), out["top_k"], strict=True):
+                await ws.send_json({"type": "decode", "onset_sample": onset, "t_s": onset / spec.sfreq_in,
+                                    "top_k": hits, "forward_ms": round(out["forward_ms"], 3),
+                                    "latency_ms": round(latency, 3), "batch": len(tick.onsets),
+                                    "lag_s": round(tick.lag_s, 4)})
+

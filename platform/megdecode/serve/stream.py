@@ -1,0 +1,237 @@
+"""Online preprocessing: raw MEG chunks -> the model's input windows, as the offline pipeline.
+
+The offline pipeline (`megdecode.data.preprocess`) filters a whole run, cuts a padded
+native-rate window around each onset, resamples it to 120 Hz, baseline-corrects it, then
+robust-scales and clips with the subject's training statistics. A live feed has no
+future samples, so this module runs the same steps on a ring buffer of the filtered
+signal with two rules that make both paths give the same numbers for the same samples:
+
+- Filtering is causal: the Butterworth band-pass of ``filter_phase="causal"``, run
+  forwards from the first sample with its state carried from chunk to chunk (chunked
+  `sosfilt` with carried state equals one pass over the run). A model meant for streaming
+  is trained on a store built with ``filter_phase="causal"``; with a zero-phase store the
+  stream still runs but its inputs differ from training (reported to the client).
+- The resampler is the offline one on the same native window (same polyphase alignment
+  to the onset), so a window is ready only once the signal reaches the model window's end
+  plus the resampler's half-length (``delay_s``: ~40 ms at 300 Hz, ~90 ms at 1200 Hz).
+
+Windows are taken at "virtual onsets" every ``stride`` native samples (25 ms by default,
+rounded to the native grid): decode k covers [onset_k + tmin, onset_k + tmax].
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.signal import sosfilt
+
+from megdecode.bundle import ModelBundle
+from megdecode.config import ConfigError
+from megdecode.data.preprocess import (
+    PreprocessConfig,
+    _grid,
+    _resample_epochs,
+    baseline_correct,
+    causal_sos,
+    causal_zi,
+    robust_scale,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class StreamError(ValueError):
+    """The stream cannot run (bundle lacks fields, bad chunk); the message says why."""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What online preprocessing of one subject needs; from the bundle's ``extra``.
+
+    center, scale: (C,) the subject's robust scaler (median / IQR of training epochs).
+    """
+
+    preprocess: PreprocessConfig
+    sfreq_in: float
+    center: np.ndarray
+    scale: np.ndarray
+    tmin: float
+    tmax: float
+    n_times: int
+
+    @property
+    def matches_training(self) -> bool:
+        return self.preprocess.filter_phase == "causal"
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle, subject: str, sfreq: float | None = None) -> StreamSpec:
+        extra = bundle.extra
+        missing = [k for k in ("preprocess", "scalers") if k not in extra]
+        if missing:
+            raise StreamError(f"this model bundle has no {' / '.join(missing)} in its extra fields "
+                              "(made before streaming support): retrain or re-bundle it to stream")
+        scaler = extra["scalers"].get(subject)
+        if scaler is None:
+            raise StreamError(f"the bundle has no scaler for subject {subject!r}")
+        try:
+            cfg = PreprocessConfig.from_flat_dict(dict(extra["preprocess"]), strict=False)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise StreamError(f"the bundle's preprocessing config is unusable: {exc}") from None
+        sfreq_in = float(sfreq or scaler.get("raw_sfreq") or 0)
+        if sfreq_in <= 0:
+            raise StreamError("the bundle does not record the native sampling rate; send 'sfreq' in the start message")
+        if sfreq_in < cfg.sfreq:
+            raise StreamError(f"sfreq {sfreq_in} Hz is below the model's {cfg.sfreq} Hz")
+        center = np.asarray(scaler["center"], np.float64)
+        scale = np.asarray(scaler["scale"], np.float64)
+        if center.shape != (len(bundle.ch_names),) or scale.shape != center.shape:
+            raise StreamError("the bundle's scaler does not match its channel count")
+        if not np.isclose(cfg.sfreq, bundle.sfreq):
+            raise StreamError(f"the bundle's preprocessing rate {cfg.sfreq} Hz differs from its window rate {bundle.sfreq} Hz")
+        return cls(cfg, sfreq_in, center, scale, bundle.tmin, bundle.tmax, bundle.n_times)
+
+
+class RingBuffer:
+    """The last `capacity` samples of a (C, S) signal, addressed by absolute sample index."""
+
+    def __init__(self, n_channels: int, capacity: int) -> None:
+        self.data = np.zeros((n_channels, capacity))
+        self.capacity, self.total = capacity, 0
+
+    @property
+    def oldest(self) -> int:
+        return max(0, self.total - self.capacity)
+
+    def extend(self, x: np.ndarray) -> None:
+        """Append (C, n); a chunk longer than the buffer keeps its tail."""
+        n = x.shape[1]
+        if n >= self.capacity:
+            self.data[:] = x[:, -self.capacity :]
+            self.total += n
+            return
+        at = self.total % self.capacity
+        first = min(n, self.capacity - at)
+        self.data[:, at : at + first] = x[:, :first]
+        self.data[:, : n - first] = x[:, first:]
+        self.total += n
+
+    def get(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) as a new (C, stop - start) array."""
+        if start < self.oldest or stop > self.total or start > stop:
+            raise IndexError(f"samples {start}..{stop} not in the buffer ({self.oldest}..{self.total})")
+        idx = np.arange(start, stop) % self.capacity
+        return self.data[:, idx]
+
+
+class OnlinePreprocessor:
+    """Raw chunks (C, n) in, model windows (K, C, T) float32 out, as the offline pipeline."""
+
+    def __init__(self, spec: StreamSpec, n_channels: int, extra_capacity: int = 0) -> None:
+        cfg = spec.preprocess
+        self.spec, self.n_channels = spec, n_channels
+        lo, hi = spec.tmin, spec.tmax
+        if cfg.baseline is not None:  # the baseline interval may lie outside the model window
+            lo, hi = min(lo, cfg.baseline[0]), max(hi, cfg.baseline[1])
+        self.cfg = cfg.replace(tmin=lo, tmax=hi)
+        self.grid = _grid(spec.sfreq_in, self.cfg)
+        self.sos = causal_sos(spec.sfreq_in, cfg)
+        self.zi = causal_zi(self.sos, n_channels) if self.sos is not None else None
+        n_out = self.grid.keep.stop - self.grid.keep.start
+        self.times = (self.grid.start + self.grid.keep.start) / cfg.sfreq + np.arange(n_out) / cfg.sfreq
+        tol = 1e-6 / cfg.sfreq
+        self.model_mask = (self.times >= spec.tmin - tol) & (self.times <= spec.tmax + tol)
+        if int(self.model_mask.sum()) != spec.n_times:
+            raise StreamError(f"the online grid gives {int(self.model_mask.sum())} samples, the model needs {spec.n_times}")
+        self.buffer = RingBuffer(n_channels, self.grid.n_in + extra_capacity + 1)
+        self._center = spec.center.astype(np.float32)
+        self._scale = spec.scale.astype(np.float32)
+
+    @property
+    def first_onset(self) -> int:
+        """The earliest onset whose native window starts at or after sample 0."""
+        return max(0, -self.grid.start_in)
+
+    @property
+    def last_ready_onset(self) -> int:
+        """The latest onset whose whole native window has arrived (may be < first_onset)."""
+        return self.buffer.total - self.grid.start_in - self.grid.n_in
+
+    @property
+    def delay_s(self) -> float:
+        """Signal needed past the model window's end before its window is ready."""
+        end = (self.grid.start_in + self.grid.n_in - 1) / self.spec.sfreq_in
+        return max(0.0, end - self.spec.tmax)
+
+    def push(self, chunk: np.ndarray) -> None:
+        """Filter (C, n) raw samples causally, carrying the filter state, into the buffer."""
+        if chunk.ndim != 2 or chunk.shape[0] != self.n_channels:
+            raise StreamError(f"a chunk must be ({self.n_channels}, n), got {chunk.shape}")
+        x = np.asarray(chunk, np.float64)
+        if not np.isfinite(x).all():
+            raise StreamError("the chunk holds NaN or infinite values")
+        if self.sos is not None:
+            x, self.zi = sosfilt(self.sos, x, axis=-1, zi=self.zi)
+        self.buffer.extend(x)
+
+    def windows(self, onsets: np.ndarray) -> np.ndarray:
+        """onsets (K,) absolute native samples -> (K, C, n_times) float32 model inputs."""
+        onsets = np.asarray(onsets, np.int64)
+        seg_start = int(onsets.min()) + self.grid.start_in
+        segment = self.buffer.get(seg_start, int(onsets.max()) + self.grid.start_in + self.grid.n_in)
+        epochs = _resample_epochs(segment, onsets - seg_start, self.grid)
+        if self.cfg.baseline is not None:
+            epochs = baseline_correct(epochs, self.times, self.cfg.baseline).astype(np.float32, copy=False)
+        epochs = np.ascontiguousarray(epochs[:, :, self.model_mask])
+        return robust_scale(epochs, self._center, self._scale, self.cfg.clip).astype(np.float32, copy=False)
+
+
+@dataclass
+class Tick:
+    """What one pushed chunk made ready: onsets to decode and how far behind real time."""
+
+    onsets: np.ndarray  # (K,) native samples
+    skipped: int  # onsets dropped to catch up with real time
+    lag_s: float  # wall clock minus the signal time of the newest ready window's last sample
+
+
+class StreamSession:
+    """Decode scheduling for one connection: a window every `stride` native samples.
+
+    Real time is the wall clock since the first chunk against the signal received; when
+    the newest window is more than `max_backlog_s` behind it, the older pending onsets
+    are skipped (and reported) rather than decoded ever later.
+    """
+
+    def __init__(self, spec: StreamSpec, n_channels: int, stride_s: float, max_backlog_s: float,
+                 max_chunk_s: float = 2.0, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self.stride = max(1, int(round(stride_s * spec.sfreq_in)))
+        self.max_chunk = int(max_chunk_s * spec.sfreq_in)
+        self.pre = OnlinePreprocessor(spec, n_channels, extra_capacity=self.max_chunk + self.stride)
+        self.max_backlog_s, self.clock = max_backlog_s, clock
+        self.next_onset = -(-self.pre.first_onset // self.stride) * self.stride
+        self.t0: float | None = None
+
+    @property
+    def stride_s(self) -> float:
+        return self.stride / self.pre.spec.sfreq_in
+
+    def push(self, chunk: np.ndarray) -> Tick:
+        if chunk.ndim != 2 or chunk.shape[1] > self.max_chunk:
+            raise StreamError(f"a chunk must be (C, n) with n <= {self.max_chunk} samples")
+        if self.t0 is None:
+            self.t0 = self.clock()
+        self.pre.push(chunk)
+        last = self.pre.last_ready_onset
+        if last < self.next_onset:
+            return Tick(np.zeros(0, np.int64), 0, 0.0)
+        onsets = np.arange(self.next_onset, last + 1, self.stride, dtype=np.int64)
+        end_sample = int(onsets[-1]) + self.pre.grid.start_in + self.pre.grid.n_in
+        lag = (self.clock() - self.t0) - end_sample / self.pre.spec.sfreq_in
+        skipped = 0
+        if lag > self.max_backlog_s and len(onsets) > 1:
+            skipped, onsets = len(onsets) - 1, onsets[-1:]
+        self.next_onset = int(onsets[-1]) + self.stride
+        return Tick(onsets, skipped, lag)

@@ -1,0 +1,248 @@
+"""The app on a real Serve (127.0.0.1, free port, tiny bundle): endpoints, bad input, auth, overload."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from megdecode.bundle import load_bundle
+from megdecode.serve.app import free_port
+
+pytestmark = [pytest.mark.serve, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def served(ray_local: None, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    from ray import serve
+
+    from megdecode.generate.tiny import build_tiny_generator
+    from megdecode.serve.app import start
+    from megdecode.serve.config import ServeConfig
+
+    b = load_bundle(tiny_bundle)
+    weights = build_tiny_generator(tmp_path_factory.mktemp("gen") / "g", {b.latent_name: len(b.latent_mean)}, size=16)
+    cfg = ServeConfig.from_mapping({
+        "app_name": "megdecode-test",
+        "http": {"port": free_port(), "num_cpus": 0.1, "max_body_bytes": 600_000, "request_timeout_s": 5},
+        "decoder": {"model": str(tiny_bundle), "num_cpus": 0.2, "max_queued_requests": 4, "max_ongoing_requests": 4,
+                    "max_batch_size": 8},
+        "generator": {"weights": str(weights), "num_cpus": 0.2, "max_steps": 4, "default_steps": 2,
+                      "min_replicas": 1, "max_replicas": 1},
+        "stream": {"max_chunk_s": 10.0},
+    })
+    url = start(cfg, token="")
+    yield url, cfg
+    serve.delete(cfg.app_name)
+
+
+def _window(bundle_dir: Path, seed: int = 0) -> tuple[str, np.ndarray]:
+    b = load_bundle(bundle_dir)
+    rng = np.random.default_rng(seed)
+    return b.subjects[0], rng.standard_normal((len(b.ch_names), b.n_times)).astype(np.float32)
+
+
+def _post(url: str, subject: object, data: object, **kw: object) -> requests.Response:
+    return requests.post(f"{url}/v1/decode", json={"subject": subject, "data": data}, timeout=30, **kw)  # type: ignore[arg-type]
+
+
+def _is_error(r: requests.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "detail"} and "Traceback" not in body["detail"]
+    return body
+
+
+def test_health_ready_model_and_openapi(served: tuple[str, object], tiny_bundle: Path) -> None:
+    url, _ = served
+    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+    assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
+    card = requests.get(f"{url}/v1/model", timeout=10).json()
+    b = load_bundle(tiny_bundle)
+    assert card["window"]["n_times"] == b.n_times and card["channels"]["n"] == len(b.ch_names)
+    assert card["subjects"] == b.subjects and card["streaming"]["filter_phase"] == "causal"
+    schema = requests.get(f"{url}/openapi.json", timeout=10).json()
+    assert {"/v1/decode", "/v1/reconstruct", "/v1/model", "/healthz", "/readyz"} <= set(schema["paths"])
+
+
+def test_decode_json_and_bytes_agree(served: tuple[str, object], tiny_bundle: Path) -> None:
+    url, _ = served
+    subject, x = _window(tiny_bundle)
+    r = _post(url, subject, x.tolist(), params={"top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["top_k"]) == 3 and {"image_id", "category", "score"} <= set(body["top_k"][0])
+    assert len(body["latent"]) == len(load_bundle(tiny_bundle).latent_mean)
+    assert body["timing"]["server_ms"] > 0 and body["model"]["name"]
+    raw = requests.post(f"{url}/v1/decode", data=x.tobytes(), params={"top_k": 3}, timeout=30, headers={
+        "content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}", "x-subject": subject})
+    assert raw.status_code == 200, raw.text
+    np.testing.assert_allclose(raw.json()["latent"], body["latent"], rtol=1e-5, atol=1e-6)
+    assert [h["image_id"] for h in raw.json()["top_k"]] == [h["image_id"] for h in body["top_k"]]
+
+
+def test_each_bad_input_gets_its_status_and_the_app_keeps_serving(served: tuple[str, object], tiny_bundle: Path) -> None:
+    url, cfg = served
+    subject, x = _window(tiny_bundle)
+    data = x.tolist()
+    _is_error(_post(url, subject, data[:-1]), 422)  # wrong shape
+    bad = [row[:] for row in data]
+    bad[0][0] = float("nan")
+    r = requests.post(f"{url}/v1/decode", data=json.dumps({"subject": subject, "data": bad}),
+                      headers={"content-type": "application/json"}, timeout=30)
+    assert _is_error(r, 422)["error"] == "non_finite"
+    assert _is_error(_post(url, subject, [["a"] * x.shape[1]] * x.shape[0]), 422)["error"] == "invalid_dtype"
+    r = requests.post(f"{url}/v1/decode", data=b'{"subject": 1, "data": [[1', headers={"content-type": "application/json"}, timeout=30)
+    assert _is_error(r, 400)["error"] == "malformed_json"
+    r = requests.post(f"{url}/v1/decode", data=b"\x00" * 12, timeout=30, headers={
+        "content-type": "application/octet-stream", "x-shape": "3,5", "x-subject": subject})
+    assert _is_error(r, 400)["error"] == "malformed_bytes"
+    r = requests.post(f"{url}/v1/decode", data=x.astype(np.float64).tobytes(), timeout=30, headers={
+        "content-type": "application/octet-stream", "x-shape": "3,5", "x-subject": subject, "x-dtype": "float64"})
+    _is_error(r, 415)
+    assert _is_error(_post(url, "nobody", data), 422)["error"] == "unknown_subject"
+    big = b"[" * 700_000
+    r = requests.post(f"{url}/v1/decode", data=big, headers={"content-type": "application/json"}, timeout=30)
+    _is_error(r, 413)
+    _is_error(requests.post(f"{url}/v1/decode", data=b"x", headers={"content-type": "text/plain"}, timeout=30), 415)
+    _is_error(requests.get(f"{url}/v1/nothing", timeout=30), 404)
+    _is_error(_post(url, subject, data, params={"top_k": 0}), 422)
+    _is_error(_post(url, subject, data, params={"top_k": "x"}), 422)
+    assert _post(url, subject, data).status_code == 200  # still serving
+
+
+@pytest.mark.slow  # two redeploys: Serve restarts every replica of a Python-built app (~60 s here)
+def test_auth_on_and_off(served: tuple[str, object], tiny_bundle: Path) -> None:
+    from ray import serve
+
+    from megdecode.serve.app import build_app
+
+    url, cfg = served
+    subject, x = _window(tiny_bundle)
+    serve.run(build_app(cfg, token="s3cret"), name=cfg.app_name, route_prefix="/")  # type: ignore[attr-defined]
+    try:
+        _is_error(_post(url, subject, x.tolist()), 401)
+        _is_error(_post(url, subject, x.tolist(), headers={"authorization": "Bearer wrong"}), 401)
+        assert _post(url, subject, x.tolist(), headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
+    finally:
+        serve.run(build_app(cfg, token=""), name=cfg.app_name, route_prefix="/")  # type: ignore[attr-defined]
+    assert _post(url, subject, x.tolist()).status_code == 200
+
+
+def test_overload_gives_503_with_retry_after_not_a_hang(served: tuple[str, object], tiny_bundle: Path) -> None:
+    url, _ = served
+    subject, x = _window(tiny_bundle)
+    body = x.tobytes()
+    headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}", "x-subject": subject}
+
+    def one(_: int) -> tuple[int, str | None]:
+        r = requests.post(f"{url}/v1/decode", data=body, headers=headers, timeout=30)
+        return r.status_code, r.headers.get("retry-after")
+
+    with cf.ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(one, range(400)))
+    codes = [c for c, _ in results]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(503) > 0 and codes.count(200) > 0
+    assert all(ra == "1" for c, ra in results if c == 503)
+    assert _post(url, subject, x.tolist()).status_code == 200
+
+
+def test_reconstruct_png_json_and_bounds(served: tuple[str, object], tiny_bundle: Path) -> None:
+    url, _ = served
+    subject, x = _window(tiny_bundle)
+    body = {"subject": subject, "data": x.tolist()}
+    r = requests.post(f"{url}/v1/reconstruct", json=body, params={"steps": 2, "seed": 3}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    j = requests.post(f"{url}/v1/reconstruct", json=body, params={"steps": 2, "seed": 3, "format": "json"}, timeout=120)
+    assert j.status_code == 200, j.text
+    import base64
+
+    assert base64.b64decode(j.json()["images"][0]) == r.content  # same seed, same image
+    _is_error(requests.post(f"{url}/v1/reconstruct", json=body, params={"steps": 5}, timeout=30), 422)
+    _is_error(requests.post(f"{url}/v1/reconstruct", json=body, params={"guidance": -1}, timeout=30), 422)
+    _is_error(requests.post(f"{url}/v1/reconstruct", json={"subject": subject, "data": [[0.0]]}, timeout=30), 422)
+
+
+def test_stream_emits_a_decode_every_stride_equal_to_http_decodes(served: tuple[str, object], causal_run: Path,
+                                                                  tiny_bundle: Path) -> None:
+    from websockets.sync.client import connect
+
+    from megdecode.data import bids
+    from megdecode.data.preprocess import pick_meg
+    from megdecode.serve.stream import OnlinePreprocessor, StreamSpec
+
+    url, _ = served
+    b = load_bundle(tiny_bundle)
+    subject = b.subjects[0]
+    spec = StreamSpec.from_bundle(b, subject)
+    rec = bids.read_run(causal_run / "bids", bids.find_runs(causal_run / "bids", subjects=[subject])[0])
+    raw = rec.raw.get_data(picks=pick_meg(rec.raw.info, spec.preprocess)).astype(np.float32)[:, :1500]
+    decodes, chunk = [], 100
+    with connect(url.replace("http", "ws") + "/v1/stream", max_size=2**24) as ws:
+        ws.send(json.dumps({"subject": subject, "top_k": 3}))
+        ready = json.loads(ws.recv(timeout=30))
+        assert ready["type"] == "ready" and ready["n_channels"] == len(b.ch_names) and ready["filter_matches_training"]
+        for start in range(0, raw.shape[1], chunk):
+            ws.send(np.ascontiguousarray(raw[:, start : start + chunk]).tobytes())
+        ws.send(json.dumps({"type": "end"}))
+        for message in ws:
+            msg = json.loads(message)
+            if msg["type"] == "end":
+                break
+            if msg["type"] == "decode":
+                decodes.append(msg)
+    stride = ready["stride_samples"]
+    onsets = [d["onset_sample"] for d in decodes]
+    assert len(onsets) > 20 and np.all(np.diff(onsets) == stride)
+    pre = OnlinePreprocessor(spec, len(b.ch_names), extra_capacity=raw.shape[1])
+    pre.push(raw.astype(np.float64))
+    for d in decodes[:: max(1, len(decodes) // 4)]:
+        w = pre.windows(np.array([d["onset_sample"]]))[0]
+        r = _post(url, subject, w.tolist(), params={"top_k": 3})
+        assert [h["image_id"] for h in r.json()["top_k"]] == [h["image_id"] for h in d["top_k"]]
+    with connect(url.replace("http", "ws") + "/v1/stream") as ws:  # a bad start message: an error, then closed
+        ws.send(json.dumps({"subject": "nobody"}))
+        assert json.loads(ws.recv(timeout=30))["error"] == "unknown_subject"
+
+
+@pytest.mark.slow  # a redeploy (rolling replica restart) under traffic
+def test_reload_swaps_models_without_dropping_requests(served: tuple[str, object], causal_run: Path,
+                                                        tiny_bundle: Path, tmp_path: Path) -> None:
+    import threading
+
+    from ray import serve
+    from serve_helpers import train_bundle  # type: ignore[import-not-found]
+
+    from megdecode.serve.app import build_app
+
+    url, cfg = served
+    other = train_bundle(causal_run, tmp_path / "b1", seed=1)
+    subject, x = _window(tiny_bundle)
+    before = _post(url, subject, x.tolist()).json()["latent"]
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            codes.append(_post(url, subject, x.tolist()).status_code)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        new = cfg.replace(decoder=cfg.decoder.replace(model=str(other)))  # type: ignore[attr-defined]
+        serve.run(build_app(new, token=""), name=new.app_name, route_prefix="/")
+        after = _post(url, subject, x.tolist()).json()["latent"]
+    finally:
+        stop.set()
+        thread.join()
+        serve.run(build_app(cfg, token=""), name=cfg.app_name, route_prefix="/")  # type: ignore[attr-defined]
+    assert codes and set(codes) == {200}, codes
+    assert not np.allclose(before, after)

@@ -1,0 +1,64 @@
+"""The online preprocessing gives the offline pipeline's model inputs for the same samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megdecode.bundle import load_bundle
+from megdecode.data import bids, shards
+from megdecode.data.preprocess import pick_meg
+from megdecode.serve.stream import OnlinePreprocessor, StreamError, StreamSpec
+
+
+def _replay(bundle_dir: Path, bids_root: Path, chunk: int = 37) -> tuple[dict[int, np.ndarray], object, str]:
+    """Feed one run in odd-sized chunks; collect the window of every event onset when ready."""
+    bundle = load_bundle(bundle_dir)
+    subject = bundle.subjects[0]
+    spec = StreamSpec.from_bundle(bundle, subject)
+    key = bids.find_runs(bids_root, subjects=[subject])[0]
+    rec = bids.read_run(bids_root, key)
+    picks = pick_meg(rec.raw.info, spec.preprocess)
+    assert [rec.raw.ch_names[i] for i in picks] == bundle.ch_names
+    raw = rec.raw.get_data(picks=picks)
+    pre = OnlinePreprocessor(spec, len(picks), extra_capacity=chunk)
+    events = rec.events[rec.events["trial_type"] != "catch"]
+    pending = dict(zip(events["sample"].astype(int), events["trial_index"].astype(int), strict=True))
+    got: dict[int, np.ndarray] = {}
+    for start in range(0, raw.shape[1], chunk):
+        pre.push(raw[:, start : start + chunk])
+        ready = [s for s in pending if pre.first_onset <= s <= pre.last_ready_onset]
+        if ready:
+            for s, w in zip(ready, pre.windows(np.array(ready)), strict=True):
+                got[pending.pop(s)] = w
+    return got, key, subject
+
+
+def _offline(store: Path, bundle_dir: Path, key: object, subject: str) -> dict[int, np.ndarray]:
+    bundle = load_bundle(bundle_dir)
+    X, meta = shards.load_epochs(store, subjects=[subject], tmin=bundle.tmin, tmax=bundle.tmax)
+    rows = (meta["session"] == key.session) & (meta["run"] == key.run)  # type: ignore[attr-defined]
+    return dict(zip(meta.loc[rows, "trial_index"].astype(int), X[rows.to_numpy()], strict=True))
+
+
+def test_stream_equals_offline_causal_store(causal_run: Path, tiny_bundle: Path, tiny_run: Path) -> None:
+    online, key, subject = _replay(tiny_bundle, causal_run / "bids")
+    offline = _offline(causal_run / "store", tiny_bundle, key, subject)
+    assert len(online) >= 10 and set(online) <= set(offline)
+    for trial, window in online.items():
+        np.testing.assert_allclose(window, offline[trial], rtol=0, atol=1e-4)
+    # The zero-phase store (the offline default) differs: the comparison can fail.
+    zero = _offline(tiny_run / "store", tiny_bundle, key, subject)
+    trial = next(iter(online))
+    assert np.abs(online[trial] - zero[trial]).max() > 1e-2
+
+
+def test_old_bundle_without_stream_fields_is_refused(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    bundle.extra = {k: v for k, v in bundle.extra.items() if k not in ("preprocess", "scalers")}
+    with pytest.raises(StreamError, match="no preprocess / scalers"):
+        StreamSpec.from_bundle(bundle, bundle.subjects[0])
+    with pytest.raises(StreamError, match="no scaler for subject"):
+        StreamSpec.from_bundle(load_bundle(tiny_bundle), "nobody")
