@@ -83,6 +83,7 @@ def run_demo(setup: DemoSetup, echo: Callable[[str], None] = print) -> dict[str,
                 stage("serve", lambda: _serve(setup, out, report, echo))
     finally:
         if started_ray:
+            _stop_serve()
             ray.shutdown()
     summary = {
         "out": str(out),
@@ -134,14 +135,27 @@ def _tune(setup: DemoSetup, out: Path) -> Any:
 
 
 def _serve(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str], None]) -> Any:
-    try:
-        from megdecode.serve.demo import decode_demo
-    except ImportError:
-        logger.warning("megdecode.serve is not available: skipping the serving stage")
-        return None
+    """Serve the champion on 127.0.0.1, decode test windows over HTTP (top-5, latency each),
+    and write a window it accepts, for `curl -d @<out>/window.json` against `make serve`."""
+    from megdecode.serve.demo import decode_demo, example_window
+
     table = decode_demo(report.champion, out / "store", n=setup.serve_requests, tracking_uri=report.tracking_uri)
-    echo(table.to_string(index=False))
+    window = example_window(out / "store", report.best["bundle"], out / "window.json")
+    echo(f"hits in the top 5: {int(table['hit'].sum())}/{len(table)}; median latency "
+         f"{table['latency_ms'].median():.1f} ms (server {table['server_ms'].median():.1f} ms)")
+    echo(f"serve it again: make serve DEMO_OUT={out}, then\n  curl -X POST http://127.0.0.1:8000/v1/decode "
+         f"-H 'content-type: application/json' -d @{window}")
     return table.to_dict(orient="records")
+
+
+def _stop_serve() -> None:
+    """Shut Serve down if a stage started it (its controller and proxy are Ray actors)."""
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception as exc:  # nothing must hide the demo's own result or error
+        logger.warning("serve.shutdown: %s", exc)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -49,3 +49,42 @@ def test_store_from_ray_equals_local(demo_out: Path, tmp_path: Path) -> None:
     X_ray, meta_ray = shards.load_epochs(tmp_path / "store")
     assert np.array_equal(X_local, X_ray)
     assert meta_local.equals(meta_ray)
+
+
+TINY_SPACE = """
+name: tiny-demo
+seeds: 2
+num_samples: 2
+max_concurrent: 1
+max_epochs: 2
+grace_period: 1
+fixed:
+  train.tmin: 0.0
+  train.tmax: 0.5
+  train.batch_size: 32
+  model.hidden_channels: 16
+  model.merger_channels: 16
+  model.fourier_freqs: 3
+  model.projection_hidden: 16
+params:
+  model.depth: {type: int, low: 1, high: 2}
+  loss.lam: {type: float, low: 0.5, high: 1.0}
+"""
+
+
+@pytest.mark.slow
+def test_the_whole_chain_search_register_and_serve(tmp_path: Path) -> None:
+    """`megdecode demo` end to end on the tiny twin: a 2-trial search, the champion served over HTTP."""
+    (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "tiny", "--space", str(tmp_path / "space.yaml")])
+    assert result.exit_code == 0, result.output[-4000:] + repr(result.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stages"]) == ["simulate", "preprocess", "latents", "tune", "serve"]
+    assert summary["tune"]["champion"] == "models:/megdecode-brain@champion"
+    assert len(summary["serve"]) == 5 and all(r["latency_ms"] > 0 for r in summary["serve"])
+    body = json.loads((out / "window.json").read_text())
+    assert len(body["data"][0]) == 61  # 0..0.5 s at 120 Hz
+    import ray
+
+    assert not ray.is_initialized()  # the demo stopped the cluster it started
