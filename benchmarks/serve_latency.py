@@ -1,13 +1,20 @@
 """Serving latency and throughput, all measured in one run on this machine; prints a table.
 
-    python benchmarks/serve_latency.py --bundle runs/demo/models/handcrafted-seed0 [--requests 200]
+    python benchmarks/serve_latency.py --bundle runs/demo/models/handcrafted-seed0 [--paper-size]
 
-Rows: the model's forward time for one window (the floor); a trivial echo deployment's
-HTTP p50 (Serve's own overhead); /v1/decode p50/p99 at a fixed request rate (goal: p50 <=
-echo p50 + floor + 2 ms); throughput at saturation with and without @serve.batch (goal:
->= 3x); the stream's sustained decodes/s against the 40/s a 25 ms stride needs and its
-per-decode latency (goal <= floor + 3 ms); resident memory of the Ray + Serve processes.
-Everything binds 127.0.0.1 on free ports and is shut down at the end.
+Rows, per model size (the bundle's own model; with ``--paper-size`` also the paper's
+~6M-parameter retrieval architecture on the bundle's channels and a -0.5..1.0 s window,
+UNTRAINED: its weights are random, it times the arithmetic, it decodes nothing):
+the forward time of one window (the floor) and of 16 stacked windows; /v1/decode p50/p99
+at a fixed rate through the decoder pool (ingress -> BrainDecoder, two hops) and on the
+ingress' own copy (``decoder.ingress_copy: all``, one hop); goal: p50 <= echo p50 + floor
++ 2 ms; throughput at saturation with and without @serve.batch (goal >= 3x), over HTTP and
+straight to the decoder pool through its DeploymentHandle (what batching itself buys when
+the HTTP proxy and the ingress are not the bottleneck); the stream's
+sustained decodes/s against the 40/s a 25 ms stride needs and its per-decode latency
+(goal <= floor + 3 ms). Plus a trivial echo deployment's HTTP p50 (Serve's own overhead)
+and the resident memory of the Ray + Serve processes. Everything binds 127.0.0.1 on free
+ports and is shut down at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,19 +36,39 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def floor_ms(bundle: Path, n: int = 200) -> float:
+def forward_ms(bundle: Path, batch: int = 1, n: int = 60) -> float:
+    """p50 of the model's forward on `batch` stacked windows, one torch thread (as a replica)."""
     from megdecode.serve.model import load_served_model
 
     torch.set_num_threads(1)
     m = load_served_model(str(bundle))
     c, t = m.shape
-    x, s = np.random.default_rng(0).standard_normal((1, c, t)).astype(np.float32), np.zeros(1, np.int64)
+    x = np.random.default_rng(0).standard_normal((batch, c, t)).astype(np.float32)
+    s = np.zeros(batch, np.int64)
     times = []
     for _ in range(n):
         start = time.perf_counter()
         m.forward(x, s)
         times.append((time.perf_counter() - start) * 1e3)
-    return pct(times[10:], 50)
+    return pct(times[5:], 50)
+
+
+def paper_size_bundle(like: Path, out: Path) -> Path:
+    """The paper's architecture (BrainConfig defaults) on `like`'s channels, subjects and latent,
+    window -0.5..1.0 s, random weights (seed 0): for timing only."""
+    from megdecode.bundle import load_bundle, save_bundle
+    from megdecode.models.brain import BrainConfig, BrainModule
+
+    b = load_bundle(like)
+    n_times = int(round(1.5 * b.sfreq)) + 1
+    cfg = BrainConfig(n_channels=len(b.ch_names), n_times=n_times, n_subjects=len(b.subjects), out_dim=len(b.latent_mean))
+    torch.manual_seed(0)
+    model = BrainModule(cfg, b.pos2d).eval()
+    b.model_config, b.state_dict = cfg.to_flat_dict(), model.state_dict()
+    b.tmin, b.tmax, b.n_times = -0.5, 1.0, n_times
+    b.metrics = {}
+    b.extra = {**b.extra, "note": "untrained paper-size model for latency benchmarks"}
+    return save_bundle(b, out)
 
 
 def paced(url: str, body: bytes, headers: dict[str, str], n: int, rate: float) -> list[float]:
@@ -53,7 +81,7 @@ def paced(url: str, body: bytes, headers: dict[str, str], n: int, rate: float) -
         r.raise_for_status()
         out.append((time.perf_counter() - start) * 1e3)
         time.sleep(max(0.0, due - time.perf_counter()))
-    return out
+    return out[5:]
 
 
 def saturate(url: str, body: bytes, headers: dict[str, str], seconds: float, clients: int = 32) -> float:
@@ -70,34 +98,71 @@ def saturate(url: str, body: bytes, headers: dict[str, str], seconds: float, cli
         return sum(pool.map(loop, range(clients))) / seconds
 
 
+def saturate_handle(app: str, window: np.ndarray, subject: str, seconds: float, clients: int = 32) -> float:
+    """Decodes/s of the BrainDecoder pool called through its DeploymentHandle (no HTTP, no ingress)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("BrainDecoder", app)
+    handle.decode.remote(window, subject, 5).result()
+    stop = time.perf_counter() + seconds
+
+    def loop(_: int) -> int:
+        ok = 0
+        while time.perf_counter() < stop:
+            ok += "latent" in handle.decode.remote(window, subject, 5).result()
+        return ok
+
+    with cf.ThreadPoolExecutor(clients) as pool:
+        return sum(pool.map(loop, range(clients))) / seconds
+
+
 def stream(ws_url: str, subject: str, n_channels: int, sfreq: float, seconds: float, realtime: bool) -> dict[str, float]:
-    """Synthetic raw signal through WS /v1/stream: decodes/s and per-decode latency."""
+    """Synthetic raw signal through WS /v1/stream, one stride per chunk: decodes/s and per-decode latency.
+
+    realtime: chunks paced at the signal's rate (a live recording); else closed loop, the
+    next chunk once the previous one's decode arrived (the sustained maximum).
+    """
     from websockets.sync.client import connect
 
     rng = np.random.default_rng(0)
     decodes, latencies = 0, []
-    with connect(ws_url, max_size=2**24) as ws:
+
+    def take(timeout: float) -> bool:
+        nonlocal decodes
+        msg = json.loads(ws.recv(timeout=timeout))
+        if msg["type"] == "decode":
+            decodes += 1
+            latencies.append(msg["latency_ms"] / msg["batch"])
+        return msg["type"] == "decode"
+
+    with connect(ws_url, max_size=2**24, max_queue=None) as ws:
         ws.send(json.dumps({"subject": subject}))
         ready = json.loads(ws.recv(timeout=60))
         stride = ready["stride_samples"]
         warm = int(2 * sfreq)  # fill the first window
         ws.send((rng.standard_normal((n_channels, warm)) * 1e-12).astype("<f4").tobytes())
+        while take(60) and decodes < 2:
+            pass
+        decodes, latencies = 0, []
         start = time.perf_counter()
         sent = 0
         while time.perf_counter() - start < seconds:
             ws.send((rng.standard_normal((n_channels, stride)) * 1e-12).astype("<f4").tobytes())
             sent += 1
-            while True:  # read what has arrived
-                try:
-                    msg = json.loads(ws.recv(timeout=0 if not realtime else 0.001))
-                except TimeoutError:
-                    break
-                if msg["type"] == "decode":
-                    decodes += 1
-                    latencies.append(msg["latency_ms"] / msg["batch"])
             if realtime:
+                while True:  # read what has arrived
+                    try:
+                        take(0)
+                    except TimeoutError:
+                        break
                 time.sleep(max(0.0, start + sent * stride / sfreq - time.perf_counter()))
+            else:
+                while not take(60):
+                    pass
         elapsed = time.perf_counter() - start
+        ws.send(json.dumps({"type": "end"}))
+        while json.loads(ws.recv(timeout=120))["type"] != "end":
+            pass
     return {"decodes_per_s": decodes / elapsed, "p50_ms": pct(latencies, 50), "needed_per_s": sfreq / stride}
 
 
@@ -124,36 +189,84 @@ def ray_rss_mb() -> float:
     return total / 2**20
 
 
+def bench_model(label: str, bundle: Path, url: str, port: int, echo_p50: float, args: argparse.Namespace,
+                rows: list[tuple[str, str, str]]) -> None:
+    """All rows of one model size on the running Serve at `url`."""
+    from ray import serve
+
+    from megdecode.bundle import load_bundle
+    from megdecode.serve.app import build_app
+    from megdecode.serve.config import ServeConfig
+
+    b = load_bundle(bundle)
+    x = np.random.default_rng(0).standard_normal((len(b.ch_names), b.n_times)).astype(np.float32)
+    body = x.tobytes()
+    headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}",
+               "x-subject": b.subjects[0]}
+    floor, floor16 = forward_ms(bundle), forward_ms(bundle, 16, n=20)
+    rows.append((f"[{label}] forward, 1 window (floor)", f"{floor:.2f} ms", ""))
+    rows.append((f"[{label}] forward, 16 windows stacked", f"{floor16:.2f} ms", f"{floor16 / 16:.2f} ms per window"))
+
+    def deploy(batch: int, copy: str) -> None:
+        decoder = {"model": str(bundle), "num_cpus": 0, "max_batch_size": batch, "ingress_copy": copy,
+                   "max_queued_requests": 1000, "max_ongoing_requests": 64}
+        if args.batch_wait is not None:
+            decoder["batch_wait_timeout_s"] = args.batch_wait
+        cfg = ServeConfig.from_mapping({"http": {"port": port, "num_cpus": 0, "request_timeout_s": 60}, "decoder": decoder})
+        serve.run(build_app(cfg, token=""), name="megdecode", route_prefix="/")
+
+    decode_url = f"{url}/v1/decode"
+    goal = echo_p50 + floor + 2
+    for copy, hops in (("stream", "pool, 2 hops"), ("all", "ingress copy, 1 hop")):
+        deploy(16, copy)
+        lat = paced(decode_url, body, headers, args.requests, args.rate)
+        rows.append((f"[{label}] /v1/decode p50 @ {args.rate:g}/s, {hops}", f"{pct(lat, 50):.2f} ms",
+                     f"goal <= {goal:.2f} ms: {'met' if pct(lat, 50) <= goal else 'NOT met'}"))
+        rows.append((f"[{label}] /v1/decode p99 @ {args.rate:g}/s, {hops}", f"{pct(lat, 99):.2f} ms", ""))
+        if copy == "stream":
+            batched = saturate(decode_url, body, headers, args.seconds)
+            batched_handle = saturate_handle("megdecode", x, b.subjects[0], args.seconds)
+            sfreq = float(b.extra.get("scalers", {}).get(b.subjects[0], {}).get("raw_sfreq", 1200.0))
+            ws_url = url.replace("http", "ws") + "/v1/stream"
+            ws = stream(ws_url, b.subjects[0], len(b.ch_names), sfreq, args.seconds, True)
+            fast = stream(ws_url, b.subjects[0], len(b.ch_names), sfreq, args.seconds, False)
+    deploy(1, "stream")
+    single = saturate(decode_url, body, headers, args.seconds)
+    single_handle = saturate_handle("megdecode", x, b.subjects[0], args.seconds)
+    for via, on, off in (("HTTP", batched, single), ("handle", batched_handle, single_handle)):
+        rows.append((f"[{label}] throughput via {via}, @serve.batch 16", f"{on:.1f} req/s", ""))
+        rows.append((f"[{label}] throughput via {via}, no batching", f"{off:.1f} req/s",
+                     f"ratio {on / off:.2f}x (goal >= 3x: {'met' if on >= 3 * off else 'NOT met'})"))
+    rows.append((f"[{label}] stream, real-time paced", f"{ws['decodes_per_s']:.1f} decodes/s", f"needs {ws['needed_per_s']:.1f}/s"))
+    rows.append((f"[{label}] stream, as fast as possible", f"{fast['decodes_per_s']:.1f} decodes/s", ""))
+    rows.append((f"[{label}] stream per-decode latency p50", f"{ws['p50_ms']:.2f} ms",
+                 f"goal <= {floor + 3:.2f} ms: {'met' if ws['p50_ms'] <= floor + 3 else 'NOT met'}"))
+    serve.delete("megdecode")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--paper-size", action="store_true", help="also time the paper's architecture (untrained)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0, help="fixed request rate for p50/p99")
     parser.add_argument("--seconds", type=float, default=10.0, help="per saturation / stream phase")
+    parser.add_argument("--batch-wait", type=float, default=None, help="@serve.batch wait (s); default: the config's")
     args = parser.parse_args()
 
     import ray
     from ray import serve
     from starlette.requests import Request
 
-    from megdecode.bundle import load_bundle
     from megdecode.raycluster import init_ray
-    from megdecode.serve.app import build_app, free_port
-    from megdecode.serve.config import ServeConfig
+    from megdecode.serve.app import free_port
 
-    b = load_bundle(args.bundle)
-    x = np.random.default_rng(0).standard_normal((len(b.ch_names), b.n_times)).astype(np.float32)
-    body = x.tobytes()
-    headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}",
-               "x-subject": b.subjects[0]}
     rows: list[tuple[str, str, str]] = []
-    floor = floor_ms(args.bundle)
-    rows.append(("model forward, 1 window (floor)", f"{floor:.2f} ms", ""))
-
     init_ray(num_cpus=os.cpu_count())
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
+    tmp = tempfile.TemporaryDirectory()
     try:
         @serve.deployment(ray_actor_options={"num_cpus": 0})
         class Echo:
@@ -162,42 +275,23 @@ def main() -> None:
                 return b"ok"
 
         serve.run(Echo.bind(), name="echo", route_prefix="/echo")
-        echo = paced(f"{url}/echo", body, headers, args.requests, args.rate)
-        rows.append(("echo deployment HTTP p50", f"{pct(echo, 50):.2f} ms", "Serve's own overhead"))
+        from megdecode.bundle import load_bundle
+
+        b = load_bundle(args.bundle)
+        body = np.zeros((len(b.ch_names), b.n_times), np.float32).tobytes()
+        echo = paced(f"{url}/echo", body, {"content-type": "application/octet-stream"}, args.requests, args.rate)
+        echo_p50 = pct(echo, 50)
+        rows.append(("echo deployment HTTP p50", f"{echo_p50:.2f} ms", "Serve's own overhead (one hop)"))
         serve.delete("echo")
-
-        def deploy(batch: int) -> None:
-            cfg = ServeConfig.from_mapping({"http": {"port": port, "num_cpus": 0},
-                                            "decoder": {"model": str(args.bundle), "num_cpus": 0, "max_batch_size": batch,
-                                                        "max_queued_requests": 1000, "max_ongoing_requests": 64}})
-            serve.run(build_app(cfg, token=""), name="megdecode", route_prefix="/")
-
-        deploy(16)
-        decode_url = f"{url}/v1/decode"
-        lat = paced(decode_url, body, headers, args.requests, args.rate)
-        goal = pct(echo, 50) + floor + 2
-        rows.append((f"/v1/decode p50 @ {args.rate:g} req/s", f"{pct(lat, 50):.2f} ms",
-                     f"goal <= {goal:.2f} ms: {'met' if pct(lat, 50) <= goal else 'NOT met'}"))
-        rows.append((f"/v1/decode p99 @ {args.rate:g} req/s", f"{pct(lat, 99):.2f} ms", ""))
-        batched = saturate(decode_url, body, headers, args.seconds)
-        ws = stream(url.replace("http", "ws") + "/v1/stream", b.subjects[0], len(b.ch_names),
-                    float(b.extra.get("scalers", {}).get(b.subjects[0], {}).get("raw_sfreq", 1200.0)), args.seconds, True)
-        fast = stream(url.replace("http", "ws") + "/v1/stream", b.subjects[0], len(b.ch_names),
-                      float(b.extra.get("scalers", {}).get(b.subjects[0], {}).get("raw_sfreq", 1200.0)), args.seconds, False)
-        rss = ray_rss_mb()
-        deploy(1)
-        single = saturate(decode_url, body, headers, args.seconds)
-        rows.append(("throughput, @serve.batch 16", f"{batched:.1f} req/s", ""))
-        rows.append(("throughput, no batching", f"{single:.1f} req/s",
-                     f"ratio {batched / single:.2f}x (goal >= 3x: {'met' if batched >= 3 * single else 'NOT met'})"))
-        rows.append(("stream, real-time paced", f"{ws['decodes_per_s']:.1f} decodes/s", f"needs {ws['needed_per_s']:.1f}/s"))
-        rows.append(("stream, as fast as possible", f"{fast['decodes_per_s']:.1f} decodes/s", ""))
-        rows.append(("stream per-decode latency p50", f"{ws['p50_ms']:.2f} ms",
-                     f"goal <= {floor + 3:.2f} ms: {'met' if ws['p50_ms'] <= floor + 3 else 'NOT met'}"))
-        rows.append(("resident memory, Ray + Serve processes", f"{rss:.0f} MB", ""))
+        bench_model("bundle", args.bundle, url, port, echo_p50, args, rows)
+        if args.paper_size:
+            paper = paper_size_bundle(args.bundle, Path(tmp.name) / "paper")
+            bench_model("paper-size, untrained", paper, url, port, echo_p50, args, rows)
+        rows.append(("resident memory, Ray + Serve processes", f"{ray_rss_mb():.0f} MB", "after the last deployment"))
     finally:
         serve.shutdown()
         ray.shutdown()
+        tmp.cleanup()
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'value':>18}  note")
     for name, value, note in rows:

@@ -16,6 +16,11 @@ from megdecode.serve.config import ServeConfig
 
 logger = logging.getLogger(__name__)
 
+# Rolling updates start the replacement replicas first and drain the old ones (they finish
+# what they hold, up to the timeout) before stopping them: a redeploy (new alias, new
+# config, or any Python-built app, whose code version Serve draws anew) drops no request.
+ROLLING = {"max_surge_percent": 100, "graceful_shutdown_wait_loop_s": 0.5, "graceful_shutdown_timeout_s": 30.0}
+
 
 def _cluster_gpus() -> float:
     import ray
@@ -37,10 +42,11 @@ def build_app(cfg: ServeConfig, token: str | None = None, store: str | None = No
 
     d, g, h = cfg.decoder, cfg.generator, cfg.http
     token = os.environ.get(h.token_env, "") if token is None else token
-    decoder = BrainDecoder.options(
+    model_config = decoder_user_config(cfg, store)
+    decoder = BrainDecoder.options(**ROLLING,  # type: ignore[attr-defined]
         num_replicas=d.num_replicas, max_ongoing_requests=d.max_ongoing_requests,
         max_queued_requests=d.max_queued_requests, ray_actor_options={"num_cpus": d.num_cpus},
-        user_config=decoder_user_config(cfg, store),
+        user_config=model_config,
     ).bind(d.to_flat_dict())
     generator = None
     if g.weights:
@@ -50,16 +56,17 @@ def build_app(cfg: ServeConfig, token: str | None = None, store: str | None = No
                 raise ConfigError("generator.num_gpus > 0 but the cluster has no GPU and cpu_fallback is off")
             logger.warning("no GPU in the cluster: the generator runs on CPU")
             gpus = 0.0
-        generator = Generator.options(
+        generator = Generator.options(**ROLLING,  # type: ignore[attr-defined]
             autoscaling_config={"min_replicas": g.min_replicas, "max_replicas": g.max_replicas,
                                 "initial_replicas": max(1, g.min_replicas),
                                 "target_ongoing_requests": g.target_ongoing_requests},
             max_ongoing_requests=g.max_ongoing_requests, max_queued_requests=g.max_queued_requests,
             ray_actor_options={"num_cpus": g.num_cpus, "num_gpus": gpus},
         ).bind(g.replace(num_gpus=gpus).to_flat_dict())
-    return Ingress.options(
+    ingress_config = {"token_sha256": token_digest(token), "decoder": model_config if d.ingress_copy != "none" else {}}
+    return Ingress.options(**ROLLING,  # type: ignore[attr-defined]
         max_ongoing_requests=h.max_ongoing_requests, max_queued_requests=h.max_queued_requests,
-        ray_actor_options={"num_cpus": h.num_cpus}, user_config={"token_sha256": token_digest(token)},
+        ray_actor_options={"num_cpus": h.num_cpus}, user_config=ingress_config,
     ).bind(decoder, generator, cfg.to_flat_dict())
 
 

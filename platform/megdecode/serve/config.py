@@ -57,13 +57,23 @@ class DecoderConfig(FlatConfig):
     num_cpus: float = 1.0
     torch_threads: int = 1  # per replica; replicas, not threads, scale a CPU node
     max_batch_size: int = 16  # @serve.batch; 1 = no batching
-    batch_wait_timeout_s: float = 0.002
+    # 0: a batch is what queued while the previous forward ran (a lone request never
+    # waits, a busy replica stacks up to max_batch_size); > 0 also waits this long for more.
+    batch_wait_timeout_s: float = 0.0
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64  # beyond it: 503 with Retry-After, never an unbounded queue
     top_k: int = 5
     max_top_k: int = 50
+    # Where the ingress holds its own copy of the model (loaded with the same source):
+    # "stream": WS /v1/stream decodes in the ingress, with no handle hop per chunk;
+    # "all": /v1/decode too (one hop less: for small models, whose forward is cheaper than
+    # the hop; the BrainDecoder pool still serves reconstructions and the model card);
+    # "none": every decode goes to the BrainDecoder pool (large models, GPU replicas).
+    ingress_copy: str = "stream"
 
     def __post_init__(self) -> None:
+        if self.ingress_copy not in ("none", "stream", "all"):
+            raise ConfigError(f"decoder.ingress_copy: none, stream or all, got {self.ingress_copy!r}")
         if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0:
             raise ConfigError("decoder.max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
         if not 1 <= self.top_k <= self.max_top_k:

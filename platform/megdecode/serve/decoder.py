@@ -7,6 +7,10 @@ then swap one reference, so requests in flight finish on the old model and none 
 dropped. Single-window requests go through ``@serve.batch`` (size and wait from the
 config); the stream sends its windows already stacked to `decode_windows`.
 
+The logic lives in `DecoderCore`, a plain class, so that the ingress can hold its own
+copy of a small model (``decoder.ingress_copy``): a live stream then decodes in the
+process that receives its chunks, without a deployment-handle hop per chunk.
+
 Methods return error dicts (`errors.to_dict`) instead of raising for bad input: an
 exception crossing a handle is re-wrapped by Ray, and the ingress should not have to
 unpick it to produce a 422.
@@ -21,6 +25,7 @@ import time
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 import torch
 from ray import serve
 
@@ -37,15 +42,17 @@ def error_dict(exc: ApiError) -> dict[str, Any]:
     return {"error": exc.error, "detail": exc.detail, "status": exc.status, "headers": exc.headers}
 
 
-@serve.deployment(name="BrainDecoder")
-class BrainDecoder:
-    """One replica: a loaded bundle, a batching queue, and the reload hook."""
+class DecoderCore:
+    """A loaded bundle, a batching queue and the reload hook (one per replica or ingress)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.cfg = DecoderConfig.from_flat_dict(config)
         torch.set_num_threads(self.cfg.torch_threads)
-        self._batched.set_max_batch_size(self.cfg.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        # BLAS too (the stream's resampling kernel, the gallery product): a pool of
+        # OpenBLAS threads per process fights the other replicas for the same cores.
+        threadpoolctl.threadpool_limits(self.cfg.torch_threads, user_api="blas")
+        self._batched.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.state: LoadedModel | None = None
         self.loaded_from: tuple[str, str, int] | None = None
         self.load_error = ""
@@ -74,9 +81,6 @@ class BrainDecoder:
     def card(self) -> dict[str, Any] | None:
         return None if self.state is None else self.state.card
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def _current(self) -> LoadedModel:
         if self.state is None:
             raise ApiError(503, "model_not_loaded", self.load_error or "the model is still loading")
@@ -99,7 +103,7 @@ class BrainDecoder:
                 "model": {"name": state.card["name"], "version": state.card["version"]},
                 "timing": {"forward_ms": round(forward_ms, 3), "batch_size": batch}}
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # both reset from the config in __init__
     async def _batched(self, items: list[tuple[LoadedModel, np.ndarray, int]]) -> list[tuple[np.ndarray, float, int]]:
         """Stack the queued windows into one forward (per model, should a reload split them)."""
         out: list[tuple[np.ndarray, float, int] | None] = [None] * len(items)
@@ -116,6 +120,10 @@ class BrainDecoder:
             for row, i in enumerate(idx):
                 out[i] = (clip[row], ms, len(idx))
         return out  # type: ignore[return-value]
+
+    async def decode_windows_async(self, windows: np.ndarray, subject: int, top_k: int) -> dict[str, Any]:
+        """`decode_windows` off the event loop (the ingress' copy: other requests keep flowing)."""
+        return await asyncio.to_thread(self.decode_windows, windows, subject, top_k)
 
     def decode_windows(self, windows: np.ndarray, subject: int, top_k: int) -> dict[str, Any]:
         """Stacked stream windows (K, C, T) of one subject index -> per-window top-k, forward time."""
@@ -159,3 +167,11 @@ class BrainDecoder:
         latent = to_latent_space(mse, b.latent_mean, b.latent_std, *stored_stats(b.extra))
         return {"latent_name": b.latent_name, "latent": latent,
                 "model": {"name": state.card["name"], "version": state.card["version"]}}
+
+
+@serve.deployment(name="BrainDecoder")
+class BrainDecoder(DecoderCore):
+    """One replica of the decoder pool (`DecoderCore` as a Serve deployment)."""
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,9 +1,12 @@
 """The HTTP/WebSocket ingress: authenticate, bound and parse requests, route to deployments.
 
-The ingress holds no model. It turns every failure into ``{"error", "detail"}`` with a
-4xx/503 status (`megdecode.serve.errors`): overload of a model deployment
-(``max_queued_requests``) and timeouts become 503 with Retry-After, a replica that died
-mid-request becomes 503 too, so no client waits forever. The token (when
+The ingress validates and routes; with ``decoder.ingress_copy`` it also holds its own
+copy of the model (same source, reloaded with the same user config as the decoder pool)
+so that the stream, and for small models /v1/decode, skip the hop to a decoder replica,
+which costs more than such a model's forward pass. It turns every failure into
+``{"error", "detail"}`` with a 4xx/503 status (`megdecode.serve.errors`): overload of a
+model deployment (``max_queued_requests``) and timeouts become 503 with Retry-After, a
+replica that died mid-request becomes 503 too, so no client waits forever. The token (when
 MEGDECODE_API_TOKEN is set where the app is built) arrives as its sha256 in the user
 config, never in clear, and is compared in constant time.
 
@@ -31,7 +34,9 @@ from ray.serve.exceptions import BackPressureError
 from megdecode import __version__
 from megdecode.serve import schemas
 from megdecode.serve.config import ServeConfig
+from megdecode.serve.decoder import DecoderCore
 from megdecode.serve.errors import ApiError, install_handlers, unavailable
+from megdecode.serve.live import run_session, ws_close
 from megdecode.serve.stream import StreamError, StreamSession
 from megdecode.serve.validate import (
     JSON_TYPES,
@@ -55,14 +60,6 @@ def token_digest(token: str | None) -> str:
     return hashlib.sha256(token.encode()).hexdigest() if token else ""
 
 
-async def _ws_close(ws: WebSocket, message: dict[str, Any], code: int = 1008) -> None:
-    try:
-        await ws.send_json(message)
-        await ws.close(code=code)
-    except Exception:  # the client is gone already
-        logger.debug("websocket closed before the final message")
-
-
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -72,9 +69,16 @@ class Ingress:
         self.cfg = ServeConfig.from_flat_dict(config)
         self.decoder, self.generator = decoder, generator
         self.token_sha256 = ""
+        d = self.cfg.decoder
+        self.local = DecoderCore(d.to_flat_dict()) if d.ingress_copy != "none" else None
+        self.local_limit = d.max_ongoing_requests + d.max_queued_requests if d.max_queued_requests >= 0 else None
+        self.local_inflight = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """{token_sha256, decoder: the decoder pool's user config (for the ingress' model copy)}."""
         self.token_sha256 = str(user_config.get("token_sha256", ""))
+        if self.local is not None and user_config.get("decoder"):
+            self.local.reconfigure(dict(user_config["decoder"]))
 
     # --- plumbing --------------------------------------------------------------------------
     def _authorize(self, headers: Any) -> None:
@@ -101,6 +105,17 @@ class Ingress:
         if isinstance(result, dict) and "error" in result and "status" in result:
             raise ApiError(int(result["status"]), str(result["error"]), str(result["detail"]), result.get("headers"))
         return result
+
+    async def _local_call(self, response: Awaitable[Any]) -> Any:
+        """A decode on the ingress' copy, bounded like the pool: beyond the limit a 503."""
+        if self.local_limit is not None and self.local_inflight >= self.local_limit:
+            getattr(response, "close", lambda: None)()  # never awaited: no "coroutine was never awaited"
+            raise unavailable("overloaded", "the decoder is at capacity; retry later", self.cfg.http.retry_after_s)
+        self.local_inflight += 1
+        try:
+            return await self._call(response, "decoder")
+        finally:
+            self.local_inflight -= 1
 
     async def _body(self, request: Request) -> bytes:
         limit = self.cfg.http.max_body_bytes
@@ -132,6 +147,8 @@ class Ingress:
     @api.get("/readyz", summary="readiness: the model is loaded", responses={503: schemas.ERRORS[503]})
     async def readyz(self) -> dict[str, Any]:
         state = await self._call(self.decoder.ready.remote(), "decoder", timeout=5.0)
+        if state["ready"] and self.local is not None:
+            state = self.local.ready()
         if not state["ready"]:
             raise unavailable("not_ready", state["error"] or "the model is still loading", self.cfg.http.retry_after_s)
         return {"ready": True}
@@ -152,7 +169,10 @@ class Ingress:
         self._authorize(request.headers)
         k = self.cfg.decoder.top_k if top_k is None else int(bounded("top_k", top_k, 1, self.cfg.decoder.max_top_k, True))
         subject, window = await self._window(request)
-        result = await self._call(self.decoder.decode.remote(window, subject, k), "decoder")
+        if self.local is not None and self.cfg.decoder.ingress_copy == "all":
+            result = await self._local_call(self.local.decode(window, subject, k))
+        else:
+            result = await self._call(self.decoder.decode.remote(window, subject, k), "decoder")
         result["timing"]["server_ms"] = round((time.perf_counter() - start) * 1e3, 3)
         return JSONResponse(result)
 
@@ -195,16 +215,19 @@ class Ingress:
             if sfreq is not None:
                 bounded("sfreq", sfreq, 1.0, 100_000.0)
             k = int(bounded("top_k", start.get("top_k", self.cfg.decoder.top_k), 1, self.cfg.decoder.max_top_k, True))
-            info = await self._call(self.decoder.stream_spec.remote(subject, sfreq), "decoder")
+            if self.local is not None:
+                info = await self._call(asyncio.to_thread(self.local.stream_spec, subject, sfreq), "decoder")
+            else:
+                info = await self._call(self.decoder.stream_spec.remote(subject, sfreq), "decoder")
             await self._stream_loop(ws, info, k)
         except WebSocketDisconnect:
             return
         except ApiError as exc:
-            await _ws_close(ws, {"type": "error", "error": exc.error, "detail": exc.detail})
+            await ws_close(ws, {"type": "error", "error": exc.error, "detail": exc.detail})
         except StreamError as exc:
-            await _ws_close(ws, {"type": "error", "error": "invalid_chunk", "detail": str(exc)})
+            await ws_close(ws, {"type": "error", "error": "invalid_chunk", "detail": str(exc)})
         except (TimeoutError, ValueError, KeyError, TypeError):
-            await _ws_close(ws, {"type": "error", "error": "bad_message", "detail": "expected a JSON start message"})
+            await ws_close(ws, {"type": "error", "error": "bad_message", "detail": "expected a JSON start message"})
 
     async def _stream_loop(self, ws: WebSocket, info: dict[str, Any], k: int) -> None:
         s = self.cfg.stream
@@ -217,30 +240,17 @@ class Ingress:
                             "stride_samples": session.stride, "stride_s": session.stride_s,
                             "window": [spec.tmin, spec.tmax], "delay_s": session.pre.delay_s,
                             "filter_matches_training": spec.matches_training})
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("text") is not None:
-                if '"end"' in message["text"]:
-                    await _ws_close(ws, {"type": "end"}, code=1000)
-                    return
-                raise StreamError("send chunks as binary float32 frames")
-            raw = message.get("bytes") or b""
-            if len(raw) % (4 * n_channels) or not raw:
-                raise StreamError(f"a chunk must be n x {n_channels} float32 values (channel-major)")
-            received = time.perf_counter()
-            tick = session.push(np.frombuffer(raw, "<f4").reshape(n_channels, -1))
-            if tick.skipped or tick.lag_s > s.max_backlog_s:
-                await ws.send_json({"type": "behind", "lag_s": round(tick.lag_s, 4), "skipped": tick.skipped})
-            if not len(tick.onsets):
-                continue
-            windows = await asyncio.to_thread(session.pre.windows, tick.onsets)
-            out = await self._call(self.decoder.decode_windows.remote(windows, info["subject_index"], k), "decoder")
-            latency = (time.perf_counter() - received) * 1e3
-            for onset, hits in zip(tick.onsets.tolist(), out["top_k"], strict=True):
-                await ws.send_json({"type": "decode", "onset_sample": onset, "t_s": onset / spec.sfreq_in,
-                                    "top_k": hits, "forward_ms": round(out["forward_ms"], 3),
-                                    "latency_ms": round(latency, 3), "batch": len(tick.onsets),
-                                    "lag_s": round(tick.lag_s, 4)})
+        subject = info["subject_index"]
+        await run_session(ws, session, n_channels, s.max_backlog_s,
+                          lambda segment, onsets: self._decode_stream(session, segment, onsets, subject, k))
 
+    async def _decode_stream(self, session: StreamSession, segment: np.ndarray, onsets: np.ndarray, subject: int,
+                             k: int) -> Any:
+        """Windows at `onsets` (from their `segment` copy) -> decodes: on the ingress' copy in one
+        thread hop, else via the pool."""
+        local = self.local
+        if local is not None:
+            return await self._local_call(asyncio.to_thread(
+                lambda: local.decode_windows(session.pre.windows_from(segment, onsets), subject, k)))
+        windows = await asyncio.to_thread(session.pre.windows_from, segment, onsets)
+        return await self._call(self.decoder.decode_windows.remote(windows, subject, k), "decoder")

@@ -105,7 +105,9 @@ def window_from_bytes(body: bytes, headers: Mapping[str, str]) -> tuple[str | in
     if raw_subject is None:
         raise ApiError(422, "missing_header", f"raw bytes need an {SUBJECT_HEADER} header")
     arr = np.frombuffer(body, dtype="<f4").reshape(c, t)  # the header carries a label, never an index
-    return subject_value(raw_subject), _to_float32(arr.astype(np.float64))
+    if not np.isfinite(arr).all():  # float32 already: finite means it fits
+        raise ApiError(422, "non_finite", "data holds NaN or infinite values")
+    return subject_value(raw_subject), arr
 
 
 def check_window(arr: np.ndarray, n_channels: int, n_times: int) -> np.ndarray:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SMALL = {"hidden_channels": 16, "merger_channels": 16, "fourier_freqs": 3, "depth": 1, "projection_hidden": 16}
 
@@ -19,3 +23,25 @@ def train_bundle(run: Path, out: Path, epochs: int = 1, seed: int = 0, tmin: flo
     result = fit(cfg, out_dir=out)
     assert result.bundle_path is not None
     return result.bundle_path
+
+
+def window(bundle_dir: Path, seed: int = 0) -> tuple[str, np.ndarray]:
+    """(first subject, a random (C, T) float32 window shaped for the bundle)."""
+    import numpy as np
+
+    from megdecode.bundle import load_bundle
+
+    b = load_bundle(bundle_dir)
+    rng = np.random.default_rng(seed)
+    return b.subjects[0], rng.standard_normal((len(b.ch_names), b.n_times)).astype(np.float32)
+
+
+def is_error_body(status: int, text: str) -> dict:
+    """The body of a failure: exactly {error, detail}, strings, no traceback."""
+    import json
+
+    body = json.loads(text)
+    assert set(body) == {"error", "detail"}, (status, text)
+    assert isinstance(body["error"], str) and isinstance(body["detail"], str), text
+    assert "Traceback" not in text and 'File "' not in text, text
+    return body

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from serve_helpers import is_error_body  # type: ignore[import-not-found]
 
 from megdecode.bundle import load_bundle
 from megdecode.serve.app import free_port
@@ -246,3 +247,102 @@ def test_reload_swaps_models_without_dropping_requests(served: tuple[str, object
         serve.run(build_app(cfg, token=""), name=cfg.app_name, route_prefix="/")  # type: ignore[attr-defined]
     assert codes and set(codes) == {200}, codes
     assert not np.allclose(before, after)
+
+
+def test_killing_the_decoder_replica_mid_traffic_leaves_no_request_hanging(served: tuple[str, object],
+                                                                           tiny_bundle: Path) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray import serve
+
+    url, cfg = served
+    handle = serve.get_deployment_handle("BrainDecoder", cfg.app_name)  # type: ignore[attr-defined]
+    old_pid = handle.pid.remote().result(timeout_s=30)
+    subject, x = _window(tiny_bundle)
+    headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}", "x-subject": subject}
+    results: list[tuple[int, float, str, str | None]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                r = session.post(f"{url}/v1/decode", data=x.tobytes(), headers=headers, timeout=30)
+            except requests.RequestException as exc:  # a hang (client timeout) or a dropped connection
+                failures.append(repr(exc))
+                continue
+            results.append((r.status_code, time.perf_counter() - start, r.text, r.headers.get("retry-after")))
+
+    threads = [threading.Thread(target=traffic, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    before = len(results)
+    os.kill(old_pid, signal.SIGKILL)  # the replica process this module's Serve started
+    new_pid, deadline = old_pid, time.monotonic() + 120
+    while new_pid == old_pid and time.monotonic() < deadline:
+        try:
+            new_pid = handle.pid.remote().result(timeout_s=10)
+        except Exception:  # noqa: BLE001 - the replica is down or starting
+            time.sleep(0.5)
+    recovered = len(results)
+    time.sleep(1.0)  # traffic on the new replica
+    stop.set()
+    for t in threads:
+        t.join(timeout=40)
+    assert not any(t.is_alive() for t in threads), "a client is still waiting"
+    assert new_pid != old_pid, "Serve did not replace the killed replica"
+    assert not failures, failures[:3]
+    assert before > 0 and len(results) > recovered, "no traffic before the kill or after the restart"
+    for status, seconds, text, retry in results:
+        assert status in (200, 503), (status, text)
+        assert seconds < cfg.http.request_timeout_s + 10, seconds  # type: ignore[attr-defined]
+        if status == 503:
+            assert retry == "1"
+            assert is_error_body(status, text)["error"] in ("decoder_unavailable", "timeout", "overloaded")
+    assert any(s == 200 for s, *_ in results[recovered:])
+    assert _post(url, subject, x.tolist()).status_code == 200
+
+
+def test_property_based_requests_from_the_openapi_schema_never_get_a_5xx(served: tuple[str, object],
+                                                                          tiny_bundle: Path) -> None:
+    """Arbitrary bodies, headers and options for every operation of /openapi.json: no 5xx (503 only
+    for load or readiness), every error is {error, detail}, no traceback ever reaches a client."""
+    from fuzz_strategies import auth_headers, bodies, queries  # type: ignore[import-not-found]
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    url, _ = served
+    b = load_bundle(tiny_bundle)
+    schema = requests.get(f"{url}/openapi.json", timeout=10).json()
+    ops = sorted((path, method) for path, item in schema["paths"].items() for method in item)
+    assert ("/v1/decode", "post") in ops and ("/v1/reconstruct", "post") in ops
+    session = requests.Session()
+    allowed_503 = {"overloaded", "timeout", "not_ready", "generator_disabled", "insufficient_gpu_memory"}
+
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(op=st.sampled_from(ops), body=bodies(len(b.ch_names), b.n_times, list(b.subjects)),
+           params=queries(), extra=auth_headers())
+    def check(op: tuple[str, str], body: tuple[bytes, dict[str, str]], params: dict[str, str],
+              extra: dict[str, str]) -> None:
+        path, method = op
+        data, headers = body
+        params = {**params, "steps": "1"} if path == "/v1/reconstruct" and "steps" not in params else params
+        r = session.request(method.upper(), f"{url}{path}", data=data if method != "get" else None,
+                            headers={**extra, **headers}, params=params, timeout=60)
+        assert r.status_code < 500 or r.status_code == 503, (op, r.status_code, r.text[:300])
+        if r.status_code >= 400:
+            err = is_error_body(r.status_code, r.text)
+            if r.status_code == 503:
+                assert err["error"] in allowed_503 and r.headers.get("retry-after"), (op, r.text)
+        elif r.headers.get("content-type", "").startswith("application/json"):
+            assert "Traceback" not in r.text
+
+    check()
+    assert _post(url, b.subjects[0], _window(tiny_bundle)[1].tolist()).status_code == 200
