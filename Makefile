@@ -6,7 +6,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo serve test test-slow lint bench clean
+.PHONY: install demo demo-generate serve test test-slow lint bench clean
 
 install:  ## virtualenv + the package with dev and generation extras (torch from local disk)
 	test -x $(PY) || python3 -m venv .venv
@@ -15,6 +15,11 @@ install:  ## virtualenv + the package with dev and generation extras (torch from
 
 demo:  ## the whole chain on the demo twin: simulate, preprocess, latents, search, register, serve
 	$(PY) -m megdecode.cli demo --out $(DEMO_OUT)
+
+demo-generate:  ## after `make demo`: train the twin generator (<= 10 min), reconstruct the test set from the champion
+	$(PY) jobs/train_generator.py --data $(DEMO_OUT) --out $(DEMO_OUT)/generator
+	$(PY) jobs/evaluate.py --generate --bundle models:/megdecode-brain@champion --generator $(DEMO_OUT)/generator \
+		--bids $(DEMO_OUT)/bids --out $(DEMO_OUT)/generate_eval --tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db
 
 serve:  ## serve the demo's champion on 127.0.0.1:8000 until Ctrl-C
 	$(PY) -m megdecode.cli serve --config serve_apps/config.yaml --model models:/megdecode-brain@champion \
@@ -38,6 +43,8 @@ bench:  ## every benchmark, one after the other (needs `make demo` first; tens o
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/tune_overhead.py --data $(DEMO_OUT)
 	$(PY) benchmarks/asha_savings.py --data $(DEMO_OUT)
+	$(PY) benchmarks/serve_latency.py --bundle $(DEMO_OUT)/champion --paper-size
+	$(PY) benchmarks/generate_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

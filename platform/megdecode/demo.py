@@ -131,7 +131,12 @@ def _tune(setup: DemoSetup, out: Path) -> Any:
     name = f"{load_space(space).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     search = SearchSetup(space=str(space), data=str(out), out=str(out / "tune"), experiment=name,
                          tracking_uri=default_tracking_uri(out), num_samples=setup.num_samples)
-    return run_search(search)
+    report = run_search(search)
+    if report.best:  # a stable path to the champion's bundle, for benchmarks and `megdecode serve --bundle`
+        import shutil
+
+        shutil.copytree(report.best["bundle"], out / "champion", dirs_exist_ok=True)
+    return report
 
 
 def _serve(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str], None]) -> Any:

@@ -82,6 +82,7 @@ def test_the_whole_chain_search_register_and_serve(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["stages"]) == ["simulate", "preprocess", "latents", "tune", "serve"]
     assert summary["tune"]["champion"] == "models:/megdecode-brain@champion"
+    assert (out / "champion" / "bundle.json").exists()
     assert len(summary["serve"]) == 5 and all(r["latency_ms"] > 0 for r in summary["serve"])
     body = json.loads((out / "window.json").read_text())
     assert len(body["data"][0]) == 61  # 0..0.5 s at 120 Hz

@@ -1,0 +1,334 @@
+"""Reconstruction evaluation: decode the test MEG, generate on Ray, score, log to MLflow.
+
+For the small test set of a brain-module bundle (a folder or ``models:/name@alias``):
+
+    test MEG windows -> brain module (MSE head) -> to_latent_space -> generator -> images
+
+Rows of the table (each scored against the seen images):
+
+    single    one reconstruction per trial (real time)
+    averaged  predictions averaged over an image's repetitions, per subject, then decoded
+    oracle    the ground-truth latents of the seen images: the generator's own ceiling
+    random    latents drawn from N(train mean, train std) per dimension: the floor
+
+Generation runs as Ray Data ``map_batches`` on an actor pool (`_GenerateActor`), each
+actor loading the generator once; with GPUs in the cluster each actor takes a fraction
+of one (`gpu_fraction`), else one CPU. Every sample's seed is fixed by its row, so the
+images do not depend on how Ray batches them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from megdecode.config import FlatConfig
+from megdecode.data import bids, shards
+from megdecode.evaluate import average_by_image
+from megdecode.generate.grid import rank_scores, save_grid
+from megdecode.generate.pipeline import GenerateConfig, LatentGenerator
+from megdecode.generate.postprocess import to_latent_space
+from megdecode.latents.cache import _open_rgb, load_latents
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("single", "averaged", "oracle", "random")
+
+
+@dataclass(frozen=True)
+class GenEvalConfig(FlatConfig):
+    bundle: str = ""  # bundle folder or models:/name@alias
+    generator: str = ""  # generator folder (LatentGenerator.from_dir)
+    bids_root: str = ""  # where the images are (root/stimuli unless images_root)
+    images_root: str = ""
+    store: str = ""  # default: the store the bundle was trained on
+    latents_dir: str = ""  # default: the bundle's latents folder
+    out: str = ""  # local output folder
+    max_images: int = 0  # 0 = every test image; else the first K image ids (smoke runs)
+    metric_weights: str = ""  # folder of metric networks (features.py); "" = PixCorr/SSIM only
+    actors: int = 0  # generation actors; 0 = one per CPU (or per GPU fraction)
+    gpu_fraction: float = 0.25  # of a GPU per actor when the cluster has GPUs
+    batch_size: int = 16
+    grid_per_group: int = 4
+    rank_by: str = "averaged"  # which row's scores rank the grid
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+@dataclass
+class EvalInputs:
+    """Latent sets to generate from, each aligned with its seen image ids."""
+
+    latents: dict[str, np.ndarray]  # kind -> (N_kind, F)
+    image_ids: dict[str, np.ndarray]  # kind -> (N_kind,)
+    latent_name: str
+
+
+def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
+    """Predict the small test set with the bundle and build the four latent sets."""
+    from megdecode.predict import load_model, predict_windows
+
+    model, bundle = load_model(bundle_dir)
+    fit = bundle.extra.get("fit_config", {})
+    store = cfg.store or fit.get("store", "")
+    latents_dir = cfg.latents_dir or fit.get("latents_dir", "")
+    if not store or not latents_dir:
+        raise ValueError("the bundle does not name its store/latents folder; pass store and latents_dir")
+    manifest = shards.read_manifest(store)
+    if list(manifest.ch_names) != list(bundle.ch_names):
+        raise ValueError(f"store {store} has other channels than the bundle ({len(manifest.ch_names)} vs {len(bundle.ch_names)})")
+    X, meta = shards.load_epochs(store, splits=["test"], tmin=bundle.tmin, tmax=bundle.tmax)
+    if X.shape[2] != bundle.n_times:
+        raise ValueError(f"store window has {X.shape[2]} samples, the bundle {bundle.n_times}")
+    if cfg.max_images:
+        keep_ids = np.unique(meta["image_id"].to_numpy())[: cfg.max_images]
+        mask = meta["image_id"].isin(keep_ids).to_numpy()
+        X, meta = X[mask], meta.loc[mask].reset_index(drop=True)
+    subject = np.array([bundle.subject_index(str(s)) for s in meta["subject"]], np.int64)
+    _, mse = predict_windows(model, X, subject)
+    ids = meta["image_id"].to_numpy(np.int64)
+    single = to_latent_space(mse, bundle.latent_mean, bundle.latent_std)
+    avg_ids, avg = average_by_image(mse, ids, groups=meta["subject"].to_numpy())
+    averaged = to_latent_space(avg, bundle.latent_mean, bundle.latent_std)
+    lat_ids, lat = load_latents(Path(latents_dir) / f"{bundle.latent_name}.parquet")
+    unique = np.unique(ids)
+    rows = pd.Index(lat_ids).get_indexer(unique)
+    if (rows < 0).any():
+        raise KeyError(f"{int((rows < 0).sum())} test images have no {bundle.latent_name!r} latent")
+    rng = np.random.default_rng(cfg.generate.seed)
+    random = rng.standard_normal((len(unique), len(bundle.latent_mean))) * bundle.latent_std + bundle.latent_mean
+    logger.info("decoded %d test trials of %d images (%s)", len(ids), len(unique), bundle.latent_name)
+    return EvalInputs(
+        latents={"single": single, "averaged": averaged, "oracle": lat[rows], "random": random.astype(np.float32)},
+        image_ids={"single": ids, "averaged": avg_ids.astype(np.int64), "oracle": unique, "random": unique},
+        latent_name=bundle.latent_name,
+    )
+
+
+class _GenerateActor:
+    """Ray Data callable class: {"row", "seed", "latent"} -> {"row", "image" (B, H, W, 3) uint8}."""
+
+    def __init__(self, generator_dir: str, latent_name: str, config: dict[str, Any]) -> None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.gen = LatentGenerator.from_dir(generator_dir, device=device)
+        self.name = latent_name
+        self.config = GenerateConfig.from_flat_dict(config)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = self.gen.generate({self.name: batch["latent"].astype(np.float32)}, self.config,
+                                   seeds=[int(s) for s in batch["seed"]])
+        return {"row": batch["row"], "image": np.stack([np.asarray(im) for im in images])}
+
+
+def generate_on_ray(generator_dir: str, latent_name: str, latents: np.ndarray, config: GenerateConfig,
+                    seeds: np.ndarray | None = None, actors: int = 0, gpu_fraction: float = 0.25,
+                    batch_size: int = 16) -> list[Image.Image]:
+    """latents (N, F) -> N images on a Ray Data actor pool; sample i uses seeds[i] (default seed + i).
+
+    One call = one actor pool (each actor loads the generator once), so callers should
+    pass everything they need generated at once.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("generation on Ray needs ray.init() first")
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    n_batches = max(1, -(-len(latents) // batch_size))
+    if gpus:
+        pool = actors or max(1, int(gpus / gpu_fraction))
+        options: dict[str, Any] = {"num_gpus": gpu_fraction, "num_cpus": 0}
+    else:
+        # one CPU per actor, leaving room for Ray Data's own read/split tasks
+        pool = actors or max(1, int(resources.get("CPU", 1)) - 1)
+        options = {"num_cpus": 1}
+    pool = min(pool, n_batches)
+    seeds = np.arange(len(latents)) + config.seed if seeds is None else np.asarray(seeds)
+    items = [{"row": i, "seed": int(seeds[i]), "latent": latents[i].astype(np.float32)} for i in range(len(latents))]
+    logger.info("generating %d images on %d actor(s)%s", len(items), pool, " sharing GPUs" if gpus else "")
+    ds = ray.data.from_items(items).map_batches(
+        _GenerateActor, fn_constructor_kwargs={"generator_dir": str(generator_dir), "latent_name": latent_name,
+                                               "config": config.to_flat_dict()},
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=pool), batch_format="numpy", **options,
+    )
+    rows, images = [], []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        rows.append(batch["row"])
+        images.append(batch["image"])
+    order = np.argsort(np.concatenate(rows))
+    return [Image.fromarray(a) for a in np.concatenate(images)[order]]
+
+
+def _metric_nets(weights: str) -> Any:
+    """FeatureNets for the networks whose weights are in `weights`; None without a folder."""
+    if not weights:
+        return None
+    from megdecode.generate.features import NETWORKS, WEIGHT_FILES, FeatureNets
+
+    present = [n for n in NETWORKS if (Path(weights) / WEIGHT_FILES[n]).is_file()]
+    if not present:
+        raise FileNotFoundError(f"no weights at {weights}: none of {sorted(WEIGHT_FILES.values())}")
+    return FeatureNets.load(weights, present)
+
+
+def per_image_scores(recons: list[Image.Image], seen: list[Image.Image], nets: Any) -> np.ndarray:
+    """Per-image ranking score (SSIM, + 1 - SwAV distance when the SwAV net is loaded)."""
+    from megdecode.generate.features import as_float_images
+    from megdecode.generate.metrics import paired_correlation, ssim
+
+    s = np.array([ssim([r], [g]) for r, g in zip(recons, seen, strict=True)])
+    swav = None
+    if nets is not None and "swav" in nets.nets:
+        rec, gt = as_float_images(recons), as_float_images(seen)
+        swav = 1.0 - paired_correlation(nets.features("swav", rec), nets.features("swav", gt))
+    return rank_scores(s, swav)
+
+
+def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFrame, Path]:
+    """Decode, generate (Ray must be initialised), score; write out/; returns (table, grid path)."""
+    from megdecode.generate.metrics import compute_metrics
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen_meta = json.loads((Path(cfg.generator) / "generator.json").read_text()) if (Path(cfg.generator) / "generator.json").is_file() else None
+    if gen_meta is None:
+        raise FileNotFoundError(f"no weights at {cfg.generator}: no generator.json")
+    from megdecode.bundle import load_bundle
+
+    latent_name = load_bundle(bundle_dir).latent_name
+    if list(gen_meta["conditions"]) != [latent_name]:
+        raise ValueError(f"the generator is conditioned on {list(gen_meta['conditions'])}, "
+                         f"the bundle predicts {latent_name!r}")
+    inputs = decode_test_set(cfg, bundle_dir)
+    seen_cache: dict[int, Image.Image] = {}
+    paths = _image_paths(cfg, bundle_dir)
+    nets = _metric_nets(cfg.metric_weights)
+    # every kind in one pass over one actor pool; sample i of a kind uses seed + i, so
+    # oracle, random and decoded images of the same row start from the same noise
+    everything = np.concatenate([inputs.latents[k] for k in KINDS]).astype(np.float32)
+    seeds = np.concatenate([cfg.generate.seed + np.arange(len(inputs.latents[k])) for k in KINDS])
+    generated = generate_on_ray(cfg.generator, inputs.latent_name, everything, cfg.generate, seeds,
+                                cfg.actors, cfg.gpu_fraction, cfg.batch_size)
+    rows, recon, seen = [], {}, {}
+    at = 0
+    for kind in KINDS:
+        images = generated[at : at + len(inputs.latents[kind])]
+        at += len(images)
+        targets = []
+        for i in inputs.image_ids[kind].tolist():
+            if i not in seen_cache:
+                seen_cache[i] = _open_rgb(paths[i])
+            targets.append(seen_cache[i])
+        recon[kind], seen[kind] = images, targets
+        scores = compute_metrics(images, targets, nets)
+        rows.append({"kind": kind, "n": len(images), **scores})
+        logger.info("%s: %s", kind, {k: round(v, 4) for k, v in scores.items()})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "metrics.csv", index=False)
+    (out / "metrics.md").write_text(format_markdown(table))
+    grid = _write_grid(cfg, inputs, recon, seen, nets, out / "grid.png")
+    arrays: dict[str, Any] = {k: np.stack([np.asarray(im) for im in v]) for k, v in recon.items()}
+    arrays.update({f"{k}_image_ids": inputs.image_ids[k] for k in KINDS})
+    np.savez_compressed(out / "reconstructions.npz", **arrays)
+    return table, grid
+
+
+def _image_paths(cfg: GenEvalConfig, bundle_dir: Path) -> dict[int, Path]:
+    from megdecode.bundle import load_bundle
+    from megdecode.latents.registry import store_images
+
+    store = cfg.store or load_bundle(bundle_dir).extra.get("fit_config", {}).get("store", "")
+    if not cfg.bids_root:
+        raise ValueError("bids_root must be set (the images live under bids_root/stimuli)")
+    ids, rel = store_images(Path(store))
+    return {int(i): bids.image_file(cfg.bids_root, p, cfg.images_root or None) for i, p in zip(ids, rel, strict=True)}
+
+
+def _write_grid(cfg: GenEvalConfig, inputs: EvalInputs, recon: dict[str, list[Image.Image]],
+                seen: dict[str, list[Image.Image]], nets: Any, path: Path) -> Path:
+    """One row per test image: seen | oracle | averaged | first single trial | random.
+
+    Averaged rows are per (subject, image); the grid keeps each image's first subject.
+    """
+    base = inputs.image_ids["oracle"]
+    columns: dict[str, list[Image.Image]] = {"seen": seen["oracle"]}
+    for kind in ("oracle", "averaged", "single", "random"):
+        ids = inputs.image_ids[kind].tolist()
+        first = {i: ids.index(i) for i in dict.fromkeys(ids)}
+        columns[kind] = [recon[kind][first[int(i)]] for i in base]
+    rank_kind = cfg.rank_by if cfg.rank_by in columns else "averaged"
+    scores = per_image_scores(columns[rank_kind], columns["seen"], nets)
+    how = "SwAV+SSIM" if nets is not None and "swav" in nets.nets else "SSIM"
+    return save_grid(path, columns, scores, cfg.grid_per_group,
+                     title=f"{inputs.latent_name}: rows ranked by {how} of '{rank_kind}' (best / middle / worst)")
+
+
+def format_markdown(table: pd.DataFrame) -> str:
+    """The metrics table as GitHub markdown (higher is better except swav)."""
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in table.to_dict("records"):
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def resolve_bundle(bundle: str, tracking_uri: str | None, dst: Path) -> Path:
+    """A bundle folder, or ``models:/name@alias`` downloaded from the MLflow registry."""
+    if bundle.startswith("models:/"):
+        from megdecode.tracking import Tracker
+
+        name, _, alias = bundle.removeprefix("models:/").partition("@")
+        if not name or not alias or not tracking_uri:
+            raise ValueError(f"{bundle!r}: use models:/NAME@ALIAS with a tracking URI")
+        return Tracker(tracking_uri).resolve_alias(name, alias, dst)
+    path = Path(bundle)
+    if not (path / "bundle.json").is_file():
+        raise FileNotFoundError(f"no bundle.json in {path}")
+    return path
+
+
+def run_and_log(cfg: GenEvalConfig, tracking_uri: str | None = None, run_id: str | None = None,
+                experiment: str = "megdecode-generate") -> tuple[pd.DataFrame, Path, str | None]:
+    """Resolve the bundle, evaluate (Ray initialised by the caller), log to MLflow when a URI is given.
+
+    Metrics are logged as ``gen/<kind>/<metric>``; the table as tables/generate_metrics.csv
+    and the grid under figures/. An existing `run_id` is logged into and left open (it is
+    the caller's); a new run is ended. Returns (table, grid path, run id).
+    """
+    out = Path(cfg.out)
+    bundle_dir = resolve_bundle(cfg.bundle, tracking_uri, out / "bundle")
+    table, grid = evaluate_generation(cfg, bundle_dir)
+    if not tracking_uri:
+        return table, grid, None
+    from mlflow.entities import Metric, Param
+
+    from megdecode.tracking import Tracker
+
+    tracker = Tracker(tracking_uri, experiment)
+    own = run_id is None
+    if own:
+        run_id = tracker.client.create_run(tracker.experiment_id, run_name="generate-eval",
+                                           tags={"megdecode.kind": "generate-eval"}).info.run_id
+    assert run_id is not None
+    have = tracker.client.get_run(run_id).data.params
+    params = [Param(f"gen_eval.{k}", str(v)) for k, v in cfg.to_flat_dict().items() if f"gen_eval.{k}" not in have]
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"gen/{r['kind']}/{k}", float(v), now, 0) for r in table.to_dict("records")
+               for k, v in r.items() if k not in ("kind", "n")]
+    tracker.client.log_batch(run_id, metrics=metrics, params=params[:100])
+    tracker.log_table(run_id, table, "generate_metrics.csv")
+    tracker.log_artifacts(run_id, grid, "figures")
+    tracker.log_artifacts(run_id, out / "metrics.md", "tables")
+    if own:
+        tracker.client.set_terminated(run_id)
+    logger.info("logged generation metrics to run %s", run_id)
+    return table, grid, run_id
