@@ -81,9 +81,13 @@ class SharedEpochs:
             raise ValueError(f"reader: expected 'ray' or 'arrow', got {reader!r}")
         manifest = shards.read_manifest(store)
         meg, meta = {}, {}
+        if reader == "ray":  # one Ray Data pass (each pass costs seconds of start-up), then split in memory
+            every = tuple(s for splits in SPLIT_GROUPS.values() for s in splits)
+            X, all_meta = _read_with_ray_data(store, every)
         for group, splits in SPLIT_GROUPS.items():
             if reader == "ray":
-                meg[group], meta[group] = _read_with_ray_data(store, splits)
+                keep = all_meta["split"].isin(splits).to_numpy()
+                meg[group], meta[group] = X[keep], all_meta[keep].reset_index(drop=True)
             else:
                 meg[group], meta[group] = shards.load_epochs(store, splits=splits)
             if not len(meta[group]):
