@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from _bootstrap import ensure_importable
 
@@ -27,7 +26,7 @@ def main(argv: list[str]) -> None:
 
         app(["evaluate", *argv])
         return
-    from megdecode.generate.evaluate import GenEvalConfig, run_and_log
+    from megdecode.generate.evaluate import GenEvalConfig, generator_defaults, run_and_log
     from megdecode.logs import setup_logging
     from megdecode.raycluster import init_ray
 
@@ -44,6 +43,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--run-id", default=None, help="log into this MLflow run instead of a new one")
     p.add_argument("--experiment", default="megdecode-generate")
     p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--kinds", default="single,averaged,oracle,random",
+                   help="rows to generate, comma-separated (single = one image per trial: most of the work)")
     p.add_argument("--metric-weights", default="", help="folder of metric network weights")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps; default the generator's")
     p.add_argument("--guidance-scale", type=float, default=None)
@@ -53,12 +54,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--num-cpus", type=int, default=None)
     args = p.parse_args(argv)
     setup_logging()
-    gen_defaults = _generator_defaults(Path(args.generator))
+    gen_defaults = generator_defaults(args.generator)
     changes = {k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance_scale)) if v is not None}
     generate = gen_defaults.replace(seed=args.seed, **changes)
     cfg = GenEvalConfig(bundle=args.bundle, generator=args.generator, bids_root=args.bids, images_root=args.images_root,
                         store=args.store, latents_dir=args.latents, out=args.out, max_images=args.max_images,
-                        metric_weights=args.metric_weights, actors=args.actors, generate=generate)
+                        metric_weights=args.metric_weights, actors=args.actors, generate=generate,
+                        kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()))
     import ray
 
     init_ray(args.address, num_cpus=args.num_cpus)
@@ -68,18 +70,6 @@ def main(argv: list[str]) -> None:
         ray.shutdown()
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"grid -> {grid}" + (f"; MLflow run {run_id}" if run_id else ""))
-
-
-def _generator_defaults(path: Path):  # type: ignore[no-untyped-def]
-    """The generator folder's stored sampling defaults (GenerateConfig)."""
-    import json
-
-    from megdecode.generate.pipeline import GenerateConfig
-
-    meta_path = path / "generator.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"no weights at {path}: no generator.json")
-    return GenerateConfig.from_flat_dict(json.loads(meta_path.read_text()).get("defaults", {}))
 
 
 if __name__ == "__main__":

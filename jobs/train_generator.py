@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--size", type=int, default=GenTrainConfig.size, help="image side in pixels")
     p.add_argument("--patch", type=int, default=GenTrainConfig.patch, help="space-to-depth factor")
     p.add_argument("--channels", default=",".join(map(str, GenTrainConfig.channels)), help="UNet widths, e.g. 64,128")
+    p.add_argument("--no-coords", action="store_true", help="no coordinate channels into the UNet")
+    p.add_argument("--no-global-cond", action="store_true", help="condition through cross-attention only")
     p.add_argument("--threads", type=int, default=int(os.environ.get("MEGDECODE_TORCH_THREADS", "1")),
                    help="torch threads (1 is fastest on a busy 2-core machine)")
     args = p.parse_args(argv)
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> Path:
     cfg = GenTrainConfig(store=str(store), bids_root=str(bids), latents_dir=str(latents),
                          images_root=str(args.images_root or ""), latents=tuple(args.latent or ["handcrafted"]),
                          steps=args.steps, max_seconds=args.max_seconds, batch_size=args.batch_size, seed=args.seed, lr=args.lr, ema_decay=args.ema_decay,
-                         size=args.size, patch=args.patch, channels=tuple(int(c) for c in args.channels.split(",")))
+                         size=args.size, patch=args.patch, coords=not args.no_coords, global_cond=not args.no_global_cond, channels=tuple(int(c) for c in args.channels.split(",")))
     out = train_generator(cfg, args.out)
     print(f"generator -> {out} (loss curve {out / 'loss.png'})")
     return out

@@ -141,6 +141,19 @@ class ConditionEncoder(nn.Module):
         return torch.cat([self.stream(name).null(n) for name in self.names], dim=1)
 
 
+def global_vector(context: torch.Tensor, lengths: Sequence[int], weights: Sequence[float]) -> torch.Tensor:
+    """(N, L, D) tokens of all streams -> (N, D): each stream's mean token, mixed with `weights`.
+
+    The generator's global condition (added to the UNet's time embedding, scale and shift
+    in every ResNet block): cross-attention alone has to learn *where* to draw from a few
+    tokens, which a small UNet learns slowly; a global vector plus coordinate channels lets
+    the convolutions place and colour a shape directly. The same mixing weights as the
+    cross-attention keep dual guidance consistent; null tokens give the null vector.
+    """
+    chunks = torch.split(context, list(lengths), dim=1)
+    return sum(w * c.mean(dim=1) for w, c in zip(weights, chunks, strict=True))  # type: ignore[return-value]
+
+
 def stream_weights(n_streams: int, mix: float) -> list[float]:
     """Mixing weights summing to 1: the first stream gets 1 - mix, the others share mix.
 

@@ -36,7 +36,8 @@ from megdecode.evaluate import average_by_image
 from megdecode.generate.grid import rank_scores, save_grid
 from megdecode.generate.pipeline import GenerateConfig, LatentGenerator
 from megdecode.generate.postprocess import to_latent_space
-from megdecode.latents.cache import _open_rgb, load_latents
+from megdecode.latents.cache import _open_rgb
+from megdecode.latents.targets import load_target, split_target
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,13 @@ class GenEvalConfig(FlatConfig):
     batch_size: int = 16
     grid_per_group: int = 4
     rank_by: str = "averaged"  # which row's scores rank the grid
+    kinds: tuple[str, ...] = KINDS  # rows to generate; "single" is most of the work (one per trial)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.kinds) - set(KINDS))
+        if unknown or not self.kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {list(self.kinds)}")
 
 
 @dataclass
@@ -69,6 +76,7 @@ class EvalInputs:
     latents: dict[str, np.ndarray]  # kind -> (N_kind, F)
     image_ids: dict[str, np.ndarray]  # kind -> (N_kind,)
     latent_name: str
+    parts: list[tuple[str, int]] = field(default_factory=list)  # the target's latents [(name, F)]
 
 
 def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
@@ -97,7 +105,7 @@ def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
     single = to_latent_space(mse, bundle.latent_mean, bundle.latent_std)
     avg_ids, avg = average_by_image(mse, ids, groups=meta["subject"].to_numpy())
     averaged = to_latent_space(avg, bundle.latent_mean, bundle.latent_std)
-    lat_ids, lat = load_latents(Path(latents_dir) / f"{bundle.latent_name}.parquet")
+    lat_ids, lat, _ = load_target(latents_dir, bundle.latent_name)
     unique = np.unique(ids)
     rows = pd.Index(lat_ids).get_indexer(unique)
     if (rows < 0).any():
@@ -108,31 +116,38 @@ def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
     return EvalInputs(
         latents={"single": single, "averaged": averaged, "oracle": lat[rows], "random": random.astype(np.float32)},
         image_ids={"single": ids, "averaged": avg_ids.astype(np.int64), "oracle": unique, "random": unique},
-        latent_name=bundle.latent_name,
+        latent_name=bundle.latent_name, parts=[(n, int(w)) for n, w in bundle.latent_parts],
     )
 
 
 class _GenerateActor:
-    """Ray Data callable class: {"row", "seed", "latent"} -> {"row", "image" (B, H, W, 3) uint8}."""
+    """Ray Data callable class: {"row", "seed", "latent"} -> {"row", "image" (B, H, W, 3) uint8}.
 
-    def __init__(self, generator_dir: str, latent_name: str, config: dict[str, Any]) -> None:
+    ``latent`` rows are the concatenated target; `parts` [(name, F)] splits them into the
+    named latents, of which the generator takes those it is conditioned on.
+    """
+
+    def __init__(self, generator_dir: str, parts: list[tuple[str, int]], config: dict[str, Any]) -> None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.gen = LatentGenerator.from_dir(generator_dir, device=device)
-        self.name = latent_name
+        self.parts = [(str(n), int(w)) for n, w in parts]
         self.config = GenerateConfig.from_flat_dict(config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = self.gen.generate({self.name: batch["latent"].astype(np.float32)}, self.config,
+        images = self.gen.generate(split_target(batch["latent"].astype(np.float32), self.parts), self.config,
                                    seeds=[int(s) for s in batch["seed"]])
         return {"row": batch["row"], "image": np.stack([np.asarray(im) for im in images])}
 
 
-def generate_on_ray(generator_dir: str, latent_name: str, latents: np.ndarray, config: GenerateConfig,
+def generate_on_ray(generator_dir: str, parts: list[tuple[str, int]], latents: np.ndarray, config: GenerateConfig,
                     seeds: np.ndarray | None = None, actors: int = 0, gpu_fraction: float = 0.25,
                     batch_size: int = 16) -> list[Image.Image]:
     """latents (N, F) -> N images on a Ray Data actor pool; sample i uses seeds[i] (default seed + i).
+
+    `parts` [(name, F)] names the latents concatenated in each row (one part for a
+    single-latent target).
 
     One call = one actor pool (each actor loads the generator once), so callers should
     pass everything they need generated at once.
@@ -156,7 +171,7 @@ def generate_on_ray(generator_dir: str, latent_name: str, latents: np.ndarray, c
     items = [{"row": i, "seed": int(seeds[i]), "latent": latents[i].astype(np.float32)} for i in range(len(latents))]
     logger.info("generating %d images on %d actor(s)%s", len(items), pool, " sharing GPUs" if gpus else "")
     ds = ray.data.from_items(items).map_batches(
-        _GenerateActor, fn_constructor_kwargs={"generator_dir": str(generator_dir), "latent_name": latent_name,
+        _GenerateActor, fn_constructor_kwargs={"generator_dir": str(generator_dir), "parts": list(parts),
                                                "config": config.to_flat_dict()},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=pool), batch_format="numpy", **options,
     )
@@ -166,6 +181,14 @@ def generate_on_ray(generator_dir: str, latent_name: str, latents: np.ndarray, c
         images.append(batch["image"])
     order = np.argsort(np.concatenate(rows))
     return [Image.fromarray(a) for a in np.concatenate(images)[order]]
+
+
+def generator_defaults(path: str | Path) -> GenerateConfig:
+    """The sampling defaults a generator folder stores (its guidance, steps), without loading weights."""
+    meta_path = Path(path) / "generator.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no weights at {path}: no generator.json")
+    return GenerateConfig.from_flat_dict(json.loads(meta_path.read_text()).get("defaults", {}))
 
 
 def _metric_nets(weights: str) -> Any:
@@ -204,23 +227,25 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
         raise FileNotFoundError(f"no weights at {cfg.generator}: no generator.json")
     from megdecode.bundle import load_bundle
 
-    latent_name = load_bundle(bundle_dir).latent_name
-    if list(gen_meta["conditions"]) != [latent_name]:
-        raise ValueError(f"the generator is conditioned on {list(gen_meta['conditions'])}, "
-                         f"the bundle predicts {latent_name!r}")
+    bundle = load_bundle(bundle_dir)
+    missing = sorted(set(gen_meta["conditions"]) - {name for name, _ in bundle.latent_parts})
+    if missing:
+        raise ValueError(f"the generator is conditioned on {sorted(gen_meta['conditions'])}, the bundle "
+                         f"predicts {bundle.latent_name!r}: nothing decodes {missing}")
     inputs = decode_test_set(cfg, bundle_dir)
+    kinds = [k for k in KINDS if k in cfg.kinds]
     seen_cache: dict[int, Image.Image] = {}
     paths = _image_paths(cfg, bundle_dir)
     nets = _metric_nets(cfg.metric_weights)
     # every kind in one pass over one actor pool; sample i of a kind uses seed + i, so
     # oracle, random and decoded images of the same row start from the same noise
-    everything = np.concatenate([inputs.latents[k] for k in KINDS]).astype(np.float32)
-    seeds = np.concatenate([cfg.generate.seed + np.arange(len(inputs.latents[k])) for k in KINDS])
-    generated = generate_on_ray(cfg.generator, inputs.latent_name, everything, cfg.generate, seeds,
+    everything = np.concatenate([inputs.latents[k] for k in kinds]).astype(np.float32)
+    seeds = np.concatenate([cfg.generate.seed + np.arange(len(inputs.latents[k])) for k in kinds])
+    generated = generate_on_ray(cfg.generator, inputs.parts, everything, cfg.generate, seeds,
                                 cfg.actors, cfg.gpu_fraction, cfg.batch_size)
     rows, recon, seen = [], {}, {}
     at = 0
-    for kind in KINDS:
+    for kind in kinds:
         images = generated[at : at + len(inputs.latents[kind])]
         at += len(images)
         targets = []
@@ -237,7 +262,7 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
     (out / "metrics.md").write_text(format_markdown(table))
     grid = _write_grid(cfg, inputs, recon, seen, nets, out / "grid.png")
     arrays: dict[str, Any] = {k: np.stack([np.asarray(im) for im in v]) for k, v in recon.items()}
-    arrays.update({f"{k}_image_ids": inputs.image_ids[k] for k in KINDS})
+    arrays.update({f"{k}_image_ids": inputs.image_ids[k] for k in kinds})
     np.savez_compressed(out / "reconstructions.npz", **arrays)
     return table, grid
 
@@ -259,13 +284,15 @@ def _write_grid(cfg: GenEvalConfig, inputs: EvalInputs, recon: dict[str, list[Im
 
     Averaged rows are per (subject, image); the grid keeps each image's first subject.
     """
-    base = inputs.image_ids["oracle"]
-    columns: dict[str, list[Image.Image]] = {"seen": seen["oracle"]}
-    for kind in ("oracle", "averaged", "single", "random"):
+    first_kind = next(iter(recon))
+    ids0 = inputs.image_ids[first_kind].tolist()
+    base = np.array(list(dict.fromkeys(ids0)))
+    columns: dict[str, list[Image.Image]] = {"seen": [seen[first_kind][ids0.index(i)] for i in base.tolist()]}
+    for kind in [k for k in ("oracle", "averaged", "single", "random") if k in recon]:
         ids = inputs.image_ids[kind].tolist()
         first = {i: ids.index(i) for i in dict.fromkeys(ids)}
         columns[kind] = [recon[kind][first[int(i)]] for i in base]
-    rank_kind = cfg.rank_by if cfg.rank_by in columns else "averaged"
+    rank_kind = cfg.rank_by if cfg.rank_by in columns else next(k for k in columns if k != "seen")
     scores = per_image_scores(columns[rank_kind], columns["seen"], nets)
     how = "SwAV+SSIM" if nets is not None and "swav" in nets.nets else "SSIM"
     return save_grid(path, columns, scores, cfg.grid_per_group,

@@ -46,6 +46,7 @@ from megdecode.generate.conditioning import (
     ConditionEncoder,
     MixedStreamsProcessor,
     StreamSpec,
+    global_vector,
     stream_weights,
 )
 
@@ -152,6 +153,29 @@ class LatentGenerator:
             return self.patch
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def coords(self) -> bool:
+        """Whether the UNet also sees two coordinate channels (x, y in [-1, 1])."""
+        return bool(self.meta.get("arch", {}).get("coords", False))
+
+    @property
+    def global_cond(self) -> bool:
+        """Whether the condition also enters as a global vector (the UNet's class embedding)."""
+        return getattr(self.unet.config, "class_embed_type", None) == "projection"
+
+    def denoise(self, sample: torch.Tensor, t: torch.Tensor | int, context: torch.Tensor,
+                weights: Sequence[float]) -> torch.Tensor:
+        """One UNet call: the model output for `sample` at `t` given the condition tokens.
+
+        Adds the coordinate channels and the global condition vector when the
+        architecture has them; training and sampling both go through here.
+        """
+        model_in = torch.cat([sample, _coord_grid(sample)], dim=1) if self.coords else sample
+        lengths = self.encoder.lengths
+        kwargs = {"stream_lengths": lengths, "stream_weights": list(weights)}
+        extra = {"class_labels": global_vector(context, lengths, weights)} if self.global_cond else {}
+        return self.unet(model_in, t, encoder_hidden_states=context, cross_attention_kwargs=kwargs, **extra).sample
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] -> UNet samples (N, C, H/s, W/s); training targets."""
         if self.vae is None:
@@ -198,15 +222,14 @@ class LatentGenerator:
         f = self.scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if height % f or width % f:
             raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
-        shape = (int(self.unet.config.in_channels), height // self.scale_factor, width // self.scale_factor)
+        shape = (int(self.unet.config.out_channels), height // self.scale_factor, width // self.scale_factor)
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(dev)
         tensors = {k: torch.as_tensor(v, device=dev) for k, v in latents.items()}
         streams = {k: v for k, v in tensors.items() if k != self.init_latent}
         cond = self.encoder(streams)
         guided = cfg.guidance_scale != 1.0
         context = torch.cat([self.encoder.null(n), cond]) if guided else cond
-        kwargs = {"stream_lengths": self.encoder.lengths,
-                  "stream_weights": stream_weights(len(self.encoder.names), cfg.mix)}
+        weights = stream_weights(len(self.encoder.names), cfg.mix)
 
         self.scheduler.set_timesteps(cfg.steps, device=dev)
         timesteps = self.scheduler.timesteps
@@ -222,7 +245,7 @@ class LatentGenerator:
         for t in timesteps:
             model_in = torch.cat([sample, sample]) if guided else sample
             model_in = self.scheduler.scale_model_input(model_in, t)
-            eps = self.unet(model_in, t, encoder_hidden_states=context, cross_attention_kwargs=kwargs).sample
+            eps = self.denoise(model_in, t, context, weights)
             if guided:
                 uncond, conditioned = eps.chunk(2)
                 eps = uncond + cfg.guidance_scale * (conditioned - uncond)
@@ -235,6 +258,15 @@ class LatentGenerator:
         if self.vae is None:
             return F.pixel_shuffle(sample, self.patch) if self.patch > 1 else sample
         return self.vae.decode(sample / float(self.vae.config.scaling_factor)).sample
+
+
+def _coord_grid(sample: torch.Tensor) -> torch.Tensor:
+    """(N, 2, h, w): x and y of each cell centre in [-1, 1], for a sample (N, C, h, w)."""
+    n, _, h, w = sample.shape
+    ys = (torch.arange(h, device=sample.device, dtype=sample.dtype) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, device=sample.device, dtype=sample.dtype) + 0.5) / w * 2 - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))
+    return grid.expand(n, 2, h, w)
 
 
 def build_encoder(meta: dict[str, Any], width: int) -> ConditionEncoder:

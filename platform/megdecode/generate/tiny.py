@@ -39,6 +39,8 @@ class ArchConfig(FlatConfig):
     vae_channels: tuple[int, ...] = (16, 32)  # tiny VAE: len-1 downsamplings, 4 latent channels
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule: suits small pixel-space models
     prediction_type: str = "epsilon"
+    coords: bool = False  # two coordinate channels into the UNet (where to draw)
+    global_cond: bool = False  # the condition also as a global vector: scale/shift in every ResNet block
 
 
 def new_generator(conditions: dict[str, int], arch: ArchConfig | None = None, seed: int = 0,
@@ -68,8 +70,12 @@ def new_generator(conditions: dict[str, int], arch: ArchConfig | None = None, se
         # at these sizes convolutions see the whole image and self-attention costs most
         down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
         up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
+        film: dict[str, Any] = {}
+        if a.global_cond:
+            film = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": a.cross_attention_dim,
+                    "resnet_time_scale_shift": "scale_shift"}
         unet = UNet2DConditionModel(
-            sample_size=sample_size, in_channels=in_ch, out_channels=in_ch,
+            sample_size=sample_size, in_channels=in_ch + 2 * a.coords, out_channels=in_ch, **film,
             down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
             block_out_channels=a.channels, layers_per_block=a.layers_per_block,
             cross_attention_dim=a.cross_attention_dim, attention_head_dim=a.head_dim,

@@ -66,6 +66,8 @@ class GenTrainConfig(FlatConfig):
     patch: int = 2
     channels: tuple[int, ...] = (64, 128)
     n_tokens: int = 4
+    coords: bool = True  # coordinate channels + a global condition vector: on the twin these
+    global_cond: bool = True  # learn placement and colour in a few hundred steps (see tiny.ArchConfig)
     prediction_type: str = "v_prediction"  # v: robust when undertrained (x0 estimate errors shrink with the noise)
     guidance_scale: float = 3.0  # stored as the folder's default for sampling
     sample_steps: int = 50
@@ -127,7 +129,7 @@ def train_generator(cfg: GenTrainConfig, out_dir: str | Path, data: TrainingSet 
     n = len(data.ids)
     arch = ArchConfig(size=cfg.size, patch=cfg.patch, channels=cfg.channels, n_tokens=cfg.n_tokens,
                       cross_attention_dim=64, head_dim=16, norm_groups=8,
-                      prediction_type=cfg.prediction_type)
+                      prediction_type=cfg.prediction_type, coords=cfg.coords, global_cond=cfg.global_cond)
     defaults = GenerateConfig(steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale)
     gen = new_generator({k: v.shape[1] for k, v in data.latents.items()}, arch, seed=cfg.seed, defaults=defaults)
     for name, values in data.latents.items():  # z-score inputs with the training latents' stats
@@ -139,7 +141,7 @@ def train_generator(cfg: GenTrainConfig, out_dir: str | Path, data: TrainingSet 
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
     targets = gen.encode_images(data.images)  # (N, C, h, w)
     cond = {k: torch.from_numpy(v) for k, v in data.latents.items()}
-    kwargs = {"stream_lengths": encoder.lengths, "stream_weights": [1.0 / len(encoder.names)] * len(encoder.names)}
+    weights = [1.0 / len(encoder.names)] * len(encoder.names)
     g = torch.Generator().manual_seed(cfg.seed)
     alphas = sched.alphas_cumprod
     losses: list[float] = []
@@ -154,7 +156,7 @@ def train_generator(cfg: GenTrainConfig, out_dir: str | Path, data: TrainingSet 
         x_t = sched.add_noise(x0, noise, t)
         keep = torch.rand(len(idx), len(encoder.names), generator=g) >= cfg.cond_dropout
         context = encoder({k: v[idx] for k, v in cond.items()}, keep=keep)
-        pred = unet(x_t, t, encoder_hidden_states=context, cross_attention_kwargs=kwargs).sample
+        pred = gen.denoise(x_t, t, context, weights)
         target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
         loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
