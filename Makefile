@@ -13,17 +13,18 @@ install:  ## virtualenv + the package with dev and generation extras (torch from
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev,gen]"
 
-demo:  ## the whole chain on the demo twin: simulate, preprocess, latents, search, register, serve
+demo:  ## the whole chain on the demo twin: simulate, preprocess, latents, search, register, serve, reconstruct
 	$(PY) -m megdecode.cli demo --out $(DEMO_OUT)
 
-demo-generate:  ## after `make demo`: train the twin generator (<= 10 min), reconstruct the test set from the champion
-	$(PY) jobs/train_generator.py --data $(DEMO_OUT) --out $(DEMO_OUT)/generator
-	$(PY) jobs/evaluate.py --generate --bundle models:/megdecode-brain@champion --generator $(DEMO_OUT)/generator \
+demo-generate:  ## after `make demo`: a longer-trained twin generator (<= 10 min), every test trial reconstructed from the champion
+	$(PY) jobs/train_generator.py --data $(DEMO_OUT) --latent twin-lowlevel --out $(DEMO_OUT)/generator-long
+	$(PY) jobs/evaluate.py --generate --bundle models:/megdecode-brain@champion --generator $(DEMO_OUT)/generator-long \
 		--bids $(DEMO_OUT)/bids --out $(DEMO_OUT)/generate_eval --tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db
 
-serve:  ## serve the demo's champion on 127.0.0.1:8000 until Ctrl-C
+serve:  ## serve the demo's champion (and its generator, for /v1/reconstruct) on 127.0.0.1:8000 until Ctrl-C
 	$(PY) -m megdecode.cli serve --config serve_apps/config.yaml --model models:/megdecode-brain@champion \
-		--tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db
+		--tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db \
+		$(if $(wildcard $(DEMO_OUT)/generator/generator.json),--generator $(DEMO_OUT)/generator)
 
 test:  ## the default suite (excludes -m slow)
 	$(PY) -m pytest -q

@@ -101,14 +101,18 @@ def demo(
     space: Annotated[Path | None, typer.Option(help="search space; default search_spaces/smoke.yaml")] = None,
     num_samples: Annotated[int | None, typer.Option(help="trials; default: the space's")] = None,
     serve: Annotated[bool, typer.Option(help="serve the champion on 127.0.0.1 and decode test windows")] = True,
+    generate: Annotated[bool, typer.Option(help="train the twin generator, reconstruct test images from decoded MEG")] = True,
+    generator_seconds: Annotated[float, typer.Option(help="generator training budget, wall-clock seconds")] = 150.0,
+    generator_steps: Annotated[int, typer.Option(help="DDIM steps per reconstruction")] = 50,
 ) -> None:
-    """The whole chain on the twin: simulate, preprocess, latents, search, register, serve."""
+    """The whole chain on the twin: simulate, preprocess, latents, search, register, serve, reconstruct."""
     from megdecode.demo import DemoSetup, run_demo
 
     if tune and not ray:
         raise typer.BadParameter("--tune needs Ray: drop --no-ray or add --no-tune")
     run_demo(DemoSetup(out=out, size=size, seed=seed, use_ray=ray, clip_weights=clip_weights, clip_model=clip_model,
-                       tune=tune, space=space, num_samples=num_samples, serve=serve), echo=typer.echo)
+                       tune=tune, space=space, num_samples=num_samples, serve=serve, generate=generate,
+                       generator_seconds=generator_seconds, generator_steps=generator_steps), echo=typer.echo)
 
 
 @app.command()

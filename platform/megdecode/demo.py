@@ -41,6 +41,9 @@ class DemoSetup:
     num_samples: int | None = None
     serve: bool = True
     serve_requests: int = 5
+    generate: bool = True  # train the twin generator and reconstruct test images from decoded MEG
+    generator_seconds: float = 150.0  # the generator's training budget (wall clock)
+    generator_steps: int = 50  # DDIM steps per reconstruction
 
 
 @dataclass
@@ -81,6 +84,8 @@ def run_demo(setup: DemoSetup, echo: Callable[[str], None] = print) -> dict[str,
             echo(report.text())
             if setup.serve and report.champion:
                 stage("serve", lambda: _serve(setup, out, report, echo))
+            if setup.generate and report.best:
+                stage("reconstruct", lambda: _reconstruct(setup, out, report, echo))
     finally:
         if started_ray:
             _stop_serve()
@@ -111,15 +116,19 @@ def _preprocess(setup: DemoSetup, out: Path) -> Any:
 
 
 def _latents(setup: DemoSetup, out: Path) -> list[Any]:
+    """Handcrafted image features (and CLIP-Vision with local weights), plus the twin's
+    ground-truth factors (twin-lowlevel, twin-category) that the generator conditions on."""
     from megdecode.latents.registry import build_latents, make_encoder
+    from megdecode.latents.twin import write_twin_latents
 
     encoders = ["handcrafted"]
     if setup.clip_weights is not None:
         encoders.append("clip-vision")
     else:
         logger.warning("no --clip-weights given: skipping CLIP-Vision latents (no weights are downloaded)")
-    return [build_latents(out / "store", out / "bids", out / "latents",
-                          make_encoder(name, setup.clip_model, setup.clip_weights)) for name in encoders]
+    built = [build_latents(out / "store", out / "bids", out / "latents",
+                           make_encoder(name, setup.clip_model, setup.clip_weights)) for name in encoders]
+    return built + [str(p) for p in write_twin_latents(out / "bids", out / "latents")]
 
 
 def _tune(setup: DemoSetup, out: Path) -> Any:
@@ -151,6 +160,39 @@ def _serve(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str], None]
     echo(f"serve it again: make serve DEMO_OUT={out}, then\n  curl -X POST http://127.0.0.1:8000/v1/decode "
          f"-H 'content-type: application/json' -d @{window}")
     return table.to_dict(orient="records")
+
+
+def _reconstruct(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str], None]) -> Any:
+    """Train the twin generator on the train/val images, then reconstruct the small test
+    set from the champion's decoded MEG (averaged over repetitions), next to the oracle
+    (ground-truth latents) and random-latent rows; grid + table logged to the champion's run."""
+    from megdecode.bundle import load_bundle
+    from megdecode.generate.evaluate import (
+        GenEvalConfig,
+        format_markdown,
+        generator_defaults,
+        run_and_log,
+    )
+    from megdecode.generate.train import GenTrainConfig, train_generator
+
+    champion = out / "champion"
+    parts = [name for name, _ in load_bundle(champion).latent_parts]
+    conditions = tuple(n for n in parts if n in GENERATION_LATENTS) or tuple(parts)
+    gen_dir = train_generator(GenTrainConfig(store=str(out / "store"), bids_root=str(out / "bids"),
+                                             latents_dir=str(out / "latents"), latents=conditions,
+                                             steps=100_000, max_seconds=setup.generator_seconds,
+                                             sample_steps=setup.generator_steps), out / "generator")
+    cfg = GenEvalConfig(bundle=str(champion), generator=str(gen_dir), bids_root=str(out / "bids"),
+                        out=str(out / "reconstructions"), kinds=("averaged", "oracle", "random"),
+                        generate=generator_defaults(gen_dir).replace(steps=setup.generator_steps))
+    table, grid, _ = run_and_log(cfg, report.tracking_uri, run_id=report.best.get("run_id") or None)
+    echo(format_markdown(table))
+    echo(f"reconstructions (seen | oracle | decoded, averaged | random) -> {grid}")
+    return table
+
+
+# the twin's generator conditions on the image factors the simulated brain responds to
+GENERATION_LATENTS = ("twin-lowlevel",)
 
 
 def _stop_serve() -> None:

@@ -34,6 +34,7 @@ def test_demo_writes_store_latents_and_summary(demo_out: Path) -> None:
     assert "catch" not in set(meta["trial_type"])
     assert {"train", "val", "test", "test_large"} <= set(meta["split"])
     assert set(summary["stages"]) == {"simulate", "preprocess", "latents"}
+    assert {Path(p).name for p in summary["latents"][1:]} == {"twin-lowlevel.parquet", "twin-category.parquet"}
     latents = summary["latents"][0]
     assert latents["name"] == "handcrafted"
     assert latents["n_images"] == meta["image_id"].nunique()
@@ -59,6 +60,7 @@ max_concurrent: 1
 max_epochs: 2
 grace_period: 1
 fixed:
+  train.latent: twin-lowlevel
   train.tmin: 0.0
   train.tmax: 0.5
   train.batch_size: 32
@@ -73,14 +75,19 @@ params:
 
 
 @pytest.mark.slow
-def test_the_whole_chain_search_register_and_serve(tmp_path: Path) -> None:
-    """`megdecode demo` end to end on the tiny twin: a 2-trial search, the champion served over HTTP."""
+def test_the_whole_chain_search_register_serve_and_reconstruct(tmp_path: Path) -> None:
+    """`megdecode demo` end to end on the tiny twin: a 2-trial search, the champion served
+    over HTTP, a generator trained briefly and test images reconstructed from decoded MEG."""
     (tmp_path / "space.yaml").write_text(TINY_SPACE)
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "tiny", "--space", str(tmp_path / "space.yaml")])
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "tiny", "--space", str(tmp_path / "space.yaml"),
+                                      "--generator-seconds", "5", "--generator-steps", "3"])
     assert result.exit_code == 0, result.output[-4000:] + repr(result.exception)
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["stages"]) == ["simulate", "preprocess", "latents", "tune", "serve"]
+    assert list(summary["stages"]) == ["simulate", "preprocess", "latents", "tune", "serve", "reconstruct"]
+    assert [row["kind"] for row in summary["reconstruct"]] == ["averaged", "oracle", "random"]
+    assert (out / "reconstructions" / "grid.png").stat().st_size > 1000
+    assert json.loads((out / "generator" / "generator.json").read_text())["conditions"].keys() == {"twin-lowlevel"}
     assert summary["tune"]["champion"] == "models:/megdecode-brain@champion"
     assert (out / "champion" / "bundle.json").exists()
     assert len(summary["serve"]) == 5 and all(r["latency_ms"] > 0 for r in summary["serve"])
