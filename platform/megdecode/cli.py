@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from megdecode.records import plain
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 logger = logging.getLogger("megdecode.cli")
 
@@ -35,7 +37,7 @@ def simulate(
     from megdecode.data.simulate import simulate as run_simulation
 
     summary = run_simulation(TwinConfig.preset(size, seed=seed), out, n_jobs=jobs)
-    typer.echo(json.dumps(_as_dict(summary), indent=2, default=str))
+    typer.echo(json.dumps(plain(summary), indent=2, default=str))
 
 
 @app.command()
@@ -48,7 +50,7 @@ def preprocess(
 ) -> None:
     """Preprocess every run (paper pipeline) into the Parquet epoch store."""
     report = _preprocess(bids_root, out, subjects, ray, address)
-    typer.echo(json.dumps(_as_dict(report), indent=2, default=str))
+    typer.echo(json.dumps(plain(report), indent=2, default=str))
 
 
 @app.command()
@@ -86,7 +88,7 @@ def latents(
         factory = encoder_factory(name, clip_model, clip_weights, **weights)
         encode_fn = ray_encode_fn(factory) if ray else None
         report = build_latents(store, bids_root, out, enc, images_root=images_root, encode_fn=encode_fn)
-        typer.echo(json.dumps(_as_dict(report), default=str))
+        typer.echo(json.dumps(plain(report), default=str))
 
 
 @app.command()
@@ -373,14 +375,6 @@ def _preprocess(bids_root: Path, out: Path, subjects: list[str] | None, use_ray:
         return build_epoch_store(bids_root, out, subjects=subjects, use_ray=True)
     finally:
         ray_module.shutdown()
-
-
-def _as_dict(obj: object) -> dict:
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    return dict(vars(obj))
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megdecode.records import plain
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
@@ -94,7 +96,7 @@ def run_demo(setup: DemoSetup, echo: Callable[[str], None] = print) -> dict[str,
         "out": str(out),
         "seconds_total": round(time.perf_counter() - start, 1),
         "stages": {s.name: round(s.seconds, 1) for s in stages},
-    } | {s.name: _jsonable(s.result) for s in stages}
+    } | {s.name: plain(s.result) for s in stages}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     echo(f"demo done in {summary['seconds_total']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages"].items()))
     echo(f"summary: {out / 'summary.json'}")
@@ -112,7 +114,7 @@ def _preprocess(setup: DemoSetup, out: Path) -> Any:
     from megdecode.data.build import build_epoch_store
 
     report = build_epoch_store(out / "bids", out / "store", use_ray=setup.use_ray)
-    return _jsonable(report) | {"rows_per_subject": shards.read_manifest(out / "store").row_counts}
+    return plain(report) | {"rows_per_subject": shards.read_manifest(out / "store").row_counts}
 
 
 def _latents(setup: DemoSetup, out: Path) -> list[Any]:
@@ -203,18 +205,3 @@ def _stop_serve() -> None:
         serve.shutdown()
     except Exception as exc:  # nothing must hide the demo's own result or error
         logger.warning("serve.shutdown: %s", exc)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Dataclasses and reports -> plain dicts for summary.json (tables as records)."""
-    import dataclasses
-
-    import pandas as pd
-
-    if isinstance(obj, pd.DataFrame):
-        return obj.to_dict(orient="records")
-    if isinstance(obj, list):
-        return [_jsonable(o) for o in obj]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    return obj
