@@ -34,8 +34,9 @@ from ray.serve.exceptions import BackPressureError
 from megdecode import __version__
 from megdecode.serve import schemas
 from megdecode.serve.config import ServeConfig
-from megdecode.serve.decoder import DecoderCore
+from megdecode.serve.decoder import DecoderCore, inline_parts
 from megdecode.serve.errors import ApiError, install_handlers, unavailable
+from megdecode.serve.jsonio import FastJSONResponse
 from megdecode.serve.live import run_session, ws_close
 from megdecode.serve.stream import StreamError, StreamSession
 from megdecode.serve.validate import (
@@ -164,7 +165,7 @@ class Ingress:
     @api.post("/v1/decode", summary="decode one MEG window", response_model=schemas.DecodeResponse,
               responses=schemas.ERRORS, openapi_extra=schemas.window_body("one window, JSON or raw float32 "
               "bytes (headers X-Shape: C,T and X-Subject)"))
-    async def decode(self, request: Request, top_k: int | None = None) -> JSONResponse:
+    async def decode(self, request: Request, top_k: int | None = None) -> Response:
         start = time.perf_counter()
         self._authorize(request.headers)
         k = self.cfg.decoder.top_k if top_k is None else int(bounded("top_k", top_k, 1, self.cfg.decoder.max_top_k, True))
@@ -172,9 +173,9 @@ class Ingress:
         if self.local is not None and self.cfg.decoder.ingress_copy == "all":
             result = await self._local_call(self.local.decode(window, subject, k))
         else:
-            result = await self._call(self.decoder.decode.remote(window, subject, k), "decoder")
+            result = await self._call(self.decoder.decode_parts.remote(subject, k, *inline_parts(window)), "decoder")
         result["timing"]["server_ms"] = round((time.perf_counter() - start) * 1e3, 3)
-        return JSONResponse(result)
+        return FastJSONResponse(result)
 
     @api.post("/v1/reconstruct", summary="generate an image from one MEG window",
               responses={200: {"content": {"image/png": {}}, "model": schemas.ReconstructJSON}, **schemas.ERRORS},

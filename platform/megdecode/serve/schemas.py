@@ -64,6 +64,7 @@ class ModelCard(BaseModel):
     metrics: dict[str, float]
     git_commit: str
     gallery_size: int
+    precision: str = "float32"
     streaming: dict[str, Any]
 
 

@@ -16,10 +16,14 @@ signal with two rules that make both paths give the same numbers for the same sa
   plus the resampler's half-length (``delay_s``: ~40 ms at 300 Hz, ~90 ms at 1200 Hz).
 
 Resampling, baseline correction and cutting the model window are linear in the native
-window, so `OnlinePreprocessor` applies them as one precomputed (n_in, T) matrix, built
-by running those very steps on unit impulses: one matrix product per batch of windows
-instead of a polyphase filter over the padded window (several times faster per decode,
-equal to the step-by-step result to float rounding).
+window, so `OnlinePreprocessor` applies them as precomputed matrices, built by running
+those very steps on unit impulses (equal to the step-by-step result to float rounding,
+several times faster per decode than a polyphase filter over the padded window). The
+matrix is kept in two parts: the resampler's, which is banded (output sample j reads only
+the native samples under the anti-aliasing filter around it), stored as dense blocks of
+`BLOCK` output columns with the native rows they read; and the baseline's, one vector (the
+baseline mean is the same linear form of the window for every output sample). At 1200 Hz
+that is ~5x fewer multiply-adds than the one dense (n_in, T) product.
 
 Windows are taken at "virtual onsets" every ``stride`` native samples (25 ms by default,
 rounded to the native grid): decode k covers [onset_k + tmin, onset_k + tmax].
@@ -48,6 +52,8 @@ from megdecode.data.preprocess import (
 )
 
 logger = logging.getLogger(__name__)
+
+BLOCK = 16  # output samples per block of the banded resampling matrix
 
 
 class StreamError(ValueError):
@@ -104,8 +110,8 @@ class StreamSpec:
 class RingBuffer:
     """The last `capacity` samples of a (C, S) signal, addressed by absolute sample index."""
 
-    def __init__(self, n_channels: int, capacity: int) -> None:
-        self.data = np.zeros((n_channels, capacity))
+    def __init__(self, n_channels: int, capacity: int, dtype: type = np.float64) -> None:
+        self.data: np.ndarray = np.zeros((n_channels, capacity), dtype)
         self.capacity, self.total = capacity, 0
 
     @property
@@ -129,8 +135,10 @@ class RingBuffer:
         """Samples [start, stop) as a new (C, stop - start) array."""
         if start < self.oldest or stop > self.total or start > stop:
             raise IndexError(f"samples {start}..{stop} not in the buffer ({self.oldest}..{self.total})")
-        idx = np.arange(start, stop) % self.capacity
-        return self.data[:, idx]
+        a, b = start % self.capacity, stop % self.capacity
+        if a < b or stop == start:  # one slice: a plain copy (a fancy index costs ~3x more)
+            return self.data[:, a : a + stop - start].copy()
+        return np.concatenate([self.data[:, a:], self.data[:, :b]], axis=1)
 
 
 class OnlinePreprocessor:
@@ -152,24 +160,40 @@ class OnlinePreprocessor:
         self.model_mask = (self.times >= spec.tmin - tol) & (self.times <= spec.tmax + tol)
         if int(self.model_mask.sum()) != spec.n_times:
             raise StreamError(f"the online grid gives {int(self.model_mask.sum())} samples, the model needs {spec.n_times}")
-        self.buffer = RingBuffer(n_channels, self.grid.n_in + extra_capacity + 1)
+        # float32 from the filter's output on: the per-decode product below is then a
+        # float32 GEMM, ~2x the float64 one, and the ring buffer and its copies are half
+        # the size; the filter itself (state carried over a whole run) stays float64.
+        self.buffer = RingBuffer(n_channels, self.grid.n_in + extra_capacity + 1, np.float32)
         self._center = spec.center.astype(np.float32)
         self._scale = spec.scale.astype(np.float32)
-        self.kernel = self._linear_kernel()
+        resample, self.baseline_form = self._linear_parts()
+        self.blocks = _band_blocks(resample)
 
-    def _linear_kernel(self) -> np.ndarray:
-        """(n_in, n_times) float64: native window -> resampled, baseline-corrected model window.
+    @property
+    def kernel(self) -> np.ndarray:
+        """(n_in, n_times) float32: the whole linear map, native window -> model window."""
+        out = np.zeros((self.grid.n_in, self.spec.n_times), np.float32)
+        for rows, cols, block in self.blocks:
+            out[rows, cols] = block
+        return out if self.baseline_form is None else out - self.baseline_form[:, None]
+
+    def _linear_parts(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n_in, n_times) resampling-and-cut matrix, and the (n_in,) baseline-mean form (or None).
 
         Row i is what the offline steps (`_resample_epochs`' polyphase filter and crop,
-        `baseline_correct`, the model-window mask) make of a unit impulse at native sample i.
+        `baseline_correct`, the model-window mask) make of a unit impulse at native sample i:
+        ``baseline_correct`` subtracts the same mean from every output sample, so the
+        corrected matrix is the first part minus the second broadcast over columns.
         """
         g = self.grid
         impulses = np.eye(g.n_in)
         out = resample_poly(impulses, g.up, g.down, axis=-1) if g.up != g.down else impulses
         out = out[:, g.keep]
+        form = None
         if self.cfg.baseline is not None:
-            out = baseline_correct(out, self.times, self.cfg.baseline)
-        return np.ascontiguousarray(out[:, self.model_mask])
+            form = out[:, 0] - baseline_correct(out, self.times, self.cfg.baseline)[:, 0]
+            form = form.astype(np.float32)
+        return np.ascontiguousarray(out[:, self.model_mask]), form
 
     @property
     def first_onset(self) -> int:
@@ -214,19 +238,36 @@ class OnlinePreprocessor:
             native = segment[None]
         else:
             native = cut_epochs(segment, onsets - int(onsets.min()), 0, self.grid.n_in - 1)  # (K, C, n_in)
-        epochs = (native @ self.kernel).astype(np.float32)
+        epochs = np.empty((*native.shape[:2], self.spec.n_times), np.float32)
+        for rows, cols, block in self.blocks:
+            np.matmul(native[..., rows], block, out=epochs[..., cols])
+        if self.baseline_form is not None:
+            epochs -= (native @ self.baseline_form)[..., None]
         return robust_scale(epochs, self._center, self._scale, self.cfg.clip).astype(np.float32, copy=False)
 
     def windows_stepwise(self, onsets: np.ndarray) -> np.ndarray:
         """`windows` by the offline functions one step after the other (the reference)."""
         onsets = np.asarray(onsets, np.int64)
         seg_start = int(onsets.min()) + self.grid.start_in
-        segment = self.buffer.get(seg_start, int(onsets.max()) + self.grid.start_in + self.grid.n_in)
+        segment = self.buffer.get(seg_start, int(onsets.max()) + self.grid.start_in + self.grid.n_in).astype(np.float64)
         epochs = _resample_epochs(segment, onsets - seg_start, self.grid)
         if self.cfg.baseline is not None:
             epochs = baseline_correct(epochs, self.times, self.cfg.baseline).astype(np.float32, copy=False)
         epochs = np.ascontiguousarray(epochs[:, :, self.model_mask])
         return robust_scale(epochs, self._center, self._scale, self.cfg.clip).astype(np.float32, copy=False)
+
+
+def _band_blocks(matrix: np.ndarray, block: int = BLOCK) -> list[tuple[slice, slice, np.ndarray]]:
+    """A banded (n_in, T) matrix as [(native rows, output columns, float32 block)]: each run
+    of `block` columns with the span of rows where any of them is non-zero."""
+    nonzero = matrix != 0
+    out = []
+    for start in range(0, matrix.shape[1], block):
+        cols = slice(start, min(start + block, matrix.shape[1]))
+        used = np.flatnonzero(nonzero[:, cols].any(axis=1))
+        rows = slice(int(used[0]), int(used[-1]) + 1) if len(used) else slice(0, 1)
+        out.append((rows, cols, np.ascontiguousarray(matrix[rows, cols], np.float32)))
+    return out
 
 
 @dataclass

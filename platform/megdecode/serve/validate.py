@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from megdecode.serve import jsonio
 from megdecode.serve.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def media_type(content_type: str | None) -> str:
 def parse_json_body(body: bytes) -> dict[str, Any]:
     """The JSON object of the body; 400 when it is not one."""
     try:
-        doc = json.loads(body)
+        doc = jsonio.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
