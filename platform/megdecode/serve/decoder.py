@@ -176,7 +176,8 @@ class DecoderCore:
                 "channels": list(state.bundle.ch_names)}
 
     def generation_latent(self, window: np.ndarray, subject: str | int) -> dict[str, Any]:
-        """MSE head -> latent on the training latents' scale, for the generator."""
+        """MSE head -> latents on the training latents' scale, split per named latent of the
+        target (one for a single-latent bundle), for the generator."""
         from megdecode.generate.postprocess import stored_stats, to_latent_space
 
         try:
@@ -187,7 +188,7 @@ class DecoderCore:
         _, mse = state.forward(window[None], np.array([index]))
         b = state.bundle
         latent = to_latent_space(mse, b.latent_mean, b.latent_std, *stored_stats(b.extra))
-        return {"latent_name": b.latent_name, "latent": latent,
+        return {"latent_name": b.latent_name, "latents": b.split_latent(latent),
                 "model": {"name": state.card["name"], "version": state.card["version"]}}
 
 

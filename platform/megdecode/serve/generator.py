@@ -60,26 +60,24 @@ class Generator:
         return {"ready": self.pipeline is not None, "error": self.error, "device": self.device,
                 "conditions": conditions}
 
-    async def generate(self, latent_name: str, latent: np.ndarray, steps: int, guidance: float,
+    async def generate(self, latents: dict[str, np.ndarray], steps: int, guidance: float,
                        seed: int) -> dict[str, Any]:
-        """latent (N, F) named `latent_name` -> {"png": [bytes]} or an error dict."""
+        """latents {name: (N, F)} (what the model decodes) -> {"png": [bytes]} or an error dict."""
         try:
-            return await asyncio.to_thread(self._generate, latent_name, latent, steps, guidance, seed)
+            return await asyncio.to_thread(self._generate, latents, steps, guidance, seed)
         except ApiError as exc:
             return error_dict(exc)
 
-    def _generate(self, latent_name: str, latent: np.ndarray, steps: int, guidance: float, seed: int) -> dict[str, Any]:
+    def _generate(self, latents: dict[str, np.ndarray], steps: int, guidance: float, seed: int) -> dict[str, Any]:
         if self.pipeline is None:
             raise ApiError(503, "generator_unavailable", self.error or "the generator is not loaded")
-        if latent_name not in self.pipeline.conditions:
-            raise ApiError(422, "latent_mismatch", f"the generator is conditioned on {sorted(self.pipeline.conditions)}, "
-                           f"the model decodes {latent_name!r}")
-        missing = sorted(set(self.pipeline.conditions) - {latent_name})
+        missing = sorted(set(self.pipeline.conditions) - set(latents))
         if missing:
-            raise ApiError(422, "latent_mismatch", f"the generator also needs {missing}, which this model does not decode")
+            raise ApiError(422, "latent_mismatch", f"the generator is conditioned on {sorted(self.pipeline.conditions)}; "
+                           f"the model decodes {sorted(latents)}, not {missing}")
         with self._lock:
             try:
-                images = self.pipeline.generate({latent_name: latent}, steps=steps, guidance_scale=guidance, seed=seed)
+                images = self.pipeline.generate(latents, steps=steps, guidance_scale=guidance, seed=seed)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 raise ApiError(503, "insufficient_gpu_memory", "this request does not fit in the replica's "

@@ -194,8 +194,8 @@ class Ingress:
             raise unavailable("generator_disabled", "no generator is configured (generator.weights)", 60)
         subject, window = await self._window(request)
         decoded = await self._call(self.decoder.generation_latent.remote(window, subject), "decoder")
-        result = await self._call(self.generator.generate.remote(decoded["latent_name"], decoded["latent"],
-                                                                steps_, guidance_, seed_), "generator", g.timeout_s)
+        result = await self._call(self.generator.generate.remote(decoded["latents"], steps_, guidance_, seed_),
+                                  "generator", g.timeout_s)
         ms = round((time.perf_counter() - start) * 1e3, 3)
         if format == "json":
             images = [base64.b64encode(p).decode() for p in result["png"]]
