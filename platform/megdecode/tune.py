@@ -28,6 +28,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,10 @@ class SearchReport:
     interrupted: bool  # some trials are unfinished: resume the search to finish them
     seconds: float
     counts: dict[str, int] = field(default_factory=dict)
+    # where the search's seconds went on the driver: start (setup, Ray start/attach), load (the store
+    # through Ray Data, once), tune (Tuner.fit: the trials), mlflow (the callback's share
+    # of `tune`, new searches only), check (searcher check), report (summary, registry)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def text(self) -> str:
         lines = [self.summary.to_string(index=False), "",
@@ -161,8 +166,12 @@ def data_paths(data: Path) -> tuple[Path, Path]:
 
 def run_search(setup: SearchSetup, resume: bool = False, address: str | None = None, top_k: int = 5,
                register: tuple[str, str] | None = ("megdecode-brain", "champion"), ridge: bool = True,
-               retry_errored: bool = False, verbose: int = 1) -> SearchReport:
-    """Run (or resume) one search; see the module docstring. Starts or attaches Ray."""
+               retry_errored: bool = False, verbose: int = 1, callbacks: Sequence[Any] = ()) -> SearchReport:
+    """Run (or resume) one search; see the module docstring. Starts or attaches Ray.
+
+    callbacks: extra Tune callbacks for a new search (e.g. a benchmark's clock); a resumed
+    search keeps the callbacks it was started with.
+    """
     import ray
     from ray import tune
 
@@ -185,14 +194,17 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     # Ray's new console output ignores `progress_reporter` and prints every trial's full
     # result; the classic table (`_reporter`) stays readable. Set RAY_AIR_NEW_OUTPUT=1 to undo.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    clock = _Clock(start)
     init_ray(address)
     cpus = setup.cpus_per_trial or max(1, int(ray.cluster_resources().get("CPU", 1)) // concurrent)
     plan = replace(plan, threads=cpus)
-    loaded = time.perf_counter()
+    clock.lap("start")
     shared = SharedEpochs.load(store, latents_dir, latent_names(space, base))
-    logger.info("epochs loaded once for all trials: %.1f MB in %.1f s", shared.nbytes / 1e6, time.perf_counter() - loaded)
     trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared, plan=plan),
                                     {"cpu": cpus, "gpu": setup.gpus_per_trial})
+    clock.lap("load")
+    logger.info("epochs loaded once for all trials: %.1f MB in %.1f s", shared.nbytes / 1e6, clock.seconds["load"])
+    mlflow_callback = None
     if resume:
         if not tune.Tuner.can_restore(str(setup.path)):
             raise FileNotFoundError(f"no Tune experiment state in {setup.path} to resume")
@@ -203,15 +215,36 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
         if (setup.path / "tuner.pkl").exists():
             raise FileExistsError(f"{setup.path} already holds a search; pass --resume or another --experiment")
         setup.save()
-        tuner = _new_tuner(setup, space, plan, trainable, concurrent, verbose)
+        tags = {"megdecode.space": space.name, "megdecode.space_path": str(setup.space),
+                "megdecode.experiment_path": str(setup.path)}  # the Tracker adds git commit, dataset sha256
+        mlflow_callback = MlflowSearchCallback(setup.tracking_uri, setup.experiment, plan, tags)
+        tuner = _new_tuner(setup, space, trainable, concurrent, verbose, [mlflow_callback, *callbacks])
     results = tuner.fit()
-    searcher_name, searcher_trials = check_searcher(setup.path, saved_trials(setup.path))
-    return _report(setup, space, plan, shared, results, start, resume, top_k, register, ridge,
+    clock.lap("tune")
+    if mlflow_callback is not None:
+        clock.seconds["mlflow"] = mlflow_callback.seconds
+    trials = saved_trials(setup.path)
+    searcher_name, searcher_trials = check_searcher(setup.path, trials)
+    clock.lap("check")
+    return _report(setup, space, plan, shared, results, trials, clock, resume, top_k, register, ridge,
                    searcher_name, searcher_trials)
 
 
-def _new_tuner(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, trainable: Any, concurrent: int,
-               verbose: int) -> Any:
+class _Clock:
+    """Seconds per phase of a search, measured on the driver (`SearchReport.timings`)."""
+
+    def __init__(self, start: float) -> None:
+        self._last = start
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
+def _new_tuner(setup: SearchSetup, space: SearchSpace, trainable: Any, concurrent: int, verbose: int,
+               callbacks: list[Any]) -> Any:
     """Optuna (TPE, define-by-run) behind a concurrency limit, ASHA on the per-epoch mean."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -219,9 +252,6 @@ def _new_tuner(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, trainabl
     from ray.tune.search.optuna import OptunaSearch
 
     metric = f"{space.metric}_mean"
-    # the Tracker adds the git commit and the dataset checksum (from the params' store)
-    tags = {"megdecode.space": space.name, "megdecode.space_path": str(setup.space),
-            "megdecode.experiment_path": str(setup.path)}
     searcher = OptunaSearch(space=space.define_by_run, metric=metric, mode=space.mode, seed=setup.sampler_seed)
     return tune.Tuner(
         trainable,
@@ -234,7 +264,7 @@ def _new_tuner(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, trainabl
             trial_name_creator=trial_name, trial_dirname_creator=trial_name, reuse_actors=True),
         run_config=tune.RunConfig(
             name=setup.experiment, storage_path=str(Path(setup.out).resolve()),
-            callbacks=[MlflowSearchCallback(setup.tracking_uri, setup.experiment, plan, tags)],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=setup.max_failures),
             progress_reporter=_reporter(space, metric), verbose=verbose),
     )
@@ -348,14 +378,14 @@ def _local_dir(checkpoint: Any) -> Path:
 
 
 def _report(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, shared: SharedEpochs, results: Any,
-            start: float, resumed: bool, top_k: int, register: tuple[str, str] | None, ridge: bool,
-            searcher_name: str, searcher_trials: int) -> SearchReport:
+            saved: list[Any], clock: _Clock, resumed: bool, top_k: int, register: tuple[str, str] | None,
+            ridge: bool, searcher_name: str, searcher_trials: int) -> SearchReport:
     """Summary table, MLflow summary run, champion registration, files on disk."""
     from megdecode.compare import ridge_table
     from megdecode.tracking import Tracker
 
     tracker = Tracker(setup.tracking_uri, setup.experiment)
-    statuses = {t.trial_id: str(t.status) for t in saved_trials(setup.path)}
+    statuses = {t.trial_id: str(t.status) for t in saved}
     trials = _trial_rows(results, statuses, plan)
     runs = trial_runs(tracker)  # a trial still pending when the search was interrupted has none
     trials["run_id"] = [runs.get(trial_id, "") for trial_id in trials["trial_id"]]
@@ -381,7 +411,7 @@ def _report(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, shared: Sha
     report = SearchReport(setup.experiment, setup.tracking_uri, setup.path,
                           trials.drop(columns=["checkpoint"]) if len(trials) else trials, summary,
                           summary_path, best, champion, searcher_name, searcher_trials, resumed,
-                          interrupted, time.perf_counter() - start, {str(k): int(v) for k, v in counts.items()})
+                          interrupted, 0.0, {str(k): int(v) for k, v in counts.items()}, clock.seconds)
     summary_path.write_text(report.text() + "\n")
     report.trials.to_csv(setup.path / "trials.csv", index=False)
     run_id = summary_run(tracker, {"space": space.name, "seeds": len(plan.seeds), "experiment_path": str(setup.path)})
@@ -391,4 +421,6 @@ def _report(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, shared: Sha
     if figure is not None:
         tracker.log_artifacts(run_id, figure, "figures")
     tracker.finish(run_id, {f"best/{k}": float(v) for k, v in (best or {}).get("metrics", {}).items()}, "FINISHED")
+    clock.lap("report")
+    report.seconds = sum(v for k, v in clock.seconds.items() if k != "mlflow")
     return report

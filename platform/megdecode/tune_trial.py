@@ -27,17 +27,22 @@ anyway, so streaming per trial buys nothing here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import tempfile
+import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from megdecode.config import ConfigError
@@ -137,7 +142,13 @@ class SharedEpochs:
 def _read_with_ray_data(store: str | Path, splits: tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame]:
     """The rows of `splits`: MEG through Ray Data, metadata (tiny) through pyarrow.
 
-    Ray Data may hand batches back in any order, so every MEG row is put at the position
+    The read is shaped for one whole-store pass: one read task per shard file (no
+    splitting into many small blocks), whole blocks handed back as Arrow tables (no
+    re-batching, no pandas/numpy conversion of the metadata), no progress bars. On the
+    tiny store this is dominated by Ray Data's fixed start-up; per byte it costs what a
+    pyarrow read costs, as the tensor column is viewed zero-copy and copied once into X.
+
+    Ray Data may hand blocks back in any order, so every MEG row is put at the position
     of its (subject, session, run, trial_index) in the metadata; a row that is missing,
     unknown or seen twice is an error, never a silently shifted epoch/latent pairing.
     """
@@ -146,22 +157,64 @@ def _read_with_ray_data(store: str | Path, splits: tuple[str, ...]) -> tuple[np.
     position = {k: i for i, k in enumerate(zip(*(meta[c].astype(str) for c in key), strict=True))}
     if len(position) != len(meta):
         raise ValueError(f"the store {store} holds duplicate (subject, session, run, trial_index) rows")
-    ds = shards.read_ray_dataset(store, splits=splits).select_columns(["meg", *key])
+    n_files = len(shards.read_manifest(store).files)
     X: np.ndarray | None = None
     seen = np.zeros(len(meta), bool)
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=256):
-        rows = batch["meg"]
-        if X is None:
-            X = np.empty((len(meta), *rows.shape[1:]), np.float32)
-        keys = zip(*(np.asarray(batch[c]).astype(str) for c in key), strict=True)
-        at = np.array([position.get(k, -1) for k in keys])
-        if (at < 0).any() or seen[at].any() or len(np.unique(at)) != len(at):
-            raise RuntimeError(f"Ray Data returned rows of {store} that the metadata does not list once")
-        X[at] = rows
-        seen[at] = True
+    with _whole_file_reads(n_files):
+        ds = shards.read_ray_dataset(store, splits=splits).select_columns(["meg", *key])
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            block = cast(pa.Table, batch)
+            if not block.num_rows:
+                continue
+            rows = _tensor_rows(block.column("meg"))
+            if X is None:
+                X = np.empty((len(meta), *rows.shape[1:]), np.float32)
+            keys = zip(*(block.column(c).to_numpy(zero_copy_only=False).astype(str) for c in key), strict=True)
+            at = np.array([position.get(k, -1) for k in keys])
+            if (at < 0).any() or seen[at].any() or len(np.unique(at)) != len(at):
+                raise RuntimeError(f"Ray Data returned rows of {store} that the metadata does not list once")
+            X[at] = rows
+            seen[at] = True
     if not seen.all():
         raise RuntimeError(f"Ray Data read {int(seen.sum())} rows of {store} for {splits}, the metadata has {len(meta)}")
     return (X if X is not None else np.empty((0, 0, 0), np.float32)), meta
+
+
+def _tensor_rows(column: Any) -> np.ndarray:
+    """(B, C, T) from an Arrow tensor column: zero-copy for the store's canonical type."""
+    array = column.combine_chunks()
+    if hasattr(array, "to_numpy_ndarray"):  # pyarrow's canonical fixed_shape_tensor
+        return array.to_numpy_ndarray()
+    return np.asarray(array.to_numpy(zero_copy_only=False))  # Ray's own tensor types
+
+
+@contextlib.contextmanager
+def _whole_file_reads(n_files: int) -> Iterator[None]:
+    """Ray Data settings for one read of a few large, known files, restored afterwards.
+
+    - ``use_datasource_v2 = False``: Ray Data's V2 Parquet path lists the files in a
+      separate ``ListFiles`` task before any read task starts; on the tiny store that
+      task alone took 3-10 s of wall time for 70 ms of CPU (it waits on its listing
+      thread pool), every search. The manifest already names every file, so the V1 path,
+      which plans the read on the driver from those paths, loses nothing.
+    - ``read_op_min_num_blocks = n_files``: the default (200) asks for at least that
+      many output blocks, i.e. splitting a few files into many small blocks (more tasks,
+      object-store entries and per-block overhead) for a read that is consumed whole.
+    - no progress bars: they cost driver time and clutter the Tune output.
+    """
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    settings = {"use_datasource_v2": False, "read_op_min_num_blocks": max(1, n_files), "enable_progress_bars": False}
+    settings = {k: v for k, v in settings.items() if hasattr(ctx, k)}  # older Ray: no V2 switch
+    saved = {k: getattr(ctx, k) for k in settings}
+    for key, value in settings.items():
+        setattr(ctx, key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(ctx, key, value)
 
 
 @dataclass(frozen=True)
@@ -226,24 +279,29 @@ def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> 
     """The Tune trainable: every seed in lockstep, one report per epoch, bundles at the end.
 
     Reports {epoch, <metric>_mean, <metric>_std} after every epoch (ASHA's time attribute
-    is ``epoch``); the last report also carries the final metrics and the checkpoint.
+    is ``epoch``); the last report also carries the final metrics, the checkpoint and
+    where the trial's time went (`TIMING` keys, see `TrialClock`).
     """
     from ray import tune
 
+    clock = TrialClock()
     name = tune.get_context().get_trial_name()
     torch.set_num_threads(plan.threads)
     cfgs = [plan.fit_config(config, seed) for seed in plan.seeds]
     data = shared.run_data(cfgs[0])
     trainers = [Trainer(cfg, data) for cfg in cfgs]
+    clock.lap("setup")
     epoch = 0
     while True:
         for trainer in trainers:
             if not trainer.done:
                 trainer.step()
         epoch += 1
+        clock.lap("epochs")
         metrics: dict[str, Any] = {"epoch": epoch, **seed_stats([_current_row(t) for t in trainers])}
         if not all(t.done for t in trainers):
-            tune.report(metrics)
+            tune.report(metrics)  # blocks until the driver has taken the result (Tune's function API)
+            clock.lap("report")
             if trial_number(name) in plan.fail_trials:
                 raise InjectedFault(f"{name}: fault injected after epoch {epoch} (TrialPlan.fail_trials)")
             continue
@@ -255,10 +313,56 @@ def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> 
         folder = Path(tempfile.mkdtemp(prefix="megdecode-trial-"))
         try:
             final = _finish(trainers, folder) | {"epoch": epoch} | curve
-            tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            clock.lap("finish")
+            tune.report(final | clock.metrics(), checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:  # report() has copied the checkpoint to the experiment's storage
             shutil.rmtree(folder, ignore_errors=True)
         return
+
+
+TIMING = "timing/"  # prefix of a trial's timing keys in its final report
+
+
+class TrialClock:
+    """Where a trial's seconds go, reported with its final result (``timing/*``).
+
+    Phases (seconds): ``setup`` (configs, window views, models and optimisers), ``epochs``
+    (training and validation of every seed), ``report`` (blocked in `tune.report` until the
+    driver has processed the epoch: Tune's function API reports synchronously), ``finish``
+    (test sets and bundles). Instants (Unix time): ``process_start_at`` (the worker process
+    was created; None off Linux) and ``start_at`` (the trainable was entered, so imports
+    and the object-store get of the shared data are done). The driver's own clock (trial
+    added, trial complete) turns these into actor start + imports, and the cost of the last
+    report (checkpoint upload) and of the driver's completion work.
+    """
+
+    def __init__(self) -> None:
+        self.start_at = time.time()
+        self._last = time.perf_counter()
+        self.seconds: dict[str, float] = {"setup": 0.0, "epochs": 0.0, "report": 0.0, "finish": 0.0}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] += now - self._last
+        self._last = now
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"{TIMING}{k}_s": v for k, v in self.seconds.items()}
+        out[f"{TIMING}start_at"] = self.start_at
+        started = process_start_time()
+        if started is not None:
+            out[f"{TIMING}process_start_at"] = started
+        return out
+
+
+def process_start_time() -> float | None:
+    """When this process was created (Unix time, ~10 ms resolution); None without Linux's /proc."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return time.time() - age
 
 
 def _finish(trainers: list[Trainer], folder: Path) -> dict[str, float]:

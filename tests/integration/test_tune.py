@@ -144,8 +144,9 @@ def test_parent_runs_child_runs_and_metrics(search: SimpleNamespace) -> None:
         assert json.loads(run.data.params["seeds"]) == list(range(SEEDS))
         assert {"megdecode.git_commit", "megdecode.dataset_sha256"} <= set(run.data.tags)
         for key in ("val/top5_mean", "val/top5_std", "test/top5_mean", "test/top5_std", "test/top5_avg_mean",
-                    "test/median_rank_mean", "test_large/top5_mean"):
+                    "test/median_rank_mean", "test_large/top5_mean", "timing/epochs_s", "timing/report_s"):
             assert key in run.data.metrics, key
+        assert "timing/start_at" not in run.data.metrics  # an instant, not a metric
         curve = client.get_metric_history(run.info.run_id, "val/top5_mean")
         epochs = [m.step for m in curve][: int(row["epochs"])]
         assert epochs == list(range(1, int(row["epochs"]) + 1))  # one point per epoch, none twice
@@ -155,6 +156,8 @@ def test_parent_runs_child_runs_and_metrics(search: SimpleNamespace) -> None:
             assert {"val/top5", "test/top5", "test/top5_avg", "test/median_rank"} <= set(child.data.metrics)
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "bundle")]
         assert "bundle/bundle.json" in artifacts
+    assert {"start", "load", "tune", "check", "report"} <= set(report.timings)
+    assert "mlflow" in search.first.timings and "mlflow" not in report.timings  # a resume reuses the saved callback
     summary = _runs(uri, report.experiment, "summary")
     assert len(summary) == 1
     assert "tables/summary.csv" in [a.path for a in client.list_artifacts(summary[0].info.run_id, "tables")]
