@@ -3,7 +3,10 @@
 Builds (or reuses) a twin, then preprocesses the same runs three ways in one process,
 each with an empty run cache: `build_epoch_store(use_ray=True)` on a local Ray with 1
 CPU, the same with 2 CPUs, and a single-process loop of plain MNE calls (read, pick,
-band-pass, Epochs, resample, baseline) as the reference. Prints epochs/s and ratios.
+band-pass, Epochs, resample, baseline) as the reference. Prints epochs/s and ratios, and
+per Ray run the seconds of its phases: pass 1 (one task per run), the driver's split
+assignment (metadata only), pass 2 (one task per subject: scale, write shards) + manifest.
+Pass 2 has one task per subject, so it scales only up to the number of subjects (2 here).
 Usage: python benchmarks/preprocess_scaling.py [--bids runs/demo/bids] [--subject BIGMEG1]
 """
 
@@ -23,7 +26,7 @@ from megdecode.data.build import build_epoch_store
 from megdecode.data.preprocess import PreprocessConfig
 
 
-def ray_stage(root: Path, subjects: list[str], cpus: int, work: Path) -> tuple[int, float]:
+def ray_stage(root: Path, subjects: list[str], cpus: int, work: Path) -> tuple[int, float, dict[str, float]]:
     import ray
 
     from megdecode.raycluster import init_ray
@@ -34,7 +37,7 @@ def ray_stage(root: Path, subjects: list[str], cpus: int, work: Path) -> tuple[i
         start = time.perf_counter()
         report = build_epoch_store(root, work / f"store{cpus}", subjects=subjects, use_ray=True,
                                    cache_dir=work / f"cache{cpus}")
-        return report.n_epochs, time.perf_counter() - start
+        return report.n_epochs, time.perf_counter() - start, report.phase_seconds
     finally:
         ray.shutdown()
 
@@ -68,8 +71,8 @@ def main() -> None:
     mne.set_log_level("ERROR")
     work = Path(tempfile.mkdtemp(prefix="megdecode-scaling-"))
     try:
-        n1, t1 = ray_stage(args.bids, subjects, 1, work)
-        n2, t2 = ray_stage(args.bids, subjects, 2, work)
+        n1, t1, p1 = ray_stage(args.bids, subjects, 1, work)
+        n2, t2, p2 = ray_stage(args.bids, subjects, 2, work)
         n0, t0 = plain_mne(args.bids, subjects, PreprocessConfig())
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -77,6 +80,8 @@ def main() -> None:
     print(f"ray stage, 1 CPU : {n1 / t1:7.1f} epochs/s ({t1:.1f} s)")
     print(f"ray stage, 2 CPUs: {n2 / t2:7.1f} epochs/s ({t2:.1f} s)")
     print(f"plain MNE loop   : {n0 / t0:7.1f} epochs/s ({t0:.1f} s, {n0} epochs)")
+    for name in p1:
+        print(f"  phase {name:9s}: 1 CPU {p1[name]:6.2f} s, 2 CPUs {p2[name]:6.2f} s, {p1[name] / p2[name]:.2f}x")
     print(f"scaling 2 vs 1 CPU: {t1 / t2:.2f}x   ray 2 CPUs vs plain MNE: {t0 / t2:.2f}x")
 
 

@@ -1,9 +1,12 @@
 """BIDS dataset -> epoch store: the preprocessing stage end to end.
 
-Per run (one Ray task each when Ray is used): read, pick, filter, resample, epoch,
-baseline. Per subject: assign splits, fit the robust scaler on the training epochs only,
-scale and clip everything, write Parquet shards. Scaling waits until the splits exist
-because a scaler that has seen test epochs leaks their statistics into training.
+Pass 1, per run (one Ray task each when Ray is used): read, pick, filter, resample,
+epoch, baseline, into the run cache. Between the passes the driver assigns splits from
+the runs' metadata alone. Pass 2, per subject (one Ray task each, `subject_pass`): fit
+the robust scaler on the training epochs only, scale and clip everything, write the
+subject's Parquet shards; the driver then writes the manifest. Scaling waits until the
+splits exist because a scaler that has seen test epochs leaks their statistics into
+training. No MEG array passes through the driver, so both passes use every CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +23,15 @@ import numpy as np
 import pandas as pd
 
 from megdecode.data import bids, runcache, shards
-from megdecode.data.preprocess import (
-    EpochBlock,
-    PreprocessConfig,
-    apply_scaler,
-    fit_scaler,
-    preprocess_run,
-)
+from megdecode.data.preprocess import PreprocessConfig, preprocess_run
 from megdecode.data.splits import SplitConfig, assign_splits
+from megdecode.data.subject_pass import (  # noqa: F401  concat_blocks, scale_subject: re-exported
+    SubjectJob,
+    concat_blocks,
+    run_subjects,
+    scale_subject,
+    stack_order,
+)
 from megdecode.logs import progress
 
 logger = logging.getLogger(__name__)
@@ -45,6 +49,9 @@ class BuildReport:
     seconds: float
     split_counts: dict[str, int]
     n_runs_reused: int = 0  # runs taken from the run cache instead of recomputed
+    # wall seconds of "runs" (pass 1), "splits" (driver, metadata only), "subjects" (pass 2 +
+    # manifest): where the time goes, for benchmarks/preprocess_scaling.py
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def epochs_per_second(self) -> float:
@@ -84,51 +91,30 @@ def _run_ray(root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cac
     return [(stem, by_stem[stem]) for stem in (str(runcache.cache_stem(cache, k, cfg)) for k in keys)]
 
 
-def _raw_sfreq(root: Path, key: bids.RunKey) -> float:
-    """The recording's native sampling rate, from its header (no data is loaded)."""
-    return float(bids.read_run(root, key, preload=False).raw.info["sfreq"])
-
-
-def concat_blocks(blocks: Sequence[EpochBlock]) -> EpochBlock:
-    """Stack runs of one subject; channel lists and time grids must agree."""
-    first = blocks[0]
-    for block in blocks[1:]:
-        if list(block.ch_names) != list(first.ch_names):
-            raise ValueError("runs of one subject have different MEG channels; cannot stack")
-        if block.sfreq != first.sfreq or block.data.shape[2] != first.data.shape[2]:
-            raise ValueError("runs of one subject have different time grids; cannot stack")
-    metadata = pd.concat([b.metadata for b in blocks], ignore_index=True)
-    order = metadata.sort_values(["session", "run", "trial_index"], kind="stable").index.to_numpy()
-    data = np.concatenate([b.data for b in blocks], axis=0)[order]
-    return EpochBlock(
-        data=data,
-        metadata=metadata.loc[order].reset_index(drop=True),
-        ch_names=list(first.ch_names),
-        sfreq=first.sfreq,
-        tmin=first.tmin,
-        pos2d=first.pos2d,
-        pos3d=first.pos3d,
-    )
-
-
-def scale_subject(block: EpochBlock, cfg: PreprocessConfig) -> tuple[EpochBlock, Any]:
-    """A scaler fitted on this subject's training epochs only (splits assigned), then clip."""
-    metadata = block.metadata
-    train = metadata["split"].to_numpy() == "train"
-    if not train.any():
-        raise ValueError(f"subject {metadata['subject'].iloc[0]} has no training epochs")
-    scaler = fit_scaler(block.data[train], cfg)
-    data = apply_scaler(block.data, scaler, cfg.clip)
-    scaled = EpochBlock(
-        data=data,
-        metadata=metadata,
-        ch_names=block.ch_names,
-        sfreq=block.sfreq,
-        tmin=block.tmin,
-        pos2d=block.pos2d,
-        pos3d=block.pos3d,
-    )
-    return scaled, scaler
+def _subject_jobs(
+    root: Path, keys: Sequence[bids.RunKey], stems: Sequence[str], split: SplitConfig
+) -> list[SubjectJob]:
+    """One job per subject (sorted labels), its rows split: the driver reads only the run
+    cache's metadata tables; the MEG arrays stay on disk for the subjects' tasks."""
+    metas: dict[str, list[pd.DataFrame]] = defaultdict(list)
+    stems_of: dict[str, list[str]] = defaultdict(list)
+    for stem in stems:
+        meta = runcache.load_metadata(Path(stem))
+        if meta is None:
+            raise RuntimeError(f"run cache {stem} vanished or was corrupted during the build")
+        subject = str(meta["subject"].iloc[0])
+        metas[subject].append(meta)
+        stems_of[subject].append(stem)
+    subjects = sorted(metas)
+    stacked = [stack_order(metas[s])[0] for s in subjects]
+    # Splits are assigned over all subjects at once: validation images are shared.
+    metadata = assign_splits(pd.concat(stacked, ignore_index=True), split)
+    bounds = np.cumsum([0] + [len(m) for m in stacked])
+    return [
+        SubjectJob(subject, stems_of[subject], metadata.iloc[lo:hi].reset_index(drop=True), str(root),
+                   next(k for k in keys if str(k.subject) == subject))
+        for subject, lo, hi in zip(subjects, bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def build_epoch_store(
@@ -144,6 +130,8 @@ def build_epoch_store(
 
     Runs go through the run cache (default: a hidden sibling of `out`), so a rerun only
     recomputes runs that are missing or corrupt; the store itself is cheap to rewrite.
+    With Ray, tasks write the run cache and the store's shards: on a multi-node cluster
+    both folders must be on storage every node sees.
     """
     preprocess = preprocess or PreprocessConfig()
     split = split or SplitConfig()
@@ -155,36 +143,22 @@ def build_epoch_store(
         raise FileNotFoundError(f"no task-main MEG runs found under {bids_root}")
     logger.info("preprocessing %d runs from %s (%s)", len(keys), bids_root, "ray" if use_ray else "local")
     done = (_run_ray if use_ray else _run_local)(bids_root, keys, preprocess, cache)
+    phases = {"runs": time.perf_counter() - start}
     reused = sum(r for _, r in done)
     if reused:
         logger.info("reused %d/%d runs from %s", reused, len(keys), cache)
-    by_subject: dict[str, list[EpochBlock]] = defaultdict(list)
-    for stem, _ in done:
-        block = runcache.load_block(Path(stem))
-        if block is None:
-            raise RuntimeError(f"run cache {stem} vanished or was corrupted during the build")
-        by_subject[str(block.metadata["subject"].iloc[0])].append(block)
-
-    subjects_sorted = sorted(by_subject)
-    stacked = [concat_blocks(by_subject[s]) for s in subjects_sorted]
-    # Splits are assigned over all subjects at once: validation images are shared.
-    metadata = assign_splits(pd.concat([b.metadata for b in stacked], ignore_index=True), split)
-    bounds = np.cumsum([0] + [len(b.metadata) for b in stacked])
-    blocks, scalers = [], {}
-    for subject, block, lo, hi in zip(subjects_sorted, stacked, bounds[:-1], bounds[1:], strict=True):
-        block.metadata = metadata.iloc[lo:hi].reset_index(drop=True)
-        scaled, scaler = scale_subject(block, preprocess)
-        blocks.append(scaled)
-        # The native rate goes next to the scaler: online preprocessing (serving's stream)
-        # needs both to rebuild the model's input from raw samples.
-        first = next(k for k in keys if str(k.subject) == subject)
-        scalers[subject] = scaler.to_dict() | {"raw_sfreq": _raw_sfreq(bids_root, first)}
-    manifest = shards.write_store(
-        out, blocks, preprocess_config=preprocess, split_config=split, scalers=scalers, overwrite=True
-    )
+    jobs = _subject_jobs(bids_root, keys, [stem for stem, _ in done], split)
+    phases["splits"] = time.perf_counter() - start - phases["runs"]
+    with shards.staged_store(out, overwrite=True) as staging:
+        results = run_subjects(jobs, staging, preprocess, use_ray)
+        manifest = shards.finish_store(
+            staging, [r.shards for r in results], preprocess_config=preprocess, split_config=split,
+            scalers={r.shards.subject: r.scaler for r in results},
+        )
     seconds = time.perf_counter() - start
-    n_epochs = sum(len(b.metadata) for b in blocks)
-    counts = pd.concat([b.metadata["split"] for b in blocks]).value_counts().to_dict()
+    phases["subjects"] = seconds - phases["runs"] - phases["splits"]
+    n_epochs = sum(len(job.metadata) for job in jobs)
+    counts = pd.concat([job.metadata["split"] for job in jobs]).value_counts().to_dict()
     logger.info("wrote %d epochs to %s in %.1f s", n_epochs, out, seconds)
     return BuildReport(
         store=out,
@@ -195,4 +169,5 @@ def build_epoch_store(
         seconds=seconds,
         split_counts={str(k): int(v) for k, v in counts.items()},
         n_runs_reused=reused,
+        phase_seconds=phases,
     )

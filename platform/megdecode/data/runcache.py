@@ -85,3 +85,21 @@ def load_block(stem: Path, source: str | None = None) -> EpochBlock | None:
     except (OSError, ValueError, KeyError) as exc:
         logger.warning("cached run %s is unreadable (%s); rebuilding it", stem.name, exc)
         return None
+
+
+def load_metadata(stem: Path) -> pd.DataFrame | None:
+    """Only the cached run's metadata (its parquet checksum checked), or None like
+    `load_block`. The driver needs the metadata of every run to assign splits; the MEG
+    arrays are loaded, and their checksum checked, by the per-subject tasks."""
+    marker, table = stem.with_suffix(".json"), stem.with_suffix(".parquet")
+    if not marker.exists():
+        return None
+    try:
+        info = json.loads(marker.read_text())
+        if sha256_file(table) != info["parquet"]:
+            logger.warning("cached run %s does not match its checksum", stem.name)
+            return None
+        return pd.read_parquet(table)
+    except (OSError, ValueError, KeyError) as exc:
+        logger.warning("cached run %s is unreadable (%s)", stem.name, exc)
+        return None

@@ -24,6 +24,7 @@ column is stored uncompressed: zstd saves ~7% on filtered MEG but slows reads by
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -33,7 +34,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -279,6 +280,34 @@ class _Layout:
             )
 
 
+@contextlib.contextmanager
+def staged_store(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """A hidden sibling directory to write a store into; renamed to `out_dir` on success.
+
+    A crash (or an exception in the block) removes the staging directory and never
+    leaves a half-written store under the real name. Writers on other processes (the
+    per-subject Ray tasks of `megdecode.data.subject_pass`) write into the same folder,
+    so on a multi-node cluster it must be on storage every node sees.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"store {out_dir} exists; pass overwrite=True to replace it")
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_store(
     out_dir: str | Path,
     blocks: Iterable[EpochBlockLike],
@@ -293,33 +322,57 @@ def write_store(
     """Write `blocks` as a store at `out_dir` and return its manifest.
 
     Everything goes to a hidden sibling directory first, manifest last, which is then
-    renamed to `out_dir`: a crash never leaves a half-written store under the real name.
-    Blocks may interleave subjects (one block per run, as a Ray job yields them); each
-    subject keeps one open file. Defaults: 1024 rows of 272 x 181 float32 ~ 200 MB/file.
+    renamed to `out_dir` (`staged_store`). Blocks may interleave subjects (one block per
+    run, as a Ray job yields them); each subject keeps one open file. Defaults: 1024 rows
+    of 272 x 181 float32 ~ 200 MB/file.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"store {out_dir} exists; pass overwrite=True to replace it")
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with staged_store(out_dir, overwrite) as tmp:
         manifest = _write_into(
             tmp, blocks, preprocess_config, split_config, scalers, rows_per_file, row_group_rows
         )
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info(
         "wrote store %s: %d epochs, %d files", out_dir, manifest.n_epochs, len(manifest.files)
     )
     return manifest
+
+
+def _check_sizes(rows_per_file: int, row_group_rows: int) -> None:
+    if rows_per_file < 1 or row_group_rows < 1:
+        raise ValueError("rows_per_file and row_group_rows must be >= 1")
+
+
+def _add_table(
+    root: Path,
+    table: pa.Table,
+    index: int,
+    writers: dict[str, _SubjectWriter],
+    counts: dict[str, dict[str, int]],
+    rows_per_file: int,
+    row_group_rows: int,
+) -> None:
+    """Route one block's rows to their subjects' writers and count them per split."""
+    subjects = table.column("subject").to_numpy(zero_copy_only=False)
+    for subject in pd.unique(subjects):
+        if not _SAFE_LABEL.match(subject):
+            raise StoreError(f"block {index}: subject label {subject!r} is not path-safe")
+        rows = table.filter(pa.array(subjects == subject))
+        if subject not in writers:
+            writers[subject] = _SubjectWriter(
+                root, subject, table.schema, rows_per_file, row_group_rows
+            )
+        writers[subject].write(rows)
+        per_split = counts.setdefault(subject, {})
+        for split, n in pd.Series(rows.column("split").to_pylist()).value_counts().items():
+            per_split[str(split)] = per_split.get(str(split), 0) + int(n)
+
+
+def _close_writers(root: Path, writers: dict[str, _SubjectWriter]) -> list[ShardFile]:
+    files: list[ShardFile] = []
+    for subject in sorted(writers):
+        writers[subject].close()
+        for path, n in writers[subject].done:
+            files.append(ShardFile(path.relative_to(root).as_posix(), subject, n, sha256_file(path)))
+    return files
 
 
 def _write_into(
@@ -331,8 +384,7 @@ def _write_into(
     rows_per_file: int,
     row_group_rows: int,
 ) -> Manifest:
-    if rows_per_file < 1 or row_group_rows < 1:
-        raise ValueError("rows_per_file and row_group_rows must be >= 1")
+    _check_sizes(rows_per_file, row_group_rows)
     layout: _Layout | None = None
     schema: pa.Schema | None = None
     writers: dict[str, _SubjectWriter] = {}
@@ -344,26 +396,93 @@ def _write_into(
             layout.check(block, index)
         table = _block_table(block, schema, index)
         schema = table.schema
-        subjects = table.column("subject").to_numpy(zero_copy_only=False)
-        for subject in pd.unique(subjects):
-            if not _SAFE_LABEL.match(subject):
-                raise StoreError(f"block {index}: subject label {subject!r} is not path-safe")
-            rows = table.filter(pa.array(subjects == subject))
-            if subject not in writers:
-                writers[subject] = _SubjectWriter(
-                    root, subject, schema, rows_per_file, row_group_rows
-                )
-            writers[subject].write(rows)
-            per_split = counts.setdefault(subject, {})
-            for split, n in pd.Series(rows.column("split").to_pylist()).value_counts().items():
-                per_split[str(split)] = per_split.get(str(split), 0) + int(n)
+        _add_table(root, table, index, writers, counts, rows_per_file, row_group_rows)
     if layout is None:
         raise StoreError("no blocks to write")
-    files: list[ShardFile] = []
-    for subject in sorted(writers):
-        writers[subject].close()
-        for path, n in writers[subject].done:
-            files.append(ShardFile(path.relative_to(root).as_posix(), subject, n, sha256_file(path)))
+    files = _close_writers(root, writers)
+    return _write_manifest(root, layout, files, counts, preprocess_config, split_config, scalers)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubjectShards:
+    """One subject's files, written into a staging store by `write_subject` (possibly in
+    another process), waiting for `finish_store` to list them in the manifest."""
+
+    subject: str
+    files: list[ShardFile]
+    counts: dict[str, int]  # split -> rows
+    layout: _Layout
+    schema: pa.Schema
+
+
+def write_subject(
+    root: str | Path, block: EpochBlockLike, rows_per_file: int = 1024, row_group_rows: int = 256
+) -> SubjectShards:
+    """Write one subject's block into the staging store `root` (see `staged_store`).
+
+    The files are those `write_store` writes for that subject (same rows, row groups and
+    bytes), so subjects can be written in parallel and the store stays the same.
+    """
+    root = Path(root)
+    _check_sizes(rows_per_file, row_group_rows)
+    table = _block_table(block, None, 0)
+    labels = pd.unique(table.column("subject").to_numpy(zero_copy_only=False))
+    if len(labels) != 1:
+        raise StoreError(f"write_subject needs one subject per block, got {list(labels)}")
+    writers: dict[str, _SubjectWriter] = {}
+    counts: dict[str, dict[str, int]] = {}
+    _add_table(root, table, 0, writers, counts, rows_per_file, row_group_rows)
+    subject = str(labels[0])
+    return SubjectShards(subject, _close_writers(root, writers), counts[subject],
+                         _Layout.of(block), table.schema)  # fmt: skip
+
+
+def finish_store(
+    root: str | Path,
+    parts: Sequence[SubjectShards],
+    *,
+    preprocess_config: Any = None,
+    split_config: Any = None,
+    scalers: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """The manifest over the subjects written by `write_subject`, written last into `root`.
+
+    Refuses parts on another channel list, time grid or column schema than the first
+    subject's (in label order), as `write_store` refuses such blocks.
+    """
+    parts = sorted(parts, key=lambda p: p.subject)
+    if not parts:
+        raise StoreError("no blocks to write")
+    labels = [p.subject for p in parts]
+    if len(set(labels)) != len(labels):
+        raise StoreError(f"subjects written twice: {labels}")
+    first = parts[0]
+    for index, part in enumerate(parts[1:], start=1):
+        if part.layout != first.layout:
+            raise StoreError(
+                f"subject {part.subject}: channels or time grid differ from {first.subject}'s "
+                f"(block {index} vs block 0)"
+            )
+        if not part.schema.equals(first.schema):
+            raise StoreError(
+                f"subject {part.subject}: columns {part.schema} differ from {first.subject}'s "
+                f"{first.schema}"
+            )
+    files = [f for part in parts for f in part.files]
+    counts = {part.subject: dict(part.counts) for part in parts}
+    root = Path(root)
+    return _write_manifest(root, first.layout, files, counts, preprocess_config, split_config, scalers)
+
+
+def _write_manifest(
+    root: Path,
+    layout: _Layout,
+    files: list[ShardFile],
+    counts: dict[str, dict[str, int]],
+    preprocess_config: Any,
+    split_config: Any,
+    scalers: Mapping[str, Any] | None,
+) -> Manifest:
     from megdecode import __version__
 
     manifest = Manifest(
@@ -377,7 +496,7 @@ def _write_into(
         preprocess=_flat(preprocess_config),
         splits=_flat(split_config),
         scalers=_jsonable(dict(scalers or {})),
-        subjects=sorted(writers),
+        subjects=sorted(counts),
         counts=counts,
         files=files,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
