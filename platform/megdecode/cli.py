@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -278,7 +278,7 @@ def windows(
         train=TrainConfig(latent=latent, seed=seed, max_epochs=max_epochs, patience=patience,
                           batch_size=batch_size),
     )
-    grid = {"width": width, "stride": stride} if kind == "sliding" else {"step": step}
+    grid: dict[str, Any] = {"width": width, "stride": stride} if kind == "sliding" else {"step": step}
     table = window_table(cfg, kind, model, **grid)
     truth = None
     if (data / "bids").is_dir():

@@ -92,13 +92,14 @@ def run_demo(setup: DemoSetup, echo: Callable[[str], None] = print) -> dict[str,
         if started_ray:
             _stop_serve()
             ray.shutdown()
-    summary = {
+    seconds = {s.name: round(s.seconds, 1) for s in stages}
+    summary: dict[str, Any] = {
         "out": str(out),
         "seconds_total": round(time.perf_counter() - start, 1),
-        "stages": {s.name: round(s.seconds, 1) for s in stages},
+        "stages": seconds,
     } | {s.name: plain(s.result) for s in stages}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    echo(f"demo done in {summary['seconds_total']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages"].items()))
+    echo(f"demo done in {summary['seconds_total']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     echo(f"summary: {out / 'summary.json'}")
     return summary
 
