@@ -6,7 +6,9 @@ CPU, the same with 2 CPUs, and a single-process loop of plain MNE calls (read, p
 band-pass, Epochs, resample, baseline) as the reference. Prints epochs/s and ratios, and
 per Ray run the seconds of its phases: pass 1 (one task per run), the driver's split
 assignment (metadata only), pass 2 (one task per subject: scale, write shards) + manifest.
-Pass 2 has one task per subject, so it scales only up to the number of subjects (2 here).
+Pass 2 has one task per subject, so it scales only up to the number of subjects.
+Default: every subject of the twin (what `make demo` preprocesses); with fewer runs the
+fixed costs (Ray Data's start, each worker's first import of mne/scipy) weigh more.
 Usage: python benchmarks/preprocess_scaling.py [--bids runs/demo/bids] [--subject BIGMEG1]
 """
 
@@ -67,7 +69,7 @@ def main() -> None:
         from megdecode.data.simulate import TwinConfig, simulate
 
         simulate(TwinConfig.preset("demo"), args.bids, n_jobs=2)
-    subjects = args.subject or ["BIGMEG1", "BIGMEG2"]
+    subjects = args.subject or sorted({key.subject for key in bids.find_runs(args.bids)})
     mne.set_log_level("ERROR")
     work = Path(tempfile.mkdtemp(prefix="megdecode-scaling-"))
     try:
