@@ -183,12 +183,17 @@ def generate_on_ray(generator_dir: str, parts: list[tuple[str, int]], latents: n
     return [Image.fromarray(a) for a in np.concatenate(images)[order]]
 
 
-def generator_defaults(path: str | Path) -> GenerateConfig:
-    """The sampling defaults a generator folder stores (its guidance, steps), without loading weights."""
+def generator_meta(path: str | Path) -> dict[str, Any]:
+    """A generator folder's generator.json (conditions, sampling defaults), without loading weights."""
     meta_path = Path(path) / "generator.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"no weights at {path}: no generator.json")
-    return GenerateConfig.from_flat_dict(json.loads(meta_path.read_text()).get("defaults", {}))
+    return dict(json.loads(meta_path.read_text()))
+
+
+def generator_defaults(path: str | Path) -> GenerateConfig:
+    """The sampling defaults a generator folder stores (its guidance, steps)."""
+    return GenerateConfig.from_flat_dict(generator_meta(path).get("defaults", {}))
 
 
 def _metric_nets(weights: str) -> Any:
@@ -222,9 +227,7 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    gen_meta = json.loads((Path(cfg.generator) / "generator.json").read_text()) if (Path(cfg.generator) / "generator.json").is_file() else None
-    if gen_meta is None:
-        raise FileNotFoundError(f"no weights at {cfg.generator}: no generator.json")
+    gen_meta = generator_meta(cfg.generator)
     from megdecode.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
