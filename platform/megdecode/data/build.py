@@ -25,13 +25,7 @@ import pandas as pd
 from megdecode.data import bids, runcache, shards
 from megdecode.data.preprocess import PreprocessConfig, preprocess_run
 from megdecode.data.splits import SplitConfig, assign_splits
-from megdecode.data.subject_pass import (  # noqa: F401  concat_blocks, scale_subject: re-exported
-    SubjectJob,
-    concat_blocks,
-    run_subjects,
-    scale_subject,
-    stack_order,
-)
+from megdecode.data.subject_pass import SubjectJob, run_subjects, stack_order
 from megdecode.logs import progress
 
 logger = logging.getLogger(__name__)

@@ -188,7 +188,7 @@ class DecoderCore:
         _, mse = state.forward(window[None], np.array([index]))
         b = state.bundle
         latent = to_latent_space(mse, b.latent_mean, b.latent_std, *stored_stats(b.extra))
-        return {"latent_name": b.latent_name, "latents": b.split_latent(latent),
+        return {"latents": b.split_latent(latent),
                 "model": {"name": state.card["name"], "version": state.card["version"]}}
 
 
