@@ -78,6 +78,10 @@ def test_generate_job_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: P
     assert table.loc[table.kind == "oracle", "n"].item() == 4
     assert table.loc[table.kind == "single", "n"].item() >= 4  # one row per trial
     assert table[["pixcorr", "ssim"]].abs().le(1.0).all().all()
+    assert table.loc[table.kind == "oracle", "latent_r"].item() == pytest.approx(1.0)  # the truth vs itself
+    fidelity = pd.read_csv(out / "latent_fidelity.csv")
+    assert fidelity.groupby("kind").size().to_dict() == dict.fromkeys(table["kind"], fidelity.dimension.nunique())
+    assert Image.open(out / "latent_fidelity.png").width > 0
     grid = Image.open(out / "grid.png")
     assert grid.width >= 5 * 96 and grid.height >= 3 * 96  # seen + 4 reconstructions; best/middle/worst
     recon = np.load(out / "reconstructions.npz")
@@ -89,7 +93,7 @@ def test_generate_job_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: P
     logged = runs[0].data.metrics
     assert logged["gen/oracle/ssim"] == pytest.approx(table.loc[table.kind == "oracle", "ssim"].item())
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "figures")}
-    assert "figures/grid.png" in artifacts
+    assert {"figures/grid.png", "figures/latent_fidelity.png"} <= artifacts
     assert "tables/generate_metrics.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "tables")}
 
 

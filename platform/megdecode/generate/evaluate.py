@@ -15,6 +15,11 @@ Generation runs as Ray Data ``map_batches`` on an actor pool (`_GenerateActor`),
 actor loading the generator once; with GPUs in the cluster each actor takes a fraction
 of one (`gpu_fraction`), else one CPU. Every sample's seed is fixed by its row, so the
 images do not depend on how Ray batches them.
+
+Next to the image metrics, `megdecode.generate.fidelity` scores the latents themselves
+(per-dimension r of each row's latents vs the truth; column ``latent_r`` of the table is
+its mean, the figure and CSV hold every dimension): it separates what the brain module
+failed to decode from what the generator failed to draw.
 """
 
 from __future__ import annotations
@@ -237,6 +242,7 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
                          f"predicts {bundle.latent_name!r}: nothing decodes {missing}")
     inputs = decode_test_set(cfg, bundle_dir)
     kinds = [k for k in KINDS if k in cfg.kinds]
+    fidelity = write_fidelity(inputs, kinds, out)
     seen_cache: dict[int, Image.Image] = {}
     paths = _image_paths(cfg, bundle_dir)
     nets = _metric_nets(cfg.metric_weights)
@@ -258,7 +264,8 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
             targets.append(seen_cache[i])
         recon[kind], seen[kind] = images, targets
         scores = compute_metrics(images, targets, nets)
-        rows.append({"kind": kind, "n": len(images), **scores})
+        rows.append({"kind": kind, "n": len(images), **scores,
+                     "latent_r": float(fidelity.loc[fidelity.kind == kind, "r"].mean())})
         logger.info("%s: %s", kind, {k: round(v, 4) for k, v in scores.items()})
     table = pd.DataFrame(rows)
     table.to_csv(out / "metrics.csv", index=False)
@@ -268,6 +275,23 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
     arrays.update({f"{k}_image_ids": inputs.image_ids[k] for k in kinds})
     np.savez_compressed(out / "reconstructions.npz", **arrays)
     return table, grid
+
+
+def write_fidelity(inputs: EvalInputs, kinds: list[str], out: Path) -> pd.DataFrame:
+    """Per-dimension r of each kind's latents vs the truth: latent_fidelity.{csv,png} in `out`."""
+    from megdecode.generate.fidelity import latent_fidelity, plot_fidelity, summarise
+
+    table = latent_fidelity({k: inputs.latents[k] for k in kinds}, {k: inputs.image_ids[k] for k in kinds},
+                            inputs.latents["oracle"], inputs.image_ids["oracle"],
+                            inputs.parts or [(inputs.latent_name, inputs.latents["oracle"].shape[1])])
+    table.to_csv(out / "latent_fidelity.csv", index=False)
+    figure = out / "latent_fidelity.png"
+    figure.unlink(missing_ok=True)
+    if (table.kind != "oracle").any():
+        plot_fidelity(table[table.kind != "oracle"], figure)
+    for r in summarise(table).to_dict("records"):
+        logger.info("latent fidelity %s/%s: mean r %.3f over %d dims", r["kind"], r["part"], r["mean_r"], r["dims"])
+    return table
 
 
 def _image_paths(cfg: GenEvalConfig, bundle_dir: Path) -> dict[int, Path]:
@@ -357,7 +381,10 @@ def run_and_log(cfg: GenEvalConfig, tracking_uri: str | None = None, run_id: str
     tracker.client.log_batch(run_id, metrics=metrics, params=params[:100])
     tracker.log_table(run_id, table, "generate_metrics.csv")
     tracker.log_artifacts(run_id, grid, "figures")
+    if (out / "latent_fidelity.png").is_file():
+        tracker.log_artifacts(run_id, out / "latent_fidelity.png", "figures")
     tracker.log_artifacts(run_id, out / "metrics.md", "tables")
+    tracker.log_artifacts(run_id, out / "latent_fidelity.csv", "tables")
     if own:
         tracker.client.set_terminated(run_id)
     logger.info("logged generation metrics to run %s", run_id)
