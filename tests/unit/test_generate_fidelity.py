@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from megdecode.data.stimuli import LOW_LEVEL
-from megdecode.generate.fidelity import columnwise_r, dimension_labels, latent_fidelity, plot_fidelity, summarise
+from megdecode.generate.fidelity import (
+    columnwise_r,
+    dimension_labels,
+    latent_fidelity,
+    plot_fidelity,
+    summarise,
+)
 
 
 def test_columnwise_r_matches_corrcoef_per_column() -> None:
