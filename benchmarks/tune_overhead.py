@@ -209,7 +209,9 @@ def main() -> None:
                 rows.append((d, s))
                 per = statistics.mean(t["wall"] for t in s.trials)
                 print(f"round {r}: fit {d.wall:.1f} s | trial {per:.1f} s ({per / d.wall - 1:+.1%}) | "
-                      f"search {s.wall:.1f} s ({s.wall / (args.trials * d.wall) - 1:+.1%})", flush=True)
+                      f"search {s.wall:.1f} s ({s.wall / (args.trials * d.wall) - 1:+.1%}); each trial "
+                      f"{_fmt([t['wall'] for t in s.trials])} s, of which actor start + imports + data get "
+                      f"{_fmt([t['start'] for t in s.trials])} s", flush=True)
         finally:
             ray.shutdown()
 

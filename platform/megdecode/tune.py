@@ -156,8 +156,9 @@ def latest_experiment(out: Path) -> str:
 
 
 def data_paths(data: Path) -> tuple[Path, Path]:
-    """(store, latents_dir) of a run folder holding store/ and latents/."""
-    store, latents = Path(data) / "store", Path(data) / "latents"
+    """(store, latents_dir) of a run folder holding store/ and latents/, as absolute paths:
+    trials run in their own trial folders, where a relative path would point elsewhere."""
+    store, latents = Path(data).resolve() / "store", Path(data).resolve() / "latents"
     if not (store / "manifest.json").exists():
         raise FileNotFoundError(f"no epoch store at {store} (--data must be a run folder with store/ and latents/;"
                                 " with `ray job submit --working-dir`, give an absolute path)")

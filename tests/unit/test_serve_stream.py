@@ -10,7 +10,7 @@ from megdecode.serve.stream import OnlinePreprocessor, StreamSpec
 
 
 @pytest.mark.parametrize(("sfreq_in", "baseline"), [(300.0, (-0.5, 0.0)), (1200.0, (-0.2, 0.0)), (120.0, None)])
-def test_kernel_windows_equal_stepwise_windows(sfreq_in: float, baseline: tuple[float, float] | None) -> None:
+def test_banded_windows_equal_stepwise_windows(sfreq_in: float, baseline: tuple[float, float] | None) -> None:
     n_channels = 5
     cfg = PreprocessConfig(filter_phase="causal", baseline=baseline)
     rng = np.random.default_rng(0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,16 @@ def test_whole_file_reads_sets_then_restores_the_data_context() -> None:
         assert ctx.read_op_min_num_blocks == 3 and not ctx.enable_progress_bars
         assert getattr(ctx, "use_datasource_v2", False) is False
     assert (ctx.read_op_min_num_blocks, ctx.enable_progress_bars, getattr(ctx, "use_datasource_v2", None)) == before
+
+
+def test_data_paths_are_absolute_so_trials_in_their_own_folders_find_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from megdecode.tune import data_paths
+
+    (tmp_path / "run" / "store").mkdir(parents=True)
+    (tmp_path / "run" / "store" / "manifest.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    store, latents = data_paths(Path("run"))
+    assert store == tmp_path / "run" / "store" and latents == tmp_path / "run" / "latents"
+    with pytest.raises(FileNotFoundError, match="no epoch store"):
+        data_paths(Path("elsewhere"))

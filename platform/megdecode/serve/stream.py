@@ -169,14 +169,6 @@ class OnlinePreprocessor:
         resample, self.baseline_form = self._linear_parts()
         self.blocks = _band_blocks(resample)
 
-    @property
-    def kernel(self) -> np.ndarray:
-        """(n_in, n_times) float32: the whole linear map, native window -> model window."""
-        out = np.zeros((self.grid.n_in, self.spec.n_times), np.float32)
-        for rows, cols, block in self.blocks:
-            out[rows, cols] = block
-        return out if self.baseline_form is None else out - self.baseline_form[:, None]
-
     def _linear_parts(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(n_in, n_times) resampling-and-cut matrix, and the (n_in,) baseline-mean form (or None).
 
