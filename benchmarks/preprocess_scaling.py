@@ -7,7 +7,7 @@ resample, baseline) as the reference. Each Ray stage runs in a fresh interpreter
 Ray start in one process inherits the first one's leftovers), in alternating order over
 --rounds (1, 2, 2, 1, ...: this machine's speed drifts over minutes), and the medians
 are compared. Prints epochs/s and ratios, and per Ray stage the seconds of its phases:
-pass 1 (one task per run), the driver's split assignment (metadata only), pass 2 (one
+pass 1 (one actor task per run), the driver's split assignment (metadata only), pass 2 (one
 task per subject: scale, write shards) + manifest.
 Pass 2 has one task per subject, so it scales only up to the number of subjects.
 Default: every subject of the twin (what `make demo` preprocesses); with fewer runs the

@@ -45,7 +45,7 @@ def preprocess(
     bids_root: Annotated[Path, typer.Option("--bids", help="BIDS root (THINGS-MEG or twin)")],
     out: Annotated[Path, typer.Option(help="epoch store to write")],
     subjects: Annotated[list[str] | None, typer.Option("--subject")] = None,
-    ray: Annotated[bool, typer.Option(help="one Ray task per run file")] = True,
+    ray: Annotated[bool, typer.Option(help="Ray Data: one task per run file on a pool of one actor per CPU")] = True,
     address: Annotated[str | None, typer.Option(help="Ray address; default: local cluster")] = None,
 ) -> None:
     """Preprocess every run (paper pipeline) into the Parquet epoch store."""
