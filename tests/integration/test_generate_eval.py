@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from megdecode.generate import build_tiny_generator
+from megdecode.generate.evaluate import LARGE_KIND
 from megdecode.models.brain import BrainConfig
 from megdecode.train import FitConfig, TrainConfig, fit
 
@@ -80,7 +81,9 @@ def test_generate_job_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: P
     assert table[["pixcorr", "ssim"]].abs().le(1.0).all().all()
     assert table.loc[table.kind == "oracle", "latent_r"].item() == pytest.approx(1.0)  # the truth vs itself
     fidelity = pd.read_csv(out / "latent_fidelity.csv")
-    assert fidelity.groupby("kind").size().to_dict() == dict.fromkeys(table["kind"], fidelity.dimension.nunique())
+    # every drawn kind, plus the large test set's single trials (scored, not drawn)
+    assert fidelity.groupby("kind").size().to_dict() == dict.fromkeys([*table["kind"], LARGE_KIND],
+                                                                        fidelity.dimension.nunique())
     assert Image.open(out / "latent_fidelity.png").width > 0
     grid = Image.open(out / "grid.png")
     assert grid.width >= 5 * 96 and grid.height >= 3 * 96  # seen + 4 reconstructions; best/middle/worst
@@ -92,6 +95,7 @@ def test_generate_job_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: P
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logged = runs[0].data.metrics
     assert logged["gen/oracle/ssim"] == pytest.approx(table.loc[table.kind == "oracle", "ssim"].item())
+    assert logged["gen/test_large/latent_r"] == pytest.approx(fidelity.loc[fidelity.kind == LARGE_KIND, "r"].mean())
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "figures")}
     assert {"figures/grid.png", "figures/latent_fidelity.png"} <= artifacts
     assert "tables/generate_metrics.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "tables")}

@@ -18,8 +18,9 @@ images do not depend on how Ray batches them.
 
 Next to the image metrics, `megdecode.generate.fidelity` scores the latents themselves
 (per-dimension r of each row's latents vs the truth; column ``latent_r`` of the table is
-its mean, the figure and CSV hold every dimension): it separates what the brain module
-failed to decode from what the generator failed to draw.
+its mean, the figure and CSV hold every dimension, plus the large test set's single
+trials, scored but not drawn): it separates what the brain module failed to decode from
+what the generator failed to draw.
 """
 
 from __future__ import annotations
@@ -82,11 +83,38 @@ class EvalInputs:
     image_ids: dict[str, np.ndarray]  # kind -> (N_kind,)
     latent_name: str
     parts: list[tuple[str, int]] = field(default_factory=list)  # the target's latents [(name, F)]
+    # for the latent fidelity only: every image's true latent (ids, values), and decodes of
+    # other splits that are scored but not drawn, kind -> (latents (N, F), image ids (N,))
+    truth: tuple[np.ndarray, np.ndarray] | None = None
+    scored_only: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+LARGE_KIND = "single, test_large"  # the large test set's single trials: latent fidelity only
+
+
+def _predict_split(cfg: GenEvalConfig, model: Any, bundle: Any, store: str, split: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """MSE-head predictions (N, F) of `split`'s epochs in `store`, and their metadata
+    (the first `cfg.max_images` image ids only when set)."""
+    from megdecode.predict import predict_windows
+
+    X, meta = shards.load_epochs(store, splits=[split], tmin=bundle.tmin, tmax=bundle.tmax)
+    if len(meta) and X.shape[2] != bundle.n_times:
+        raise ValueError(f"store window has {X.shape[2]} samples, the bundle {bundle.n_times}")
+    if cfg.max_images and len(meta):
+        keep_ids = np.unique(meta["image_id"].to_numpy())[: cfg.max_images]
+        mask = meta["image_id"].isin(keep_ids).to_numpy()
+        X, meta = X[mask], meta.loc[mask].reset_index(drop=True)
+    if not len(meta):
+        return np.zeros((0, len(bundle.latent_mean)), np.float32), meta
+    subject = np.array([bundle.subject_index(str(s)) for s in meta["subject"]], np.int64)
+    _, mse = predict_windows(model, X, subject)
+    return mse, meta
 
 
 def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
-    """Predict the small test set with the bundle and build the four latent sets."""
-    from megdecode.predict import load_model, predict_windows
+    """Predict the small test set with the bundle and build the four latent sets (and the
+    large test set's single trials, scored for latent fidelity only)."""
+    from megdecode.predict import load_model
 
     model, bundle = load_model(bundle_dir)
     fit = bundle.extra.get("fit_config", {})
@@ -97,15 +125,9 @@ def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
     manifest = shards.read_manifest(store)
     if list(manifest.ch_names) != list(bundle.ch_names):
         raise ValueError(f"store {store} has other channels than the bundle ({len(manifest.ch_names)} vs {len(bundle.ch_names)})")
-    X, meta = shards.load_epochs(store, splits=["test"], tmin=bundle.tmin, tmax=bundle.tmax)
-    if X.shape[2] != bundle.n_times:
-        raise ValueError(f"store window has {X.shape[2]} samples, the bundle {bundle.n_times}")
-    if cfg.max_images:
-        keep_ids = np.unique(meta["image_id"].to_numpy())[: cfg.max_images]
-        mask = meta["image_id"].isin(keep_ids).to_numpy()
-        X, meta = X[mask], meta.loc[mask].reset_index(drop=True)
-    subject = np.array([bundle.subject_index(str(s)) for s in meta["subject"]], np.int64)
-    _, mse = predict_windows(model, X, subject)
+    mse, meta = _predict_split(cfg, model, bundle, store, "test")
+    if not len(meta):
+        raise ValueError(f"the store {store} has no epochs in the small test set (split 'test')")
     ids = meta["image_id"].to_numpy(np.int64)
     single = to_latent_space(mse, bundle.latent_mean, bundle.latent_std)
     avg_ids, avg = average_by_image(mse, ids, groups=meta["subject"].to_numpy())
@@ -117,11 +139,15 @@ def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
         raise KeyError(f"{int((rows < 0).sum())} test images have no {bundle.latent_name!r} latent")
     rng = np.random.default_rng(cfg.generate.seed)
     random = rng.standard_normal((len(unique), len(bundle.latent_mean))) * bundle.latent_std + bundle.latent_mean
-    logger.info("decoded %d test trials of %d images (%s)", len(ids), len(unique), bundle.latent_name)
+    large, large_meta = _predict_split(cfg, model, bundle, store, "test_large")
+    scored_only = {LARGE_KIND: (large, large_meta["image_id"].to_numpy(np.int64))} if len(large_meta) else {}
+    logger.info("decoded %d test trials of %d images (%s), %d large-set trials", len(ids), len(unique),
+                bundle.latent_name, len(large_meta))
     return EvalInputs(
         latents={"single": single, "averaged": averaged, "oracle": lat[rows], "random": random.astype(np.float32)},
         image_ids={"single": ids, "averaged": avg_ids.astype(np.int64), "oracle": unique, "random": unique},
         latent_name=bundle.latent_name, parts=[(n, int(w)) for n, w in bundle.latent_parts],
+        truth=(np.asarray(lat_ids, np.int64), lat), scored_only=scored_only,
     )
 
 
@@ -278,12 +304,17 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
 
 
 def write_fidelity(inputs: EvalInputs, kinds: list[str], out: Path) -> pd.DataFrame:
-    """Per-dimension r of each kind's latents vs the truth: latent_fidelity.{csv,png} in `out`."""
+    """Per-dimension r of each kind's latents vs the truth: latent_fidelity.{csv,png} in `out`.
+
+    Also scores `inputs.scored_only` (the large test set's single trials: more images than
+    the small set, so a steadier r, though nothing is drawn from them)."""
     from megdecode.generate.fidelity import latent_fidelity, plot_fidelity, summarise
 
-    table = latent_fidelity({k: inputs.latents[k] for k in kinds}, {k: inputs.image_ids[k] for k in kinds},
-                            inputs.latents["oracle"], inputs.image_ids["oracle"],
-                            inputs.parts or [(inputs.latent_name, inputs.latents["oracle"].shape[1])])
+    decoded = {k: inputs.latents[k] for k in kinds} | {k: v for k, (v, _) in inputs.scored_only.items()}
+    ids = {k: inputs.image_ids[k] for k in kinds} | {k: i for k, (_, i) in inputs.scored_only.items()}
+    truth_ids, truth = inputs.truth or (inputs.image_ids["oracle"], inputs.latents["oracle"])
+    table = latent_fidelity(decoded, ids, truth, truth_ids,
+                            inputs.parts or [(inputs.latent_name, truth.shape[1])])
     table.to_csv(out / "latent_fidelity.csv", index=False)
     figure = out / "latent_fidelity.png"
     figure.unlink(missing_ok=True)
@@ -378,6 +409,10 @@ def run_and_log(cfg: GenEvalConfig, tracking_uri: str | None = None, run_id: str
     now = int(time.time() * 1000)
     metrics = [Metric(f"gen/{r['kind']}/{k}", float(v), now, 0) for r in table.to_dict("records")
                for k, v in r.items() if k not in ("kind", "n")]
+    fidelity = pd.read_csv(out / "latent_fidelity.csv")
+    large = fidelity.loc[fidelity.kind == LARGE_KIND, "r"]
+    if len(large):
+        metrics.append(Metric("gen/test_large/latent_r", float(large.mean()), now, 0))
     tracker.client.log_batch(run_id, metrics=metrics, params=params[:100])
     tracker.log_table(run_id, table, "generate_metrics.csv")
     tracker.log_artifacts(run_id, grid, "figures")
