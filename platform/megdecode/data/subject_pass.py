@@ -162,9 +162,14 @@ def run_subjects(
     refs = {i: task.remote(jobs[i], str(staging), cfg) for i in order}
     try:
         return [ray.get(refs[i]) for i in range(len(jobs))]
-    except BaseException:
-        # The caller removes the staging folder next: stop and wait for the other subjects
-        # first, or a task still writing would recreate part of it.
+    except Exception:
+        # The caller removes the staging folder next: let the other subjects' tasks end
+        # first, or one still writing would recreate part of it. They are not cancelled:
+        # in Ray 2.60 cancelling a task just as it completes can abort the driver
+        # ("Tried to complete task that was not pending", seen in CI).
+        ray.wait(list(refs.values()), num_returns=len(refs))
+        raise
+    except BaseException:  # Ctrl-C: stop the others rather than finish them
         for ref in refs.values():
             ray.cancel(ref)
         ray.wait(list(refs.values()), num_returns=len(refs), timeout=60)
