@@ -82,10 +82,10 @@ class EvalInputs:
     latents: dict[str, np.ndarray]  # kind -> (N_kind, F)
     image_ids: dict[str, np.ndarray]  # kind -> (N_kind,)
     latent_name: str
+    # for the latent fidelity: every image's true latent (ids (M,), values (M, F)), and decodes
+    # of other splits that are scored but not drawn, kind -> (latents (N, F), image ids (N,))
+    truth: tuple[np.ndarray, np.ndarray]
     parts: list[tuple[str, int]] = field(default_factory=list)  # the target's latents [(name, F)]
-    # for the latent fidelity only: every image's true latent (ids, values), and decodes of
-    # other splits that are scored but not drawn, kind -> (latents (N, F), image ids (N,))
-    truth: tuple[np.ndarray, np.ndarray] | None = None
     scored_only: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
@@ -312,7 +312,7 @@ def write_fidelity(inputs: EvalInputs, kinds: list[str], out: Path) -> pd.DataFr
 
     decoded = {k: inputs.latents[k] for k in kinds} | {k: v for k, (v, _) in inputs.scored_only.items()}
     ids = {k: inputs.image_ids[k] for k in kinds} | {k: i for k, (_, i) in inputs.scored_only.items()}
-    truth_ids, truth = inputs.truth or (inputs.image_ids["oracle"], inputs.latents["oracle"])
+    truth_ids, truth = inputs.truth
     table = latent_fidelity(decoded, ids, truth, truth_ids,
                             inputs.parts or [(inputs.latent_name, truth.shape[1])])
     table.to_csv(out / "latent_fidelity.csv", index=False)

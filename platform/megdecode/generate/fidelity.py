@@ -65,18 +65,15 @@ def latent_fidelity(decoded: Mapping[str, np.ndarray], decoded_ids: Mapping[str,
     decoded[kind] (N_kind, F) is compared row by row with truth (M, F) at the row of its
     image id; every id must have a truth row.
     """
-    truth_ids = np.asarray(truth_ids)
-    order = np.argsort(truth_ids, kind="stable")
+    index = pd.Index(np.asarray(truth_ids))
     labels = dimension_labels(parts)
     if len(labels) != truth.shape[1]:
         raise ValueError(f"parts cover {len(labels)} columns, the latents have {truth.shape[1]}")
     frames = []
     for kind, values in decoded.items():
-        ids = np.asarray(decoded_ids[kind])
-        at = np.searchsorted(truth_ids, ids, sorter=order)
-        rows = order[np.minimum(at, len(order) - 1)]
-        if len(ids) and (truth_ids[rows] != ids).any():
-            raise KeyError(f"{kind}: {int((truth_ids[rows] != ids).sum())} rows have no ground-truth latent")
+        rows = index.get_indexer(np.asarray(decoded_ids[kind]))
+        if (rows < 0).any():
+            raise KeyError(f"{kind}: {int((rows < 0).sum())} rows have no ground-truth latent")
         r = columnwise_r(values, truth[rows])
         frames.append(pd.DataFrame({"kind": kind, "part": [p for p, _ in labels],
                                     "dimension": [d for _, d in labels], "r": r}))
