@@ -33,7 +33,6 @@ from typing import Any, Protocol
 import mne
 import numpy as np
 import pandas as pd
-from scipy.signal import butter, resample_poly, sosfilt
 
 from megdecode.config import ConfigError, FlatConfig
 
@@ -250,6 +249,8 @@ def _grid(sfreq_in: float, cfg: PreprocessConfig) -> _Grid:
 
 def _resample_epochs(data: np.ndarray, onsets: np.ndarray, grid: _Grid) -> np.ndarray:
     """(C, S) float64 continuous -> (N, C, T) float32 epochs on the output grid."""
+    from scipy.signal import resample_poly  # scipy.signal: ~1 s to import, so only where used
+
     n_times = grid.keep.stop - grid.keep.start
     out = np.empty((len(onsets), data.shape[0], n_times), dtype=np.float32)
     for i in range(0, len(onsets), _CHUNK):
@@ -266,6 +267,8 @@ def causal_sos(sfreq_in: float, cfg: PreprocessConfig) -> np.ndarray | None:
 
     A band edge at or above Nyquist is dropped (the resampler still anti-aliases).
     """
+    from scipy.signal import butter
+
     nyquist = sfreq_in / 2
     low = cfg.l_freq
     high = cfg.h_freq if cfg.h_freq is not None and cfg.h_freq < nyquist else None
@@ -374,6 +377,8 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
     if cfg.filter_phase == "causal":
         sos = causal_sos(sfreq_in, cfg)
         if sos is not None:
+            from scipy.signal import sosfilt
+
             data = sosfilt(sos, data, axis=-1, zi=causal_zi(sos, data.shape[0]))[0]
     elif cfg.l_freq is not None or cfg.h_freq is not None:
         with warnings.catch_warnings(record=True) as caught:  # e.g. run shorter than the FIR
