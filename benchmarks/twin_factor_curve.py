@@ -8,7 +8,10 @@ per category (`--exemplars`, built once under --work: THINGS-MEG shows 12 per ca
 the demo 6), and prints per factor of `twin-lowlevel` the Pearson r between decoded and
 true latents on the large test set's single trials (hundreds of images: a steadier r than
 the small set) and on the small set averaged over repetitions (per subject), next to test
-top-5. Same seeds, same epochs budget, one run on one machine.
+top-5. Same seeds, same epochs budget, one run on one machine. For scale it also prints
+the noise-free ceiling: per factor, r of the best linear read-out of the sources' true
+response amplitudes (all source groups of the twin's population anatomy, every non-catch
+image), before any sensor mixing, latency jitter or noise.
 
 Usage: python benchmarks/twin_factor_curve.py [--bundle runs/demo/champion] [--fractions 0.25,0.5,1]
            [--seeds 2] [--exemplars 12] [--work runs/bench/factor_curve]
@@ -28,8 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from megdecode.data import twin_sources
 from megdecode.data.build import build_epoch_store
-from megdecode.data.simulate import TwinConfig, simulate
+from megdecode.data.simulate import TwinConfig, make_stimuli, simulate
 from megdecode.data.stimuli import LOW_LEVEL
 from megdecode.generate.evaluate import LARGE_KIND, GenEvalConfig, decode_test_set
 from megdecode.generate.fidelity import latent_fidelity
@@ -61,6 +65,17 @@ def twin_with_exemplars(n: int, work: Path) -> Path:
     if not (run / "latents" / f"{LATENT}.parquet").exists():
         write_twin_latents(run / "bids", run / "latents")
     return run
+
+
+def noise_free_ceiling(cfg: TwinConfig) -> dict[str, float]:
+    """Per low-level factor: r of a least-squares read-out of the true source amplitudes."""
+    _, images, low, sem = make_stimuli(cfg)
+    sources = twin_sources.anatomy(cfg, low.shape[1], sem.shape[1])
+    real = (images["trial_type"] != "catch").to_numpy()
+    amps = np.concatenate([twin_sources.image_drive(cfg, g, sources[g], low, sem) for g in twin_sources.GROUPS], axis=1)
+    design = np.c_[amps[real], np.ones(int(real.sum()))]
+    fitted = design @ np.linalg.lstsq(design, low[real], rcond=None)[0]
+    return {name: float(np.corrcoef(fitted[:, j], low[real][:, j])[0, 1]) for j, name in enumerate(LOW_LEVEL)}
 
 
 def subsample(data: RunData, fraction: float, seed: int) -> RunData:
@@ -121,6 +136,8 @@ def main() -> None:
     means = table.groupby(["kind", "data", "fraction"], sort=False)[["n_train", "test_top5", *LOW_LEVEL]].mean()
     print(f"mean over {args.seeds} seed(s) of per-factor r (decoded vs true {LATENT}); rows: scored set, data, fraction")
     print(means.round(2).to_string())
+    ceiling = noise_free_ceiling(TwinConfig.preset("demo"))
+    print("noise-free ceiling (demo twin):", " ".join(f"{k} {v:.2f}" for k, v in ceiling.items()))
     print(f"table: {args.work / 'factor_curve.csv'}")
 
 

@@ -190,7 +190,10 @@ class SubjectModel:
     scale: float | None = None  # A.m per unit source activity, set by SNR calibration
 
 
-def _make_stimuli(cfg: TwinConfig):
+def make_stimuli(cfg: TwinConfig) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
+    """The twin's categories, image table, low-level features (N, 11) and semantic
+    embeddings (N, D; zeros for catch images), as the simulator drives its sources with
+    them: a pure function of the config's seed."""
     rng = rng_for(cfg, 8)
     cats = stimuli.make_categories(cfg.n_categories, cfg.n_groups, cfg.semantic_dim,
                                    cfg.semantic_within_sd, rng)
@@ -319,7 +322,7 @@ def simulate(cfg: TwinConfig, out_dir: str | Path, *, n_jobs: int = 1) -> TwinSu
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     geom = sensors.ctf272_geometry()
-    cats, images, low, sem = _make_stimuli(cfg)
+    cats, images, low, sem = make_stimuli(cfg)
     _write_stimuli(images, cats, root / "stimuli", cfg.image_size, n_jobs)
     population = twin_sources.anatomy(cfg, low.shape[1], sem.shape[1])
     args = [(cfg, s, root, images, low, sem, population) for s in range(cfg.n_subjects)]

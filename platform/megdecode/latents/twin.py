@@ -73,7 +73,7 @@ def twin_latents(bids_root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarra
         raise KeyError(f"categories table lacks semantic column(s) {missing[:3]}")
     by_nr = categories.set_index("category_nr")
     sem = by_nr.loc[images["category_nr"].to_numpy(), sem_cols].to_numpy(np.float64, copy=True)
-    # the simulator's scaling (see simulate._make_stimuli): unit variance per dimension
+    # the simulator's scaling (see simulate.make_stimuli): unit variance per dimension
     sem /= np.sqrt(1.0 + float(truth["config"]["semantic_within_sd"]) ** 2)
     ids = images["image_id"].to_numpy(np.int64)
     return {"twin-lowlevel": (ids, low.astype(np.float32)),
