@@ -35,8 +35,7 @@ from megdecode.data import twin_sources
 from megdecode.data.build import build_epoch_store
 from megdecode.data.simulate import TwinConfig, make_stimuli, simulate
 from megdecode.data.stimuli import LOW_LEVEL
-from megdecode.generate.evaluate import LARGE_KIND, GenEvalConfig, decode_test_set
-from megdecode.generate.fidelity import latent_fidelity
+from megdecode.generate.evaluate import LARGE_KIND, GenEvalConfig, decode_test_set, fidelity_table
 from megdecode.latents.twin import write_twin_latents
 from megdecode.train import FitConfig, RunData, SplitTensors, fit, load_run_data
 
@@ -98,10 +97,7 @@ def score(flat: dict[str, object], run: Path, fraction: float, seed: int, work: 
     seconds = time.perf_counter() - start
     assert result.bundle_path is not None
     inputs = decode_test_set(GenEvalConfig(bundle=str(result.bundle_path)), result.bundle_path)
-    decoded = {"averaged": inputs.latents["averaged"]} | {k: v for k, (v, _) in inputs.scored_only.items()}
-    ids = {"averaged": inputs.image_ids["averaged"]} | {k: i for k, (_, i) in inputs.scored_only.items()}
-    table = latent_fidelity(decoded, ids, inputs.truth[1], inputs.truth[0], inputs.parts)
-    r = table.pivot_table(index="kind", columns="dimension", values="r")
+    r = fidelity_table(inputs, ["averaged"]).pivot_table(index="kind", columns="dimension", values="r")
     return [{"data": run.name, "fraction": fraction, "seed": seed, "n_train": len(data.train.meta),
              "kind": "large, single" if kind == LARGE_KIND else kind, "seconds": seconds,
              "test_top5": result.metrics.get("test/top5", float("nan")),

@@ -305,18 +305,24 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
     return table, grid
 
 
-def write_fidelity(inputs: EvalInputs, kinds: list[str], out: Path) -> pd.DataFrame:
-    """Per-dimension r of each kind's latents vs the truth: latent_fidelity.{csv,png} in `out`.
+def fidelity_table(inputs: EvalInputs, kinds: list[str]) -> pd.DataFrame:
+    """Per-dimension r of each kind's latents vs the truth (`fidelity.latent_fidelity`).
 
     Also scores `inputs.scored_only` (the large test set's single trials: more images than
     the small set, so a steadier r, though nothing is drawn from them)."""
-    from megdecode.generate.fidelity import latent_fidelity, plot_fidelity, summarise
+    from megdecode.generate.fidelity import latent_fidelity
 
     decoded = {k: inputs.latents[k] for k in kinds} | {k: v for k, (v, _) in inputs.scored_only.items()}
     ids = {k: inputs.image_ids[k] for k in kinds} | {k: i for k, (_, i) in inputs.scored_only.items()}
     truth_ids, truth = inputs.truth
-    table = latent_fidelity(decoded, ids, truth, truth_ids,
-                            inputs.parts or [(inputs.latent_name, truth.shape[1])])
+    return latent_fidelity(decoded, ids, truth, truth_ids, inputs.parts or [(inputs.latent_name, truth.shape[1])])
+
+
+def write_fidelity(inputs: EvalInputs, kinds: list[str], out: Path) -> pd.DataFrame:
+    """`fidelity_table`, written as latent_fidelity.{csv,png} in `out` and logged."""
+    from megdecode.generate.fidelity import plot_fidelity, summarise
+
+    table = fidelity_table(inputs, kinds)
     table.to_csv(out / "latent_fidelity.csv", index=False)
     figure = out / "latent_fidelity.png"
     figure.unlink(missing_ok=True)
