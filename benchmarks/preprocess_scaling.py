@@ -1,14 +1,18 @@
 """Preprocessing throughput: the Ray Data stage on 1 vs 2 CPUs, and a plain MNE loop.
 
-Builds (or reuses) a twin, then preprocesses the same runs three ways, each with an empty
-run cache: `build_epoch_store(use_ray=True)` on a local Ray with 1 CPU, the same with 2
+Builds (or reuses) a twin, then preprocesses the same runs several ways, each with an
+empty run cache: `build_epoch_store(use_ray=True)` on a local Ray with 1 CPU and with 2
 CPUs, and a single-process loop of plain MNE calls (read, pick, band-pass, Epochs,
-resample, baseline) as the reference. Each Ray stage runs in a fresh interpreter (a second
-Ray start in one process inherits the first one's leftovers), in alternating order over
---rounds (1, 2, 2, 1, ...: this machine's speed drifts over minutes), and the medians
-are compared. Prints epochs/s and ratios, and per Ray stage the seconds of its phases:
-pass 1 (one actor task per run), the driver's split assignment (metadata only), pass 2 (one
-task per subject: scale, write shards) + manifest.
+resample, baseline) as the reference. "1 CPU" is measured twice: Ray told num_cpus=1 on
+this 2-core machine (its raylet, GCS, the driver and Ray Data's executor then have the
+other core to themselves), and the whole stage confined to one core (CPU affinity of the
+interpreter, inherited by every Ray process it starts): the second is a 1-core machine,
+the first is not. Each Ray stage runs in a fresh interpreter (a second Ray start in one
+process inherits the first one's leftovers), in an order rotated every round (this
+machine's speed drifts over minutes), and the medians are compared. Prints epochs/s and
+ratios, and per Ray stage the seconds of its phases: pass 1 (one actor task per run), the
+driver's split assignment (metadata only), pass 2 (one task per subject: scale, write
+shards) + manifest.
 Pass 2 has one task per subject, so it scales only up to the number of subjects.
 Default: every subject of the twin (what `make demo` preprocesses); with fewer runs the
 fixed costs (Ray Data's start, each worker's first import of mne/scipy) weigh more.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -67,12 +72,19 @@ def plain_mne(root: Path, subjects: list[str], cfg: PreprocessConfig) -> tuple[i
     return n, time.perf_counter() - start
 
 
-def in_subprocess(bids_root: Path, subjects: list[str], cpus: int, work: Path) -> tuple[int, float, dict[str, float]]:
-    """`ray_stage` in a fresh interpreter: (epochs, seconds, phase seconds)."""
+# (label, Ray's num_cpus, cores the stage may run on: None = all of the machine's)
+SETTINGS = (("1 CPU (Ray)", 1, None), ("1 core", 1, {0}), ("2 CPUs", 2, None))
+
+
+def in_subprocess(
+    bids_root: Path, subjects: list[str], cpus: int, cores: set[int] | None, work: Path
+) -> tuple[int, float, dict[str, float]]:
+    """`ray_stage` in a fresh interpreter, on `cores` only if given: (epochs, seconds, phase seconds)."""
     cmd = [sys.executable, __file__, "--bids", str(bids_root), "--stage", str(cpus), "--work", str(work)]
     for subject in subjects:
         cmd += ["--subject", subject]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, preexec_fn=pin).stdout.strip().splitlines()[-1]
     got = json.loads(out)
     return int(got["n"]), float(got["seconds"]), dict(got["phases"])
 
@@ -81,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bids", type=Path, default=Path("runs/demo/bids"))
     parser.add_argument("--subject", action="append", default=None)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating (1 CPU, 2 CPUs) pairs")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over the three settings, order rotated each round")
     parser.add_argument("--stage", type=int, default=0, help=argparse.SUPPRESS)  # one Ray stage, JSON out
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -95,27 +107,32 @@ def main() -> None:
         n, t, phases = ray_stage(args.bids, subjects, args.stage, args.work)
         print(json.dumps({"n": n, "seconds": t, "phases": phases}))
         return
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("this benchmark compares 1 and 2 cores: run it where at least 2 are available")
     work = Path(tempfile.mkdtemp(prefix="megdecode-scaling-"))
-    runs: dict[int, list[tuple[int, float, dict[str, float]]]] = {1: [], 2: []}
+    runs: dict[str, list[tuple[int, float, dict[str, float]]]] = {label: [] for label, _, _ in SETTINGS}
     try:
         for r in range(args.rounds):
-            for cpus in ((1, 2) if r % 2 == 0 else (2, 1)):
-                runs[cpus].append(in_subprocess(args.bids, subjects, cpus, work / f"r{r}"))
-                print(f"round {r}, {cpus} CPU(s): {runs[cpus][-1][1]:.1f} s", flush=True)
+            for label, cpus, cores in SETTINGS[r % 3:] + SETTINGS[:r % 3]:
+                runs[label].append(in_subprocess(args.bids, subjects, cpus, cores, work / f"r{r}-{cpus}-{bool(cores)}"))
+                print(f"round {r}, {label}: {runs[label][-1][1]:.1f} s", flush=True)
         n0, t0 = plain_mne(args.bids, subjects, PreprocessConfig())
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    n1 = runs[1][0][0]
-    t1, t2 = (statistics.median(t for _, t, _ in runs[c]) for c in (1, 2))
+    n1 = runs["2 CPUs"][0][0]
+    med = {label: statistics.median(t for _, t, _ in runs[label]) for label in runs}
     print(f"subjects {subjects}: {n1} epochs; medians of {args.rounds} fresh-interpreter run(s) per setting")
-    print(f"ray stage, 1 CPU : {n1 / t1:7.1f} epochs/s ({t1:.1f} s; runs {', '.join(f'{t:.1f}' for _, t, _ in runs[1])})")
-    print(f"ray stage, 2 CPUs: {n1 / t2:7.1f} epochs/s ({t2:.1f} s; runs {', '.join(f'{t:.1f}' for _, t, _ in runs[2])})")
-    print(f"plain MNE loop   : {n0 / t0:7.1f} epochs/s ({t0:.1f} s, {n0} epochs)")
-    for name in runs[1][0][2]:
-        p1, p2 = (statistics.median(ph[name] for _, _, ph in runs[c]) for c in (1, 2))
-        print(f"  phase {name:9s}: 1 CPU {p1:6.2f} s, 2 CPUs {p2:6.2f} s, {p1 / p2:.2f}x")
-    print(f"scaling 2 vs 1 CPU: {t1 / t2:.2f}x (goal >= 1.7x)   ray 2 CPUs vs plain MNE: {t0 / t2:.2f}x")
-
+    for label in runs:
+        listed = ", ".join(f"{t:.1f}" for _, t, _ in runs[label])
+        print(f"ray stage, {label:11s}: {n1 / med[label]:7.1f} epochs/s ({med[label]:.1f} s; runs {listed})")
+    print(f"plain MNE loop (1 process): {n0 / t0:7.1f} epochs/s ({t0:.1f} s, {n0} epochs)")
+    for name in runs["2 CPUs"][0][2]:
+        p = {label: statistics.median(ph[name] for _, _, ph in runs[label]) for label in runs}
+        cells = ", ".join(f"{label} {p[label]:6.2f} s" for label in runs)
+        print(f"  phase {name:9s}: {cells}; 2 CPUs vs 1 core {p['1 core'] / p['2 CPUs']:.2f}x")
+    two = med["2 CPUs"]
+    print(f"scaling 2 CPUs vs 1 core: {med['1 core'] / two:.2f}x (goal >= 1.7x); "
+          f"vs Ray num_cpus=1 on 2 cores: {med['1 CPU (Ray)'] / two:.2f}x; ray 2 CPUs vs plain MNE: {t0 / two:.2f}x")
 
 if __name__ == "__main__":
     main()
