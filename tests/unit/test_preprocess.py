@@ -171,15 +171,20 @@ def test_apply_scaler_clips_to_float32() -> None:
         apply_scaler(x[:, :2], scaler, clip=2.0)
 
 
-
 def test_apply_scaler_is_robust_scale_in_float32_across_chunks() -> None:
-    """Bit for bit the float32 `robust_scale`, over more epochs than one in-place chunk."""
+    """Bit for bit the float32 `robust_scale` (and so the plain numpy expression), over
+    more epochs than one in-place chunk."""
     x = np.random.default_rng(3).standard_normal((600, 3, 5)) * 3.0
     scaler = fit_robust_scaler(x[:400])
     center, scale = scaler.center.astype(np.float32), scaler.scale.astype(np.float32)
-    for clip in (None, 2.5):
-        expected = robust_scale(x.astype(np.float32), center, scale, clip)
+    plain = (x.astype(np.float32) - center[None, :, None]) / scale[None, :, None]
+    for clip, expected in ((None, plain), (2.5, np.clip(plain, -2.5, 2.5))):
+        assert np.array_equal(robust_scale(x.astype(np.float32), center, scale, clip), expected)
         assert np.array_equal(apply_scaler(x, scaler, clip), expected)
+    # float64 samples with float32 statistics (the serving stream): computed in float64
+    wide = robust_scale(x, center, scale, None)
+    assert wide.dtype == np.float64 and np.array_equal(wide, (x - center[None, :, None]) / scale[None, :, None])
+
 
 def test_scaler_dict_survives_json() -> None:
     scaler = fit_robust_scaler(np.random.default_rng(2).standard_normal((3, 4, 5)), (20.0, 80.0))

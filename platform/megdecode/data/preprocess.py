@@ -208,11 +208,19 @@ def baseline_correct(x: np.ndarray, times: np.ndarray, window: tuple[float, floa
 
 
 def robust_scale(
-    x: np.ndarray, center: np.ndarray, scale: np.ndarray, clip: float | None
+    x: np.ndarray, center: np.ndarray, scale: np.ndarray, clip: float | None, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """(N, C, T) -> (x - center[c]) / scale[c], clipped to [-clip, clip] when clip is set."""
-    out = (x - center[None, :, None]) / scale[None, :, None]
-    return np.clip(out, -clip, clip) if clip is not None else out
+    """(N, C, T) -> (x - center[c]) / scale[c], clipped to [-clip, clip] when clip is set.
+
+    Computed in one array (`out` when given, e.g. a slice of a larger result; else a new one
+    of the dtype of x - center), with no temporaries: the store build and the serving
+    stream run it over every sample. `scale` must not be a wider dtype than x - center.
+    """
+    out = np.subtract(x, center[None, :, None], out=out)
+    np.divide(out, scale[None, :, None], out=out)
+    if clip is not None:
+        np.clip(out, -clip, clip, out=out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -501,19 +509,14 @@ def fit_scaler(x: np.ndarray, cfg: PreprocessConfig) -> RobustScaler:
 
 
 def apply_scaler(x: np.ndarray, scaler: RobustScaler, clip: float | None) -> np.ndarray:
-    """(N, C, T) -> scaled and clipped float32: `robust_scale` in float32, computed in place
-    in the output, a few hundred epochs at a time (no float64 copy of x and no temporaries:
-    pass 2 of a build is memory-bound, and this was ~2x slower as three whole-array passes
-    that each allocated their result)."""
+    """(N, C, T) -> scaled and clipped float32: `robust_scale` in float32 into the output,
+    a few hundred epochs at a time (no float64 copy of x; pass 2 of a build is
+    memory-bound, and this was ~2x slower with whole-chunk temporaries)."""
     if x.ndim != 3 or x.shape[1] != len(scaler.center):
         raise ValueError(f"scaler has {len(scaler.center)} channels, data has shape {x.shape}")
-    center = scaler.center.astype(np.float32)[None, :, None]
-    scale = scaler.scale.astype(np.float32)[None, :, None]
+    center = scaler.center.astype(np.float32)
+    scale = scaler.scale.astype(np.float32)
     out = np.empty(x.shape, dtype=np.float32)
     for i in range(0, x.shape[0], 256):
-        part = out[i : i + 256]
-        np.subtract(x[i : i + 256].astype(np.float32, copy=False), center, out=part)
-        np.divide(part, scale, out=part)  # the same float32 operations as robust_scale
-        if clip is not None:
-            np.clip(part, -clip, clip, out=part)
+        robust_scale(x[i : i + 256].astype(np.float32, copy=False), center, scale, clip, out=out[i : i + 256])
     return out
