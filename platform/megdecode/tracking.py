@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 TRACKING_ENV = "MEGDECODE_TRACKING_URI"
 TAG_KIND, TAG_TRIAL, TAG_SEED = "megdecode.kind", "megdecode.trial_id", "megdecode.seed"
 TAG_COMMIT, TAG_DATA, TAG_PARENT = "megdecode.git_commit", "megdecode.dataset_sha256", "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment on its GenAI traces overview unless the experiment says
+# it is a model-training one; with this tag it opens on the runs table (params, metrics).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MODEL_PATH = "model"  # artifact folder of the registered pyfunc model inside its run
 _BATCH = 100  # MLflow's limit of params per log_batch call
 
@@ -127,10 +130,13 @@ class Tracker:
             found = self.client.get_experiment_by_name(self.experiment_name)
             if found is not None:
                 self._experiment_id = found.experiment_id
+                if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older version, or by hand
+                    self.client.set_experiment_tag(self._experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             else:
                 folder = self.experiment_name.replace("/", "_")
                 location = str(self.artifact_root / folder) if self.artifact_root else None
-                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment_name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         return self._experiment_id
 
     # --- runs -----------------------------------------------------------------------------

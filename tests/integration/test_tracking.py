@@ -210,3 +210,17 @@ def test_register_cli_promotes_a_run_with_a_bundle(tracker: Tracker, tmp_path: P
     with pytest.raises(SystemExit):
         main(["--run-id", run_id])  # --tracking-uri is required
 
+
+
+def test_experiments_open_on_the_runs_table(tracker: Tracker) -> None:
+    """MLflow 3's UI shows the GenAI traces overview for an experiment without a kind; ours
+    say "model training", also one that an older version created without the tag."""
+    from megdecode.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    bare = tracker.client.create_experiment("made-without-kind")
+    assert EXPERIMENT_KIND_TAG not in tracker.client.get_experiment(bare).tags
+    again = Tracker(tracker.tracking_uri, "made-without-kind")
+    assert again.experiment_id == bare
+    assert tracker.client.get_experiment(bare).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
