@@ -131,6 +131,22 @@ class StreamConfig(FlatConfig):
 
 
 @dataclass(frozen=True)
+class LiveConfig(FlatConfig):
+    """GET /live: the page that replays a recording through WS /v1/stream."""
+
+    bids_root: str = ""  # "" = the "bids" folder next to the served store (or the bundle's training store)
+    run: str = ""  # the run replayed by default (e.g. "sub-BIGMEG1_ses-01_task-main_run-01"); "" = the subject's last
+    chunk_s: float = 0.025  # signal per WebSocket message the page sends, at real-time pace
+    thumb_px: int = 96  # gallery thumbnails: longest side in pixels
+
+    def __post_init__(self) -> None:
+        if not 0.001 <= self.chunk_s <= 1.0:
+            raise ConfigError(f"live.chunk_s: between 0.001 and 1 s, got {self.chunk_s}")
+        if not 16 <= self.thumb_px <= 512:
+            raise ConfigError(f"live.thumb_px: between 16 and 512, got {self.thumb_px}")
+
+
+@dataclass(frozen=True)
 class ServeConfig(FlatConfig):
     """Everything the app needs; `from_mapping` reads the nested ``args`` of config.yaml."""
 
@@ -139,6 +155,7 @@ class ServeConfig(FlatConfig):
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
 
     @classmethod
     def from_mapping(cls, args: dict[str, Any] | None) -> ServeConfig:

@@ -38,6 +38,7 @@ from megdecode.serve.decoder import DecoderCore, inline_parts
 from megdecode.serve.errors import ApiError, install_handlers, unavailable
 from megdecode.serve.jsonio import FastJSONResponse
 from megdecode.serve.live import run_session, ws_close
+from megdecode.serve.livepage import LivePage, static_file, ws_auth
 from megdecode.serve.stream import StreamError, StreamSession
 from megdecode.serve.validate import (
     JSON_TYPES,
@@ -74,10 +75,12 @@ class Ingress:
         self.local = DecoderCore(d.to_flat_dict()) if d.ingress_copy != "none" else None
         self.local_limit = d.max_ongoing_requests + d.max_queued_requests if d.max_queued_requests >= 0 else None
         self.local_inflight = 0
+        self.live, self.store = LivePage(self.cfg.live), ""
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """{token_sha256, decoder: the decoder pool's user config (for the ingress' model copy)}."""
         self.token_sha256 = str(user_config.get("token_sha256", ""))
+        self.store = str((user_config.get("decoder") or {}).get("store") or "")
         if self.local is not None and user_config.get("decoder"):
             self.local.reconfigure(dict(user_config["decoder"]))
 
@@ -204,10 +207,13 @@ class Ingress:
 
     @api.websocket("/v1/stream")
     async def stream(self, ws: WebSocket) -> None:
-        """Start message {subject, sfreq?, top_k?}, then binary float32 chunks (C x n, channel-major)."""
-        await ws.accept()
+        """Start message {subject, sfreq?, top_k?}, then binary float32 chunks (C x n, channel-major).
+
+        A browser, which cannot set headers here, offers its token as a subprotocol (`ws_auth`)."""
+        auth, protocol = ws_auth(ws.headers)
+        await ws.accept(subprotocol=protocol)
         try:
-            self._authorize(ws.headers)
+            self._authorize(auth)
             start = await asyncio.wait_for(ws.receive_json(), 30)
             if not isinstance(start, dict):
                 raise ApiError(400, "malformed_json", "the first message must be a JSON object")
@@ -255,3 +261,48 @@ class Ingress:
                 lambda: local.decode_windows(session.pre.windows_from(segment, onsets), subject, k)))
         windows = await asyncio.to_thread(session.pre.windows_from, segment, onsets)
         return await self._call(self.decoder.decode_windows.remote(windows, subject, k), "decoder")
+
+    # --- the live page (megdecode.serve.livepage) ------------------------------------------
+    @api.get("/live", include_in_schema=False)
+    async def live_page(self, request: Request) -> Response:
+        return static_file("live.html", str(request.scope.get("root_path", "")))
+
+    @api.get("/live/{name}", include_in_schema=False)
+    async def live_static(self, name: str) -> Response:
+        return static_file(name)
+
+    async def _live_model(self) -> tuple[Any, Any]:
+        """(bundle, gallery) of the served model: the ingress' copy, else loaded once for the page."""
+        if self.local is None:
+            return await asyncio.to_thread(self.live.model, self.cfg.decoder.model, self.cfg.tracking_uri(), self.store)
+        state = self.local.state
+        if state is None:
+            raise unavailable("not_ready", self.local.load_error or "the model is still loading", self.cfg.http.retry_after_s)
+        return state.bundle, state.gallery
+
+    @api.get("/v1/live/recording", summary="what the live page replays: signal facts and events",
+             responses=schemas.ERRORS)
+    async def live_recording(self, request: Request, subject: str | None = None, run: str | None = None) -> Response:
+        self._authorize(request.headers)
+        bundle, gallery = await self._live_model()
+        replay = await asyncio.to_thread(self.live.replay, bundle, self.store, subject, run)
+        return FastJSONResponse(self.live.info(replay, gallery, bundle.subjects))
+
+    @api.get("/v1/live/recording/data", summary="samples [start, stop) of the replay as float32 (C x n)",
+             responses={200: {"content": {"application/octet-stream": {}}}, **schemas.ERRORS})
+    async def live_data(self, request: Request, start: int, stop: int, subject: str | None = None,
+                        run: str | None = None) -> Response:
+        self._authorize(request.headers)
+        bundle, _ = await self._live_model()
+        replay = await asyncio.to_thread(self.live.replay, bundle, self.store, subject, run)
+        block = await asyncio.to_thread(replay.read, start, stop)
+        return Response(block.tobytes(), media_type="application/octet-stream",
+                        headers={"X-Shape": f"{block.shape[0]},{block.shape[1]}"})
+
+    @api.get("/v1/gallery/{image_id}.png", summary="a gallery image's thumbnail",
+             responses={200: {"content": {"image/png": {}}}, **schemas.ERRORS})
+    async def gallery_png(self, request: Request, image_id: int) -> Response:
+        self._authorize(request.headers)
+        bundle, gallery = await self._live_model()
+        png = await asyncio.to_thread(self.live.thumbnail, image_id, bundle, gallery, self.store)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
