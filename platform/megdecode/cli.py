@@ -19,10 +19,11 @@ Size = Annotated[str, typer.Option(help="twin size: tiny | demo | full")]
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also stream Ray's, Tune's, Serve's and "
+                                                 "MLflow's own output (default: in a log file)")] = False) -> None:
     from megdecode.logs import setup_logging
 
-    setup_logging("DEBUG" if verbose else "INFO")
+    setup_logging("DEBUG" if verbose else "INFO", verbose_output=verbose)
 
 
 @app.command()

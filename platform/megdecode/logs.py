@@ -1,4 +1,16 @@
-"""Logging and progress set once at the entry point (CLI, job, serve app)."""
+"""Logging and progress set once at the entry point (CLI, job, serve app).
+
+Quiet by default: the console shows our stage lines (INFO of ``megdecode.*``), warnings and
+errors, and one progress bar per long stage on an interactive terminal. What Ray, Ray Data,
+Ray Tune, Serve, MLflow and Optuna say at INFO goes to a log file whose path is printed
+once (next to Ray's own session logs, where the workers' output stays). ``-v`` (or
+``MEGDECODE_VERBOSE=1``) restores the full stream. Errors are never filtered: exceptions
+raised in Ray tasks and actors reach the driver with their tracebacks either way.
+
+The choice travels in the environment (``MEGDECODE_VERBOSE``) because the code that starts
+Ray, Tune or Serve runs far from the entry point that parsed ``-v``, and Ray's workers and
+our subprocesses inherit it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +18,38 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 
+VERBOSE_ENV = "MEGDECODE_VERBOSE"
+LOG_FILE_ENV = "MEGDECODE_LOG_FILE"
+# Loggers of libraries that install their own console handlers (propagate=False) at import.
+LIBRARIES = ("ray", "mlflow", "optuna", "alembic", "filelock", "urllib3", "fsspec")
+# Library warnings that say nothing the user can act on (the console drops them; the file keeps them).
+NOISE = (
+    "Progress bars disabled",  # Ray Data, when we turn its bars off in Tune trials
+    "Token authentication is enabled",  # Ray, once per cluster: printed in the log file
+    "Connecting to existing Serve app",  # Serve, when an app is redeployed in one session
+)
 
-def setup_logging(level: str | int = "INFO") -> None:
-    """Configure the root logger; called by entry points only, never at import."""
+
+def verbose() -> bool:
+    """Whether the entry point asked for the full stream (``-v``)."""
+    return os.environ.get(VERBOSE_ENV, "0") == "1"
+
+
+def setup_logging(level: str | int = "INFO", verbose_output: bool | None = None,
+                  log_file: str | Path | None = None) -> Path | None:
+    """Configure the root logger; called by entry points only, never at import.
+
+    ``verbose_output`` None keeps what the environment says. In quiet mode the libraries'
+    INFO goes to ``log_file`` (default: ``$MEGDECODE_LOG_FILE`` or a file in the temp
+    folder), returned so the caller can print its path once.
+    """
+    if verbose_output is not None:
+        os.environ[VERBOSE_ENV] = "1" if verbose_output else "0"
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -22,6 +59,121 @@ def setup_logging(level: str | int = "INFO") -> None:
     )
     for noisy in ("mne", "mne_bids", "matplotlib", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if verbose():
+        return None
+    # Read by the libraries themselves, here and in every process they start.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    path = Path(log_file or os.environ.get(LOG_FILE_ENV) or _default_log_file())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ[LOG_FILE_ENV] = str(path)
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(_ray_data_config(path.parent)))
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name("megdecode-file")
+    root = logging.getLogger()
+    for console in root.handlers:  # basicConfig's: our INFO, everyone's warnings
+        console.addFilter(_OURS)
+    root.addHandler(handler)
+    quiet_console()
+    return path
+
+
+def _default_log_file() -> Path:
+    import tempfile
+    import time
+
+    return Path(tempfile.gettempdir()) / "megdecode" / f"megdecode-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+def _ray_data_config(folder: Path) -> Path:
+    """Ray Data's own logging config (read at ``import ray.data``, in every process): its
+    session file as by default, its console handler at warnings minus `NOISE`. Without it,
+    Ray Data logs every operator's progress to the terminal every few seconds."""
+    import json
+
+    config = {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"ray": {"format": "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"}},
+        "filters": {"console_filter": {"()": "ray.data._internal.logging.HiddenRecordFilter"},
+                    "quiet": {"()": "megdecode.logs._Console"}},
+        "handlers": {
+            "file": {"class": "ray.data._internal.logging.SessionFileHandler", "formatter": "ray",
+                     "filename": "ray-data.log"},
+            "console": {"class": "ray._private.log.PlainRayHandler", "formatter": "ray", "level": "WARNING",
+                        "filters": ["console_filter", "quiet"]},
+        },
+        "loggers": {"ray.data": {"level": "DEBUG", "handlers": ["file", "console"], "propagate": False}},
+    }
+    path = folder / "ray-data-logging.yaml"
+    path.write_text(json.dumps(config, indent=1))  # JSON is YAML
+    return path
+
+
+def log_file() -> Path | None:
+    """The file the libraries' output goes to in quiet mode (None when verbose or unset)."""
+    path = os.environ.get(LOG_FILE_ENV)
+    return Path(path) if path and not verbose() else None
+
+
+class _Console(logging.Filter):
+    """On a library's console handler: WARNING and above, minus `NOISE`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        message = record.getMessage()
+        return not any(message.startswith(n) or n in message[:120] for n in NOISE)
+
+
+_CONSOLE = _Console()
+
+
+class _Ours(_Console):
+    """On the root console handler: our own INFO (stage lines), everyone's warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] in ("megdecode", "__main__") or super().filter(record)
+
+
+_OURS = _Ours()
+
+
+def quiet_console() -> None:
+    """Turn the libraries' own console handlers down to warnings; send their INFO to the file.
+
+    Idempotent, and cheap: call it again after importing a library that configures its
+    loggers at import (``ray.serve``, ``ray.data``, ``optuna``). No-op when verbose.
+    """
+    if verbose():
+        return
+    root = logging.getLogger()
+    file_handler = next((h for h in root.handlers if h.get_name() == "megdecode-file"), None)
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n.split(".")[0] in LIBRARIES]
+    for name in sorted(set(names) | set(LIBRARIES)):
+        lib = logging.getLogger(name)
+        for handler in lib.handlers:
+            console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            if console and _CONSOLE not in handler.filters:
+                handler.addFilter(_CONSOLE)
+        for stale in [h for h in lib.handlers if h.get_name() == "megdecode-file" and h is not file_handler]:
+            lib.removeHandler(stale)  # from an earlier setup_logging in this process
+        if lib.handlers and not lib.propagate and file_handler is not None and file_handler not in lib.handlers:
+            lib.addHandler(file_handler)
+    for name in ("optuna",):
+        logging.getLogger(name).setLevel(logging.WARNING)
+        if "optuna" in sys.modules:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def show_progress() -> bool:
+    """Progress bars on an interactive stderr (or when MEGDECODE_PROGRESS=1)."""
+    force = os.environ.get("MEGDECODE_PROGRESS")
+    return force == "1" or (force is None and sys.stderr.isatty())
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
@@ -29,11 +181,38 @@ def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterato
 
     Bars are off in CI logs by default because they turn into thousands of lines.
     """
-    force = os.environ.get("MEGDECODE_PROGRESS")
-    show = force == "1" or (force is None and sys.stderr.isatty())
-    if not show:
+    if not show_progress():
         yield from items
         return
     from tqdm import tqdm
 
     yield from tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+class StageProgress:
+    """One progress display for a long stage: a tqdm bar on an interactive terminal, else
+    one log line per step (a finished trial, a preprocessed run), so CI logs stay short
+    and still show that the stage moves."""
+
+    def __init__(self, desc: str, total: int | None, log: logging.Logger) -> None:
+        self.desc, self.total, self.log, self.done = desc, total, log, 0
+        self._bar = None
+        if show_progress():
+            from tqdm import tqdm
+
+            self._bar = tqdm(desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+    def step(self, note: str = "", n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            if note:
+                self._bar.set_postfix_str(note, refresh=True)
+        else:
+            of = f"/{self.total}" if self.total else ""
+            self.log.info("%s %d%s%s", self.desc, self.done, of, f": {note}" if note else "")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+

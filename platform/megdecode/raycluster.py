@@ -34,7 +34,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         logger.warning("ignoring RAY_ADDRESS=%s (a dashboard URL for `ray job`, not for ray.init)", env_address)
         os.environ.pop("RAY_ADDRESS")
         env_address = ""
-    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    from megdecode.logs import log_file, quiet_console, verbose
+
+    # Quiet mode: the workers' output (trials, Serve replicas' request logs) stays in the
+    # session's log files instead of being streamed to this terminal; task and actor errors
+    # still reach the driver as exceptions with their tracebacks.
+    quiet_console()  # Ray's console logger exists from `import ray` on: quiet it before init talks
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                               "log_to_driver": verbose()}
     options.update(kwargs)
     if address or env_address:
         # Attaching to a cluster whose workers may not have megdecode installed (a job
@@ -45,7 +52,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     else:
         _loopback_only()
         ray.init(num_cpus=num_cpus or os.cpu_count(), **options)
-    logger.info("ray: %s", ray.cluster_resources())
+    quiet_console()
+    resources = ray.cluster_resources()
+    quiet = log_file()
+    logger.info("ray: %g CPU, %g GPU; logs: %s%s", resources.get("CPU", 0), resources.get("GPU", 0),
+                f"{quiet} (Ray, Tune, Serve, MLflow; -v streams them) and " if quiet else "", session_logs())
+
+
+def session_logs() -> str:
+    """The log folder of the Ray session this process is attached to (workers' output)."""
+    import ray
+
+    try:
+        from ray._private.worker import global_worker
+
+        return str(Path(global_worker.node.get_session_dir_path()) / "logs")
+    except Exception:  # attached through a client, or Ray's internals moved
+        return "/tmp/ray/session_latest/logs" if ray.is_initialized() else "(ray not started)"
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

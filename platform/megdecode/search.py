@@ -190,7 +190,7 @@ def load_space(path: str | Path) -> SearchSpace:
     space = _top_level(doc, where, fixed, tuple(params), path.stem)
     _check_window(space, where)
     _check_configs(space, where)
-    logger.info("search space %s: %d params, %d fixed, %d samples x %d seeds",
+    logger.debug("search space %s: %d params, %d fixed, %d samples x %d seeds",
                 space.name, len(params), len(fixed), space.num_samples, space.seeds)
     return space
 

@@ -167,8 +167,11 @@ def data_paths(data: Path) -> tuple[Path, Path]:
 
 def run_search(setup: SearchSetup, resume: bool = False, address: str | None = None, top_k: int = 5,
                register: tuple[str, str] | None = ("megdecode-brain", "champion"), ridge: bool = True,
-               retry_errored: bool = False, verbose: int = 1, callbacks: Sequence[Any] = ()) -> SearchReport:
+               retry_errored: bool = False, verbose: int | None = None, callbacks: Sequence[Any] = ()) -> SearchReport:
     """Run (or resume) one search; see the module docstring. Starts or attaches Ray.
+
+    verbose: Tune's own console output (its status table every 30 s); None = 1 with ``-v``,
+    else 0 and one line (or a progress bar on a terminal) per finished trial.
 
     callbacks: extra Tune callbacks for a new search (e.g. a benchmark's clock); a resumed
     search keeps the callbacks it was started with.
@@ -187,6 +190,8 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
         setup = saved
     space = load_space(setup.space)
     seeds = tuple(range(setup.seeds or space.seeds))
+    logger.info("search space %s: %d params, %d fixed, %d samples x %d seeds", space.name, len(space.params),
+                len(space.fixed), setup.num_samples or space.num_samples, len(seeds))
     store, latents_dir = data_paths(Path(setup.data))
     base = FitConfig(store=str(store), latents_dir=str(latents_dir))
     plan = TrialPlan(base, dict(space.fixed), seeds, tuple(p.key for p in space.params),
@@ -196,6 +201,9 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     # result; the classic table (`_reporter`) stays readable. Set RAY_AIR_NEW_OUTPUT=1 to undo.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     clock = _Clock(start)
+    from megdecode.logs import verbose as verbose_logs
+
+    verbose = (1 if verbose_logs() else 0) if verbose is None else verbose
     init_ray(address)
     cpus = setup.cpus_per_trial or max(1, int(ray.cluster_resources().get("CPU", 1)) // concurrent)
     plan = replace(plan, threads=cpus)
@@ -219,7 +227,8 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
         tags = {"megdecode.space": space.name, "megdecode.space_path": str(setup.space),
                 "megdecode.experiment_path": str(setup.path)}  # the Tracker adds git commit, dataset sha256
         mlflow_callback = MlflowSearchCallback(setup.tracking_uri, setup.experiment, plan, tags)
-        tuner = _new_tuner(setup, space, trainable, concurrent, verbose, [mlflow_callback, *callbacks])
+        shown = [] if verbose else [trial_progress(setup.num_samples or space.num_samples, f"{space.metric}_mean")]
+        tuner = _new_tuner(setup, space, trainable, concurrent, verbose, [mlflow_callback, *shown, *callbacks])
     results = tuner.fit()
     clock.lap("tune")
     if mlflow_callback is not None:
@@ -229,6 +238,42 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     clock.lap("check")
     return _report(setup, space, plan, shared, results, trials, clock, resume, top_k, register, ridge,
                    searcher_name, searcher_trials)
+
+
+def trial_progress(total: int, metric: str) -> Any:
+    """A Tune callback that shows each finished trial (a class made here: Tune is imported lazily)."""
+    from ray import tune
+
+    from megdecode.logs import StageProgress
+
+    class _TrialProgress(tune.Callback):
+        """The search's one progress display in quiet mode: a bar on a terminal, else a line
+        per finished, stopped or failed trial with its metric, so the status tables can go."""
+
+        def __init__(self, total: int, metric: str) -> None:
+            self.metric, self.bar = metric, StageProgress("trials", total, logger)
+
+        def _show(self, trial: Any, state: str) -> None:
+            result = dict(trial.last_result or {})
+            value, spread = result.get(self.metric), result.get(self.metric.replace("_mean", "_std"))
+            shown = f"{value:.3f}" + (f"±{spread:.3f}" if spread is not None else "") if value is not None else "-"
+            self.bar.step(f"{trial} {state} at epoch {result.get('epoch', 0)}: {self.metric.removesuffix('_mean')} {shown}")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._show(trial, "finished" if result_final(trial) else "stopped")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._show(trial, "FAILED")
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self.bar.close()
+
+    return _TrialProgress(total, metric)
+
+
+def result_final(trial: Any) -> bool:
+    """Whether a trial ran to its end (its last report is the final one), not stopped by ASHA."""
+    return bool((trial.last_result or {}).get("final"))
 
 
 class _Clock:
@@ -251,6 +296,10 @@ def _new_tuner(setup: SearchSetup, space: SearchSpace, trainable: Any, concurren
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
+
+    from megdecode.logs import quiet_console
+
+    quiet_console()  # optuna configures its console logger at import
 
     metric = f"{space.metric}_mean"
     searcher = OptunaSearch(space=space.define_by_run, metric=metric, mode=space.mode, seed=setup.sampler_seed)

@@ -129,5 +129,5 @@ def compute_metrics(
             out[name] = two_way_identification(pred, true)
     missing = [m for m in (*IDENTIFICATION, *LOWER_IS_BETTER) if m not in out]
     if missing:
-        logger.info("metrics without a network, not computed: %s", ", ".join(missing))
+        logger.debug("metrics without a network, not computed: %s", ", ".join(missing))
     return out

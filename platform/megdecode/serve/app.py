@@ -81,8 +81,10 @@ def start(cfg: ServeConfig, token: str | None = None, store: str | None = None, 
     import ray
     from ray import serve
 
+    from megdecode.logs import quiet_console
     from megdecode.raycluster import init_ray
 
+    quiet_console()  # Serve configures its driver-side console logger at import
     if not ray.is_initialized():
         init_ray(address)
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})

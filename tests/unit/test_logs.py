@@ -1,0 +1,106 @@
+"""Quiet console by default: our stage lines and everyone's warnings on the terminal, the
+libraries' INFO in the log file; ``-v`` streams everything."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from megdecode import logs
+
+
+@pytest.fixture()
+def clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for var in (logs.VERBOSE_ENV, logs.LOG_FILE_ENV, "RAY_DATA_LOGGING_CONFIG", "MLFLOW_LOGGING_LEVEL",
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MEGDECODE_PROGRESS"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    logging.basicConfig(level=logging.WARNING, force=True)
+    for name in ("optuna.unit", "megdecode.unit", "alembic.unit"):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = True
+
+
+def _library_logger(name: str) -> tuple[logging.Logger, io.StringIO]:
+    """A logger as Ray/MLflow/Optuna make theirs: its own console handler, no propagation."""
+    stream = io.StringIO()
+    lib = logging.getLogger(name)
+    lib.handlers.clear()
+    lib.addHandler(logging.StreamHandler(stream))
+    lib.setLevel(logging.INFO)
+    lib.propagate = False
+    return lib, stream
+
+
+def test_quiet_mode_moves_library_info_to_the_file(clean_logging: None, tmp_path: Path) -> None:
+    lib, console = _library_logger("optuna.unit")
+    path = logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
+    assert path == tmp_path / "run.log" and logs.log_file() == path and not logs.verbose()
+    lib.info("Total Progress: 15/32")
+    lib.warning("Progress bars disabled. To enable, set ...")  # noise: the file only
+    lib.warning("object store is full")
+    lib.error("task failed: Traceback ...")
+    shown = console.getvalue()
+    assert "Total Progress" not in shown and "Progress bars disabled" not in shown
+    assert "object store is full" in shown and "task failed" in shown
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    kept = path.read_text()
+    assert "Total Progress: 15/32" in kept and "Progress bars disabled" in kept and "task failed" in kept
+
+
+def test_root_console_shows_our_info_and_only_warnings_of_others(
+        clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
+    logging.getLogger("megdecode.unit").info("== preprocess: 30 s ==")
+    logging.getLogger("alembic.unit").info("Context impl SQLiteImpl.")
+    logging.getLogger("alembic.unit").warning("a migration is missing")
+    err = capsys.readouterr().err
+    assert "== preprocess: 30 s ==" in err and "a migration is missing" in err
+    assert "SQLiteImpl" not in err
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    assert "SQLiteImpl" in (tmp_path / "run.log").read_text()
+
+
+def test_verbose_streams_everything(clean_logging: None, tmp_path: Path) -> None:
+    lib, console = _library_logger("optuna.unit")
+    assert logs.setup_logging("DEBUG", verbose_output=True, log_file=tmp_path / "run.log") is None
+    logs.quiet_console()  # a no-op when verbose
+    lib.info("Total Progress: 15/32")
+    assert "Total Progress" in console.getvalue()
+    assert logs.verbose() and logs.log_file() is None and not (tmp_path / "run.log").exists()
+
+
+def test_repeated_setup_keeps_one_file_handler_per_library(clean_logging: None, tmp_path: Path) -> None:
+    lib, _ = _library_logger("optuna.unit")
+    for i in range(3):
+        logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / f"run{i}.log")
+    files = [h for h in lib.handlers if h.get_name() == "megdecode-file"]
+    assert len(files) == 1 and Path(files[0].baseFilename) == tmp_path / "run2.log"
+
+
+def test_ray_data_gets_a_warning_level_console(clean_logging: None, tmp_path: Path) -> None:
+    logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
+    config = json.loads(Path(os.environ["RAY_DATA_LOGGING_CONFIG"]).read_text())
+    assert config["handlers"]["console"]["level"] == "WARNING"
+    assert config["handlers"]["file"]["filename"] == "ray-data.log"  # Ray Data's session file stays
+    assert config["filters"]["quiet"]["()"] == "megdecode.logs._Console"
+
+
+def test_stage_progress_logs_one_line_per_step_off_a_terminal(
+        clean_logging: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MEGDECODE_PROGRESS", "0")
+    bar = logs.StageProgress("trials", 3, logging.getLogger("megdecode.unit"))
+    with caplog.at_level(logging.INFO, logger="megdecode.unit"):
+        bar.step("trial_0001 finished")
+        bar.step()
+    bar.close()
+    assert [r.getMessage() for r in caplog.records] == ["trials 1/3: trial_0001 finished", "trials 2/3"]
