@@ -173,7 +173,9 @@
         this.ready = m;
         this.timer = setInterval(() => this.pump(), 10);
         status(`streaming: ${m.n_channels} channels at ${m.sfreq} Hz, a decode every `
-          + `${(m.stride_s * 1000).toFixed(1)} ms of signal`);
+          + `${(m.stride_s * 1000).toFixed(1)} ms of signal`
+          + (m.filter_matches_training ? "" : "; note: this model was trained on zero-phase filtered "
+            + "data, the stream filters causally, so its inputs differ from training"));
       } else if (m.type === "decode") {
         this.onDecode(m);
       } else if (m.type === "behind") {
