@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -194,8 +195,10 @@ class StageProgress:
     one log line per step (a finished trial, a preprocessed run), so CI logs stay short
     and still show that the stage moves."""
 
-    def __init__(self, desc: str, total: int | None, log: logging.Logger) -> None:
-        self.desc, self.total, self.log, self.done = desc, total, log, 0
+    def __init__(self, desc: str, total: int | None, log: logging.Logger, every_s: float = 0.0) -> None:
+        """every_s: off a terminal, at most one line per that many seconds (and the last step)."""
+        self.desc, self.total, self.log, self.done, self.every_s = desc, total, log, 0, every_s
+        self._last = -float("inf")
         self._bar = None
         if show_progress():
             from tqdm import tqdm
@@ -208,7 +211,8 @@ class StageProgress:
             self._bar.update(n)
             if note:
                 self._bar.set_postfix_str(note, refresh=True)
-        else:
+        elif self.done == self.total or time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
             of = f"/{self.total}" if self.total else ""
             self.log.info("%s %d%s%s", self.desc, self.done, of, f": {note}" if note else "")
 

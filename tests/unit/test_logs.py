@@ -96,11 +96,15 @@ def test_ray_data_gets_a_warning_level_console(clean_logging: None, tmp_path: Pa
 
 
 def test_stage_progress_logs_one_line_per_step_off_a_terminal(
-        clean_logging: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        clean_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEGDECODE_PROGRESS", "0")
-    bar = logs.StageProgress("trials", 3, logging.getLogger("megdecode.unit"))
-    with caplog.at_level(logging.INFO, logger="megdecode.unit"):
-        bar.step("trial_0001 finished")
-        bar.step()
+    lib, stream = _library_logger("megdecode.unit")
+    bar = logs.StageProgress("trials", 3, lib)
+    bar.step("trial_0001 finished")
+    bar.step()
     bar.close()
-    assert [r.getMessage() for r in caplog.records] == ["trials 1/3: trial_0001 finished", "trials 2/3"]
+    assert stream.getvalue().splitlines() == ["trials 1/3: trial_0001 finished", "trials 2/3"]
+    throttled = logs.StageProgress("runs", 3, lib, every_s=3600.0)
+    for _ in range(3):
+        throttled.step()
+    assert stream.getvalue().splitlines()[2:] == ["runs 1/3", "runs 3/3"]  # the first, then the last

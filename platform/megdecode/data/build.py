@@ -26,7 +26,7 @@ from megdecode.data import bids, runcache, shards
 from megdecode.data.preprocess import PreprocessConfig, preprocess_run
 from megdecode.data.splits import SplitConfig, assign_splits
 from megdecode.data.subject_pass import SubjectJob, run_subjects, stack_order
-from megdecode.logs import progress
+from megdecode.logs import StageProgress, progress, verbose
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +99,22 @@ def _run_ray(root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cac
     items = [{"root": str(root), "cache": str(cache), "subject": k.subject, "session": k.session, "run": k.run}
              for k in keys]
     pool = max(1, min(len(items), int(ray.cluster_resources().get("CPU", 1))))
-    rows = (ray.data.from_items(items, override_num_blocks=len(items))
-            .map_batches(_RunWorker, batch_size=1, batch_format="numpy", num_cpus=1,
-                         fn_constructor_kwargs={"cfg": cfg.to_flat_dict()},
-                         compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=2))
-            .take_all())
-    by_stem = {str(r["stem"]): bool(r["reused"]) for r in rows}
+    ctx = ray.data.DataContext.get_current()
+    bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = verbose()  # quiet: our one bar (or a line every 10 s) instead of Ray Data's
+    shown = StageProgress("preprocessed runs", len(items), logger, every_s=10.0)
+    by_stem: dict[str, bool] = {}
+    try:
+        for row in (ray.data.from_items(items, override_num_blocks=len(items))
+                    .map_batches(_RunWorker, batch_size=1, batch_format="numpy", num_cpus=1,
+                                 fn_constructor_kwargs={"cfg": cfg.to_flat_dict()},
+                                 compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=2))
+                    .iter_rows()):
+            by_stem[str(row["stem"])] = bool(row["reused"])
+            shown.step()
+    finally:
+        ctx.enable_progress_bars = bars
+        shown.close()
     return [(stem, by_stem[stem]) for stem in (str(runcache.cache_stem(cache, k, cfg)) for k in keys)]
 
 
