@@ -2,13 +2,15 @@
 
 What the registry holds and serving loads (DESIGN §6): the weights, the model config,
 the time window, the channel layout, the subject index, the latent name and the training
-latents' mean/std (for the MSE-head post-processing), a gallery of candidate latents with
-their image ids, the metrics and the git commit. `load_bundle` refuses a bundle whose
-fields are missing or inconsistent, because a model applied to the wrong channel order
-or window decodes garbage without any error.
+latents' mean/std (for the MSE-head post-processing), the prediction statistics of a
+reference set (`PredictionStats`: what z-scores one served window the way the offline
+evaluation z-scores a set), a gallery of candidate latents with their image ids, the
+metrics and the git commit. `load_bundle` refuses a bundle whose fields are missing or
+inconsistent, because a model applied to the wrong channel order or window decodes
+garbage without any error.
 
 On disk: ``bundle.json`` (metadata + sha256 of the tensor files), ``model.safetensors``
-and ``arrays.safetensors`` (positions, latent stats, gallery).
+and ``arrays.safetensors`` (positions, latent stats, prediction stats, gallery).
 """
 
 from __future__ import annotations
@@ -33,10 +35,57 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "megdecode-bundle/1"
 _ARRAYS = ("pos2d", "latent_mean", "latent_std", "gallery", "gallery_ids")
+_STATS_ARRAYS = ("pred_mean", "pred_std")  # PredictionStats.mean / .std in arrays.safetensors
+_WARNED: set[Path] = set()  # bundles already reported as lacking prediction statistics
+STD_FLOOR = 1e-8  # a dimension the head never varies on the reference set: divide by this, not 0
 
 
 class BundleError(ValueError):
     """The bundle is missing a field or its fields disagree; the message says which."""
+
+
+@dataclass(frozen=True, eq=False)
+class PredictionStats:
+    """Per-dimension mean and std (F,) of the MSE head's predictions on a reference set.
+
+    Why a bundle keeps them: generation z-scores MSE outputs before mapping them to the
+    training latents' scale (DESIGN §4), and one served window has no spread of its own to
+    z-score with. These statistics, measured once at training time, scale a served window
+    and an offline one the same way. ``reference`` names the set ("val": the validation
+    predictions at the best epoch, what `train.fit` stores), ``n`` its size.
+    """
+
+    mean: np.ndarray  # (F,) float64
+    std: np.ndarray  # (F,) float64, > 0
+    reference: str = "val"
+    n: int = 0
+
+    @classmethod
+    def of(cls, predictions: np.ndarray, reference: str) -> PredictionStats:
+        """The statistics of a reference set of MSE predictions (N >= 2, F); std floored at
+        `STD_FLOOR` so that a dimension constant on the set cannot divide by zero."""
+        pred = np.asarray(predictions, dtype=np.float64)
+        if pred.ndim != 2 or len(pred) < 2:
+            raise BundleError(f"prediction statistics need (N >= 2, F) predictions, got shape {pred.shape}")
+        if not np.isfinite(pred).all():
+            raise BundleError(f"the {reference!r} predictions hold NaN or infinite values")
+        return cls(pred.mean(0), np.maximum(pred.std(0), STD_FLOOR), reference, len(pred))
+
+    def check(self, width: int) -> None:
+        """Raise `BundleError` unless mean/std are finite (width,) arrays, std > 0, n >= 2."""
+        for name, arr in (("mean", self.mean), ("std", self.std)):
+            if np.shape(arr) != (width,):
+                raise BundleError(f"prediction_stats.{name} has shape {np.shape(arr)}, expected ({width},)")
+            if not np.isfinite(arr).all():
+                raise BundleError(f"prediction_stats.{name} holds NaN or infinite values")
+        if not np.all(self.std > 0):
+            raise BundleError("prediction_stats.std has non-positive entries")
+        if not self.reference or int(self.n) < 2:
+            raise BundleError(f"prediction_stats: reference {self.reference!r} with n={self.n}; need a named set, n >= 2")
+
+    def describe(self) -> dict[str, Any]:
+        """What the model card and bundle.json say about them (the arrays stay binary)."""
+        return {"reference": self.reference, "n": int(self.n)}
 
 
 @dataclass
@@ -63,6 +112,7 @@ class ModelBundle:
     metrics: dict[str, float] = field(default_factory=dict)
     git_commit: str = "unknown"
     extra: dict[str, Any] = field(default_factory=dict)
+    prediction_stats: PredictionStats | None = None  # None: a bundle made before they were stored
 
     def validate(self) -> None:
         """Raise `BundleError` naming the first inconsistency."""
@@ -89,6 +139,8 @@ class ModelBundle:
             expected = {"n_channels": c, "n_times": self.n_times, "n_subjects": len(self.subjects), "out_dim": f}[key]
             if key in self.model_config and int(self.model_config[key]) != expected:
                 raise BundleError(f"model_config {key}={self.model_config[key]} but the bundle says {expected}")
+        if self.prediction_stats is not None:
+            self.prediction_stats.check(f)
 
     @property
     def latent_parts(self) -> list[tuple[str, int]]:
@@ -131,6 +183,9 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     save_torch({k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()}, str(path / "model.safetensors"))
     arrays = {name: np.ascontiguousarray(getattr(bundle, name)) for name in _ARRAYS}
+    stats = bundle.prediction_stats
+    if stats is not None:
+        arrays.update(pred_mean=np.ascontiguousarray(stats.mean), pred_std=np.ascontiguousarray(stats.std))
     save_numpy(arrays, str(path / "arrays.safetensors"))
     meta = {
         "format": FORMAT,
@@ -138,6 +193,7 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
         "tmin": bundle.tmin, "tmax": bundle.tmax, "sfreq": bundle.sfreq, "n_times": bundle.n_times,
         "ch_names": bundle.ch_names, "subjects": bundle.subjects, "latent_name": bundle.latent_name,
         "metrics": bundle.metrics, "git_commit": bundle.git_commit, "extra": bundle.extra,
+        "prediction_stats": stats.describe() if stats is not None else None,
         "sha256": {name: sha256_file(path / name) for name in ("model.safetensors", "arrays.safetensors")},
     }
     (path / "bundle.json").write_text(json.dumps(meta, indent=2, default=float))
@@ -174,7 +230,27 @@ def load_bundle(path: Path) -> ModelBundle:
         n_times=int(meta["n_times"]), ch_names=list(meta["ch_names"]), subjects=list(meta["subjects"]),
         latent_name=str(meta["latent_name"]), metrics=dict(meta.get("metrics", {})),
         git_commit=str(meta.get("git_commit", "unknown")), extra=dict(meta.get("extra", {})),
+        prediction_stats=_read_stats(meta, arrays, meta_path),
         **{name: arrays[name] for name in _ARRAYS},
     )
     bundle.validate()
     return bundle
+
+
+def _read_stats(meta: dict[str, Any], arrays: dict[str, np.ndarray], meta_path: Path) -> PredictionStats | None:
+    """The stored prediction statistics; None, with a warning, for a bundle made without them."""
+    described = meta.get("prediction_stats")
+    if described is None:
+        if meta_path.parent.resolve() in _WARNED:  # evaluations load one bundle several times: say it once
+            return None
+        _WARNED.add(meta_path.parent.resolve())
+        logger.warning("%s has no prediction statistics (a bundle made before they were stored): a single "
+                       "window's MSE output cannot be z-scored, so /v1/reconstruct and `megdecode reconstruct` "
+                       "use it unscaled; retrain to store them", meta_path.parent)
+        return None
+    absent = [a for a in _STATS_ARRAYS if a not in arrays]
+    if absent or not isinstance(described, dict):
+        raise BundleError(f"{meta_path} names prediction_stats but arrays.safetensors is missing "
+                          f"{', '.join(absent) or 'nothing'} (or the entry is not an object)")
+    return PredictionStats(mean=arrays["pred_mean"], std=arrays["pred_std"],
+                           reference=str(described.get("reference", "")), n=int(described.get("n", 0)))

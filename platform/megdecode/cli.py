@@ -166,13 +166,68 @@ def train(
     typer.echo(f"bundle: {result.bundle_path}")
 
 
+GEN = "--generate"  # help panel of the options only the generation evaluation reads
+
+
 @app.command()
 def evaluate(
-    bundle: Annotated[Path, typer.Argument(help="model bundle folder")],
+    bundle: Annotated[str | None, typer.Argument(help="model bundle folder (--generate: or models:/NAME@ALIAS)")] = None,
+    bundle_option: Annotated[str | None, typer.Option("--bundle", help="the same as BUNDLE")] = None,
     store: Annotated[Path | None, typer.Option(help="default: the store the bundle was trained on")] = None,
-    latents_dir: Annotated[Path | None, typer.Option(help="default: the bundle's latents folder")] = None,
+    latents_dir: Annotated[Path | None, typer.Option("--latents-dir", "--latents",
+                                                     help="default: the bundle's latents folder")] = None,
+    generate: Annotated[bool, typer.Option("--generate", help="reconstruct the small test set on Ray, score the "
+                                           "images, log to MLflow (= jobs/evaluate.py --generate)")] = False,
+    generator: Annotated[Path | None, typer.Option(help="generator folder", rich_help_panel=GEN)] = None,
+    bids_root: Annotated[Path | None, typer.Option("--bids", help="BIDS root (images under stimuli/)",
+                                                   rich_help_panel=GEN)] = None,
+    images_root: Annotated[Path | None, typer.Option(help="images folder (real THINGS images)", rich_help_panel=GEN)] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (table, grid, reconstructions)", rich_help_panel=GEN)] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MEGDECODE_TRACKING_URI", rich_help_panel=GEN,
+                                                     help="MLflow URI: log there (and resolve models:/ bundles)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="log into this MLflow run instead of a new one", rich_help_panel=GEN)] = None,
+    experiment: Annotated[str, typer.Option(rich_help_panel=GEN)] = "megdecode-generate",
+    max_images: Annotated[int, typer.Option(help="0 = every test image; else the first K (smoke runs)",
+                                            rich_help_panel=GEN)] = 0,
+    kinds: Annotated[str, typer.Option(help="rows to generate, comma-separated (single = one image per trial: "
+                                       "most of the work)", rich_help_panel=GEN)] = "single,averaged,oracle,random",
+    pred_stats: Annotated[str, typer.Option(help="z-score MSE outputs with the bundle's stored statistics, as "
+                                            "/v1/reconstruct does (bundle), or over each decoded set (set)",
+                                            rich_help_panel=GEN)] = "bundle",
+    metric_weights: Annotated[Path | None, typer.Option(help="folder of metric network weights", rich_help_panel=GEN)] = None,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps; default the generator's", rich_help_panel=GEN)] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help="default the generator's", rich_help_panel=GEN)] = None,
+    seed: Annotated[int, typer.Option(help="sample i of a row uses seed + i", rich_help_panel=GEN)] = 0,
+    actors: Annotated[int, typer.Option(help="generation actors; 0 = one per CPU", rich_help_panel=GEN)] = 0,
+    address: Annotated[str | None, typer.Option(help="Ray address; default a local cluster", rich_help_panel=GEN)] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local cluster", rich_help_panel=GEN)] = None,
 ) -> None:
-    """Re-score a bundle on its store's test sets; print the retrieval table."""
+    """Re-score a bundle on its store's test sets (retrieval table); with --generate, score its reconstructions."""
+    source = bundle_option or bundle
+    if source is None:
+        raise typer.BadParameter("give the bundle (BUNDLE or --bundle)")
+    if not generate:
+        typer.echo(_retrieval_table(Path(source), store, latents_dir))
+        return
+    if generator is None or bids_root is None or out is None:
+        raise typer.BadParameter("--generate needs --generator, --bids and --out")
+    from megdecode.generate.evaluate import GenEvalConfig, generator_defaults
+
+    changes = {k: v for k, v in (("steps", steps), ("guidance_scale", guidance_scale)) if v is not None}
+    cfg = GenEvalConfig(
+        bundle=source, generator=str(generator), bids_root=str(bids_root), images_root=str(images_root or ""),
+        store=str(store or ""), latents_dir=str(latents_dir or ""), out=str(out), max_images=max_images,
+        metric_weights=str(metric_weights or ""), actors=actors, pred_stats=pred_stats,
+        kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+        generate=generator_defaults(generator).replace(seed=seed, **changes),
+    )
+    table, grid, logged = _generation_eval(cfg, tracking_uri, run_id, experiment, address, num_cpus)
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"grid -> {grid}" + (f"; MLflow run {logged}" if logged else ""))
+
+
+def _retrieval_table(bundle: Path, store: Path | None, latents_dir: Path | None) -> str:
+    """The retrieval table of `bundle` on its store's test sets (`megdecode evaluate BUNDLE`)."""
     from megdecode.compare import format_table, results_table
     from megdecode.evaluate import evaluate_all
     from megdecode.predict import load_model, predict_windows
@@ -188,7 +243,24 @@ def evaluate(
         raise typer.BadParameter("the store's channels differ from the bundle's")
     clip, _ = predict_windows(model, run_data.test.meg.numpy(), run_data.test.subject.numpy())
     table = evaluate_all(clip, run_data.test.meta, run_data.latent_ids, run_data.latents)
-    typer.echo(format_table(results_table(table)))
+    return format_table(results_table(table))
+
+
+def _generation_eval(cfg: Any, tracking_uri: str | None, run_id: str | None, experiment: str,
+                     address: str | None, num_cpus: int | None) -> tuple[Any, Path, str | None]:
+    """`generate.evaluate.run_and_log` on Ray (a local cluster unless one is running or named)."""
+    import ray as ray_module
+
+    from megdecode.generate.evaluate import run_and_log
+    from megdecode.raycluster import init_ray
+
+    started_ray = not ray_module.is_initialized()
+    init_ray(address, num_cpus=num_cpus)
+    try:
+        return run_and_log(cfg, tracking_uri, run_id, experiment)
+    finally:
+        if started_ray:
+            ray_module.shutdown()
 
 
 @app.command()
@@ -360,6 +432,122 @@ def serve_example(
     from megdecode.serve.demo import example_window
 
     typer.echo(str(example_window(store, bundle, out)))
+
+
+@app.command()
+def register(
+    tracking_uri: Annotated[str, typer.Option(envvar="MEGDECODE_TRACKING_URI",
+                                              help="sqlite:///PATH/mlflow.db or http(s)://server")],
+    run_id: Annotated[str, typer.Option(help="a run whose artifacts hold a bundle")],
+    name: Annotated[str, typer.Option(help="registered model name")] = "megdecode-brain",
+    alias: Annotated[str, typer.Option(help="alias set on the new version")] = "champion",
+) -> None:
+    """Promote a run's model bundle to the MLflow registry as NAME@ALIAS (= jobs/register.py)."""
+    from megdecode.promote import promote_run
+
+    version = promote_run(tracking_uri, run_id, name=name, alias=alias)
+    typer.echo(f"{name} version {version} -> @{alias} (run {run_id})")
+
+
+@app.command("train-generator")
+def train_generator_cmd(
+    out: Annotated[Path, typer.Option(help="generator folder to write")],
+    data: Annotated[Path | None, typer.Option(help="folder with store/, bids/ and latents/ (what `demo` writes)")] = None,
+    store: Annotated[Path | None, typer.Option(help="default DATA/store")] = None,
+    bids_root: Annotated[Path | None, typer.Option("--bids", help="default DATA/bids")] = None,
+    latents_dir: Annotated[Path | None, typer.Option("--latents", help="latents folder; default DATA/latents")] = None,
+    images_root: Annotated[Path | None, typer.Option(help="images folder (real THINGS images)")] = None,
+    latent: Annotated[list[str] | None, typer.Option(help="condition latent(s), repeatable; default handcrafted")] = None,
+    steps: Annotated[int | None, typer.Option(help="optimiser steps (or until --max-seconds)")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="wall-clock cap; 0 = none")] = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    lr: float | None = None,
+    ema_decay: float | None = None,
+    size: Annotated[int | None, typer.Option(help="image side in pixels")] = None,
+    patch: Annotated[int | None, typer.Option(help="space-to-depth factor")] = None,
+    channels: Annotated[str | None, typer.Option(help="UNet widths, comma-separated, e.g. 32,64")] = None,
+    coords: Annotated[bool | None, typer.Option(help="coordinate channels into the UNet")] = None,
+    global_cond: Annotated[bool | None, typer.Option(help="the condition also as a global vector "
+                                                   "(--no-global-cond: cross-attention only)")] = None,
+    threads: Annotated[int, typer.Option(envvar="MEGDECODE_TORCH_THREADS",
+                                         help="torch threads (1 is fastest on a busy 2-core machine)")] = 1,
+) -> None:
+    """Train the small latent-conditioned generator on a dataset's images (= jobs/train_generator.py).
+
+    Options left out take GenTrainConfig's defaults (megdecode.generate.train)."""
+    import torch
+
+    from megdecode.generate.train import GenTrainConfig, train_generator
+
+    store = store or (data / "store" if data else None)
+    bids_root = bids_root or (data / "bids" if data else None)
+    latents_dir = latents_dir or (data / "latents" if data else None)
+    if not (store and bids_root and latents_dir):
+        raise typer.BadParameter("give --data, or --store, --bids and --latents")
+    try:
+        widths = tuple(int(c) for c in channels.split(",")) if channels else None
+    except ValueError:
+        raise typer.BadParameter(f"--channels: comma-separated integers, got {channels!r}") from None
+    given: dict[str, Any] = {"steps": steps, "max_seconds": max_seconds, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+             "size": size, "patch": patch, "channels": widths, "coords": coords, "global_cond": global_cond}
+    cfg = GenTrainConfig(store=str(store), bids_root=str(bids_root), latents_dir=str(latents_dir),
+                         images_root=str(images_root or ""), latents=tuple(latent or ["handcrafted"]), seed=seed,
+                         **{k: v for k, v in given.items() if v is not None})
+    torch.set_num_threads(threads)
+    path = train_generator(cfg, out)
+    typer.echo(f"generator -> {path} (loss curve {path / 'loss.png'})")
+
+
+@app.command()
+def reconstruct(
+    window: Annotated[Path, typer.Option(help="a /v1/decode JSON body: {subject, data: C x T}")],
+    generator: Annotated[Path, typer.Option(help="generator folder")],
+    out: Annotated[Path, typer.Option(help="PNG to write")] = Path("reconstruction.png"),
+    bundle: Annotated[Path | None, typer.Option(help="bundle folder")] = None,
+    model: Annotated[str | None, typer.Option(help="models:/<name>@<alias> or models:/<name>/<version>")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MEGDECODE_TRACKING_URI", help="MLflow URI for --model")] = None,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps; default the app's (generator.default_steps)")] = None,
+    guidance: Annotated[float | None, typer.Option(help="guidance scale; default the app's "
+                                                   "(generator.default_guidance)")] = None,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda: the same device as the app's generator gives the same bytes")] = "cpu",
+    precision: Annotated[str, typer.Option(help="float32 | bfloat16, as decoder.precision")] = "float32",
+    threads: Annotated[int, typer.Option(help="torch threads (as the app's replicas: decoder.torch_threads)")] = 1,
+) -> None:
+    """One window -> the image /v1/reconstruct returns for it (same code path, same PNG bytes)."""
+    import torch
+
+    from megdecode.serve.config import GeneratorConfig
+    from megdecode.serve.errors import ApiError
+    from megdecode.serve.reconstruct import reconstruct as run_reconstruct
+
+    if (bundle is None) == (model is None):
+        raise typer.BadParameter("give one of --bundle or --model")
+    served = GeneratorConfig()
+    torch.set_num_threads(threads)
+    try:
+        made = run_reconstruct(str(bundle) if bundle else str(model), generator, window, tracking_uri=tracking_uri or "",
+                               steps=served.default_steps if steps is None else steps,
+                               guidance=served.default_guidance if guidance is None else guidance,
+                               seed=seed, device=device, precision=precision)
+    except ApiError as exc:  # the window or subject does not fit the model: the app's 4xx, said here
+        raise typer.BadParameter(f"{window}: {exc.detail}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(made.png)
+    stats = made.model["prediction_stats"]
+    scaled = (f"z-scored with the bundle's {stats['reference']} statistics (n={stats['n']})" if stats
+              else "NOT z-scored: the bundle stores no prediction statistics")
+    typer.echo(f"{out} ({len(made.png)} bytes; model {made.model['name']} version {made.model['version']}; {scaled})")
+
+
+def run(argv: list[str]) -> int:
+    """`megdecode ARGV` as a function that returns its exit status (what jobs/*.py call)."""
+    try:
+        app(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 def _preprocess(bids_root: Path, out: Path, subjects: list[str] | None, use_ray: bool, address: str | None):  # type: ignore[no-untyped-def]

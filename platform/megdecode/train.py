@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from megdecode.bundle import ModelBundle, git_commit, save_bundle
+from megdecode.bundle import ModelBundle, PredictionStats, git_commit, save_bundle
 from megdecode.config import ConfigError, FlatConfig
 from megdecode.data import shards
 from megdecode.evaluate import evaluate_all, retrieval_ranks, topk_accuracy
@@ -299,7 +299,12 @@ class Trainer:
                                    len(self.history), self.seconds, self.n_seen)
         result = RunResult(metrics=metrics, history=self.history, table=table, model=self.model, loss=self.loss_fn)
         if out_dir is not None:
-            result.bundle_path = save_bundle(make_bundle(self.cfg, data, self.model, metrics), Path(out_dir))
+            # the reference set of the served scaling: validation predictions of the restored
+            # best weights (never the test set, which the evaluation scores)
+            _, val_mse, _ = predict(self.model, self.loss_fn, data.val, t.batch_size)
+            stats = PredictionStats.of(val_mse, reference="val")
+            bundle = make_bundle(self.cfg, data, self.model, metrics, prediction_stats=stats)
+            result.bundle_path = save_bundle(bundle, Path(out_dir))
         return result
 
 
@@ -331,8 +336,12 @@ def _summary_metrics(table: pd.DataFrame, best_row: dict[str, float], best_epoch
     return metrics
 
 
-def make_bundle(cfg: FitConfig, data: RunData, model: BrainModule, metrics: dict[str, float]) -> ModelBundle:
-    """The bundle of DESIGN §6; the gallery is the large test set's images."""
+def make_bundle(cfg: FitConfig, data: RunData, model: BrainModule, metrics: dict[str, float], *,
+                prediction_stats: PredictionStats) -> ModelBundle:
+    """The bundle of DESIGN §6; the gallery is the large test set's images.
+
+    `prediction_stats` is required so that no path saves a bundle without them (the
+    served reconstruction would silently skip its z-scoring)."""
     targets = data.train.target.numpy()
     gallery_ids = np.unique(data.test.meta["image_id"].to_numpy())
     gallery = data.latents[np.searchsorted(data.latent_ids, gallery_ids)]
@@ -342,6 +351,7 @@ def make_bundle(cfg: FitConfig, data: RunData, model: BrainModule, metrics: dict
         ch_names=data.ch_names, pos2d=data.pos2d.astype(np.float32), subjects=data.subjects,
         latent_name=cfg.train.latent, latent_mean=targets.mean(0), latent_std=targets.std(0) + 1e-8,
         gallery=gallery, gallery_ids=gallery_ids, metrics=metrics, git_commit=git_commit(),
+        prediction_stats=prediction_stats,
         extra={"fit_config": cfg.to_flat_dict(), "latent_parts": [[n, int(w)] for n, w in data.latent_parts],
                **serving_extra(cfg.store, data, gallery_ids)},
     )

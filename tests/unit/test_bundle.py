@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from megdecode.bundle import BundleError, ModelBundle, load_bundle, save_bundle
+from megdecode.bundle import BundleError, ModelBundle, PredictionStats, load_bundle, save_bundle
 from megdecode.models.brain import BrainConfig, BrainModule
 from megdecode.predict import load_model, model_from_bundle
 
@@ -87,3 +87,70 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
     bundle.model_config = bundle.model_config | {"hidden_channels": 16}
     with pytest.raises(BundleError, match="weights do not fit"):
         model_from_bundle(bundle)
+
+
+def _stats(**change: object) -> PredictionStats:
+    rng = np.random.default_rng(2)
+    base = PredictionStats.of(rng.normal(size=(40, F)) * 0.1 + 1.0, reference="val")
+    return PredictionStats(**({"mean": base.mean, "std": base.std, "reference": base.reference, "n": base.n} | change))  # type: ignore[arg-type]
+
+
+def test_prediction_stats_round_trip_as_a_typed_field(tmp_path: Path) -> None:
+    bundle = _bundle()
+    bundle.prediction_stats = _stats()
+    path = save_bundle(bundle, tmp_path / "b")
+    assert json.loads((path / "bundle.json").read_text())["prediction_stats"] == {"reference": "val", "n": 40}
+    assert "pred_mean" not in json.loads((path / "bundle.json").read_text())["extra"]
+    loaded = load_bundle(path).prediction_stats
+    assert loaded is not None and (loaded.reference, loaded.n) == ("val", 40)
+    np.testing.assert_array_equal(loaded.mean, bundle.prediction_stats.mean)
+    np.testing.assert_array_equal(loaded.std, bundle.prediction_stats.std)
+    assert loaded.mean.dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mean": np.zeros(F + 1)}, "prediction_stats.mean has shape"),
+        ({"std": np.ones(F - 1)}, "prediction_stats.std has shape"),
+        ({"mean": np.array([0.0, np.nan, 0.0, 0.0, 0.0])}, "NaN or infinite"),
+        ({"std": np.array([1.0, 1.0, 0.0, 1.0, 1.0])}, "non-positive"),
+        ({"n": 1}, "n >= 2"),
+        ({"reference": ""}, "named set"),
+    ],
+)
+def test_bad_prediction_stats_are_refused(tmp_path: Path, change: dict, message: str) -> None:
+    bundle = _bundle()
+    bundle.prediction_stats = _stats(**change)
+    with pytest.raises(BundleError, match=message):
+        save_bundle(bundle, tmp_path / "b")
+
+
+def test_prediction_stats_of_a_set_floor_a_constant_dimension() -> None:
+    pred = np.random.default_rng(0).normal(size=(10, 3))
+    pred[:, 1] = 2.0
+    stats = PredictionStats.of(pred, reference="val")
+    assert stats.std[1] > 0 and stats.n == 10
+    with pytest.raises(BundleError, match="N >= 2"):
+        PredictionStats.of(pred[:1], reference="val")
+
+
+def test_a_bundle_without_prediction_stats_loads_with_a_warning(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    path = save_bundle(_bundle(), tmp_path / "old")
+    assert json.loads((path / "bundle.json").read_text())["prediction_stats"] is None
+    meta = json.loads((path / "bundle.json").read_text())
+    del meta["prediction_stats"]  # a bundle written before the field existed
+    (path / "bundle.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="megdecode.bundle"):
+        assert load_bundle(path).prediction_stats is None
+    assert "no prediction statistics" in caplog.text and str(path) in caplog.text
+
+
+def test_stats_named_in_bundle_json_but_missing_from_the_arrays_are_refused(tmp_path: Path) -> None:
+    path = save_bundle(_bundle(), tmp_path / "b")
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["prediction_stats"] = {"reference": "val", "n": 40}
+    (path / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="missing pred_mean, pred_std"):
+        load_bundle(path)

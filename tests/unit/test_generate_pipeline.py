@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from megdecode.bundle import PredictionStats
 from megdecode.config import ConfigError
 from megdecode.generate import (
     GenerateConfig,
@@ -17,7 +18,6 @@ from megdecode.generate import (
     to_latent_space,
 )
 from megdecode.generate.conditioning import MixedStreamsProcessor, stream_weights
-from megdecode.generate.postprocess import prediction_stats, stored_stats
 
 COND = {"handcrafted": 20, "clip": 12}
 
@@ -142,13 +142,14 @@ def test_postprocess_maps_to_training_mean_and_std() -> None:
     assert out.shape == (50, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out.mean(0), mean, atol=1e-5)
     np.testing.assert_allclose(out.std(0), std, rtol=1e-5)
-    # one sample: stored stats are used; none stored -> unchanged
-    stats = prediction_stats(pred)
-    pm, ps = stored_stats(stats)
-    np.testing.assert_allclose(to_latent_space(pred[:1], mean, std, pm, ps), out[:1], rtol=1e-5, atol=1e-5)
+    # one sample: the stored stats of the set scale it as the set's z-score does; none -> unchanged
+    stats = PredictionStats.of(pred, reference="val")
+    np.testing.assert_allclose(to_latent_space(pred[:1], mean, std, stats), out[:1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(to_latent_space(pred[:1], mean, std), pred[:1].astype(np.float32))
     with pytest.raises(ValueError, match="latent_std"):
         to_latent_space(pred, mean, std[:3])
+    with pytest.raises(ValueError, match="width"):
+        to_latent_space(pred[:, :3], mean[:3], std[:3], stats)
 
 
 def test_patched_pixel_space_round_trips_images(tmp_path: Path) -> None:

@@ -58,6 +58,23 @@ def test_window_is_sliced_from_the_stored_epochs(tiny_run: Path, tmp_path: Path)
     assert len(bundle.gallery) == len(np.unique(bundle.gallery_ids))
 
 
+def test_bundle_stores_the_validation_prediction_stats_of_the_restored_best_epoch(tiny_run: Path,
+                                                                                    tmp_path: Path) -> None:
+    """What z-scores a served window: the MSE head's val predictions with the best epoch's
+    weights (early stopping makes the last epoch a worse one, so stats taken before the
+    restore would differ)."""
+    cfg = _cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=12, patience=1, lr=3e-3)
+    result = fit(cfg, out_dir=tmp_path / "bundle")
+    assert result.metrics["best_epoch"] < result.metrics["epochs"] - 1  # early-stopped: best != last
+    _, bundle = load_model(tmp_path / "bundle")
+    data = load_run_data(cfg)
+    _, val_mse, _ = predict(result.model, result.loss, data.val, cfg.train.batch_size)
+    stats = bundle.prediction_stats
+    assert stats is not None and (stats.reference, stats.n) == ("val", len(data.val.meta))
+    np.testing.assert_allclose(stats.mean, val_mse.astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(stats.std, val_mse.astype(np.float64).std(0), rtol=1e-6, atol=1e-7)
+
+
 def test_bad_configs_fail_clearly(tiny_run: Path) -> None:
     with pytest.raises(ConfigError, match="monitor"):
         TrainConfig(monitor="val/acc")

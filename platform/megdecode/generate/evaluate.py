@@ -4,6 +4,15 @@ For the small test set of a brain-module bundle (a folder or ``models:/name@alia
 
     test MEG windows -> brain module (MSE head) -> to_latent_space -> generator -> images
 
+The MSE outputs are z-scored (`pred_stats`) with the bundle's stored prediction
+statistics ("bundle", the default: its validation predictions, what `/v1/reconstruct`
+uses, so a single-trial image here is the image the app returns for that window, and no
+reconstruction depends on the other test trials) or over each decoded set itself ("set":
+the single trials over all single trials, the averages over all averages; transductive,
+and noisy for a few images, but it puts every set at the training latents' spread,
+averages included, which the bundle's single-trial statistics leave narrower). The table's
+``pred_stats`` column says which a row used.
+
 Rows of the table (each scored against the seen images):
 
     single    one reconstruction per trial (real time)
@@ -48,6 +57,8 @@ from megdecode.latents.targets import load_target, split_target
 logger = logging.getLogger(__name__)
 
 KINDS = ("single", "averaged", "oracle", "random")
+PRED_STATS = ("bundle", "set")
+NOT_SCALED = "n/a"  # pred_stats of the rows that are not decoded (oracle, random)
 
 
 @dataclass(frozen=True)
@@ -67,12 +78,16 @@ class GenEvalConfig(FlatConfig):
     grid_per_group: int = 4
     rank_by: str = "averaged"  # which row's scores rank the grid
     kinds: tuple[str, ...] = KINDS  # rows to generate; "single" is most of the work (one per trial)
+    # z-score MSE outputs with the bundle's stored statistics (as served) or each set's own (module docstring)
+    pred_stats: str = "bundle"
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.kinds) - set(KINDS))
         if unknown or not self.kinds:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {list(self.kinds)}")
+        if self.pred_stats not in PRED_STATS:
+            raise ValueError(f"pred_stats must be one of {PRED_STATS}, got {self.pred_stats!r}")
 
 
 @dataclass
@@ -87,9 +102,11 @@ class EvalInputs:
     truth: tuple[np.ndarray, np.ndarray]
     parts: list[tuple[str, int]] = field(default_factory=list)  # the target's latents [(name, F)]
     scored_only: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    pred_stats: str = "set"  # how the decoded kinds were z-scored: "set" or "bundle (val, n=N)"
 
 
 LARGE_KIND = "single, test_large"  # the large test set's single trials: latent fidelity only
+DECODED = ("single", "averaged")  # the kinds made from MSE outputs, z-scored per `pred_stats`
 
 
 def _predict_split(cfg: GenEvalConfig, model: Any, bundle: Any, store: str, split: str) -> tuple[np.ndarray, pd.DataFrame]:
@@ -129,9 +146,10 @@ def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
     if not len(meta):
         raise ValueError(f"the store {store} has no epochs in the small test set (split 'test')")
     ids = meta["image_id"].to_numpy(np.int64)
-    single = to_latent_space(mse, bundle.latent_mean, bundle.latent_std)
+    stats, used = _scaling(cfg, bundle, bundle_dir)
+    single = to_latent_space(mse, bundle.latent_mean, bundle.latent_std, stats)
     avg_ids, avg = average_by_image(mse, ids, groups=meta["subject"].to_numpy())
-    averaged = to_latent_space(avg, bundle.latent_mean, bundle.latent_std)
+    averaged = to_latent_space(avg, bundle.latent_mean, bundle.latent_std, stats)
     lat_ids, lat, _ = load_target(latents_dir, bundle.latent_name)
     unique = np.unique(ids)
     rows = pd.Index(lat_ids).get_indexer(unique)
@@ -147,8 +165,23 @@ def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
         latents={"single": single, "averaged": averaged, "oracle": lat[rows], "random": random.astype(np.float32)},
         image_ids={"single": ids, "averaged": avg_ids.astype(np.int64), "oracle": unique, "random": unique},
         latent_name=bundle.latent_name, parts=[(n, int(w)) for n, w in bundle.latent_parts],
-        truth=(np.asarray(lat_ids, np.int64), lat), scored_only=scored_only,
+        truth=(np.asarray(lat_ids, np.int64), lat), scored_only=scored_only, pred_stats=used,
     )
+
+
+def _scaling(cfg: GenEvalConfig, bundle: Any, bundle_dir: Path) -> tuple[Any, str]:
+    """(PredictionStats or None, what the table says) for `cfg.pred_stats`; a bundle without
+    stored statistics cannot be evaluated the served way, which is an error, not a fallback."""
+    if cfg.pred_stats == "set":
+        logger.info("MSE outputs z-scored over each decoded set (pred_stats=set)")
+        return None, "set"
+    stats = bundle.prediction_stats
+    if stats is None:
+        raise ValueError(f"the bundle {bundle_dir} stores no prediction statistics (made before they were "
+                         "stored): evaluate with pred_stats='set' (--pred-stats set) or retrain it")
+    logger.info("MSE outputs z-scored with the bundle's prediction statistics (%s set, n=%d), as served",
+                stats.reference, stats.n)
+    return stats, f"bundle ({stats.reference}, n={stats.n})"
 
 
 class _GenerateActor:
@@ -293,7 +326,8 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
         recon[kind], seen[kind] = images, targets
         scores = compute_metrics(images, targets, nets)
         rows.append({"kind": kind, "n": len(images), **scores,
-                     "latent_r": float(fidelity.loc[fidelity.kind == kind, "r"].mean())})
+                     "latent_r": float(fidelity.loc[fidelity.kind == kind, "r"].mean()),
+                     "pred_stats": inputs.pred_stats if kind in DECODED else NOT_SCALED})
         logger.info("%s: %s", kind, {k: round(v, 4) for k, v in scores.items()})
     table = pd.DataFrame(rows)
     table.to_csv(out / "metrics.csv", index=False)
@@ -402,7 +436,7 @@ def run_and_log(cfg: GenEvalConfig, tracking_uri: str | None = None, run_id: str
     table, grid = evaluate_generation(cfg, bundle_dir)
     if not tracking_uri:
         return table, grid, None
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param, RunTag
 
     from megdecode.tracking import Tracker
 
@@ -416,12 +450,14 @@ def run_and_log(cfg: GenEvalConfig, tracking_uri: str | None = None, run_id: str
     params = [Param(f"gen_eval.{k}", str(v)) for k, v in cfg.to_flat_dict().items() if f"gen_eval.{k}" not in have]
     now = int(time.time() * 1000)
     metrics = [Metric(f"gen/{r['kind']}/{k}", float(v), now, 0) for r in table.to_dict("records")
-               for k, v in r.items() if k not in ("kind", "n")]
+               for k, v in r.items() if k not in ("kind", "n", "pred_stats")]
     fidelity = pd.read_csv(out / "latent_fidelity.csv")
     large = fidelity.loc[fidelity.kind == LARGE_KIND, "r"]
     if len(large):
         metrics.append(Metric("gen/test_large/latent_r", float(large.mean()), now, 0))
-    tracker.client.log_batch(run_id, metrics=metrics, params=params[:100])
+    used = sorted(set(table["pred_stats"]) - {NOT_SCALED})
+    tags = [RunTag("megdecode.gen_eval.pred_stats", ", ".join(used))] if used else []
+    tracker.client.log_batch(run_id, metrics=metrics, params=params[:100], tags=tags)
     tracker.log_table(run_id, table, "generate_metrics.csv")
     tracker.log_artifacts(run_id, grid, "figures")
     if (out / "latent_fidelity.png").is_file():

@@ -34,6 +34,7 @@ from ray import serve
 from megdecode.serve.config import DecoderConfig
 from megdecode.serve.errors import ApiError
 from megdecode.serve.model import LoadedModel, load_served_model
+from megdecode.serve.reconstruct import window_latents
 from megdecode.serve.stream import StreamError, StreamSpec
 from megdecode.serve.validate import check_window, subject_index
 
@@ -176,20 +177,15 @@ class DecoderCore:
                 "channels": list(state.bundle.ch_names)}
 
     def generation_latent(self, window: np.ndarray, subject: str | int) -> dict[str, Any]:
-        """MSE head -> latents on the training latents' scale, split per named latent of the
-        target (one for a single-latent bundle), for the generator."""
-        from megdecode.generate.postprocess import stored_stats, to_latent_space
-
+        """MSE head -> latents z-scored with the bundle's prediction statistics, on the training
+        latents' scale, split per named latent (`reconstruct.window_latents`, which
+        `megdecode reconstruct` runs too), for the generator."""
         try:
             state = self._current()
-            index = self._check(state, window, subject)
+            latents = window_latents(state, window, subject)
         except ApiError as exc:
             return error_dict(exc)
-        _, mse = state.forward(window[None], np.array([index]))
-        b = state.bundle
-        latent = to_latent_space(mse, b.latent_mean, b.latent_std, *stored_stats(b.extra))
-        return {"latents": b.split_latent(latent),
-                "model": {"name": state.card["name"], "version": state.card["version"]}}
+        return {"latents": latents, "model": {"name": state.card["name"], "version": state.card["version"]}}
 
 
 @serve.deployment(name="BrainDecoder")

@@ -11,7 +11,6 @@ app builder drops the GPU request (``cpu_fallback``) and the replica runs on CPU
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import threading
 from typing import Any
@@ -23,6 +22,7 @@ from ray import serve
 from megdecode.serve.config import GeneratorConfig
 from megdecode.serve.decoder import error_dict
 from megdecode.serve.errors import ApiError
+from megdecode.serve.reconstruct import render_png  # what `megdecode reconstruct` runs too
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +77,9 @@ class Generator:
                            f"the model decodes {sorted(latents)}, not {missing}")
         with self._lock:
             try:
-                images = self.pipeline.generate(latents, steps=steps, guidance_scale=guidance, seed=seed)
+                pngs = render_png(self.pipeline, latents, steps, guidance, seed)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 raise ApiError(503, "insufficient_gpu_memory", "this request does not fit in the replica's "
                                "share of GPU memory; retry later or with fewer steps", {"Retry-After": "5"}) from None
-        pngs = []
-        for image in images:
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            pngs.append(buf.getvalue())
         return {"png": pngs, "device": self.device}

@@ -144,6 +144,19 @@ def fetch(source: str, tracking_uri: str = "", dst: str | Path | None = None) ->
 
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+NO_STATS_WARNING = ("this bundle stores no prediction statistics (made before they were stored): "
+                    "/v1/reconstruct feeds the generator the MSE head's output without z-scoring it, so its "
+                    "images have too small a spread and differ from the offline evaluation's; retrain the "
+                    "model to store them")
+
+
+def stats_card(bundle: ModelBundle) -> dict[str, Any]:
+    """The card's ``prediction_stats`` ({reference, n} or None) and ``warnings`` (a list of
+    sentences; one when the statistics are missing), so a client sees it, not only a log."""
+    stats = bundle.prediction_stats
+    if stats is None:
+        return {"prediction_stats": None, "warnings": [NO_STATS_WARNING]}
+    return {"prediction_stats": stats.describe(), "warnings": []}
 
 
 def load_served_model(source: str, tracking_uri: str = "", store: str | None = None,
@@ -169,6 +182,7 @@ def load_served_model(source: str, tracking_uri: str = "", store: str | None = N
         "gallery_size": len(gallery), "precision": precision,
         "streaming": {"available": "preprocess" in bundle.extra and "scalers" in bundle.extra,
                       "filter_phase": (bundle.extra.get("preprocess") or {}).get("filter_phase", "zero")},
+        **stats_card(bundle),
     }
     logger.info("loaded model %s (version %s) from %s", card["name"], card["version"], path)
     return LoadedModel(model, bundle, gallery, card, dtype)

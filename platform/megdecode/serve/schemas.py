@@ -66,6 +66,8 @@ class ModelCard(BaseModel):
     gallery_size: int
     precision: str = "float32"
     streaming: dict[str, Any]
+    prediction_stats: dict[str, Any] | None = None  # {reference, n}; None: /v1/reconstruct scales nothing
+    warnings: list[str] = []
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
