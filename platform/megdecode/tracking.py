@@ -47,6 +47,10 @@ TAG_COMMIT, TAG_DATA, TAG_PARENT = "megdecode.git_commit", "megdecode.dataset_sh
 # MLflow 3's UI opens an experiment on its GenAI traces overview unless the experiment says
 # it is a model-training one; with this tag it opens on the runs table (params, metrics).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI ignores that tag while its GenAI / Model training switch is on (the default):
+# the switch follows the URL's workflowType (then the browser's last choice), so the link we
+# print selects "Model training" and the runs table.
+UI_RUNS_QUERY = "runs?workflowType=machine_learning"
 MODEL_PATH = "model"  # artifact folder of the registered pyfunc model inside its run
 _BATCH = 100  # MLflow's limit of params per log_batch call
 
@@ -327,3 +331,13 @@ def _requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "torch", "numpy", "safetensors")]
+
+
+def browse_hint(tracking_uri: str, experiment_id: str, port: int = 5000) -> str:
+    """How to look at an experiment's runs table: the UI command (for a SQLite store) and the
+    link that opens MLflow's UI on "Model training" rather than its GenAI overview."""
+    page = f"#/experiments/{experiment_id}/{UI_RUNS_QUERY}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --port {port}, then http://127.0.0.1:{port}/{page}"
+

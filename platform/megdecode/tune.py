@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from megdecode.search import SearchSpace, load_space
+from megdecode.tracking import browse_hint
 from megdecode.train import FitConfig
 from megdecode.tune_mlflow import (
     SUMMARY_RUN,
@@ -123,6 +124,7 @@ class SearchReport:
     # through Ray Data, once), tune (Tuner.fit: the trials), mlflow (the callback's share
     # of `tune`, new searches only), check (searcher check), report (summary, registry)
     timings: dict[str, float] = field(default_factory=dict)
+    experiment_id: str = ""  # MLflow's id of `experiment`, for the browse hint
 
     def text(self) -> str:
         lines = [self.summary.to_string(index=False), "",
@@ -133,6 +135,8 @@ class SearchReport:
             lines.append(f"best: {self.best['trial']} seed {self.best['seed']} -> {self.best['bundle']}")
         if self.champion:
             lines.append(f"registered: {self.champion}")
+        if self.experiment_id:
+            lines.append(f"browse: {browse_hint(self.tracking_uri, self.experiment_id)}")
         if self.interrupted:
             lines.append(f"INTERRUPTED: resume with --resume --experiment {self.experiment} --out {self.experiment_path.parent}")
         return "\n".join(lines)
@@ -461,7 +465,8 @@ def _report(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, shared: Sha
     report = SearchReport(setup.experiment, setup.tracking_uri, setup.path,
                           trials.drop(columns=["checkpoint"]) if len(trials) else trials, summary,
                           summary_path, best, champion, searcher_name, searcher_trials, resumed,
-                          interrupted, 0.0, {str(k): int(v) for k, v in counts.items()}, clock.seconds)
+                          interrupted, 0.0, {str(k): int(v) for k, v in counts.items()}, clock.seconds,
+                          tracker.experiment_id)
     summary_path.write_text(report.text() + "\n")
     report.trials.to_csv(setup.path / "trials.csv", index=False)
     run_id = summary_run(tracker, {"space": space.name, "seeds": len(plan.seeds), "experiment_path": str(setup.path)})

@@ -207,8 +207,7 @@ def test_register_cli_promotes_a_run_with_a_bundle(tracker: Tracker, tmp_path: P
     assert tracker.client.get_model_version("megdecode-brain", str(version)).run_id == run_id
     staged = tracker.resolve_alias("megdecode-brain", "staging", dst=tmp_path / "staged")
     assert load_bundle(staged).latent_name == "handcrafted"
-    with pytest.raises(SystemExit):
-        main(["--run-id", run_id])  # --tracking-uri is required
+    assert main(["--run-id", run_id]) == 2  # --tracking-uri is required: a usage error
 
 
 
@@ -224,3 +223,12 @@ def test_experiments_open_on_the_runs_table(tracker: Tracker) -> None:
     again = Tracker(tracker.tracking_uri, "made-without-kind")
     assert again.experiment_id == bare
     assert tracker.client.get_experiment(bare).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_browse_hint_links_to_the_model_training_runs_table() -> None:
+    from megdecode.tracking import browse_hint
+
+    assert browse_hint("http://mlflow:5000/", "7") == "http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning"
+    hint = browse_hint("sqlite:////r/mlflow.db", "3", port=5001)
+    assert hint == ("mlflow ui --backend-store-uri sqlite:////r/mlflow.db --port 5001, then "
+                    "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning")
