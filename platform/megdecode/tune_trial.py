@@ -192,21 +192,15 @@ def _tensor_rows(column: Any) -> np.ndarray:
 def _whole_file_reads(n_files: int) -> Iterator[None]:
     """Ray Data settings for one read of a few large, known files, restored afterwards.
 
-    - ``use_datasource_v2 = False``: Ray Data's V2 Parquet path lists the files in a
-      separate ``ListFiles`` task before any read task starts; on the tiny store that
-      task alone took 3-10 s of wall time for 70 ms of CPU (it waits on its listing
-      thread pool), every search. The manifest already names every file, so the V1 path,
-      which plans the read on the driver from those paths, loses nothing.
-    - ``read_op_min_num_blocks = n_files``: the default (200) asks for at least that
-      many output blocks, i.e. splitting a few files into many small blocks (more tasks,
-      object-store entries and per-block overhead) for a read that is consumed whole.
+    - ``read_op_min_num_blocks = n_files``: one read task per file (the store's
+      datasource never splits a file; the default, 200, would matter to Ray's own
+      Parquet reader, which splits a few files into many small blocks).
     - no progress bars: they cost driver time and clutter the Tune output.
     """
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    settings = {"use_datasource_v2": False, "read_op_min_num_blocks": max(1, n_files), "enable_progress_bars": False}
-    settings = {k: v for k, v in settings.items() if hasattr(ctx, k)}  # older Ray: no V2 switch
+    settings = {"read_op_min_num_blocks": max(1, n_files), "enable_progress_bars": False}
     saved = {k: getattr(ctx, k) for k in settings}
     for key, value in settings.items():
         setattr(ctx, key, value)

@@ -1,4 +1,6 @@
-"""The epoch store through Ray Data: tensor column, bit-exact values, filters, window."""
+"""The epoch store through Ray Data: tensor column, bit-exact values, filters, window, and
+the refusal of every corruption of `fixtures.stores.CORRUPTIONS`, naming the file, on the
+driver (before the dataset exists) and in the read tasks (Ray worker processes)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fixtures import stores
 from megdecode.data import shards
 
 pytestmark = pytest.mark.ray
@@ -39,7 +42,10 @@ class _Block:
 def ray_local() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    from megdecode.raycluster import init_ray
+
+    init_ray(num_cpus=2)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
 
@@ -83,3 +89,57 @@ def test_ray_filters_and_window(ray_local: None, store: Path) -> None:
     assert X.shape == (3, C, 4)  # trials 0, 3, 6; samples at 0.00..0.03 s
     assert np.array_equal(X.view(np.uint32), X_ref.view(np.uint32))
     assert set(meta["split"]) == {"test"} and set(meta["subject"]) == {"BIGMEG2"}
+
+
+def _iterate(ds) -> int:  # type: ignore[no-untyped-def]
+    return sum(len(b["meg"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+@pytest.fixture()
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    return stores.write_tiny_store(tmp_path / "a", seed=0), stores.write_tiny_store(tmp_path / "b", seed=7)
+
+
+@pytest.mark.parametrize("corruption", sorted(stores.CORRUPTIONS))
+def test_ray_refuses_a_corrupt_store_naming_the_file(
+    ray_local: None, pair: tuple[Path, Path], corruption: str
+) -> None:
+    """Damage a footer, size or file can show is refused on the driver, before any task
+    runs; a flipped page byte, which only the page CRC sees, fails the read task in its
+    worker, and the iteration raises the worker's StoreError naming the file."""
+    store, other = pair
+    path = stores.victim(store)
+    assert _iterate(shards.read_ray_dataset(store)) == 16
+    stores.CORRUPTIONS[corruption](store, other)
+    with pytest.raises(shards.StoreError, match=str(path)):
+        _iterate(shards.read_ray_dataset(store))
+    with pytest.raises(shards.StoreError, match=str(path)):
+        _iterate(shards.read_ray_dataset(store, subjects=["BIGMEG1"], splits=["test"], tmin=0.0, tmax=0.03))
+
+
+@pytest.mark.parametrize("corruption", ["truncated", "from_other_store", "flipped_footer"])
+def test_read_tasks_recheck_the_file_they_open(
+    ray_local: None, pair: tuple[Path, Path], corruption: str
+) -> None:
+    """A file damaged after the driver checked it (or seen differently from a worker node)
+    is refused by the worker's own seal check."""
+    store, other = pair
+    path = stores.victim(store)
+    ds = shards.read_ray_dataset(store)
+    stores.CORRUPTIONS[corruption](store, other)
+    with pytest.raises(shards.StoreError, match=str(path)):
+        _iterate(ds)
+
+
+def test_tune_shared_epochs_refuse_a_corrupt_store(ray_local: None, tiny_run: Path, tmp_path: Path) -> None:
+    """The search's data path (`SharedEpochs.load`, Ray Data reader) fails naming the shard."""
+    import shutil
+
+    from megdecode.tune_trial import SharedEpochs
+
+    shutil.copytree(tiny_run / "store", tmp_path / "store")
+    path = tmp_path / "store" / shards.read_manifest(tmp_path / "store").files[-1].path
+    stores.flip(path, stores.last_page_byte(path, "meg"))
+    for reader in ("ray", "arrow"):
+        with pytest.raises(shards.StoreError, match=str(path)):
+            SharedEpochs.load(tmp_path / "store", tiny_run / "latents", ["handcrafted"], reader=reader)

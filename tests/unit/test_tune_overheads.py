@@ -93,11 +93,10 @@ def test_whole_file_reads_sets_then_restores_the_data_context() -> None:
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    before = (ctx.read_op_min_num_blocks, ctx.enable_progress_bars, getattr(ctx, "use_datasource_v2", None))
+    before = (ctx.read_op_min_num_blocks, ctx.enable_progress_bars)
     with _whole_file_reads(3):
         assert ctx.read_op_min_num_blocks == 3 and not ctx.enable_progress_bars
-        assert getattr(ctx, "use_datasource_v2", False) is False
-    assert (ctx.read_op_min_num_blocks, ctx.enable_progress_bars, getattr(ctx, "use_datasource_v2", None)) == before
+    assert (ctx.read_op_min_num_blocks, ctx.enable_progress_bars) == before
 
 
 def test_data_paths_are_absolute_so_trials_in_their_own_folders_find_the_store(

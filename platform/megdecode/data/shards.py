@@ -20,6 +20,13 @@ Files are large on purpose: every Ray Data read task has a fixed cost (schedulin
 opening, metadata), so thousands of tiny files read at a few hundred rows per second,
 while files of ~200 MB (1024 THINGS epochs) amortise it. The meg
 column is stored uncompressed: zstd saves ~7% on filtered MEG but slows reads by ~30%.
+
+This module writes stores. The manifest (`megdecode.data.store.manifest`), the integrity
+checks (`megdecode.data.store.verify`) and the readers (`megdecode.data.store.read`:
+`load_epochs`, `load_metadata`, `read_ray_dataset`, `verify_store`) live in
+`megdecode.data.store` and are importable from here too. Every file written carries page
+checksums and a digest of its rows, and the manifest records each file's size and footer
+digest: every reader refuses a file that disagrees with the manifest, naming it.
 """
 
 from __future__ import annotations
@@ -27,8 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
-import json
 import logging
 import os
 import re
@@ -36,32 +41,35 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    import ray.data
+from megdecode.data.store.manifest import EPOCHS_DIR as EPOCHS_DIR
+from megdecode.data.store.manifest import FORMAT_VERSION as FORMAT_VERSION
+from megdecode.data.store.manifest import MANIFEST as MANIFEST
+from megdecode.data.store.manifest import META_COLUMNS as META_COLUMNS
+from megdecode.data.store.manifest import Manifest as Manifest
+from megdecode.data.store.manifest import ShardFile as ShardFile
+from megdecode.data.store.manifest import read_manifest as read_manifest
+from megdecode.data.store.read import check_files as check_files
+from megdecode.data.store.read import load_epochs as load_epochs
+from megdecode.data.store.read import load_metadata as load_metadata
+from megdecode.data.store.read import read_ray_dataset as read_ray_dataset
+from megdecode.data.store.read import time_slice as time_slice
+from megdecode.data.store.read import verify_store as verify_store
+from megdecode.data.store.verify import CONTENT_KEY, WRITER_OPTIONS, ContentDigest, Seal
+from megdecode.data.store.verify import MissingShardError as MissingShardError
+from megdecode.data.store.verify import ReadChecks as ReadChecks
+from megdecode.data.store.verify import StoreError as StoreError
+from megdecode.data.store.verify import sha256_file as sha256_file
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-EPOCHS_DIR = "epochs"
-META_COLUMNS: dict[str, pa.DataType] = {
-    "subject": pa.string(), "session": pa.string(), "run": pa.string(),
-    "trial_index": pa.int64(), "image_id": pa.int64(), "category_id": pa.int64(),
-    "category": pa.string(), "trial_type": pa.string(), "image_path": pa.string(),
-    "split": pa.string(), "repetition": pa.int64(), "onset_sample": pa.int64(),
-}  # fmt: skip
 _SAFE_LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class StoreError(ValueError):
-    """The store (or a block written to it) is inconsistent; the message says where."""
 
 
 class EpochBlockLike(Protocol):
@@ -74,57 +82,6 @@ class EpochBlockLike(Protocol):
     tmin: float
     pos2d: np.ndarray  # (C, 2)
     pos3d: np.ndarray  # (C, 3)
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardFile:
-    path: str  # relative to the store root, POSIX separators
-    subject: str
-    rows: int
-    sha256: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Manifest:
-    """Everything needed to interpret the shards without reopening the raw data."""
-
-    format_version: int
-    sfreq: float
-    tmin: float
-    times: list[float]  # (T,) seconds relative to image onset
-    ch_names: list[str]  # (C,)
-    pos2d: list[list[float]]  # (C, 2)
-    pos3d: list[list[float]]  # (C, 3)
-    preprocess: dict[str, Any]  # flat PreprocessConfig
-    splits: dict[str, Any]  # flat SplitConfig
-    scalers: dict[str, Any]  # subject -> scaler stats (e.g. per-channel median, iqr)
-    subjects: list[str]
-    counts: dict[str, dict[str, int]]  # subject -> split -> rows
-    files: list[ShardFile]
-    created_at: str
-    megdecode_version: str
-
-    @property
-    def n_epochs(self) -> int:
-        return sum(f.rows for f in self.files)
-
-    @property
-    def row_counts(self) -> dict[str, int]:
-        """Rows per subject."""
-        return {s: sum(c.values()) for s, c in self.counts.items()}
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        raw = json.loads(text)
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise StoreError(
-                f"store format_version {raw.get('format_version')!r} is not {FORMAT_VERSION}"
-            )
-        raw["files"] = [ShardFile(**f) for f in raw["files"]]
-        return cls(**raw)
 
 
 def _flat(config: Any) -> dict[str, Any]:
@@ -147,17 +104,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (shards are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class _SubjectWriter:
-    """Buffers one subject's rows into row groups and rolls files at `rows_per_file`."""
+    """Buffers one subject's rows into row groups and rolls files at `rows_per_file`.
+
+    Every file gets page checksums and, in its key-value metadata, the digest of the rows
+    it holds (`store_verify.CONTENT_KEY`), so that its footer identifies its content.
+    """
 
     def __init__(
         self, root: Path, subject: str, schema: pa.Schema, rows_per_file: int, row_group_rows: int
@@ -168,6 +120,7 @@ class _SubjectWriter:
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.writer: pq.ParquetWriter | None = None
+        self.digest = ContentDigest()
         self.file_rows = 0
         self.done: list[tuple[Path, int]] = []
 
@@ -197,16 +150,20 @@ class _SubjectWriter:
             compression = {name: "zstd" for name in self.schema.names}
             compression["meg"] = "none"
             self.writer = pq.ParquetWriter(
-                path, self.schema, compression=compression, use_dictionary=strings
+                path, self.schema, compression=compression, use_dictionary=strings,
+                **WRITER_OPTIONS,
             )
+            self.digest = ContentDigest()
             self.done.append((path, 0))
         self.writer.write_table(chunk, row_group_size=n)
+        self.digest.update(chunk)
         self.file_rows += n
         if self.file_rows >= self.rows_per_file:
             self._close_file()
 
     def _close_file(self) -> None:
         if self.writer is not None:
+            self.writer.add_key_value_metadata({CONTENT_KEY: self.digest.hexdigest()})
             self.writer.close()
             self.done[-1] = (self.done[-1][0], self.file_rows)
             self.writer, self.file_rows = None, 0
@@ -371,7 +328,9 @@ def _close_writers(root: Path, writers: dict[str, _SubjectWriter]) -> list[Shard
     for subject in sorted(writers):
         writers[subject].close()
         for path, n in writers[subject].done:
-            files.append(ShardFile(path.relative_to(root).as_posix(), subject, n, sha256_file(path)))
+            seal = Seal.of(path)
+            files.append(ShardFile(path.relative_to(root).as_posix(), subject, n,
+                                   sha256_file(path), seal.size, seal.footer_sha256))
     return files
 
 
@@ -506,153 +465,3 @@ def _write_manifest(
     return manifest
 
 
-def read_manifest(store: str | Path) -> Manifest:
-    path = Path(store) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"no epoch store manifest at {path}")
-    return Manifest.from_json(path.read_text())
-
-
-def verify_store(store: str | Path) -> Manifest:
-    """Check every file's sha256 against the manifest; raise naming the first bad file."""
-    store = Path(store)
-    manifest = read_manifest(store)
-    listed = {f.path for f in manifest.files}
-    extra = sorted(
-        p.relative_to(store).as_posix()
-        for p in (store / EPOCHS_DIR).rglob("*.parquet")
-        if p.relative_to(store).as_posix() not in listed
-    )
-    if extra:
-        raise StoreError(f"store {store} has files not in its manifest: {extra}")
-    for f in manifest.files:
-        path = store / f.path
-        if not path.is_file():
-            raise FileNotFoundError(f"store file {path} listed in the manifest is missing")
-        if sha256_file(path) != f.sha256:
-            raise StoreError(f"store file {path} is corrupt: sha256 does not match the manifest")
-    return manifest
-
-
-def _select_files(manifest: Manifest, subjects: Sequence[str] | None) -> list[ShardFile]:
-    if subjects is None:
-        return list(manifest.files)
-    unknown = sorted(set(subjects) - set(manifest.subjects))
-    if unknown:
-        raise KeyError(f"subjects {unknown} not in the store; it has {manifest.subjects}")
-    return [f for f in manifest.files if f.subject in set(subjects)]
-
-
-def time_slice(manifest: Manifest, tmin: float | None, tmax: float | None) -> slice:
-    """Samples with tmin <= t <= tmax (both inclusive, as mne's crop); None = open end."""
-    times = np.asarray(manifest.times)
-    tol = 1e-6 / manifest.sfreq
-    lo = 0 if tmin is None else int(np.searchsorted(times, tmin - tol, side="left"))
-    hi = len(times) if tmax is None else int(np.searchsorted(times, tmax + tol, side="right"))
-    if hi <= lo:
-        raise ValueError(
-            f"window [{tmin}, {tmax}] s holds no samples; the store covers "
-            f"[{times[0]:.4f}, {times[-1]:.4f}] s"
-        )
-    return slice(lo, hi)
-
-
-def _read_metadata(
-    store: Path, files: list[ShardFile], splits: Sequence[str] | None
-) -> tuple[list[pd.DataFrame], list[np.ndarray]]:
-    """Per file: the kept metadata rows and the boolean mask that kept them."""
-    metas, masks = [], []
-    for f in files:
-        names = [n for n in pq.read_schema(store / f.path).names if n != "meg"]
-        meta = pq.read_table(store / f.path, columns=names).to_pandas()
-        mask = np.ones(len(meta), bool) if splits is None else meta["split"].isin(splits).to_numpy()
-        metas.append(meta[mask])
-        masks.append(mask)
-    return metas, masks
-
-
-def _concat(metas: list[pd.DataFrame]) -> pd.DataFrame:
-    if not metas:
-        return pd.DataFrame(columns=list(META_COLUMNS))
-    return pd.concat(metas, ignore_index=True)
-
-
-def load_metadata(
-    store: str | Path,
-    subjects: Sequence[str] | None = None,
-    splits: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """The metadata rows `load_epochs` would return, without reading any MEG."""
-    store = Path(store)
-    files = _select_files(read_manifest(store), subjects)
-    return _concat(_read_metadata(store, files, splits)[0])
-
-
-def load_epochs(
-    store: str | Path,
-    subjects: Sequence[str] | None = None,
-    splits: Sequence[str] | None = None,
-    tmin: float | None = None,
-    tmax: float | None = None,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Epochs in memory: X (N, C, T_window) float32 and their metadata (N rows).
-
-    Rows come subject by subject (sorted labels), in the order they were written.
-    Metadata is read first to size X once; meg is then read one row group at a time, so
-    peak memory is X plus one row group.
-    """
-    store = Path(store)
-    manifest = read_manifest(store)
-    window = time_slice(manifest, tmin, tmax)
-    files = _select_files(manifest, subjects)
-    metas, masks = _read_metadata(store, files, splits)
-    n = int(sum(m.sum() for m in masks))
-    X = np.empty((n, len(manifest.ch_names), window.stop - window.start), np.float32)
-    at = 0
-    for f, mask in zip(files, masks, strict=True):
-        pf = pq.ParquetFile(store / f.path)
-        start = 0
-        for group in range(pf.num_row_groups):
-            col = pf.read_row_group(group, columns=["meg"]).column("meg").combine_chunks()
-            keep = mask[start : start + len(col)]
-            start += len(col)
-            if keep.any():
-                rows = col.to_numpy_ndarray()[keep][:, :, window]
-                X[at : at + len(rows)] = rows
-                at += len(rows)
-    return X, _concat(metas)
-
-
-def read_ray_dataset(
-    store: str | Path,
-    subjects: Sequence[str] | None = None,
-    splits: Sequence[str] | None = None,
-    tmin: float | None = None,
-    tmax: float | None = None,
-) -> ray.data.Dataset:
-    """The store as a Ray Dataset; numpy batches give ``batch["meg"]`` of shape (B, C, T).
-
-    Files come from the manifest (never a directory listing), so a stray file is never
-    read; hive partitioning is off because ``subject`` is a real column and partition
-    inference would turn labels like "01" into integers.
-    """
-    import ray.data
-    from ray.data.expressions import col
-
-    store = Path(store)
-    manifest = read_manifest(store)
-    window = time_slice(manifest, tmin, tmax)
-    paths = [str(store / f.path) for f in _select_files(manifest, subjects)]
-    if not paths:
-        raise StoreError(f"no files for subjects {subjects} in store {store}")
-    ds = ray.data.read_parquet(paths, partitioning=None)
-    if splits is not None:
-        ds = ds.filter(expr=col("split").is_in(list(splits)))
-    if window != slice(0, len(manifest.times)):
-
-        def crop(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            batch["meg"] = np.ascontiguousarray(batch["meg"][:, :, window])
-            return batch
-
-        ds = ds.map_batches(crop, batch_format="numpy")
-    return ds
