@@ -1,4 +1,5 @@
-"""The generation evaluation job on the tiny twin: real brain module, local Ray, SQLite MLflow.
+"""The generation evaluation (`megdecode evaluate --generate`, jobs/evaluate.py) on the tiny
+twin: real brain module, local Ray, SQLite MLflow.
 
 A tiny brain module (1 epoch) and a random-init generator stand in for trained ones: the
 test checks the plumbing (decode -> post-process -> Ray actor pool -> metrics -> table,
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from megdecode.generate import build_tiny_generator
 from megdecode.generate.evaluate import LARGE_KIND
@@ -45,12 +47,24 @@ def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _run_job(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(REPO / "jobs"))
     monkeypatch.setattr(sys, "argv", ["evaluate.py", *args])
-    runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
+    with pytest.raises(SystemExit) as done:  # the job forwards to `megdecode evaluate`
+        runpy.run_path(str(REPO / "jobs" / "evaluate.py"), run_name="__main__")
+    assert done.value.code == 0
 
 
+def _run_cli(args: list[str]) -> None:
+    from megdecode.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "grid ->" in result.output
+
+
+# the sub-command from a bundle folder; the job (the same command) from the registry
 @pytest.mark.parametrize("from_registry", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_generate_job_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch, from_registry: bool) -> None:
+def test_generate_evaluation_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              from_registry: bool) -> None:
     from mlflow import MlflowClient
 
     from megdecode.bundle import load_bundle
@@ -69,9 +83,9 @@ def test_generate_job_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: P
         source = "models:/tiny-brain@champion"
 
     out = tmp_path / "eval"
-    _run_job(["--generate", "--bundle", source, "--generator", str(gen),
-              "--bids", str(tiny_run / "bids"), "--out", str(out), "--tracking-uri", uri,
-              "--max-images", "4", "--steps", "2", "--num-cpus", "2"], monkeypatch)
+    args = ["--generate", "--bundle", source, "--generator", str(gen), "--bids", str(tiny_run / "bids"),
+            "--out", str(out), "--tracking-uri", uri, "--max-images", "4", "--steps", "2", "--num-cpus", "2"]
+    _run_job(args, monkeypatch) if from_registry else _run_cli(args)
 
     table = pd.read_csv(out / "metrics.csv")
     assert table["kind"].tolist() == ["single", "averaged", "oracle", "random"]
@@ -80,6 +94,11 @@ def test_generate_job_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: P
     assert table.loc[table.kind == "single", "n"].item() >= 4  # one row per trial
     assert table[["pixcorr", "ssim"]].abs().le(1.0).all().all()
     assert table.loc[table.kind == "oracle", "latent_r"].item() == pytest.approx(1.0)  # the truth vs itself
+    stats = load_bundle(bundle).prediction_stats
+    assert stats is not None  # by default the decoded rows are scaled as /v1/reconstruct scales a window
+    used = f"bundle (val, n={stats.n})"
+    assert table.set_index("kind")["pred_stats"].to_dict() == {"single": used, "averaged": used,
+                                                               "oracle": "not decoded", "random": "not decoded"}
     fidelity = pd.read_csv(out / "latent_fidelity.csv")
     # every drawn kind, plus the large test set's single trials (scored, not drawn)
     assert fidelity.groupby("kind").size().to_dict() == dict.fromkeys([*table["kind"], LARGE_KIND],
@@ -94,11 +113,46 @@ def test_generate_job_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: P
     runs = client.search_runs([client.get_experiment_by_name("megdecode-generate").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logged = runs[0].data.metrics
+    assert runs[0].data.params["gen_eval.pred_stats"] == "bundle"
+    assert runs[0].data.tags["megdecode.gen_eval.pred_stats"] == used
     assert logged["gen/oracle/ssim"] == pytest.approx(table.loc[table.kind == "oracle", "ssim"].item())
     assert logged["gen/test_large/latent_r"] == pytest.approx(fidelity.loc[fidelity.kind == LARGE_KIND, "r"].mean())
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "figures")}
     assert {"figures/grid.png", "figures/latent_fidelity.png"} <= artifacts
     assert "tables/generate_metrics.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "tables")}
+
+
+def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Path, bundle: Path,
+                                                                   tmp_path: Path) -> None:
+    """"bundle": the decoded trials are scaled exactly as the served path scales one window;
+    "set": z-scored over the set, so they take the training latents' mean/std."""
+    from megdecode.bundle import load_bundle
+    from megdecode.generate.evaluate import GenEvalConfig, _predict_split, decode_test_set
+    from megdecode.generate.postprocess import bundle_latents
+    from megdecode.predict import load_model
+
+    cfg = GenEvalConfig(bundle=str(bundle), bids_root=str(tiny_run / "bids"), out=str(tmp_path), max_images=4)
+    served = decode_test_set(cfg, bundle)
+    own = decode_test_set(cfg.replace(pred_stats="set"), bundle)
+    b = load_bundle(bundle)
+    assert b.prediction_stats is not None
+    assert (served.pred_stats, own.pred_stats) == (f"bundle (val, n={b.prediction_stats.n})", "set")
+    model, _ = load_model(bundle)
+    mse, _ = _predict_split(cfg, model, b, str(tiny_run / "store"), "test")
+    one = bundle_latents(b, mse[:1])  # what the served path computes for the first test window
+    np.testing.assert_allclose(served.latents["single"][:1], one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(own.latents["single"].mean(0), b.latent_mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(own.latents["single"].std(0), b.latent_std, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(own.latents["single"], served.latents["single"], atol=1e-3)
+    with pytest.raises(ValueError, match="pred_stats must be one of"):
+        cfg.replace(pred_stats="test")
+    b.prediction_stats = None  # a bundle made before the statistics were stored
+    from megdecode.bundle import save_bundle
+
+    old = save_bundle(b, tmp_path / "old")
+    with pytest.raises(ValueError, match="stores no prediction statistics.*--pred-stats set"):
+        decode_test_set(cfg, old)
+    assert decode_test_set(cfg.replace(pred_stats="set"), old).pred_stats == "set"
 
 
 def test_generator_must_match_the_bundle_latent(tiny_run: Path, bundle: Path, tmp_path: Path) -> None:

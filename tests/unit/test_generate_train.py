@@ -44,7 +44,9 @@ def test_job_writes_a_loadable_trained_folder(tiny_run: Path, tmp_path: Path, mo
     monkeypatch.setattr(sys, "argv", ["train_generator.py", "--data", str(tiny_run), "--out", str(out),
                                       "--steps", "3", "--batch-size", "8", "--max-seconds", "0",
                                       "--size", "16", "--patch", "2", "--channels", "16,32"])
-    runpy.run_path(str(REPO / "jobs" / "train_generator.py"), run_name="__main__")
+    with pytest.raises(SystemExit) as done:  # the job forwards to `megdecode train-generator`
+        runpy.run_path(str(REPO / "jobs" / "train_generator.py"), run_name="__main__")
+    assert done.value.code == 0
     gen = load_trained(out)
     meta = json.loads((out / "generator.json").read_text())
     assert meta["trained"]["steps"] == 3 and meta["trained"]["n_images"] > 0

@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("single", "averaged", "oracle", "random")
 PRED_STATS = ("bundle", "set")
-NOT_SCALED = "n/a"  # pred_stats of the rows that are not decoded (oracle, random)
+NOT_SCALED = "not decoded"  # pred_stats of the oracle and random rows (no MSE output to scale)
 
 
 @dataclass(frozen=True)
