@@ -113,10 +113,9 @@ def test_live_page_replays_a_twin_run_and_shows_decodes_thumbnails_and_latency(l
     assert "token" not in first["url"]  # taken from the URL, then dropped from the address bar
     assert first["source"].startswith("Recording:") and "sub-BIGMEG1" in first["source"]
     later = poll(lambda: dom(page), lambda d: d["decodes"] >= first["decodes"] + 40 and d["thumbs"] == 5
-                 and d["entries"] > 0 and d["trials"] > 0, 60, "decodes, thumbnails, histogram, a scored trial")
-    assert later["entries"] == later["decodes"] and later["trialThumbs"] >= 6, later
-    scored = int(later["hits"].split("/")[1])
-    assert scored >= 1, later
+                 and d["entries"] > 0 and int(d["hits"].split("/")[1]) > 0, 60,
+                 "decodes, thumbnails, histogram, a scored trial")
+    assert later["trials"] >= 1 and later["trialThumbs"] >= 6, later  # seen image and its top-5
     assert not errors, errors
     page.close()
 

@@ -82,7 +82,7 @@ def _b64url(text: str) -> str:
 
 
 # The page loads only its own files and talks only to its own origin (WS included).
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
                 "frame-ancestors 'none'", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 

@@ -266,7 +266,8 @@
     arrow.textContent = "→";
     li.append(when, figure(event.image_id, event.category, "seen"), arrow);
     for (const h of m.top_k.slice(0, TOP_K)) {
-      li.append(figure(h.image_id, h.category || String(h.image_id), h.image_id === event.image_id ? "hit" : ""));
+      const cls = h.image_id === event.image_id ? "hit" : h.category && h.category === event.category ? "same" : "";
+      li.append(figure(h.image_id, h.category || String(h.image_id), cls));
     }
     const list = $("trials");
     list.prepend(li);
@@ -305,7 +306,7 @@
       for (let s = first; s < r.sent; s++) sq += (tr.buf[s % r.W] - mean) ** 2;
       const sd = Math.sqrt(sq / (n || 1)) || 1, mid = laneH * (k + 0.5), gain = laneH / (6 * sd);
       ctx.fillStyle = "#8a94a3";
-      ctx.fillText(tr.name, 4, mid + 4);
+      ctx.fillText(tr.name.split("-")[0], 4, mid + 4); // CTF names end in the system serial
       ctx.strokeStyle = "#7fb3e6";
       ctx.beginPath();
       for (let s = first; s < r.sent; s += step) {
@@ -410,7 +411,7 @@
       const [info, card] = await Promise.all([api(`/v1/live/recording?${q}`, "json"), api("/v1/model", "json")]);
       $("model").textContent = `model: ${card.name}${card.version ? ` v${card.version}` : ""}`
         + `${card.alias ? ` (@${card.alias})` : ""}, ${card.latent_name}, gallery ${card.gallery_size} images, `
-        + `window ${card.window.tmin}–${card.window.tmax} s`;
+        + `window ${+card.window.tmin.toFixed(3)}–${+card.window.tmax.toFixed(3)} s`;
       fill($("subject"), info.subjects, info.subject);
       fill($("run"), info.runs, info.run);
       describe(info);
