@@ -66,9 +66,12 @@ def session_logs() -> str:
     try:
         from ray._private.worker import global_worker
 
-        return str(Path(global_worker.node.get_session_dir_path()) / "logs")
+        node = global_worker.node
+        if node is not None:
+            return str(Path(node.get_session_dir_path()) / "logs")
     except Exception:  # attached through a client, or Ray's internals moved
-        return "/tmp/ray/session_latest/logs" if ray.is_initialized() else "(ray not started)"
+        pass
+    return "/tmp/ray/session_latest/logs" if ray.is_initialized() else "(ray not started)"
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
