@@ -6,8 +6,11 @@ For the small test set of a brain-module bundle (a folder or ``models:/name@alia
 
 The MSE outputs are z-scored (`pred_stats`) with the bundle's stored prediction
 statistics ("bundle", the default: its validation predictions, what `/v1/reconstruct`
-uses, so a single-trial image here is the image the app returns for that window, and no
-reconstruction depends on the other test trials) or over each decoded set itself ("set":
+uses; the drawn trials are also decoded as the app decodes them, one window per forward
+of the folded model, so a single trial's latent here is, bit for bit, the one the app
+draws for that window, and no reconstruction depends on the other test trials; the
+images match too where batched sampling rounds as one-image sampling does, as on the
+demo's generator: 20/20, benchmarks/pred_stats.py) or over each decoded set itself ("set":
 the single trials over all single trials, the averages over all averages; transductive,
 and noisy for a few images, but it puts every set at the training latents' spread,
 averages included, which the bundle's single-trial statistics leave narrower). The table's
@@ -109,7 +112,8 @@ LARGE_KIND = "single, test_large"  # the large test set's single trials: latent 
 DECODED = ("single", "averaged")  # the kinds made from MSE outputs, z-scored per `pred_stats`
 
 
-def _predict_split(cfg: GenEvalConfig, model: Any, bundle: Any, store: str, split: str) -> tuple[np.ndarray, pd.DataFrame]:
+def _predict_split(cfg: GenEvalConfig, model: Any, bundle: Any, store: str, split: str,
+                   batch_size: int = 256) -> tuple[np.ndarray, pd.DataFrame]:
     """MSE-head predictions (N, F) of `split`'s epochs in `store`, and their metadata
     (the first `cfg.max_images` image ids only when set)."""
     from megdecode.predict import predict_windows
@@ -124,7 +128,7 @@ def _predict_split(cfg: GenEvalConfig, model: Any, bundle: Any, store: str, spli
     if not len(meta):
         return np.zeros((0, len(bundle.latent_mean)), np.float32), meta
     subject = np.array([bundle.subject_index(str(s)) for s in meta["subject"]], np.int64)
-    _, mse = predict_windows(model, X, subject)
+    _, mse = predict_windows(model, X, subject, batch_size=batch_size)
     return mse, meta
 
 
@@ -142,7 +146,13 @@ def decode_test_set(cfg: GenEvalConfig, bundle_dir: Path) -> EvalInputs:
     manifest = shards.read_manifest(store)
     if list(manifest.ch_names) != list(bundle.ch_names):
         raise ValueError(f"store {store} has other channels than the bundle ({len(manifest.ch_names)} vs {len(bundle.ch_names)})")
-    mse, meta = _predict_split(cfg, model, bundle, store, "test")
+    # pred_stats="bundle" decodes the drawn trials as the app does (folded layout, one window
+    # per forward; batching rounds differently), so each single-trial image is the one
+    # /v1/reconstruct returns for that window with the same seed
+    from megdecode.serve.model import inference_layout
+
+    drawn_by, batch = (inference_layout(model), 1) if cfg.pred_stats == "bundle" else (model, 256)
+    mse, meta = _predict_split(cfg, drawn_by, bundle, store, "test", batch)
     if not len(meta):
         raise ValueError(f"the store {store} has no epochs in the small test set (split 'test')")
     ids = meta["image_id"].to_numpy(np.int64)
