@@ -75,6 +75,17 @@ def test_bundle_stores_the_validation_prediction_stats_of_the_restored_best_epoc
     np.testing.assert_allclose(stats.std, val_mse.astype(np.float64).std(0), rtol=1e-6, atol=1e-7)
 
 
+def test_a_tune_trials_trainer_saves_its_bundle_with_prediction_stats(tiny_run: Path, tmp_path: Path) -> None:
+    """Tune trials step `Trainer`s and save through `finish` (tune_trial._finish): same stats."""
+    from megdecode.bundle import load_bundle
+    from megdecode.train import Trainer
+
+    trainer = Trainer(_cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=1), load_run_data(_cfg(tiny_run, tmin=0.0, tmax=0.5)))
+    trainer.step()
+    stats = load_bundle(trainer.finish(tmp_path / "seed0").bundle_path).prediction_stats  # type: ignore[arg-type]
+    assert stats is not None and stats.reference == "val" and stats.n == len(trainer.data.val.meta)
+
+
 def test_bad_configs_fail_clearly(tiny_run: Path) -> None:
     with pytest.raises(ConfigError, match="monitor"):
         TrainConfig(monitor="val/acc")
