@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -314,7 +317,6 @@ def tune(
         if started_ray:
             ray_module.shutdown()
     typer.echo(report.text())
-    typer.echo(f"browse: mlflow ui --backend-store-uri {report.tracking_uri}")
     if report.interrupted:
         raise typer.Exit(code=130)
 
@@ -394,12 +396,15 @@ def serve_cmd(
     generator: Annotated[Path | None, typer.Option(help="generator folder for /v1/reconstruct")] = None,
     port: Annotated[int | None, typer.Option(help="default: the config's http_options.port")] = None,
     address: Annotated[str | None, typer.Option(help="Ray address; default: a local loopback cluster")] = None,
+    start_timeout: Annotated[float | None, typer.Option(help="seconds to wait for every replica to run, then fail "
+                                                        "naming what does not fit (default: the config's "
+                                                        "start_timeout_s)")] = None,
 ) -> None:
-    """Serve the decoder (and generator) over HTTP on 127.0.0.1 until interrupted."""
+    """Serve the decoder (and generator) over HTTP on 127.0.0.1 until Ctrl-C or SIGTERM."""
     import ray as ray_module
-    from ray import serve
 
-    from megdecode.serve.app import start
+    from megdecode.config import ConfigError
+    from megdecode.serve.app import StartError, StartInterrupted, start
     from megdecode.serve.config import read_config_file
 
     cfg, _ = read_config_file(config)
@@ -410,15 +415,83 @@ def serve_cmd(
         cfg = cfg.replace(generator=cfg.generator.replace(weights=str(generator)))
     if port:
         cfg = cfg.replace(http=cfg.http.replace(port=port))
-    url = start(cfg, address=address)
-    typer.echo(f"serving {cfg.decoder.model} at {url} (docs: {url}/docs); Ctrl-C stops")
+    if start_timeout:
+        cfg = cfg.replace(start_timeout_s=start_timeout)
+    stop = threading.Event()
+    restore = _stop_on_signals(stop)
+    started_ray = not ray_module.is_initialized()
+    local = started_ray and not address and not os.environ.get("RAY_ADDRESS")
+    code = 0
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        if started_ray:
+            _init_ray_immune_to_sigint(address)
+        url = start(cfg, address=address, stop=stop, fixed_cluster=local)
+        typer.echo(f"serving {cfg.decoder.model} at {url} (docs: {url}/docs); Ctrl-C stops")
+        while not stop.wait(1.0):
+            pass
+        typer.echo("stopping")
+    except StartInterrupted:
+        code = 130
+    except (StartError, ConfigError) as exc:
+        typer.echo(f"megdecode serve: {exc}", err=True)
+        code = 1
     finally:
-        serve.shutdown()
+        _stop_serving(started_ray)
+        restore()
+    raise typer.Exit(code)
+
+
+def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGINT and SIGTERM set `stop` (the main thread's wait returns); a second one aborts at once."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logger.info("%s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def _init_ray_immune_to_sigint(address: str | None) -> None:
+    """`init_ray` with SIGINT ignored while Ray spawns its processes.
+
+    A terminal's Ctrl-C goes to the whole foreground process group, and Ray's GCS, raylet
+    and workers are in ours: killed by it mid-shutdown, they leave the driver waiting on a
+    dead controller. They inherit an ignored SIGINT (an ignored signal stays ignored across
+    exec), so only this process sees it and shuts them down in order.
+    """
+    import signal
+
+    from megdecode.raycluster import init_ray
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        init_ray(address)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_serving(started_ray: bool, serve_timeout_s: float = 15.0) -> None:
+    """Serve's shutdown (replicas finish what they hold), bounded; then the Ray started here."""
+    import ray as ray_module
+    from ray import serve
+
+    if not ray_module.is_initialized():
+        return
+    done = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
+    done.start()
+    done.join(serve_timeout_s)
+    if done.is_alive():
+        logger.warning("Serve did not shut down within %g s; stopping Ray", serve_timeout_s)
+    if started_ray:
         ray_module.shutdown()
 
 
@@ -443,10 +516,21 @@ def register(
     alias: Annotated[str, typer.Option(help="alias set on the new version")] = "champion",
 ) -> None:
     """Promote a run's model bundle to the MLflow registry as NAME@ALIAS (= jobs/register.py)."""
+    from mlflow.exceptions import MlflowException
+
     from megdecode.promote import promote_run
 
-    version = promote_run(tracking_uri, run_id, name=name, alias=alias)
+    try:
+        version = promote_run(tracking_uri, run_id, name=name, alias=alias)
+    except (FileNotFoundError, ValueError, MlflowException) as exc:  # no such run, no bundle, a broken one
+        _fail(f"cannot register run {run_id}: {exc}")
     typer.echo(f"{name} version {version} -> @{alias} (run {run_id})")
+
+
+def _fail(message: str) -> NoReturn:
+    """Say what went wrong on stderr and exit 1 (a stage's failure, not a usage error)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
 
 
 @app.command("train-generator")
@@ -533,6 +617,8 @@ def reconstruct(
                                seed=seed, device=device, precision=precision)
     except ApiError as exc:  # the window or subject does not fit the model: the app's 4xx, said here
         raise typer.BadParameter(f"{window}: {exc.detail}") from None
+    except (FileNotFoundError, ValueError) as exc:  # no bundle or generator there, or they do not fit
+        _fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(made.png)
     stats = made.model["prediction_stats"]

@@ -88,7 +88,7 @@ def test_register_promotes_the_runs_bundle(stage: Stage, tmp_path: Path) -> None
     staged = load_bundle(tracker.resolve_alias("tiny-brain", "staging", dst=tmp_path / "staged"))
     assert staged.prediction_stats is not None and staged.prediction_stats.reference == "val"
     missing = CliRunner().invoke(app, ["register", "--tracking-uri", stage.uri, "--run-id", "no-such-run"])
-    assert missing.exit_code != 0
+    assert missing.exit_code == 1 and "cannot register run no-such-run" in missing.output
 
 
 def test_reconstruct_from_a_folder_or_the_registry_gives_the_same_png(stage: Stage, tmp_path: Path) -> None:
@@ -105,6 +105,8 @@ def test_reconstruct_from_a_folder_or_the_registry_gives_the_same_png(stage: Sta
     bad.write_text(json.dumps({"subject": "BIGMEG1", "data": [[0.0, 1.0]]}))
     wrong = CliRunner().invoke(app, ["reconstruct", "--bundle", str(stage.bundle), *common[:2], "--window", str(bad)])
     assert wrong.exit_code == 2 and "the model needs" in wrong.output and "Traceback" not in wrong.output
+    nowhere = CliRunner().invoke(app, ["reconstruct", "--bundle", str(tmp_path / "none"), *common])
+    assert nowhere.exit_code == 1 and "no model bundle at" in nowhere.output
 
 
 def test_train_generator_writes_a_trained_folder(tiny_run: Path, tmp_path: Path) -> None:
