@@ -24,6 +24,7 @@ Usage: python benchmarks/store_read.py [--epochs 2000] [--rows-per-file 1024] [-
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import statistics
 import tempfile
@@ -90,7 +91,7 @@ def _rounds(runs: dict[str, Callable[[], int]], rounds: int) -> dict[str, Timed]
     names = list(runs)
     timed = {name: Timed(0, []) for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             timed[name].rows = runs[name]()
             timed[name].seconds.append(time.perf_counter() - start)
@@ -102,11 +103,15 @@ def _print_rates(title: str, results: dict[str, Timed], baseline: str) -> None:
     ratio (this round's rate over this round's baseline rate): a machine whose load
     drifts between rounds slows both sides of a pair alike."""
     base = results[baseline].seconds
-    print(f"\n{title} ({len(base)} rounds; ratio = rows/s over '{baseline}', median of paired rounds)")
+    print(
+        f"\n{title} ({len(base)} rounds; ratio = rows/s over '{baseline}', median of paired rounds)"
+    )
     for name, t in results.items():
         ratio = statistics.median(b / s for b, s in zip(base, t.seconds, strict=True))
-        print(f"  {name:34s} {t.rows} rows in {t.median:6.2f} s (best {min(t.seconds):5.2f}) = "
-              f"{t.rows / t.median:8.0f} rows/s   ratio {ratio:5.2f}")
+        print(
+            f"  {name:34s} {t.rows} rows in {t.median:6.2f} s (best {min(t.seconds):5.2f}) = "
+            f"{t.rows / t.median:8.0f} rows/s   ratio {ratio:5.2f}"
+        )
 
 
 def main() -> None:
@@ -143,20 +148,31 @@ def main() -> None:
         results = _rounds({name: local(c) for name, c in LOCAL.items()}, args.rounds)
         _print_rates("load_epochs", results, "no checks")
         default, full = results["seals + page CRCs (default)"], results["full sha256, then read"]
-        slower = statistics.median(f / d for f, d in zip(full.seconds, default.seconds, strict=True))
-        print(f"  full sha256 + read takes {slower:.2f}x the default read's time (median of paired rounds)")
+        slower = statistics.median(
+            f / d for f, d in zip(full.seconds, default.seconds, strict=True)
+        )
+        print(f"  full sha256 + read takes {slower:.2f}x the default read's time (paired rounds)")
 
-        checks = _rounds({
+        checks = {
             "verify_store (full sha256)": lambda: shards.verify_store(store).n_epochs,
             "seals of every file": lambda: _seals(store),
-        }, args.rounds)  # fmt: skip
-        hash_s, seal_s = checks["verify_store (full sha256)"].median, checks["seals of every file"].median
-        print(f"\nverify_store: {size / 1e6:.0f} MB in {hash_s:.2f} s = {size / hash_s / 1e9:.2f} GB/s; "
-              f"seals of {len(manifest.files)} files: {1e3 * seal_s:.1f} ms "
-              f"({1e3 * seal_s / len(manifest.files):.2f} ms per file)")
-        print(f"a THINGS-size store (~{THINGS_BYTES / 1e9:.0f} GB): full sha256 ~{THINGS_BYTES / size * hash_s:.0f} s "
-              f"at this rate from memory (more from disk); seals ~{THINGS_BYTES / size * seal_s:.2f} s "
-              f"(at this store's file size)")  # fmt: skip
+        }
+        timed = _rounds(checks, args.rounds)
+        hash_s = timed["verify_store (full sha256)"].median
+        seal_s = timed["seals of every file"].median
+        n_files = len(manifest.files)
+        print(
+            f"\nverify_store: {size / 1e6:.0f} MB in {hash_s:.2f} s = "
+            f"{size / hash_s / 1e9:.2f} GB/s; seals of {n_files} files: {1e3 * seal_s:.1f} ms "
+            f"({1e3 * seal_s / n_files:.2f} ms per file)"
+        )
+        scale = THINGS_BYTES / size
+        print(
+            f"a THINGS-size store (~{THINGS_BYTES / 1e9:.0f} GB): "
+            f"full sha256 ~{scale * hash_s:.0f} s at this rate from memory (more from disk); "
+            f"seals ~{scale * seal_s:.2f} s "
+            "(files of this store's size)"
+        )
 
         if not args.no_ray:
             _ray_benchmark(store, args.batch_size, args.rounds, args.num_cpus)
@@ -179,23 +195,28 @@ def _ray_benchmark(store: Path, batch_size: int, rounds: int, num_cpus: int | No
     paths = [str(store / f.path) for f in shards.read_manifest(store).files]
     try:
         cold = _ray_pass(lambda: shards.read_ray_dataset(store), batch_size)
-        print(f"\nray iter_batches, cold (worker start-up): {cold[0]} rows in {cold[1]:6.2f} s = "
-              f"{cold[0] / cold[1]:8.0f} rows/s")
-        results = _rounds({
-            "ray.data.read_parquet (unchecked)": lambda: _ray_rows(
-                lambda: ray.data.read_parquet(paths, partitioning=None), batch_size),
-            "read_ray_dataset, no checks": lambda: _ray_rows(
-                lambda: shards.read_ray_dataset(store, checks=ReadChecks(seals=False, pages=False)), batch_size),
-            "read_ray_dataset (default checks)": lambda: _ray_rows(
-                lambda: shards.read_ray_dataset(store), batch_size),
-        }, rounds)  # fmt: skip
+        print(
+            f"\nray iter_batches, cold (worker start-up): {cold[0]} rows in {cold[1]:6.2f} s = "
+            f"{cold[0] / cold[1]:8.0f} rows/s"
+        )
+        unchecked = ReadChecks(seals=False, pages=False)
+        datasets = {
+            "ray.data.read_parquet (unchecked)": lambda: ray.data.read_parquet(
+                paths, partitioning=None
+            ),
+            "read_ray_dataset, no checks": lambda: shards.read_ray_dataset(store, checks=unchecked),
+            "read_ray_dataset (default checks)": lambda: shards.read_ray_dataset(store),
+        }
+        runs = {
+            name: functools.partial(_ray_rows, make, batch_size) for name, make in datasets.items()
+        }
+        results = _rounds(runs, rounds)
         _print_rates("ray iter_batches, warm", results, "read_ray_dataset, no checks")
-        local = shards.load_epochs(store)
         start = time.perf_counter()
-        local = shards.load_epochs(store)
-        local_rate = len(local[0]) / (time.perf_counter() - start)
+        local_rate = len(shards.load_epochs(store)[0]) / (time.perf_counter() - start)
         warm = results["read_ray_dataset (default checks)"]
-        print(f"ratio load_epochs / read_ray_dataset (both checked, warm): {local_rate / (warm.rows / warm.median):.2f}")
+        ratio = local_rate / (warm.rows / warm.median)
+        print(f"ratio load_epochs / read_ray_dataset (both checked, warm): {ratio:.2f}")
     finally:
         ray.shutdown()
 

@@ -108,7 +108,7 @@ class _SubjectWriter:
     """Buffers one subject's rows into row groups and rolls files at `rows_per_file`.
 
     Every file gets page checksums and, in its key-value metadata, the digest of the rows
-    it holds (`store_verify.CONTENT_KEY`), so that its footer identifies its content.
+    it holds (`megdecode.data.store.verify.CONTENT_KEY`), so that its footer identifies its content.
     """
 
     def __init__(

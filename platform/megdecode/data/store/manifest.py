@@ -83,9 +83,7 @@ class Manifest:
         raw = json.loads(text)
         if not isinstance(raw, dict) or raw.get("format_version") not in READABLE_VERSIONS:
             version = raw.get("format_version") if isinstance(raw, dict) else None
-            raise StoreError(
-                f"store format_version {version!r} is not one of {READABLE_VERSIONS}"
-            )
+            raise StoreError(f"store format_version {version!r} is not one of {READABLE_VERSIONS}")
         raw["files"] = [ShardFile(**f) for f in raw["files"]]
         return cls(**raw)
 
@@ -101,4 +99,3 @@ def read_manifest(store: str | Path) -> Manifest:
         raise StoreError(f"{path}: {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:  # not JSON, or not a manifest's fields
         raise StoreError(f"{path} is not a readable store manifest: {exc}") from exc
-

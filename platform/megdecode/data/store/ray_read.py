@@ -62,7 +62,9 @@ def _read_files(
             seal.check(path)
         pf = open_parquet(path, checks.pages)
         if pf.metadata.num_rows != rows:
-            raise StoreError(f"store file {path} holds {pf.metadata.num_rows} rows, the manifest says {rows}")
+            raise StoreError(
+                f"store file {path} holds {pf.metadata.num_rows} rows, the manifest says {rows}"
+            )
         for group in range(pf.num_row_groups):
             table = read_rows(pf, path, group=group)
             if splits is not None:
@@ -111,7 +113,9 @@ class _StoreDatasource(Datasource):
         from ray.data.datasource import ReadTask
 
         tasks = []
-        groups = np.array_split(np.arange(len(self._files)), max(1, min(parallelism, len(self._files))))
+        groups = np.array_split(
+            np.arange(len(self._files)), max(1, min(parallelism, len(self._files)))
+        )
         for group in groups:
             files = [self._files[i] for i in group]
             meta = BlockMetadata(

@@ -69,15 +69,14 @@ def check_files(
     a warning, rather than refused, so that a THINGS-size store that took hours to build
     stays usable until it is rebuilt.
     """
-    legacy = [f for f in files if f.seal is None]
+    legacy = [store / f.path for f in files if f.seal is None]
     if legacy and not checks.full:
+        gb = sum(p.stat().st_size for p in legacy if p.is_file()) / 1e9
         logger.warning(
             "store %s predates page checksums and footer digests (format %d): each read "
             "hashes its %d file(s) (%.1f GB) in full first; rebuild it (`megdecode preprocess "
             "--bids BIDS --out %s` reuses the run cache) to read it at full speed",
-            store, manifest.format_version, len(legacy),
-            sum((store / f.path).stat().st_size for f in legacy if (store / f.path).is_file()) / 1e9,
-            store,
+            store, manifest.format_version, len(legacy), gb, store,
         )  # fmt: skip
     for f in files:
         seal = f.seal
@@ -121,7 +120,9 @@ def _read_metadata(
         names = [n for n in pf.schema_arrow.names if n != "meg"]
         meta = read_rows(pf, path, names).to_pandas()
         if len(meta) != f.rows:
-            raise StoreError(f"store file {path} holds {len(meta)} rows, the manifest says {f.rows}")
+            raise StoreError(
+                f"store file {path} holds {len(meta)} rows, the manifest says {f.rows}"
+            )
         mask = np.ones(len(meta), bool) if splits is None else meta["split"].isin(splits).to_numpy()
         metas.append(meta[mask])
         masks.append(mask)

@@ -24,9 +24,11 @@ store fails the footer check, while a rebuild from the same inputs stays byte-id
 
 What the cheap checks do not see: the Thrift page headers between pages (page sizes,
 value counts, encodings, page statistics) carry no checksum in Parquet. A flip there
-makes decoding fail (refused here) or leaves the decoded values unchanged;
-tests/unit/test_store_verify.py flips every byte of a small shard in turn and finds no
-third case. `check_sha256` remains the explicit full check.
+makes decoding fail, or skips the page (a damaged page type: the column comes back short,
+which `read_rows` refuses), or leaves the decoded values unchanged (statistics, unused
+fields). tests/unit/test_store_verify.py flips bits of a small shard one at a time (every
+bit of every byte in its slow test) and finds no flip that changes what a reader returns.
+`check_sha256` remains the explicit full check.
 """
 
 from __future__ import annotations
@@ -102,10 +104,14 @@ def _footer(fh: Any, size: int, path: Path) -> bytes:
     fh.seek(size - TAIL)
     tail = fh.read(TAIL)
     if tail[4:] != MAGIC:
-        raise StoreError(f"store file {path} does not end in the Parquet magic (truncated or overwritten)")
+        raise StoreError(
+            f"store file {path} does not end in the Parquet magic (truncated or overwritten)"
+        )
     length = int.from_bytes(tail[:4], "little")
     if length + TAIL + len(MAGIC) > size:
-        raise StoreError(f"store file {path}: footer length {length} exceeds the file ({size} bytes)")
+        raise StoreError(
+            f"store file {path}: footer length {length} exceeds the file ({size} bytes)"
+        )
     fh.seek(size - TAIL - length)
     return bytes(fh.read(length)) + tail
 
@@ -165,10 +171,16 @@ def read_rows(
     comes back short; counting rows turns that into a refusal.
     """
     with reading(path):
-        table = pf.read(columns=columns) if group is None else pf.read_row_group(group, columns=columns)
+        table = (
+            pf.read(columns=columns) if group is None else pf.read_row_group(group, columns=columns)
+        )
     meta = pf.metadata
     expected = meta.num_rows if group is None else meta.row_group(group).num_rows
-    short = [name for name, col in zip(table.column_names, table.columns, strict=True) if len(col) != expected]
+    short = [
+        name
+        for name, col in zip(table.column_names, table.columns, strict=True)
+        if len(col) != expected
+    ]
     if short or table.num_rows != expected:
         where = "" if group is None else f" row group {group}"
         raise StoreError(
