@@ -5,6 +5,8 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 DEMO_OUT ?= runs/demo
+SERVE_PORT ?= 8000
+SERVE_ARGS ?=
 
 .PHONY: install demo demo-generate serve test test-slow lint bench clean
 
@@ -21,10 +23,10 @@ demo-generate:  ## after `make demo`: a longer-trained twin generator (<= 10 min
 	$(PY) jobs/evaluate.py --generate --bundle models:/megdecode-brain@champion --generator $(DEMO_OUT)/generator-long \
 		--bids $(DEMO_OUT)/bids --out $(DEMO_OUT)/generate_eval --tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db
 
-serve:  ## serve the demo's champion (and its generator, for /v1/reconstruct) on 127.0.0.1:8000 until Ctrl-C
+serve:  ## serve the demo's champion (and its generator, for /v1/reconstruct) on 127.0.0.1:$(SERVE_PORT) until Ctrl-C
 	$(PY) -m megdecode.cli serve --config serve_apps/config.yaml --model models:/megdecode-brain@champion \
-		--tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db \
-		$(if $(wildcard $(DEMO_OUT)/generator/generator.json),--generator $(DEMO_OUT)/generator)
+		--tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db --port $(SERVE_PORT) \
+		$(if $(wildcard $(DEMO_OUT)/generator/generator.json),--generator $(DEMO_OUT)/generator) $(SERVE_ARGS)
 
 test:  ## the default suite (excludes -m slow)
 	$(PY) -m pytest -q

@@ -199,6 +199,96 @@ def stream(ws_url: str, subject: str, n_channels: int, sfreq: float, seconds: fl
             "forward_p50_ms": pct(forwards, 50)}
 
 
+def clients_run(url: str, body: bytes, headers: dict[str, str], clients: int, seconds: float, warmup: float,
+                honor_retry_after: bool) -> list[tuple[float, int, float, str | None]]:
+    """`clients` closed-loop aiohttp clients for warmup + seconds: (start, status, ms, Retry-After) of
+    the requests started after the warm-up. A client that gets a 503 waits Retry-After seconds
+    when `honor_retry_after`, else sends the next request at once (the worst case for shedding)."""
+    import asyncio
+
+    import aiohttp
+
+    async def main() -> list[tuple[float, int, float, str | None]]:
+        out: list[tuple[float, int, float, str | None]] = []
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        begin, stop = t0 + warmup, t0 + warmup + seconds
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+            async def client() -> None:
+                while loop.time() < stop:
+                    start = loop.time()
+                    try:
+                        async with session.post(url, data=body, headers=headers) as r:
+                            await r.read()
+                            status, retry = r.status, r.headers.get("retry-after")
+                    except (aiohttp.ClientError, TimeoutError):
+                        status, retry = 0, None
+                    if start >= begin:
+                        out.append((start - begin, status, (loop.time() - start) * 1e3, retry))
+                    if status == 503 and honor_retry_after:
+                        await asyncio.sleep(float(retry or 1))
+
+            await asyncio.gather(*(client() for _ in range(clients)))
+        return out
+
+    return asyncio.run(main())
+
+
+def load_curve(url: str, body: bytes, headers: dict[str, str], levels: list[int], seconds: float,
+               honor_retry_after: bool) -> list[dict[str, float]]:
+    """Per client count: accepted req/s, p50/p99 of accepted, share shed (503), other failures, the
+    slowest 503 and whether every 503 carried Retry-After."""
+    rows = []
+    for n in levels:
+        runs = clients_run(url, body, headers, n, seconds, 1.0, honor_retry_after)
+        ok = [ms for _, st, ms, _ in runs if st == 200]
+        shed = [(ms, ra) for _, st, ms, ra in runs if st == 503]
+        rows.append({"clients": n, "req_s": len(ok) / seconds, "p50": pct(ok, 50), "p99": pct(ok, 99),
+                     "shed": len(shed) / max(1, len(runs)), "other": sum(st not in (200, 503) for _, st, _, _ in runs),
+                     "shed_max_ms": max((ms for ms, _ in shed), default=float("nan")),
+                     "retry_after": all(ra for _, ra in shed)})
+    return rows
+
+
+def curve_table(title: str, rows: list[dict[str, float]]) -> str:
+    lines = [title, f"{'clients':>7}  {'req/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}  {'shed':>6}  {'503 max ms':>10}"
+             f"  {'other':>5}  Retry-After on every 503"]
+    for r in rows:
+        lines.append(f"{r['clients']:>7}  {r['req_s']:>7.1f}  {r['p50']:>7.1f}  {r['p99']:>7.1f}  {r['shed']:>6.1%}  "
+                     f"{r['shed_max_ms']:>10.1f}  {r['other']:>5}  {'yes' if r['retry_after'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def bench_curve(label: str, bundle: Path, port: int, url: str, args: argparse.Namespace) -> list[str]:
+    """The app with the shipped defaults (resources derived from this cluster) under 1..128 clients."""
+    from ray import serve
+
+    from megdecode.bundle import load_bundle
+    from megdecode.serve.app import build_app
+    from megdecode.serve.config import ServeConfig
+
+    b = load_bundle(bundle)
+    x = np.random.default_rng(0).standard_normal((len(b.ch_names), b.n_times)).astype(np.float32)
+    headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}",
+               "x-subject": b.subjects[0]}
+    http = {"port": port} | ({"max_decodes_in_flight": args.in_flight} if args.in_flight else {})
+    cfg = ServeConfig.from_mapping({"http": http, "decoder": {"model": str(bundle)}})
+    serve.run(build_app(cfg, token=""), name="megdecode", route_prefix="/")
+    levels = [int(v) for v in args.curve.split(",")]
+    d, h = cfg.decoder, cfg.http
+    limits = (f"{'defaults' if not args.in_flight else 'defaults but'}: ingress admits {cfg.decode_limit()} decodes, "
+              f"decoder max_ongoing {d.max_ongoing_requests} + queued {d.max_queued_requests}, "
+              f"batch {d.max_batch_size}; ingress max_ongoing {h.max_ongoing_requests} + queued {h.max_queued_requests}")
+    tables = []
+    for honor in (True, False):
+        rows = load_curve(f"{url}/v1/decode", x.tobytes(), headers, levels, args.curve_seconds, honor)
+        how = "clients wait Retry-After after a 503" if honor else "clients retry a 503 at once"
+        tables.append(curve_table(f"[{label}] /v1/decode load curve, {how} ({limits})", rows))
+    serve.delete("megdecode")
+    return tables
+
+
 def ray_rss_mb() -> float:
     """Summed VmRSS of this process' descendants (the local Ray head, workers and replicas), from /proc."""
     parents: dict[int, int] = {}
@@ -300,7 +390,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="fixed request rate for p50/p99")
     parser.add_argument("--seconds", type=float, default=10.0, help="per saturation / stream phase")
     parser.add_argument("--batch-wait", type=float, default=None, help="@serve.batch wait (s); default: the config's")
+    parser.add_argument("--curve", default="1,2,4,8,16,32,64,128", help="client counts of the load curve")
+    parser.add_argument("--curve-seconds", type=float, default=5.0, help="per client count of the curve")
+    parser.add_argument("--curve-only", action="store_true", help="only the load curve (of the demo size)")
+    parser.add_argument("--in-flight", type=int, default=0,
+                        help="http.max_decodes_in_flight of the curve's app (default: the config's)")
     args = parser.parse_args()
+    if args.curve_only and args.model_size == "both":
+        args.model_size = "demo"
 
     import ray
     from ray import serve
@@ -338,13 +435,19 @@ def main() -> None:
         echo_p50 = pct(echo, 50)
         rows.append(("echo deployment HTTP p50", f"{echo_p50:.2f} ms", "Serve's own overhead (one hop)"))
         serve.delete("echo")
+        curves: list[str] = []
         for label, path in bundles.items():
-            bench_model(label, path, url, port, echo_p50, args, rows)
+            if not args.curve_only:
+                bench_model(label, path, url, port, echo_p50, args, rows)
+            if label.startswith("demo") and args.curve:
+                curves += bench_curve(label, path, port, url, args)
         rows.append(("resident memory, Ray + Serve processes", f"{ray_rss_mb():.0f} MB", "after the last deployment"))
     finally:
         serve.shutdown()
         ray.shutdown()
         tmp.cleanup()
+    for table in curves:
+        print(table, end="\n\n")
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'value':>18}  note")
     for name, value, note in rows:

@@ -35,15 +35,24 @@ class HttpConfig(FlatConfig):
     request_timeout_s: float = 10.0  # per request to a model deployment; then a 503
     retry_after_s: int = 1  # the Retry-After header of every 503
     token_env: str = "MEGDECODE_API_TOKEN"  # when that variable is set, requests need the token
-    num_cpus: float = 0.5
-    max_ongoing_requests: int = 256
-    max_queued_requests: int = -1  # the ingress queues; the model deployments shed load
+    num_cpus: float | None = None  # None: a share of the cluster (megdecode.serve.placement)
+    max_ongoing_requests: int = 64  # requests one ingress replica holds (stream sockets included)
+    max_queued_requests: int = 32  # beyond these, Serve's proxy answers 503 + Retry-After itself
+    # /v1/decode requests one ingress replica works on at once; beyond them a 503 at once,
+    # before the body is read: a bounded queue keeps the accepted requests fast, where an
+    # unbounded one makes every client wait (p50 1.2 s at 128 clients on 2 CPUs).
+    # 0 = decoder.max_batch_size x decoder.num_replicas (one full batch per replica).
+    max_decodes_in_flight: int = 0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ConfigError(f"http.max_body_bytes: at least 1024, got {self.max_body_bytes}")
         if self.request_timeout_s <= 0:
             raise ConfigError("http.request_timeout_s must be > 0")
+        _check_cpus("http", self.num_cpus)
+        _check_limits("http", self.max_ongoing_requests, self.max_queued_requests)
+        if self.max_decodes_in_flight < 0:
+            raise ConfigError(f"http.max_decodes_in_flight: >= 0 (0 = derived), got {self.max_decodes_in_flight}")
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class DecoderConfig(FlatConfig):
     tracking_uri: str = ""  # for models:/ URIs; "" = $MEGDECODE_TRACKING_URI
     revision: int = 0  # bump to reload the same source (an alias moved to a new version)
     num_replicas: int = 1
-    num_cpus: float = 1.0
+    num_cpus: float | None = None  # None: a share of the cluster (megdecode.serve.placement)
     torch_threads: int = 1  # per replica; replicas, not threads, scale a CPU node
     precision: str = "float32"  # or "bfloat16": faster on CPUs with AMX/AVX512-BF16, latents ~1e-5 off
     max_batch_size: int = 16  # @serve.batch; 1 = no batching
@@ -81,6 +90,10 @@ class DecoderConfig(FlatConfig):
             raise ConfigError("decoder.max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
         if not 1 <= self.top_k <= self.max_top_k:
             raise ConfigError(f"decoder.top_k must be in 1..max_top_k={self.max_top_k}")
+        if self.num_replicas < 1:
+            raise ConfigError(f"decoder.num_replicas: at least 1, got {self.num_replicas}")
+        _check_cpus("decoder", self.num_cpus)
+        _check_limits("decoder", self.max_ongoing_requests, self.max_queued_requests)
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,7 @@ class GeneratorConfig(FlatConfig):
     num_gpus: float = 0.25  # a GPU share per replica (a scheduling label; see gpu_memory_fraction)
     gpu_memory_fraction: float = 0.0  # cap on this process' GPU memory; 0 = num_gpus
     cpu_fallback: bool = True  # no GPU in the cluster: run on CPU instead of never starting
-    num_cpus: float = 1.0
+    num_cpus: float | None = None  # None: a share of the cluster (megdecode.serve.placement)
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 1.0
@@ -114,6 +127,19 @@ class GeneratorConfig(FlatConfig):
             raise ConfigError("generator.default_steps must be in 1..max_steps")
         if not 0 <= self.default_guidance <= self.max_guidance:
             raise ConfigError("generator.default_guidance must be in 0..max_guidance")
+        _check_cpus("generator", self.num_cpus)
+        _check_limits("generator", self.max_ongoing_requests, self.max_queued_requests)
+
+
+def _check_cpus(section: str, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ConfigError(f"{section}.num_cpus: >= 0 or unset (a share of the cluster), got {value}")
+
+
+def _check_limits(section: str, ongoing: int, queued: int) -> None:
+    if ongoing < 1 or (queued < 1 and queued != -1):  # Serve's own rule for max_queued_requests
+        raise ConfigError(f"{section}: max_ongoing_requests >= 1 and max_queued_requests >= 1 or -1 (unbounded), "
+                          f"got {ongoing} and {queued}")
 
 
 @dataclass(frozen=True)
@@ -151,11 +177,18 @@ class ServeConfig(FlatConfig):
     """Everything the app needs; `from_mapping` reads the nested ``args`` of config.yaml."""
 
     app_name: str = DEFAULT_APP
+    # How long `start` waits for every replica to run before it gives up, naming what does
+    # not fit (an autoscaler gets this long to add nodes; a fixed cluster is refused at once).
+    start_timeout_s: float = 90.0
     http: HttpConfig = field(default_factory=HttpConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+
+    def __post_init__(self) -> None:
+        if self.start_timeout_s <= 0:
+            raise ConfigError(f"start_timeout_s must be > 0, got {self.start_timeout_s}")
 
     @classmethod
     def from_mapping(cls, args: dict[str, Any] | None) -> ServeConfig:
@@ -164,6 +197,10 @@ class ServeConfig(FlatConfig):
 
     def tracking_uri(self) -> str:
         return self.decoder.tracking_uri or os.environ.get("MEGDECODE_TRACKING_URI", "")
+
+    def decode_limit(self) -> int:
+        """/v1/decode requests an ingress replica admits at once (http.max_decodes_in_flight)."""
+        return self.http.max_decodes_in_flight or self.decoder.max_batch_size * self.decoder.num_replicas
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

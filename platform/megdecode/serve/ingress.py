@@ -18,11 +18,12 @@ into a required query parameter.
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,7 @@ class Ingress:
         self.local = DecoderCore(d.to_flat_dict()) if d.ingress_copy != "none" else None
         self.local_limit = d.max_ongoing_requests + d.max_queued_requests if d.max_queued_requests >= 0 else None
         self.local_inflight = 0
+        self.decode_limit, self.decodes_inflight = self.cfg.decode_limit(), 0
         self.live, self.store = LivePage(self.cfg.live), ""
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -120,6 +122,17 @@ class Ingress:
             return await self._call(response, "decoder")
         finally:
             self.local_inflight -= 1
+
+    @contextlib.contextmanager
+    def _decode_slot(self) -> Iterator[None]:
+        """One of http.max_decodes_in_flight, else a 503 at once (before the body is read)."""
+        if self.decodes_inflight >= self.decode_limit:
+            raise unavailable("overloaded", "the decoder is at capacity; retry later", self.cfg.http.retry_after_s)
+        self.decodes_inflight += 1
+        try:
+            yield
+        finally:
+            self.decodes_inflight -= 1
 
     async def _body(self, request: Request) -> bytes:
         limit = self.cfg.http.max_body_bytes
@@ -172,11 +185,13 @@ class Ingress:
         start = time.perf_counter()
         self._authorize(request.headers)
         k = self.cfg.decoder.top_k if top_k is None else int(bounded("top_k", top_k, 1, self.cfg.decoder.max_top_k, True))
-        subject, window = await self._window(request)
-        if self.local is not None and self.cfg.decoder.ingress_copy == "all":
-            result = await self._local_call(self.local.decode(window, subject, k))
-        else:
-            result = await self._call(self.decoder.decode_parts.remote(subject, k, *inline_parts(window)), "decoder")
+        with self._decode_slot():
+            subject, window = await self._window(request)
+            if self.local is not None and self.cfg.decoder.ingress_copy == "all":
+                result = await self._local_call(self.local.decode(window, subject, k))
+            else:
+                result = await self._call(self.decoder.decode_parts.remote(subject, k, *inline_parts(window)),
+                                          "decoder")
         result["timing"]["server_ms"] = round((time.perf_counter() - start) * 1e3, 3)
         return FastJSONResponse(result)
 
