@@ -22,7 +22,7 @@ def clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(var, raising=False)
     yield
     logging.basicConfig(level=logging.WARNING, force=True)
-    for name in ("optuna.unit", "megdecode.unit", "alembic.unit"):
+    for name in ("optuna.unit", "megdecode.unit", "somelib.unit"):
         lib = logging.getLogger(name)
         lib.handlers.clear()
         lib.propagate = True
@@ -60,8 +60,8 @@ def test_root_console_shows_our_info_and_only_warnings_of_others(
         clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
     logging.getLogger("megdecode.unit").info("== preprocess: 30 s ==")
-    logging.getLogger("alembic.unit").info("Context impl SQLiteImpl.")
-    logging.getLogger("alembic.unit").warning("a migration is missing")
+    logging.getLogger("somelib.unit").info("Context impl SQLiteImpl.")
+    logging.getLogger("somelib.unit").warning("a migration is missing")
     err = capsys.readouterr().err
     assert "== preprocess: 30 s ==" in err and "a migration is missing" in err
     assert "SQLiteImpl" not in err
