@@ -425,6 +425,7 @@ def serve_cmd(
     try:
         if started_ray:
             _init_ray_immune_to_sigint(address)
+            _stop_on_signals(stop)  # again: ray.init installs a fatal SIGTERM handler over ours
         url = start(cfg, address=address, stop=stop, fixed_cluster=local)
         typer.echo(f"serving {cfg.decoder.model} at {url} (docs: {url}/docs); Ctrl-C stops")
         while not stop.wait(1.0):
@@ -436,7 +437,7 @@ def serve_cmd(
         typer.echo(f"megdecode serve: {exc}", err=True)
         code = 1
     finally:
-        _stop_serving(started_ray)
+        _stop_serving(cfg.app_name, started_ray)
         restore()
     raise typer.Exit(code)
 
@@ -479,18 +480,30 @@ def _init_ray_immune_to_sigint(address: str | None) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _stop_serving(started_ray: bool, serve_timeout_s: float = 15.0) -> None:
-    """Serve's shutdown (replicas finish what they hold), bounded; then the Ray started here."""
+def _stop_serving(app_name: str, started_ray: bool, serve_timeout_s: float = 15.0) -> None:
+    """Delete our app (its replicas finish what they hold), bounded; then the Ray started here.
+
+    Only our app: on an attached cluster Serve may run other apps, and on the local one
+    Ray's shutdown takes Serve's controller and proxy with it.
+    """
     import ray as ray_module
     from ray import serve
 
     if not ray_module.is_initialized():
         return
-    done = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
+
+    def delete() -> None:
+        try:
+            if app_name in serve.status().applications:
+                serve.delete(app_name)
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            logger.warning("could not delete %r: %s", app_name, exc)
+
+    done = threading.Thread(target=delete, name="serve-delete", daemon=True)
     done.start()
     done.join(serve_timeout_s)
     if done.is_alive():
-        logger.warning("Serve did not shut down within %g s; stopping Ray", serve_timeout_s)
+        logger.warning("%r did not stop within %g s; stopping Ray", app_name, serve_timeout_s)
     if started_ray:
         ray_module.shutdown()
 
