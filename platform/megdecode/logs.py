@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 VERBOSE_ENV = "MEGDECODE_VERBOSE"
 LOG_FILE_ENV = "MEGDECODE_LOG_FILE"
+QUIET_SET_ENV = "MEGDECODE_QUIET_SET"  # the library settings a quiet setup_logging put in os.environ
 # Loggers of libraries that install their own console handlers (propagate=False) at import.
 LIBRARIES = ("ray", "mlflow", "optuna", "alembic", "filelock", "urllib3", "fsspec")
 # Library warnings that say nothing the user can act on (the console drops them; the file keeps them).
@@ -61,14 +62,14 @@ def setup_logging(level: str | int = "INFO", verbose_output: bool | None = None,
     for noisy in ("mne", "mne_bids", "matplotlib", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if verbose():
+        _undo_quiet_environment()
         return None
-    # Read by the libraries themselves, here and in every process they start.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     path = Path(log_file or os.environ.get(LOG_FILE_ENV) or _default_log_file())
     path.parent.mkdir(parents=True, exist_ok=True)
     os.environ[LOG_FILE_ENV] = str(path)
-    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(_ray_data_config(path.parent)))
+    # Read by the libraries themselves, here and in every process they start.
+    _set_quiet(MLFLOW_LOGGING_LEVEL="WARNING", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+               RAY_DATA_LOGGING_CONFIG=str(_ray_data_config(path.parent)))
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.set_name("megdecode-file")
@@ -78,6 +79,24 @@ def setup_logging(level: str | int = "INFO", verbose_output: bool | None = None,
     root.addHandler(handler)
     quiet_console()
     return path
+
+
+def _set_quiet(**values: str) -> None:
+    """Set the libraries' quiet settings where the user has not, and remember which we set
+    (in `QUIET_SET_ENV`), so that a verbose entry point started from a quiet process (a
+    subprocess, a test run) can take back ours and keep the user's."""
+    ours = set(filter(None, os.environ.get(QUIET_SET_ENV, "").split(",")))
+    for name, value in values.items():
+        if name in ours or name not in os.environ:
+            os.environ[name] = value
+            ours.add(name)
+    os.environ[QUIET_SET_ENV] = ",".join(sorted(ours))
+
+
+def _undo_quiet_environment() -> None:
+    """Remove the quiet settings an earlier quiet `setup_logging` put in this environment."""
+    for name in filter(None, os.environ.pop(QUIET_SET_ENV, "").split(",")):
+        os.environ.pop(name, None)
 
 
 def _default_log_file() -> Path:

@@ -17,7 +17,7 @@ from megdecode import logs
 
 @pytest.fixture()
 def clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in (logs.VERBOSE_ENV, logs.LOG_FILE_ENV, "RAY_DATA_LOGGING_CONFIG", "MLFLOW_LOGGING_LEVEL",
+    for var in (logs.VERBOSE_ENV, logs.LOG_FILE_ENV, logs.QUIET_SET_ENV, "RAY_DATA_LOGGING_CONFIG", "MLFLOW_LOGGING_LEVEL",
                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MEGDECODE_PROGRESS"):
         monkeypatch.delenv(var, raising=False)
     yield
@@ -93,6 +93,21 @@ def test_ray_data_gets_a_warning_level_console(clean_logging: None, tmp_path: Pa
     assert config["handlers"]["console"]["level"] == "WARNING"
     assert config["handlers"]["file"]["filename"] == "ray-data.log"  # Ray Data's session file stays
     assert config["filters"]["quiet"]["()"] == "megdecode.logs._Console"
+
+
+def test_verbose_after_quiet_takes_back_our_settings_and_keeps_the_users(
+        clean_logging: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A quiet process (a test run, `megdecode demo`) whose environment a `-v` child inherits:
+    # Ray Data must stream its progress again there, and a level the user set stays.
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "ERROR")
+    logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
+    assert "RAY_DATA_LOGGING_CONFIG" in os.environ and os.environ["MLFLOW_LOGGING_LEVEL"] == "ERROR"
+    logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")  # twice: still ours
+    assert "RAY_DATA_LOGGING_CONFIG" in os.environ["MEGDECODE_QUIET_SET"]
+    logs.setup_logging("DEBUG", verbose_output=True)
+    assert "RAY_DATA_LOGGING_CONFIG" not in os.environ
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
+    assert os.environ["MLFLOW_LOGGING_LEVEL"] == "ERROR" and logs.QUIET_SET_ENV not in os.environ
 
 
 def test_stage_progress_logs_one_line_per_step_off_a_terminal(
