@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from megdecode.tune import SearchSetup, run_search
+from megdecode.search.driver import SearchSetup, run_search
 
 
 def search(data: Path, space: Path, scheduler: str, work: Path, num_samples: int, seeds: int) -> dict:

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from megdecode.bundle import PredictionStats, load_bundle, save_bundle
-from megdecode.data import shards
-from megdecode.generate.evaluate import GenEvalConfig, _image_paths, decode_test_set
+from megdecode.data import store as epoch_store
+from megdecode.generate.evaluation.run import GenEvalConfig, _image_paths, decode_test_set
 from megdecode.generate.metrics import compute_metrics
 from megdecode.generate.pipeline import LatentGenerator
-from megdecode.latents.cache import _open_rgb
+from megdecode.latents.cache import open_rgb
 from megdecode.latents.targets import split_target
 from megdecode.logs import setup_logging
 from megdecode.predict import load_model, predict_windows
@@ -47,7 +47,7 @@ def with_stats(bundle_dir: Path, dst: Path) -> Path:
         return bundle_dir
     model, _ = load_model(bundle_dir)
     store = bundle.extra["fit_config"]["store"]
-    X, meta = shards.load_epochs(store, splits=["val"], tmin=bundle.tmin, tmax=bundle.tmax)
+    X, meta = epoch_store.load_epochs(store, splits=["val"], tmin=bundle.tmin, tmax=bundle.tmax)
     subject = np.array([bundle.subject_index(str(s)) for s in meta["subject"]], np.int64)
     _, mse = predict_windows(model, X, subject)
     bundle.prediction_stats = PredictionStats.of(mse, reference="val")
@@ -85,12 +85,12 @@ def main() -> None:
                     latents, ids = latents[: args.max_single], ids[: args.max_single]
                 spread = float(np.mean(latents.std(0) / bundle.latent_std))
                 images = gen.generate(split_target(latents, parts), steps=args.steps, seeds=list(range(len(latents))))
-                scores = compute_metrics(images, [_open_rgb(paths[int(i)]) for i in ids])
+                scores = compute_metrics(images, [open_rgb(paths[int(i)]) for i in ids])
                 print(f"{kind:9s} {mode:10s} {len(latents):5d} {spread:16.3f} {scores['pixcorr']:8.3f} "
                       f"{scores['ssim']:6.3f}")
         # the evaluation's single trials (bundle mode) against the served path, window by window
         state = load_served_model(str(bundle_dir))
-        X, meta = shards.load_epochs(bundle.extra["fit_config"]["store"], splits=["test"], tmin=bundle.tmin,
+        X, meta = epoch_store.load_epochs(bundle.extra["fit_config"]["store"], splits=["test"], tmin=bundle.tmin,
                                      tmax=bundle.tmax)
         k = min(args.max_single, len(meta), 20)
         offline = decoded["bundle"].latents["single"][:k]

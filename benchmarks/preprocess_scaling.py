@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not (args.bids / "dataset_description.json").exists():
-        from megdecode.data.simulate import TwinConfig, simulate
+        from megdecode.twin.config import TwinConfig
+        from megdecode.twin.simulate import simulate
 
         simulate(TwinConfig.preset("demo"), args.bids, n_jobs=2)
     subjects = args.subject or sorted({key.subject for key in bids.find_runs(args.bids)})

@@ -6,10 +6,10 @@ order over --rounds (ratios are medians of per-round pairs; the files sit in the
 cache after a warm-up, so this is what the checks cost on top of a read from memory, the
 worst case for them):
 
-- `shards.load_epochs` with no checks, seals only (size + magic + footer sha256 per
+- `epoch_store.load_epochs` with no checks, seals only (size + magic + footer sha256 per
   file), page CRCs only, both (the default), and the full sha256 of every file before
   reading (the explicit full check), plus `verify_store` alone;
-- iterating `shards.read_ray_dataset(...).iter_batches(batch_format="numpy")` on a
+- iterating `epoch_store.read_ray_dataset(...).iter_batches(batch_format="numpy")` on a
   local loopback Ray (a cold pass that pays worker start-up, then warm passes) with the
   default checks and with none, next to ``ray.data.read_parquet`` over the same files
   (Ray's own reader, which cannot verify page checksums in its default V2 path);
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from megdecode.data import shards
-from megdecode.data.shards import ReadChecks
+from megdecode.data import store as epoch_store
+from megdecode.data.store import ReadChecks
 
 C, T, RUN = 272, 181, 250
 THINGS_BYTES = 21e9  # DESIGN §7: 4 x ~27k epochs x 271 x 181 float32
@@ -127,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         start = time.perf_counter()
-        manifest = shards.write_store(
+        manifest = epoch_store.write_store(
             store,
             blocks(args.epochs),
             rows_per_file=args.rows_per_file,
@@ -140,10 +140,10 @@ def main() -> None:
             f"{size / 1e6:.0f} MB, written in {write_s:.1f} s ({manifest.n_epochs / write_s:.0f} "
             "rows/s, page checksums + content digest + sha256 included)"
         )
-        shards.load_epochs(store)  # warm-up: every file in the page cache
+        epoch_store.load_epochs(store)  # warm-up: every file in the page cache
 
         def local(checks: ReadChecks) -> Callable[[], int]:
-            return lambda: len(shards.load_epochs(store, checks=checks)[0])
+            return lambda: len(epoch_store.load_epochs(store, checks=checks)[0])
 
         results = _rounds({name: local(c) for name, c in LOCAL.items()}, args.rounds)
         _print_rates("load_epochs", results, "no checks")
@@ -154,7 +154,7 @@ def main() -> None:
         print(f"  full sha256 + read takes {slower:.2f}x the default read's time (paired rounds)")
 
         checks = {
-            "verify_store (full sha256)": lambda: shards.verify_store(store).n_epochs,
+            "verify_store (full sha256)": lambda: epoch_store.verify_store(store).n_epochs,
             "seals of every file": lambda: _seals(store),
         }
         timed = _rounds(checks, args.rounds)
@@ -179,8 +179,8 @@ def main() -> None:
 
 
 def _seals(store: Path) -> int:
-    manifest = shards.read_manifest(store)
-    shards.check_files(store, manifest, manifest.files, ReadChecks(pages=False))
+    manifest = epoch_store.read_manifest(store)
+    epoch_store.check_files(store, manifest, manifest.files, ReadChecks(pages=False))
     return manifest.n_epochs
 
 
@@ -192,9 +192,9 @@ def _ray_benchmark(store: Path, batch_size: int, rounds: int, num_cpus: int | No
     init_ray(num_cpus=num_cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines
-    paths = [str(store / f.path) for f in shards.read_manifest(store).files]
+    paths = [str(store / f.path) for f in epoch_store.read_manifest(store).files]
     try:
-        cold = _ray_pass(lambda: shards.read_ray_dataset(store), batch_size)
+        cold = _ray_pass(lambda: epoch_store.read_ray_dataset(store), batch_size)
         print(
             f"\nray iter_batches, cold (worker start-up): {cold[0]} rows in {cold[1]:6.2f} s = "
             f"{cold[0] / cold[1]:8.0f} rows/s"
@@ -204,8 +204,8 @@ def _ray_benchmark(store: Path, batch_size: int, rounds: int, num_cpus: int | No
             "ray.data.read_parquet (unchecked)": lambda: ray.data.read_parquet(
                 paths, partitioning=None
             ),
-            "read_ray_dataset, no checks": lambda: shards.read_ray_dataset(store, checks=unchecked),
-            "read_ray_dataset (default checks)": lambda: shards.read_ray_dataset(store),
+            "read_ray_dataset, no checks": lambda: epoch_store.read_ray_dataset(store, checks=unchecked),
+            "read_ray_dataset (default checks)": lambda: epoch_store.read_ray_dataset(store),
         }
         runs = {
             name: functools.partial(_ray_rows, make, batch_size) for name, make in datasets.items()
@@ -213,7 +213,7 @@ def _ray_benchmark(store: Path, batch_size: int, rounds: int, num_cpus: int | No
         results = _rounds(runs, rounds)
         _print_rates("ray iter_batches, warm", results, "read_ray_dataset, no checks")
         start = time.perf_counter()
-        local_rate = len(shards.load_epochs(store)[0]) / (time.perf_counter() - start)
+        local_rate = len(epoch_store.load_epochs(store)[0]) / (time.perf_counter() - start)
         warm = results["read_ray_dataset (default checks)"]
         ratio = local_rate / (warm.rows / warm.median)
         print(f"ratio load_epochs / read_ray_dataset (both checked, warm): {ratio:.2f}")

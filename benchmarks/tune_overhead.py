@@ -62,8 +62,9 @@ RAY_CPUS = 2  # the local cluster: the trial's CPU plus one for Ray Data's read 
 
 def tiny_twin(root: Path) -> Path:
     from megdecode.data.build import build_epoch_store
-    from megdecode.data.simulate import TwinConfig, simulate
     from megdecode.latents.registry import build_latents, make_encoder
+    from megdecode.twin.config import TwinConfig
+    from megdecode.twin.simulate import simulate
 
     simulate(TwinConfig.preset("tiny", seed=0), root / "bids")
     build_epoch_store(root / "bids", root / "store")
@@ -148,7 +149,7 @@ class Search:
 
 
 def tuned(data: Path, epochs: int, trials: int, work: Path) -> Search:
-    from megdecode.tune import SearchSetup, run_search
+    from megdecode.search.driver import SearchSetup, run_search
 
     work.mkdir(parents=True, exist_ok=True)
     space = work / "space.yaml"

@@ -15,8 +15,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from megdecode.data.simulate import TwinConfig, TwinSummary, simulate
 from megdecode.logs import setup_logging
+from megdecode.twin.config import TwinConfig
+from megdecode.twin.simulate import TwinSummary, simulate
 
 
 def _row(name: str, s: TwinSummary, scale: float = 1.0) -> str:

@@ -32,26 +32,26 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from megdecode.curves import (
+from megdecode.evaluation.curves import (
     curve_peak,
     retrieval_metrics,
     save_window_figure,
     shuffle_targets,
     window_table,
 )
-from megdecode.data.simulate import read_ground_truth
-from megdecode.latents.twin import write_twin_latents
 from megdecode.logs import setup_logging
 from megdecode.models.brain import BrainConfig
 from megdecode.models.ridge import RidgeConfig
 from megdecode.train import FitConfig, RunData, TrainConfig, fit, load_run_data, predict
+from megdecode.twin.simulate import read_ground_truth
+from megdecode.twin.truth_latents import write_twin_latents
 
 logger = logging.getLogger("benchmarks.twin_decoding")
 
 TARGETS = ("handcrafted", "twin-category", "twin-lowlevel")
 COLUMNS = ("small_top5", "small_top5_avg", "large_top5", "large_top5_avg",
            "small_median_rank", "large_median_rank")
-PEAK_METRIC = "large_mean_rank"  # the least noisy per-window metric (see megdecode.curves)
+PEAK_METRIC = "large_mean_rank"  # the least noisy per-window metric (see megdecode.evaluation.curves)
 TRUTH = {"twin-lowlevel": "early", "twin-category": "late"}  # which response carries what
 
 

@@ -31,13 +31,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from megdecode.data import twin_sources
 from megdecode.data.build import build_epoch_store
-from megdecode.data.simulate import TwinConfig, make_stimuli, simulate
-from megdecode.data.stimuli import LOW_LEVEL
-from megdecode.generate.evaluate import LARGE_KIND, GenEvalConfig, decode_test_set, fidelity_table
-from megdecode.latents.twin import write_twin_latents
+from megdecode.generate.evaluation.run import (
+    LARGE_KIND,
+    GenEvalConfig,
+    decode_test_set,
+    fidelity_table,
+)
 from megdecode.train import FitConfig, RunData, SplitTensors, fit, load_run_data
+from megdecode.twin import sources as twin_sources
+from megdecode.twin.config import TwinConfig
+from megdecode.twin.simulate import make_stimuli, simulate
+from megdecode.twin.stimuli import LOW_LEVEL
+from megdecode.twin.truth_latents import write_twin_latents
 
 LATENT = "twin-lowlevel"
 DERIVED = ("model.n_channels", "model.n_times", "model.n_subjects", "model.out_dim")  # set by the data

@@ -63,8 +63,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     Built once per test session (about 15 s); tests must not modify it.
     """
     from megdecode.data.build import build_epoch_store
-    from megdecode.data.simulate import TwinConfig, simulate
     from megdecode.latents.registry import build_latents, make_encoder
+    from megdecode.twin.config import TwinConfig
+    from megdecode.twin.simulate import simulate
 
     root = tmp_path_factory.mktemp("tiny_run")
     simulate(TwinConfig.preset("tiny", seed=0), root / "bids")

@@ -29,7 +29,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
-from megdecode.data.shards import sha256_file
+from megdecode.data.store import sha256_file
 
 logger = logging.getLogger(__name__)
 

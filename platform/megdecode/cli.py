@@ -37,8 +37,8 @@ def simulate(
     jobs: Annotated[int, typer.Option(help="parallel processes (same output for any value)")] = 2,
 ) -> None:
     """Write the MEG twin (a simulated THINGS-MEG-like BIDS dataset) to OUT."""
-    from megdecode.data.simulate import TwinConfig
-    from megdecode.data.simulate import simulate as run_simulation
+    from megdecode.twin.config import TwinConfig
+    from megdecode.twin.simulate import simulate as run_simulation
 
     summary = run_simulation(TwinConfig.preset(size, seed=seed), out, n_jobs=jobs)
     typer.echo(json.dumps(plain(summary), indent=2, default=str))
@@ -141,7 +141,7 @@ def train(
     tracking_uri: Annotated[str | None, typer.Option(envvar="MEGDECODE_TRACKING_URI", help="MLflow URI for --from-run")] = None,
 ) -> None:
     """Train one brain module (one seed, one window); print ConvNet vs ridge vs chance."""
-    from megdecode.compare import format_table, results_table, ridge_table
+    from megdecode.evaluation.baseline import format_table, results_table, ridge_table
     from megdecode.losses import LossConfig
     from megdecode.models.brain import BrainConfig
     from megdecode.train import FitConfig, TrainConfig, fit, load_run_data
@@ -214,7 +214,7 @@ def evaluate(
         return
     if generator is None or bids_root is None or out is None:
         raise typer.BadParameter("--generate needs --generator, --bids and --out")
-    from megdecode.generate.evaluate import GenEvalConfig, generator_defaults
+    from megdecode.generate.evaluation.run import GenEvalConfig, generator_defaults
 
     changes = {k: v for k, v in (("steps", steps), ("guidance_scale", guidance_scale)) if v is not None}
     cfg = GenEvalConfig(
@@ -231,8 +231,8 @@ def evaluate(
 
 def _retrieval_table(bundle: Path, store: Path | None, latents_dir: Path | None) -> str:
     """The retrieval table of `bundle` on its store's test sets (`megdecode evaluate BUNDLE`)."""
-    from megdecode.compare import format_table, results_table
-    from megdecode.evaluate import evaluate_all
+    from megdecode.evaluation.baseline import format_table, results_table
+    from megdecode.evaluation.retrieval import evaluate_all
     from megdecode.predict import load_model, predict_windows
     from megdecode.train import FitConfig, load_run_data
 
@@ -254,7 +254,7 @@ def _generation_eval(cfg: Any, tracking_uri: str | None, run_id: str | None, exp
     """`generate.evaluate.run_and_log` on Ray (a local cluster unless one is running or named)."""
     import ray as ray_module
 
-    from megdecode.generate.evaluate import run_and_log
+    from megdecode.generate.evaluation.run import run_and_log
     from megdecode.raycluster import init_ray
 
     started_ray = not ray_module.is_initialized()
@@ -290,8 +290,8 @@ def tune(
     """Ray Tune + Optuna search over SPACE, N seeds a trial, logged to MLflow; prints the summary."""
     import ray as ray_module
 
+    from megdecode.search.driver import SearchSetup, latest_experiment, run_search
     from megdecode.tracking import default_tracking_uri
-    from megdecode.tune import SearchSetup, latest_experiment, run_search
 
     data = data.resolve()
     out = (out or data / "tune").resolve()
@@ -300,7 +300,7 @@ def tune(
     elif space is None:
         raise typer.BadParameter("--space is required (unless --resume)")
     else:
-        from megdecode.search import load_space
+        from megdecode.search.space import load_space
 
         experiment = experiment or f"{load_space(space).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     setup = SearchSetup(
@@ -341,10 +341,10 @@ def windows(
     model_config: Annotated[Path | None, typer.Option(help="convnet only: JSON of BrainConfig fields")] = None,
 ) -> None:
     """One model per time window (paper grids); writes the table (CSV) and curve (PNG), prints the peak."""
-    from megdecode.curves import curve_peak, save_window_figure, window_table
-    from megdecode.data.simulate import read_ground_truth
+    from megdecode.evaluation.curves import curve_peak, save_window_figure, window_table
     from megdecode.models.brain import BrainConfig
     from megdecode.train import FitConfig, TrainConfig
+    from megdecode.twin.simulate import read_ground_truth
 
     store = data / "store" if (data / "store" / "manifest.json").exists() else data
     brain = BrainConfig.from_flat_dict(json.loads(model_config.read_text())) if model_config else BrainConfig()
@@ -379,7 +379,7 @@ def _trial_config(run_id: str, tracking_uri: str | None, seed: int):  # type: ig
     """The FitConfig a Tune trial logged to MLflow (its parent run's params), for `seed`."""
     from mlflow import MlflowClient
 
-    from megdecode.tune_trial import fit_config_from_params
+    from megdecode.search.trial import fit_config_from_params
 
     if tracking_uri is None:
         raise typer.BadParameter("--from-run needs --tracking-uri (or MEGDECODE_TRACKING_URI)")

@@ -105,24 +105,25 @@ def run_demo(setup: DemoSetup, echo: Callable[[str], None] = print) -> dict[str,
 
 
 def _simulate(setup: DemoSetup, out: Path) -> Any:
-    from megdecode.data.simulate import TwinConfig, simulate
+    from megdecode.twin.config import TwinConfig
+    from megdecode.twin.simulate import simulate
 
     return simulate(TwinConfig.preset(setup.size, seed=setup.seed), out / "bids", n_jobs=2)
 
 
 def _preprocess(setup: DemoSetup, out: Path) -> Any:
-    from megdecode.data import shards
+    from megdecode.data import store as epoch_store
     from megdecode.data.build import build_epoch_store
 
     report = build_epoch_store(out / "bids", out / "store", use_ray=setup.use_ray)
-    return plain(report) | {"rows_per_subject": shards.read_manifest(out / "store").row_counts}
+    return plain(report) | {"rows_per_subject": epoch_store.read_manifest(out / "store").row_counts}
 
 
 def _latents(setup: DemoSetup, out: Path) -> list[Any]:
     """Handcrafted image features (and CLIP-Vision with local weights), plus the twin's
     ground-truth factors (twin-lowlevel, twin-category) that the generator conditions on."""
     from megdecode.latents.registry import build_latents, make_encoder
-    from megdecode.latents.twin import write_twin_latents
+    from megdecode.twin.truth_latents import write_twin_latents
 
     encoders = ["handcrafted"]
     if setup.clip_weights is not None:
@@ -135,9 +136,9 @@ def _latents(setup: DemoSetup, out: Path) -> list[Any]:
 
 
 def _tune(setup: DemoSetup, out: Path) -> Any:
-    from megdecode.search import load_space
+    from megdecode.search.driver import SearchSetup, run_search
+    from megdecode.search.space import load_space
     from megdecode.tracking import default_tracking_uri
-    from megdecode.tune import SearchSetup, run_search
 
     space = Path(setup.space or DEFAULT_SPACE).resolve()
     name = f"{load_space(space).name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -170,7 +171,7 @@ def _reconstruct(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str],
     set from the champion's decoded MEG (averaged over repetitions), next to the oracle
     (ground-truth latents) and random-latent rows; grid + table logged to the champion's run."""
     from megdecode.bundle import load_bundle
-    from megdecode.generate.evaluate import (
+    from megdecode.generate.evaluation.run import (
         GenEvalConfig,
         format_markdown,
         generator_defaults,

@@ -21,8 +21,8 @@ import torch
 
 from megdecode.bundle import ModelBundle, PredictionStats, git_commit, save_bundle
 from megdecode.config import ConfigError, FlatConfig
-from megdecode.data import shards
-from megdecode.evaluate import evaluate_all, retrieval_ranks, topk_accuracy
+from megdecode.data import store as epoch_store
+from megdecode.evaluation.retrieval import evaluate_all, retrieval_ranks, topk_accuracy
 from megdecode.latents.targets import load_target
 from megdecode.logs import progress
 from megdecode.losses import CombinedLoss, LossConfig
@@ -138,8 +138,8 @@ def load_run_data(cfg: FitConfig) -> RunData:
     if not cfg.store or not cfg.latents_dir:
         raise ConfigError("store and latents_dir must be set")
     t = cfg.train
-    manifest = shards.read_manifest(cfg.store)
-    X, meta = shards.load_epochs(cfg.store, tmin=t.tmin, tmax=t.tmax)
+    manifest = epoch_store.read_manifest(cfg.store)
+    X, meta = epoch_store.load_epochs(cfg.store, tmin=t.tmin, tmax=t.tmax)
     latent_ids, latents, parts = load_target(cfg.latents_dir, t.latent)
     row = pd.Index(latent_ids).get_indexer(meta["image_id"].to_numpy())
     if (row < 0).any():
@@ -370,7 +370,7 @@ def serving_extra(store: str, data: RunData, gallery_ids: np.ndarray) -> dict[st
         "category": meta["category"].fillna("").astype(str).tolist(),
         "image_path": meta["image_path"].fillna("").astype(str).tolist(),
     }}
-    manifest = shards.read_manifest(store)
+    manifest = epoch_store.read_manifest(store)
     if manifest.preprocess and manifest.scalers:
         extra["preprocess"] = dict(manifest.preprocess)
         extra["scalers"] = {s: manifest.scalers[s] for s in data.subjects if s in manifest.scalers}

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from megdecode.cli import app
-from megdecode.data import shards
+from megdecode.data import store as epoch_store
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +23,12 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_demo_writes_store_latents_and_summary(demo_out: Path) -> None:
     summary = json.loads((demo_out / "summary.json").read_text())
-    manifest = shards.read_manifest(demo_out / "store")
-    shards.verify_store(demo_out / "store")
+    manifest = epoch_store.read_manifest(demo_out / "store")
+    epoch_store.verify_store(demo_out / "store")
     assert summary["preprocess"]["n_epochs"] == sum(manifest.row_counts.values())
     assert summary["preprocess"]["n_times"] == 181  # -0.5..1.0 s at 120 Hz
     assert manifest.sfreq == 120.0
-    X, meta = shards.load_epochs(demo_out / "store")
+    X, meta = epoch_store.load_epochs(demo_out / "store")
     assert X.dtype == np.float32 and X.shape[1:] == (len(manifest.ch_names), 181)
     assert np.abs(X).max() <= 20.0
     assert "catch" not in set(meta["trial_type"])
@@ -46,8 +46,8 @@ def test_store_from_ray_equals_local(demo_out: Path, tmp_path: Path) -> None:
         app, ["preprocess", "--bids", str(demo_out / "bids"), "--out", str(tmp_path / "store"), "--ray"]
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
-    X_local, meta_local = shards.load_epochs(demo_out / "store")
-    X_ray, meta_ray = shards.load_epochs(tmp_path / "store")
+    X_local, meta_local = epoch_store.load_epochs(demo_out / "store")
+    X_ray, meta_ray = epoch_store.load_epochs(tmp_path / "store")
     assert np.array_equal(X_local, X_ray)
     assert meta_local.equals(meta_ray)
 

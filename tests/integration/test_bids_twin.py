@@ -11,7 +11,7 @@ import pytest
 
 from megdecode.data import bids
 
-simulate = pytest.importorskip("megdecode.data.simulate")
+simulate = pytest.importorskip("megdecode.twin.simulate")
 
 CTF_MEG_NAME = re.compile(r"^M[LRZ][CFOPT]\d\d-\d{4}$")
 

@@ -10,14 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from megdecode.data import bids, runcache, shards
+from megdecode.data import bids, runcache
+from megdecode.data import store as epoch_store
 from megdecode.data.build import build_epoch_store
 from megdecode.data.preprocess import EpochBlock, PreprocessConfig
 from megdecode.data.splits import SplitConfig, assign_splits
 from megdecode.data.subject_pass import raw_sfreq, scale_subject
 
 
-def _serial_reference(root: Path, cache: Path, out: Path) -> shards.Manifest:
+def _serial_reference(root: Path, cache: Path, out: Path) -> epoch_store.Manifest:
     """The pass as the driver ran it before: load every run, stack with a concatenate and a
     reorder, split, scale, one `write_store` call."""
     cfg, split = PreprocessConfig(), SplitConfig()
@@ -46,10 +47,10 @@ def _serial_reference(root: Path, cache: Path, out: Path) -> shards.Manifest:
         first = next(k for k in keys if str(k.subject) == subject)
         scalers[subject] = scaler.to_dict() | {"raw_sfreq": raw_sfreq(root, first)}
         scaled.append(out_block)
-    return shards.write_store(out, scaled, preprocess_config=cfg, split_config=split, scalers=scalers)
+    return epoch_store.write_store(out, scaled, preprocess_config=cfg, split_config=split, scalers=scalers)
 
 
-def _same_store(a: shards.Manifest, b: shards.Manifest) -> None:
+def _same_store(a: epoch_store.Manifest, b: epoch_store.Manifest) -> None:
     assert a.files == b.files  # paths, rows and sha256 of every shard: the same bytes
     skip = {"created_at"}
     da, db = json.loads(a.to_json()), json.loads(b.to_json())
@@ -60,7 +61,7 @@ def test_local_build_writes_the_serial_reference_bytes(tiny_run: Path, tmp_path:
     cache = tmp_path / "cache"
     built = build_epoch_store(tiny_run / "bids", tmp_path / "store", cache_dir=cache)
     reference = _serial_reference(tiny_run / "bids", cache, tmp_path / "reference")
-    _same_store(shards.verify_store(tmp_path / "store"), reference)
+    _same_store(epoch_store.verify_store(tmp_path / "store"), reference)
     assert built.n_epochs == reference.n_epochs
     assert set(built.phase_seconds) == {"runs", "splits", "subjects"}
     totals: dict[str, int] = {}
@@ -94,16 +95,16 @@ def test_a_run_corrupted_between_the_passes_fails_and_keeps_the_old_store(
     previous store in place."""
     cache, out = tmp_path / "cache", tmp_path / "store"
     build_epoch_store(tiny_run / "bids", out, cache_dir=cache)
-    before = shards.verify_store(out)
+    before = epoch_store.verify_store(out)
     _corrupt_between_passes(monkeypatch)
     with pytest.raises(RuntimeError, match="vanished or was corrupted"):
         build_epoch_store(tiny_run / "bids", out, cache_dir=cache)
-    assert shards.verify_store(out).files == before.files
+    assert epoch_store.verify_store(out).files == before.files
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".store")) == []
     monkeypatch.undo()
     again = build_epoch_store(tiny_run / "bids", out, cache_dir=cache)  # the bad run is rebuilt
     assert again.n_runs_reused == again.n_runs - 1
-    assert shards.verify_store(out).files == before.files
+    assert epoch_store.verify_store(out).files == before.files
 
 
 @pytest.mark.ray
@@ -126,7 +127,7 @@ def test_ray_build_equals_local_build(tiny_run: Path, tmp_path: Path, monkeypatc
         ray.shutdown()
     assert remote.n_epochs == local.n_epochs and remote.split_counts == local.split_counts
     assert rerun.n_runs_reused == rerun.n_runs
-    _same_store(shards.verify_store(tmp_path / "ray"), shards.verify_store(tmp_path / "local"))
-    X_ray, meta_ray = shards.load_epochs(tmp_path / "ray")
-    X_local, meta_local = shards.load_epochs(tmp_path / "local")
+    _same_store(epoch_store.verify_store(tmp_path / "ray"), epoch_store.verify_store(tmp_path / "local"))
+    X_ray, meta_ray = epoch_store.load_epochs(tmp_path / "ray")
+    X_local, meta_local = epoch_store.load_epochs(tmp_path / "local")
     assert np.array_equal(X_ray.view(np.uint32), X_local.view(np.uint32)) and meta_ray.equals(meta_local)

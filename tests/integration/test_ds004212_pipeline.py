@@ -21,11 +21,12 @@ import pytest
 from PIL import Image
 
 from fixtures import ds004212_mini as mini
-from megdecode.data import sensors, shards
+from megdecode.data import store as epoch_store
 from megdecode.data.build import BuildReport, build_epoch_store
 from megdecode.latents.cache import load_latents
-from megdecode.latents.handcrafted import HandcraftedEncoder
+from megdecode.latents.encoders.handcrafted import HandcraftedEncoder
 from megdecode.latents.registry import LatentsReport, build_latents
+from megdecode.twin import helmet
 
 BROKEN_CHANNEL = "MRO11-1609"
 KEPT_CHANNELS = [c for c in mini.MEG_CHANNELS if c != BROKEN_CHANNEL]
@@ -86,7 +87,7 @@ def test_store_holds_every_non_catch_trial_with_its_metadata(
     truth = expected_trials()
     assert report.n_runs == len(mini.TRIALS)
     assert report.n_epochs == len(truth) == 17
-    _, meta = shards.load_epochs(store)
+    _, meta = epoch_store.load_epochs(store)
     assert "catch" not in set(meta["trial_type"])
     columns = ["subject", "session", "run", "trial_index", "image_id", "category",
                "trial_type", "image_path", "onset_sample", "repetition"]  # fmt: skip
@@ -100,12 +101,12 @@ def test_broken_channel_is_excluded_and_the_grid_is_120_hz(
     built: tuple[Path, Path, BuildReport],
 ) -> None:
     _, store, report = built
-    manifest = shards.read_manifest(store)
+    manifest = epoch_store.read_manifest(store)
     assert manifest.ch_names == KEPT_CHANNELS
     assert (report.n_channels, report.n_times) == (4, 181)
     assert manifest.sfreq == 120.0
     np.testing.assert_allclose(manifest.times, np.arange(-60, 121) / 120.0, atol=1e-9)
-    X, meta = shards.load_epochs(store)
+    X, meta = epoch_store.load_epochs(store)
     assert X.shape == (len(meta), 4, 181) and X.dtype == np.float32
     assert np.isfinite(X).all() and np.abs(X).max() <= 20.0
     assert (X.std(axis=(0, 2)) > 0.1).all()  # no channel came out flat
@@ -116,8 +117,8 @@ def test_sensor_positions_are_the_ctf_geometry_of_the_kept_channels(
 ) -> None:
     """Locations travel raw -> FIF -> BIDS -> store in the device frame, unchanged."""
     _, store, _ = built
-    manifest = shards.read_manifest(store)
-    geom = sensors.ctf272_geometry()
+    manifest = epoch_store.read_manifest(store)
+    geom = helmet.ctf272_geometry()
     rows = [geom.ch_names.index(c) for c in KEPT_CHANNELS]
     np.testing.assert_allclose(manifest.pos3d, geom.pos[rows], atol=1e-6)
     pos2d = np.asarray(manifest.pos2d)
@@ -130,7 +131,7 @@ def test_splits_follow_the_design_and_the_scaler_saw_train_only(
     built: tuple[Path, Path, BuildReport],
 ) -> None:
     _, store, report = built
-    X, meta = shards.load_epochs(store)
+    X, meta = epoch_store.load_epochs(store)
     truth = expected_trials()
     for got, want in zip(meta["split"], truth["expected_split"], strict=True):
         assert got in want.split("|")
@@ -161,7 +162,7 @@ def test_epochs_are_the_raw_signal_at_the_photodiode_onsets(
     Hz), baselined; correlation is per channel, so the robust scaling does not matter.
     """
     root, store, _ = built
-    X, meta = shards.load_epochs(store, subjects=["BIGMEG1"])
+    X, meta = epoch_store.load_epochs(store, subjects=["BIGMEG1"])
     key = mini.BROKEN_RUN
     path = root / f"sub-{key[0]}" / f"ses-{key[1]}" / "meg"
     raw = mne.io.read_raw_fif(path / f"sub-{key[0]}_ses-{key[1]}_task-main_run-{key[2]}_meg.fif",
@@ -193,7 +194,7 @@ def test_verify_store_passes_and_catches_a_corrupt_shard(
     built: tuple[Path, Path, BuildReport], tmp_path: Path
 ) -> None:
     _, store, report = built
-    manifest = shards.verify_store(store)
+    manifest = epoch_store.verify_store(store)
     assert manifest.subjects == ["BIGMEG1", "BIGMEG2"]
     assert manifest.row_counts == {"BIGMEG1": 14, "BIGMEG2": 3}
     assert manifest.n_epochs == report.n_epochs
@@ -202,8 +203,8 @@ def test_verify_store_passes_and_catches_a_corrupt_shard(
     blob = bytearray(shard.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     shard.write_bytes(bytes(blob))
-    with pytest.raises(shards.StoreError, match="corrupt"):
-        shards.verify_store(copy)
+    with pytest.raises(epoch_store.StoreError, match="corrupt"):
+        epoch_store.verify_store(copy)
 
 
 def test_handcrafted_latents_encode_each_stored_jpeg_once(

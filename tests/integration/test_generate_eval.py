@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from megdecode.generate import build_tiny_generator
-from megdecode.generate.evaluate import LARGE_KIND
+from megdecode.generate.evaluation.run import LARGE_KIND
 from megdecode.models.brain import BrainConfig
 from megdecode.train import FitConfig, TrainConfig, fit
 
@@ -127,7 +127,7 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Pat
     """"bundle": the decoded trials are scaled exactly as the served path scales one window;
     "set": z-scored over the set, so they take the training latents' mean/std."""
     from megdecode.bundle import load_bundle
-    from megdecode.generate.evaluate import GenEvalConfig, _predict_split, decode_test_set
+    from megdecode.generate.evaluation.run import GenEvalConfig, _predict_split, decode_test_set
     from megdecode.generate.postprocess import bundle_latents
     from megdecode.predict import load_model
 
@@ -138,12 +138,12 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Pat
     assert b.prediction_stats is not None
     assert (served.pred_stats, own.pred_stats) == (f"bundle (val, n={b.prediction_stats.n})", "set")
     # each single trial's latent is, bit for bit, what the served path computes for its window
-    from megdecode.data import shards
+    from megdecode.data import store as epoch_store
     from megdecode.serve.model import load_served_model
     from megdecode.serve.reconstruct import window_latents
 
     state = load_served_model(str(bundle))
-    X, meta = shards.load_epochs(tiny_run / "store", splits=["test"], tmin=b.tmin, tmax=b.tmax)
+    X, meta = epoch_store.load_epochs(tiny_run / "store", splits=["test"], tmin=b.tmin, tmax=b.tmax)
     first = meta["image_id"].isin(served.image_ids["oracle"]).to_numpy().nonzero()[0][:3]
     online = np.concatenate([window_latents(state, X[i], str(meta["subject"][i]))[b.latent_name] for i in first])
     np.testing.assert_array_equal(served.latents["single"][:3], online)
@@ -165,7 +165,7 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Pat
 
 
 def test_generator_must_match_the_bundle_latent(tiny_run: Path, bundle: Path, tmp_path: Path) -> None:
-    from megdecode.generate.evaluate import GenEvalConfig, evaluate_generation
+    from megdecode.generate.evaluation.run import GenEvalConfig, evaluate_generation
 
     gen = build_tiny_generator(tmp_path / "gen", {"clip-vision": 8})
     cfg = GenEvalConfig(bundle=str(bundle), generator=str(gen), bids_root=str(tiny_run / "bids"),
@@ -184,9 +184,9 @@ def test_multi_target_bundle_feeds_the_generator_its_own_latents(tiny_run: Path,
 
     import ray
 
-    from megdecode.generate.evaluate import GenEvalConfig, evaluate_generation
-    from megdecode.latents.twin import write_twin_latents
+    from megdecode.generate.evaluation.run import GenEvalConfig, evaluate_generation
     from megdecode.raycluster import init_ray
+    from megdecode.twin.truth_latents import write_twin_latents
 
     latents = tmp_path / "latents"
     latents.mkdir()

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fixtures import stores
-from megdecode.data import shards
+from megdecode.data import store as epoch_store
 
 pytestmark = pytest.mark.ray
 
@@ -21,7 +21,7 @@ CH = ["MLC11-1609", "MLC12-1609", "MRO12-1609"]
 
 
 class _Block:
-    """Minimal `shards.EpochBlockLike`."""
+    """Minimal `epoch_store.EpochBlockLike`."""
 
     def __init__(self, subject: str, n: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -54,7 +54,7 @@ def ray_local() -> Iterator[None]:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ray_store") / "store"
     blocks = [_Block("BIGMEG1", 9, 0), _Block("BIGMEG2", 7, 1)]
-    shards.write_store(out, blocks, rows_per_file=4, row_group_rows=2)
+    epoch_store.write_store(out, blocks, rows_per_file=4, row_group_rows=2)
     return out
 
 
@@ -71,9 +71,9 @@ def _collect(ds) -> tuple[np.ndarray, pd.DataFrame]:  # type: ignore[no-untyped-
 
 
 def test_ray_reads_bit_identical_tensors(ray_local: None, store: Path) -> None:
-    ds = shards.read_ray_dataset(store)
+    ds = epoch_store.read_ray_dataset(store)
     X, meta = _collect(ds)
-    X_ref, meta_ref = shards.load_epochs(store)
+    X_ref, meta_ref = epoch_store.load_epochs(store)
     assert X.shape == (16, C, T)
     assert np.array_equal(X.view(np.uint32), X_ref.view(np.uint32))
     assert meta["subject"].tolist() == meta_ref["subject"].tolist()
@@ -81,9 +81,9 @@ def test_ray_reads_bit_identical_tensors(ray_local: None, store: Path) -> None:
 
 
 def test_ray_filters_and_window(ray_local: None, store: Path) -> None:
-    ds = shards.read_ray_dataset(store, subjects=["BIGMEG2"], splits=["test"], tmin=0.0, tmax=0.03)
+    ds = epoch_store.read_ray_dataset(store, subjects=["BIGMEG2"], splits=["test"], tmin=0.0, tmax=0.03)
     X, meta = _collect(ds)
-    X_ref, meta_ref = shards.load_epochs(
+    X_ref, meta_ref = epoch_store.load_epochs(
         store, subjects=["BIGMEG2"], splits=["test"], tmin=0.0, tmax=0.03
     )
     assert X.shape == (3, C, 4)  # trials 0, 3, 6; samples at 0.00..0.03 s
@@ -113,11 +113,11 @@ def test_ray_refuses_a_corrupt_store_naming_the_file(
     worker, and the iteration raises the worker's StoreError naming the file."""
     store, other = pair
     path = stores.victim(store)
-    assert _iterate(shards.read_ray_dataset(store)) == 16
+    assert _iterate(epoch_store.read_ray_dataset(store)) == 16
     stores.CORRUPTIONS[corruption](store, other)
     for kwargs in ({}, {"subjects": ["BIGMEG1"], "splits": ["test"], "tmin": 0.0, "tmax": 0.03}):
-        with pytest.raises(shards.StoreError, match=str(path)):
-            ds = shards.read_ray_dataset(store, **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(epoch_store.StoreError, match=str(path)):
+            ds = epoch_store.read_ray_dataset(store, **kwargs)  # type: ignore[arg-type]
             assert corruption in PAGE_ONLY, "seal damage is refused before the dataset exists"
             _iterate(ds)
 
@@ -130,9 +130,9 @@ def test_read_tasks_recheck_the_file_they_open(
     is refused by the worker's own seal check."""
     store, other = pair
     path = stores.victim(store)
-    ds = shards.read_ray_dataset(store)
+    ds = epoch_store.read_ray_dataset(store)
     stores.CORRUPTIONS[corruption](store, other)
-    with pytest.raises(shards.StoreError, match=str(path)):
+    with pytest.raises(epoch_store.StoreError, match=str(path)):
         _iterate(ds)
 
 
@@ -142,12 +142,12 @@ def test_tune_shared_epochs_refuse_a_corrupt_store(
     """The search's data path (`SharedEpochs.load`, Ray Data reader) fails naming the shard."""
     import shutil
 
-    from megdecode.tune_trial import SharedEpochs
+    from megdecode.search.trial import SharedEpochs
 
     shutil.copytree(tiny_run / "store", tmp_path / "store")
-    path = tmp_path / "store" / shards.read_manifest(tmp_path / "store").files[-1].path
+    path = tmp_path / "store" / epoch_store.read_manifest(tmp_path / "store").files[-1].path
     stores.flip(path, stores.last_page_byte(path, "meg"))
     latents = tiny_run / "latents"
     for reader in ("ray", "arrow"):
-        with pytest.raises(shards.StoreError, match=str(path)):
+        with pytest.raises(epoch_store.StoreError, match=str(path)):
             SharedEpochs.load(tmp_path / "store", latents, ["handcrafted"], reader=reader)

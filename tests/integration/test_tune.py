@@ -32,16 +32,16 @@ import pytest
 import torch
 
 from megdecode.predict import load_model
-from megdecode.train import FitConfig, TrainConfig, load_run_data
-from megdecode.tune import SearchSetup, check_searcher, run_search, saved_trials
-from megdecode.tune_mlflow import summary_table
-from megdecode.tune_trial import (
+from megdecode.search.driver import SearchSetup, check_searcher, run_search, saved_trials
+from megdecode.search.mlflow import summary_table
+from megdecode.search.trial import (
     SharedEpochs,
     fit_config_from_params,
     seed_stats,
     trial_name,
     trial_number,
 )
+from megdecode.train import FitConfig, TrainConfig, load_run_data
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from megdecode.curves import curve_peak, shuffle_targets, window_table
 from megdecode.data.build import build_epoch_store
-from megdecode.data.simulate import TwinConfig, read_ground_truth, simulate
-from megdecode.latents.twin import write_twin_latents
+from megdecode.evaluation.curves import curve_peak, shuffle_targets, window_table
 from megdecode.train import FitConfig, RunData, TrainConfig, load_run_data
+from megdecode.twin.config import TwinConfig
+from megdecode.twin.simulate import read_ground_truth, simulate
+from megdecode.twin.truth_latents import write_twin_latents
 
 PEAK_METRIC = "large_mean_rank"  # most trials (small + large test images), least noisy
 TOLERANCE_S = 0.05

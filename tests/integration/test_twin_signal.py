@@ -15,8 +15,9 @@ import mne_bids
 import numpy as np
 import pytest
 
-from megdecode.data import sensors
-from megdecode.data.simulate import TwinConfig, read_ground_truth, simulate
+from megdecode.twin import helmet
+from megdecode.twin.config import TwinConfig
+from megdecode.twin.simulate import read_ground_truth, simulate
 
 TOLERANCE_S = 0.03
 SEARCH = {"early": (0.03, 0.5), "late": (0.03, 0.5), "offset": (0.5, 1.0)}  # s after onset
@@ -50,7 +51,7 @@ def _peaks(root: Path) -> tuple[dict[str, float], dict[str, float]]:
     sources = truth["subjects"]["BIGMEG1"]["sources"]
     topo = {}
     for group, src in sources.items():  # expected field of each group's (positive) sources
-        gain = sensors.leadfield(evoked.info, np.array(src["rr"]), np.array(src["nn"]))
+        gain = helmet.leadfield(evoked.info, np.array(src["rr"]), np.array(src["nn"]))
         topo[group] = gain @ (np.array(src["gain"]) * truth["config"][f"{group}_amp"])
     measured = {}
     for group, (lo, hi) in SEARCH.items():

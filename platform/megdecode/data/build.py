@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from megdecode.data import bids, runcache, shards
+from megdecode.data import bids, runcache
+from megdecode.data import store as epoch_store
 from megdecode.data.preprocess import PreprocessConfig, preprocess_run
 from megdecode.data.splits import SplitConfig, assign_splits
 from megdecode.data.subject_pass import SubjectJob, run_subjects, stack_order
@@ -176,9 +177,9 @@ def build_epoch_store(
         logger.info("reused %d/%d runs from %s", reused, len(keys), cache)
     jobs = _subject_jobs(bids_root, keys, [stem for stem, _ in done], split)
     phases["splits"] = time.perf_counter() - start - phases["runs"]
-    with shards.staged_store(out, overwrite=True) as staging:
+    with epoch_store.staged_store(out, overwrite=True) as staging:
         results = run_subjects(jobs, staging, preprocess, use_ray)
-        manifest = shards.finish_store(
+        manifest = epoch_store.finish_store(
             staging, [r.shards for r in results], preprocess_config=preprocess, split_config=split,
             scalers={r.shards.subject: r.scaler for r in results},
         )

@@ -3,7 +3,7 @@
 Per run: pick MEG channels -> band-pass the continuous signal at the native rate ->
 cut padded epochs at the exact native onset samples -> polyphase-resample the epochs
 to 120 Hz -> drop the padding -> baseline. Robust scaling and clipping are separate
-(`fit_robust_scaler`, `apply_scaler`): the scaler must be fitted on training epochs
+(`megdecode.data.scaling`): the scaler must be fitted on training epochs
 only, which exist once the splits do.
 
 Why epoch-then-resample and not resample-then-epoch: a continuous 120 Hz grid cannot
@@ -24,10 +24,8 @@ high-pass is a 33 s FIR) needs the continuous signal, so it runs first.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Protocol
 
 import mne
@@ -35,6 +33,13 @@ import numpy as np
 import pandas as pd
 
 from megdecode.config import ConfigError, FlatConfig
+from megdecode.data.signal import (
+    baseline_correct,
+    causal_sos,
+    causal_zi,
+    output_grid,
+    resample_epochs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +57,6 @@ METADATA_COLUMNS = (
     "category", "trial_type", "image_path", "onset_sample",
 )  # fmt: skip
 _PICKS = {"mag": "mag", "grad": "grad", "meg": True}
-_RESAMPLE_HALF_TAPS = 10  # scipy resample_poly's default FIR has 2*10*max(up, down)+1 taps
-_CHUNK = 64  # epochs resampled per call: bounds the float64 native-rate working set
 CAUSAL_ORDER = 4  # Butterworth order of each edge of the causal band-pass (filter_phase="causal")
 
 
@@ -159,141 +162,6 @@ class RecordingLike(Protocol):
 # ---------------------------------------------------------------- pure helpers
 
 
-def resample_ratio(sfreq_in: float, sfreq_out: float) -> tuple[int, int]:
-    """(up, down) with sfreq_out / sfreq_in == up / down exactly, in lowest terms."""
-    ratio = Fraction(sfreq_out).limit_denominator(10_000) / Fraction(sfreq_in).limit_denominator(
-        10_000
-    )
-    if (
-        not math.isclose(float(ratio), sfreq_out / sfreq_in, rel_tol=1e-9)
-        or ratio.denominator > 100_000
-    ):
-        raise ValueError(f"cannot resample {sfreq_in} Hz -> {sfreq_out} Hz with a rational ratio")
-    return ratio.numerator, ratio.denominator
-
-
-def epoch_indices(onsets: np.ndarray, n_before: int, n_after: int) -> np.ndarray:
-    """(N, n_before + 1 + n_after) sample indices of windows centred on integer onsets."""
-    return np.asarray(onsets, dtype=np.int64)[:, None] + np.arange(-n_before, n_after + 1)
-
-
-def cut_epochs(data: np.ndarray, onsets: np.ndarray, n_before: int, n_after: int) -> np.ndarray:
-    """(C, S) continuous data -> (N, C, n_before + 1 + n_after) windows around `onsets`.
-
-    One contiguous slice copy per epoch: faster than fancy indexing with `epoch_indices`,
-    which builds an (N, L) index array and copies twice (gather, then transpose).
-    """
-    starts = np.asarray(onsets, dtype=np.int64) - n_before
-    length = n_before + n_after + 1
-    if len(starts) and (starts.min() < 0 or starts.max() + length > data.shape[1]):
-        raise ValueError(f"epoch windows reach outside the data (samples 0..{data.shape[1] - 1})")
-    out = np.empty((len(starts), data.shape[0], length), dtype=data.dtype)
-    for i, start in enumerate(starts):
-        out[i] = data[:, start : start + length]
-    return out
-
-
-def baseline_correct(x: np.ndarray, times: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Subtract, per epoch and channel, the mean over `times` within `window` (inclusive).
-
-    x: (..., T); times: (T,) seconds. Returns a new array of x's dtype.
-    """
-    tol = 1e-9 * max(1.0, float(np.abs(times).max()))
-    mask = (times >= window[0] - tol) & (times <= window[1] + tol)
-    if not mask.any():
-        raise ValueError(
-            f"baseline window {window} holds no sample of times {times[0]}..{times[-1]}"
-        )
-    return x - x[..., mask].mean(axis=-1, keepdims=True)
-
-
-def robust_scale(
-    x: np.ndarray, center: np.ndarray, scale: np.ndarray, clip: float | None, out: np.ndarray | None = None
-) -> np.ndarray:
-    """(N, C, T) -> (x - center[c]) / scale[c], clipped to [-clip, clip] when clip is set.
-
-    Computed in one array (`out` when given, e.g. a slice of a larger result; else a new one
-    of the dtype of x - center), with no temporaries: the store build and the serving
-    stream run it over every sample. `scale` must not be a wider dtype than x - center.
-    """
-    out = np.subtract(x, center[None, :, None], out=out)
-    np.divide(out, scale[None, :, None], out=out)
-    if clip is not None:
-        np.clip(out, -clip, clip, out=out)
-    return out
-
-
-@dataclass(frozen=True)
-class _Grid:
-    """Where a padded native-rate window sits so that t=0 lands on an output sample.
-
-    Output sample j of the padded window is at (start + j) / sfreq_out from the onset;
-    `start` is a multiple of `up` so that it is a whole number of native samples.
-    """
-
-    up: int
-    down: int
-    start: int  # first padded output sample, relative to the onset
-    n_out: int  # padded output samples per epoch
-    keep: slice  # the kept samples k0..k1 (tmin..tmax) inside the padded window
-
-    @property
-    def start_in(self) -> int:
-        return self.start * self.down // self.up
-
-    @property
-    def n_in(self) -> int:
-        return self.n_out * self.down // self.up
-
-
-def _grid(sfreq_in: float, cfg: PreprocessConfig) -> _Grid:
-    up, down = resample_ratio(sfreq_in, cfg.sfreq)
-    k0, k1 = round(cfg.tmin * cfg.sfreq), round(cfg.tmax * cfg.sfreq)
-    margin = 0 if up == down else math.ceil(_RESAMPLE_HALF_TAPS * max(up, down) / down) + 1
-    start = math.floor((k0 - margin) / up) * up
-    n_out = math.ceil((k1 + margin - start + 1) / up) * up
-    return _Grid(up, down, start, n_out, slice(k0 - start, k1 - start + 1))
-
-
-def _resample_epochs(data: np.ndarray, onsets: np.ndarray, grid: _Grid) -> np.ndarray:
-    """(C, S) float64 continuous -> (N, C, T) float32 epochs on the output grid."""
-    from scipy.signal import resample_poly  # scipy.signal: ~1 s to import, so only where used
-
-    n_times = grid.keep.stop - grid.keep.start
-    out = np.empty((len(onsets), data.shape[0], n_times), dtype=np.float32)
-    for i in range(0, len(onsets), _CHUNK):
-        starts = onsets[i : i + _CHUNK] + grid.start_in
-        native = cut_epochs(data, starts, 0, grid.n_in - 1)
-        if grid.up != grid.down:
-            native = resample_poly(native, grid.up, grid.down, axis=-1)
-        out[i : i + _CHUNK] = native[..., grid.keep]
-    return out
-
-
-def causal_sos(sfreq_in: float, cfg: PreprocessConfig) -> np.ndarray | None:
-    """Second-order sections of the causal band-pass at the native rate; None = no filter.
-
-    A band edge at or above Nyquist is dropped (the resampler still anti-aliases).
-    """
-    from scipy.signal import butter
-
-    nyquist = sfreq_in / 2
-    low = cfg.l_freq
-    high = cfg.h_freq if cfg.h_freq is not None and cfg.h_freq < nyquist else None
-    if low is None and high is None:
-        return None
-    if low is not None and high is not None:
-        return butter(CAUSAL_ORDER, [low, high], btype="bandpass", fs=sfreq_in, output="sos")
-    if low is not None:
-        return butter(CAUSAL_ORDER, low, btype="highpass", fs=sfreq_in, output="sos")
-    return butter(CAUSAL_ORDER, high, btype="lowpass", fs=sfreq_in, output="sos")
-
-
-def causal_zi(sos: np.ndarray, n_channels: int) -> np.ndarray:
-    """Zero initial filter state (n_sections, C, 2): the run starts from rest, online and offline."""
-    return np.zeros((sos.shape[0], n_channels, 2))
-
-
 # ---------------------------------------------------------------- MNE steps
 
 
@@ -374,7 +242,7 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
         dropped["catch"] = int(is_catch.sum())
         events = events[~is_catch]
 
-    grid = _grid(sfreq_in, cfg)
+    grid = output_grid(sfreq_in, cfg.sfreq, cfg.tmin, cfg.tmax)
     onsets = events["sample"].to_numpy(dtype=np.int64)
     inside = (onsets + grid.start_in >= 0) & (onsets + grid.start_in + grid.n_in <= raw.n_times)
     dropped["edge"] = int((~inside).sum())
@@ -383,7 +251,7 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
     picks = pick_meg(raw.info, cfg)
     data = raw.get_data(picks=picks).astype(np.float64, copy=False)
     if cfg.filter_phase == "causal":
-        sos = causal_sos(sfreq_in, cfg)
+        sos = causal_sos(sfreq_in, cfg.l_freq, cfg.h_freq)
         if sos is not None:
             from scipy.signal import sosfilt
 
@@ -403,7 +271,7 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
             )
         for warning in caught:
             logger.warning("%s: band-pass: %s", label, warning.message)
-    epochs = _resample_epochs(data, onsets, grid)
+    epochs = resample_epochs(data, onsets, grid)
     tmin = (grid.start + grid.keep.start) / cfg.sfreq
     if cfg.baseline is not None:
         times = tmin + np.arange(epochs.shape[2]) / cfg.sfreq
@@ -437,86 +305,3 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
         dropped["catch"],
     )
     return EpochBlock(epochs, metadata, list(info.ch_names), cfg.sfreq, tmin, pos2d, pos3d, dropped)
-
-
-# ---------------------------------------------------------------- scaling
-
-
-@dataclass
-class RobustScaler:
-    """Per-channel centre (median) and scale (IQR), like sklearn's RobustScaler per channel.
-
-    Plain arrays so that `to_dict()` can go into the store manifest and the model bundle.
-    """
-
-    center: np.ndarray  # (C,)
-    scale: np.ndarray  # (C,)
-    quantile_range: tuple[float, float] = (25.0, 75.0)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {
-            "center": [float(v) for v in self.center],
-            "scale": [float(v) for v in self.scale],
-            "quantile_range": [float(q) for q in self.quantile_range],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RobustScaler:
-        for k in ("center", "scale"):
-            if k not in d:
-                raise KeyError(f"scaler dict lacks {k!r}")
-        q0, q1 = d.get("quantile_range", (25.0, 75.0))
-        return cls(
-            np.asarray(d["center"], dtype=np.float64),
-            np.asarray(d["scale"], dtype=np.float64),
-            (q0, q1),
-        )
-
-
-def fit_robust_scaler(
-    x: np.ndarray, quantile_range: tuple[float, float] = (25.0, 75.0)
-) -> RobustScaler:
-    """(N, C, T) training epochs -> median and IQR per channel over all epochs and samples.
-
-    One channel at a time, so the working copy is N*T values, not the whole array. A flat
-    channel (IQR 0) gets scale 1, as in sklearn, instead of dividing by zero.
-    """
-    if x.ndim != 3 or x.shape[0] == 0:
-        raise ValueError(
-            f"fit_robust_scaler needs (N, C, T) epochs with N > 0, got shape {x.shape}"
-        )
-    q0, q1 = quantile_range
-    center, scale = np.empty(x.shape[1]), np.empty(x.shape[1])
-    for c in range(x.shape[1]):
-        values = x[:, c, :].astype(np.float64).ravel()
-        if not np.isfinite(values).all():
-            raise ValueError(f"channel {c} has non-finite values; cannot fit the scaler")
-        # `values` is this loop's own copy: the percentile may partition it in place.
-        lo, center[c], hi = np.percentile(values, [q0, 50.0, q1], overwrite_input=True)
-        scale[c] = hi - lo
-    flat = scale <= 0
-    if flat.any():
-        logger.warning("%d channel(s) have zero IQR; their scale is set to 1", int(flat.sum()))
-        scale[flat] = 1.0
-    return RobustScaler(center, scale, (float(q0), float(q1)))
-
-
-def fit_scaler(x: np.ndarray, cfg: PreprocessConfig) -> RobustScaler:
-    """The scaler `cfg.scaler` asks for; "none" is the identity (centre 0, scale 1)."""
-    if cfg.scaler == "none":
-        return RobustScaler(np.zeros(x.shape[1]), np.ones(x.shape[1]), cfg.quantile_range)
-    return fit_robust_scaler(x, cfg.quantile_range)
-
-
-def apply_scaler(x: np.ndarray, scaler: RobustScaler, clip: float | None) -> np.ndarray:
-    """(N, C, T) -> scaled and clipped float32: `robust_scale` in float32 into the output,
-    a few hundred epochs at a time (no float64 copy of x; pass 2 of a build is
-    memory-bound, and this was ~2x slower with whole-chunk temporaries)."""
-    if x.ndim != 3 or x.shape[1] != len(scaler.center):
-        raise ValueError(f"scaler has {len(scaler.center)} channels, data has shape {x.shape}")
-    center = scaler.center.astype(np.float32)
-    scale = scaler.scale.astype(np.float32)
-    out = np.empty(x.shape, dtype=np.float32)
-    for i in range(0, x.shape[0], 256):
-        robust_scale(x[i : i + 256].astype(np.float32, copy=False), center, scale, clip, out=out[i : i + 256])
-    return out

@@ -22,7 +22,7 @@ import pandas as pd
 from megdecode.data import bids
 from megdecode.data.bids import RunKey
 from megdecode.data.preprocess import EpochBlock, PreprocessConfig
-from megdecode.data.shards import sha256_file
+from megdecode.data.store import sha256_file
 
 logger = logging.getLogger(__name__)
 

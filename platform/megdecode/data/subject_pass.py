@@ -24,14 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from megdecode.data import bids, runcache, shards
-from megdecode.data.preprocess import (
-    EpochBlock,
-    PreprocessConfig,
-    RobustScaler,
-    apply_scaler,
-    fit_scaler,
-)
+from megdecode.data import bids, runcache
+from megdecode.data import store as epoch_store
+from megdecode.data.preprocess import EpochBlock, PreprocessConfig
+from megdecode.data.scaling import RobustScaler, apply_scaler, fit_scaler
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +47,7 @@ class SubjectJob:
 class SubjectResult:
     """What one subject's task hands back: file names and statistics, no MEG data."""
 
-    shards: shards.SubjectShards
+    shards: epoch_store.SubjectShards
     scaler: dict[str, Any]  # RobustScaler.to_dict() plus "raw_sfreq"
 
 
@@ -102,7 +98,7 @@ def scale_subject(block: EpochBlock, cfg: PreprocessConfig) -> tuple[EpochBlock,
     train = metadata["split"].to_numpy() == "train"
     if not train.any():
         raise ValueError(f"subject {metadata['subject'].iloc[0]} has no training epochs")
-    scaler = fit_scaler(block.data[train], cfg)
+    scaler = fit_scaler(block.data[train], cfg.scaler, cfg.quantile_range)
     data = apply_scaler(block.data, scaler, cfg.clip)
     scaled = EpochBlock(
         data=data,
@@ -125,7 +121,7 @@ def scale_and_write(
     job: SubjectJob, staging: str, cfg: PreprocessConfig, rows_per_file: int = 1024, row_group_rows: int = 256
 ) -> SubjectResult:
     """One subject: load its cached runs (checksums checked), stack, scale, write its shards
-    into the staging store (`shards.staged_store`)."""
+    into the staging store (`epoch_store.staged_store`)."""
     blocks = []
     for stem in job.stems:
         block = runcache.load_block(Path(stem))
@@ -139,7 +135,7 @@ def scale_and_write(
     block.metadata = job.metadata
     scaled, scaler = scale_subject(block, cfg)
     del block, blocks  # the unscaled copy is no longer needed while the shards are written
-    written = shards.write_subject(Path(staging), scaled, rows_per_file, row_group_rows)
+    written = epoch_store.write_subject(Path(staging), scaled, rows_per_file, row_group_rows)
     # The native rate goes next to the scaler: online preprocessing (serving's stream)
     # needs both to rebuild the model's input from raw samples.
     stats = scaler.to_dict() | {"raw_sfreq": raw_sfreq(Path(job.bids_root), job.first_run)}

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from megdecode.data.stimuli import LOW_LEVEL
+from megdecode.twin.stimuli import LOW_LEVEL
 
 # Names of the dimensions of latents whose dimensions mean something on their own.
 DIMENSION_NAMES: Mapping[str, Sequence[str]] = {"twin-lowlevel": LOW_LEVEL}

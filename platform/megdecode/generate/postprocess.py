@@ -24,7 +24,7 @@ import logging
 import numpy as np
 
 from megdecode.bundle import ModelBundle, PredictionStats
-from megdecode.evaluate import postprocess_mse
+from megdecode.evaluation.retrieval import postprocess_mse
 
 logger = logging.getLogger(__name__)
 

@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from megdecode.config import ConfigError, FlatConfig
-from megdecode.data import bids, shards
+from megdecode.data import bids
+from megdecode.data import store as epoch_store
 from megdecode.generate.pipeline import GenerateConfig, LatentGenerator, from_pil
 from megdecode.generate.tiny import ArchConfig, new_generator
-from megdecode.latents.cache import _open_rgb, load_latents
+from megdecode.latents.cache import load_latents, open_rgb
 from megdecode.latents.registry import store_images
 from megdecode.logs import progress
 
@@ -99,7 +100,7 @@ def load_training_set(cfg: GenTrainConfig) -> TrainingSet:
     """Images of `cfg.splits` in the store, with their latents, aligned by image id."""
     if not cfg.store or not cfg.bids_root or not cfg.latents_dir:
         raise ConfigError("store, bids_root and latents_dir must be set")
-    meta = shards.load_metadata(cfg.store)
+    meta = epoch_store.load_metadata(cfg.store)
     wanted = set(meta.loc[meta["split"].isin(cfg.splits), "image_id"].tolist())
     ids, rel = store_images(Path(cfg.store))
     keep = [i for i, image_id in enumerate(ids.tolist()) if image_id in wanted]
@@ -118,7 +119,7 @@ def load_training_set(cfg: GenTrainConfig) -> TrainingSet:
         latents[name] = values[row]
     images_root = cfg.images_root or None
     files = [bids.image_file(cfg.bids_root, rel[i], images_root) for i in keep]
-    images = from_pil([_open_rgb(f) for f in files], cfg.size)
+    images = from_pil([open_rgb(f) for f in files], cfg.size)
     return TrainingSet(ids=ids, images=images, latents=latents)
 
 

@@ -59,7 +59,7 @@ def load_latents(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int64), np.ascontiguousarray(latents, dtype=np.float32)
 
 
-def _write(path: Path, ids: np.ndarray, latents: np.ndarray, info: dict[str, Any]) -> None:
+def write_latents(path: Path, ids: np.ndarray, latents: np.ndarray, info: dict[str, Any]) -> None:
     """Write sorted by id to a temp file, then rename: readers never see half a cache."""
     order = np.argsort(ids, kind="stable")
     table = pa.table(
@@ -76,7 +76,9 @@ def _write(path: Path, ids: np.ndarray, latents: np.ndarray, info: dict[str, Any
     os.replace(tmp, path)
 
 
-def _open_rgb(path: str | Path) -> Image.Image:
+def open_rgb(path: str | Path) -> Image.Image:
+    """An image file as RGB, its file closed: how every stage (the encoders, the generator's
+    training and evaluation) reads a stimulus, so grey or palette PNGs are handled once."""
     with Image.open(path) as image:
         return image.convert("RGB")
 
@@ -89,7 +91,7 @@ def encode_files(encoder: ImageEncoder, paths: Sequence[str | Path], batch_size:
     chunks = []
     starts = range(0, len(paths), batch_size)
     for start in progress(starts, desc=f"encode {encoder.name}", total=len(starts)):
-        images = [_open_rgb(p) for p in paths[start : start + batch_size]]
+        images = [open_rgb(p) for p in paths[start : start + batch_size]]
         chunks.append(np.asarray(encoder.encode(images)))
     return np.concatenate(chunks) if chunks else np.empty((0, encoder.dim), np.float32)
 
@@ -155,7 +157,7 @@ def encode_cached(
         cached_ids = np.concatenate([cached_ids, new_ids])
         cached = np.concatenate([cached, encoded])
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write(path, cached_ids, cached, info)
+        write_latents(path, cached_ids, cached, info)
 
     row = {image_id: i for i, image_id in enumerate(cached_ids.tolist())}
     return ids, cached[[row[i] for i in ids.tolist()]]

@@ -32,12 +32,12 @@ class _EncodeActor:
         self.encoder = factory("cuda" if torch.cuda.is_available() else "cpu")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from megdecode.latents.cache import _open_rgb
+        from megdecode.latents.cache import open_rgb
 
         if isinstance(self.encoder, TextEncoder):
             latents = self.encoder.encode_texts([str(t) for t in batch["path"]])
         else:
-            latents = self.encoder.encode([_open_rgb(str(p)) for p in batch["path"]])
+            latents = self.encoder.encode([open_rgb(str(p)) for p in batch["path"]])
         return {"row": batch["row"], "latent": np.asarray(latents, np.float32)}
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from megdecode.data import bids, shards
+from megdecode.data import bids
+from megdecode.data import store as epoch_store
 from megdecode.latents.base import ImageEncoder, TextEncoder
 from megdecode.latents.cache import EncodeFn, encode_cached
 
@@ -73,11 +74,11 @@ def make_encoder(
     if name.startswith("clip-"):
         clip_model = open_clip_architecture(clip_model)
     if name == "handcrafted":
-        from megdecode.latents.handcrafted import HandcraftedEncoder
+        from megdecode.latents.encoders.handcrafted import HandcraftedEncoder
 
         return HandcraftedEncoder()
     if name in ("clip-vision", "clip-vision-tokens"):
-        from megdecode.latents.clip import ClipVisionEncoder
+        from megdecode.latents.encoders.clip import ClipVisionEncoder
 
         output = "tokens" if name.endswith("tokens") else "cls"
         return ClipVisionEncoder(
@@ -85,7 +86,7 @@ def make_encoder(
             device=device, allow_random_init=allow_random_init,
         )
     if name in ("clip-text", "clip-text-tokens"):
-        from megdecode.latents.clip_text import ClipTextEncoder
+        from megdecode.latents.encoders.clip_text import ClipTextEncoder
 
         output = "tokens" if name.endswith("tokens") else "mean"
         return ClipTextEncoder(
@@ -93,7 +94,7 @@ def make_encoder(
             device=device, allow_random_init=allow_random_init,
         )
     if name in ("autokl", "autokl-avg"):
-        from megdecode.latents.autokl import AutoKLEncoder
+        from megdecode.latents.encoders.autokl import AutoKLEncoder
 
         size = autokl_size or (512 if autokl_weights is not None else 64)
         output = "avg" if name.endswith("avg") else "latent"
@@ -102,14 +103,14 @@ def make_encoder(
             device=device, allow_random_init=allow_random_init,
         )
     if name == "dinov2":
-        from megdecode.latents.vision import DinoV2Encoder
+        from megdecode.latents.encoders.vision import DinoV2Encoder
 
         return DinoV2Encoder(
             dinov2_model, weights=dinov2_weights,
             device=device, allow_random_init=allow_random_init,
         )
     if name == "vgg19":
-        from megdecode.latents.vision import Vgg19Encoder
+        from megdecode.latents.encoders.vision import Vgg19Encoder
 
         return Vgg19Encoder(
             vgg19_weights,
@@ -162,7 +163,7 @@ def store_categories(store: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def _unique_images(store: Path):  # type: ignore[no-untyped-def]
-    meta = shards.load_metadata(store)
+    meta = epoch_store.load_metadata(store)
     unique = meta[["image_id", "image_path", "category"]].drop_duplicates("image_id")
     unique = unique.sort_values("image_id")
     return unique["image_id"].to_numpy(np.int64), unique

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from megdecode.data import shards
+from megdecode.data import store as epoch_store
 from megdecode.serve.config import ServeConfig
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def test_windows(store: str | Path, tmin: float, tmax: float, subjects: list[str], n: int,
                  seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
     """n windows (n, C, T) of the store's small test set (subjects the model knows), with metadata."""
-    X, meta = shards.load_epochs(store, subjects=[s for s in subjects if s in shards.read_manifest(store).subjects],
+    X, meta = epoch_store.load_epochs(store, subjects=[s for s in subjects if s in epoch_store.read_manifest(store).subjects],
                                  splits=["test"], tmin=tmin, tmax=tmax)
     if not len(meta):
         raise ValueError(f"store {store} has no test epochs for subjects {subjects}")

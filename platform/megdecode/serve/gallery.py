@@ -1,6 +1,6 @@
 """Top-k retrieval against a bundle's gallery: which candidate images a latent points to.
 
-Same rule as `megdecode.evaluate` (cosine similarity between a predicted latent and each
+Same rule as `megdecode.evaluation.retrieval` (cosine similarity between a predicted latent and each
 candidate latent), with the gallery normalised once at load so a request costs one
 (N, F) x (F, M) product. Categories and image paths come from the bundle's
 ``extra["gallery_meta"]`` (bundles from `train.make_bundle`); older bundles fall back to
@@ -71,7 +71,7 @@ class Gallery:
 
 
 def _from_store(ids: np.ndarray, store: Path) -> tuple[list[str], list[str]]:
-    from megdecode.data.shards import load_metadata
+    from megdecode.data.store import load_metadata
 
     meta = load_metadata(store).drop_duplicates("image_id").set_index("image_id").reindex(ids)
     return meta["category"].fillna("").astype(str).tolist(), meta["image_path"].fillna("").astype(str).tolist()

@@ -40,15 +40,15 @@ from scipy.signal import resample_poly, sosfilt
 
 from megdecode.bundle import ModelBundle
 from megdecode.config import ConfigError
-from megdecode.data.preprocess import (
-    PreprocessConfig,
-    _grid,
-    _resample_epochs,
+from megdecode.data.preprocess import PreprocessConfig
+from megdecode.data.scaling import robust_scale
+from megdecode.data.signal import (
     baseline_correct,
     causal_sos,
     causal_zi,
     cut_epochs,
-    robust_scale,
+    output_grid,
+    resample_epochs,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class OnlinePreprocessor:
         if cfg.baseline is not None:  # the baseline interval may lie outside the model window
             lo, hi = min(lo, cfg.baseline[0]), max(hi, cfg.baseline[1])
         self.cfg = cfg.replace(tmin=lo, tmax=hi)
-        self.grid = _grid(spec.sfreq_in, self.cfg)
-        self.sos = causal_sos(spec.sfreq_in, cfg)
+        self.grid = output_grid(spec.sfreq_in, self.cfg.sfreq, self.cfg.tmin, self.cfg.tmax)
+        self.sos = causal_sos(spec.sfreq_in, cfg.l_freq, cfg.h_freq)
         self.zi = causal_zi(self.sos, n_channels) if self.sos is not None else None
         n_out = self.grid.keep.stop - self.grid.keep.start
         self.times = (self.grid.start + self.grid.keep.start) / cfg.sfreq + np.arange(n_out) / cfg.sfreq
@@ -172,7 +172,7 @@ class OnlinePreprocessor:
     def _linear_parts(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(n_in, n_times) resampling-and-cut matrix, and the (n_in,) baseline-mean form (or None).
 
-        Row i is what the offline steps (`_resample_epochs`' polyphase filter and crop,
+        Row i is what the offline steps (`resample_epochs`' polyphase filter and crop,
         `baseline_correct`, the model-window mask) make of a unit impulse at native sample i:
         ``baseline_correct`` subtracts the same mean from every output sample, so the
         corrected matrix is the first part minus the second broadcast over columns.
@@ -242,7 +242,7 @@ class OnlinePreprocessor:
         onsets = np.asarray(onsets, np.int64)
         seg_start = int(onsets.min()) + self.grid.start_in
         segment = self.buffer.get(seg_start, int(onsets.max()) + self.grid.start_in + self.grid.n_in).astype(np.float64)
-        epochs = _resample_epochs(segment, onsets - seg_start, self.grid)
+        epochs = resample_epochs(segment, onsets - seg_start, self.grid)
         if self.cfg.baseline is not None:
             epochs = baseline_correct(epochs, self.times, self.cfg.baseline).astype(np.float32, copy=False)
         epochs = np.ascontiguousarray(epochs[:, :, self.model_mask])

@@ -24,10 +24,11 @@ def decodable_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
     from megdecode.data.build import build_epoch_store
     from megdecode.data.preprocess import PreprocessConfig
-    from megdecode.data.simulate import TwinConfig, simulate
-    from megdecode.latents.twin import write_twin_latents
     from megdecode.models.brain import BrainConfig
     from megdecode.train import FitConfig, TrainConfig, fit
+    from megdecode.twin.config import TwinConfig
+    from megdecode.twin.simulate import simulate
+    from megdecode.twin.truth_latents import write_twin_latents
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("decodable")

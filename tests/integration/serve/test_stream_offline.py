@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from megdecode.bundle import load_bundle
-from megdecode.data import bids, shards
+from megdecode.data import bids
+from megdecode.data import store as epoch_store
 from megdecode.data.preprocess import pick_meg
 from megdecode.serve.stream import OnlinePreprocessor, StreamError, StreamSpec
 
@@ -38,7 +39,7 @@ def _replay(bundle_dir: Path, bids_root: Path, chunk: int = 37) -> tuple[dict[in
 
 def _offline(store: Path, bundle_dir: Path, key: object, subject: str) -> dict[int, np.ndarray]:
     bundle = load_bundle(bundle_dir)
-    X, meta = shards.load_epochs(store, subjects=[subject], tmin=bundle.tmin, tmax=bundle.tmax)
+    X, meta = epoch_store.load_epochs(store, subjects=[subject], tmin=bundle.tmin, tmax=bundle.tmax)
     rows = (meta["session"] == key.session) & (meta["run"] == key.run)  # type: ignore[attr-defined]
     return dict(zip(meta.loc[rows, "trial_index"].astype(int), X[rows.to_numpy()], strict=True))
 

@@ -1,6 +1,6 @@
 """The epoch store's manifest: what a store holds and what each of its files must be.
 
-``store/manifest.json`` is written last (`megdecode.data.shards.write_store`); a reader
+``store/manifest.json`` is written last (`megdecode.data.store.write_store`); a reader
 trusts nothing that it does not list: per file its path, subject, rows, sha256, size and
 footer sha256 (`megdecode.data.store.verify`).
 """

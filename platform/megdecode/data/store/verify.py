@@ -1,6 +1,6 @@
 """Integrity of the epoch store's shard files, cheap enough to check on every read.
 
-A full sha256 of every shard (`check_sha256`, `megdecode.data.shards.verify_store`) reads
+A full sha256 of every shard (`check_sha256`, `megdecode.data.store.verify_store`) reads
 every byte: ~21 GB for THINGS-MEG, minutes before each search. Readers instead check, per
 file they open (`ReadChecks`, the default):
 

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, the ridge baseline and decoding over time windows."""

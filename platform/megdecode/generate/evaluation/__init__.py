@@ -1,0 +1,1 @@
+"""Reconstruction evaluation: decode the test set, generate on Ray, score, log."""

@@ -1,0 +1,1 @@
+"""Image encoders: hand-crafted features and frozen pretrained networks, local weights only."""

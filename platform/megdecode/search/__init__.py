@@ -1,0 +1,1 @@
+"""The research loop: search spaces, the Tune driver, trials, MLflow logging, reports."""

@@ -1,0 +1,99 @@
+"""Per-subject writing (`write_subject` + `finish_store`) equals `write_store`; stacking
+runs copies straight to sorted rows; the driver's metadata-only cache read."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from megdecode.data import runcache
+from megdecode.data import store as epoch_store
+from megdecode.data.preprocess import EpochBlock
+from megdecode.data.subject_pass import concat_blocks, stack_order
+
+C, T = 3, 7
+CH = [f"MLC{i}1-1609" for i in range(C)]
+
+
+def block(subject: str, session: str, run: str, n: int, seed: int, first_trial: int = 0) -> EpochBlock:
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((n, C, T)).astype(np.float32)
+    data[0, 0, :3] = [-0.0, np.float32(1e-45), np.nan]  # values a lossy path would change
+    meta = pd.DataFrame({
+        "subject": subject, "session": session, "run": run, "trial_index": first_trial + np.arange(n),
+        "image_id": 10 + np.arange(n), "category_id": np.arange(n) % 2, "category": "cat",
+        "trial_type": "exp", "image_path": "images_meg/cat/cat_01b.png",
+        "split": np.where(np.arange(n) % 3 == 0, "test", "train"), "repetition": 0,
+        "onset_sample": 100 * np.arange(n),
+    })  # fmt: skip
+    return EpochBlock(data, meta, list(CH), 100.0, -0.02, np.zeros((C, 2)), np.ones((C, 3)))
+
+
+def test_subject_parts_write_the_bytes_of_write_store(tmp_path: Path) -> None:
+    blocks = [block("BIGMEG1", "01", "01", 9, 0), block("BIGMEG2", "01", "01", 6, 1)]
+    scalers = {"BIGMEG1": {"center": [0.0] * C}, "BIGMEG2": {"center": [1.0] * C}}
+    whole = epoch_store.write_store(tmp_path / "whole", blocks, scalers=scalers, rows_per_file=4, row_group_rows=3)
+    with epoch_store.staged_store(tmp_path / "parts") as staging:
+        parts = [epoch_store.write_subject(staging, b, rows_per_file=4, row_group_rows=3) for b in blocks[::-1]]
+        parted = epoch_store.finish_store(staging, parts, scalers=scalers)
+    assert parted.files == whole.files and parted.counts == whole.counts
+    assert parted.subjects == whole.subjects and parted.scalers == whole.scalers
+    assert epoch_store.verify_store(tmp_path / "parts").files == whole.files
+    assert json.loads((tmp_path / "parts" / epoch_store.MANIFEST).read_text())["subjects"] == ["BIGMEG1", "BIGMEG2"]
+
+
+def test_finish_store_refuses_parts_that_do_not_match(tmp_path: Path) -> None:
+    with epoch_store.staged_store(tmp_path / "store") as staging:
+        first = epoch_store.write_subject(staging, block("BIGMEG1", "01", "01", 4, 0))
+        other = dataclasses.replace(block("BIGMEG2", "01", "01", 4, 1), ch_names=CH[::-1])
+        second = epoch_store.write_subject(staging, other)
+        with pytest.raises(epoch_store.StoreError, match="BIGMEG2: channels or time grid differ"):
+            epoch_store.finish_store(staging, [first, second])
+        with pytest.raises(epoch_store.StoreError, match="written twice"):
+            epoch_store.finish_store(staging, [first, first])
+        with pytest.raises(epoch_store.StoreError, match="one subject per block"):
+            two = block("BIGMEG1", "01", "01", 4, 2)
+            two.metadata.loc[0, "subject"] = "BIGMEG3"
+            epoch_store.write_subject(staging, two)
+
+
+def test_staged_store_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="task failed"), epoch_store.staged_store(tmp_path / "store") as staging:
+        epoch_store.write_subject(staging, block("BIGMEG1", "01", "01", 4, 0))
+        raise RuntimeError("task failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concat_blocks_equals_concatenate_then_reorder() -> None:
+    # runs arriving out of recording order, one of them with later trials first
+    runs = [block("BIGMEG1", "02", "01", 5, 0), block("BIGMEG1", "01", "02", 4, 1),
+            block("BIGMEG1", "01", "01", 6, 2, first_trial=3)]  # fmt: skip
+    runs[2].metadata = runs[2].metadata.iloc[::-1].reset_index(drop=True)
+    runs[2].data = runs[2].data[::-1].copy()
+    stacked = concat_blocks(runs)
+    meta = pd.concat([b.metadata for b in runs], ignore_index=True)
+    order = meta.sort_values(["session", "run", "trial_index"], kind="stable").index.to_numpy()
+    reference = np.concatenate([b.data for b in runs])[order]
+    assert np.array_equal(stacked.data.view(np.uint32), reference.view(np.uint32))
+    assert stacked.metadata.equals(meta.loc[order].reset_index(drop=True))
+    assert stacked.metadata.equals(stack_order([b.metadata for b in runs])[0])
+    assert stacked.metadata[["session", "run"]].drop_duplicates().values.tolist() == [
+        ["01", "01"], ["01", "02"], ["02", "01"]]  # fmt: skip
+
+
+def test_load_metadata_checks_the_table_checksum(tmp_path: Path) -> None:
+    b = block("BIGMEG1", "01", "01", 5, 0)
+    stem = tmp_path / "run"
+    runcache.save_block(b, stem, "src")
+    meta = runcache.load_metadata(stem)
+    assert meta is not None and meta.equals(b.metadata)
+    table = stem.with_suffix(".parquet")
+    table.write_bytes(table.read_bytes()[:-10])  # truncated: checksum mismatch
+    assert runcache.load_metadata(stem) is None
+    stem.with_suffix(".json").unlink()
+    assert runcache.load_metadata(stem) is None

@@ -1,0 +1,221 @@
+"""Retrieval metrics against plain-loop references, hand-computed cases and chance levels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from numpy.testing import assert_allclose
+
+from megdecode.evaluation.retrieval import (
+    average_by_image,
+    cosine_similarity_matrix,
+    evaluate_all,
+    evaluate_retrieval,
+    postprocess_mse,
+    relative_median_rank,
+    retrieval_ranks,
+    topk_accuracy,
+)
+
+
+def _cos(u: np.ndarray, v: np.ndarray) -> float:
+    nu = math.sqrt(sum(float(x) ** 2 for x in u))
+    nv = math.sqrt(sum(float(x) ** 2 for x in v))
+    return sum(float(x) * float(y) for x, y in zip(u, v, strict=True)) / (nu * nv)
+
+
+def _reference_ranks(pred: np.ndarray, cand: np.ndarray, true: np.ndarray) -> list[int]:
+    """Plain loops: count other candidates at least as similar as the true one."""
+    ranks = []
+    for i in range(len(pred)):
+        s_true = _cos(pred[i], cand[true[i]])
+        ranks.append(
+            sum(
+                1
+                for j in range(len(cand))
+                if j != true[i] and _cos(pred[i], cand[j]) >= s_true - 1e-12
+            )
+        )
+    return ranks
+
+
+def _meta(
+    n_subjects: int = 2, n_test: int = 10, reps: int = 3, n_large: int = 15, n_train: int = 20
+) -> pd.DataFrame:
+    """Epoch table: repeated test images, single-shot test_large and train images per subject."""
+    rows = []
+    for s in range(n_subjects):
+        for r in range(reps):
+            rows += [(f"S{s}", 100 + i, "test", r) for i in range(n_test)]
+        rows += [(f"S{s}", 200 + i, "test_large", 0) for i in range(n_large)]
+        rows += [(f"S{s}", 300 + i, "train", 0) for i in range(n_train)]
+    return pd.DataFrame(rows, columns=["subject", "image_id", "split", "repetition"])
+
+
+def _latents(
+    meta: pd.DataFrame, dim: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.unique(meta["image_id"].to_numpy())[::-1].copy()  # unsorted on purpose
+    return ids, rng.standard_normal((len(ids), dim))
+
+
+def test_cosine_similarity_matches_loops_and_zero_rows() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 4)), rng.standard_normal((3, 4))
+    sim = cosine_similarity_matrix(a, b)
+    assert sim.shape == (5, 3)
+    for i in range(5):
+        for j in range(3):
+            assert sim[i, j] == pytest.approx(_cos(a[i], b[j]))
+    assert_allclose(cosine_similarity_matrix(np.zeros((1, 4)), b), 0.0)
+
+
+def test_ranks_match_brute_force_on_random_data() -> None:
+    rng = np.random.default_rng(1)
+    pred, cand = rng.standard_normal((40, 6)), rng.standard_normal((25, 6))
+    true = rng.integers(0, 25, size=40)
+    assert retrieval_ranks(pred, cand, true).tolist() == _reference_ranks(pred, cand, true)
+
+
+def test_ranks_hand_computed_ties_and_degenerate_prediction() -> None:
+    cand = np.eye(3)
+    pred = np.array([[1.0, 0.5, 0.0]] * 3)  # similarities: e1 > e2 > e3
+    assert retrieval_ranks(pred, cand, np.array([0, 1, 2])).tolist() == [0, 1, 2]
+    # Duplicate candidates tie: the tie counts against the prediction.
+    dup = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert retrieval_ranks(np.array([[1.0, 0.0]]), dup, np.array([0])).tolist() == [1]
+    # An all-zero prediction ties with everything: worst rank, never a free top-1.
+    assert retrieval_ranks(np.zeros((1, 3)), cand, np.array([1])).tolist() == [2]
+
+
+def test_ranks_reject_bad_input() -> None:
+    cand = np.eye(3)
+    with pytest.raises(ValueError, match="out of range"):
+        retrieval_ranks(np.ones((1, 3)), cand, np.array([3]))
+    with pytest.raises(ValueError, match="finite"):
+        retrieval_ranks(np.full((1, 3), np.nan), cand, np.array([0]))
+
+
+def test_topk_and_median_rank_hand_computed() -> None:
+    ranks = np.array([0, 1, 4, 5, 10])
+    assert topk_accuracy(ranks, 1) == pytest.approx(0.2)
+    assert topk_accuracy(ranks, 5) == pytest.approx(0.6)
+    assert relative_median_rank(np.array([0, 2, 4]), 5) == pytest.approx(0.5)
+    assert relative_median_rank(np.array([0, 1, 3, 4]), 5) == pytest.approx(0.5)  # (1+3)/2 / 4
+    assert relative_median_rank(np.array([0, 0, 9]), 10) == 0.0
+    with pytest.raises(ValueError):
+        relative_median_rank(np.array([0]), 1)
+
+
+def test_average_by_image_per_group_matches_loops() -> None:
+    rng = np.random.default_rng(2)
+    ids = np.array([5, 3, 5, 3, 5, 7])
+    groups = np.array(["a", "a", "a", "b", "b", "b"])
+    pred = rng.standard_normal((6, 4))
+    out_ids, avg = average_by_image(pred, ids, groups)
+    assert out_ids.tolist() == [3, 5, 3, 5, 7]  # group a: 3, 5; group b: 3, 5, 7
+    expected = [pred[1], (pred[0] + pred[2]) / 2, pred[3], pred[4], pred[5]]
+    assert_allclose(avg, np.stack(expected))
+    ids_all, avg_all = average_by_image(pred, ids)
+    assert ids_all.tolist() == [3, 5, 7]
+    assert_allclose(avg_all[1], (pred[0] + pred[2] + pred[4]) / 3)
+
+
+def test_postprocess_mse_maps_to_train_statistics() -> None:
+    rng = np.random.default_rng(3)
+    pred = 0.1 * rng.standard_normal((200, 5)) + 2.0  # shrunk towards a wrong mean
+    mean, std = np.arange(5.0), np.linspace(0.5, 3.0, 5)
+    out = postprocess_mse(pred, mean, std)
+    assert_allclose(out.mean(axis=0), mean, atol=1e-10)
+    assert_allclose(out.std(axis=0), std, rtol=1e-6)
+    # Correlation with the raw prediction is kept (an affine map per dimension).
+    assert np.corrcoef(out[:, 2], pred[:, 2])[0, 1] == pytest.approx(1.0)
+    one = postprocess_mse(pred[:1], mean, std, pred_mean=pred.mean(0), pred_std=pred.std(0))
+    assert_allclose(one, out[:1])
+    with pytest.raises(ValueError, match="pred_mean"):
+        postprocess_mse(pred[:1], mean, std)
+
+
+def test_perfect_predictions_score_perfectly_in_all_four_settings() -> None:
+    rng = np.random.default_rng(4)
+    meta = _meta()
+    ids, lat = _latents(meta, 16, rng)
+    pred = lat[pd.Index(ids).get_indexer(meta["image_id"])]
+    table = evaluate_all(pred, meta, ids, lat)
+    assert list(zip(table["test_set"], table["mode"], strict=True)) == [
+        ("small", "single"),
+        ("small", "averaged"),
+        ("large", "single"),
+        ("large", "averaged"),
+    ]
+    assert (table["top1"] == 1.0).all() and (table["top5"] == 1.0).all()
+    assert (table["median_rank"] == 0.0).all()
+    assert table["n_candidates"].tolist() == [10, 10, 25, 25]
+    # 2 subjects x (10 images x 3 reps) single; averaged = one row per (subject, image).
+    assert table["n_predictions"].tolist() == [60, 20, 90, 50]
+    assert table["chance_top5"].tolist() == pytest.approx([0.5, 0.5, 0.2, 0.2])
+
+
+def test_evaluate_retrieval_matches_brute_force_reference() -> None:
+    rng = np.random.default_rng(5)
+    meta = _meta(n_test=8, reps=2, n_large=6)
+    ids, lat = _latents(meta, 5, rng)
+    pred = rng.standard_normal((len(meta), 5))
+    res = evaluate_retrieval(pred, meta, ids, lat, test_set="large", mode="single")
+    keep = meta["split"].isin(["test", "test_large"]).to_numpy()
+    cand_ids = sorted(set(meta.loc[keep, "image_id"]))
+    cand = np.stack([lat[list(ids).index(c)] for c in cand_ids])
+    true = np.array([cand_ids.index(i) for i in meta.loc[keep, "image_id"]])
+    ref = _reference_ranks(pred[keep], cand, true)
+    assert res.ranks.tolist() == ref
+    assert res.top5 == pytest.approx(sum(r < 5 for r in ref) / len(ref))
+    assert res.median_rank == pytest.approx(float(np.median(np.array(ref) / (len(cand_ids) - 1))))
+
+
+def test_shuffled_predictions_are_near_chance() -> None:
+    rng = np.random.default_rng(6)
+    n_images, reps = 500, 10
+    meta = pd.DataFrame(
+        {
+            "subject": "S0",
+            "image_id": np.tile(np.arange(n_images), reps),
+            "split": "test",
+        }
+    )
+    ids, lat = np.arange(n_images), rng.standard_normal((n_images, 32))
+    pred = lat[rng.permutation(meta["image_id"].to_numpy())]  # right latents, wrong trials
+    res = evaluate_retrieval(pred, meta, ids, lat, "small", "single")
+    assert res.chance_top5 == pytest.approx(0.01)
+    assert abs(res.top5 - 0.01) < 0.006  # ~4 binomial std at n=5000
+    assert abs(res.median_rank - 0.5) < 0.03
+
+
+def test_averaging_repetitions_helps_noisy_predictions() -> None:
+    rng = np.random.default_rng(7)
+    meta = _meta(n_subjects=1, n_test=50, reps=12, n_large=0, n_train=0)
+    ids, lat = _latents(meta, 16, rng)
+    pred = lat[pd.Index(ids).get_indexer(meta["image_id"])] + 3.0 * rng.standard_normal(
+        (len(meta), 16)
+    )
+    single = evaluate_retrieval(pred, meta, ids, lat, "small", "single")
+    averaged = evaluate_retrieval(pred, meta, ids, lat, "small", "averaged")
+    assert averaged.top5 > single.top5 + 0.2
+    assert averaged.median_rank < single.median_rank
+
+
+def test_evaluate_retrieval_reports_missing_inputs() -> None:
+    rng = np.random.default_rng(8)
+    meta = _meta()
+    ids, lat = _latents(meta, 4, rng)
+    pred = rng.standard_normal((len(meta), 4))
+    with pytest.raises(KeyError, match="no latent"):
+        evaluate_retrieval(pred, meta, ids[ids != 100], lat[ids != 100], "small")
+    with pytest.raises(ValueError, match="subject"):
+        evaluate_retrieval(pred, meta.drop(columns="subject"), ids, lat, "small", "averaged")
+    with pytest.raises(ValueError, match="test_set"):
+        evaluate_retrieval(pred, meta, ids, lat, "huge")
+    with pytest.raises(ValueError, match="len\\(meta\\)"):
+        evaluate_retrieval(pred[:-1], meta, ids, lat)
