@@ -8,7 +8,7 @@ DEMO_OUT ?= runs/demo
 SERVE_PORT ?= 8000
 SERVE_ARGS ?=
 
-.PHONY: install demo demo-generate serve test test-slow lint bench clean
+.PHONY: install demo demo-generate serve test test-slow lint format bench clean
 
 install:  ## virtualenv + the package with dev and generation extras (torch from local disk)
 	test -x $(PY) || python3 -m venv .venv
@@ -34,9 +34,16 @@ test:  ## the default suite (excludes -m slow)
 test-slow:  ## the slow suites only
 	$(PY) -m pytest -q -m slow
 
-lint:
-	$(PY) -m ruff check platform tests jobs benchmarks
+LINTED := platform tests jobs benchmarks serve_apps
+
+lint:  ## ruff (lint + format check) over every Python folder, mypy on the package, jobs and serve apps
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 	$(PY) -m mypy
+
+format:  ## apply ruff's formatter and its fixable lint rules
+	$(PY) -m ruff check --fix $(LINTED)
+	$(PY) -m ruff format $(LINTED)
 
 bench:  ## every benchmark, one after the other (needs `make demo` first; tens of minutes)
 	$(PY) benchmarks/twin_build.py
