@@ -32,11 +32,12 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from megdecode.evaluation.curves import (
+from megdecode.evaluation.baseline import retrieval_metrics, ridge_metrics, shuffle_targets
+from megdecode.evaluation.windows import (
+    chance_level,
     curve_peak,
-    retrieval_metrics,
-    save_window_figure,
-    shuffle_targets,
+    onset_latencies,
+    plot_window_curves,
     window_table,
 )
 from megdecode.logs import setup_logging
@@ -51,7 +52,7 @@ logger = logging.getLogger("benchmarks.twin_decoding")
 TARGETS = ("handcrafted", "twin-category", "twin-lowlevel")
 COLUMNS = ("small_top5", "small_top5_avg", "large_top5", "large_top5_avg",
            "small_median_rank", "large_median_rank")
-PEAK_METRIC = "large_mean_rank"  # the least noisy per-window metric (see megdecode.evaluation.curves)
+PEAK_METRIC = "large_mean_rank"  # the least noisy per-window metric (see megdecode.evaluation.baseline.retrieval_metrics)
 TRUTH = {"twin-lowlevel": "early", "twin-category": "late"}  # which response carries what
 
 
@@ -62,10 +63,6 @@ def convnet_metrics(cfg: FitConfig, data: RunData) -> dict[str, float]:
     m.update(best_epoch=result.metrics["best_epoch"], epochs=result.metrics["epochs"],
              train_s=result.metrics["train_seconds"])
     return m
-
-
-def ridge_metrics(data: RunData) -> dict[str, float]:
-    return window_table(data, windows=[(data.tmin, data.tmax)], progress=False).iloc[0].to_dict()
 
 
 def row(target: str, model: str, m: dict) -> dict:
@@ -140,8 +137,9 @@ def main() -> None:
         table = window_table(data, "sliding", "ridge", ridge=curve_ridge, progress=False)
         results["seconds"][f"{target}/sliding"] = time.perf_counter() - t0
         table.to_csv(out / f"sliding-{target}-ridge.csv", index=False)
-        save_window_figure(table, out / f"sliding-{target}-ridge.png", truth=truth,
-                           metric="small_top5_avg", title=f"{target}, ridge, sliding 100 ms")
+        plot_window_curves(table, "small_top5_avg", chance_level(table, "small_top5_avg"),
+                           out / f"sliding-{target}-ridge.png", truth_latencies=onset_latencies(truth),
+                           title=f"{target}, ridge, sliding 100 ms")
         expected = truth[TRUTH[target]]
         for metric, smooth in ((PEAK_METRIC, 3), ("small_top5_avg", 1)):
             peak = curve_peak(table, metric, smooth=smooth)

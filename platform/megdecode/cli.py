@@ -341,7 +341,13 @@ def windows(
     model_config: Annotated[Path | None, typer.Option(help="convnet only: JSON of BrainConfig fields")] = None,
 ) -> None:
     """One model per time window (paper grids); writes the table (CSV) and curve (PNG), prints the peak."""
-    from megdecode.evaluation.curves import curve_peak, save_window_figure, window_table
+    from megdecode.evaluation.windows import (
+        chance_level,
+        curve_peak,
+        onset_latencies,
+        plot_window_curves,
+        window_table,
+    )
     from megdecode.models.brain import BrainConfig
     from megdecode.train import FitConfig, TrainConfig
     from megdecode.twin.simulate import read_ground_truth
@@ -365,7 +371,8 @@ def windows(
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"windows-{latent}-{model}-{kind}"
     table.to_csv(stem.with_suffix(".csv"), index=False)
-    save_window_figure(table, stem.with_suffix(".png"), truth=truth, metric=metric,
+    plot_window_curves(table, metric, chance_level(table, metric), stem.with_suffix(".png"),
+                       truth_latencies=onset_latencies(truth) if truth is not None else None,
                        title=f"{latent}, {model}, {kind} windows")
     x = "tmax" if kind == "growing" else "center"
     peak = curve_peak(table, metric, x=x, smooth=smooth)

@@ -19,7 +19,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from megdecode.data.build import build_epoch_store
-from megdecode.evaluation.curves import curve_peak, shuffle_targets, window_table
+from megdecode.evaluation.baseline import shuffle_targets
+from megdecode.evaluation.windows import curve_peak, window_table
 from megdecode.train import FitConfig, RunData, TrainConfig, load_run_data
 from megdecode.twin.config import TwinConfig
 from megdecode.twin.simulate import read_ground_truth, simulate

@@ -79,22 +79,35 @@ def _natural(values: pd.Series) -> pd.Series:
     return numbers if numbers.notna().all() else values.astype(str)
 
 
-def repetitions(meta: pd.DataFrame) -> np.ndarray:
-    """0-based rank of each presentation of an image within its subject, in recording order.
+def recording_order(meta: pd.DataFrame) -> np.ndarray:
+    """(N,) row positions of `meta` in recording order: session, run, trial_index.
 
-    Recording order = session, run, trial_index. Catch trials get 0.
+    Sessions and runs compare as numbers when every label is one, so unpadded labels
+    ("2" before "10") keep the order they were recorded in; zero-padded labels ("02",
+    "10") sort the same either way. Equal keys keep their row order (stable sort).
     """
-    order = pd.DataFrame(
+    keys = pd.DataFrame(
         {
-            "subject": meta["subject"].astype(str).to_numpy(),
             "session": _natural(meta["session"]).to_numpy(),
             "run": _natural(meta["run"]).to_numpy(),
             "trial_index": meta["trial_index"].to_numpy(),
-            "image_id": meta["image_id"].to_numpy(),
         }
     )
-    ranked = order.sort_values(["subject", "session", "run", "trial_index"], kind="stable")
-    rep = ranked.groupby(["subject", "image_id"], sort=False).cumcount().sort_index().to_numpy()
+    return keys.sort_values(list(keys.columns), kind="stable").index.to_numpy()
+
+
+def repetitions(meta: pd.DataFrame) -> np.ndarray:
+    """0-based rank of each presentation of an image within its subject, in recording order
+    (`recording_order`). Catch trials get 0."""
+    order = recording_order(meta)
+    shows = pd.DataFrame(
+        {
+            "subject": meta["subject"].astype(str).to_numpy()[order],
+            "image_id": meta["image_id"].to_numpy()[order],
+        }
+    )
+    rep = np.empty(len(meta), dtype=np.int64)
+    rep[order] = shows.groupby(["subject", "image_id"], sort=False).cumcount().to_numpy()
     return np.where(meta["trial_type"].to_numpy() == "catch", 0, rep).astype(np.int64)
 
 

@@ -9,8 +9,8 @@ stack them, fit the scaler, scale, write its Parquet files) runs as one Ray task
 subject, so subjects use every CPU and no MEG array passes through the driver. Local
 builds call the same `scale_and_write` in a loop: both paths write the same bytes.
 
-A subject's rows are stacked in recording order (session, run, trial_index), whatever
-order its runs finished in; `stack_order` is the one place that decides it.
+A subject's rows are stacked in recording order (`splits.recording_order`: session, run,
+trial_index), whatever order its runs finished in; `stack_order` applies it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from megdecode.data import bids, runcache
 from megdecode.data import store as epoch_store
 from megdecode.data.preprocess import EpochBlock, PreprocessConfig
 from megdecode.data.scaling import RobustScaler, apply_scaler, fit_scaler
+from megdecode.data.splits import recording_order
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def stack_order(metadatas: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, np.nda
     """The stacked metadata in recording order, and the order as row indices into the
     plain concatenation of `metadatas`."""
     metadata = pd.concat(list(metadatas), ignore_index=True)
-    order = metadata.sort_values(["session", "run", "trial_index"], kind="stable").index.to_numpy()
+    order = recording_order(metadata)
     return metadata.loc[order].reset_index(drop=True), order
 
 

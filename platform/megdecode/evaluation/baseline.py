@@ -1,29 +1,103 @@
 """ConvNet vs ridge vs chance on the same epochs: the paper's headline comparison.
 
 The ridge baseline sees exactly the window, splits and targets of the brain module
-(DESIGN §4: the paper's ConvNet retrieves ~7x better than ridge).
+(DESIGN §4: the paper's ConvNet retrieves ~7x better than ridge). `ridge_table` scores
+it like `train.fit` scores the brain module; `ridge_metrics` and `convnet_metrics` score
+either model as one flat row of `retrieval_metrics`, the row a window curve
+(`megdecode.evaluation.windows.window_table`) holds per window. `shuffle_targets` is the
+control that must bring either model down to chance.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import pandas as pd
+import torch
 
-from megdecode.evaluation.retrieval import evaluate_all
-from megdecode.models.ridge import RidgeConfig, fit_ridge
-from megdecode.train import RunData
+from megdecode.evaluation.retrieval import MODES, TEST_SPLITS, evaluate_all, evaluate_retrieval
+from megdecode.models.ridge import RidgeConfig, RidgeModel, fit_ridge
+from megdecode.train import FitConfig, RunData, SplitTensors, fit, predict
 
 logger = logging.getLogger(__name__)
 
 
-def ridge_table(data: RunData, cfg: RidgeConfig | None = None) -> pd.DataFrame:
-    """Fit ridge on train+val (alpha by CV inside) and score it like the brain module."""
+def retrieval_metrics(pred: np.ndarray, data: RunData) -> dict[str, float]:
+    """Flat retrieval metrics of test predictions pred (N_test, F), for test set S in
+    {small, large}:
+
+        S_top5, S_top5_avg                top-5 accuracy, single trials / averaged over
+                                          repetitions
+        S_median_rank, S_median_rank_avg  relative median rank (0 best, 0.5 chance)
+        S_mean_rank, S_mean_rank_avg      relative mean rank: smoother than the two above,
+                                          the metric of choice to locate a peak on small
+                                          test sets
+        S_chance_top5                     5 / number of candidates
+    """
+    out: dict[str, float] = {}
+    for test_set in TEST_SPLITS:
+        for mode in MODES:
+            r = evaluate_retrieval(pred, data.test.meta, data.latent_ids, data.latents, test_set, mode)
+            suffix = "_avg" if mode == "averaged" else ""
+            out[f"{test_set}_top5{suffix}"] = r.top5
+            out[f"{test_set}_median_rank{suffix}"] = r.median_rank
+            out[f"{test_set}_mean_rank{suffix}"] = float(np.mean(r.ranks / (r.n_candidates - 1)))
+        out[f"{test_set}_chance_top5"] = r.chance_top5
+    return out
+
+
+def shuffle_targets(data: RunData, seed: int = 0) -> RunData:
+    """Control: every training and validation image gets another image's latent.
+
+    The permutation is over images, not trials, so all repetitions of an image share one
+    wrong target (a decoder can still fit them consistently) while the brain signal no
+    longer relates to the target. Test targets and the candidate latents are untouched:
+    retrieval must then sit at chance.
+    """
+    ids = np.union1d(data.train.meta["image_id"].to_numpy(), data.val.meta["image_id"].to_numpy())
+    rows = np.searchsorted(data.latent_ids, ids)
+    if (rows >= len(data.latent_ids)).any() or (data.latent_ids[np.minimum(rows, len(data.latent_ids) - 1)] != ids).any():
+        raise KeyError("some training images have no latent")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(ids))
+    while len(ids) > 1 and (perm == np.arange(len(ids))).any():  # no image keeps its own
+        perm = rng.permutation(len(ids))
+    wrong = dict(zip(ids.tolist(), data.latents[rows[perm]], strict=True))
+
+    def remap(split: SplitTensors) -> SplitTensors:
+        target = np.stack([wrong[i] for i in split.meta["image_id"].tolist()]).astype(np.float32)
+        return dataclasses.replace(split, target=torch.from_numpy(target))
+
+    return dataclasses.replace(data, train=remap(data.train), val=remap(data.val))
+
+
+def _fit_train_val(data: RunData, cfg: RidgeConfig | None) -> RidgeModel:
+    """Ridge on train+val: it picks alpha by its own CV, so it needs no early-stopping split."""
     X = np.concatenate([data.train.meg.numpy(), data.val.meg.numpy()])
     Y = np.concatenate([data.train.target.numpy(), data.val.target.numpy()])
-    model = fit_ridge(X, Y, cfg)
-    pred = model.predict(data.test.meg.numpy())
+    return fit_ridge(X, Y, cfg)
+
+
+def ridge_metrics(data: RunData, cfg: RidgeConfig | None = None) -> dict[str, float]:
+    """`retrieval_metrics` of ridge fitted on train+val of `data`, plus the alpha CV chose."""
+    model = _fit_train_val(data, cfg)
+    return {**retrieval_metrics(model.predict(data.test.meg.numpy()), data), "alpha": model.alpha}
+
+
+def convnet_metrics(data: RunData, cfg: FitConfig) -> dict[str, float]:
+    """`retrieval_metrics` of the brain module trained on `data` by `train.fit`, plus its
+    best epoch and validation top-5 (cfg.train's window is what the run records)."""
+    result = fit(cfg, data=data)
+    clip, _, _ = predict(result.model, result.loss, data.test, cfg.train.batch_size)
+    return {**retrieval_metrics(clip, data), "best_epoch": result.metrics["best_epoch"],
+            "val_top5": result.metrics["val/top5"]}
+
+
+def ridge_table(data: RunData, cfg: RidgeConfig | None = None) -> pd.DataFrame:
+    """Fit ridge on train+val (alpha by CV inside) and score it like the brain module."""
+    pred = _fit_train_val(data, cfg).predict(data.test.meg.numpy())
     return evaluate_all(pred, data.test.meta, data.latent_ids, data.latents)
 
 

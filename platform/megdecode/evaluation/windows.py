@@ -1,4 +1,4 @@
-"""Time-window curves: one model per window, to see *when* the image is decodable.
+"""Decoding over time: one model per time window, to see *when* the image is decodable.
 
 The paper trains one decoder per window: sliding 100 ms windows with a 25 ms stride, and
 growing windows [0, 100] ... [0, 1500] ms. Our stored epochs span -0.5 .. +1.0 s around
@@ -6,10 +6,17 @@ image onset, so every grid is clipped to the epoch: sliding windows run from the
 start (pre-stimulus windows give a chance-level reference) to the epoch end, and growing
 windows stop at min(1.5 s, epoch end), i.e. [0, 0.1] ... [0, 1.0] s by default.
 Times are in seconds and rounded to the microsecond so that grids compare exactly.
+
+The epochs are read once (the whole stored window) and each model's window is a slice
+of those tensors in memory: a 57-window sliding curve would otherwise read the store 57
+times. `window_table` fits the ridge baseline or the brain module on each slice
+(`megdecode.evaluation.baseline`), `curve_peak` finds where the curve peaks and
+`plot_window_curves` draws it with chance and, on the twin, the simulator's latencies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -18,12 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from megdecode.data import store as epoch_store
+from megdecode.evaluation.baseline import convnet_metrics, ridge_metrics
 from megdecode.logs import progress as progress_bar
+from megdecode.models.ridge import RidgeConfig
+from megdecode.train import FitConfig, RunData, SplitTensors, load_run_data
 
 logger = logging.getLogger(__name__)
 
 Window = tuple[float, float]
+MODELS = ("ridge", "convnet")
 
 # Latest end of the paper's growing windows (s); clipped to the stored epoch.
 PAPER_GROWING_MAX = 1.5
@@ -75,6 +88,44 @@ def window_grid(
     raise ValueError(f"kind must be 'sliding' or 'growing', got {kind!r}")
 
 
+def times_of(data: RunData) -> np.ndarray:
+    """(T,) sample times (s) of the epochs held in `data`."""
+    n = int(data.train.meg.shape[2])
+    times = data.tmin + np.arange(n) / data.sfreq
+    if abs(times[-1] - data.tmax) > 0.5 / data.sfreq:
+        raise ValueError(f"{n} samples at {data.sfreq} Hz do not span [{data.tmin}, {data.tmax}] s")
+    return times
+
+
+def _time_axis(times: np.ndarray, sfreq: float) -> epoch_store.Manifest:
+    """The epochs' time axis as a manifest, the form `store.time_slice` takes (it reads the
+    times and sfreq only): the store's reader and this slicer then cut the same samples."""
+    return epoch_store.Manifest(
+        format_version=epoch_store.FORMAT_VERSION, sfreq=sfreq, tmin=float(times[0]),
+        times=times.tolist(), ch_names=[], pos2d=[], pos3d=[], preprocess={}, splits={},
+        scalers={}, subjects=[], counts={}, files=[], created_at="", megdecode_version="",
+    )  # fmt: skip
+
+
+def slice_window(data: RunData, tmin: float, tmax: float) -> RunData:
+    """The samples with tmin <= t <= tmax (inclusive, `store.time_slice`) of every split.
+
+    Tensors are copied contiguous so a model never holds a view of the full epochs.
+    """
+    times = times_of(data)
+    cut = epoch_store.time_slice(_time_axis(times, data.sfreq), tmin, tmax)
+    if cut.stop - cut.start < 2:
+        raise ValueError(f"window [{tmin}, {tmax}] s holds {cut.stop - cut.start} sample(s) of "
+                         f"[{data.tmin:.4f}, {data.tmax:.4f}] s; a model needs 2 or more")
+
+    def take(split: SplitTensors) -> SplitTensors:  # windows are contiguous: a slice, copied
+        meg = np.ascontiguousarray(split.meg.numpy()[:, :, cut])
+        return dataclasses.replace(split, meg=torch.from_numpy(meg))
+
+    return dataclasses.replace(data, train=take(data.train), val=take(data.val), test=take(data.test),
+                               tmin=float(times[cut.start]), tmax=float(times[cut.stop - 1]))
+
+
 def window_curve(
     fit_eval: Callable[[float, float], Mapping[str, float]],
     windows: Sequence[Window],
@@ -91,27 +142,94 @@ def window_curve(
         started = time.perf_counter()
         metrics = fit_eval(tmin, tmax)
         if not isinstance(metrics, Mapping):
-            raise TypeError(
-                f"fit_eval must return a mapping of metrics, got {type(metrics).__name__}"
-            )
+            raise TypeError(f"fit_eval must return a mapping of metrics, got {type(metrics).__name__}")
         clash = {"tmin", "tmax", "center"} & set(metrics)
         if clash:
             raise ValueError(f"fit_eval returned reserved key(s) {sorted(clash)}")
         rows.append({"tmin": tmin, "tmax": tmax, "center": _r((tmin + tmax) / 2), **metrics})
         if progress:
-            shown = ", ".join(
-                f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
-            )
-            logger.info(
-                "window %d/%d [%.3f, %.3f] s: %s (%.1f s)",
-                i + 1,
-                len(windows),
-                tmin,
-                tmax,
-                shown,
-                time.perf_counter() - started,
-            )
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+            logger.info("window %d/%d [%.3f, %.3f] s: %s (%.1f s)", i + 1, len(windows), tmin, tmax,
+                        shown, time.perf_counter() - started)
     return pd.DataFrame(rows, columns=None if rows else ["tmin", "tmax", "center"])
+
+
+def window_table(
+    data: RunData | FitConfig,
+    kind: str = "sliding",
+    model: str = "ridge",
+    *,
+    windows: list[Window] | None = None,
+    ridge: RidgeConfig | None = None,
+    fit_config: FitConfig | None = None,
+    progress: bool = True,
+    **grid: float,
+) -> pd.DataFrame:
+    """One model per window -> one row per window: model, kind, tmin, tmax, center, then
+    `baseline.retrieval_metrics` (plus alpha for ridge; best_epoch, val_top5 for convnet).
+
+    data: loaded epochs (RunData, the whole span the windows need), or a FitConfig whose
+    store/latent/window are loaded once. windows default to `window_grid(kind, data span,
+    **grid)`. model="ridge" uses `ridge` (RidgeConfig); model="convnet" trains with
+    `fit_config` (default: `data` when it is a FitConfig, else FitConfig()) per window,
+    the window recorded in its TrainConfig.
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if isinstance(data, FitConfig):
+        fit_config = fit_config or data
+        data = load_run_data(data)
+    if windows is None:
+        windows = window_grid(kind, epoch_tmin=data.tmin, epoch_tmax=data.tmax, **grid)
+    epochs, cfg = data, fit_config or FitConfig()
+
+    def fit_eval(tmin: float, tmax: float) -> dict[str, float]:
+        part = slice_window(epochs, tmin, tmax)
+        if model == "ridge":
+            return ridge_metrics(part, ridge)
+        return convnet_metrics(part, cfg.replace(train=cfg.train.replace(tmin=tmin, tmax=tmax)))
+
+    table = window_curve(fit_eval, windows, progress=progress)
+    table.insert(0, "model", model)
+    table.insert(1, "kind", kind)
+    return table
+
+
+def _lower_is_better(metric: str) -> bool:
+    return "rank" in metric
+
+
+def curve_peak(table: pd.DataFrame, metric: str = "large_mean_rank", x: str = "center",
+               smooth: int = 1) -> float:
+    """Time (column x) of the best window: highest top-k, lowest rank.
+
+    smooth > 1 first averages `smooth` neighbouring windows (centred): a response that
+    decodes over a plateau of windows then peaks at the plateau's middle instead of at
+    whichever window the noise favours. The table must be sorted by x.
+    """
+    if table.empty:
+        raise ValueError("empty window table")
+    if smooth < 1:
+        raise ValueError(f"smooth must be >= 1, got {smooth}")
+    values = table[metric].astype(float).rolling(smooth, center=True, min_periods=1).mean()
+    best = np.nanargmin(values) if _lower_is_better(metric) else np.nanargmax(values)
+    return float(table[x].to_numpy()[int(best)])
+
+
+def chance_level(table: pd.DataFrame, metric: str) -> float:
+    """Chance of `metric`: 0.5 for relative ranks, 5 / candidates for top-5."""
+    if _lower_is_better(metric):
+        return 0.5
+    test_set = metric.split("_", 1)[0]
+    column = f"{test_set}_chance_top5"
+    if column not in table.columns:
+        raise ValueError(f"no chance column {column!r} for metric {metric!r}")
+    return float(table[column].iloc[0])
+
+
+def onset_latencies(latencies_s: Mapping[str, float]) -> dict[str, float]:
+    """The twin's latencies that are times after image onset (drops *_after_image_offset)."""
+    return {k: float(v) for k, v in latencies_s.items() if "after" not in k}
 
 
 def plot_window_curves(
@@ -126,10 +244,12 @@ def plot_window_curves(
 ) -> Path:
     """Write a PNG of `metric` against time, chance as a dashed line.
 
-    One line per value of column `hue` (e.g. model name) when given. x defaults to
-    "tmax" for growing windows (all tmin equal) and "center" otherwise. A column
-    f"{metric}_std" is drawn as a band (e.g. over seeds). truth_latencies are the
-    simulator's true response latencies (s), drawn as dotted vertical lines.
+    chance: `chance_level(table, metric)` for a `window_table`. One line per value of
+    column `hue` (e.g. model name) when given. x defaults to "tmax" for growing windows
+    (all tmin equal) and "center" otherwise. A column f"{metric}_std" is drawn as a band
+    (e.g. over seeds). truth_latencies are the simulator's true response latencies (s),
+    drawn as dotted vertical lines: on the twin,
+    `onset_latencies(read_ground_truth(bids)["latencies_s"])`; None for real data.
     Uses matplotlib's Agg canvas directly (no pyplot), so no global backend is changed.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -175,9 +295,3 @@ def plot_window_curves(
     logger.info("window curve written to %s", path)
     return path
 
-
-def peak_time(table: pd.DataFrame, metric: str, x: str = "center") -> float:
-    """Time (column x) at which `metric` is largest: where a curve peaks, for twin checks."""
-    if table.empty:
-        raise ValueError("empty window table")
-    return float(table[x].to_numpy()[int(np.nanargmax(table[metric].to_numpy()))])

@@ -36,8 +36,6 @@ from megdecode.twin import stimuli
 
 logger = logging.getLogger(__name__)
 
-TWIN_LATENTS = ("twin-lowlevel", "twin-category")
-
 
 class NotATwinError(FileNotFoundError):
     """The BIDS root has no twin ground truth (real data, or a partial twin)."""

@@ -13,6 +13,7 @@ from megdecode.data.splits import (
     SplitConfig,
     assign_splits,
     large_test_mask,
+    recording_order,
     repetitions,
     small_test_mask,
     split_mask,
@@ -131,6 +132,38 @@ def test_repetitions_by_hand() -> None:
         }
     )
     assert_array_equal(repetitions(table), [2, 1, 0, 0, 0])
+
+
+def test_recording_order_is_numeric_for_unpadded_labels() -> None:
+    table = pd.DataFrame(
+        {
+            "session": ["10", "2", "2", "2", "1"],
+            "run": ["1", "10", "2", "2", "3"],
+            "trial_index": [0, 0, 1, 0, 0],
+        }
+    )
+    # a string sort would put session "10" before "2" and run "10" before "2"
+    assert_array_equal(recording_order(table), [4, 3, 2, 1, 0])
+    padded = table.assign(session=table["session"].str.zfill(2), run=table["run"].str.zfill(2))
+    assert_array_equal(recording_order(padded), [4, 3, 2, 1, 0])
+    strings = padded.sort_values(["session", "run", "trial_index"], kind="stable").index
+    assert_array_equal(recording_order(padded), strings)  # padded labels: the string order
+    mixed = table.assign(run=["1", "10", "2", "2", "3a"])  # not all numbers: labels as text
+    assert_array_equal(recording_order(mixed), [4, 1, 3, 2, 0])
+
+
+def test_repetitions_count_run_2_before_run_10() -> None:
+    table = pd.DataFrame(
+        {
+            "subject": "a",
+            "session": "1",
+            "run": ["10", "2", "1"],
+            "trial_index": [0, 0, 0],
+            "image_id": 7,
+            "trial_type": "test",
+        }
+    )
+    assert_array_equal(repetitions(table), [2, 1, 0])
 
 
 def test_large_set_contains_small_set(meta: pd.DataFrame) -> None:

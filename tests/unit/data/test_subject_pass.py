@@ -86,6 +86,15 @@ def test_concat_blocks_equals_concatenate_then_reorder() -> None:
         ["01", "01"], ["01", "02"], ["02", "01"]]  # fmt: skip
 
 
+def test_stack_order_puts_run_2_before_run_10() -> None:
+    runs = [block("BIGMEG1", "1", "10", 2, 0), block("BIGMEG1", "1", "2", 3, 1),
+            block("BIGMEG1", "2", "1", 2, 2)]  # fmt: skip
+    metadata, order = stack_order([b.metadata for b in runs])
+    assert metadata[["session", "run"]].drop_duplicates().values.tolist() == [
+        ["1", "2"], ["1", "10"], ["2", "1"]]  # fmt: skip
+    np.testing.assert_array_equal(order, [2, 3, 4, 0, 1, 5, 6])
+
+
 def test_load_metadata_checks_the_table_checksum(tmp_path: Path) -> None:
     b = block("BIGMEG1", "01", "01", 5, 0)
     stem = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""Window grids, the per-window loop and the curve figure."""
+"""Window grids, slicing, one model per window, the peak and the curve figure."""
 
 from __future__ import annotations
 
@@ -7,10 +7,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
-from megdecode.evaluation.windows import peak_time, plot_window_curves, window_curve, window_grid
+from megdecode.cli import app
+from megdecode.data import store as epoch_store
+from megdecode.evaluation.windows import (
+    chance_level,
+    curve_peak,
+    onset_latencies,
+    plot_window_curves,
+    slice_window,
+    times_of,
+    window_curve,
+    window_grid,
+    window_table,
+)
+from megdecode.models.brain import BrainConfig
+from megdecode.train import FitConfig, RunData, TrainConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SMALL = BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1,
+                    projection_hidden=16)
 
 
 def test_sliding_grid_covers_the_stored_epoch() -> None:
@@ -51,7 +68,7 @@ def test_window_curve_calls_once_per_window_in_order() -> None:
     assert calls == windows
     assert list(table.columns) == ["tmin", "tmax", "center", "top5", "median_rank"]
     assert table["center"].tolist() == pytest.approx([0.05, 0.1, 0.15])
-    assert peak_time(table, "top5") == pytest.approx(0.15)
+    assert curve_peak(table, "top5") == pytest.approx(0.15)
 
 
 def test_window_curve_rejects_non_mapping_results() -> None:
@@ -99,3 +116,98 @@ def test_plot_writes_a_png_with_chance_truth_and_bands(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="top1"):
         plot_window_curves(growing, "top1", 0.005, tmp_path / "x.png")
+
+
+def test_slice_window_keeps_both_ends_and_the_values(run: RunData) -> None:
+    part = slice_window(run, 0.1, 0.2)
+    times = times_of(run)
+    keep = (times >= 0.1 - 1e-9) & (times <= 0.2 + 1e-9)
+    assert part.train.meg.shape[2] == keep.sum() == 6  # 0.1 .. 0.2 s at 50 Hz
+    assert (part.tmin, part.tmax) == pytest.approx((0.1, 0.2))
+    np.testing.assert_array_equal(part.test.meg.numpy(), run.test.meg.numpy()[:, :, keep])
+    assert part.train.meg.is_contiguous() and run.train.meg.shape[2] == 41  # source untouched
+    with pytest.raises(ValueError, match="holds no samples"):
+        slice_window(run, 0.7, 0.9)
+    with pytest.raises(ValueError, match="holds 1 sample"):
+        slice_window(run, 0.59, 0.7)
+
+
+def test_slice_window_cuts_the_samples_the_store_reader_cuts(run: RunData) -> None:
+    """A window fitted on sliced epochs sees the samples `load_epochs` would read for it."""
+    times = times_of(run)
+    axis = epoch_store.Manifest(
+        format_version=epoch_store.FORMAT_VERSION, sfreq=run.sfreq, tmin=float(times[0]),
+        times=np.round(times, 6).tolist(), ch_names=[], pos2d=[], pos3d=[], preprocess={},
+        splits={}, scalers={}, subjects=[], counts={}, files=[], created_at="", megdecode_version="",
+    )  # fmt: skip
+    for tmin, tmax in window_grid("sliding", run.tmin, run.tmax, stride=0.025):
+        cut = epoch_store.time_slice(axis, tmin, tmax)
+        part = slice_window(run, tmin, tmax)
+        assert part.train.meg.shape[2] == cut.stop - cut.start
+        assert part.tmin == pytest.approx(times[cut.start])
+
+
+def test_ridge_curve_peaks_in_the_signal_window(run: RunData) -> None:
+    table = window_table(run, "sliding", "ridge", stride=0.05, progress=False)
+    assert list(table.columns[:5]) == ["model", "kind", "tmin", "tmax", "center"]
+    assert len(table) == 15 and (table["model"] == "ridge").all()
+    assert curve_peak(table, "large_mean_rank") == pytest.approx(0.25, abs=0.05)
+    at_peak = table.loc[table["center"].sub(0.25).abs().idxmin()]
+    assert at_peak["large_top5"] > 0.9
+    before = table[table["tmax"] < 0.15]  # no signal at all: chance
+    assert before["large_mean_rank"].between(0.3, 0.7).all()
+
+
+def test_growing_windows_start_at_zero(run: RunData) -> None:
+    table = window_table(run, "growing", "ridge", step=0.15, progress=False)
+    assert table[["tmin", "tmax"]].values.tolist() == [[0.0, 0.15], [0.0, 0.3], [0.0, 0.45], [0.0, 0.6]]
+    top5 = table["large_top5"].to_numpy()
+    assert top5[0] < 0.5 < 0.9 < top5[1:].min()  # only windows reaching 0.2 s see the signal
+
+
+def test_convnet_windows_train_the_brain_module(run: RunData) -> None:
+    cfg = FitConfig(model=SMALL, train=TrainConfig(max_epochs=1, batch_size=64))
+    table = window_table(run, model="convnet", windows=[(0.2, 0.3)], fit_config=cfg, progress=False)
+    assert len(table) == 1 and table["model"].iloc[0] == "convnet"
+    assert {"small_top5_avg", "large_median_rank", "best_epoch", "val_top5"} <= set(table.columns)
+    assert 0.0 <= table["large_top5"].iloc[0] <= 1.0
+    with pytest.raises(ValueError, match="model must be"):
+        window_table(run, model="svm", windows=[(0.2, 0.3)])
+
+
+def test_peak_and_chance_helpers() -> None:
+    table = pd.DataFrame({"center": [0.0, 0.1, 0.2, 0.3, 0.4],
+                          "small_top5": [0.2, 0.9, 0.6, 0.7, 0.2],
+                          "small_mean_rank": [0.5, 0.1, 0.3, 0.3, 0.5],
+                          "small_chance_top5": 0.25})
+    assert curve_peak(table, "small_top5") == pytest.approx(0.1)
+    assert curve_peak(table, "small_mean_rank") == pytest.approx(0.1)  # lower is better
+    assert curve_peak(table, "small_top5", smooth=3) == pytest.approx(0.2)  # plateau middle
+    assert chance_level(table, "small_top5") == 0.25
+    assert chance_level(table, "small_mean_rank") == 0.5
+    with pytest.raises(ValueError, match="empty"):
+        curve_peak(table.iloc[:0], "small_top5")
+    with pytest.raises(ValueError, match="smooth"):
+        curve_peak(table, "small_top5", smooth=0)
+    latencies = {"early": 0.13, "late": 0.25, "offset": 0.67, "offset_after_image_offset": 0.17}
+    assert onset_latencies(latencies) == {"early": 0.13, "late": 0.25, "offset": 0.67}
+
+
+def test_window_table_figure_is_a_png(tmp_path: Path) -> None:
+    table = pd.DataFrame({"tmin": [0.0, 0.1], "tmax": [0.1, 0.2], "center": [0.05, 0.15],
+                          "small_top5_avg": [0.3, 0.8], "small_chance_top5": 0.25})
+    path = plot_window_curves(table, "small_top5_avg", chance_level(table, "small_top5_avg"),
+                              tmp_path / "f.png", truth_latencies=onset_latencies({"early": 0.13}))
+    _assert_png(path)
+
+
+def test_cli_windows_writes_table_and_figure(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "curves"
+    result = CliRunner().invoke(app, ["windows", "--data", str(tiny_run), "--latent", "handcrafted",
+                                      "--kind", "sliding", "--model", "ridge", "--stride", "0.3",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    table = pd.read_csv(out / "windows-handcrafted-ridge-sliding.csv")
+    assert len(table) == 5 and {"small_top5", "large_mean_rank"} <= set(table.columns)
+    _assert_png(out / "windows-handcrafted-ridge-sliding.png")
+    assert "peak" in result.output
