@@ -77,7 +77,8 @@ def latents(
 ) -> None:
     """Encode every stimulus of the store into latents/<name>.parquet."""
     from megdecode.latents.distributed import ray_encode_fn
-    from megdecode.latents.registry import build_latents, encoder_factory, make_encoder
+    from megdecode.latents.registry import encoder_factory, make_encoder
+    from megdecode.latents.stage import build_latents
 
     if ray:
         from megdecode.raycluster import init_ray

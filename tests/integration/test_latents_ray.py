@@ -9,7 +9,8 @@ import pytest
 
 from megdecode.latents.cache import load_latents
 from megdecode.latents.distributed import ray_encode_fn
-from megdecode.latents.registry import build_latents, encoder_factory, make_encoder
+from megdecode.latents.registry import encoder_factory, make_encoder
+from megdecode.latents.stage import build_latents
 
 pytestmark = pytest.mark.ray
 

@@ -380,7 +380,7 @@ def write_fidelity(inputs: EvalInputs, kinds: list[str], out: Path) -> pd.DataFr
 
 def _image_paths(cfg: GenEvalConfig, bundle_dir: Path) -> dict[int, Path]:
     from megdecode.bundle import load_bundle
-    from megdecode.latents.registry import store_images
+    from megdecode.latents.stage import store_images
 
     store = cfg.store or load_bundle(bundle_dir).extra.get("fit_config", {}).get("store", "")
     if not cfg.bids_root:
