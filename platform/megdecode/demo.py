@@ -172,7 +172,7 @@ def _reconstruct(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str],
     set from the champion's decoded MEG (averaged over repetitions), next to the oracle
     (ground-truth latents) and random-latent rows; grid + table logged to the champion's run."""
     from megdecode.bundle import load_bundle
-    from megdecode.generate.evaluation.run import (
+    from megdecode.generate.evaluation import (
         GenEvalConfig,
         format_markdown,
         generator_defaults,
