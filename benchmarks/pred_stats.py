@@ -29,7 +29,7 @@ import torch
 
 from megdecode.bundle import PredictionStats, load_bundle, save_bundle
 from megdecode.data import store as epoch_store
-from megdecode.generate.evaluation.run import GenEvalConfig, _image_paths, decode_test_set
+from megdecode.generate.evaluation import GenEvalConfig, decode_test_set, image_paths
 from megdecode.generate.metrics import compute_metrics
 from megdecode.generate.pipeline import LatentGenerator
 from megdecode.latents.cache import open_rgb
@@ -71,8 +71,8 @@ def main() -> None:
         bundle = load_bundle(bundle_dir)
         stats = bundle.prediction_stats
         assert stats is not None
-        decoded = {mode: decode_test_set(cfg.replace(pred_stats=mode), bundle_dir) for mode in ("bundle", "set")}
-        paths = _image_paths(cfg, bundle_dir)
+        decoded = {mode: decode_test_set(cfg.replace(pred_stats=mode), bundle) for mode in ("bundle", "set")}
+        paths = image_paths(cfg, bundle)
         gen = LatentGenerator.from_dir(gen_dir)
         parts = [(n, int(w)) for n, w in bundle.latent_parts]
         print(f"bundle {args.bundle or args.run / 'champion'}: {bundle.latent_name}, stats from {stats.reference} "

@@ -62,7 +62,8 @@ RAY_CPUS = 2  # the local cluster: the trial's CPU plus one for Ray Data's read 
 
 def tiny_twin(root: Path) -> Path:
     from megdecode.data.build import build_epoch_store
-    from megdecode.latents.registry import build_latents, make_encoder
+    from megdecode.latents.registry import make_encoder
+    from megdecode.latents.stage import build_latents
     from megdecode.twin.config import TwinConfig
     from megdecode.twin.simulate import simulate
 

@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from megdecode.bundle import load_bundle
 from megdecode.data.build import build_epoch_store
-from megdecode.generate.evaluation.run import (
+from megdecode.generate.evaluation import (
     LARGE_KIND,
     GenEvalConfig,
     decode_test_set,
@@ -102,7 +103,7 @@ def score(flat: dict[str, object], run: Path, fraction: float, seed: int, work: 
     result = fit(cfg, out_dir=Path(tempfile.mkdtemp(dir=work)), data=data)
     seconds = time.perf_counter() - start
     assert result.bundle_path is not None
-    inputs = decode_test_set(GenEvalConfig(bundle=str(result.bundle_path)), result.bundle_path)
+    inputs = decode_test_set(GenEvalConfig(bundle=str(result.bundle_path)), load_bundle(result.bundle_path))
     r = fidelity_table(inputs, ["averaged"]).pivot_table(index="kind", columns="dimension", values="r")
     return [{"data": run.name, "fraction": fraction, "seed": seed, "n_train": len(data.train.meta),
              "kind": "large, single" if kind == LARGE_KIND else kind, "seconds": seconds,

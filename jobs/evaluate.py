@@ -7,7 +7,7 @@ With --generate: reconstructions on Ray, scored, in MLflow.
     python jobs/evaluate.py --generate --bundle models:/megdecode-brain@champion ...
     python jobs/evaluate.py BUNDLE            # retrieval re-scoring
 
-Library: `megdecode.generate.evaluation.run` (decode, post-process, generate on a Ray Data
+Library: `megdecode.generate.evaluation` (decode, post-process, generate on a Ray Data
 actor pool, metrics, grid, MLflow).
 """
 

@@ -63,7 +63,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     Built once per test session (about 15 s); tests must not modify it.
     """
     from megdecode.data.build import build_epoch_store
-    from megdecode.latents.registry import build_latents, make_encoder
+    from megdecode.latents.registry import make_encoder
+    from megdecode.latents.stage import build_latents
     from megdecode.twin.config import TwinConfig
     from megdecode.twin.simulate import simulate
 

@@ -77,7 +77,8 @@ def latents(
 ) -> None:
     """Encode every stimulus of the store into latents/<name>.parquet."""
     from megdecode.latents.distributed import ray_encode_fn
-    from megdecode.latents.registry import build_latents, encoder_factory, make_encoder
+    from megdecode.latents.registry import encoder_factory, make_encoder
+    from megdecode.latents.stage import build_latents
 
     if ray:
         from megdecode.raycluster import init_ray
@@ -214,7 +215,7 @@ def evaluate(
         return
     if generator is None or bids_root is None or out is None:
         raise typer.BadParameter("--generate needs --generator, --bids and --out")
-    from megdecode.generate.evaluation.run import GenEvalConfig, generator_defaults
+    from megdecode.generate.evaluation import GenEvalConfig, generator_defaults
 
     changes = {k: v for k, v in (("steps", steps), ("guidance_scale", guidance_scale)) if v is not None}
     cfg = GenEvalConfig(
@@ -251,10 +252,10 @@ def _retrieval_table(bundle: Path, store: Path | None, latents_dir: Path | None)
 
 def _generation_eval(cfg: Any, tracking_uri: str | None, run_id: str | None, experiment: str,
                      address: str | None, num_cpus: int | None) -> tuple[Any, Path, str | None]:
-    """`generate.evaluate.run_and_log` on Ray (a local cluster unless one is running or named)."""
+    """`generate.evaluation.run_and_log` on Ray (a local cluster unless one is running or named)."""
     import ray as ray_module
 
-    from megdecode.generate.evaluation.run import run_and_log
+    from megdecode.generate.evaluation import run_and_log
     from megdecode.raycluster import init_ray
 
     started_ray = not ray_module.is_initialized()

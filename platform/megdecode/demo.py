@@ -122,7 +122,8 @@ def _preprocess(setup: DemoSetup, out: Path) -> Any:
 def _latents(setup: DemoSetup, out: Path) -> list[Any]:
     """Handcrafted image features (and CLIP-Vision with local weights), plus the twin's
     ground-truth factors (twin-lowlevel, twin-category) that the generator conditions on."""
-    from megdecode.latents.registry import build_latents, make_encoder
+    from megdecode.latents.registry import make_encoder
+    from megdecode.latents.stage import build_latents
     from megdecode.twin.truth_latents import write_twin_latents
 
     encoders = ["handcrafted"]
@@ -171,7 +172,7 @@ def _reconstruct(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str],
     set from the champion's decoded MEG (averaged over repetitions), next to the oracle
     (ground-truth latents) and random-latent rows; grid + table logged to the champion's run."""
     from megdecode.bundle import load_bundle
-    from megdecode.generate.evaluation.run import (
+    from megdecode.generate.evaluation import (
         GenEvalConfig,
         format_markdown,
         generator_defaults,

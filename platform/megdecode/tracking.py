@@ -154,7 +154,7 @@ class Tracker:
             logger.info("trial %s: reusing run %s", trial_id, run_id)
         else:
             run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}").info.run_id
-        self._log_params(run_id, params)
+        self.log_params(run_id, params)
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
         return run_id
 
@@ -181,7 +181,7 @@ class Tracker:
         trial = parent.data.tags.get(TAG_TRIAL, parent_run_id)
         tags = self._base_tags(params) | inherited | {TAG_PARENT: parent_run_id, TAG_KIND: "seed", TAG_SEED: str(int(seed))}
         run_id = self.client.create_run(parent.info.experiment_id, run_name=f"{trial}-seed{seed}", tags=tags).info.run_id
-        self._log_params(run_id, params)
+        self.log_params(run_id, params)
         for step, row in enumerate(history):
             self.log_epoch(run_id, step, row)
         self.finish(run_id, metrics)
@@ -299,8 +299,12 @@ class Tracker:
             tags[TAG_DATA] = self._checksums[store]
         return tags
 
-    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        """Params are immutable in MLflow: log the missing ones only (a resumed run has the rest)."""
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Every param of `params` on the run, in batches of MLflow's limit (`_BATCH`), none dropped.
+
+        Params are immutable in MLflow: log the missing ones only (a resumed run, or a
+        caller's run logged into again, has the rest) and warn about those whose value differs.
+        """
         have = self.client.get_run(run_id).data.params
         values = {k: "None" if v is None else str(v) for k, v in params.items()}
         changed = sorted(k for k, v in values.items() if k in have and have[k] != v)

@@ -25,7 +25,7 @@ from megdecode.data import store as epoch_store
 from megdecode.data.build import BuildReport, build_epoch_store
 from megdecode.latents.cache import load_latents
 from megdecode.latents.encoders.handcrafted import HandcraftedEncoder
-from megdecode.latents.registry import LatentsReport, build_latents
+from megdecode.latents.stage import LatentsReport, build_latents
 from megdecode.twin import helmet
 
 BROKEN_CHANNEL = "MRO11-1609"

@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from megdecode.generate import build_tiny_generator
-from megdecode.generate.evaluation.run import LARGE_KIND
+from megdecode.generate.evaluation import LARGE_KIND
 from megdecode.models.brain import BrainConfig
 from megdecode.train import FitConfig, TrainConfig, fit
 
@@ -127,14 +127,14 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Pat
     """"bundle": the decoded trials are scaled exactly as the served path scales one window;
     "set": z-scored over the set, so they take the training latents' mean/std."""
     from megdecode.bundle import load_bundle
-    from megdecode.generate.evaluation.run import GenEvalConfig, _predict_split, decode_test_set
+    from megdecode.generate.evaluation import GenEvalConfig, decode_test_set, predict_split
     from megdecode.generate.postprocess import bundle_latents
     from megdecode.predict import load_model
 
     cfg = GenEvalConfig(bundle=str(bundle), bids_root=str(tiny_run / "bids"), out=str(tmp_path), max_images=4)
-    served = decode_test_set(cfg, bundle)
-    own = decode_test_set(cfg.replace(pred_stats="set"), bundle)
     b = load_bundle(bundle)
+    served = decode_test_set(cfg, b)
+    own = decode_test_set(cfg.replace(pred_stats="set"), b)
     assert b.prediction_stats is not None
     assert (served.pred_stats, own.pred_stats) == (f"bundle (val, n={b.prediction_stats.n})", "set")
     # each single trial's latent is, bit for bit, what the served path computes for its window
@@ -148,7 +148,7 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Pat
     online = np.concatenate([window_latents(state, X[i], str(meta["subject"][i]))[b.latent_name] for i in first])
     np.testing.assert_array_equal(served.latents["single"][:3], online)
     model, _ = load_model(bundle)
-    mse, _ = _predict_split(cfg, model, b, str(tiny_run / "store"), "test")
+    mse, _ = predict_split(cfg, model, b, str(tiny_run / "store"), "test")
     np.testing.assert_allclose(served.latents["single"], bundle_latents(b, mse), rtol=1e-3, atol=1e-3)  # batched: rounding
     np.testing.assert_allclose(own.latents["single"].mean(0), b.latent_mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(own.latents["single"].std(0), b.latent_std, rtol=1e-3, atol=1e-4)
@@ -160,12 +160,12 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Pat
 
     old = save_bundle(b, tmp_path / "old")
     with pytest.raises(ValueError, match="stores no prediction statistics.*--pred-stats set"):
-        decode_test_set(cfg, old)
-    assert decode_test_set(cfg.replace(pred_stats="set"), old).pred_stats == "set"
+        decode_test_set(cfg.replace(bundle=str(old)), load_bundle(old))
+    assert decode_test_set(cfg.replace(bundle=str(old), pred_stats="set"), load_bundle(old)).pred_stats == "set"
 
 
 def test_generator_must_match_the_bundle_latent(tiny_run: Path, bundle: Path, tmp_path: Path) -> None:
-    from megdecode.generate.evaluation.run import GenEvalConfig, evaluate_generation
+    from megdecode.generate.evaluation import GenEvalConfig, evaluate_generation
 
     gen = build_tiny_generator(tmp_path / "gen", {"clip-vision": 8})
     cfg = GenEvalConfig(bundle=str(bundle), generator=str(gen), bids_root=str(tiny_run / "bids"),
@@ -184,7 +184,7 @@ def test_multi_target_bundle_feeds_the_generator_its_own_latents(tiny_run: Path,
 
     import ray
 
-    from megdecode.generate.evaluation.run import GenEvalConfig, evaluate_generation
+    from megdecode.generate.evaluation import GenEvalConfig, evaluate_generation
     from megdecode.raycluster import init_ray
     from megdecode.twin.truth_latents import write_twin_latents
 

@@ -5,7 +5,7 @@
   local folder; `GenerateConfig` its sampling settings.
 - `tiny`: random-init generator folders for tests and for serving before training.
 - `postprocess`: MSE-head outputs mapped to the training latents' mean/std.
-- `train`: a small generator trained on the twin's images; `evaluate`: decode, generate
+- `train`: a small generator trained on the twin's images; `evaluation`: decode, generate
   on Ray, score and log to MLflow.
 
 Importing this package loads no diffusers model; the re-exports are light.

@@ -43,7 +43,7 @@ from megdecode.data import store as epoch_store
 from megdecode.generate.pipeline import GenerateConfig, LatentGenerator, from_pil
 from megdecode.generate.tiny import ArchConfig, new_generator
 from megdecode.latents.cache import load_latents, open_rgb
-from megdecode.latents.registry import store_images
+from megdecode.latents.stage import store_images
 from megdecode.logs import progress
 
 logger = logging.getLogger(__name__)

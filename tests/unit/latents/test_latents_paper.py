@@ -217,7 +217,8 @@ def test_registry_knows_every_paper_latent(tiny_clip: str) -> None:
 def test_clip_text_latents_of_a_store_follow_the_categories(tiny_run: Path, tiny_clip: str, tmp_path: Path) -> None:
     from megdecode.data import store as epoch_store
     from megdecode.latents.cache import latent_info, load_latents
-    from megdecode.latents.registry import build_latents, make_encoder
+    from megdecode.latents.registry import make_encoder
+    from megdecode.latents.stage import build_latents
 
     encoder = make_encoder("clip-text", clip_model=tiny_clip, allow_random_init=True)
     report = build_latents(tiny_run / "store", tiny_run / "bids", tmp_path, encoder)
@@ -266,7 +267,8 @@ def test_clip_text_on_a_ray_actor_pool_equals_the_local_loop(
 
     from megdecode.latents.cache import load_latents
     from megdecode.latents.distributed import ray_encode_fn
-    from megdecode.latents.registry import build_latents, encoder_factory, make_encoder
+    from megdecode.latents.registry import encoder_factory, make_encoder
+    from megdecode.latents.stage import build_latents
     from megdecode.raycluster import init_ray
 
     config = str(tiny_clip_json)  # a config path: the actors register the architecture too

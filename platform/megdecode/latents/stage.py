@@ -1,0 +1,88 @@
+"""The latents stage: every stimulus of an epoch store, encoded and cached.
+
+Latents are keyed by image id, so one cache serves every subject and every split; the
+image list comes from the epoch store (what was actually shown and kept), and the files
+from the BIDS tree (or a separate images folder for the real THINGS images). Text
+encoders (CLIP-Text) get each image's category, as `encoder.prompt(category)`, instead.
+Which encoder a name means is `megdecode.latents.registry`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from megdecode.data import bids
+from megdecode.data import store as epoch_store
+from megdecode.latents.base import TextEncoder
+from megdecode.latents.cache import EncodeFn, encode_cached
+from megdecode.latents.registry import Encoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatentsReport:
+    """What `build_latents` wrote: the latent's name, its parquet file, rows and width."""
+
+    name: str
+    path: Path
+    n_images: int
+    dim: int
+
+
+def store_images(store: Path) -> tuple[np.ndarray, list[str]]:
+    """Unique (image_id, image_path) pairs of every epoch in the store, sorted by id."""
+    ids, table = _unique_images(store)
+    return ids, table["image_path"].astype(str).tolist()
+
+
+def store_categories(store: Path) -> tuple[np.ndarray, list[str]]:
+    """Unique (image_id, category) pairs of every epoch in the store, sorted by id."""
+    ids, table = _unique_images(store)
+    return ids, table["category"].astype(str).tolist()
+
+
+def _unique_images(store: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    meta = epoch_store.load_metadata(store)
+    unique = meta[["image_id", "image_path", "category"]].drop_duplicates("image_id")
+    unique = unique.sort_values("image_id")
+    return unique["image_id"].to_numpy(np.int64), unique
+
+
+def _encode_texts(encoder: TextEncoder, texts: list[str], batch_size: int) -> np.ndarray:
+    chunks = [encoder.encode_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    return np.concatenate(chunks) if chunks else np.empty((0, encoder.dim), np.float32)
+
+
+def build_latents(
+    store: Path,
+    bids_root: Path,
+    out_dir: Path,
+    encoder: Encoder,
+    images_root: Path | None = None,
+    batch_size: int = 32,
+    encode_fn: EncodeFn | None = None,
+) -> LatentsReport:
+    """Encode every stimulus of `store` with `encoder` into out_dir/<name>.parquet.
+
+    Image encoders read the image files; text encoders encode `encoder.prompt(category)`
+    of each image. `encode_fn` runs the encoding elsewhere (e.g. `distributed.ray_encode_fn`).
+    """
+    items: list[str] | list[Path]
+    if isinstance(encoder, TextEncoder):
+        ids, categories = store_categories(store)
+        items = [encoder.prompt(c) for c in categories]
+        encode_fn = encode_fn or partial(_encode_texts, encoder)  # type: ignore[arg-type]
+    else:
+        ids, rel_paths = store_images(store)
+        items = [bids.image_file(bids_root, p, images_root) for p in rel_paths]
+    ids_out, vectors = encode_cached(encoder, ids, items, out_dir, batch_size=batch_size, encode_fn=encode_fn)
+    path = Path(out_dir) / f"{encoder.name}.parquet"
+    logger.info("%s: %d images x %d dims -> %s", encoder.name, len(ids_out), vectors.shape[1], path)
+    return LatentsReport(encoder.name, path, len(ids_out), int(vectors.shape[1]))
