@@ -23,7 +23,8 @@ from megdecode.evaluation.curves import (
     window_table,
 )
 from megdecode.models.brain import BrainConfig
-from megdecode.train import FitConfig, RunData, SplitTensors, TrainConfig
+from megdecode.rundata import RunData, SplitTensors
+from megdecode.train import FitConfig, TrainConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SFREQ = 50.0
