@@ -27,7 +27,7 @@ Two overheads, both against the direct `fit()` of the same round:
   search (several trials, several seeds, longer epochs). Ray's start is printed, not counted.
 
 Once, for reference: `fit()` in a fresh interpreter (imports included), as `megdecode train`
-pays it. The split printed below comes from the trial's own clock (`tune_trial.TrialClock`,
+pays it. The split printed below comes from the trial's own clock (`search.trial.timing_metrics`,
 reported in its final result) and the driver's (`SearchReport.timings`, a callback here).
 
     python benchmarks/tune_overhead.py [--data runs/demo] [--seconds 60] [--rounds 2] [--trials 1]
@@ -50,7 +50,8 @@ import torch
 from ray import tune
 
 from megdecode.models.brain import BrainConfig
-from megdecode.train import FitConfig, TrainConfig, Trainer, fit, load_run_data
+from megdecode.rundata import load_run_data
+from megdecode.train import FitConfig, TrainConfig, Trainer, fit
 
 # The paper's retrieval model (BrainConfig defaults): an epoch of the tiny twin then takes
 # seconds, as real epochs do; a toy model's 0.1 s epochs would measure Tune's per-result

@@ -43,7 +43,8 @@ from megdecode.evaluation.windows import (
 from megdecode.logs import setup_logging
 from megdecode.models.brain import BrainConfig
 from megdecode.models.ridge import RidgeConfig
-from megdecode.train import FitConfig, RunData, TrainConfig, fit, load_run_data, predict
+from megdecode.rundata import RunData, load_run_data
+from megdecode.train import FitConfig, TrainConfig, fit, predict
 from megdecode.twin.simulate import read_ground_truth
 from megdecode.twin.truth_latents import write_twin_latents
 

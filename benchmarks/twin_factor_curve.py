@@ -39,7 +39,8 @@ from megdecode.generate.evaluation import (
     decode_test_set,
     fidelity_table,
 )
-from megdecode.train import FitConfig, RunData, SplitTensors, fit, load_run_data
+from megdecode.rundata import RunData, SplitTensors, load_run_data
+from megdecode.train import FitConfig, fit
 from megdecode.twin import sources as twin_sources
 from megdecode.twin.config import TwinConfig
 from megdecode.twin.simulate import make_stimuli, simulate

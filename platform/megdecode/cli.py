@@ -145,7 +145,8 @@ def train(
     from megdecode.evaluation.baseline import format_table, results_table, ridge_table
     from megdecode.losses import LossConfig
     from megdecode.models.brain import BrainConfig
-    from megdecode.train import FitConfig, TrainConfig, fit, load_run_data
+    from megdecode.rundata import load_run_data
+    from megdecode.train import FitConfig, TrainConfig, fit
 
     if from_run is not None:
         cfg = _trial_config(from_run, tracking_uri, seed)
@@ -235,7 +236,8 @@ def _retrieval_table(bundle: Path, store: Path | None, latents_dir: Path | None)
     from megdecode.evaluation.baseline import format_table, results_table
     from megdecode.evaluation.retrieval import evaluate_all
     from megdecode.predict import load_model, predict_windows
-    from megdecode.train import FitConfig, load_run_data
+    from megdecode.rundata import load_run_data
+    from megdecode.train import FitConfig
 
     model, meta = load_model(bundle)
     fit_cfg = FitConfig.from_flat_dict(meta.extra["fit_config"])
@@ -387,12 +389,13 @@ def _trial_config(run_id: str, tracking_uri: str | None, seed: int):  # type: ig
     """The FitConfig a Tune trial logged to MLflow (its parent run's params), for `seed`."""
     from mlflow import MlflowClient
 
-    from megdecode.search.trial import fit_config_from_params
+    from megdecode.search.space import fit_config, logged_keys
+    from megdecode.train import FitConfig
 
     if tracking_uri is None:
         raise typer.BadParameter("--from-run needs --tracking-uri (or MEGDECODE_TRACKING_URI)")
     run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
-    return fit_config_from_params(run.data.params, seed)
+    return fit_config(FitConfig(), logged_keys(run.data.params), seed=seed, source=f"run {run_id}")
 
 
 @app.command("serve")

@@ -239,3 +239,46 @@ class StageProgress:
         if self._bar is not None:
             self._bar.close()
 
+
+
+class PhaseClock:
+    """Wall seconds per named phase of a stage, for its report and the benchmarks.
+
+    Each `lap` charges the time since the previous lap (or the start) to a phase, so the
+    phases of a stage add up to its wall time with one `perf_counter` call per boundary.
+    A clock made with phase names reports each of them (0.0 until lapped) and refuses
+    any other, so a misspelt phase fails instead of hiding its seconds under a new key.
+    """
+
+    def __init__(self, *phases: str, start: float | None = None) -> None:
+        """start: a `time.perf_counter()` value taken earlier (default: now)."""
+        self._start = self._last = time.perf_counter() if start is None else start
+        self._closed = bool(phases)
+        self.seconds: dict[str, float] = dict.fromkeys(phases, 0.0)
+
+    def _check(self, phase: str) -> None:
+        if self._closed and phase not in self.seconds:
+            raise KeyError(f"unknown phase {phase!r}; this clock times {list(self.seconds)}")
+
+    def lap(self, phase: str) -> float:
+        """Charge the seconds since the last lap to `phase`; return them."""
+        self._check(phase)
+        now = time.perf_counter()
+        seconds = now - self._last
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+        self._last = now
+        return seconds
+
+    def add(self, phase: str, seconds: float) -> None:
+        """Charge seconds measured elsewhere (a writer thread's share of a phase) to `phase`,
+        leaving the laps alone: such a phase overlaps the others and is not in `total`."""
+        self._check(phase)
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    @property
+    def total(self) -> float:
+        """Seconds from the start to the last lap: the sum of the lapped phases."""
+        return self._last - self._start
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.seconds)

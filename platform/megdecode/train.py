@@ -3,7 +3,9 @@
 `fit(config)` is the single entry point used by the CLI, by Ray Tune trainables and by
 the window curves, so every path trains the same way. The loop is plain: `train_step`
 and `eval_step` are functions over a typed `Batch`; per-epoch metrics go to a callback so
-Tune and MLflow can consume them without this module knowing about either.
+Tune and MLflow can consume them without this module knowing about either. The epochs
+and targets come as a `megdecode.rundata.RunData`, read from disk by `load_run_data`
+unless the caller (a Tune trial, the window curves) already holds them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +25,10 @@ from megdecode.bundle import ModelBundle, PredictionStats, git_commit, save_bund
 from megdecode.config import ConfigError, FlatConfig
 from megdecode.data import store as epoch_store
 from megdecode.evaluation.retrieval import evaluate_all, retrieval_ranks, topk_accuracy
-from megdecode.latents.targets import load_target
 from megdecode.logs import progress
 from megdecode.losses import CombinedLoss, LossConfig
 from megdecode.models.brain import BrainConfig, BrainModule
+from megdecode.rundata import Batch, RunData, SplitTensors, load_run_data
 
 logger = logging.getLogger(__name__)
 
@@ -72,56 +74,6 @@ class FitConfig(FlatConfig):
 
 
 @dataclass
-class Batch:
-    """One minibatch. meg: (B, C, T) float32; subject: (B,) long; target: (B, F) float32."""
-
-    meg: torch.Tensor
-    subject: torch.Tensor
-    target: torch.Tensor
-
-    def to(self, device: str | torch.device) -> Batch:
-        return Batch(self.meg.to(device), self.subject.to(device), self.target.to(device))
-
-
-@dataclass
-class SplitTensors:
-    """All epochs of one split as tensors, so a batch is an index, not a Python loop."""
-
-    meg: torch.Tensor  # (N, C, T)
-    subject: torch.Tensor  # (N,)
-    target: torch.Tensor  # (N, F)
-    meta: pd.DataFrame  # N rows
-
-    def batches(self, size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        """Shuffled when a generator is given; a trailing singleton is dropped when shuffling."""
-        n = len(self.meta)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for start in range(0, n, size):
-            idx = order[start : start + size]
-            if generator is not None and len(idx) < 2:
-                continue
-            yield Batch(self.meg[idx], self.subject[idx], self.target[idx])
-
-
-@dataclass
-class RunData:
-    """The epochs and targets of one run, split, with what the bundle must remember."""
-
-    train: SplitTensors
-    val: SplitTensors
-    test: SplitTensors
-    subjects: list[str]
-    ch_names: list[str]
-    pos2d: np.ndarray  # (C, 2)
-    sfreq: float
-    tmin: float
-    tmax: float
-    latent_ids: np.ndarray  # (L,)
-    latents: np.ndarray  # (L, F)
-    latent_parts: list[tuple[str, int]] = field(default_factory=list)  # [(name, F_name)]: blocks of F
-
-
-@dataclass
 class RunResult:
     """What `fit` returns: metrics, per-epoch history, the model and where it was saved."""
 
@@ -131,42 +83,6 @@ class RunResult:
     model: BrainModule
     loss: CombinedLoss  # with the learned temperature of the best epoch
     bundle_path: Path | None = None
-
-
-def load_run_data(cfg: FitConfig) -> RunData:
-    """Read the window of every epoch and attach each epoch's target latent."""
-    if not cfg.store or not cfg.latents_dir:
-        raise ConfigError("store and latents_dir must be set")
-    t = cfg.train
-    manifest = epoch_store.read_manifest(cfg.store)
-    X, meta = epoch_store.load_epochs(cfg.store, tmin=t.tmin, tmax=t.tmax)
-    latent_ids, latents, parts = load_target(cfg.latents_dir, t.latent)
-    row = pd.Index(latent_ids).get_indexer(meta["image_id"].to_numpy())
-    if (row < 0).any():
-        missing = meta["image_id"].to_numpy()[row < 0][:5].tolist()
-        raise KeyError(f"{int((row < 0).sum())} epochs have no {t.latent!r} latent, e.g. image ids {missing}")
-    subjects = sorted(manifest.subjects)
-    subject_index = meta["subject"].map({s: i for i, s in enumerate(subjects)}).to_numpy(np.int64)
-    times = np.asarray(manifest.times)
-    kept = times[(times >= t.tmin - 1e-9) & (times <= t.tmax + 1e-9)]
-
-    def split(*names: str) -> SplitTensors:
-        mask = meta["split"].isin(names).to_numpy()
-        if not mask.any():
-            raise ValueError(f"the store has no epochs with split in {names}")
-        return SplitTensors(
-            meg=torch.from_numpy(X[mask]),
-            subject=torch.from_numpy(subject_index[mask]),
-            target=torch.from_numpy(latents[row[mask]]),
-            meta=meta.loc[mask].reset_index(drop=True),
-        )
-
-    return RunData(
-        train=split("train"), val=split("val"), test=split("test", "test_large"),
-        subjects=subjects, ch_names=list(manifest.ch_names), pos2d=np.asarray(manifest.pos2d),
-        sfreq=manifest.sfreq, tmin=float(kept[0]), tmax=float(kept[-1]),
-        latent_ids=latent_ids, latents=latents, latent_parts=parts,
-    )
 
 
 def build_model(cfg: BrainConfig, data: RunData) -> BrainModule:

@@ -142,7 +142,7 @@ def test_tune_shared_epochs_refuse_a_corrupt_store(
     """The search's data path (`SharedEpochs.load`, Ray Data reader) fails naming the shard."""
     import shutil
 
-    from megdecode.search.trial import SharedEpochs
+    from megdecode.search.shared import SharedEpochs
 
     shutil.copytree(tiny_run / "store", tmp_path / "store")
     path = tmp_path / "store" / epoch_store.read_manifest(tmp_path / "store").files[-1].path

@@ -32,16 +32,13 @@ import pytest
 import torch
 
 from megdecode.predict import load_model
+from megdecode.rundata import load_run_data
 from megdecode.search.driver import SearchSetup, check_searcher, run_search, saved_trials
-from megdecode.search.mlflow import summary_table
-from megdecode.search.trial import (
-    SharedEpochs,
-    fit_config_from_params,
-    seed_stats,
-    trial_name,
-    trial_number,
-)
-from megdecode.train import FitConfig, TrainConfig, load_run_data
+from megdecode.search.report import summary_table
+from megdecode.search.shared import SharedEpochs
+from megdecode.search.space import fit_config, logged_keys
+from megdecode.search.trial import seed_stats, trial_name, trial_number
+from megdecode.train import FitConfig, TrainConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 
@@ -246,7 +243,7 @@ def test_best_trial_is_reproduced_by_megdecode_train_outside_tune(search: Simple
     for key in ("val/top5", "val/clip_loss", "val/loss", "best_epoch", "test/top5"):
         assert metrics[key] == pytest.approx(child.data.metrics[key], rel=1e-4, abs=1e-6), key
     params = client.get_run(best["run_id"]).data.params
-    assert fit_config_from_params(params, best["seed"]).train.seed == best["seed"]
+    assert fit_config(FitConfig(), logged_keys(params), seed=best["seed"]).train.seed == best["seed"]
 
 
 @pytest.mark.parametrize("reader", ["ray", "arrow"])

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +124,21 @@ def test_stage_progress_logs_one_line_per_step_off_a_terminal(
     for _ in range(3):
         throttled.step()
     assert stream.getvalue().splitlines()[2:] == ["runs 1/3", "runs 3/3"]  # the first, then the last
+
+
+def test_phase_clock_charges_each_lap_to_its_phase() -> None:
+    clock = logs.PhaseClock()
+    time.sleep(0.01)
+    first = clock.lap("load")
+    clock.lap("tune")
+    clock.lap("load")  # a phase met twice adds up
+    clock.add("mlflow", 5.0)  # measured elsewhere: not a lap, not in the total
+    seconds = clock.as_dict()
+    assert list(seconds) == ["load", "tune", "mlflow"] and first >= 0.01
+    assert seconds["load"] >= first and seconds["mlflow"] == 5.0
+    assert clock.total == pytest.approx(seconds["load"] + seconds["tune"])
+    named = logs.PhaseClock("setup", "epochs", start=time.perf_counter() - 1.0)
+    assert named.as_dict() == {"setup": 0.0, "epochs": 0.0}  # every named phase is reported
+    assert named.lap("setup") >= 1.0
+    with pytest.raises(KeyError, match="unknown phase"):
+        named.lap("setpu")

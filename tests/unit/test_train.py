@@ -13,7 +13,8 @@ from megdecode.cli import app
 from megdecode.config import ConfigError
 from megdecode.models.brain import BrainConfig
 from megdecode.predict import load_model
-from megdecode.train import FitConfig, TrainConfig, fit, load_run_data, predict
+from megdecode.rundata import load_run_data
+from megdecode.train import FitConfig, TrainConfig, fit, predict
 
 SMALL = BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16)
 
@@ -76,7 +77,7 @@ def test_bundle_stores_the_validation_prediction_stats_of_the_restored_best_epoc
 
 
 def test_a_tune_trials_trainer_saves_its_bundle_with_prediction_stats(tiny_run: Path, tmp_path: Path) -> None:
-    """Tune trials step `Trainer`s and save through `finish` (tune_trial._finish): same stats."""
+    """Tune trials step `Trainer`s and save through `finish` (search.trial._finish): same stats."""
     from megdecode.bundle import load_bundle
     from megdecode.train import Trainer
 

@@ -12,7 +12,6 @@ training. No MEG array passes through the driver, so both passes use every CPU.
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from megdecode.data import store as epoch_store
 from megdecode.data.preprocess import PreprocessConfig, preprocess_run
 from megdecode.data.splits import SplitConfig, assign_splits
 from megdecode.data.subject_pass import SubjectJob, run_subjects, stack_order
-from megdecode.logs import StageProgress, progress, verbose
+from megdecode.logs import PhaseClock, StageProgress, progress, verbose
 
 logger = logging.getLogger(__name__)
 
@@ -165,26 +164,26 @@ def build_epoch_store(
     split = split or SplitConfig()
     bids_root, out = Path(bids_root), Path(out)
     cache = Path(cache_dir) if cache_dir else out.parent / f".{out.name}.runs"
-    start = time.perf_counter()
+    clock = PhaseClock("runs", "splits", "subjects")
     keys = bids.find_runs(bids_root, subjects=subjects)
     if not keys:
         raise FileNotFoundError(f"no task-main MEG runs found under {bids_root}")
     logger.info("preprocessing %d runs from %s (%s)", len(keys), bids_root, "ray" if use_ray else "local")
     done = (_run_ray if use_ray else _run_local)(bids_root, keys, preprocess, cache)
-    phases = {"runs": time.perf_counter() - start}
+    clock.lap("runs")
     reused = sum(r for _, r in done)
     if reused:
         logger.info("reused %d/%d runs from %s", reused, len(keys), cache)
     jobs = _subject_jobs(bids_root, keys, [stem for stem, _ in done], split)
-    phases["splits"] = time.perf_counter() - start - phases["runs"]
+    clock.lap("splits")
     with epoch_store.staged_store(out, overwrite=True) as staging:
         results = run_subjects(jobs, staging, preprocess, use_ray)
         manifest = epoch_store.finish_store(
             staging, [r.shards for r in results], preprocess_config=preprocess, split_config=split,
             scalers={r.shards.subject: r.scaler for r in results},
         )
-    seconds = time.perf_counter() - start
-    phases["subjects"] = seconds - phases["runs"] - phases["splits"]
+    clock.lap("subjects")
+    seconds = clock.total
     n_epochs = sum(len(job.metadata) for job in jobs)
     counts = pd.concat([job.metadata["split"] for job in jobs]).value_counts().to_dict()
     logger.info("wrote %d epochs to %s in %.1f s", n_epochs, out, seconds)
@@ -197,5 +196,5 @@ def build_epoch_store(
         seconds=seconds,
         split_counts={str(k): int(v) for k, v in counts.items()},
         n_runs_reused=reused,
-        phase_seconds=phases,
+        phase_seconds=clock.as_dict(),
     )

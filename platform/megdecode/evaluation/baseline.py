@@ -19,7 +19,8 @@ import torch
 
 from megdecode.evaluation.retrieval import MODES, TEST_SPLITS, evaluate_all, evaluate_retrieval
 from megdecode.models.ridge import RidgeConfig, RidgeModel, fit_ridge
-from megdecode.train import FitConfig, RunData, SplitTensors, fit, predict
+from megdecode.rundata import RunData, SplitTensors
+from megdecode.train import FitConfig, fit, predict
 
 logger = logging.getLogger(__name__)
 

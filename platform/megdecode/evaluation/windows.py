@@ -31,7 +31,8 @@ from megdecode.data import store as epoch_store
 from megdecode.evaluation.baseline import convnet_metrics, ridge_metrics
 from megdecode.logs import progress as progress_bar
 from megdecode.models.ridge import RidgeConfig
-from megdecode.train import FitConfig, RunData, SplitTensors, load_run_data
+from megdecode.rundata import RunData, SplitTensors, load_run_data
+from megdecode.train import FitConfig
 
 logger = logging.getLogger(__name__)
 
@@ -97,23 +98,13 @@ def times_of(data: RunData) -> np.ndarray:
     return times
 
 
-def _time_axis(times: np.ndarray, sfreq: float) -> epoch_store.Manifest:
-    """The epochs' time axis as a manifest, the form `store.time_slice` takes (it reads the
-    times and sfreq only): the store's reader and this slicer then cut the same samples."""
-    return epoch_store.Manifest(
-        format_version=epoch_store.FORMAT_VERSION, sfreq=sfreq, tmin=float(times[0]),
-        times=times.tolist(), ch_names=[], pos2d=[], pos3d=[], preprocess={}, splits={},
-        scalers={}, subjects=[], counts={}, files=[], created_at="", megdecode_version="",
-    )  # fmt: skip
-
-
 def slice_window(data: RunData, tmin: float, tmax: float) -> RunData:
-    """The samples with tmin <= t <= tmax (inclusive, `store.time_slice`) of every split.
+    """The samples with tmin <= t <= tmax (inclusive, `store.window_slice`) of every split.
 
     Tensors are copied contiguous so a model never holds a view of the full epochs.
     """
     times = times_of(data)
-    cut = epoch_store.time_slice(_time_axis(times, data.sfreq), tmin, tmax)
+    cut = epoch_store.window_slice(times, data.sfreq, tmin, tmax)
     if cut.stop - cut.start < 2:
         raise ValueError(f"window [{tmin}, {tmax}] s holds {cut.stop - cut.start} sample(s) of "
                          f"[{data.tmin:.4f}, {data.tmax:.4f}] s; a model needs 2 or more")

@@ -1,11 +1,12 @@
 """The research loop: Ray Tune + OptunaSearch (TPE) + ASHA over a search space, N seeds a trial.
 
 `run_search` is what `jobs/tune.py` / `megdecode tune` call. It reads the epoch store once
-(`tune_trial.SharedEpochs`), runs the Tuner (define-by-run Optuna space from
-`search.SearchSpace`, ASHA on the per-epoch mean over seeds, a concurrency limit,
+(`search.shared.SharedEpochs`), runs the Tuner (define-by-run Optuna space from
+`search.space.SearchSpace`, ASHA on the per-epoch mean over seeds, a concurrency limit,
 `num_samples` and a time budget), logs everything to MLflow from the driver
-(`tune_mlflow.MlflowSearchCallback`), then writes the summary table (top configs vs ridge
-and chance) and registers the best trial's best seed as ``megdecode-brain@champion``.
+(`search.mlflow.MlflowSearchCallback`), then hands over to `search.report.write_report`:
+the summary table (top configs vs ridge and chance) and the best trial's best seed
+registered as ``megdecode-brain@champion``.
 
 Fault tolerance:
 - ``resume=True`` restores ``<out>/<experiment>`` with `Tuner.restore`: finished trials are
@@ -26,31 +27,18 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from megdecode.search.mlflow import (
-    SUMMARY_RUN,
-    MlflowSearchCallback,
-    final_metrics,
-    summary_table,
-    window_figure,
-)
+from megdecode.logs import PhaseClock
+from megdecode.search.mlflow import MlflowSearchCallback
+from megdecode.search.report import SearchReport, write_report
+from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import SearchSpace, load_space
-from megdecode.search.trial import (
-    SEEDS_FILE,
-    SharedEpochs,
-    TrialPlan,
-    run_trial,
-    trial_name,
-)
-from megdecode.tracking import browse_hint
+from megdecode.search.trial import TrialPlan, run_trial, trial_name
 from megdecode.train import FitConfig
 
 logger = logging.getLogger(__name__)
@@ -100,46 +88,6 @@ class SearchSetup:
             raise FileNotFoundError(f"no {SETUP_FILE} in {path}: not a megdecode search folder, nothing to resume")
         raw = json.loads(file.read_text())
         return cls(**raw | {"fail_trials": tuple(raw.get("fail_trials", ()))})
-
-
-@dataclass
-class SearchReport:
-    """What a search produced and where it lives."""
-
-    experiment: str
-    tracking_uri: str
-    experiment_path: Path
-    trials: pd.DataFrame  # one row per trial: trial, trial_id, run_id, status, params, metrics
-    summary: pd.DataFrame  # the printed table (strings "mean±std")
-    summary_path: Path
-    best: dict[str, Any] | None  # trial, trial_id, run_id, seed, bundle, metrics
-    champion: str | None  # "models:/<name>@<alias>"
-    searcher: str
-    searcher_trials: int
-    resumed: bool
-    interrupted: bool  # some trials are unfinished: resume the search to finish them
-    seconds: float
-    counts: dict[str, int] = field(default_factory=dict)
-    # where the search's seconds went on the driver: start (setup, Ray start/attach), load (the store
-    # through Ray Data, once), tune (Tuner.fit: the trials), mlflow (the callback's share
-    # of `tune`, new searches only), check (searcher check), report (summary, registry)
-    timings: dict[str, float] = field(default_factory=dict)
-    experiment_id: str = ""  # MLflow's id of `experiment`, for the browse hint
-
-    def text(self) -> str:
-        lines = [self.summary.to_string(index=False), "",
-                 f"trials: {self.counts}", f"searcher: {self.searcher} ({self.searcher_trials} trials in its study)",
-                 f"tune experiment: {self.experiment_path}", f"mlflow: {self.tracking_uri} (experiment {self.experiment!r})",
-                 f"summary: {self.summary_path}"]
-        if self.best:
-            lines.append(f"best: {self.best['trial']} seed {self.best['seed']} -> {self.best['bundle']}")
-        if self.champion:
-            lines.append(f"registered: {self.champion}")
-        if self.experiment_id:
-            lines.append(f"browse: {browse_hint(self.tracking_uri, self.experiment_id)}")
-        if self.interrupted:
-            lines.append(f"INTERRUPTED: resume with --resume --experiment {self.experiment} --out {self.experiment_path.parent}")
-        return "\n".join(lines)
 
 
 def latent_names(space: SearchSpace, base: FitConfig) -> list[str]:
@@ -204,7 +152,7 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     # Ray's new console output ignores `progress_reporter` and prints every trial's full
     # result; the classic table (`_reporter`) stays readable. Set RAY_AIR_NEW_OUTPUT=1 to undo.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    clock = _Clock(start)
+    clock = PhaseClock(start=start)  # SearchReport.timings
     from megdecode.logs import verbose as verbose_logs
 
     verbose = (1 if verbose_logs() else 0) if verbose is None else verbose
@@ -215,8 +163,8 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     shared = SharedEpochs.load(store, latents_dir, latent_names(space, base))
     trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared, plan=plan),
                                     {"cpu": cpus, "gpu": setup.gpus_per_trial})
-    clock.lap("load")
-    logger.info("epochs loaded once for all trials: %.1f MB in %.1f s", shared.nbytes / 1e6, clock.seconds["load"])
+    load_s = clock.lap("load")
+    logger.info("epochs loaded once for all trials: %.1f MB in %.1f s", shared.nbytes / 1e6, load_s)
     mlflow_callback = None
     if resume:
         if not tune.Tuner.can_restore(str(setup.path)):
@@ -236,12 +184,12 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     results = tuner.fit()
     clock.lap("tune")
     if mlflow_callback is not None:
-        clock.seconds["mlflow"] = mlflow_callback.seconds
+        clock.add("mlflow", mlflow_callback.seconds)
     trials = saved_trials(setup.path)
     searcher_name, searcher_trials = check_searcher(setup.path, trials)
     clock.lap("check")
-    return _report(setup, space, plan, shared, results, trials, clock, resume, top_k, register, ridge,
-                   searcher_name, searcher_trials)
+    return write_report(setup, space, plan, shared, results, trials, clock, resume, top_k, register, ridge,
+                        searcher_name, searcher_trials)
 
 
 def trial_progress(total: int, metric: str) -> Any:
@@ -278,19 +226,6 @@ def trial_progress(total: int, metric: str) -> Any:
 def result_final(trial: Any) -> bool:
     """Whether a trial ran to its end (its last report is the final one), not stopped by ASHA."""
     return bool((trial.last_result or {}).get("final"))
-
-
-class _Clock:
-    """Seconds per phase of a search, measured on the driver (`SearchReport.timings`)."""
-
-    def __init__(self, start: float) -> None:
-        self._last = start
-        self.seconds: dict[str, float] = {}
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
-        self._last = now
 
 
 def _new_tuner(setup: SearchSetup, space: SearchSpace, trainable: Any, concurrent: int, verbose: int,
@@ -359,7 +294,7 @@ def check_searcher(experiment_path: Path, trials: list[Any]) -> tuple[str, int]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal, up to the rounding of stepped floats (`search.ParamSpec.suggest`)."""
+    """Equal, up to the rounding of stepped floats (`search.space.ParamSpec.suggest`)."""
     if isinstance(a, float) and isinstance(b, float):
         return math.isclose(a, b, rel_tol=0, abs_tol=1e-6)
     return bool(a == b)
@@ -374,108 +309,3 @@ def saved_trials(experiment_path: Path) -> list[Any]:
     from ray.tune import ExperimentAnalysis
 
     return list(ExperimentAnalysis(str(experiment_path)).trials)
-
-
-def _trial_rows(results: Any, statuses: dict[str, str], plan: TrialPlan) -> pd.DataFrame:
-    """One row per trial: FINISHED (test metrics, bundles), FAILED, EARLY_STOPPED (by ASHA),
-    UNFINISHED (interrupted: a resume reruns it)."""
-    rows = []
-    searched = list(plan.searched)
-    for result in results:
-        metrics = dict(result.metrics or {})
-        trial_id = metrics.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1]
-        saved = statuses.get(trial_id, "TERMINATED")
-        if result.error or saved == "ERROR":
-            status = "FAILED"
-        elif saved != "TERMINATED":
-            status = "UNFINISHED"
-        else:
-            status = "FINISHED" if metrics.get("final") else "EARLY_STOPPED"
-        row = {"trial": Path(result.path).name, "trial_id": trial_id, "status": status,
-               "epochs": metrics.get("epoch", 0), "checkpoint": result.checkpoint}
-        row |= {k: (result.config or {}).get(k) for k in searched}
-        row |= final_metrics(metrics)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else ["trial", "trial_id", "status", "epochs", "checkpoint"])
-
-
-def trial_runs(tracker: Any) -> dict[str, str]:
-    """trial id -> parent run id, for every trial run of the experiment (read-only)."""
-    from megdecode.tracking import TAG_KIND, TAG_TRIAL
-
-    runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_KIND}` = 'trial'", max_results=50000)
-    return {r.data.tags[TAG_TRIAL]: r.info.run_id for r in runs}
-
-
-def summary_run(tracker: Any, params: dict[str, Any]) -> str:
-    """The experiment's one summary run (tag megdecode.kind=summary), reopened on resume."""
-    from megdecode.tracking import TAG_KIND
-
-    found = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_KIND}` = 'summary'", max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        tracker.client.update_run(run_id, status="RUNNING")
-    else:
-        run_id = tracker.client.create_run(tracker.experiment_id, run_name=SUMMARY_RUN, tags={TAG_KIND: "summary"}).info.run_id
-        for key, value in params.items():
-            tracker.client.log_param(run_id, key, str(value))
-    return run_id
-
-
-def _local_dir(checkpoint: Any) -> Path:
-    """A local folder with the checkpoint's files (a copy when the storage is remote)."""
-    import pyarrow.fs
-
-    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
-        return Path(checkpoint.path)
-    return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="megdecode-champion-")))
-
-
-def _report(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, shared: SharedEpochs, results: Any,
-            saved: list[Any], clock: _Clock, resumed: bool, top_k: int, register: tuple[str, str] | None,
-            ridge: bool, searcher_name: str, searcher_trials: int) -> SearchReport:
-    """Summary table, MLflow summary run, champion registration, files on disk."""
-    from megdecode.evaluation.baseline import ridge_table
-    from megdecode.tracking import Tracker
-
-    tracker = Tracker(setup.tracking_uri, setup.experiment)
-    statuses = {t.trial_id: str(t.status) for t in saved}
-    trials = _trial_rows(results, statuses, plan)
-    runs = trial_runs(tracker)  # a trial still pending when the search was interrupted has none
-    trials["run_id"] = [runs.get(trial_id, "") for trial_id in trials["trial_id"]]
-    metric_col = f"{space.metric}_mean"
-    finished = trials[trials["status"] == "FINISHED"] if len(trials) else trials
-    ridge_frame = ridge_table(shared.run_data(plan.fit_config({}, plan.seeds[0]))) if ridge and len(finished) else None
-    summary = summary_table(finished, ridge_frame, metric_col, ascending=space.mode == "min", top_k=top_k)
-    interrupted = any(status not in ("TERMINATED", "ERROR") for status in statuses.values())
-    for row in trials[(trials["status"] == "UNFINISHED") & (trials["run_id"] != "")].itertuples():
-        tracker.finish(row.run_id, {}, "KILLED")  # reopened by trial_run when the search resumes
-    best, champion = None, None
-    if len(finished):
-        top = finished.sort_values(metric_col, ascending=space.mode == "min").iloc[0]
-        folder = _local_dir(top["checkpoint"])
-        seed = json.loads((folder / SEEDS_FILE).read_text())["best_seed"]
-        best = {"trial": top["trial"], "trial_id": top["trial_id"], "run_id": top["run_id"], "seed": seed,
-                "bundle": folder / f"seed{seed}", "metrics": {k: top[k] for k in top.index if "/" in k}}
-        if register and not interrupted:
-            tracker.register_bundle(top["run_id"], best["bundle"], register[0], register[1])
-            champion = f"models:/{register[0]}@{register[1]}"
-    summary_path = setup.path / ("summary-interrupted.txt" if interrupted else "summary.txt")
-    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-    report = SearchReport(setup.experiment, setup.tracking_uri, setup.path,
-                          trials.drop(columns=["checkpoint"]) if len(trials) else trials, summary,
-                          summary_path, best, champion, searcher_name, searcher_trials, resumed,
-                          interrupted, 0.0, {str(k): int(v) for k, v in counts.items()}, clock.seconds,
-                          tracker.experiment_id)
-    summary_path.write_text(report.text() + "\n")
-    report.trials.to_csv(setup.path / "trials.csv", index=False)
-    run_id = summary_run(tracker, {"space": space.name, "seeds": len(plan.seeds), "experiment_path": str(setup.path)})
-    tracker.log_table(run_id, summary, "summary.csv")
-    tracker.log_artifacts(run_id, summary_path, "summary")
-    figure = window_figure(finished, plan, setup.path / "window_curve.png")
-    if figure is not None:
-        tracker.log_artifacts(run_id, figure, "figures")
-    tracker.finish(run_id, {f"best/{k}": float(v) for k, v in (best or {}).get("metrics", {}).items()}, "FINISHED")
-    clock.lap("report")
-    report.seconds = sum(v for k, v in clock.seconds.items() if k != "mlflow")
-    return report

@@ -3,6 +3,9 @@
 A search can run for hours on a cluster, so everything a YAML file can get wrong (a
 misspelt key, an empty range, a window that ends before it starts) is checked by
 `load_space` before the first trial starts, and every error names the key and the file.
+`fit_config` is the one merge of base, fixed and trial keys into a FitConfig: the checks
+here, the trials and ``megdecode train --from-run`` all call it. Optuna and PyYAML are
+imported where used, so a Tune worker importing this module pays for neither.
 
 YAML format (keys are the flat keys of `FitConfig().to_flat_dict()`, e.g. "model.depth")::
 
@@ -47,15 +50,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import optuna
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from megdecode.config import ConfigError
 from megdecode.data.preprocess import PreprocessConfig
 from megdecode.train import FitConfig
+
+if TYPE_CHECKING:
+    import optuna
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +133,6 @@ class SearchSpace:
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
     params: tuple[ParamSpec, ...] = ()
 
-    @property
-    def seed_values(self) -> tuple[int, ...]:
-        return tuple(range(self.seeds))
-
     def define_by_run(self, trial: optuna.trial.Trial) -> dict[str, Any] | None:
         """Suggest every active param in order; return the trial's whole flat config.
 
@@ -151,21 +151,42 @@ class SearchSpace:
             values[spec.key] = spec.suggest(trial, low=low)
         return values
 
-    def to_fit_config(self, flat: dict[str, Any], base: FitConfig) -> FitConfig:
-        """base, then the fixed keys, then `flat` (a trial's config) -> a validated FitConfig."""
-        merged = base.to_flat_dict()
-        unknown = sorted(set(flat) - set(merged))
-        if unknown:
-            raise ConfigError(f"search space {self.name!r}: unknown key(s) {unknown} (not FitConfig fields)")
-        merged |= self.fixed | dict(flat)
-        try:
-            return FitConfig.from_flat_dict(merged)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"search space {self.name!r}: invalid config: {exc}") from exc
+
+def fit_config(base: FitConfig, *layers: Mapping[str, Any], seed: int | None = None,
+               device: str | None = None, source: str = "trial config") -> FitConfig:
+    """`base`, then each layer of flat keys in order (a space's fixed keys, a trial's keys).
+
+    `seed` and `device`, when given, replace train.seed and train.device (per seed and per
+    machine, never searched). Unknown keys and invalid values raise `ConfigError` naming `source`.
+    """
+    merged = base.to_flat_dict()
+    unknown = sorted({key for layer in layers for key in layer} - set(merged))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} (not FitConfig fields)")
+    for layer in layers:
+        merged |= dict(layer)
+    try:
+        cfg = FitConfig.from_flat_dict(merged)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: invalid config: {exc}") from exc
+    per_run = {k: v for k, v in (("seed", seed), ("device", device)) if v is not None}
+    return cfg.replace(train=cfg.train.replace(**per_run)) if per_run else cfg
+
+
+def logged_keys(params: Mapping[str, str]) -> dict[str, Any]:
+    """The FitConfig keys among a trial's MLflow parent-run params (strings; "None" is None):
+    `fit_config(FitConfig(), logged_keys(params), seed=s)` rebuilds seed s of the trial."""
+    known = FitConfig().to_flat_dict()
+    flat = {k: (None if v == "None" else v) for k, v in params.items() if k in known}
+    if not flat:
+        raise ConfigError("these params hold no FitConfig key; is this a trial's parent run?")
+    return flat
 
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and fully validate a search-space YAML file (format in the module docstring)."""
+    import yaml
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no search space at {path}")
@@ -383,7 +404,7 @@ def _check_configs(space: SearchSpace, where: str) -> None:
     base = FitConfig()
     for label, flat in candidates:
         try:
-            space.to_fit_config(flat, base)
+            fit_config(base, space.fixed, flat, source=f"search space {space.name!r}")
         except ConfigError as exc:
             raise ConfigError(f"{where}: the config built from {label} is invalid: {exc.__cause__ or exc}") from exc
 

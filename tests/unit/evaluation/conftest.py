@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from megdecode.train import RunData, SplitTensors
+from megdecode.rundata import RunData, SplitTensors
 
 SFREQ = 50.0
 SIGNAL = (0.2, 0.3)  # s: the only window whose samples carry the latent

@@ -16,7 +16,7 @@ from megdecode.evaluation.baseline import (
     shuffle_targets,
 )
 from megdecode.evaluation.windows import slice_window
-from megdecode.train import RunData
+from megdecode.rundata import RunData
 
 
 def test_shuffled_targets_are_other_images_latents_consistently(run: RunData) -> None:

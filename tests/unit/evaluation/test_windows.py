@@ -23,7 +23,8 @@ from megdecode.evaluation.windows import (
     window_table,
 )
 from megdecode.models.brain import BrainConfig
-from megdecode.train import FitConfig, RunData, TrainConfig
+from megdecode.rundata import RunData
+from megdecode.train import FitConfig, TrainConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMALL = BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1,
@@ -135,13 +136,9 @@ def test_slice_window_keeps_both_ends_and_the_values(run: RunData) -> None:
 def test_slice_window_cuts_the_samples_the_store_reader_cuts(run: RunData) -> None:
     """A window fitted on sliced epochs sees the samples `load_epochs` would read for it."""
     times = times_of(run)
-    axis = epoch_store.Manifest(
-        format_version=epoch_store.FORMAT_VERSION, sfreq=run.sfreq, tmin=float(times[0]),
-        times=np.round(times, 6).tolist(), ch_names=[], pos2d=[], pos3d=[], preprocess={},
-        splits={}, scalers={}, subjects=[], counts={}, files=[], created_at="", megdecode_version="",
-    )  # fmt: skip
+    stored = np.round(times, 6)  # the manifest keeps times rounded to the microsecond
     for tmin, tmax in window_grid("sliding", run.tmin, run.tmax, stride=0.025):
-        cut = epoch_store.time_slice(axis, tmin, tmax)
+        cut = epoch_store.window_slice(stored, run.sfreq, tmin, tmax)
         part = slice_window(run, tmin, tmax)
         assert part.train.meg.shape[2] == cut.stop - cut.start
         assert part.tmin == pytest.approx(times[cut.start])

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from megdecode.config import ConfigError
-from megdecode.search.space import SearchSpace, load_space
+from megdecode.search.space import SearchSpace, fit_config, load_space, logged_keys
 from megdecode.train import FitConfig
 
 SPACES = Path(__file__).resolve().parents[3] / "search_spaces"
@@ -46,7 +46,7 @@ def test_shipped_spaces_load_and_sample_valid_configs(name: str) -> None:
     assert 1 <= space.grace_period <= space.max_epochs
     base = FitConfig(store="/s", latents_dir="/l")
     for flat in _samples(space, 60):
-        cfg = space.to_fit_config(flat, base)
+        cfg = fit_config(base, space.fixed, flat)
         assert cfg.store == "/s" and cfg.train.max_epochs == space.max_epochs
         for spec in space.params:
             if spec.key in flat:
@@ -80,7 +80,7 @@ def test_paper_suggests_attention_heads_only_for_attention_pooling() -> None:
     for flat in _samples(space, 60, seed=2):
         kinds.add(flat["model.aggregation"])
         assert ("model.attention_heads" in flat) == (flat["model.aggregation"] == "attention"), flat
-        space.to_fit_config(flat, base)  # every sampled head count divides F'
+        fit_config(base, space.fixed, flat)  # every sampled head count divides F'
     assert kinds == {"mean", "affine", "attention"}
 
 
@@ -130,7 +130,7 @@ params:
     # an absent conditional param keeps the base config's value
     without = next(f for f in samples if "model.head_dropout" not in f)
     base = FitConfig().replace(model=FitConfig().model.replace(head_dropout=0.3))
-    assert space.to_fit_config(without, base).model.head_dropout == 0.3
+    assert fit_config(base, space.fixed, without).model.head_dropout == 0.3
 
 
 def test_unknown_key_is_an_error_naming_the_key_and_the_file(tmp_path: Path) -> None:
@@ -205,17 +205,34 @@ def test_invalid_spaces_fail_at_load_time(tmp_path: Path, text: str, message: st
         load_space(_write(tmp_path, text))
 
 
-def test_defaults_and_to_fit_config_merging(tmp_path: Path) -> None:
+def test_defaults_and_fit_config_merging(tmp_path: Path) -> None:
     space = load_space(_write(tmp_path, "fixed:\n  train.latent: twin-category\n"))
     assert (space.name, space.seeds, space.metric, space.mode) == ("space", 3, "val/top5", "max")
-    assert space.seed_values == (0, 1, 2)
     base = FitConfig(store="/data/store")
-    cfg = space.to_fit_config({"model.depth": 4}, base)
+    cfg = fit_config(base, space.fixed, {"model.depth": 4})
     assert (cfg.store, cfg.train.latent, cfg.model.depth) == ("/data/store", "twin-category", 4)
-    with pytest.raises(ConfigError, match="model.dept"):
-        space.to_fit_config({"model.dept": 4}, base)
+    with pytest.raises(ConfigError, match="space 'space'.*model.dept"):
+        fit_config(base, space.fixed, {"model.dept": 4}, source="search space 'space'")
     with pytest.raises(ConfigError, match="tmin"):
-        space.to_fit_config({"train.tmin": 0.5, "train.tmax": 0.1}, base)
+        fit_config(base, space.fixed, {"train.tmin": 0.5, "train.tmax": 0.1})
     assert load_space(_write(tmp_path, "metric: val/clip_loss\n")).mode == "min"
     with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
         load_space(tmp_path / "nowhere.yaml")
+
+
+def test_fit_config_layers_in_order_then_seed_and_device() -> None:
+    base = FitConfig(store="/s")
+    cfg = fit_config(base, {"model.depth": 2, "train.lr": 1e-3}, {"model.depth": 3}, seed=4, device="cuda")
+    assert (cfg.store, cfg.model.depth, cfg.train.lr, cfg.train.seed, cfg.train.device) == ("/s", 3, 1e-3, 4, "cuda")
+    assert fit_config(base) == base  # no layer, no seed: the base itself
+    with pytest.raises(ConfigError, match="trial config: invalid config"):
+        fit_config(base, {"train.monitor": "val/acc"})
+
+
+def test_logged_params_rebuild_the_trials_config_for_a_seed() -> None:
+    """MLflow logs a trial's flat config as strings (train.seed dropped) next to its seeds."""
+    trial = fit_config(FitConfig(store="/s"), {"model.depth": 3, "model.head_hidden": 64}, seed=0)
+    params = {k: str(v) for k, v in trial.to_flat_dict().items() if k != "train.seed"} | {"seeds": "[0, 1]"}
+    assert fit_config(FitConfig(), logged_keys(params), seed=1) == trial.replace(train=trial.train.replace(seed=1))
+    with pytest.raises(ConfigError, match="no FitConfig key"):
+        logged_keys({"seeds": "[0, 1]"})

@@ -1,6 +1,6 @@
 """The pieces that keep Tune's per-trial overhead small, without a Ray cluster.
 
-- the trial's clock (`tune_trial.TrialClock`): phases and instants of its final report;
+- the trial's timing keys (`search.trial.timing_metrics`): phases and instants of its final report;
 - the MLflow callback's writer thread: writes in event order, a failed write raised at
   the next event or flush, nothing pending once pickled (Tune saves the callback);
 - the Ray Data settings of the one whole-store read, restored afterwards.
@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from megdecode.logs import PhaseClock
 from megdecode.search.mlflow import MlflowSearchCallback, final_metrics
+from megdecode.search.shared import _whole_file_reads
 from megdecode.search.trial import (
     TIMING,
-    TrialClock,
+    TRIAL_PHASES,
     TrialPlan,
-    _whole_file_reads,
     process_start_time,
+    timing_metrics,
 )
 from megdecode.train import FitConfig
 
@@ -32,13 +34,14 @@ def test_process_start_time_is_this_process_birth() -> None:
     assert 0.0 < time.time() - started < 24 * 3600
 
 
-def test_trial_clock_splits_the_trial_and_stamps_its_start() -> None:
-    clock = TrialClock()
+def test_trial_timing_splits_the_trial_and_stamps_its_start() -> None:
+    start_at, clock = time.time(), PhaseClock(*TRIAL_PHASES)
     time.sleep(0.02)
     clock.lap("setup")
     clock.lap("epochs")
-    metrics = clock.metrics()
+    metrics = timing_metrics(clock, start_at)
     assert metrics[f"{TIMING}setup_s"] >= 0.02 > metrics[f"{TIMING}epochs_s"]
+    assert metrics[f"{TIMING}report_s"] == metrics[f"{TIMING}finish_s"] == 0.0  # every phase is reported
     assert metrics[f"{TIMING}process_start_at"] <= metrics[f"{TIMING}start_at"] <= time.time()
     with pytest.raises(KeyError):
         clock.lap("unknown phase")

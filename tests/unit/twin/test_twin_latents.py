@@ -10,7 +10,8 @@ import pytest
 
 from megdecode.data import store as epoch_store
 from megdecode.latents.cache import latent_info, load_latents
-from megdecode.train import FitConfig, TrainConfig, load_run_data
+from megdecode.rundata import load_run_data
+from megdecode.train import FitConfig, TrainConfig
 from megdecode.twin import stimuli
 from megdecode.twin.simulate import read_ground_truth
 from megdecode.twin.truth_latents import NotATwinError, write_twin_latents

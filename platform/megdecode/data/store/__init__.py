@@ -19,8 +19,8 @@ from megdecode.data.store.read import (
     load_epochs,
     load_metadata,
     read_ray_dataset,
-    time_slice,
     verify_store,
+    window_slice,
 )
 from megdecode.data.store.verify import MissingShardError, ReadChecks, StoreError, sha256_file
 from megdecode.data.store.write import (
@@ -35,6 +35,6 @@ from megdecode.data.store.write import (
 __all__ = [
     "EPOCHS_DIR", "FORMAT_VERSION", "MANIFEST", "META_COLUMNS", "EpochBlockLike", "Manifest", "MissingShardError",
     "ReadChecks", "ShardFile", "StoreError", "SubjectShards", "check_files", "finish_store", "load_epochs",
-    "load_metadata", "read_manifest", "read_ray_dataset", "sha256_file", "staged_store", "time_slice",
-    "verify_store", "write_store", "write_subject",
+    "load_metadata", "read_manifest", "read_ray_dataset", "sha256_file", "staged_store",
+    "verify_store", "window_slice", "write_store", "write_subject",
 ]

@@ -95,17 +95,25 @@ def _select_files(manifest: Manifest, subjects: Sequence[str] | None) -> list[Sh
     return [f for f in manifest.files if f.subject in set(subjects)]
 
 
-def time_slice(manifest: Manifest, tmin: float | None, tmax: float | None) -> slice:
-    """Samples with tmin <= t <= tmax (both inclusive, as mne's crop); None = open end."""
-    times = np.asarray(manifest.times)
-    tol = 1e-6 / manifest.sfreq
+def window_slice(
+    times: Sequence[float] | np.ndarray, sfreq: float, tmin: float | None, tmax: float | None
+) -> slice:
+    """The samples of `times` with tmin <= t <= tmax (both inclusive, as mne's crop).
+
+    `times`: (T,) sample times in seconds, increasing, `sfreq` apart; None = open end.
+    Bounds are compared with a tolerance of a millionth of a sample, so a bound on the
+    sample grid keeps its sample whatever float rounding the times or the bound carry,
+    while a bound between two samples never picks up the outer one. The store's readers,
+    `megdecode.rundata` and the window curves all cut windows with this one rule, so a
+    model trained on a window and a model scored on it see the same samples.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    tol = 1e-6 / sfreq
     lo = 0 if tmin is None else int(np.searchsorted(times, tmin - tol, side="left"))
     hi = len(times) if tmax is None else int(np.searchsorted(times, tmax + tol, side="right"))
     if hi <= lo:
-        raise ValueError(
-            f"window [{tmin}, {tmax}] s holds no samples; the store covers "
-            f"[{times[0]:.4f}, {times[-1]:.4f}] s"
-        )
+        span = f"[{times[0]:.4f}, {times[-1]:.4f}] s" if len(times) else "no samples"
+        raise ValueError(f"window [{tmin}, {tmax}] s holds no samples; the epochs cover {span}")
     return slice(lo, hi)
 
 
@@ -173,7 +181,7 @@ def load_epochs(
     """
     store = Path(store)
     manifest = read_manifest(store)
-    window = time_slice(manifest, tmin, tmax)
+    window = window_slice(manifest.times, manifest.sfreq, tmin, tmax)
     files = _select_files(manifest, subjects)
     check_files(store, manifest, files, checks)
     metas, masks = _read_metadata(store, files, splits, checks)
@@ -220,7 +228,7 @@ def read_ray_dataset(
 
     store = Path(store)
     manifest = read_manifest(store)
-    window = time_slice(manifest, tmin, tmax)
+    window = window_slice(manifest.times, manifest.sfreq, tmin, tmax)
     files = _select_files(manifest, subjects)
     if not files:
         raise StoreError(f"no files for subjects {subjects} in store {store}")

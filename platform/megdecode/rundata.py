@@ -1,0 +1,177 @@
+"""The epochs and targets of one run, split, windowed and paired with their latents.
+
+`build_run_data` is the one place that turns epochs into a `RunData`: it cuts the
+window (`megdecode.data.store.window_slice`), pairs every epoch with its image's latent
+and numbers the subjects. Its two callers differ only in where the epochs come from:
+`load_run_data` reads the store from disk (`megdecode train`, `fit`, evaluation), and
+`megdecode.search.shared.SharedEpochs.run_data` hands over arrays a Tune search read
+once into Ray's object store. A trial therefore trains on exactly the data that
+`megdecode train` reads for the same config, which is what makes a trial reproducible
+outside Tune.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+
+from megdecode.config import ConfigError
+from megdecode.data import store as epoch_store
+from megdecode.latents.targets import load_target
+
+if TYPE_CHECKING:
+    from megdecode.train import FitConfig
+
+logger = logging.getLogger(__name__)
+
+# The splits of the store behind each split of a run: the test split holds both test sets.
+SPLIT_GROUPS = {"train": ("train",), "val": ("val",), "test": ("test", "test_large")}
+# A latent table as `megdecode.latents.targets.load_target` returns it:
+# image ids (L,), values (L, F), parts [(name, F_name)] (blocks of F).
+Latents = tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]
+
+
+@dataclass
+class Batch:
+    """One minibatch. meg: (B, C, T) float32; subject: (B,) long; target: (B, F) float32."""
+
+    meg: torch.Tensor
+    subject: torch.Tensor
+    target: torch.Tensor
+
+    def to(self, device: str | torch.device) -> Batch:
+        return Batch(self.meg.to(device), self.subject.to(device), self.target.to(device))
+
+
+@dataclass
+class SplitTensors:
+    """All epochs of one split as tensors, so a batch is an index, not a Python loop."""
+
+    meg: torch.Tensor  # (N, C, T)
+    subject: torch.Tensor  # (N,)
+    target: torch.Tensor  # (N, F)
+    meta: pd.DataFrame  # N rows
+
+    def batches(self, size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Shuffled when a generator is given; a trailing singleton is dropped when shuffling."""
+        n = len(self.meta)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, size):
+            idx = order[start : start + size]
+            if generator is not None and len(idx) < 2:
+                continue
+            yield Batch(self.meg[idx], self.subject[idx], self.target[idx])
+
+
+@dataclass
+class RunData:
+    """The epochs and targets of one run, split, with what the bundle must remember."""
+
+    train: SplitTensors
+    val: SplitTensors
+    test: SplitTensors
+    subjects: list[str]
+    ch_names: list[str]
+    pos2d: np.ndarray  # (C, 2)
+    sfreq: float
+    tmin: float  # time of the window's first sample (s)
+    tmax: float  # time of its last sample
+    latent_ids: np.ndarray  # (L,)
+    latents: np.ndarray  # (L, F)
+    latent_parts: list[tuple[str, int]] = field(default_factory=list)  # [(name, F_name)]: blocks of F
+
+
+def split_groups(
+    X: np.ndarray, meta: pd.DataFrame, store: str | Path
+) -> tuple[dict[str, np.ndarray], dict[str, pd.DataFrame]]:
+    """The rows of each `SPLIT_GROUPS` group, in store order: (meg, meta) per group.
+
+    X: (N, C, T) epochs of `store` with their N metadata rows. Raises when a group has no
+    epochs, since a run cannot train, stop early or be scored without it.
+    """
+    meg, metas = {}, {}
+    for group, splits in SPLIT_GROUPS.items():
+        keep = meta["split"].isin(splits).to_numpy()
+        if not keep.any():
+            raise ValueError(f"the store {store} has no epochs with split in {splits}")
+        meg[group], metas[group] = X[keep], meta[keep].reset_index(drop=True)
+    return meg, metas
+
+
+def read_groups(store: str | Path) -> tuple[dict[str, np.ndarray], dict[str, pd.DataFrame]]:
+    """Every epoch of the store at the full stored window, per split group (pyarrow, one pass)."""
+    every = [split for splits in SPLIT_GROUPS.values() for split in splits]
+    X, meta = epoch_store.load_epochs(store, splits=every)
+    return split_groups(X, meta, store)
+
+
+def build_run_data(
+    manifest: epoch_store.Manifest,
+    meg: Mapping[str, np.ndarray],
+    meta: Mapping[str, pd.DataFrame],
+    latents: Latents,
+    latent: str,
+    tmin: float,
+    tmax: float,
+    *,
+    copy: bool = False,
+) -> RunData:
+    """The `RunData` of window [tmin, tmax] s and latent table `latents` (named `latent`).
+
+    meg[group]: (N_group, C, T_full) float32 at the store's full window, rows matching
+    meta[group], for each group of `SPLIT_GROUPS`. The window is a view of those arrays
+    unless `copy`: a search shares one read-only copy of the epochs between its trials
+    (no copy per trial), while a run read from disk keeps only its window, contiguous,
+    and lets the full epochs go.
+    """
+    latent_ids, values, parts = latents
+    window = epoch_store.window_slice(manifest.times, manifest.sfreq, tmin, tmax)
+    subjects = sorted(manifest.subjects)
+    number = {s: i for i, s in enumerate(subjects)}
+    index = pd.Index(latent_ids)
+
+    def split(group: str) -> SplitTensors:
+        rows = meta[group]
+        row = index.get_indexer(rows["image_id"].to_numpy())
+        if (row < 0).any():
+            missing = rows["image_id"].to_numpy()[row < 0][:5].tolist()
+            raise KeyError(f"{int((row < 0).sum())} epochs have no {latent!r} latent, e.g. image ids {missing}")
+        epochs = meg[group][:, :, window]
+        if copy:
+            epochs = np.ascontiguousarray(epochs)
+        with warnings.catch_warnings():  # a search's arrays are read-only; nothing writes to them
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(epochs)
+        return SplitTensors(
+            meg=tensor,
+            subject=torch.from_numpy(rows["subject"].map(number).to_numpy(np.int64, copy=True)),
+            target=torch.from_numpy(values[row]),
+            meta=rows,
+        )
+
+    times = np.asarray(manifest.times)[window]
+    return RunData(
+        train=split("train"), val=split("val"), test=split("test"), subjects=subjects,
+        ch_names=list(manifest.ch_names), pos2d=np.asarray(manifest.pos2d),
+        sfreq=manifest.sfreq, tmin=float(times[0]), tmax=float(times[-1]),
+        latent_ids=latent_ids, latents=values, latent_parts=parts,
+    )
+
+
+def load_run_data(cfg: FitConfig) -> RunData:
+    """Read the store and the latent table of `cfg` from disk into its `RunData`."""
+    if not cfg.store or not cfg.latents_dir:
+        raise ConfigError("store and latents_dir must be set")
+    t = cfg.train
+    manifest = epoch_store.read_manifest(cfg.store)
+    meg, meta = read_groups(cfg.store)
+    latents = load_target(cfg.latents_dir, t.latent)
+    return build_run_data(manifest, meg, meta, latents, t.latent, t.tmin, t.tmax, copy=True)
