@@ -303,7 +303,7 @@ def tune(
     elif space is None:
         raise typer.BadParameter("--space is required (unless --resume)")
     else:
-        from megdecode.search.space import load_space
+        from megdecode.search.space_file import load_space
 
         experiment = experiment or f"{load_space(space).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     setup = SearchSetup(

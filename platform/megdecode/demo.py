@@ -138,7 +138,7 @@ def _latents(setup: DemoSetup, out: Path) -> list[Any]:
 
 def _tune(setup: DemoSetup, out: Path) -> Any:
     from megdecode.search.driver import SearchSetup, run_search
-    from megdecode.search.space import load_space
+    from megdecode.search.space_file import load_space
     from megdecode.tracking import default_tracking_uri
 
     space = Path(setup.space or DEFAULT_SPACE).resolve()

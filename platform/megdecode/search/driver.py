@@ -37,7 +37,8 @@ from megdecode.logs import PhaseClock
 from megdecode.search.mlflow import MlflowSearchCallback
 from megdecode.search.report import SearchReport, write_report
 from megdecode.search.shared import SharedEpochs
-from megdecode.search.space import SearchSpace, load_space
+from megdecode.search.space import SearchSpace
+from megdecode.search.space_file import load_space
 from megdecode.search.trial import TrialPlan, run_trial, trial_name
 from megdecode.train import FitConfig
 

@@ -51,7 +51,7 @@ class TrialPlan:
     """What every trial shares besides the data: the base config, the space's fixed keys, the seeds.
 
     A seed's config is base, then `fixed`, then the trial's own keys, with the seed and the
-    device: `search.space.fit_config`, the merge that `search.space.load_space` has already
+    device: `search.space.fit_config`, the merge that `search.space_file.load_space` has already
     checked on the extremes of the space. The plan holds no `SearchSpace`, so a Tune worker
     imports neither the YAML nor the Optuna machinery (seconds of start-up per worker).
 

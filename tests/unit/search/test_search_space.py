@@ -9,7 +9,8 @@ import optuna
 import pytest
 
 from megdecode.config import ConfigError
-from megdecode.search.space import SearchSpace, fit_config, load_space, logged_keys
+from megdecode.search.space import SearchSpace, fit_config, logged_keys
+from megdecode.search.space_file import load_space
 from megdecode.train import FitConfig
 
 SPACES = Path(__file__).resolve().parents[3] / "search_spaces"
