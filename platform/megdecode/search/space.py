@@ -1,9 +1,10 @@
 """Search spaces: a validated, Optuna define-by-run space over FitConfig keys.
 
 `SearchSpace` is what a search runs: its params (`ParamSpec`, suggested in order by
-`define_by_run`), fixed keys, seeds, metric and ASHA settings. `fit_config` is the one merge of base, fixed and trial keys into a FitConfig: the checks
-here, the trials and ``megdecode train --from-run`` all call it. Optuna and PyYAML are
-imported where used, so a Tune worker importing this module pays for neither.
+`define_by_run`), fixed keys, seeds, metric and ASHA settings. `fit_config` is the one
+merge of base, fixed and trial keys into a FitConfig: the space file's checks, the trials
+and ``megdecode train --from-run`` all call it. Optuna is imported where used, so a Tune
+worker importing this module does not pay for it.
 
 The YAML format and every check `load_space` makes: `megdecode.search.space_file`.
 """
