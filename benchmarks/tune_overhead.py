@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from megdecode.demo import TwinRun, build_twin_run
 from megdecode.models.brain import BrainConfig
 from megdecode.rundata import load_run_data
 from megdecode.train import FitConfig, TrainConfig, Trainer, fit
@@ -59,19 +60,6 @@ from megdecode.train import FitConfig, TrainConfig, Trainer, fit
 MODEL: dict[str, object] = {}
 THREADS = 1  # torch threads of the direct fit and of the trial (the trial reserves 1 CPU)
 RAY_CPUS = 2  # the local cluster: the trial's CPU plus one for Ray Data's read tasks
-
-
-def tiny_twin(root: Path) -> Path:
-    from megdecode.data.build import build_epoch_store
-    from megdecode.latents.registry import make_encoder
-    from megdecode.latents.stage import build_latents
-    from megdecode.twin.config import TwinConfig
-    from megdecode.twin.simulate import simulate
-
-    simulate(TwinConfig.preset("tiny", seed=0), root / "bids")
-    build_epoch_store(root / "bids", root / "store")
-    build_latents(root / "store", root / "bids", root / "latents", make_encoder("handcrafted"))
-    return root
 
 
 def config(data: Path, epochs: int) -> FitConfig:
@@ -199,7 +187,7 @@ def main() -> None:
     rows: list[tuple[Direct, Search]] = []
     with tempfile.TemporaryDirectory(prefix="tune-overhead-") as tmp:
         work = Path(tmp)
-        data = args.data.resolve() if args.data else tiny_twin(work / "twin")
+        data = args.data.resolve() if args.data else build_twin_run(TwinRun(size="tiny", seed=0), work / "twin")
         epochs = int(in_subprocess(f"calibrate(Path({str(data)!r}), {args.seconds})")[1])
         cold, _ = in_subprocess(f"direct(Path({str(data)!r}), {epochs}, Path({str(work / 'cold')!r})).wall")
         started = time.perf_counter()

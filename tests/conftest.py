@@ -62,14 +62,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
 
     Built once per test session (about 15 s); tests must not modify it.
     """
-    from megdecode.data.build import build_epoch_store
-    from megdecode.latents.registry import make_encoder
-    from megdecode.latents.stage import build_latents
-    from megdecode.twin.config import TwinConfig
-    from megdecode.twin.simulate import simulate
+    from megdecode.demo import TwinRun, build_twin_run
 
-    root = tmp_path_factory.mktemp("tiny_run")
-    simulate(TwinConfig.preset("tiny", seed=0), root / "bids")
-    build_epoch_store(root / "bids", root / "store")
-    build_latents(root / "store", root / "bids", root / "latents", make_encoder("handcrafted"))
-    return root
+    return build_twin_run(TwinRun(size="tiny", seed=0), tmp_path_factory.mktemp("tiny_run"))

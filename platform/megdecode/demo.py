@@ -77,10 +77,11 @@ def run_demo(setup: DemoSetup, echo: Callable[[str], None] = print) -> dict[str,
         echo(f"== {name}: {stages[-1].seconds:.0f} s ==")
         return result
 
+    run = _twin_run(setup)
     try:
-        stage("simulate", lambda: _simulate(setup, out))
-        stage("preprocess", lambda: _preprocess(setup, out))
-        stage("latents", lambda: _latents(setup, out))
+        stage("simulate", lambda: simulate_twin(run, out))
+        stage("preprocess", lambda: _preprocess(run, out))
+        stage("latents", lambda: encode_latents(run, out))
         if setup.tune:
             report = stage("tune", lambda: _tune(setup, out))
             echo(report.text())
@@ -104,36 +105,80 @@ def run_demo(setup: DemoSetup, echo: Callable[[str], None] = print) -> dict[str,
     return summary
 
 
-def _simulate(setup: DemoSetup, out: Path) -> Any:
+@dataclass(frozen=True)
+class TwinRun:
+    """A run folder on the twin: ``bids/`` (simulated), ``store/`` (preprocessed), ``latents/``.
+
+    What every later stage reads (train, tune, serve, evaluate). The demo builds one of
+    size ``demo``; the tests and the benchmarks build ``tiny`` ones with the same functions,
+    so all three exercise one path. `encoders`: latents built from the stimuli's pixels;
+    `twin_latents`: also the twin's ground-truth factors (twin-lowlevel, twin-category).
+    """
+
+    size: str = "tiny"
+    seed: int = 0
+    use_ray: bool = False
+    n_jobs: int = 1  # processes that simulate subjects
+    encoders: tuple[str, ...] = ("handcrafted",)
+    twin_latents: bool = False
+    clip_model: str = "ViT-L-14"
+    clip_weights: Path | None = None
+
+
+def simulate_twin(run: TwinRun, out: Path) -> Any:
+    """``out/bids``: the twin of `run.size`, deterministic for `run.seed`."""
     from megdecode.twin.config import TwinConfig
     from megdecode.twin.simulate import simulate
 
-    return simulate(TwinConfig.preset(setup.size, seed=setup.seed), out / "bids", n_jobs=2)
+    return simulate(TwinConfig.preset(run.size, seed=run.seed), out / "bids", n_jobs=run.n_jobs)
 
 
-def _preprocess(setup: DemoSetup, out: Path) -> Any:
-    from megdecode.data import store as epoch_store
+def preprocess_twin(run: TwinRun, out: Path) -> Any:
+    """``out/store``: the epoch store of ``out/bids`` (on Ray Data when `run.use_ray`)."""
     from megdecode.data.build import build_epoch_store
 
-    report = build_epoch_store(out / "bids", out / "store", use_ray=setup.use_ray)
-    return plain(report) | {"rows_per_subject": epoch_store.read_manifest(out / "store").row_counts}
+    return build_epoch_store(out / "bids", out / "store", use_ray=run.use_ray)
 
 
-def _latents(setup: DemoSetup, out: Path) -> list[Any]:
-    """Handcrafted image features (and CLIP-Vision with local weights), plus the twin's
-    ground-truth factors (twin-lowlevel, twin-category) that the generator conditions on."""
+def encode_latents(run: TwinRun, out: Path) -> list[Any]:
+    """``out/latents``: every encoder of `run.encoders`, then the twin's own factors."""
     from megdecode.latents.registry import make_encoder
     from megdecode.latents.stage import build_latents
     from megdecode.twin.truth_latents import write_twin_latents
 
-    encoders = ["handcrafted"]
-    if setup.clip_weights is not None:
-        encoders.append("clip-vision")
-    else:
+    built: list[Any] = [build_latents(out / "store", out / "bids", out / "latents",
+                                      make_encoder(name, run.clip_model, run.clip_weights))
+                        for name in run.encoders]
+    if run.twin_latents:
+        built += [str(p) for p in write_twin_latents(out / "bids", out / "latents")]
+    return built
+
+
+def build_twin_run(run: TwinRun, out: str | Path) -> Path:
+    """Simulate, preprocess and encode into `out` (created); returns `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    simulate_twin(run, out)
+    preprocess_twin(run, out)
+    encode_latents(run, out)
+    return out
+
+
+def _twin_run(setup: DemoSetup) -> TwinRun:
+    """The demo's run folder: CLIP-Vision too when local weights are given, twin factors for
+    the generator, subjects simulated by two processes."""
+    if setup.clip_weights is None:
         logger.warning("no --clip-weights given: skipping CLIP-Vision latents (no weights are downloaded)")
-    built = [build_latents(out / "store", out / "bids", out / "latents",
-                           make_encoder(name, setup.clip_model, setup.clip_weights)) for name in encoders]
-    return built + [str(p) for p in write_twin_latents(out / "bids", out / "latents")]
+    encoders = ("handcrafted",) if setup.clip_weights is None else ("handcrafted", "clip-vision")
+    return TwinRun(size=setup.size, seed=setup.seed, use_ray=setup.use_ray, n_jobs=2, encoders=encoders,
+                   twin_latents=True, clip_model=setup.clip_model, clip_weights=setup.clip_weights)
+
+
+def _preprocess(run: TwinRun, out: Path) -> Any:
+    from megdecode.data import store as epoch_store
+
+    report = preprocess_twin(run, out)
+    return plain(report) | {"rows_per_subject": epoch_store.read_manifest(out / "store").row_counts}
 
 
 def _tune(setup: DemoSetup, out: Path) -> Any:
