@@ -41,10 +41,10 @@ def timed_modules(modules: dict[str, torch.nn.Module | None]) -> Iterator[dict[s
         if module is None:
             continue
 
-        def pre(_m, _a, name=name):  # type: ignore[no-untyped-def]
+        def pre(_m, _a, name=name):
             starts[name] = time.perf_counter()
 
-        def post(_m, _a, _o, name=name):  # type: ignore[no-untyped-def]
+        def post(_m, _a, _o, name=name):
             totals[name] += time.perf_counter() - starts[name]
 
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
@@ -70,7 +70,7 @@ def run(gen: LatentGenerator, batch: int, steps: int, repeats: int, size: int | 
     rng = np.random.default_rng(0)
     latents = {k: rng.standard_normal((batch, f)).astype(np.float32) for k, f in gen.conditions.items()}
     decoder = _Decoder(gen)
-    gen._decode = decoder  # type: ignore[method-assign]
+    gen._decode = decoder
     rows = []
     hw = {"height": size, "width": size} if size else {}
     gen.generate(latents, steps=1, batch_size=batch, **hw)  # warm-up

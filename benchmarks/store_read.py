@@ -62,7 +62,7 @@ class _Block:
     pos3d: np.ndarray = field(default_factory=lambda: np.zeros((C, 3)))
 
 
-def blocks(n_epochs: int, seed: int = 0):  # type: ignore[no-untyped-def]
+def blocks(n_epochs: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     for start in range(0, n_epochs, RUN):
         n = min(RUN, n_epochs - start)
@@ -221,11 +221,11 @@ def _ray_benchmark(store: Path, batch_size: int, rounds: int, num_cpus: int | No
         ray.shutdown()
 
 
-def _ray_rows(make, batch_size: int) -> int:  # type: ignore[no-untyped-def]
+def _ray_rows(make, batch_size: int) -> int:
     return _ray_pass(make, batch_size)[0]
 
 
-def _ray_pass(make, batch_size: int) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+def _ray_pass(make, batch_size: int) -> tuple[int, float]:
     """One full pass of numpy batches through Ray Data: (rows, seconds)."""
     start = time.perf_counter()
     n = 0

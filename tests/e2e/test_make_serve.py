@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_demo import TINY_SPACE  # type: ignore[import-not-found]
+from test_demo import TINY_SPACE
 
 from megdecode.serve.app import free_port
 

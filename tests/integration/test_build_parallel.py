@@ -77,7 +77,7 @@ def _corrupt_between_passes(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = build._subject_jobs
 
-    def corrupt_then_plan(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def corrupt_then_plan(*args, **kwargs):
         jobs = real(*args, **kwargs)
         arrays = Path(jobs[-1].stems[0]).with_suffix(".npz")
         raw = bytearray(arrays.read_bytes())

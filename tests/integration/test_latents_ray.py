@@ -32,7 +32,7 @@ def test_actor_pool_matches_local_encoding(tiny_run: Path, tmp_path: Path) -> No
         assert np.array_equal(ids, local_ids)
         np.testing.assert_array_equal(latents, local)
 
-        def must_not_run(paths, batch_size):  # type: ignore[no-untyped-def]
+        def must_not_run(paths, batch_size):
             raise AssertionError("everything is cached; nothing should be encoded")
 
         build_latents(tiny_run / "store", tiny_run / "bids", tmp_path, make_encoder("handcrafted"),

@@ -58,7 +58,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _collect(ds) -> tuple[np.ndarray, pd.DataFrame]:  # type: ignore[no-untyped-def]
+def _collect(ds) -> tuple[np.ndarray, pd.DataFrame]:
     """All batches, sorted by (subject, trial_index): Ray does not promise file order."""
     megs, metas = [], []
     for batch in ds.iter_batches(batch_size=5, batch_format="numpy"):
@@ -91,7 +91,7 @@ def test_ray_filters_and_window(ray_local: None, store: Path) -> None:
     assert set(meta["split"]) == {"test"} and set(meta["subject"]) == {"BIGMEG2"}
 
 
-def _iterate(ds) -> int:  # type: ignore[no-untyped-def]
+def _iterate(ds) -> int:
     return sum(len(b["meg"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
 
 
@@ -117,7 +117,7 @@ def test_ray_refuses_a_corrupt_store_naming_the_file(
     stores.CORRUPTIONS[corruption](store, other)
     for kwargs in ({}, {"subjects": ["BIGMEG1"], "splits": ["test"], "tmin": 0.0, "tmax": 0.03}):
         with pytest.raises(epoch_store.StoreError, match=str(path)):
-            ds = epoch_store.read_ray_dataset(store, **kwargs)  # type: ignore[arg-type]
+            ds = epoch_store.read_ray_dataset(store, **kwargs)
             assert corruption in PAGE_ONLY, "seal damage is refused before the dataset exists"
             _iterate(ds)
 

@@ -66,7 +66,7 @@ params:
 """
 
 
-def _client(uri: str):  # type: ignore[no-untyped-def]
+def _client(uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -22,7 +22,7 @@ SMALL = BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, dep
 def _cfg(run: Path, **train: object) -> FitConfig:
     options = {"max_epochs": 3, "batch_size": 32, "patience": 5} | train
     return FitConfig(store=str(run / "store"), latents_dir=str(run / "latents"), model=SMALL,
-                     train=TrainConfig(**options))  # type: ignore[arg-type]
+                     train=TrainConfig(**options))
 
 
 def test_same_seed_same_run_other_seed_other_run(tiny_run: Path) -> None:
@@ -83,7 +83,7 @@ def test_a_tune_trials_trainer_saves_its_bundle_with_prediction_stats(tiny_run: 
 
     trainer = Trainer(_cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=1), load_run_data(_cfg(tiny_run, tmin=0.0, tmax=0.5)))
     trainer.step()
-    stats = load_bundle(trainer.finish(tmp_path / "seed0").bundle_path).prediction_stats  # type: ignore[arg-type]
+    stats = load_bundle(trainer.finish(tmp_path / "seed0").bundle_path).prediction_stats
     assert stats is not None and stats.reference == "val" and stats.n == len(trainer.data.val.meta)
 
 

@@ -151,6 +151,7 @@ def global_vector(context: torch.Tensor, lengths: Sequence[int], weights: Sequen
     cross-attention keep dual guidance consistent; null tokens give the null vector.
     """
     chunks = torch.split(context, list(lengths), dim=1)
+    # sum() starts from int 0, so mypy types the result int | Tensor; it is a Tensor here
     return sum(w * c.mean(dim=1) for w, c in zip(weights, chunks, strict=True))  # type: ignore[return-value]
 
 

@@ -86,7 +86,7 @@ def as_float_images(images: ImagesLike) -> np.ndarray:
     return np.stack(out)
 
 
-def resize(images: np.ndarray, size: int, mode: str = "bilinear"):  # type: ignore[no-untyped-def]
+def resize(images: np.ndarray, size: int, mode: str = "bilinear"):
     """(N, H, W, 3) float in [0, 1] -> (N, 3, size, size) float tensor (antialiased)."""
     import torch
     import torch.nn.functional as F
@@ -186,7 +186,7 @@ def _clip(path: Path | None, model_name: str) -> FeatureNet:
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    return FeatureNet("clip", visual, size, mean, std, mode="bicubic")  # type: ignore[arg-type]
+    return FeatureNet("clip", visual, size, mean, std, mode="bicubic")
 
 
 @dataclasses.dataclass

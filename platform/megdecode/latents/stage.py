@@ -78,7 +78,7 @@ def build_latents(
     if isinstance(encoder, TextEncoder):
         ids, categories = store_categories(store)
         items = [encoder.prompt(c) for c in categories]
-        encode_fn = encode_fn or partial(_encode_texts, encoder)  # type: ignore[arg-type]
+        encode_fn = encode_fn or partial(_encode_texts, encoder)
     else:
         ids, rel_paths = store_images(store)
         items = [bids.image_file(bids_root, p, images_root) for p in rel_paths]

@@ -4,7 +4,6 @@ MNE RawArrays with real CTF-275 sensor geometry and signals placed at known onse
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import mne
 import numpy as np
@@ -14,6 +13,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.preprocessing import RobustScaler as SkRobustScaler
 
 from megdecode.config import ConfigError
+from megdecode.data.bids import Recording, RunKey
 from megdecode.data.preprocess import (
     METADATA_COLUMNS,
     PreprocessConfig,
@@ -29,23 +29,6 @@ from megdecode.data.scaling import (
 )
 from megdecode.data.signal import baseline_correct, cut_epochs, resample_ratio
 from megdecode.data.splits import SplitConfig, assign_splits, split_mask
-
-try:
-    from megdecode.data.bids import Recording, RunKey
-except ImportError:  # the reader is written in parallel; same fields as INTERFACES.md
-
-    @dataclass(frozen=True)
-    class RunKey:  # type: ignore[no-redef]
-        subject: str
-        session: str
-        run: str
-
-    @dataclass
-    class Recording:  # type: ignore[no-redef]
-        key: RunKey
-        raw: mne.io.BaseRaw
-        events: pd.DataFrame
-
 
 KEY = RunKey("BIGMEG1", "02", "03")
 CHANNELS = ("MLC11", "MLC12", "MRC11", "MRO11", "MZO01", "MLT11", "MRT11")  # MRO11 is excluded

@@ -74,7 +74,7 @@ def test_window_curve_calls_once_per_window_in_order() -> None:
 
 def test_window_curve_rejects_non_mapping_results() -> None:
     with pytest.raises(TypeError, match="mapping"):
-        window_curve(lambda a, b: 0.3, [(0.0, 0.1)], progress=False)  # type: ignore[arg-type, return-value]
+        window_curve(lambda a, b: 0.3, [(0.0, 0.1)], progress=False)
     with pytest.raises(ValueError, match="reserved"):
         window_curve(lambda a, b: {"tmin": 1.0}, [(0.0, 0.1)], progress=False)
 

@@ -70,7 +70,7 @@ def test_paper_and_smoke_search_what_the_issue_asks() -> None:
     assert (specs["model.depth"].low, specs["model.depth"].high) == (1, 2)
 
 
-def specs_hi(space, key: str) -> float:  # type: ignore[no-untyped-def]
+def specs_hi(space, key: str) -> float:
     return float(next(p for p in space.params if p.key == key).high)
 
 

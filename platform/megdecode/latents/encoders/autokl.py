@@ -42,7 +42,7 @@ class TinyAutoKLConfig(FlatConfig):
     norm_num_groups: int = 4
     sample_size: int = 64
 
-    def build(self):  # type: ignore[no-untyped-def]
+    def build(self):
         from diffusers import AutoencoderKL
 
         n = len(self.block_out_channels)
@@ -99,7 +99,7 @@ class AutoKLEncoder:
         self.token_shape: tuple[int, ...] | None = tuple(probe.shape[1:])
         self.dim = int(np.prod(probe.shape[1:]))
 
-    def _forward(self, pixels):  # type: ignore[no-untyped-def]
+    def _forward(self, pixels):
         """(B, 3, S, S) in [-1, 1] -> (B, C, h, w) scaled latent mean, or (B, h, w) average."""
         import torch
 
@@ -107,7 +107,7 @@ class AutoKLEncoder:
             mean = self.vae.encode(pixels).latent_dist.mean * self.scaling_factor
         return mean if self.output == "latent" else mean.mean(dim=1)
 
-    def pixels(self, images: Sequence[Image.Image]):  # type: ignore[no-untyped-def]
+    def pixels(self, images: Sequence[Image.Image]):
         """RGB images -> (N, 3, S, S) float tensor in [-1, 1] (bicubic resize to S)."""
         import torch
 

@@ -107,7 +107,7 @@ class ClipVisionEncoder:
                 f"token pooling; got {type(visual).__name__}"
             )
 
-    def _forward(self, pixels):  # type: ignore[no-untyped-def]
+    def _forward(self, pixels):
         """(B, 3, H, W) normalised pixels -> (B, F) or (B, tokens, embed_dim) tensor."""
         import torch
 

@@ -70,7 +70,7 @@ class ClipTextEncoder:
         self.fingerprint = f"{model_name}|{weights_identity(path)}|{output}|{template}"
         self.tokenizer = open_clip.get_tokenizer(model_name)
         # keep the text tower only; the image tower is the big half of CLIP
-        model.visual = None  # type: ignore[assignment]
+        model.visual = None
         self.model = model.to(device).eval()
         self.device, self.output, self.template = device, output, template
         self.name = "clip-text" if output == "mean" else "clip-text-tokens"
@@ -80,7 +80,7 @@ class ClipTextEncoder:
         )
         self.dim = int(probe.shape[-1]) if output == "mean" else int(np.prod(probe.shape[1:]))
 
-    def tokens(self, texts: Sequence[str]):  # type: ignore[no-untyped-def]
+    def tokens(self, texts: Sequence[str]):
         """Texts -> (N, context_length, embed_dim) tensor: every last-layer token, projected.
 
         `encode_text` up to its pooling step, which is skipped to keep every position.

@@ -38,7 +38,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def imagenet_pixels(images: Sequence[Image.Image], size: int, resample: Image.Resampling):  # type: ignore[no-untyped-def]
+def imagenet_pixels(images: Sequence[Image.Image], size: int, resample: Image.Resampling):
     """RGB images -> (N, 3, size, size) float tensor, ImageNet-normalised."""
     import torch
 
@@ -59,7 +59,7 @@ class _TorchImageEncoder:
     device: str
     model: Any
 
-    def _forward(self, pixels):  # type: ignore[no-untyped-def]
+    def _forward(self, pixels):
         return self.model(pixels)
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -103,12 +103,13 @@ class DinoV2Encoder(_TorchImageEncoder):
                 img_size=image_size, **model_kwargs,
             )
         if path is not None:
+            # timm types `model` as its VisionTransformer; create_model returns nn.Module
             state = checkpoint_filter_fn(load_state_dict(path), model)  # type: ignore[arg-type]
             model.load_state_dict(state, strict=True)
             logger.info("DINOv2 %s: weights from %s", model_name, path)
         self.model = model.to(device).eval()
         self.device, self.image_size = device, int(image_size)
-        self.dim = int(model.num_features)  # type: ignore[arg-type]
+        self.dim = int(model.num_features)  # type: ignore[arg-type]  # timm sets it; nn.Module's __getattr__ types it Tensor | Module
         kwargs = ",".join(f"{k}={v}" for k, v in sorted(model_kwargs.items()))
         self.fingerprint = f"{model_name}({kwargs})|{weights_identity(path)}|{image_size}px"
 
