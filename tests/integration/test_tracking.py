@@ -18,6 +18,7 @@ import torch
 from mlflow.models import get_model_info
 
 from megdecode.bundle import ModelBundle, load_bundle, save_bundle
+from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState
 from megdecode.models.brain import BrainConfig, BrainModule
 from megdecode.predict import load_model
 from megdecode.tracking import (
@@ -71,12 +72,13 @@ def _bundle(path: Path) -> Path:
     pos = np.random.default_rng(0).uniform(0, 1, (C, 2)).astype(np.float32)
     rng = np.random.default_rng(1)
     return save_bundle(ModelBundle(
-        model_config=cfg.to_flat_dict(), state_dict=BrainModule(cfg, pos).state_dict(), tmin=0.0, tmax=0.1,
-        sfreq=120.0, n_times=T, ch_names=[f"M{i}" for i in range(C)], pos2d=pos,
-        subjects=["BIGMEG1", "BIGMEG2"], latent_name="handcrafted",
+        model_config=cfg.to_flat_dict(), state_dict=BrainModule(cfg, pos).state_dict(),
+        loss=LossState(2.5, learned=True), tmin=0.0, tmax=0.1, sfreq=120.0, n_times=T,
+        ch_names=[f"M{i}" for i in range(C)], pos2d=pos, subjects=["BIGMEG1", "BIGMEG2"],
+        latent_name="handcrafted", latent_parts=[LatentPart("handcrafted", F)],
         latent_mean=rng.normal(size=F).astype(np.float32), latent_std=np.ones(F, np.float32),
         gallery=rng.normal(size=(4, F)).astype(np.float32), gallery_ids=np.arange(4, dtype=np.int64),
-        metrics={"test/top5": 0.5},
+        gallery_meta=GalleryMeta.blank(4), fit_config=FitRecord({}), metrics={"test/top5": 0.5},
     ), path)
 
 
@@ -171,6 +173,7 @@ def test_register_and_resolve_alias(tracker: Tracker, tmp_path: Path) -> None:
     model, bundle = load_model(path)
     assert bundle.subjects == ["BIGMEG1", "BIGMEG2"] and model.cfg.n_channels == C
     assert path.is_relative_to(tmp_path / "resolved")
+    assert bundle.loss == LossState(2.5, learned=True)  # the loss state travels through the registry
 
     info = get_model_info(f"models:/megdecode-brain/{version}")
     inputs = {s.name: s for s in info.signature.inputs.inputs}

@@ -159,8 +159,7 @@ def stats_card(bundle: ModelBundle) -> dict[str, Any]:
     return {"prediction_stats": stats.describe(), "warnings": []}
 
 
-def load_served_model(source: str, tracking_uri: str = "", store: str | None = None,
-                      precision: str = "float32") -> LoadedModel:
+def load_served_model(source: str, tracking_uri: str = "", precision: str = "float32") -> LoadedModel:
     """Fetch, load and check a bundle; build its gallery and its public card.
 
     precision "bfloat16" runs the model in bfloat16 (opt-in, ``decoder.precision``): on CPUs
@@ -171,17 +170,17 @@ def load_served_model(source: str, tracking_uri: str = "", store: str | None = N
     model, bundle = load_model(path)
     dtype = PRECISIONS[precision]
     model = inference_layout(model).to(dtype)
-    gallery = Gallery.from_bundle(bundle, store)
+    gallery = Gallery.from_bundle(bundle)
     card = {
         "name": registry["name"], "version": registry["version"], "alias": registry.get("alias"),
-        "run_id": registry["run_id"] or bundle.extra.get("run_id"), "source": source,
+        "run_id": registry["run_id"], "source": source,
         "latent_name": bundle.latent_name, "latent_dim": len(bundle.latent_mean),
         "window": {"tmin": bundle.tmin, "tmax": bundle.tmax, "sfreq": bundle.sfreq, "n_times": bundle.n_times},
         "channels": {"n": len(bundle.ch_names), "names": list(bundle.ch_names)},
         "subjects": list(bundle.subjects), "metrics": dict(bundle.metrics), "git_commit": bundle.git_commit,
         "gallery_size": len(gallery), "precision": precision,
-        "streaming": {"available": "preprocess" in bundle.extra and "scalers" in bundle.extra,
-                      "filter_phase": (bundle.extra.get("preprocess") or {}).get("filter_phase", "zero")},
+        "streaming": {"available": bundle.streamable,
+                      "filter_phase": bundle.preprocess.filter_phase if bundle.preprocess is not None else "zero"},
         **stats_card(bundle),
     }
     logger.info("loaded model %s (version %s) from %s", card["name"], card["version"], path)
