@@ -153,10 +153,10 @@ class LivePage:
         """(bundle, gallery) of `source`, loaded once: for an ingress without its own model copy."""
         if self._model is None or self._model[0] != source:
             from megdecode.bundle import load_bundle
-            from megdecode.serve.model import fetch
+            from megdecode.tracking import resolve_bundle
 
             try:
-                bundle = load_bundle(fetch(source, tracking_uri)[0])
+                bundle = load_bundle(resolve_bundle(source, tracking_uri)[0])
             except (OSError, ValueError, KeyError) as exc:
                 raise ApiError(503, "not_ready", f"the live page cannot load the model: {exc}",
                                {"Retry-After": "5"}) from None

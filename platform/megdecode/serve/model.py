@@ -2,7 +2,7 @@
 
 Kept apart from the deployment so it can be tested and reused (the demo, the CLI)
 without Serve. ``models:/<name>@<alias>`` resolves through the MLflow registry
-(`megdecode.tracking.Tracker.resolve_alias`); ``models:/<name>/<version>`` pins a version.
+(`megdecode.tracking.resolve_bundle`); ``models:/<name>/<version>`` pins a version.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from megdecode.bundle import ModelBundle
 from megdecode.models.brain import BrainModule
 from megdecode.predict import load_model
 from megdecode.serve.gallery import Gallery
+from megdecode.tracking import resolve_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -98,51 +98,6 @@ class LoadedModel:
         return out.clip.float().numpy(), out.mse.float().numpy()
 
 
-def parse_model_uri(source: str) -> tuple[str, str | None, int | None]:
-    """models:/name@alias -> (name, alias, None); models:/name/3 -> (name, None, 3)."""
-    rest = source.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        if name and alias:
-            return name, alias, None
-    elif "/" in rest:
-        name, version = rest.rsplit("/", 1)
-        if name and version.isdigit():
-            return name, None, int(version)
-    raise ValueError(f"model URI {source!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
-
-
-def fetch(source: str, tracking_uri: str = "", dst: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """The local bundle folder of `source` and registry facts (name, version, run id)."""
-    if not source:
-        raise ValueError("no model configured: set decoder.model to models:/<name>@<alias> or a bundle folder")
-    if not source.startswith("models:/"):
-        path = Path(source)
-        if not (path / "bundle.json").is_file():
-            raise FileNotFoundError(f"no model bundle at {path} (no bundle.json)")
-        return path, {"name": path.name, "version": None, "run_id": None}
-    if not tracking_uri:
-        raise ValueError(f"{source} needs a tracking URI (decoder.tracking_uri or MEGDECODE_TRACKING_URI)")
-    import mlflow.artifacts
-
-    from megdecode.tracking import Tracker
-
-    name, alias, number = parse_model_uri(source)
-    tracker = Tracker(tracking_uri)
-    version = (tracker.client.get_model_version_by_alias(name, alias) if alias
-               else tracker.client.get_model_version(name, str(number)))
-    if alias:
-        path = tracker.resolve_alias(name, alias, dst)
-    else:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst) if dst else None,
-                                                    tracking_uri=tracking_uri)
-        found = sorted(Path(local).rglob("bundle.json"), key=lambda p: len(p.parts))
-        if not found:
-            raise FileNotFoundError(f"{source} holds no bundle.json")
-        path = found[0].parent
-    return path, {"name": name, "version": int(version.version), "run_id": version.run_id, "alias": alias}
-
-
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NO_STATS_WARNING = ("this bundle stores no prediction statistics (made before they were stored): "
                     "/v1/reconstruct feeds the generator the MSE head's output without z-scoring it, so its "
@@ -166,14 +121,14 @@ def load_served_model(source: str, tracking_uri: str = "", precision: str = "flo
     with AMX / AVX512-BF16 a forward is ~2x faster and batches gain more, at ~1e-5 cosine
     distance from the float32 latent, which may reorder near-tied gallery images.
     """
-    path, registry = fetch(source, tracking_uri)
+    path, registry = resolve_bundle(source, tracking_uri)
     model, bundle = load_model(path)
     dtype = PRECISIONS[precision]
     model = inference_layout(model).to(dtype)
     gallery = Gallery.from_bundle(bundle)
     card = {
-        "name": registry["name"], "version": registry["version"], "alias": registry.get("alias"),
-        "run_id": registry["run_id"], "source": source,
+        "name": registry.name, "version": registry.version, "alias": registry.alias,
+        "run_id": registry.run_id, "source": source,
         "latent_name": bundle.latent_name, "latent_dim": len(bundle.latent_mean),
         "window": {"tmin": bundle.tmin, "tmax": bundle.tmax, "sfreq": bundle.sfreq, "n_times": bundle.n_times},
         "channels": {"n": len(bundle.ch_names), "names": list(bundle.ch_names)},
