@@ -46,8 +46,7 @@ def with_stats(bundle_dir: Path, dst: Path) -> Path:
     if bundle.prediction_stats is not None:
         return bundle_dir
     model, _ = load_model(bundle_dir)
-    store = bundle.extra["fit_config"]["store"]
-    X, meta = epoch_store.load_epochs(store, splits=["val"], tmin=bundle.tmin, tmax=bundle.tmax)
+    X, meta = epoch_store.load_epochs(bundle.fit_config.store, splits=["val"], tmin=bundle.tmin, tmax=bundle.tmax)
     subject = np.array([bundle.subject_index(str(s)) for s in meta["subject"]], np.int64)
     _, mse = predict_windows(model, X, subject)
     bundle.prediction_stats = PredictionStats.of(mse, reference="val")
@@ -90,8 +89,8 @@ def main() -> None:
                       f"{scores['ssim']:6.3f}")
         # the evaluation's single trials (bundle mode) against the served path, window by window
         state = load_served_model(str(bundle_dir))
-        X, meta = epoch_store.load_epochs(bundle.extra["fit_config"]["store"], splits=["test"], tmin=bundle.tmin,
-                                     tmax=bundle.tmax)
+        X, meta = epoch_store.load_epochs(bundle.fit_config.store, splits=["test"], tmin=bundle.tmin,
+                                          tmax=bundle.tmax)
         k = min(args.max_single, len(meta), 20)
         offline = decoded["bundle"].latents["single"][:k]
         names = [n for n, _ in parts]

@@ -66,6 +66,7 @@ def synthetic_bundle(size: str, out: Path) -> Path:
     """An untrained bundle of `size` ("paper" or "demo") with every field serving reads,
     the stream's included (causal preprocessing, per-subject scalers, native rate)."""
     from megdecode.bundle import ModelBundle, save_bundle
+    from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState, SubjectScaler
     from megdecode.data.preprocess import PreprocessConfig
     from megdecode.models.brain import BrainConfig, BrainModule
 
@@ -80,16 +81,15 @@ def synthetic_bundle(size: str, out: Path) -> Path:
     torch.manual_seed(0)
     model = BrainModule(cfg, pos2d).eval()
     subjects = [f"{i + 1:02d}" for i in range(n_sub)]
-    scaler = {"center": [0.0] * n_ch, "scale": [1e-12] * n_ch, "raw_sfreq": raw_sfreq}
-    b = ModelBundle(
-        model_config=cfg.to_flat_dict(), state_dict=model.state_dict(), tmin=tmin, tmax=tmax, sfreq=120.0,
-        n_times=n_times, ch_names=[f"MEG{i:03d}" for i in range(n_ch)], pos2d=pos2d, subjects=subjects,
-        latent_name="synthetic", latent_mean=np.zeros(latent_dim, np.float32), latent_std=np.ones(latent_dim, np.float32),
+    scaler = SubjectScaler(np.zeros(n_ch), np.full(n_ch, 1e-12), raw_sfreq=raw_sfreq)
+    b = ModelBundle(  # untrained, for latency benchmarks: τ at its initial value, no training data
+        model_config=cfg.to_flat_dict(), state_dict=model.state_dict(), loss=LossState(float(np.log(1 / 0.07)), learned=True),
+        tmin=tmin, tmax=tmax, sfreq=120.0, n_times=n_times, ch_names=[f"MEG{i:03d}" for i in range(n_ch)],
+        pos2d=pos2d, subjects=subjects, latent_name="synthetic", latent_parts=[LatentPart("synthetic", latent_dim)],
+        latent_mean=np.zeros(latent_dim, np.float32), latent_std=np.ones(latent_dim, np.float32),
         gallery=rng.standard_normal((gallery, latent_dim)).astype(np.float32), gallery_ids=np.arange(gallery),
-        extra={"note": f"untrained {size}-size model for latency benchmarks",
-               "gallery_meta": {"category": [f"c{i}" for i in range(gallery)], "image_path": [""] * gallery},
-               "preprocess": PreprocessConfig(filter_phase="causal").to_flat_dict(),
-               "scalers": {s: scaler for s in subjects}},
+        gallery_meta=GalleryMeta(tuple(f"c{i}" for i in range(gallery)), ("",) * gallery), fit_config=FitRecord({}),
+        preprocess=PreprocessConfig(filter_phase="causal"), scalers={s: scaler for s in subjects},
     )
     return save_bundle(b, out)
 
@@ -360,7 +360,8 @@ def bench_model(label: str, bundle: Path, url: str, port: int, echo_p50: float, 
         if copy == "stream":
             batched = saturate(decode_url, body, headers, args.seconds)
             batched_handle = saturate_handle("megdecode", x, b.subjects[0], args.seconds)
-            sfreq = float(b.extra.get("scalers", {}).get(b.subjects[0], {}).get("raw_sfreq", 1200.0))
+            scaler = b.scalers.get(b.subjects[0])
+            sfreq = float(scaler.raw_sfreq or 1200.0) if scaler is not None else 1200.0
             ws_url = url.replace("http", "ws") + "/v1/stream"
             ws = stream(ws_url, b.subjects[0], len(b.ch_names), sfreq, args.seconds, True)
             fast = stream(ws_url, b.subjects[0], len(b.ch_names), sfreq, args.seconds, False)

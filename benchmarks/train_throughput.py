@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from megdecode.logs import setup_logging
 from megdecode.losses import CombinedLoss, LossConfig
-from megdecode.models.brain import BrainModule, count_parameters, paper_config
+from megdecode.models.brain import BrainModule, paper_config
 from megdecode.models.dilated import DilatedConv
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def main() -> None:
     samples_per_s = args.batch_size / statistics.median(times)
     result = {
         "threads": torch.get_num_threads(),
-        "params": count_parameters(model)["total"],
+        "params": model.count_parameters()["total"],
         "batch_size": args.batch_size,
         "steps": args.steps,
         "step_s_median": round(statistics.median(times), 3),

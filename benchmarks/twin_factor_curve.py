@@ -20,7 +20,6 @@ Usage: python benchmarks/twin_factor_curve.py [--bundle runs/demo/champion] [--f
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -53,7 +52,7 @@ DERIVED = ("model.n_channels", "model.n_times", "model.n_subjects", "model.out_d
 
 def bundle_config(bundle: Path) -> dict[str, object]:
     """The flat FitConfig a bundle was trained with, minus what the data determine."""
-    flat = dict(json.loads((bundle / "bundle.json").read_text())["extra"]["fit_config"])
+    flat = dict(load_bundle(bundle).fit_config.flat)
     for key in DERIVED:
         flat.pop(key, None)
     if flat.get("train.latent") != LATENT:

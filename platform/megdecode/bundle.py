@@ -1,16 +1,19 @@
 """The model bundle: everything needed to rebuild and use a trained brain module.
 
-What the registry holds and serving loads (DESIGN §6): the weights, the model config,
-the time window, the channel layout, the subject index, the latent name and the training
+What the registry holds and serving loads (DESIGN §6), every field typed and checked on
+load: the weights, the model config, the loss state (the learned CLIP temperature), the
+time window, the channel layout, the subject index, the latent parts with the training
 latents' mean/std (for the MSE-head post-processing), the prediction statistics of a
-reference set (`PredictionStats`: what z-scores one served window the way the offline
-evaluation z-scores a set), a gallery of candidate latents with their image ids, the
-metrics and the git commit. `load_bundle` refuses a bundle whose fields are missing or
-inconsistent, because a model applied to the wrong channel order or window decodes
-garbage without any error.
+reference set, a gallery of candidate latents with their ids and metadata, the run's fit
+config, the preprocessing and per-subject scalers the online stream needs, the metrics
+and the git commit. `load_bundle` refuses a bundle whose fields are missing or
+inconsistent, naming the field, because a model applied to the wrong channel order or
+window decodes garbage without any error.
 
 On disk: ``bundle.json`` (metadata + sha256 of the tensor files), ``model.safetensors``
-and ``arrays.safetensors`` (positions, latent stats, prediction stats, gallery).
+and ``arrays.safetensors`` (positions, latent stats, prediction stats, gallery). A
+bundle of the first format (serving fields in an untyped ``extra`` object) is migrated
+on load by `megdecode.bundle_fields.upgrade_v1`.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,19 +33,32 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
+from megdecode.bundle_fields import (
+    FORMAT_V1,
+    BundleError,
+    FitRecord,
+    GalleryMeta,
+    LatentPart,
+    LossState,
+    SubjectScaler,
+    preprocess_from_json,
+    upgrade_v1,
+)
+from megdecode.config import ConfigError
+from megdecode.data.preprocess import PreprocessConfig
 from megdecode.data.store import sha256_file
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "megdecode-bundle/1"
+FORMAT = "megdecode-bundle/2"
 _ARRAYS = ("pos2d", "latent_mean", "latent_std", "gallery", "gallery_ids")
 _STATS_ARRAYS = ("pred_mean", "pred_std")  # PredictionStats.mean / .std in arrays.safetensors
+# bundle.json keys every bundle has; null is a valid value of loss, preprocess and prediction_stats
+_REQUIRED = ("model_config", "loss", "tmin", "tmax", "sfreq", "n_times", "ch_names", "subjects", "latent_name",
+             "latent_parts", "gallery_meta", "fit_config", "preprocess", "scalers", "prediction_stats", "sha256")
 _WARNED: set[Path] = set()  # bundles already reported as lacking prediction statistics
+_T = TypeVar("_T")
 STD_FLOOR = 1e-8  # a dimension the head never varies on the reference set: divide by this, not 0
-
-
-class BundleError(ValueError):
-    """The bundle is missing a field or its fields disagree; the message says which."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +114,7 @@ class ModelBundle:
 
     model_config: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
+    loss: LossState | None  # None: τ not recorded (a first-format bundle that learned it)
     tmin: float
     tmax: float
     sfreq: float
@@ -105,14 +123,18 @@ class ModelBundle:
     pos2d: np.ndarray
     subjects: list[str]
     latent_name: str
+    latent_parts: list[LatentPart]  # blocks of F: several for a multi-latent target "a+b"
     latent_mean: np.ndarray
     latent_std: np.ndarray
     gallery: np.ndarray
     gallery_ids: np.ndarray
+    gallery_meta: GalleryMeta
+    fit_config: FitRecord
+    preprocess: PreprocessConfig | None = None  # None: the store recorded none (the model cannot stream)
+    scalers: dict[str, SubjectScaler] = field(default_factory=dict)  # subject -> its training scaler
+    prediction_stats: PredictionStats | None = None  # None: a bundle made before they were stored
     metrics: dict[str, float] = field(default_factory=dict)
     git_commit: str = "unknown"
-    extra: dict[str, Any] = field(default_factory=dict)
-    prediction_stats: PredictionStats | None = None  # None: a bundle made before they were stored
 
     def validate(self) -> None:
         """Raise `BundleError` naming the first inconsistency."""
@@ -129,31 +151,40 @@ class ModelBundle:
             (len(set(self.ch_names)) == c, "duplicate channel names"),
             (len(self.subjects) >= 1 and len(set(self.subjects)) == len(self.subjects), "subjects must be unique and non-empty"),
             (bool(self.state_dict), "state_dict is empty"),
+            (self.preprocess is None or isinstance(self.preprocess, PreprocessConfig),
+             f"preprocess is a {type(self.preprocess).__name__}, expected a PreprocessConfig"),
         ]
         for ok, message in checks:
             if not ok:
                 raise BundleError(message)
-        if sum(w for _, w in self.latent_parts) != f:
+        if not self.latent_parts or sum(p.width for p in self.latent_parts) != f:
             raise BundleError(f"latent_parts {self.latent_parts} do not add up to the latent width {f}")
         for key in ("n_channels", "n_times", "n_subjects", "out_dim"):
             expected = {"n_channels": c, "n_times": self.n_times, "n_subjects": len(self.subjects), "out_dim": f}[key]
             if key in self.model_config and int(self.model_config[key]) != expected:
                 raise BundleError(f"model_config {key}={self.model_config[key]} but the bundle says {expected}")
+        self.gallery_meta.check(len(self.gallery_ids))
+        self.fit_config.check()
+        if self.loss is not None:
+            self.loss.check()
+        unknown = sorted(set(self.scalers) - set(self.subjects))
+        if unknown:
+            raise BundleError(f"scalers name subjects the bundle does not know: {unknown}")
+        for subject, scaler in self.scalers.items():
+            scaler.check(c, subject)
         if self.prediction_stats is not None:
             self.prediction_stats.check(f)
 
     @property
-    def latent_parts(self) -> list[tuple[str, int]]:
-        """[(latent name, width)] of the target's blocks (several for a multi-latent target
-        "a+b", see `megdecode.latents.targets`); one block for bundles that do not say."""
-        parts = self.extra.get("latent_parts") or [[self.latent_name, len(self.latent_mean)]]
-        return [(str(n), int(w)) for n, w in parts]
+    def streamable(self) -> bool:
+        """Whether the bundle holds what online preprocessing needs (config and scalers)."""
+        return self.preprocess is not None and bool(self.scalers)
 
     def split_latent(self, z: np.ndarray) -> dict[str, np.ndarray]:
         """(N, F) predictions -> {latent name: (N, F_name)}, what a generator is conditioned on."""
         from megdecode.latents.targets import split_target
 
-        return split_target(z, self.latent_parts)
+        return split_target(z, list(self.latent_parts))
 
     def subject_index(self, subject: str | int) -> int:
         """Index of a subject label (or an index already), with a clear error."""
@@ -190,10 +221,16 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
     meta = {
         "format": FORMAT,
         "model_config": bundle.model_config,
+        "loss": bundle.loss.to_json() if bundle.loss is not None else None,
         "tmin": bundle.tmin, "tmax": bundle.tmax, "sfreq": bundle.sfreq, "n_times": bundle.n_times,
         "ch_names": bundle.ch_names, "subjects": bundle.subjects, "latent_name": bundle.latent_name,
-        "metrics": bundle.metrics, "git_commit": bundle.git_commit, "extra": bundle.extra,
+        "latent_parts": [[p.name, p.width] for p in bundle.latent_parts],
+        "gallery_meta": bundle.gallery_meta.to_json(),
+        "fit_config": dict(bundle.fit_config.flat),
+        "preprocess": bundle.preprocess.to_flat_dict() if bundle.preprocess is not None else None,
+        "scalers": {s: scaler.to_json() for s, scaler in bundle.scalers.items()},
         "prediction_stats": stats.describe() if stats is not None else None,
+        "metrics": bundle.metrics, "git_commit": bundle.git_commit,
         "sha256": {name: sha256_file(path / name) for name in ("model.safetensors", "arrays.safetensors")},
     }
     (path / "bundle.json").write_text(json.dumps(meta, indent=2, default=float))
@@ -201,18 +238,16 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
 
 
 def load_bundle(path: Path) -> ModelBundle:
-    """Read and check a bundle folder; every missing or inconsistent field is an error."""
+    """Read and check a bundle folder; every missing or inconsistent field is an error naming it."""
     path = Path(path)
     meta_path = path / "bundle.json"
     if not meta_path.exists():
         raise BundleError(f"no bundle.json in {path}")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise BundleError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    required = ("model_config", "tmin", "tmax", "sfreq", "n_times", "ch_names", "subjects", "latent_name", "sha256")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise BundleError(f"{meta_path} is missing {', '.join(missing)}")
+    if meta.get("format") not in (FORMAT, FORMAT_V1):
+        raise BundleError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r} (or {FORMAT_V1!r})")
+    if "sha256" not in meta:
+        raise BundleError(f"{meta_path} is missing sha256")
     for name, digest in meta["sha256"].items():
         file = path / name
         if not file.exists():
@@ -223,13 +258,29 @@ def load_bundle(path: Path) -> ModelBundle:
     absent = [a for a in _ARRAYS if a not in arrays]
     if absent:
         raise BundleError(f"arrays.safetensors is missing {', '.join(absent)}")
+    if meta["format"] == FORMAT_V1:
+        meta = upgrade_v1(meta, len(arrays["latent_mean"]), meta_path)
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise BundleError(f"{meta_path} is missing {', '.join(missing)}")
+
+    def read(key: str, parse: Callable[[Any], _T]) -> _T:
+        try:
+            return parse(meta[key])
+        except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{meta_path}: field {key!r} is malformed: {exc}") from None
+
     bundle = ModelBundle(
-        model_config=meta["model_config"],
-        state_dict=load_torch(str(path / "model.safetensors")),
-        tmin=float(meta["tmin"]), tmax=float(meta["tmax"]), sfreq=float(meta["sfreq"]),
-        n_times=int(meta["n_times"]), ch_names=list(meta["ch_names"]), subjects=list(meta["subjects"]),
-        latent_name=str(meta["latent_name"]), metrics=dict(meta.get("metrics", {})),
-        git_commit=str(meta.get("git_commit", "unknown")), extra=dict(meta.get("extra", {})),
+        model_config=read("model_config", dict), state_dict=load_torch(str(path / "model.safetensors")),
+        loss=read("loss", lambda v: None if v is None else LossState.from_json(v)),
+        tmin=read("tmin", float), tmax=read("tmax", float), sfreq=read("sfreq", float), n_times=read("n_times", int),
+        ch_names=read("ch_names", lambda v: [str(c) for c in v]), subjects=read("subjects", lambda v: [str(s) for s in v]),
+        latent_name=read("latent_name", str),
+        latent_parts=read("latent_parts", lambda v: [LatentPart(str(n), int(w)) for n, w in v]),
+        gallery_meta=read("gallery_meta", GalleryMeta.from_json), fit_config=read("fit_config", FitRecord.from_json),
+        preprocess=read("preprocess", preprocess_from_json),
+        scalers=read("scalers", lambda v: {str(s): SubjectScaler.from_json(d) for s, d in v.items()}),
+        metrics=dict(meta.get("metrics", {})), git_commit=str(meta.get("git_commit", "unknown")),
         prediction_stats=_read_stats(meta, arrays, meta_path),
         **{name: arrays[name] for name in _ARRAYS},
     )

@@ -240,7 +240,7 @@ def _retrieval_table(bundle: Path, store: Path | None, latents_dir: Path | None)
     from megdecode.train import FitConfig
 
     model, meta = load_model(bundle)
-    fit_cfg = FitConfig.from_flat_dict(meta.extra["fit_config"])
+    fit_cfg = FitConfig.from_flat_dict(dict(meta.fit_config.flat))
     fit_cfg = FitConfig.from_flat_dict(fit_cfg.to_flat_dict() | {
         k: str(v) for k, v in (("store", store), ("latents_dir", latents_dir)) if v is not None
     })

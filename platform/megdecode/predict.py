@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megdecode.bundle import BundleError, ModelBundle, load_bundle
+from megdecode.bundle import ModelBundle, load_bundle
+from megdecode.bundle_fields import BundleError
 from megdecode.models.brain import BrainConfig, BrainModule
 
 logger = logging.getLogger(__name__)

@@ -20,13 +20,13 @@ def promote_run(tracking_uri: str, run_id: str, name: str = "megdecode-brain", a
     The bundle is downloaded and loaded first (`Tracker.register_bundle` checks it), so a
     broken bundle never enters the registry.
     """
-    from megdecode.tracking import Tracker
+    from megdecode.tracking import Tracker, resolve_bundle
 
     if not tracking_uri or not run_id:
         raise ValueError("a tracking URI and a run id are needed to register a run's bundle")
     tracker = Tracker(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = tracker.download_bundle(run_id, tmp)
+        bundle, _ = resolve_bundle(f"runs:/{run_id}", tracking_uri, tmp)
         version = tracker.register_bundle(run_id, bundle, name=name, alias=alias)
     logger.info("registered run %s as %s version %d (@%s)", run_id, name, version, alias)
     return version

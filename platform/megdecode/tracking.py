@@ -2,7 +2,8 @@
 
 One experiment per search, one parent run per Tune trial and one child run per seed
 (tag ``mlflow.parentRunId``), per-epoch curves as step metrics, and the best bundle
-registered as a model with an alias (``megdecode-brain@champion``).
+registered as a model with an alias (``megdecode-brain@champion``). `resolve_bundle` is
+the one way back from a reference (``models:/…``, ``runs:/…`` or a folder) to a bundle.
 
 Why `MlflowClient` with explicit run ids: the Tune driver logs for many trials at once,
 and MLflow's fluent API keeps one global active run per process. Why only the driver
@@ -21,23 +22,23 @@ import logging
 import os
 import tempfile
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow.artifacts
-import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.pyfunc import PythonModel
-from mlflow.types import Schema, TensorSpec
 
-from megdecode.bundle import ModelBundle, git_commit
-from megdecode.predict import load_model, predict_windows
+from megdecode.bundle import git_commit
+from megdecode.predict import load_model
+
+# Models registered before `megdecode.pyfunc` existed load `megdecode.tracking.BundleModel`
+# (the code file the registry keeps names it), so the name stays importable from here.
+from megdecode.pyfunc import BundleModel as BundleModel
+from megdecode.pyfunc import save_pyfunc
 
 logger = logging.getLogger(__name__)
 
@@ -66,45 +67,6 @@ def store_checksum(store: str | Path) -> str:
     if not manifest.exists():
         raise FileNotFoundError(f"no manifest.json in {store}; is it an epochs store?")
     return hashlib.sha256(manifest.read_bytes()).hexdigest()
-
-
-def bundle_signature(bundle: ModelBundle) -> ModelSignature:
-    """Inputs meg (-1, C, T) float32 and subject (-1,) int64; outputs clip, mse (-1, F) float32."""
-    c, t, f = len(bundle.ch_names), bundle.n_times, len(bundle.latent_mean)
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, t), "meg"),
-                       TensorSpec(np.dtype(np.int64), (-1,), "subject")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, f), "clip"),
-                        TensorSpec(np.dtype(np.float32), (-1, f), "mse")]),
-    )
-
-
-class BundleModel(PythonModel):
-    """The registered pyfunc: loads the bundle through `megdecode.predict.load_model`."""
-
-    # `predict` has no type hints on purpose: MLflow would derive a schema from them, and
-    # hints cannot express named tensors, which the explicit `bundle_signature` does. This
-    # flag (what MLflow's own ChatModel uses) stops MLflow warning about the missing hints
-    # at class creation; if MLflow drops it, the only effect is that warning.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context):  # type: ignore[no-untyped-def]
-        self.model, self.bundle = load_model(Path(context.artifacts["bundle"]))
-
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        """model_input {"meg": (N, C, T) float32, "subject": (N,) int} -> {"clip", "mse": (N, F)}."""
-        clip, mse = predict_windows(self.model, np.asarray(model_input["meg"], np.float32),
-                                    np.asarray(model_input["subject"], np.int64))
-        return {"clip": clip, "mse": mse}
-
-
-# The model is logged "from code" (this file, copied into the model) rather than pickled,
-# so loading it runs no unpickled code, only an import of megdecode.
-_MODEL_CODE = """import mlflow
-from megdecode.tracking import BundleModel
-
-mlflow.models.set_model(BundleModel())
-"""
 
 
 class Tracker:
@@ -227,16 +189,9 @@ class Tracker:
                         alias: str = "champion") -> int:
         """Log the bundle as a pyfunc model (with its signature) in `run_id`, register it, alias it."""
         _, bundle = load_model(Path(bundle_dir))  # a broken bundle never enters the registry
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(input example|type hint).*")
-            code = Path(tmp) / "megdecode_pyfunc.py"
-            code.write_text(_MODEL_CODE)
-            mlflow.pyfunc.save_model(
-                Path(tmp) / MODEL_PATH, python_model=str(code), artifacts={"bundle": str(bundle_dir)},
-                signature=bundle_signature(bundle), pip_requirements=_requirements(),
-                metadata={"latent_name": bundle.latent_name, "tmin": bundle.tmin, "tmax": bundle.tmax},
-            )
-            self.client.log_artifacts(run_id, str(Path(tmp) / MODEL_PATH), MODEL_PATH)
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = save_pyfunc(bundle_dir, bundle, Path(tmp) / MODEL_PATH)
+            self.client.log_artifacts(run_id, str(model_dir), MODEL_PATH)
         try:
             self.client.create_registered_model(name, description="MEG window -> image latent (megdecode)")
         except MlflowException as exc:
@@ -250,35 +205,6 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, version.version)
         logger.info("registered %s version %s as @%s (run %s)", name, version.version, alias, run_id)
         return int(version.version)
-
-    def resolve_alias(self, name: str = "megdecode-brain", alias: str = "champion",
-                      dst: str | Path | None = None) -> Path:
-        """Download ``name@alias`` and return its bundle folder (for `predict.load_model`)."""
-        version = self.client.get_model_version_by_alias(name, alias)
-        dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="megdecode-model-"))
-        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst),
-                                                    tracking_uri=self.tracking_uri)
-        found = sorted(Path(local).rglob("bundle.json"), key=lambda p: len(p.parts))
-        if not found:
-            raise FileNotFoundError(f"{name}@{alias} (version {version.version}) holds no bundle.json")
-        return found[0].parent
-
-    def download_bundle(self, run_id: str, dst: str | Path | None = None) -> Path:
-        """The shallowest folder of the run's artifacts that holds a bundle.json, downloaded."""
-        folders, queue = [], [""]
-        while queue:
-            for info in self.client.list_artifacts(run_id, queue.pop(0) or None):
-                if info.is_dir:
-                    queue.append(info.path)
-                elif Path(info.path).name == "bundle.json":
-                    folders.append(str(Path(info.path).parent))
-        if not folders:
-            raise FileNotFoundError(f"run {run_id} has no bundle.json in its artifacts")
-        folder = min(folders, key=lambda p: (p.count("/"), p))
-        dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="megdecode-bundle-"))
-        if folder == ".":
-            return Path(self.client.download_artifacts(run_id, "", str(dst)))
-        return Path(self.client.download_artifacts(run_id, folder, str(dst)))
 
     # --- helpers --------------------------------------------------------------------------
     def _find(self, filter_string: str) -> Any:
@@ -324,17 +250,94 @@ class Tracker:
         return max(steps) + 1 if steps else 0
 
 
+@dataclass(frozen=True)
+class RegistryInfo:
+    """Where a resolved bundle came from (version, run and alias None for a bundle folder)."""
+
+    name: str
+    version: int | None = None
+    run_id: str | None = None
+    alias: str | None = None
+
+
+def parse_model_uri(source: str) -> tuple[str, str | None, int | None]:
+    """models:/name@alias -> (name, alias, None); models:/name/3 -> (name, None, 3)."""
+    rest = source.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        if name and alias:
+            return name, alias, None
+    elif "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        if name and version.isdigit():
+            return name, None, int(version)
+    raise ValueError(f"model URI {source!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+
+
+def resolve_bundle(source: str, tracking_uri: str = "", dst: str | Path | None = None) -> tuple[Path, RegistryInfo]:
+    """The local bundle folder of `source` and where it came from: the one way serving,
+    `megdecode evaluate`, `reconstruct` and `register` turn a model reference into files.
+
+    `source` is a bundle folder, ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or
+    ``runs:/<run_id>`` (the shallowest folder of the run's artifacts with a bundle.json). A
+    tracked source is downloaded into `dst` (a new temporary folder when None); an unknown
+    model, alias or version raises FileNotFoundError listing what the registry holds.
+    """
+    if not source:
+        raise ValueError("no model given (serving: decoder.model): a bundle folder, models:/<name>@<alias>, "
+                         "models:/<name>/<version> or runs:/<run_id>")
+    if not source.startswith(("models:/", "runs:/")):
+        path = Path(source)
+        if not (path / "bundle.json").is_file():
+            raise FileNotFoundError(f"no model bundle at {source!r} (no bundle.json); give a bundle folder, "
+                                    "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>")
+        return path, RegistryInfo(path.name)
+    if not tracking_uri:
+        raise ValueError(f"{source} needs a tracking URI (--tracking-uri, decoder.tracking_uri or {TRACKING_ENV})")
+    client = Tracker(tracking_uri).client  # refuses a file: store as every tracked stage does
+    if source.startswith("runs:/"):
+        run_id = source.removeprefix("runs:/").strip("/")
+        return _run_bundle(client, run_id, _folder(dst)), RegistryInfo(run_id, run_id=run_id)
+    name, alias, number = parse_model_uri(source)
+    try:
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(number))
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        held = {m.name: {a: int(v) for a, v in m.aliases.items()} for m in client.search_registered_models()}
+        raise FileNotFoundError(f"{source}: {exc.message} (the registry at {tracking_uri} holds "
+                                f"{held or 'no model'}: name -> {{alias: version}})") from None
+    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(_folder(dst)),
+                                                tracking_uri=tracking_uri)
+    found = sorted(Path(local).rglob("bundle.json"), key=lambda p: len(p.parts))
+    if not found:
+        raise FileNotFoundError(f"{source} (version {version.version}) holds no bundle.json")
+    return found[0].parent, RegistryInfo(name, int(version.version), version.run_id, alias)
+
+
+def _folder(dst: str | Path | None) -> Path:
+    return Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="megdecode-model-"))
+
+
+def _run_bundle(client: MlflowClient, run_id: str, dst: Path) -> Path:
+    """The shallowest folder of the run's artifacts that holds a bundle.json, downloaded into `dst`."""
+    folders, queue = [], [""]
+    while queue:
+        for info in client.list_artifacts(run_id, queue.pop(0) or None):
+            if info.is_dir:
+                queue.append(info.path)
+            elif Path(info.path).name == "bundle.json":
+                folders.append(str(Path(info.path).parent))
+    if not folders:
+        raise FileNotFoundError(f"run {run_id} has no bundle.json in its artifacts")
+    folder = min(folders, key=lambda p: (p.count("/"), p))
+    return Path(client.download_artifacts(run_id, "" if folder == "." else folder, str(dst)))
+
+
 def _quote(value: str) -> str:
     if "'" in value:
         raise ValueError(f"ids may not contain quotes: {value!r}")
     return value
-
-
-def _requirements() -> list[str]:
-    """Pinned to what wrote the model, so a loader knows what it needs."""
-    from importlib.metadata import version
-
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "torch", "numpy", "safetensors")]
 
 
 def browse_hint(tracking_uri: str, experiment_id: str, port: int = 5000) -> str:

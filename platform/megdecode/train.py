@@ -22,8 +22,17 @@ import pandas as pd
 import torch
 
 from megdecode.bundle import ModelBundle, PredictionStats, git_commit, save_bundle
+from megdecode.bundle_fields import (
+    FitRecord,
+    GalleryMeta,
+    LatentPart,
+    LossState,
+    SubjectScaler,
+    preprocess_from_json,
+)
 from megdecode.config import ConfigError, FlatConfig
 from megdecode.data import store as epoch_store
+from megdecode.data.preprocess import PreprocessConfig
 from megdecode.evaluation.retrieval import evaluate_all, retrieval_ranks, topk_accuracy
 from megdecode.logs import progress
 from megdecode.losses import CombinedLoss, LossConfig
@@ -219,7 +228,7 @@ class Trainer:
             # best weights (never the test set, which the evaluation scores)
             _, val_mse, _ = predict(self.model, self.loss_fn, data.val, t.batch_size)
             stats = PredictionStats.of(val_mse, reference="val")
-            bundle = make_bundle(self.cfg, data, self.model, metrics, prediction_stats=stats)
+            bundle = make_bundle(self.cfg, data, self.model, metrics, prediction_stats=stats, loss=self.loss_fn)
             result.bundle_path = save_bundle(bundle, Path(out_dir))
         return result
 
@@ -253,41 +262,37 @@ def _summary_metrics(table: pd.DataFrame, best_row: dict[str, float], best_epoch
 
 
 def make_bundle(cfg: FitConfig, data: RunData, model: BrainModule, metrics: dict[str, float], *,
-                prediction_stats: PredictionStats) -> ModelBundle:
+                prediction_stats: PredictionStats, loss: CombinedLoss) -> ModelBundle:
     """The bundle of DESIGN §6; the gallery is the large test set's images.
 
-    `prediction_stats` is required so that no path saves a bundle without them (the
-    served reconstruction would silently skip its z-scoring)."""
+    `prediction_stats` and `loss` (its learned temperature is the bundle's loss state) are
+    required so that no path saves a bundle without them (the served reconstruction would
+    silently skip its z-scoring)."""
     targets = data.train.target.numpy()
     gallery_ids = np.unique(data.test.meta["image_id"].to_numpy())
     gallery = data.latents[np.searchsorted(data.latent_ids, gallery_ids)]
+    meta = data.test.meta.drop_duplicates("image_id").set_index("image_id").reindex(gallery_ids)
+    parts = data.latent_parts or [(cfg.train.latent, int(data.latents.shape[1]))]
+    preprocess, scalers = serving_fields(cfg.store, data.subjects)
     return ModelBundle(
-        model_config=model.cfg.to_flat_dict(), state_dict=model.state_dict(),
+        model_config=model.cfg.to_flat_dict(), state_dict=model.state_dict(), loss=LossState.of(loss),
         tmin=data.tmin, tmax=data.tmax, sfreq=data.sfreq, n_times=int(data.train.meg.shape[2]),
         ch_names=data.ch_names, pos2d=data.pos2d.astype(np.float32), subjects=data.subjects,
-        latent_name=cfg.train.latent, latent_mean=targets.mean(0), latent_std=targets.std(0) + 1e-8,
-        gallery=gallery, gallery_ids=gallery_ids, metrics=metrics, git_commit=git_commit(),
-        prediction_stats=prediction_stats,
-        extra={"fit_config": cfg.to_flat_dict(), "latent_parts": [[n, int(w)] for n, w in data.latent_parts],
-               **serving_extra(cfg.store, data, gallery_ids)},
+        latent_name=cfg.train.latent, latent_parts=[LatentPart(n, int(w)) for n, w in parts],
+        latent_mean=targets.mean(0), latent_std=targets.std(0) + 1e-8, gallery=gallery, gallery_ids=gallery_ids,
+        gallery_meta=GalleryMeta(tuple(meta["category"].fillna("").astype(str)),
+                                 tuple(meta["image_path"].fillna("").astype(str))),
+        fit_config=FitRecord(cfg.to_flat_dict()), preprocess=preprocess, scalers=scalers,
+        metrics=metrics, git_commit=git_commit(), prediction_stats=prediction_stats,
     )
 
 
-def serving_extra(store: str, data: RunData, gallery_ids: np.ndarray) -> dict[str, object]:
-    """What serving needs beyond DESIGN §6's fields (optional keys: old bundles lack them).
-
-    ``gallery_meta``: category and image path per gallery image (aligned with gallery_ids);
-    ``preprocess`` (flat PreprocessConfig) and ``scalers`` (subject -> robust-scaler
-    centre/scale and the native ``raw_sfreq``): the online stream rebuilds model inputs
-    from raw samples with them.
-    """
-    meta = data.test.meta.drop_duplicates("image_id").set_index("image_id").reindex(gallery_ids)
-    extra: dict[str, object] = {"gallery_meta": {
-        "category": meta["category"].fillna("").astype(str).tolist(),
-        "image_path": meta["image_path"].fillna("").astype(str).tolist(),
-    }}
+def serving_fields(store: str, subjects: list[str]) -> tuple[PreprocessConfig | None, dict[str, SubjectScaler]]:
+    """The bundle's ``preprocess`` and ``scalers`` (subject -> robust-scaler centre/scale and the
+    native ``raw_sfreq``), from the store's manifest: the online stream rebuilds model inputs
+    from raw samples with them. A store that recorded none gives a bundle that cannot stream."""
     manifest = epoch_store.read_manifest(store)
-    if manifest.preprocess and manifest.scalers:
-        extra["preprocess"] = dict(manifest.preprocess)
-        extra["scalers"] = {s: manifest.scalers[s] for s in data.subjects if s in manifest.scalers}
-    return extra
+    if not (manifest.preprocess and manifest.scalers):
+        return None, {}
+    scalers = {s: SubjectScaler.from_json(manifest.scalers[s]) for s in subjects if s in manifest.scalers}
+    return preprocess_from_json(manifest.preprocess), scalers

@@ -79,13 +79,13 @@ def test_help_lists_every_stage() -> None:
 
 
 def test_register_promotes_the_runs_bundle(stage: Stage, tmp_path: Path) -> None:
-    from megdecode.tracking import Tracker
+    from megdecode.tracking import Tracker, resolve_bundle
 
     tracker = Tracker(stage.uri)
     version = tracker.client.get_model_version_by_alias("tiny-brain", "staging")
     assert f"tiny-brain version {version.version} -> @staging (run {stage.run_id})" in stage.registered.output
     assert version.run_id == stage.run_id
-    staged = load_bundle(tracker.resolve_alias("tiny-brain", "staging", dst=tmp_path / "staged"))
+    staged = load_bundle(resolve_bundle("models:/tiny-brain@staging", stage.uri, tmp_path / "staged")[0])
     assert staged.prediction_stats is not None and staged.prediction_stats.reference == "val"
     missing = CliRunner().invoke(app, ["register", "--tracking-uri", stage.uri, "--run-id", "no-such-run"])
     assert missing.exit_code == 1 and "cannot register run no-such-run" in missing.output

@@ -18,6 +18,7 @@ import torch
 from mlflow.models import get_model_info
 
 from megdecode.bundle import ModelBundle, load_bundle, save_bundle
+from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState
 from megdecode.models.brain import BrainConfig, BrainModule
 from megdecode.predict import load_model
 from megdecode.tracking import (
@@ -25,8 +26,10 @@ from megdecode.tracking import (
     TAG_DATA,
     TAG_PARENT,
     TAG_SEED,
+    RegistryInfo,
     Tracker,
     default_tracking_uri,
+    resolve_bundle,
     store_checksum,
 )
 
@@ -71,12 +74,13 @@ def _bundle(path: Path) -> Path:
     pos = np.random.default_rng(0).uniform(0, 1, (C, 2)).astype(np.float32)
     rng = np.random.default_rng(1)
     return save_bundle(ModelBundle(
-        model_config=cfg.to_flat_dict(), state_dict=BrainModule(cfg, pos).state_dict(), tmin=0.0, tmax=0.1,
-        sfreq=120.0, n_times=T, ch_names=[f"M{i}" for i in range(C)], pos2d=pos,
-        subjects=["BIGMEG1", "BIGMEG2"], latent_name="handcrafted",
+        model_config=cfg.to_flat_dict(), state_dict=BrainModule(cfg, pos).state_dict(),
+        loss=LossState(2.5, learned=True), tmin=0.0, tmax=0.1, sfreq=120.0, n_times=T,
+        ch_names=[f"M{i}" for i in range(C)], pos2d=pos, subjects=["BIGMEG1", "BIGMEG2"],
+        latent_name="handcrafted", latent_parts=[LatentPart("handcrafted", F)],
         latent_mean=rng.normal(size=F).astype(np.float32), latent_std=np.ones(F, np.float32),
         gallery=rng.normal(size=(4, F)).astype(np.float32), gallery_ids=np.arange(4, dtype=np.int64),
-        metrics={"test/top5": 0.5},
+        gallery_meta=GalleryMeta.blank(4), fit_config=FitRecord({}), metrics={"test/top5": 0.5},
     ), path)
 
 
@@ -167,10 +171,12 @@ def test_register_and_resolve_alias(tracker: Tracker, tmp_path: Path) -> None:
     tracker.log_artifacts(run_id, bundle_dir, "bundle")
     version = tracker.register_bundle(run_id, bundle_dir, name="megdecode-brain", alias="champion")
 
-    path = tracker.resolve_alias("megdecode-brain", "champion", dst=tmp_path / "resolved")
+    path, info = resolve_bundle("models:/megdecode-brain@champion", tracker.tracking_uri, tmp_path / "resolved")
     model, bundle = load_model(path)
     assert bundle.subjects == ["BIGMEG1", "BIGMEG2"] and model.cfg.n_channels == C
     assert path.is_relative_to(tmp_path / "resolved")
+    assert info == RegistryInfo("megdecode-brain", version, run_id, "champion")
+    assert bundle.loss == LossState(2.5, learned=True)  # the loss state travels through the registry
 
     info = get_model_info(f"models:/megdecode-brain/{version}")
     inputs = {s.name: s for s in info.signature.inputs.inputs}
@@ -190,7 +196,40 @@ def test_register_and_resolve_alias(tracker: Tracker, tmp_path: Path) -> None:
 
     empty = tracker.trial_run("t_00005", {})
     with pytest.raises(FileNotFoundError, match="no bundle.json"):
-        tracker.download_bundle(empty, tmp_path / "none")
+        resolve_bundle(f"runs:/{empty}", tracker.tracking_uri, tmp_path / "none")
+
+
+def test_one_resolver_for_folders_versions_runs_and_aliases(tracker: Tracker, tmp_path: Path) -> None:
+    """`resolve_bundle` turns every kind of model reference into a bundle folder, and names
+    what the registry holds when a reference points at nothing."""
+    bundle_dir = _bundle(tmp_path / "bundle")
+    run_id = tracker.trial_run("t_00007", {})
+    tracker.log_artifacts(run_id, bundle_dir, "seed0/bundle")
+    version = tracker.register_bundle(run_id, bundle_dir, name="resolve-test", alias="candidate")
+    uri = tracker.tracking_uri
+
+    assert resolve_bundle(str(bundle_dir)) == (bundle_dir, RegistryInfo("bundle"))
+    pinned, info = resolve_bundle(f"models:/resolve-test/{version}", uri, tmp_path / "pinned")
+    assert info == RegistryInfo("resolve-test", version, run_id, None)
+    from_run, info = resolve_bundle(f"runs:/{run_id}", uri, tmp_path / "run")
+    assert info.run_id == run_id and from_run.name == "bundle"
+    for path in (pinned, from_run):
+        assert load_bundle(path).gallery_ids.tolist() == [0, 1, 2, 3]
+
+    with pytest.raises(FileNotFoundError, match=r"alias nope not found.*'resolve-test': \{'candidate': "):
+        resolve_bundle("models:/resolve-test@nope", uri)
+    with pytest.raises(FileNotFoundError, match="name=no-such-model not found"):
+        resolve_bundle("models:/no-such-model@champion", uri)
+    with pytest.raises(FileNotFoundError, match=f"version={version + 40}\\) not found"):
+        resolve_bundle(f"models:/resolve-test/{version + 40}", uri)
+    with pytest.raises(ValueError, match="expected models:/<name>@<alias>"):
+        resolve_bundle("models:/resolve-test", uri)
+    with pytest.raises(ValueError, match="needs a tracking URI"):
+        resolve_bundle("models:/resolve-test@candidate", "")
+    with pytest.raises(ValueError, match="no model given"):
+        resolve_bundle("", uri)
+    with pytest.raises(FileNotFoundError, match="no model bundle at"):
+        resolve_bundle(str(tmp_path / "nothing"), uri)
 
 
 def test_register_cli_promotes_a_run_with_a_bundle(tracker: Tracker, tmp_path: Path,
@@ -205,7 +244,7 @@ def test_register_cli_promotes_a_run_with_a_bundle(tracker: Tracker, tmp_path: P
     version = tracker.client.get_model_version_by_alias("megdecode-brain", "staging").version
     assert f"megdecode-brain version {version} -> @staging" in capsys.readouterr().out
     assert tracker.client.get_model_version("megdecode-brain", str(version)).run_id == run_id
-    staged = tracker.resolve_alias("megdecode-brain", "staging", dst=tmp_path / "staged")
+    staged, _ = resolve_bundle("models:/megdecode-brain@staging", tracker.tracking_uri, tmp_path / "staged")
     assert load_bundle(staged).latent_name == "handcrafted"
     assert main(["--run-id", run_id]) == 2  # --tracking-uri is required: a usage error
 

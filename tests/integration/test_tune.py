@@ -173,11 +173,11 @@ def test_summary_table_ranks_configs_against_ridge_and_chance(search: SimpleName
 
 
 def test_champion_alias_resolves_to_a_loadable_bundle(search: SimpleNamespace) -> None:
-    from megdecode.tracking import Tracker
+    from megdecode.tracking import resolve_bundle
 
     report = search.second
     assert report.champion == "models:/megdecode-brain@champion"
-    folder = Tracker(report.tracking_uri, report.experiment).resolve_alias("megdecode-brain", "champion")
+    folder, _ = resolve_bundle(report.champion, report.tracking_uri)
     model, bundle = load_model(folder)
     best_model, best_bundle = load_model(report.best["bundle"])
     assert bundle.metrics == best_bundle.metrics
@@ -326,10 +326,10 @@ def test_ray_job_submit_runs_jobs_tune_on_a_head_the_test_starts(tiny_run: Path,
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(head.pid, signal.SIGKILL)
             shutil.rmtree(temp, ignore_errors=True)
-    from megdecode.tracking import Tracker
+    from megdecode.tracking import resolve_bundle
 
     assert len(_runs(uri, "job", "trial")) == 2
-    load_model(Tracker(uri, "job").resolve_alias("megdecode-brain", "champion"))
+    load_model(resolve_bundle("models:/megdecode-brain@champion", uri)[0])
 
 
 def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 180.0) -> None:

@@ -1,19 +1,38 @@
-"""The model bundle: round trip, and refusal of missing or inconsistent fields."""
+"""The model bundle: round trip of every typed field, refusal of missing or inconsistent
+fields (by name), and the migration of a first-format bundle."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from megdecode.bundle import BundleError, ModelBundle, PredictionStats, load_bundle, save_bundle
+from megdecode.bundle import FORMAT, ModelBundle, PredictionStats, load_bundle, save_bundle
+from megdecode.bundle_fields import (
+    BundleError,
+    FitRecord,
+    GalleryMeta,
+    LatentPart,
+    LossState,
+    SubjectScaler,
+)
+from megdecode.data.preprocess import PreprocessConfig
+from megdecode.losses import CombinedLoss, LossConfig
 from megdecode.models.brain import BrainConfig, BrainModule
 from megdecode.predict import load_model, model_from_bundle
 
 C, T, F = 6, 13, 5
+FIT = {"store": "/data/store", "latents_dir": "/data/latents", "train.latent": "handcrafted",
+       "loss.lam": 0.75, "loss.temperature_init": 0.07, "loss.learn_temperature": True}
+
+
+def _scaler(seed: int, raw_sfreq: float | None = 1200.0) -> SubjectScaler:
+    rng = np.random.default_rng(seed)
+    return SubjectScaler(rng.normal(size=C), rng.uniform(0.5, 2.0, C), (25.0, 75.0), raw_sfreq)
 
 
 def _bundle() -> ModelBundle:
@@ -24,13 +43,23 @@ def _bundle() -> ModelBundle:
     model = BrainModule(cfg, pos)
     rng = np.random.default_rng(1)
     return ModelBundle(
-        model_config=cfg.to_flat_dict(), state_dict=model.state_dict(), tmin=0.0, tmax=0.1,
-        sfreq=120.0, n_times=T, ch_names=[f"M{i}" for i in range(C)], pos2d=pos,
-        subjects=["BIGMEG1", "BIGMEG2"], latent_name="handcrafted",
+        model_config=cfg.to_flat_dict(), state_dict=model.state_dict(), loss=LossState(2.5, learned=True),
+        tmin=0.0, tmax=0.1, sfreq=120.0, n_times=T, ch_names=[f"M{i}" for i in range(C)], pos2d=pos,
+        subjects=["BIGMEG1", "BIGMEG2"], latent_name="handcrafted+half",
+        latent_parts=[LatentPart("handcrafted", 3), LatentPart("half", 2)],
         latent_mean=rng.normal(size=F).astype(np.float32), latent_std=np.ones(F, np.float32),
         gallery=rng.normal(size=(4, F)).astype(np.float32), gallery_ids=np.arange(4, dtype=np.int64),
-        metrics={"test/top5": 0.5},
+        gallery_meta=GalleryMeta(("dog", "cat", "", "cup"), ("a/dog.jpg", "b/cat.jpg", "", "c/cup.jpg")),
+        fit_config=FitRecord(dict(FIT)), preprocess=PreprocessConfig(filter_phase="causal", sfreq=120.0),
+        scalers={"BIGMEG1": _scaler(3), "BIGMEG2": _scaler(4, raw_sfreq=None)},
+        metrics={"test/top5": 0.5}, git_commit="abc123",
     )
+
+
+def _rewrite(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    meta = json.loads((path / "bundle.json").read_text())
+    change(meta)
+    (path / "bundle.json").write_text(json.dumps(meta))
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path: Path) -> None:
@@ -49,6 +78,125 @@ def test_round_trip_rebuilds_the_same_model(tmp_path: Path) -> None:
         loaded.subject_index("BIGMEG9")
 
 
+def test_every_typed_field_round_trips(tmp_path: Path) -> None:
+    bundle = _bundle()
+    bundle.prediction_stats = _stats()
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "b"))
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["format"] == FORMAT
+    assert loaded.loss == bundle.loss and loaded.loss is not None and loaded.loss.temperature == math.exp(-2.5)
+    assert loaded.latent_parts == bundle.latent_parts and isinstance(loaded.latent_parts[0], LatentPart)
+    assert loaded.gallery_meta == bundle.gallery_meta
+    assert loaded.fit_config == bundle.fit_config and loaded.fit_config.store == "/data/store"
+    assert loaded.fit_config.latents_dir == "/data/latents"
+    assert loaded.preprocess == bundle.preprocess and loaded.streamable
+    assert loaded.scalers.keys() == bundle.scalers.keys()
+    for subject, scaler in bundle.scalers.items():
+        got = loaded.scalers[subject]
+        np.testing.assert_array_equal(got.center, scaler.center)
+        np.testing.assert_array_equal(got.scale, scaler.scale)
+        assert (got.quantile_range, got.raw_sfreq) == (scaler.quantile_range, scaler.raw_sfreq)
+    assert loaded.metrics == bundle.metrics and loaded.git_commit == "abc123"
+    assert loaded.prediction_stats is not None and loaded.prediction_stats.n == 40
+    # a bundle that cannot stream (its store recorded no preprocessing) says so
+    bundle.preprocess, bundle.scalers = None, {}
+    plain = load_bundle(save_bundle(bundle, tmp_path / "plain"))
+    assert plain.preprocess is None and plain.scalers == {} and not plain.streamable
+
+
+@pytest.mark.parametrize("key", ["loss", "latent_parts", "gallery_meta", "fit_config", "preprocess", "scalers",
+                                 "prediction_stats", "ch_names", "model_config"])
+def test_a_bundle_missing_a_required_field_fails_naming_it(tmp_path: Path, key: str) -> None:
+    path = save_bundle(_bundle(), tmp_path / "b")
+    _rewrite(path, lambda meta: meta.pop(key))
+    with pytest.raises(BundleError, match=f"missing {key}"):
+        load_bundle(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("loss", {"logit_scale": -1.0, "learned": True}, "loss.logit_scale"),
+        ("loss", {"learned": True}, "field 'loss'"),
+        ("latent_parts", [["handcrafted", 3], ["half", 3]], "latent_parts"),
+        ("gallery_meta", {"category": ["dog"], "image_path": ["x"]}, "gallery_meta.categories"),
+        ("fit_config", ["store"], "field 'fit_config'"),
+        ("fit_config", {"store": {"nested": 1}}, "fit_config must be a flat config"),
+        ("preprocess", {"filter_phase": "sideways"}, "field 'preprocess'"),
+        ("scalers", {"BIGMEG1": {"center": [0.0] * (C + 1), "scale": [1.0] * (C + 1)}}, r"scalers\['BIGMEG1'\].center"),
+        ("scalers", {"BIGMEG1": {"center": [0.0] * C, "scale": [0.0] * C}}, "non-positive"),
+        ("scalers", {"nobody": {"center": [0.0] * C, "scale": [1.0] * C}}, "subjects the bundle does not know"),
+    ],
+)
+def test_malformed_fields_are_refused_naming_them(tmp_path: Path, key: str, value: object, message: str) -> None:
+    path = save_bundle(_bundle(), tmp_path / "b")
+    _rewrite(path, lambda meta: meta.__setitem__(key, value))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(path)
+
+
+def _as_first_format(path: Path, extra: dict) -> None:
+    """bundle.json rewritten the way the first format wrote it: serving fields in ``extra``."""
+    meta = json.loads((path / "bundle.json").read_text())
+    old = {"format": "megdecode-bundle/1", "model_config": meta["model_config"], "tmin": meta["tmin"],
+           "tmax": meta["tmax"], "sfreq": meta["sfreq"], "n_times": meta["n_times"], "ch_names": meta["ch_names"],
+           "subjects": meta["subjects"], "latent_name": meta["latent_name"], "metrics": meta["metrics"],
+           "git_commit": meta["git_commit"], "extra": extra, "prediction_stats": meta["prediction_stats"],
+           "sha256": meta["sha256"]}
+    (path / "bundle.json").write_text(json.dumps(old, indent=2))
+
+
+def test_a_first_format_bundle_migrates_to_the_typed_fields(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bundle = _bundle()
+    path = save_bundle(bundle, tmp_path / "old")
+    scalers = {s: {**sc.to_json(), "raw_sfreq": 1200.0} for s, sc in bundle.scalers.items()}
+    _as_first_format(path, {"fit_config": FIT, "latent_parts": [["handcrafted", 3], ["half", 2]],
+                            "gallery_meta": bundle.gallery_meta.to_json(), "note": "by hand",
+                            "preprocess": bundle.preprocess.to_flat_dict() if bundle.preprocess else None,
+                            "scalers": scalers})
+    with caplog.at_level("INFO", logger="megdecode.bundle_fields"):
+        loaded = load_bundle(path)
+    assert "migrated from megdecode-bundle/1" in caplog.text and "'note'" in caplog.text
+    assert "τ was learned but not stored" in caplog.text
+    assert loaded.loss is None  # learned, and the first format did not store it
+    assert loaded.latent_parts == bundle.latent_parts and loaded.gallery_meta == bundle.gallery_meta
+    assert loaded.fit_config.flat == FIT and loaded.preprocess == bundle.preprocess
+    assert loaded.scalers["BIGMEG2"].raw_sfreq == 1200.0
+    np.testing.assert_array_equal(loaded.scalers["BIGMEG1"].center, bundle.scalers["BIGMEG1"].center)
+    # saved again, it is a bundle of the current format
+    again = load_bundle(save_bundle(loaded, tmp_path / "new"))
+    assert again.loss is None and again.gallery_meta == bundle.gallery_meta
+
+
+def test_a_first_format_bundle_with_a_fixed_temperature_keeps_it(tmp_path: Path) -> None:
+    path = save_bundle(_bundle(), tmp_path / "old")
+    fixed = FIT | {"loss.learn_temperature": False, "loss.temperature_init": 0.05}
+    _as_first_format(path, {"fit_config": fixed, "gallery_meta": GalleryMeta.blank(4).to_json()})
+    loaded = load_bundle(path)
+    trained = CombinedLoss(LossConfig(temperature_init=0.05, learn_temperature=False))
+    trained.clamp_()
+    assert loaded.loss == LossState.of(trained)
+    assert loaded.latent_parts == [("handcrafted+half", F)]  # one block: the first format's default
+    assert loaded.preprocess is None and loaded.scalers == {}
+    assert loaded.prediction_stats is None
+
+
+def test_a_first_format_bundle_without_the_data_to_migrate_is_refused(tmp_path: Path) -> None:
+    path = save_bundle(_bundle(), tmp_path / "old")
+    _as_first_format(path, {"latent_parts": [["handcrafted", 3], ["half", 2]]})
+    with pytest.raises(BundleError, match="missing extra.fit_config, extra.gallery_meta"):
+        load_bundle(path)
+
+
+def test_the_loss_state_is_the_trained_temperature() -> None:
+    loss = CombinedLoss(LossConfig(temperature_init=0.05))
+    with torch.no_grad():
+        loss.clip.logit_scale.fill_(3.0)
+    state = LossState.of(loss)
+    assert state == LossState(3.0, learned=True) and state.temperature == pytest.approx(math.exp(-3.0))
+    fixed = LossState.of(CombinedLoss(LossConfig(temperature_init=0.05, learn_temperature=False)))
+    assert not fixed.learned and fixed.temperature == pytest.approx(0.05, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -57,6 +205,8 @@ def test_round_trip_rebuilds_the_same_model(tmp_path: Path) -> None:
         ({"gallery": np.zeros((4, F + 1), np.float32)}, "gallery"),
         ({"latent_std": np.zeros(F, np.float32)}, "latent_std"),
         ({"subjects": ["a"]}, "n_subjects"),
+        ({"gallery_meta": GalleryMeta.blank(3)}, "gallery_meta"),
+        ({"scalers": {"BIGMEG1": _scaler(0), "BIGMEG3": _scaler(1)}}, "BIGMEG3"),
     ],
 )
 def test_inconsistent_bundles_are_refused(tmp_path: Path, change: dict, message: str) -> None:
@@ -69,9 +219,7 @@ def test_inconsistent_bundles_are_refused(tmp_path: Path, change: dict, message:
 
 def test_missing_or_tampered_files_are_refused(tmp_path: Path) -> None:
     path = save_bundle(_bundle(), tmp_path / "b")
-    meta = json.loads((path / "bundle.json").read_text())
-    del meta["ch_names"]
-    (path / "bundle.json").write_text(json.dumps(meta))
+    _rewrite(path, lambda meta: meta.pop("ch_names"))
     with pytest.raises(BundleError, match="missing ch_names"):
         load_bundle(path)
     path = save_bundle(_bundle(), tmp_path / "c")
@@ -80,6 +228,10 @@ def test_missing_or_tampered_files_are_refused(tmp_path: Path) -> None:
         load_bundle(path)
     with pytest.raises(BundleError, match="no bundle.json"):
         load_bundle(tmp_path / "nothing")
+    path = save_bundle(_bundle(), tmp_path / "d")
+    _rewrite(path, lambda meta: meta.__setitem__("format", "megdecode-bundle/9"))
+    with pytest.raises(BundleError, match="format 'megdecode-bundle/9'"):
+        load_bundle(path)
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
@@ -100,7 +252,7 @@ def test_prediction_stats_round_trip_as_a_typed_field(tmp_path: Path) -> None:
     bundle.prediction_stats = _stats()
     path = save_bundle(bundle, tmp_path / "b")
     assert json.loads((path / "bundle.json").read_text())["prediction_stats"] == {"reference": "val", "n": 40}
-    assert "pred_mean" not in json.loads((path / "bundle.json").read_text())["extra"]
+    assert "pred_mean" not in (path / "bundle.json").read_text()
     loaded = load_bundle(path).prediction_stats
     assert loaded is not None and (loaded.reference, loaded.n) == ("val", 40)
     np.testing.assert_array_equal(loaded.mean, bundle.prediction_stats.mean)
@@ -139,18 +291,17 @@ def test_a_bundle_without_prediction_stats_loads_with_a_warning(tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     path = save_bundle(_bundle(), tmp_path / "old")
     assert json.loads((path / "bundle.json").read_text())["prediction_stats"] is None
-    meta = json.loads((path / "bundle.json").read_text())
-    del meta["prediction_stats"]  # a bundle written before the field existed
-    (path / "bundle.json").write_text(json.dumps(meta))
     with caplog.at_level("WARNING", logger="megdecode.bundle"):
         assert load_bundle(path).prediction_stats is None
     assert "no prediction statistics" in caplog.text and str(path) in caplog.text
+    # a first-format bundle written before the field existed has no entry at all
+    _as_first_format(path, {"fit_config": FIT, "gallery_meta": GalleryMeta.blank(4).to_json()})
+    _rewrite(path, lambda meta: meta.pop("prediction_stats"))
+    assert load_bundle(path).prediction_stats is None
 
 
 def test_stats_named_in_bundle_json_but_missing_from_the_arrays_are_refused(tmp_path: Path) -> None:
     path = save_bundle(_bundle(), tmp_path / "b")
-    meta = json.loads((path / "bundle.json").read_text())
-    meta["prediction_stats"] = {"reference": "val", "n": 40}
-    (path / "bundle.json").write_text(json.dumps(meta))
+    _rewrite(path, lambda meta: meta.__setitem__("prediction_stats", {"reference": "val", "n": 40}))
     with pytest.raises(BundleError, match="missing pred_mean, pred_std"):
         load_bundle(path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from megdecode.bundle_fields import LossState
 from megdecode.cli import app
 from megdecode.config import ConfigError
 from megdecode.models.brain import BrainConfig
@@ -51,12 +52,15 @@ def test_callback_gets_every_epoch_and_best_weights_are_restored(tiny_run: Path)
 
 
 def test_window_is_sliced_from_the_stored_epochs(tiny_run: Path, tmp_path: Path) -> None:
-    result = fit(_cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=1), out_dir=tmp_path / "bundle")
+    cfg = _cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=1)
+    result = fit(cfg, out_dir=tmp_path / "bundle")
     assert result.model.cfg.n_times == 61  # 0..0.5 s at 120 Hz, both ends
     model, bundle = load_model(tmp_path / "bundle")
     assert (bundle.tmin, bundle.tmax, bundle.n_times) == (0.0, 0.5, 61)
     assert bundle.metrics["test/top5"] == result.metrics["test/top5"]
     assert len(bundle.gallery) == len(np.unique(bundle.gallery_ids))
+    assert bundle.fit_config.flat == cfg.to_flat_dict() and bundle.streamable  # the tiny twin's store is real
+    assert set(bundle.scalers) == set(bundle.subjects) and len(bundle.gallery_meta.categories) == len(bundle.gallery)
 
 
 def test_bundle_stores_the_validation_prediction_stats_of_the_restored_best_epoch(tiny_run: Path,
@@ -68,6 +72,10 @@ def test_bundle_stores_the_validation_prediction_stats_of_the_restored_best_epoc
     result = fit(cfg, out_dir=tmp_path / "bundle")
     assert result.metrics["best_epoch"] < result.metrics["epochs"] - 1  # early-stopped: best != last
     _, bundle = load_model(tmp_path / "bundle")
+    # the loss state is the best epoch's learned temperature, restored with its weights
+    assert bundle.loss is not None and bundle.loss == LossState.of(result.loss) and bundle.loss.learned
+    best = result.history[int(result.metrics["best_epoch"])]
+    assert bundle.loss.temperature == pytest.approx(best["temperature"], rel=1e-5)
     data = load_run_data(cfg)
     _, val_mse, _ = predict(result.model, result.loss, data.val, cfg.train.batch_size)
     stats = bundle.prediction_stats

@@ -52,6 +52,7 @@ from megdecode.models.blocks import (
     SubjectLayer,
     TemporalAggregation,
 )
+from megdecode.models.fold import fold
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,15 @@ class BrainModule(nn.Module):
     def forward(self, x: torch.Tensor, subject: torch.Tensor) -> BrainOutput:
         z = self.features(x, subject)
         return BrainOutput(clip=self.clip_head(z), mse=self.mse_head(z))
+
+    def count_parameters(self, trainable_only: bool = True) -> dict[str, int]:
+        """Parameters per top-level component plus "total" (`count_parameters`)."""
+        return count_parameters(self, trainable_only)
+
+    def folded(self) -> BrainModule:
+        """The copy serving runs: eval mode, input layers folded into one map per subject
+        (`megdecode.models.fold`); same outputs to float rounding, cheaper per window."""
+        return fold(self)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> dict[str, int]:

@@ -74,13 +74,15 @@ class DecoderCore:
         self.load_error = ""
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Load {model, tracking_uri, revision, store} and swap it in; keep the old one on failure."""
+        """Load {model, tracking_uri, revision} and swap it in; keep the old one on failure.
+
+        (The dict's ``store`` is the ingress's, for the live page; the model needs none.)"""
         key = (str(user_config.get("model", "")), str(user_config.get("tracking_uri", "")),
                int(user_config.get("revision", 0)))
         if key == self.loaded_from and self.state is not None:
             return
         try:
-            new = load_served_model(key[0], key[1], user_config.get("store") or None, self.cfg.precision)
+            new = load_served_model(key[0], key[1], self.cfg.precision)
         except Exception as exc:  # a bad source must not kill a replica that serves an older model
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("could not load %s: %s", key[0], self.load_error)

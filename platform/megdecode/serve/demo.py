@@ -58,14 +58,14 @@ def decode_demo(bundle_or_uri: str | Path, store: str | Path, n: int = 5, tracki
     from ray import serve
 
     from megdecode.serve.app import free_port, start
-    from megdecode.serve.model import fetch
+    from megdecode.tracking import resolve_bundle
 
     source = str(bundle_or_uri)
     cfg = ServeConfig.from_mapping({"app_name": "megdecode-demo", "http": {"port": port or free_port()},
                                     "decoder": {"model": source, "tracking_uri": tracking_uri or "", "num_cpus": 0.5}})
     from megdecode.bundle import load_bundle
 
-    bundle = load_bundle(fetch(source, cfg.tracking_uri())[0])
+    bundle = load_bundle(resolve_bundle(source, cfg.tracking_uri())[0])
     X, meta = test_windows(store, bundle.tmin, bundle.tmax, bundle.subjects, n)
     started_ray = not ray.is_initialized()
     url = start(cfg, token="", store=str(store))

@@ -3,15 +3,13 @@
 Same rule as `megdecode.evaluation.retrieval` (cosine similarity between a predicted latent and each
 candidate latent), with the gallery normalised once at load so a request costs one
 (N, F) x (F, M) product. Categories and image paths come from the bundle's
-``extra["gallery_meta"]`` (bundles from `train.make_bundle`); older bundles fall back to
-the epoch store's metadata when a store is given, else report no category.
+``gallery_meta`` ("" where the bundle knows none).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -30,18 +28,11 @@ class Gallery:
     paths: list[str]
 
     @classmethod
-    def from_bundle(cls, bundle: ModelBundle, store: str | Path | None = None) -> Gallery:
-        ids = np.asarray(bundle.gallery_ids)
+    def from_bundle(cls, bundle: ModelBundle) -> Gallery:
         latents = np.asarray(bundle.gallery, np.float32)
         norms = np.maximum(np.linalg.norm(latents, axis=1, keepdims=True), 1e-8)
-        meta = bundle.extra.get("gallery_meta") or {}
-        categories = [str(c) for c in meta.get("category", [])]
-        paths = [str(p) for p in meta.get("image_path", [])]
-        if len(categories) != len(ids) and store is not None:
-            categories, paths = _from_store(ids, Path(store))
-        if len(categories) != len(ids):
-            categories, paths = [""] * len(ids), [""] * len(ids)
-        return cls(ids, latents / norms, categories, paths)
+        meta = bundle.gallery_meta
+        return cls(np.asarray(bundle.gallery_ids), latents / norms, list(meta.categories), list(meta.image_paths))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,9 +60,3 @@ class Gallery:
         sim = self.unit @ (p / max(float(np.linalg.norm(p)), 1e-8))
         return int((sim >= sim[where[0]]).sum() - 1)
 
-
-def _from_store(ids: np.ndarray, store: Path) -> tuple[list[str], list[str]]:
-    from megdecode.data.store import load_metadata
-
-    meta = load_metadata(store).drop_duplicates("image_id").set_index("image_id").reindex(ids)
-    return meta["category"].fillna("").astype(str).tolist(), meta["image_path"].fillna("").astype(str).tolist()

@@ -289,7 +289,7 @@ class Ingress:
     async def _live_model(self) -> tuple[Any, Any]:
         """(bundle, gallery) of the served model: the ingress' copy, else loaded once for the page."""
         if self.local is None:
-            return await asyncio.to_thread(self.live.model, self.cfg.decoder.model, self.cfg.tracking_uri(), self.store)
+            return await asyncio.to_thread(self.live.model, self.cfg.decoder.model, self.cfg.tracking_uri())
         state = self.local.state
         if state is None:
             raise unavailable("not_ready", self.local.load_error or "the model is still loading", self.cfg.http.retry_after_s)

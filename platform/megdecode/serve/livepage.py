@@ -149,23 +149,23 @@ class LivePage:
         self._lock = threading.Lock()
         self._model: tuple[str, ModelBundle, Gallery] | None = None
 
-    def model(self, source: str, tracking_uri: str, store: str) -> tuple[ModelBundle, Gallery]:
+    def model(self, source: str, tracking_uri: str) -> tuple[ModelBundle, Gallery]:
         """(bundle, gallery) of `source`, loaded once: for an ingress without its own model copy."""
         if self._model is None or self._model[0] != source:
             from megdecode.bundle import load_bundle
-            from megdecode.serve.model import fetch
+            from megdecode.tracking import resolve_bundle
 
             try:
-                bundle = load_bundle(fetch(source, tracking_uri)[0])
+                bundle = load_bundle(resolve_bundle(source, tracking_uri)[0])
             except (OSError, ValueError, KeyError) as exc:
                 raise ApiError(503, "not_ready", f"the live page cannot load the model: {exc}",
                                {"Retry-After": "5"}) from None
-            self._model = (source, bundle, Gallery.from_bundle(bundle, store or None))
+            self._model = (source, bundle, Gallery.from_bundle(bundle))
         return self._model[1], self._model[2]
 
     def bids_root(self, store: str, bundle: ModelBundle) -> tuple[Path | None, str]:
         """(the BIDS root, or None and why)."""
-        trained = str((bundle.extra.get("fit_config") or {}).get("store") or "")
+        trained = bundle.fit_config.store
         tried = [Path(self.cfg.bids_root)] if self.cfg.bids_root else []
         tried += [Path(s).parent / "bids" for s in (store, trained) if s]
         for path in tried:
@@ -289,12 +289,12 @@ def _png(path: Path, size: int) -> bytes:
 
 def _noise(bundle: ModelBundle, subject: str, why: str) -> Replay:
     """White noise at the subject's native rate and per-channel scale: the stand-in recording."""
-    scaler = (bundle.extra.get("scalers") or {}).get(subject) or {}
-    sfreq = float(scaler.get("raw_sfreq") or 0)
-    if sfreq <= 0:
+    scaler = bundle.scalers.get(subject)
+    sfreq = float(scaler.raw_sfreq or 0) if scaler is not None else 0.0
+    if scaler is None or sfreq <= 0:
         raise ApiError(422, "live_unavailable", f"{why}; and the bundle records no native rate to "
                        "replay noise at")
-    scale = np.asarray(scaler.get("scale", np.ones(len(bundle.ch_names))), np.float64)[:, None]
+    scale = np.asarray(scaler.scale, np.float64)[:, None]
 
     def read(start: int, stop: int) -> np.ndarray:
         # One seed per block start: the same request returns the same samples.

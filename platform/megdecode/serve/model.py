@@ -2,77 +2,26 @@
 
 Kept apart from the deployment so it can be tested and reused (the demo, the CLI)
 without Serve. ``models:/<name>@<alias>`` resolves through the MLflow registry
-(`megdecode.tracking.Tracker.resolve_alias`); ``models:/<name>/<version>`` pins a version.
+(`megdecode.tracking.resolve_bundle`); ``models:/<name>/<version>`` pins a version. The
+model runs in its serving layout (`BrainModule.folded`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from megdecode.bundle import ModelBundle
 from megdecode.models.brain import BrainModule
 from megdecode.predict import load_model
 from megdecode.serve.gallery import Gallery
+from megdecode.tracking import resolve_bundle
 
 logger = logging.getLogger(__name__)
-
-
-class FoldedInput(nn.Module):
-    """Spatial attention, the initial 1x1 layer and the subject layer as one affine map per subject.
-
-    h (B, T, C), subject (B,) long -> (B, T, D). In eval mode the three are linear in the
-    sensors: x @ A (A = softmax of the position logits, (C, D)), then @ L^T + b, then @ S_s.
-    Training recomputes A every step (the logits are parameters, dropout masks sensors), and
-    so did every served forward: a (D, 2K^2) x (2K^2, C) product that on the paper's model
-    (270 x 2048 x 272) cost a quarter of a one-window forward. Folded once at load:
-    M_s = A L^T S_s (C, D), c_s = b S_s, and a window costs one product where it cost three.
-    """
-
-    matrices: torch.Tensor  # (S, C, D) buffer; S = 1 without a subject layer
-    biases: torch.Tensor  # (S, 1, D) buffer
-
-    def __init__(self, matrices: torch.Tensor, biases: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("matrices", matrices.contiguous())
-        self.register_buffer("biases", biases.contiguous())
-        self.shared = matrices.shape[0] == 1  # no subject layer: one map for everyone
-
-    def forward(self, h: torch.Tensor, subject: torch.Tensor) -> torch.Tensor:
-        if self.shared:
-            return torch.addmm(self.biases[0, 0], h.reshape(-1, h.shape[-1]), self.matrices[0]).view(*h.shape[:2], -1)
-        return torch.baddbmm(self.biases.index_select(0, subject), h, self.matrices.index_select(0, subject))
-
-
-@torch.no_grad()
-def inference_layout(model: BrainModule) -> BrainModule:
-    """An eval-mode copy of `model` with its input layers folded (`FoldedInput`): same outputs
-    to float rounding, fewer and cheaper products per window."""
-    model = copy.deepcopy(model).eval()
-    if model.spatial_attention is not None:
-        first = torch.softmax(model.spatial_attention.logits(), dim=-1).T  # (C, D)
-    else:
-        first = torch.eye(model.cfg.n_channels)
-    lin = model.initial_linear
-    matrix, bias = first @ lin.weight.T, lin.bias[None]  # (C, D), (1, D)
-    if model.subject_layer is not None:
-        weight = model.subject_layer.weight  # (S, D, D)
-        matrices, biases = matrix @ weight, (bias @ weight)  # (S, C, D), (S, 1, D)
-    else:
-        matrices, biases = matrix[None], bias[None]
-    # BrainModule.features feeds x (B, C, T) as x.transpose(1, 2) when there is no spatial
-    # attention, then initial_linear, then subject_layer(h, subject): the fold goes in the last.
-    model.spatial_attention = None
-    model.initial_linear = nn.Identity()  # type: ignore[assignment]
-    model.subject_layer = FoldedInput(matrices, biases)  # type: ignore[assignment]
-    return model
 
 
 @dataclass
@@ -98,51 +47,6 @@ class LoadedModel:
         return out.clip.float().numpy(), out.mse.float().numpy()
 
 
-def parse_model_uri(source: str) -> tuple[str, str | None, int | None]:
-    """models:/name@alias -> (name, alias, None); models:/name/3 -> (name, None, 3)."""
-    rest = source.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        if name and alias:
-            return name, alias, None
-    elif "/" in rest:
-        name, version = rest.rsplit("/", 1)
-        if name and version.isdigit():
-            return name, None, int(version)
-    raise ValueError(f"model URI {source!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
-
-
-def fetch(source: str, tracking_uri: str = "", dst: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """The local bundle folder of `source` and registry facts (name, version, run id)."""
-    if not source:
-        raise ValueError("no model configured: set decoder.model to models:/<name>@<alias> or a bundle folder")
-    if not source.startswith("models:/"):
-        path = Path(source)
-        if not (path / "bundle.json").is_file():
-            raise FileNotFoundError(f"no model bundle at {path} (no bundle.json)")
-        return path, {"name": path.name, "version": None, "run_id": None}
-    if not tracking_uri:
-        raise ValueError(f"{source} needs a tracking URI (decoder.tracking_uri or MEGDECODE_TRACKING_URI)")
-    import mlflow.artifacts
-
-    from megdecode.tracking import Tracker
-
-    name, alias, number = parse_model_uri(source)
-    tracker = Tracker(tracking_uri)
-    version = (tracker.client.get_model_version_by_alias(name, alias) if alias
-               else tracker.client.get_model_version(name, str(number)))
-    if alias:
-        path = tracker.resolve_alias(name, alias, dst)
-    else:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst) if dst else None,
-                                                    tracking_uri=tracking_uri)
-        found = sorted(Path(local).rglob("bundle.json"), key=lambda p: len(p.parts))
-        if not found:
-            raise FileNotFoundError(f"{source} holds no bundle.json")
-        path = found[0].parent
-    return path, {"name": name, "version": int(version.version), "run_id": version.run_id, "alias": alias}
-
-
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NO_STATS_WARNING = ("this bundle stores no prediction statistics (made before they were stored): "
                     "/v1/reconstruct feeds the generator the MSE head's output without z-scoring it, so its "
@@ -159,29 +63,28 @@ def stats_card(bundle: ModelBundle) -> dict[str, Any]:
     return {"prediction_stats": stats.describe(), "warnings": []}
 
 
-def load_served_model(source: str, tracking_uri: str = "", store: str | None = None,
-                      precision: str = "float32") -> LoadedModel:
+def load_served_model(source: str, tracking_uri: str = "", precision: str = "float32") -> LoadedModel:
     """Fetch, load and check a bundle; build its gallery and its public card.
 
     precision "bfloat16" runs the model in bfloat16 (opt-in, ``decoder.precision``): on CPUs
     with AMX / AVX512-BF16 a forward is ~2x faster and batches gain more, at ~1e-5 cosine
     distance from the float32 latent, which may reorder near-tied gallery images.
     """
-    path, registry = fetch(source, tracking_uri)
+    path, registry = resolve_bundle(source, tracking_uri)
     model, bundle = load_model(path)
     dtype = PRECISIONS[precision]
-    model = inference_layout(model).to(dtype)
-    gallery = Gallery.from_bundle(bundle, store)
+    model = model.folded().to(dtype)
+    gallery = Gallery.from_bundle(bundle)
     card = {
-        "name": registry["name"], "version": registry["version"], "alias": registry.get("alias"),
-        "run_id": registry["run_id"] or bundle.extra.get("run_id"), "source": source,
+        "name": registry.name, "version": registry.version, "alias": registry.alias,
+        "run_id": registry.run_id, "source": source,
         "latent_name": bundle.latent_name, "latent_dim": len(bundle.latent_mean),
         "window": {"tmin": bundle.tmin, "tmax": bundle.tmax, "sfreq": bundle.sfreq, "n_times": bundle.n_times},
         "channels": {"n": len(bundle.ch_names), "names": list(bundle.ch_names)},
         "subjects": list(bundle.subjects), "metrics": dict(bundle.metrics), "git_commit": bundle.git_commit,
         "gallery_size": len(gallery), "precision": precision,
-        "streaming": {"available": "preprocess" in bundle.extra and "scalers" in bundle.extra,
-                      "filter_phase": (bundle.extra.get("preprocess") or {}).get("filter_phase", "zero")},
+        "streaming": {"available": bundle.streamable,
+                      "filter_phase": bundle.preprocess.filter_phase if bundle.preprocess is not None else "zero"},
         **stats_card(bundle),
     }
     logger.info("loaded model %s (version %s) from %s", card["name"], card["version"], path)

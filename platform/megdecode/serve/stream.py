@@ -39,7 +39,6 @@ import numpy as np
 from scipy.signal import resample_poly, sosfilt
 
 from megdecode.bundle import ModelBundle
-from megdecode.config import ConfigError
 from megdecode.data.preprocess import PreprocessConfig
 from megdecode.data.scaling import robust_scale
 from megdecode.data.signal import (
@@ -62,7 +61,7 @@ class StreamError(ValueError):
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """What online preprocessing of one subject needs; from the bundle's ``extra``.
+    """What online preprocessing of one subject needs; from the bundle's ``preprocess`` and ``scalers``.
 
     center, scale: (C,) the subject's robust scaler (median / IQR of training epochs).
     """
@@ -81,30 +80,22 @@ class StreamSpec:
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, subject: str, sfreq: float | None = None) -> StreamSpec:
-        extra = bundle.extra
-        missing = [k for k in ("preprocess", "scalers") if k not in extra]
-        if missing:
-            raise StreamError(f"this model bundle has no {' / '.join(missing)} in its extra fields "
-                              "(made before streaming support): retrain or re-bundle it to stream")
-        scaler = extra["scalers"].get(subject)
+        cfg = bundle.preprocess
+        if cfg is None or not bundle.scalers:
+            missing = [name for name, absent in (("preprocess", cfg is None), ("scalers", not bundle.scalers)) if absent]
+            raise StreamError(f"this model bundle has no {' / '.join(missing)} (its store recorded none): "
+                              "retrain it on a store built by `megdecode preprocess` to stream")
+        scaler = bundle.scalers.get(subject)
         if scaler is None:
             raise StreamError(f"the bundle has no scaler for subject {subject!r}")
-        try:
-            cfg = PreprocessConfig.from_flat_dict(dict(extra["preprocess"]), strict=False)
-        except (ConfigError, TypeError, ValueError) as exc:
-            raise StreamError(f"the bundle's preprocessing config is unusable: {exc}") from None
-        sfreq_in = float(sfreq or scaler.get("raw_sfreq") or 0)
+        sfreq_in = float(sfreq or scaler.raw_sfreq or 0)
         if sfreq_in <= 0:
             raise StreamError("the bundle does not record the native sampling rate; send 'sfreq' in the start message")
         if sfreq_in < cfg.sfreq:
             raise StreamError(f"sfreq {sfreq_in} Hz is below the model's {cfg.sfreq} Hz")
-        center = np.asarray(scaler["center"], np.float64)
-        scale = np.asarray(scaler["scale"], np.float64)
-        if center.shape != (len(bundle.ch_names),) or scale.shape != center.shape:
-            raise StreamError("the bundle's scaler does not match its channel count")
         if not np.isclose(cfg.sfreq, bundle.sfreq):
             raise StreamError(f"the bundle's preprocessing rate {cfg.sfreq} Hz differs from its window rate {bundle.sfreq} Hz")
-        return cls(cfg, sfreq_in, center, scale, bundle.tmin, bundle.tmax, bundle.n_times)
+        return cls(cfg, sfreq_in, scaler.center, scaler.scale, bundle.tmin, bundle.tmax, bundle.n_times)
 
 
 class RingBuffer:

@@ -58,7 +58,7 @@ def test_stream_equals_offline_causal_store(causal_run: Path, tiny_bundle: Path,
 
 def test_old_bundle_without_stream_fields_is_refused(tiny_bundle: Path) -> None:
     bundle = load_bundle(tiny_bundle)
-    bundle.extra = {k: v for k, v in bundle.extra.items() if k not in ("preprocess", "scalers")}
+    bundle.preprocess, bundle.scalers = None, {}  # a bundle of a store that recorded neither
     with pytest.raises(StreamError, match="no preprocess / scalers"):
         StreamSpec.from_bundle(bundle, bundle.subjects[0])
     with pytest.raises(StreamError, match="no scaler for subject"):

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megdecode.bundle import BundleError, load_bundle
+from megdecode.bundle import load_bundle
+from megdecode.bundle_fields import BundleError, LatentPart
 from megdecode.latents.cache import load_latents, write_latents
 from megdecode.latents.targets import load_target, split_target, target_names
 from megdecode.models.brain import BrainConfig
@@ -63,6 +64,6 @@ def test_one_model_trains_on_two_latents_and_its_bundle_splits_predictions(tiny_
     z = np.random.default_rng(0).normal(size=(3, width + 10)).astype(np.float32)
     assert {k: v.shape for k, v in bundle.split_latent(z).items()} == {"handcrafted": (3, width), "half": (3, 10)}
     assert result.metrics["val/top5"] >= 0
-    bundle.extra["latent_parts"] = [["handcrafted", width], ["half", 9]]
+    bundle.latent_parts = [LatentPart("handcrafted", width), LatentPart("half", 9)]
     with pytest.raises(BundleError, match="latent_parts"):
         bundle.validate()

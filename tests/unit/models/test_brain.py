@@ -219,12 +219,16 @@ def test_tiny_batch_overfits() -> None:
 
 def test_paper_config_has_about_6_4m_parameters() -> None:
     model = BrainModule(paper_config(), torch.rand(272, 2))
-    counts = count_parameters(model)
+    counts = model.count_parameters()
+    assert counts == count_parameters(model)
     assert abs(counts["total"] - 6.4e6) <= 0.1 * 6.4e6, counts
     assert counts["spatial_attention"] == 270 * 2 * 32**2
     assert counts["subject_layer"] == 4 * 270 * 270
     assert counts["aggregation"] == 181 + 1
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    model.spatial_attention.requires_grad_(False)  # type: ignore[union-attr]
+    assert model.count_parameters()["total"] == counts["total"] - counts["spatial_attention"]
+    assert model.count_parameters(trainable_only=False) == counts
 
 
 def test_dilations_cycle_over_the_residual_convs() -> None:

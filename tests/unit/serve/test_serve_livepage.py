@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from megdecode.bundle import ModelBundle
+from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, SubjectScaler
 from megdecode.data import bids
 from megdecode.data import store as epoch_store
 from megdecode.serve.config import LiveConfig
@@ -27,13 +28,14 @@ def _bundle(tiny_run: Path, store: Path | None = None) -> ModelBundle:
     test = meta[meta["split"] == "test"].drop_duplicates("image_id").sort_values("image_id")
     c, f = len(manifest.ch_names), 4
     return ModelBundle(
-        model_config={}, state_dict={}, tmin=0.0, tmax=0.5, sfreq=manifest.sfreq, n_times=61,
+        model_config={}, state_dict={}, loss=None, tmin=0.0, tmax=0.5, sfreq=manifest.sfreq, n_times=61,
         ch_names=list(manifest.ch_names), pos2d=np.zeros((c, 2), np.float32), subjects=list(manifest.subjects),
-        latent_name="handcrafted", latent_mean=np.zeros(f, np.float32), latent_std=np.ones(f, np.float32),
-        gallery=np.eye(len(test), f, dtype=np.float32), gallery_ids=test["image_id"].to_numpy(np.int64),
-        extra={"fit_config": {"store": str(store or tiny_run / "store")},
-               "gallery_meta": {"category": test["category"].tolist(), "image_path": test["image_path"].tolist()},
-               "scalers": dict(manifest.scalers)})
+        latent_name="handcrafted", latent_parts=[LatentPart("handcrafted", f)], latent_mean=np.zeros(f, np.float32),
+        latent_std=np.ones(f, np.float32), gallery=np.eye(len(test), f, dtype=np.float32),
+        gallery_ids=test["image_id"].to_numpy(np.int64),
+        gallery_meta=GalleryMeta(tuple(test["category"]), tuple(test["image_path"])),
+        fit_config=FitRecord({"store": str(store or tiny_run / "store")}),
+        scalers={s: SubjectScaler.from_json(d) for s, d in manifest.scalers.items()})
 
 
 def test_replay_is_a_run_of_the_stores_bids_in_the_bundles_channel_order(tiny_run: Path) -> None:
@@ -71,7 +73,7 @@ def test_without_a_bids_dataset_the_replay_is_noise_and_says_why(tiny_run: Path,
     replay = LivePage(LiveConfig()).replay(bundle, "", None, None)
     assert replay.source == "noise" and replay.events.empty
     assert "no BIDS dataset found" in replay.note and str(tmp_path / "bids") in replay.note
-    raw_sfreq = bundle.extra["scalers"][bundle.subjects[0]]["raw_sfreq"]
+    raw_sfreq = bundle.scalers[bundle.subjects[0]].raw_sfreq
     assert replay.sfreq == raw_sfreq
     a, b = replay.read(0, 50), replay.read(0, 50)
     assert np.array_equal(a, b) and np.all(np.isfinite(a)) and a.std() > 0

@@ -4,6 +4,7 @@ the bundle's prediction statistics scale the window, the card says when they are
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from megdecode.bundle import ModelBundle, PredictionStats, save_bundle
+from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState
 from megdecode.generate import build_tiny_generator
 from megdecode.generate.pipeline import LatentGenerator
 from megdecode.models.brain import BrainConfig, BrainModule
@@ -30,11 +32,13 @@ def _bundle(path: Path, stats: bool) -> Path:
     # statistics far from the head's raw outputs, so scaling with them is visible
     reference = PredictionStats.of(rng.normal(size=(30, F)) * 0.01 + 0.5, reference="val") if stats else None
     return save_bundle(ModelBundle(
-        model_config=cfg.to_flat_dict(), state_dict=BrainModule(cfg, pos).state_dict(), tmin=0.0, tmax=0.1,
-        sfreq=120.0, n_times=T, ch_names=[f"M{i}" for i in range(C)], pos2d=pos, subjects=["A", "B"],
-        latent_name="handcrafted", latent_mean=rng.normal(size=F).astype(np.float32),
+        model_config=cfg.to_flat_dict(), state_dict=BrainModule(cfg, pos).state_dict(),
+        loss=LossState(math.log(1 / 0.07), learned=True), tmin=0.0, tmax=0.1, sfreq=120.0, n_times=T,
+        ch_names=[f"M{i}" for i in range(C)], pos2d=pos, subjects=["A", "B"], latent_name="handcrafted",
+        latent_parts=[LatentPart("handcrafted", F)], latent_mean=rng.normal(size=F).astype(np.float32),
         latent_std=np.full(F, 2.0, np.float32), gallery=rng.normal(size=(4, F)).astype(np.float32),
-        gallery_ids=np.arange(4, dtype=np.int64), prediction_stats=reference,
+        gallery_ids=np.arange(4, dtype=np.int64), gallery_meta=GalleryMeta.blank(4), fit_config=FitRecord({}),
+        prediction_stats=reference,
     ), path)
 
 
