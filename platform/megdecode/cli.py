@@ -89,7 +89,7 @@ def latents(
         "dinov2_model": dinov2_model, "allow_random_init": allow_random_init,
     }
     for name in encoder:
-        enc = make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device, **weights)  # type: ignore[arg-type]
+        enc = make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device, **weights)  # type: ignore[arg-type]  # a dict of mixed option types (paths, names, a flag)
         factory = encoder_factory(name, clip_model, clip_weights, **weights)
         encode_fn = ray_encode_fn(factory) if ray else None
         report = build_latents(store, bids_root, out, enc, images_root=images_root, encode_fn=encode_fn)
@@ -385,7 +385,7 @@ def windows(
                + (f"; twin latencies {truth}" if truth else ""))
 
 
-def _trial_config(run_id: str, tracking_uri: str | None, seed: int):  # type: ignore[no-untyped-def]
+def _trial_config(run_id: str, tracking_uri: str | None, seed: int):
     """The FitConfig a Tune trial logged to MLflow (its parent run's params), for `seed`."""
     from mlflow import MlflowClient
 
@@ -660,7 +660,7 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def _preprocess(bids_root: Path, out: Path, subjects: list[str] | None, use_ray: bool, address: str | None):  # type: ignore[no-untyped-def]
+def _preprocess(bids_root: Path, out: Path, subjects: list[str] | None, use_ray: bool, address: str | None):
     from megdecode.data.build import build_epoch_store
 
     if not use_ray:

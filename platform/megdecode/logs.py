@@ -74,7 +74,7 @@ def setup_logging(level: str | int = "INFO", verbose_output: bool | None = None,
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.set_name("megdecode-file")
     root = logging.getLogger()
-    for console in root.handlers:  # basicConfig's: our INFO, everyone's warnings
+    for console in filter(_is_console, root.handlers):  # basicConfig's: our INFO, everyone's warnings
         console.addFilter(_OURS)
     root.addHandler(handler)
     quiet_console()
@@ -161,6 +161,13 @@ class _Ours(_Console):
 _OURS = _Ours()
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    """A handler that writes to the terminal (stderr or stdout). Others are not ours to
+    filter: files, and capture handlers such as pytest's, which some libraries' loggers hold."""
+    streams = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    return isinstance(handler, logging.StreamHandler) and any(handler.stream is s for s in streams)
+
+
 def quiet_console() -> None:
     """Turn the libraries' own console handlers down to warnings; send their INFO to the file.
 
@@ -175,8 +182,7 @@ def quiet_console() -> None:
     for name in sorted(set(names) | set(LIBRARIES)):
         lib = logging.getLogger(name)
         for handler in lib.handlers:
-            console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-            if console and _CONSOLE not in handler.filters:
+            if _is_console(handler) and _CONSOLE not in handler.filters:
                 handler.addFilter(_CONSOLE)
         for stale in [h for h in lib.handlers if h.get_name() == "megdecode-file" and h is not file_handler]:
             lib.removeHandler(stale)  # from an earlier setup_logging in this process

@@ -51,10 +51,10 @@ class BundleModel(PythonModel):
     # at class creation; if MLflow drops it, the only effect is that warning.
     _skip_type_hint_validation = True
 
-    def load_context(self, context):  # type: ignore[no-untyped-def]
+    def load_context(self, context):
         self.model, self.bundle = load_model(Path(context.artifacts["bundle"]))
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, context, model_input, params=None):
         """model_input {"meg": (N, C, T) float32, "subject": (N,) int} -> {"clip", "mse": (N, F)}."""
         clip, mse = predict_windows(self.model, np.asarray(model_input["meg"], np.float32),
                                     np.asarray(model_input["subject"], np.int64))

@@ -56,7 +56,7 @@ def _bundle() -> ModelBundle:
     )
 
 
-def _rewrite(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+def _rewrite(path: Path, change) -> None:
     meta = json.loads((path / "bundle.json").read_text())
     change(meta)
     (path / "bundle.json").write_text(json.dumps(meta))
@@ -244,7 +244,7 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
 def _stats(**change: object) -> PredictionStats:
     rng = np.random.default_rng(2)
     base = PredictionStats.of(rng.normal(size=(40, F)) * 0.1 + 1.0, reference="val")
-    return PredictionStats(**({"mean": base.mean, "std": base.std, "reference": base.reference, "n": base.n} | change))  # type: ignore[arg-type]
+    return PredictionStats(**({"mean": base.mean, "std": base.std, "reference": base.reference, "n": base.n} | change))
 
 
 def test_prediction_stats_round_trip_as_a_typed_field(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,26 +30,27 @@ def clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         lib.propagate = True
 
 
-def _library_logger(name: str) -> tuple[logging.Logger, io.StringIO]:
-    """A logger as Ray/MLflow/Optuna make theirs: its own console handler, no propagation."""
-    stream = io.StringIO()
+def _library_logger(name: str) -> logging.Logger:
+    """A logger as Ray/MLflow/Optuna make theirs: its own console handler on the process's
+    stderr (pytest's capture here: read it with capsys), no propagation."""
     lib = logging.getLogger(name)
     lib.handlers.clear()
-    lib.addHandler(logging.StreamHandler(stream))
+    lib.addHandler(logging.StreamHandler(sys.stderr))
     lib.setLevel(logging.INFO)
     lib.propagate = False
-    return lib, stream
+    return lib
 
 
-def test_quiet_mode_moves_library_info_to_the_file(clean_logging: None, tmp_path: Path) -> None:
-    lib, console = _library_logger("optuna.unit")
+def test_quiet_mode_moves_library_info_to_the_file(
+        clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lib = _library_logger("optuna.unit")
     path = logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
     assert path == tmp_path / "run.log" and logs.log_file() == path and not logs.verbose()
     lib.info("Total Progress: 15/32")
     lib.warning("Progress bars disabled. To enable, set ...")  # noise: the file only
     lib.warning("object store is full")
     lib.error("task failed: Traceback ...")
-    shown = console.getvalue()
+    shown = capsys.readouterr().err
     assert "Total Progress" not in shown and "Progress bars disabled" not in shown
     assert "object store is full" in shown and "task failed" in shown
     for handler in logging.getLogger().handlers:
@@ -71,17 +73,18 @@ def test_root_console_shows_our_info_and_only_warnings_of_others(
     assert "SQLiteImpl" in (tmp_path / "run.log").read_text()
 
 
-def test_verbose_streams_everything(clean_logging: None, tmp_path: Path) -> None:
-    lib, console = _library_logger("optuna.unit")
+def test_verbose_streams_everything(
+        clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lib = _library_logger("optuna.unit")
     assert logs.setup_logging("DEBUG", verbose_output=True, log_file=tmp_path / "run.log") is None
     logs.quiet_console()  # a no-op when verbose
     lib.info("Total Progress: 15/32")
-    assert "Total Progress" in console.getvalue()
+    assert "Total Progress" in capsys.readouterr().err
     assert logs.verbose() and logs.log_file() is None and not (tmp_path / "run.log").exists()
 
 
 def test_repeated_setup_keeps_one_file_handler_per_library(clean_logging: None, tmp_path: Path) -> None:
-    lib, _ = _library_logger("optuna.unit")
+    lib = _library_logger("optuna.unit")
     for i in range(3):
         logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / f"run{i}.log")
     files = [h for h in lib.handlers if h.get_name() == "megdecode-file"]
@@ -112,18 +115,18 @@ def test_verbose_after_quiet_takes_back_our_settings_and_keeps_the_users(
 
 
 def test_stage_progress_logs_one_line_per_step_off_a_terminal(
-        clean_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        clean_logging: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("MEGDECODE_PROGRESS", "0")
-    lib, stream = _library_logger("megdecode.unit")
+    lib = _library_logger("megdecode.unit")
     bar = logs.StageProgress("trials", 3, lib)
     bar.step("trial_0001 finished")
     bar.step()
     bar.close()
-    assert stream.getvalue().splitlines() == ["trials 1/3: trial_0001 finished", "trials 2/3"]
+    assert capsys.readouterr().err.splitlines() == ["trials 1/3: trial_0001 finished", "trials 2/3"]
     throttled = logs.StageProgress("runs", 3, lib, every_s=3600.0)
     for _ in range(3):
         throttled.step()
-    assert stream.getvalue().splitlines()[2:] == ["runs 1/3", "runs 3/3"]  # the first, then the last
+    assert capsys.readouterr().err.splitlines() == ["runs 1/3", "runs 3/3"]  # the first, then the last
 
 
 def test_phase_clock_charges_each_lap_to_its_phase() -> None:
@@ -142,3 +145,15 @@ def test_phase_clock_charges_each_lap_to_its_phase() -> None:
     assert named.lap("setup") >= 1.0
     with pytest.raises(KeyError, match="unknown phase"):
         named.lap("setpu")
+
+
+def test_quiet_mode_filters_terminals_only(clean_logging: None, tmp_path: Path) -> None:
+    # A capture handler (pytest's caplog, a StringIO) on a library's logger keeps every record:
+    # quiet mode is about what reaches the terminal.
+    lib = _library_logger("optuna.unit")
+    captured = io.StringIO()
+    lib.addHandler(logging.StreamHandler(captured))
+    logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
+    logs.quiet_console()
+    lib.info("Total Progress: 15/32")
+    assert "Total Progress" in captured.getvalue()

@@ -66,6 +66,6 @@ def fold(model: BrainModule) -> BrainModule:
     # BrainModule.features feeds x (B, C, T) as x.transpose(1, 2) when there is no spatial
     # attention, then initial_linear, then subject_layer(h, subject): the fold goes in the last.
     model.spatial_attention = None
-    model.initial_linear = nn.Identity()  # type: ignore[assignment]
-    model.subject_layer = FoldedInput(matrices, biases)  # type: ignore[assignment]
+    model.initial_linear = nn.Identity()  # type: ignore[assignment]  # a layer of another type, on purpose
+    model.subject_layer = FoldedInput(matrices, biases)  # type: ignore[assignment]  # same call signature
     return model

@@ -65,7 +65,7 @@ def build_app(cfg: ServeConfig, token: str | None = None, store: str | None = No
     token = os.environ.get(h.token_env, "") if token is None else token
     model_config = decoder_user_config(cfg, store)
     dec = plan.share(DECODER)
-    decoder = BrainDecoder.options(**ROLLING,  # type: ignore[attr-defined]
+    decoder = BrainDecoder.options(**ROLLING,  # type: ignore[attr-defined]  # Serve's decorator adds options()
         num_replicas=dec.replicas, max_ongoing_requests=d.max_ongoing_requests,
         max_queued_requests=d.max_queued_requests, ray_actor_options=dec.actor_options(),
         user_config=model_config,
@@ -73,7 +73,7 @@ def build_app(cfg: ServeConfig, token: str | None = None, store: str | None = No
     generator = None
     if g.weights:
         gen = plan.share(GENERATOR)
-        generator = Generator.options(**ROLLING,  # type: ignore[attr-defined]
+        generator = Generator.options(**ROLLING,  # type: ignore[attr-defined]  # Serve's decorator adds options()
             autoscaling_config={"min_replicas": g.min_replicas, "max_replicas": gen.max_replicas,
                                 "initial_replicas": gen.replicas,
                                 "target_ongoing_requests": g.target_ongoing_requests},
@@ -83,7 +83,7 @@ def build_app(cfg: ServeConfig, token: str | None = None, store: str | None = No
     ingress_config = {"token_sha256": token_digest(token), "decoder": model_config if d.ingress_copy != "none" else {}}
     # Serve's proxy answers 503 itself once the ingress holds max_ongoing + max_queued requests;
     # backpressure_config gives that answer the same Retry-After as the ingress' own 503s.
-    return Ingress.options(**ROLLING,  # type: ignore[attr-defined]
+    return Ingress.options(**ROLLING,  # type: ignore[attr-defined]  # Serve's decorator adds options()
         max_ongoing_requests=h.max_ongoing_requests, max_queued_requests=h.max_queued_requests,
         backpressure_config={"retry_after_s": h.retry_after_s},
         ray_actor_options=plan.share(INGRESS).actor_options(), user_config=ingress_config,

@@ -67,8 +67,8 @@ class DecoderCore:
         # BLAS too (the stream's resampling kernel, the gallery product): a pool of
         # OpenBLAS threads per process fights the other replicas for the same cores.
         threadpoolctl.threadpool_limits(self.cfg.torch_threads, user_api="blas")
-        self._batched.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]
-        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._batched.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]  # added by @serve.batch at run time
+        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]  # added by @serve.batch
         self.state: LoadedModel | None = None
         self.loaded_from: tuple[str, str, int] | None = None
         self.load_error = ""
@@ -144,7 +144,7 @@ class DecoderCore:
             ms = (time.perf_counter() - start) * 1e3
             for row, i in enumerate(idx):
                 out[i] = (clip[row], ms, len(idx))
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # @serve.batch turns the list into one result per caller
 
     async def decode_windows_async(self, windows: np.ndarray, subject: int, top_k: int) -> dict[str, Any]:
         """`decode_windows` off the event loop (the ingress' copy: other requests keep flowing)."""

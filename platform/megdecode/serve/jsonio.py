@@ -19,7 +19,7 @@ from starlette.responses import Response
 try:
     import orjson
 except ImportError:  # pragma: no cover - orjson is a dependency; the fallback keeps the app working
-    orjson = None  # type: ignore[assignment]
+    orjson = None  # type: ignore[assignment]  # the optional import's fallback
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY if orjson is not None else 0
 

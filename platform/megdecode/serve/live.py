@@ -46,7 +46,7 @@ async def run_session(ws: WebSocket, session: StreamSession, n_channels: int, ma
             await wake.wait()
             wake.clear()
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                raise reader.exception()  # type: ignore[misc]
+                raise reader.exception()  # type: ignore[misc]  # not None: the task is done and raised
             received = arrivals[0] if arrivals else time.perf_counter()
             arrivals.clear()
             tick = session.due()
@@ -70,7 +70,7 @@ async def run_session(ws: WebSocket, session: StreamSession, n_channels: int, ma
                 if ended.is_set():
                     await ws_close(ws, {"type": "end"}, code=1000)
                 elif not reader.cancelled() and reader.exception() is not None:
-                    raise reader.exception()  # type: ignore[misc]
+                    raise reader.exception()  # type: ignore[misc]  # not None: the task is done and raised
                 return
     finally:
         reader.cancel()

@@ -274,7 +274,7 @@ class StreamSession:
     """
 
     def __init__(self, spec: StreamSpec, n_channels: int, stride_s: float, max_backlog_s: float,
-                 max_chunk_s: float = 2.0, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+                 max_chunk_s: float = 2.0, clock=time.monotonic) -> None:
         self.stride = max(1, int(round(stride_s * spec.sfreq_in)))
         self.max_chunk = int(max_chunk_s * spec.sfreq_in)
         self.pre = OnlinePreprocessor(spec, n_channels, extra_capacity=self.max_chunk + self.stride)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from serve_helpers import window  # type: ignore[import-not-found]
+from serve_helpers import window
 from typer.testing import CliRunner
 
 from megdecode.bundle import load_bundle

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from serve_helpers import is_error_body  # type: ignore[import-not-found]
+from serve_helpers import is_error_body
 
 from megdecode.bundle import load_bundle
 from megdecode.serve.app import free_port
@@ -49,7 +49,7 @@ def _window(bundle_dir: Path, seed: int = 0) -> tuple[str, np.ndarray]:
 
 
 def _post(url: str, subject: object, data: object, **kw: object) -> requests.Response:
-    return requests.post(f"{url}/v1/decode", json={"subject": subject, "data": data}, timeout=30, **kw)  # type: ignore[arg-type]
+    return requests.post(f"{url}/v1/decode", json={"subject": subject, "data": data}, timeout=30, **kw)
 
 
 def _is_error(r: requests.Response, status: int) -> dict:
@@ -125,14 +125,14 @@ def test_auth_on_and_off(served: tuple[str, object], tiny_bundle: Path) -> None:
 
     url, cfg = served
     subject, x = _window(tiny_bundle)
-    serve.run(build_app(cfg, token="s3cret"), name=cfg.app_name, route_prefix="/")  # type: ignore[attr-defined]
+    serve.run(build_app(cfg, token="s3cret"), name=cfg.app_name, route_prefix="/")
     try:
         _is_error(_post(url, subject, x.tolist()), 401)
         _is_error(_post(url, subject, x.tolist(), headers={"authorization": "Bearer wrong"}), 401)
         assert _post(url, subject, x.tolist(), headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
     finally:
-        serve.run(build_app(cfg, token=""), name=cfg.app_name, route_prefix="/")  # type: ignore[attr-defined]
+        serve.run(build_app(cfg, token=""), name=cfg.app_name, route_prefix="/")
     assert _post(url, subject, x.tolist()).status_code == 200
 
 
@@ -220,7 +220,7 @@ def test_reload_swaps_models_without_dropping_requests(served: tuple[str, object
     import threading
 
     from ray import serve
-    from serve_helpers import train_bundle  # type: ignore[import-not-found]
+    from serve_helpers import train_bundle
 
     from megdecode.serve.app import build_app
 
@@ -238,13 +238,13 @@ def test_reload_swaps_models_without_dropping_requests(served: tuple[str, object
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        new = cfg.replace(decoder=cfg.decoder.replace(model=str(other)))  # type: ignore[attr-defined]
+        new = cfg.replace(decoder=cfg.decoder.replace(model=str(other)))
         serve.run(build_app(new, token=""), name=new.app_name, route_prefix="/")
         after = _post(url, subject, x.tolist()).json()["latent"]
     finally:
         stop.set()
         thread.join()
-        serve.run(build_app(cfg, token=""), name=cfg.app_name, route_prefix="/")  # type: ignore[attr-defined]
+        serve.run(build_app(cfg, token=""), name=cfg.app_name, route_prefix="/")
     assert codes and set(codes) == {200}, codes
     assert not np.allclose(before, after)
 
@@ -259,7 +259,7 @@ def test_killing_the_decoder_replica_mid_traffic_leaves_no_request_hanging(serve
     from ray import serve
 
     url, cfg = served
-    handle = serve.get_deployment_handle("BrainDecoder", cfg.app_name)  # type: ignore[attr-defined]
+    handle = serve.get_deployment_handle("BrainDecoder", cfg.app_name)
     old_pid = handle.pid.remote().result(timeout_s=30)
     subject, x = _window(tiny_bundle)
     headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}", "x-subject": subject}
@@ -301,7 +301,7 @@ def test_killing_the_decoder_replica_mid_traffic_leaves_no_request_hanging(serve
     assert before > 0 and len(results) > recovered, "no traffic before the kill or after the restart"
     for status, seconds, text, retry in results:
         assert status in (200, 503), (status, text)
-        assert seconds < cfg.http.request_timeout_s + 10, seconds  # type: ignore[attr-defined]
+        assert seconds < cfg.http.request_timeout_s + 10, seconds
         if status == 503:
             assert retry == "1"
             assert is_error_body(status, text)["error"] in ("decoder_unavailable", "timeout", "overloaded")
@@ -313,7 +313,7 @@ def test_property_based_requests_from_the_openapi_schema_never_get_a_5xx(served:
                                                                           tiny_bundle: Path) -> None:
     """Arbitrary bodies, headers and options for every operation of /openapi.json: no 5xx (503 only
     for load or readiness), every error is {error, detail}, no traceback ever reaches a client."""
-    from fuzz_strategies import auth_headers, bodies, queries  # type: ignore[import-not-found]
+    from fuzz_strategies import auth_headers, bodies, queries
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from serve_helpers import is_error_body, window  # type: ignore[import-not-found]
+from serve_helpers import is_error_body, window
 
 from megdecode.bundle import load_bundle
 from megdecode.serve.app import StartError, StartInterrupted, free_port, start

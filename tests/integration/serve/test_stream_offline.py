@@ -40,7 +40,7 @@ def _replay(bundle_dir: Path, bids_root: Path, chunk: int = 37) -> tuple[dict[in
 def _offline(store: Path, bundle_dir: Path, key: object, subject: str) -> dict[int, np.ndarray]:
     bundle = load_bundle(bundle_dir)
     X, meta = epoch_store.load_epochs(store, subjects=[subject], tmin=bundle.tmin, tmax=bundle.tmax)
-    rows = (meta["session"] == key.session) & (meta["run"] == key.run)  # type: ignore[attr-defined]
+    rows = (meta["session"] == key.session) & (meta["run"] == key.run)
     return dict(zip(meta.loc[rows, "trial_index"].astype(int), X[rows.to_numpy()], strict=True))
 
 

@@ -226,7 +226,7 @@ def test_paper_config_has_about_6_4m_parameters() -> None:
     assert counts["subject_layer"] == 4 * 270 * 270
     assert counts["aggregation"] == 181 + 1
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
-    model.spatial_attention.requires_grad_(False)  # type: ignore[union-attr]
+    model.spatial_attention.requires_grad_(False)
     assert model.count_parameters()["total"] == counts["total"] - counts["spatial_attention"]
     assert model.count_parameters(trainable_only=False) == counts
 

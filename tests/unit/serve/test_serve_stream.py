@@ -27,7 +27,7 @@ def test_banded_windows_equal_stepwise_windows(sfreq_in: float, baseline: tuple[
     assert np.abs(ref).max() > 0.5  # not trivially zero
 
 
-def _session(clock: list[float], max_backlog_s: float = 0.5):  # type: ignore[no-untyped-def]
+def _session(clock: list[float], max_backlog_s: float = 0.5):
     from megdecode.serve.stream import StreamSession
 
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ from megdecode.serve.validate import (
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _status(fn, *args) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+def _status(fn, *args) -> tuple[int, str]:
     with pytest.raises(ApiError) as info:
         fn(*args)
     return info.value.status, info.value.error

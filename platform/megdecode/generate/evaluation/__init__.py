@@ -29,7 +29,7 @@ from megdecode.generate.evaluation.report import (
     write_grid,
     write_results,
 )
-from megdecode.generate.evaluation.run import evaluate_generation, resolve_bundle, run_and_log
+from megdecode.generate.evaluation.run import evaluate_generation, run_and_log
 from megdecode.generate.evaluation.scores import (
     image_paths,
     metric_nets,
@@ -42,6 +42,6 @@ __all__ = [
     "DECODED", "KINDS", "LARGE_KIND", "NOT_SCALED", "PRED_STATS", "EvalInputs", "GenEvalConfig",
     "decode_test_set", "evaluate_generation", "fidelity_table", "format_markdown", "generate_kinds",
     "generate_on_ray", "generator_defaults", "generator_meta", "image_paths", "log_evaluation",
-    "metric_nets", "per_image_scores", "prediction_scaling", "predict_split", "resolve_bundle",
+    "metric_nets", "per_image_scores", "prediction_scaling", "predict_split",
     "run_and_log", "score_kinds", "seen_images", "write_fidelity", "write_grid", "write_results",
 ]

@@ -76,9 +76,8 @@ def decode_test_set(cfg: GenEvalConfig, bundle: ModelBundle) -> EvalInputs:
     from megdecode.predict import model_from_bundle
 
     model = model_from_bundle(bundle)
-    fit = bundle.extra.get("fit_config", {})
-    store = cfg.store or fit.get("store", "")
-    latents_dir = cfg.latents_dir or fit.get("latents_dir", "")
+    store = cfg.store or bundle.fit_config.store
+    latents_dir = cfg.latents_dir or bundle.fit_config.latents_dir
     if not store or not latents_dir:
         raise ValueError("the bundle does not name its store/latents folder; pass store and latents_dir")
     manifest = epoch_store.read_manifest(store)
@@ -87,9 +86,7 @@ def decode_test_set(cfg: GenEvalConfig, bundle: ModelBundle) -> EvalInputs:
     # pred_stats="bundle" decodes the drawn trials as the app does (folded layout, one window
     # per forward; batching rounds differently), so each single-trial image is the one
     # /v1/reconstruct returns for that window with the same seed
-    from megdecode.serve.model import inference_layout
-
-    drawn_by, batch = (inference_layout(model), 1) if cfg.pred_stats == "bundle" else (model, 256)
+    drawn_by, batch = (model.folded(), 1) if cfg.pred_stats == "bundle" else (model, 256)
     mse, meta = predict_split(cfg, drawn_by, bundle, store, "test", batch)
     if not len(meta):
         raise ValueError(f"the store {store} has no epochs in the small test set (split 'test')")

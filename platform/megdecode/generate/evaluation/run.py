@@ -49,21 +49,6 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
     return table, grid
 
 
-def resolve_bundle(bundle: str, tracking_uri: str | None, dst: Path) -> Path:
-    """A bundle folder, or ``models:/name@alias`` downloaded from the MLflow registry."""
-    if bundle.startswith("models:/"):
-        from megdecode.tracking import Tracker
-
-        name, _, alias = bundle.removeprefix("models:/").partition("@")
-        if not name or not alias or not tracking_uri:
-            raise ValueError(f"{bundle!r}: use models:/NAME@ALIAS with a tracking URI")
-        return Tracker(tracking_uri).resolve_alias(name, alias, dst)
-    path = Path(bundle)
-    if not (path / "bundle.json").is_file():
-        raise FileNotFoundError(f"no bundle.json in {path}")
-    return path
-
-
 def run_and_log(cfg: GenEvalConfig, tracking_uri: str | None = None, run_id: str | None = None,
                 experiment: str = "megdecode-generate") -> tuple[pd.DataFrame, Path, str | None]:
     """Resolve the bundle, evaluate (Ray initialised by the caller), log to MLflow when a URI is given.
@@ -72,8 +57,10 @@ def run_and_log(cfg: GenEvalConfig, tracking_uri: str | None = None, run_id: str
     and the grid under figures/. An existing `run_id` is logged into and left open (it is
     the caller's); a new run is ended. Returns (table, grid path, run id).
     """
+    from megdecode.tracking import resolve_bundle
+
     out = Path(cfg.out)
-    bundle_dir = resolve_bundle(cfg.bundle, tracking_uri, out / "bundle")
+    bundle_dir, _ = resolve_bundle(cfg.bundle, tracking_uri or "", out / "bundle")
     table, grid = evaluate_generation(cfg, bundle_dir)
     if not tracking_uri:
         return table, grid, None

@@ -45,7 +45,7 @@ def image_paths(cfg: GenEvalConfig, bundle: ModelBundle) -> dict[int, Path]:
     """image id -> the seen image's file, for every image of the store."""
     from megdecode.latents.stage import store_images
 
-    store = cfg.store or bundle.extra.get("fit_config", {}).get("store", "")
+    store = cfg.store or bundle.fit_config.store
     if not cfg.bids_root:
         raise ValueError("bids_root must be set (the images live under bids_root/stimuli)")
     ids, rel = store_images(Path(store))
