@@ -22,26 +22,54 @@ from pathlib import Path
 from megdecode.search.driver import SearchSetup, run_search
 
 
-def search(data: Path, space: Path, scheduler: str, work: Path, num_samples: int, seeds: int) -> dict:
-    setup = SearchSetup(space=str(space), data=str(data), out=str(work), experiment=scheduler,
-                        tracking_uri=f"sqlite:///{work / f'{scheduler}.db'}", num_samples=num_samples,
-                        seeds=seeds, scheduler=scheduler, time_budget_s=1e9, sampler_seed=0)
+def search(
+    data: Path, space: Path, scheduler: str, work: Path, num_samples: int, seeds: int
+) -> dict:
+    setup = SearchSetup(
+        space=str(space),
+        data=str(data),
+        out=str(work),
+        experiment=scheduler,
+        tracking_uri=f"sqlite:///{work / f'{scheduler}.db'}",
+        num_samples=num_samples,
+        seeds=seeds,
+        scheduler=scheduler,
+        time_budget_s=1e9,
+        sampler_seed=0,
+    )
     start = time.perf_counter()
     report = run_search(setup, register=None, ridge=False, verbose=0)
     wall = time.perf_counter() - start
     epochs, seconds, best = 0, 0.0, (-1.0, None, None)
     for name in sorted(report.trials["trial"]):
-        results = [json.loads(line) for line in (setup.path / name / "result.json").read_text().splitlines()]
+        results = [
+            json.loads(line)
+            for line in (setup.path / name / "result.json").read_text().splitlines()
+        ]
         epochs += max(int(r.get("epoch", 0)) for r in results)
         seconds += float(results[-1]["time_total_s"])
         last = results[-1]
         score = float(last.get("val/top5_mean", -1.0))
         if "test/top5_mean" in last and score > best[0]:
             best = (score, float(last["test/top5_mean"]), name)
-    configs = sorted(tuple(sorted((k, str(v)) for k, v in row.items() if k.startswith(("model.", "loss.", "train.")))
-                     ) for row in report.trials.to_dict(orient="records"))
-    return {"trials": len(report.trials), "epochs": epochs, "trial_seconds": seconds, "wall": wall,
-            "best_val": best[0], "best_test": best[1], "best_trial": best[2], "configs": configs}
+    configs = sorted(
+        tuple(
+            sorted(
+                (k, str(v)) for k, v in row.items() if k.startswith(("model.", "loss.", "train."))
+            )
+        )
+        for row in report.trials.to_dict(orient="records")
+    )
+    return {
+        "trials": len(report.trials),
+        "epochs": epochs,
+        "trial_seconds": seconds,
+        "wall": wall,
+        "best_val": best[0],
+        "best_test": best[1],
+        "best_trial": best[2],
+        "configs": configs,
+    }
 
 
 def main() -> None:
@@ -58,21 +86,38 @@ def main() -> None:
     init_ray()
     try:
         with tempfile.TemporaryDirectory(prefix="asha-") as tmp:
-            rows = {s: search(args.data.resolve(), args.space.resolve(), s, Path(tmp), args.num_samples, args.seeds)
-                    for s in ("asha", "fifo")}
+            rows = {
+                s: search(
+                    args.data.resolve(),
+                    args.space.resolve(),
+                    s,
+                    Path(tmp),
+                    args.num_samples,
+                    args.seeds,
+                )
+                for s in ("asha", "fifo")
+            }
     finally:
         ray.shutdown()
     same = rows["asha"]["configs"] == rows["fifo"]["configs"]
-    print(f"{args.num_samples} trials x {args.seeds} seeds on {args.data}, space {args.space.name}; "
-          f"same configs in both searches: {same}")
-    print(f"{'scheduler':<10}{'trial-epochs':>14}{'trial s':>10}{'wall s':>10}{'best val/top5':>15}{'its test/top5':>15}")
+    print(
+        f"{args.num_samples} trials x {args.seeds} seeds on {args.data}, space {args.space.name}; "
+        f"same configs in both searches: {same}"
+    )
+    print(
+        f"{'scheduler':<10}{'trial-epochs':>14}{'trial s':>10}{'wall s':>10}{'best val/top5':>15}{'its test/top5':>15}"
+    )
     for name, r in rows.items():
-        print(f"{name:<10}{r['epochs']:>14}{r['trial_seconds']:>10.0f}{r['wall']:>10.0f}"
-              f"{r['best_val']:>15.3f}{r['best_test'] if r['best_test'] is not None else float('nan'):>15.3f}")
+        print(
+            f"{name:<10}{r['epochs']:>14}{r['trial_seconds']:>10.0f}{r['wall']:>10.0f}"
+            f"{r['best_val']:>15.3f}{r['best_test'] if r['best_test'] is not None else float('nan'):>15.3f}"
+        )
     a, f = rows["asha"], rows["fifo"]
-    print(f"ASHA / FIFO: trial-epochs {a['epochs'] / f['epochs']:.2f}, trial time {a['trial_seconds'] / f['trial_seconds']:.2f}, "
-          f"wall {a['wall'] / f['wall']:.2f}; best val/top5 {a['best_val']:.3f} vs {f['best_val']:.3f} "
-          f"(best trial {a['best_trial']} vs {f['best_trial']})")
+    print(
+        f"ASHA / FIFO: trial-epochs {a['epochs'] / f['epochs']:.2f}, trial time {a['trial_seconds'] / f['trial_seconds']:.2f}, "
+        f"wall {a['wall'] / f['wall']:.2f}; best val/top5 {a['best_val']:.3f} vs {f['best_val']:.3f} "
+        f"(best trial {a['best_trial']} vs {f['best_trial']})"
+    )
 
 
 if __name__ == "__main__":

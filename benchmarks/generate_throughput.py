@@ -66,9 +66,13 @@ class _Decoder(torch.nn.Module):
         return self.fn(x)
 
 
-def run(gen: LatentGenerator, batch: int, steps: int, repeats: int, size: int | None = None) -> list[dict[str, float]]:
+def run(
+    gen: LatentGenerator, batch: int, steps: int, repeats: int, size: int | None = None
+) -> list[dict[str, float]]:
     rng = np.random.default_rng(0)
-    latents = {k: rng.standard_normal((batch, f)).astype(np.float32) for k, f in gen.conditions.items()}
+    latents = {
+        k: rng.standard_normal((batch, f)).astype(np.float32) for k, f in gen.conditions.items()
+    }
     decoder = _Decoder(gen)
     gen._decode = decoder
     rows = []
@@ -77,11 +81,19 @@ def run(gen: LatentGenerator, batch: int, steps: int, repeats: int, size: int | 
     for n_steps in (1, steps):
         best: dict[str, float] | None = None
         for _ in range(repeats):
-            with timed_modules({"unet": gen.unet, "decode": decoder, "conditioning": gen.encoder}) as t:
+            with timed_modules(
+                {"unet": gen.unet, "decode": decoder, "conditioning": gen.encoder}
+            ) as t:
                 start = time.perf_counter()
                 gen.generate(latents, steps=n_steps, batch_size=batch, **hw)
                 wall = time.perf_counter() - start
-            row = {"size": size or gen.size, "steps": n_steps, "wall_s": wall, "images_per_s": batch / wall, **t}
+            row = {
+                "size": size or gen.size,
+                "steps": n_steps,
+                "wall_s": wall,
+                "images_per_s": batch / wall,
+                **t,
+            }
             if best is None or wall < best["wall_s"]:
                 best = row
         assert best is not None
@@ -90,8 +102,12 @@ def run(gen: LatentGenerator, batch: int, steps: int, repeats: int, size: int | 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--generator", type=Path, help="generator folder; default a random-init twin-shaped one")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--generator", type=Path, help="generator folder; default a random-init twin-shaped one"
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=2)
@@ -105,23 +121,44 @@ def main() -> None:
         from megdecode.generate.train import GenTrainConfig
 
         c = GenTrainConfig()
-        arch = ArchConfig(size=c.size, patch=c.patch, channels=c.channels, n_tokens=c.n_tokens, cross_attention_dim=64,
-                          prediction_type=c.prediction_type, coords=c.coords, global_cond=c.global_cond)
+        arch = ArchConfig(
+            size=c.size,
+            patch=c.patch,
+            channels=c.channels,
+            n_tokens=c.n_tokens,
+            cross_attention_dim=64,
+            prediction_type=c.prediction_type,
+            coords=c.coords,
+            global_cond=c.global_cond,
+        )
         defaults = GenerateConfig(steps=c.sample_steps, guidance_scale=c.guidance_scale)
-        gen_dir = new_generator({"twin-lowlevel": 11}, arch, defaults=defaults).save(Path(tempfile.mkdtemp()) / "g")
+        gen_dir = new_generator({"twin-lowlevel": 11}, arch, defaults=defaults).save(
+            Path(tempfile.mkdtemp()) / "g"
+        )
     else:
         gen_dir = args.generator
     gen = LatentGenerator.from_dir(gen_dir)
     cfg = gen.default_config
-    print(f"generator {gen_dir}: {gen.size} px, conditions {gen.conditions}, guidance {cfg.guidance_scale} "
-          f"({'2 UNet batches' if cfg.guidance_scale != 1.0 else '1 UNet batch'} per step), "
-          f"batch {args.batch}, {torch.get_num_threads()} thread(s)")
-    rows = run(gen, args.batch, args.steps, args.repeats) + run(gen, args.batch, args.steps, args.repeats, size=64)
-    print(f"{'size':>4} {'steps':>5} {'images/s':>9} {'wall s':>8} {'unet':>7} {'decode':>7} {'cond':>7} {'other':>7}")
+    print(
+        f"generator {gen_dir}: {gen.size} px, conditions {gen.conditions}, guidance {cfg.guidance_scale} "
+        f"({'2 UNet batches' if cfg.guidance_scale != 1.0 else '1 UNet batch'} per step), "
+        f"batch {args.batch}, {torch.get_num_threads()} thread(s)"
+    )
+    rows = run(gen, args.batch, args.steps, args.repeats) + run(
+        gen, args.batch, args.steps, args.repeats, size=64
+    )
+    print(
+        f"{'size':>4} {'steps':>5} {'images/s':>9} {'wall s':>8} {'unet':>7} {'decode':>7} {'cond':>7} {'other':>7}"
+    )
     for r in rows:
         other = r["wall_s"] - r.get("unet", 0) - r.get("decode", 0) - r.get("conditioning", 0)
-        shares = [r.get(k, 0.0) / r["wall_s"] for k in ("unet", "decode", "conditioning")] + [other / r["wall_s"]]
-        print(f"{r['size']:>4} {r['steps']:>5} {r['images_per_s']:>9.2f} {r['wall_s']:>8.2f} " + " ".join(f"{s:>6.1%}" for s in shares))
+        shares = [r.get(k, 0.0) / r["wall_s"] for k in ("unet", "decode", "conditioning")] + [
+            other / r["wall_s"]
+        ]
+        print(
+            f"{r['size']:>4} {r['steps']:>5} {r['images_per_s']:>9.2f} {r['wall_s']:>8.2f} "
+            + " ".join(f"{s:>6.1%}" for s in shares)
+        )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def with_stats(bundle_dir: Path, dst: Path) -> Path:
     if bundle.prediction_stats is not None:
         return bundle_dir
     model, _ = load_model(bundle_dir)
-    X, meta = epoch_store.load_epochs(bundle.fit_config.store, splits=["val"], tmin=bundle.tmin, tmax=bundle.tmax)
+    X, meta = epoch_store.load_epochs(
+        bundle.fit_config.store, splits=["val"], tmin=bundle.tmin, tmax=bundle.tmax
+    )
     subject = np.array([bundle.subject_index(str(s)) for s in meta["subject"]], np.int64)
     _, mse = predict_windows(model, X, subject)
     bundle.prediction_stats = PredictionStats.of(mse, reference="val")
@@ -54,7 +56,9 @@ def with_stats(bundle_dir: Path, dst: Path) -> Path:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--run", type=Path, default=Path("runs/demo"))
     p.add_argument("--bundle", type=Path, help="default RUN/champion")
     p.add_argument("--generator", type=Path, help="default RUN/generator")
@@ -66,42 +70,73 @@ def main() -> None:
     gen_dir = args.generator or args.run / "generator"
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = with_stats(args.bundle or args.run / "champion", Path(tmp) / "bundle")
-        cfg = GenEvalConfig(bundle=str(bundle_dir), generator=str(gen_dir), bids_root=str(args.run / "bids"), out=tmp)
+        cfg = GenEvalConfig(
+            bundle=str(bundle_dir),
+            generator=str(gen_dir),
+            bids_root=str(args.run / "bids"),
+            out=tmp,
+        )
         bundle = load_bundle(bundle_dir)
         stats = bundle.prediction_stats
         assert stats is not None
-        decoded = {mode: decode_test_set(cfg.replace(pred_stats=mode), bundle) for mode in ("bundle", "set")}
+        decoded = {
+            mode: decode_test_set(cfg.replace(pred_stats=mode), bundle)
+            for mode in ("bundle", "set")
+        }
         paths = image_paths(cfg, bundle)
         gen = LatentGenerator.from_dir(gen_dir)
         parts = [(n, int(w)) for n, w in bundle.latent_parts]
-        print(f"bundle {args.bundle or args.run / 'champion'}: {bundle.latent_name}, stats from {stats.reference} "
-              f"(n={stats.n}); generator {gen_dir}, {args.steps} steps")
-        print(f"{'kind':9s} {'pred_stats':10s} {'n':>5s} {'spread/train std':>16s} {'pixcorr':>8s} {'ssim':>6s}")
+        print(
+            f"bundle {args.bundle or args.run / 'champion'}: {bundle.latent_name}, stats from {stats.reference} "
+            f"(n={stats.n}); generator {gen_dir}, {args.steps} steps"
+        )
+        print(
+            f"{'kind':9s} {'pred_stats':10s} {'n':>5s} {'spread/train std':>16s} {'pixcorr':>8s} {'ssim':>6s}"
+        )
         for kind in ("single", "averaged"):
             for mode, inputs in decoded.items():
                 latents, ids = inputs.latents[kind], inputs.image_ids[kind]
                 if kind == "single":
                     latents, ids = latents[: args.max_single], ids[: args.max_single]
                 spread = float(np.mean(latents.std(0) / bundle.latent_std))
-                images = gen.generate(split_target(latents, parts), steps=args.steps, seeds=list(range(len(latents))))
+                images = gen.generate(
+                    split_target(latents, parts), steps=args.steps, seeds=list(range(len(latents)))
+                )
                 scores = compute_metrics(images, [open_rgb(paths[int(i)]) for i in ids])
-                print(f"{kind:9s} {mode:10s} {len(latents):5d} {spread:16.3f} {scores['pixcorr']:8.3f} "
-                      f"{scores['ssim']:6.3f}")
+                print(
+                    f"{kind:9s} {mode:10s} {len(latents):5d} {spread:16.3f} {scores['pixcorr']:8.3f} "
+                    f"{scores['ssim']:6.3f}"
+                )
         # the evaluation's single trials (bundle mode) against the served path, window by window
         state = load_served_model(str(bundle_dir))
-        X, meta = epoch_store.load_epochs(bundle.fit_config.store, splits=["test"], tmin=bundle.tmin,
-                                          tmax=bundle.tmax)
+        X, meta = epoch_store.load_epochs(
+            bundle.fit_config.store, splits=["test"], tmin=bundle.tmin, tmax=bundle.tmax
+        )
         k = min(args.max_single, len(meta), 20)
         offline = decoded["bundle"].latents["single"][:k]
         names = [n for n, _ in parts]
-        served = np.concatenate([np.concatenate([d[n] for n in names], axis=1) for d in (
-            window_latents(state, X[i], str(s)) for i, s in enumerate(meta["subject"][:k]))])
+        served = np.concatenate(
+            [
+                np.concatenate([d[n] for n in names], axis=1)
+                for d in (
+                    window_latents(state, X[i], str(s)) for i, s in enumerate(meta["subject"][:k])
+                )
+            ]
+        )
         batched = gen.generate(split_target(offline, parts), steps=args.steps, seeds=list(range(k)))
-        one_by_one = [gen.generate(split_target(served[i : i + 1], parts), steps=args.steps, seeds=[i])[0]
-                      for i in range(k)]  # as the app draws: one request, one image
-        same = sum(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(batched, one_by_one, strict=True))
-        print(f"evaluation (bundle, batched sampling) vs served path (one window, one image), {k} single trials: "
-              f"max |latent diff| {float(np.abs(offline - served).max()):.2e}, identical images {same}/{k}")
+        one_by_one = [
+            gen.generate(split_target(served[i : i + 1], parts), steps=args.steps, seeds=[i])[0]
+            for i in range(k)
+        ]  # as the app draws: one request, one image
+        same = sum(
+            np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(batched, one_by_one, strict=True)
+        )
+        print(
+            f"evaluation (bundle, batched sampling) vs served path (one window, one image), {k} single trials: "
+            f"max |latent diff| {float(np.abs(offline - served).max()):.2e}, identical images {same}/{k}"
+        )
+
 
 if __name__ == "__main__":
     main()

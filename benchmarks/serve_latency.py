@@ -41,7 +41,9 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def forward_ms(bundle: Path, batch: int = 1, n: int = 60, threads: int = 1, precision: str = "float32") -> float:
+def forward_ms(
+    bundle: Path, batch: int = 1, n: int = 60, threads: int = 1, precision: str = "float32"
+) -> float:
     """p50 of the served model's forward on `batch` stacked windows, with a replica's thread count."""
     from megdecode.serve.model import load_served_model
 
@@ -58,8 +60,14 @@ def forward_ms(bundle: Path, batch: int = 1, n: int = 60, threads: int = 1, prec
     return pct(times[5:], 50)
 
 
-SMOKE_MODEL = {"hidden_channels": 64, "merger_channels": 64, "fourier_freqs": 8, "projection_hidden": 64,
-               "backbone_dim": 64, "depth": 2}  # the middle of search_spaces/smoke.yaml
+SMOKE_MODEL = {
+    "hidden_channels": 64,
+    "merger_channels": 64,
+    "fourier_freqs": 8,
+    "projection_hidden": 64,
+    "backbone_dim": 64,
+    "depth": 2,
+}  # the middle of search_spaces/smoke.yaml
 
 
 def synthetic_bundle(size: str, out: Path) -> Path:
@@ -83,13 +91,26 @@ def synthetic_bundle(size: str, out: Path) -> Path:
     subjects = [f"{i + 1:02d}" for i in range(n_sub)]
     scaler = SubjectScaler(np.zeros(n_ch), np.full(n_ch, 1e-12), raw_sfreq=raw_sfreq)
     b = ModelBundle(  # untrained, for latency benchmarks: τ at its initial value, no training data
-        model_config=cfg.to_flat_dict(), state_dict=model.state_dict(), loss=LossState(float(np.log(1 / 0.07)), learned=True),
-        tmin=tmin, tmax=tmax, sfreq=120.0, n_times=n_times, ch_names=[f"MEG{i:03d}" for i in range(n_ch)],
-        pos2d=pos2d, subjects=subjects, latent_name="synthetic", latent_parts=[LatentPart("synthetic", latent_dim)],
-        latent_mean=np.zeros(latent_dim, np.float32), latent_std=np.ones(latent_dim, np.float32),
-        gallery=rng.standard_normal((gallery, latent_dim)).astype(np.float32), gallery_ids=np.arange(gallery),
-        gallery_meta=GalleryMeta(tuple(f"c{i}" for i in range(gallery)), ("",) * gallery), fit_config=FitRecord({}),
-        preprocess=PreprocessConfig(filter_phase="causal"), scalers={s: scaler for s in subjects},
+        model_config=cfg.to_flat_dict(),
+        state_dict=model.state_dict(),
+        loss=LossState(float(np.log(1 / 0.07)), learned=True),
+        tmin=tmin,
+        tmax=tmax,
+        sfreq=120.0,
+        n_times=n_times,
+        ch_names=[f"MEG{i:03d}" for i in range(n_ch)],
+        pos2d=pos2d,
+        subjects=subjects,
+        latent_name="synthetic",
+        latent_parts=[LatentPart("synthetic", latent_dim)],
+        latent_mean=np.zeros(latent_dim, np.float32),
+        latent_std=np.ones(latent_dim, np.float32),
+        gallery=rng.standard_normal((gallery, latent_dim)).astype(np.float32),
+        gallery_ids=np.arange(gallery),
+        gallery_meta=GalleryMeta(tuple(f"c{i}" for i in range(gallery)), ("",) * gallery),
+        fit_config=FitRecord({}),
+        preprocess=PreprocessConfig(filter_phase="causal"),
+        scalers={s: scaler for s in subjects},
     )
     return save_bundle(b, out)
 
@@ -107,7 +128,9 @@ def paced(url: str, body: bytes, headers: dict[str, str], n: int, rate: float) -
     return out[5:]
 
 
-def saturate(url: str, body: bytes, headers: dict[str, str], seconds: float, clients: int = 32) -> float:
+def saturate(
+    url: str, body: bytes, headers: dict[str, str], seconds: float, clients: int = 32
+) -> float:
     """Requests/s with `clients` closed-loop clients; 503s are not counted."""
     stop = time.perf_counter() + seconds
 
@@ -121,7 +144,9 @@ def saturate(url: str, body: bytes, headers: dict[str, str], seconds: float, cli
         return sum(pool.map(loop, range(clients))) / seconds
 
 
-def saturate_handle(app: str, window: np.ndarray, subject: str, seconds: float, clients: int = 32) -> float:
+def saturate_handle(
+    app: str, window: np.ndarray, subject: str, seconds: float, clients: int = 32
+) -> float:
     """Decodes/s of the BrainDecoder pool called through its DeploymentHandle (no HTTP, no ingress)."""
     from ray import serve
 
@@ -142,7 +167,9 @@ def saturate_handle(app: str, window: np.ndarray, subject: str, seconds: float, 
         return sum(pool.map(loop, range(clients))) / seconds
 
 
-def stream(ws_url: str, subject: str, n_channels: int, sfreq: float, seconds: float, realtime: bool) -> dict[str, float]:
+def stream(
+    ws_url: str, subject: str, n_channels: int, sfreq: float, seconds: float, realtime: bool
+) -> dict[str, float]:
     """Synthetic raw signal through WS /v1/stream, one stride per chunk: decodes/s and per-decode latency.
 
     realtime: chunks paced at the signal's rate (a live recording); else closed loop, the
@@ -195,12 +222,23 @@ def stream(ws_url: str, subject: str, n_channels: int, sfreq: float, seconds: fl
         ws.send(json.dumps({"type": "end"}))
         while json.loads(ws.recv(timeout=120))["type"] != "end":
             pass
-    return {"decodes_per_s": decodes / elapsed, "p50_ms": pct(latencies, 50), "needed_per_s": sfreq / stride,
-            "forward_p50_ms": pct(forwards, 50)}
+    return {
+        "decodes_per_s": decodes / elapsed,
+        "p50_ms": pct(latencies, 50),
+        "needed_per_s": sfreq / stride,
+        "forward_p50_ms": pct(forwards, 50),
+    }
 
 
-def clients_run(url: str, body: bytes, headers: dict[str, str], clients: int, seconds: float, warmup: float,
-                honor_retry_after: bool) -> list[tuple[float, int, float, str | None]]:
+def clients_run(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    clients: int,
+    seconds: float,
+    warmup: float,
+    honor_retry_after: bool,
+) -> list[tuple[float, int, float, str | None]]:
     """`clients` closed-loop aiohttp clients for warmup + seconds: (start, status, ms, Retry-After) of
     the requests started after the warm-up. A client that gets a 503 waits Retry-After seconds
     when `honor_retry_after`, else sends the next request at once (the worst case for shedding)."""
@@ -214,7 +252,10 @@ def clients_run(url: str, body: bytes, headers: dict[str, str], clients: int, se
         t0 = loop.time()
         begin, stop = t0 + warmup, t0 + warmup + seconds
         timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+        ) as session:
+
             async def client() -> None:
                 while loop.time() < stop:
                     start = loop.time()
@@ -235,8 +276,14 @@ def clients_run(url: str, body: bytes, headers: dict[str, str], clients: int, se
     return asyncio.run(main())
 
 
-def load_curve(url: str, body: bytes, headers: dict[str, str], levels: list[int], seconds: float,
-               honor_retry_after: bool) -> list[dict[str, float]]:
+def load_curve(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    levels: list[int],
+    seconds: float,
+    honor_retry_after: bool,
+) -> list[dict[str, float]]:
     """Per client count: accepted req/s, p50/p99 of accepted, share shed (503), other failures, the
     slowest 503 and whether every 503 carried Retry-After."""
     rows = []
@@ -244,23 +291,38 @@ def load_curve(url: str, body: bytes, headers: dict[str, str], levels: list[int]
         runs = clients_run(url, body, headers, n, seconds, 1.0, honor_retry_after)
         ok = [ms for _, st, ms, _ in runs if st == 200]
         shed = [(ms, ra) for _, st, ms, ra in runs if st == 503]
-        rows.append({"clients": n, "req_s": len(ok) / seconds, "p50": pct(ok, 50), "p99": pct(ok, 99),
-                     "shed": len(shed) / max(1, len(runs)), "other": sum(st not in (200, 503) for _, st, _, _ in runs),
-                     "shed_max_ms": max((ms for ms, _ in shed), default=float("nan")),
-                     "retry_after": all(ra for _, ra in shed)})
+        rows.append(
+            {
+                "clients": n,
+                "req_s": len(ok) / seconds,
+                "p50": pct(ok, 50),
+                "p99": pct(ok, 99),
+                "shed": len(shed) / max(1, len(runs)),
+                "other": sum(st not in (200, 503) for _, st, _, _ in runs),
+                "shed_max_ms": max((ms for ms, _ in shed), default=float("nan")),
+                "retry_after": all(ra for _, ra in shed),
+            }
+        )
     return rows
 
 
 def curve_table(title: str, rows: list[dict[str, float]]) -> str:
-    lines = [title, f"{'clients':>7}  {'req/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}  {'shed':>6}  {'503 max ms':>10}"
-             f"  {'other':>5}  Retry-After on every 503"]
+    lines = [
+        title,
+        f"{'clients':>7}  {'req/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}  {'shed':>6}  {'503 max ms':>10}"
+        f"  {'other':>5}  Retry-After on every 503",
+    ]
     for r in rows:
-        lines.append(f"{r['clients']:>7}  {r['req_s']:>7.1f}  {r['p50']:>7.1f}  {r['p99']:>7.1f}  {r['shed']:>6.1%}  "
-                     f"{r['shed_max_ms']:>10.1f}  {r['other']:>5}  {'yes' if r['retry_after'] else 'NO'}")
+        lines.append(
+            f"{r['clients']:>7}  {r['req_s']:>7.1f}  {r['p50']:>7.1f}  {r['p99']:>7.1f}  {r['shed']:>6.1%}  "
+            f"{r['shed_max_ms']:>10.1f}  {r['other']:>5}  {'yes' if r['retry_after'] else 'NO'}"
+        )
     return "\n".join(lines)
 
 
-def bench_curve(label: str, bundle: Path, port: int, url: str, args: argparse.Namespace) -> list[str]:
+def bench_curve(
+    label: str, bundle: Path, port: int, url: str, args: argparse.Namespace
+) -> list[str]:
     """The app with the shipped defaults (resources derived from this cluster) under 1..128 clients."""
     from ray import serve
 
@@ -270,19 +332,26 @@ def bench_curve(label: str, bundle: Path, port: int, url: str, args: argparse.Na
 
     b = load_bundle(bundle)
     x = np.random.default_rng(0).standard_normal((len(b.ch_names), b.n_times)).astype(np.float32)
-    headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}",
-               "x-subject": b.subjects[0]}
+    headers = {
+        "content-type": "application/octet-stream",
+        "x-shape": f"{x.shape[0]},{x.shape[1]}",
+        "x-subject": b.subjects[0],
+    }
     http = {"port": port} | ({"max_decodes_in_flight": args.in_flight} if args.in_flight else {})
     cfg = ServeConfig.from_mapping({"http": http, "decoder": {"model": str(bundle)}})
     serve.run(build_app(cfg, token=""), name="megdecode", route_prefix="/")
     levels = [int(v) for v in args.curve.split(",")]
     d, h = cfg.decoder, cfg.http
-    limits = (f"{'defaults' if not args.in_flight else 'defaults but'}: ingress admits {cfg.decode_limit()} decodes, "
-              f"decoder max_ongoing {d.max_ongoing_requests} + queued {d.max_queued_requests}, "
-              f"batch {d.max_batch_size}; ingress max_ongoing {h.max_ongoing_requests} + queued {h.max_queued_requests}")
+    limits = (
+        f"{'defaults' if not args.in_flight else 'defaults but'}: ingress admits {cfg.decode_limit()} decodes, "
+        f"decoder max_ongoing {d.max_ongoing_requests} + queued {d.max_queued_requests}, "
+        f"batch {d.max_batch_size}; ingress max_ongoing {h.max_ongoing_requests} + queued {h.max_queued_requests}"
+    )
     tables = []
     for honor in (True, False):
-        rows = load_curve(f"{url}/v1/decode", x.tobytes(), headers, levels, args.curve_seconds, honor)
+        rows = load_curve(
+            f"{url}/v1/decode", x.tobytes(), headers, levels, args.curve_seconds, honor
+        )
         how = "clients wait Retry-After after a 503" if honor else "clients retry a 503 at once"
         tables.append(curve_table(f"[{label}] /v1/decode load curve, {how} ({limits})", rows))
     serve.delete("megdecode")
@@ -305,15 +374,26 @@ def ray_rss_mb() -> float:
     total = 0
     for pid in mine:
         try:
-            line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS"))
+            line = next(
+                x
+                for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if x.startswith("VmRSS")
+            )
             total += int(line.split()[1]) * 1024
         except (OSError, StopIteration):
             continue
     return total / 2**20
 
 
-def bench_model(label: str, bundle: Path, url: str, port: int, echo_p50: float, args: argparse.Namespace,
-                rows: list[tuple[str, str, str]]) -> None:
+def bench_model(
+    label: str,
+    bundle: Path,
+    url: str,
+    port: int,
+    echo_p50: float,
+    args: argparse.Namespace,
+    rows: list[tuple[str, str, str]],
+) -> None:
     """All rows of one model size on the running Serve at `url`."""
     from ray import serve
 
@@ -324,26 +404,59 @@ def bench_model(label: str, bundle: Path, url: str, port: int, echo_p50: float, 
     b = load_bundle(bundle)
     x = np.random.default_rng(0).standard_normal((len(b.ch_names), b.n_times)).astype(np.float32)
     body = x.tobytes()
-    headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}",
-               "x-subject": b.subjects[0]}
+    headers = {
+        "content-type": "application/octet-stream",
+        "x-shape": f"{x.shape[0]},{x.shape[1]}",
+        "x-subject": b.subjects[0],
+    }
     d = ServeConfig().decoder
     B, threads = d.max_batch_size, d.torch_threads
-    floor, floor_b = forward_ms(bundle, threads=threads), forward_ms(bundle, B, n=20, threads=threads)
+    floor, floor_b = (
+        forward_ms(bundle, threads=threads),
+        forward_ms(bundle, B, n=20, threads=threads),
+    )
     bound = B * floor / floor_b
     rows.append((f"[{label}] forward, 1 window (floor), {threads} thread", f"{floor:.2f} ms", ""))
-    rows.append((f"[{label}] forward, {B} windows stacked", f"{floor_b:.2f} ms", f"{floor_b / B:.2f} ms per window"))
-    rows.append((f"[{label}] batching bound {B}*f(1)/f({B}), in-process", f"{bound:.2f}x",
-                 f"the most @serve.batch can give here (goal 3x {'reachable' if bound >= 3 else 'NOT reachable'})"))
-    bf1, bfb = (forward_ms(bundle, n_, n=m_, threads=threads, precision="bfloat16") for n_, m_ in ((1, 60), (B, 20)))
-    rows.append((f"[{label}] forward bfloat16 (opt-in), 1 / {B} windows", f"{bf1:.2f} / {bfb:.2f} ms",
-                 f"{floor / bf1:.2f}x / {floor_b / bfb:.2f}x faster than float32; bound {B * bf1 / bfb:.2f}x"))
+    rows.append(
+        (
+            f"[{label}] forward, {B} windows stacked",
+            f"{floor_b:.2f} ms",
+            f"{floor_b / B:.2f} ms per window",
+        )
+    )
+    rows.append(
+        (
+            f"[{label}] batching bound {B}*f(1)/f({B}), in-process",
+            f"{bound:.2f}x",
+            f"the most @serve.batch can give here (goal 3x {'reachable' if bound >= 3 else 'NOT reachable'})",
+        )
+    )
+    bf1, bfb = (
+        forward_ms(bundle, n_, n=m_, threads=threads, precision="bfloat16")
+        for n_, m_ in ((1, 60), (B, 20))
+    )
+    rows.append(
+        (
+            f"[{label}] forward bfloat16 (opt-in), 1 / {B} windows",
+            f"{bf1:.2f} / {bfb:.2f} ms",
+            f"{floor / bf1:.2f}x / {floor_b / bfb:.2f}x faster than float32; bound {B * bf1 / bfb:.2f}x",
+        )
+    )
 
     def deploy(batch: int, copy: str) -> None:
-        decoder = {"model": str(bundle), "num_cpus": 0, "max_batch_size": batch, "ingress_copy": copy,
-                   "max_queued_requests": 1000, "max_ongoing_requests": 64}
+        decoder = {
+            "model": str(bundle),
+            "num_cpus": 0,
+            "max_batch_size": batch,
+            "ingress_copy": copy,
+            "max_queued_requests": 1000,
+            "max_ongoing_requests": 64,
+        }
         if args.batch_wait is not None:
             decoder["batch_wait_timeout_s"] = args.batch_wait
-        cfg = ServeConfig.from_mapping({"http": {"port": port, "num_cpus": 0, "request_timeout_s": 60}, "decoder": decoder})
+        cfg = ServeConfig.from_mapping(
+            {"http": {"port": port, "num_cpus": 0, "request_timeout_s": 60}, "decoder": decoder}
+        )
         serve.run(build_app(cfg, token=""), name="megdecode", route_prefix="/")
 
     decode_url = f"{url}/v1/decode"
@@ -351,12 +464,25 @@ def bench_model(label: str, bundle: Path, url: str, port: int, echo_p50: float, 
     for copy, hops in (("stream", "pool, 2 hops"), ("all", "ingress copy, 1 hop")):
         deploy(B, copy)
         lat = paced(decode_url, body, headers, args.requests, args.rate)
-        rows.append((f"[{label}] /v1/decode p50 @ {args.rate:g}/s, {hops}", f"{pct(lat, 50):.2f} ms",
-                     f"goal <= {goal:.2f} ms: {'met' if pct(lat, 50) <= goal else 'NOT met'}"))
-        rows.append((f"[{label}] /v1/decode p99 @ {args.rate:g}/s, {hops}", f"{pct(lat, 99):.2f} ms", ""))
+        rows.append(
+            (
+                f"[{label}] /v1/decode p50 @ {args.rate:g}/s, {hops}",
+                f"{pct(lat, 50):.2f} ms",
+                f"goal <= {goal:.2f} ms: {'met' if pct(lat, 50) <= goal else 'NOT met'}",
+            )
+        )
+        rows.append(
+            (f"[{label}] /v1/decode p99 @ {args.rate:g}/s, {hops}", f"{pct(lat, 99):.2f} ms", "")
+        )
         if copy == "all":
             local = saturate(decode_url, body, headers, args.seconds)
-            rows.append((f"[{label}] throughput via HTTP, {hops}, @serve.batch {B}", f"{local:.1f} req/s", ""))
+            rows.append(
+                (
+                    f"[{label}] throughput via HTTP, {hops}, @serve.batch {B}",
+                    f"{local:.1f} req/s",
+                    "",
+                )
+            )
         if copy == "stream":
             batched = saturate(decode_url, body, headers, args.seconds)
             batched_handle = saturate_handle("megdecode", x, b.subjects[0], args.seconds)
@@ -370,32 +496,76 @@ def bench_model(label: str, bundle: Path, url: str, port: int, echo_p50: float, 
     single_handle = saturate_handle("megdecode", x, b.subjects[0], args.seconds)
     for via, on, off in (("HTTP", batched, single), ("handle", batched_handle, single_handle)):
         rows.append((f"[{label}] throughput via {via}, @serve.batch {B}", f"{on:.1f} req/s", ""))
-        rows.append((f"[{label}] throughput via {via}, no batching", f"{off:.1f} req/s",
-                     f"ratio {on / off:.2f}x vs bound {bound:.2f}x (goal >= 3x: {'met' if on >= 3 * off else 'NOT met'})"))
-    rows.append((f"[{label}] stream, real-time paced", f"{ws['decodes_per_s']:.1f} decodes/s", f"needs {ws['needed_per_s']:.1f}/s"))
-    rows.append((f"[{label}] stream, as fast as possible", f"{fast['decodes_per_s']:.1f} decodes/s", ""))
-    rows.append((f"[{label}] stream per-decode latency p50", f"{ws['p50_ms']:.2f} ms",
-                 f"goal <= {floor + 3:.2f} ms: {'met' if ws['p50_ms'] <= floor + 3 else 'NOT met'}"))
-    rows.append((f"[{label}] stream, the forward inside it p50", f"{ws['forward_p50_ms']:.2f} ms",
-                 f"vs the floor's {floor:.2f} ms back to back: a forward every stride starts from cold caches"))
+        rows.append(
+            (
+                f"[{label}] throughput via {via}, no batching",
+                f"{off:.1f} req/s",
+                f"ratio {on / off:.2f}x vs bound {bound:.2f}x (goal >= 3x: {'met' if on >= 3 * off else 'NOT met'})",
+            )
+        )
+    rows.append(
+        (
+            f"[{label}] stream, real-time paced",
+            f"{ws['decodes_per_s']:.1f} decodes/s",
+            f"needs {ws['needed_per_s']:.1f}/s",
+        )
+    )
+    rows.append(
+        (f"[{label}] stream, as fast as possible", f"{fast['decodes_per_s']:.1f} decodes/s", "")
+    )
+    rows.append(
+        (
+            f"[{label}] stream per-decode latency p50",
+            f"{ws['p50_ms']:.2f} ms",
+            f"goal <= {floor + 3:.2f} ms: {'met' if ws['p50_ms'] <= floor + 3 else 'NOT met'}",
+        )
+    )
+    rows.append(
+        (
+            f"[{label}] stream, the forward inside it p50",
+            f"{ws['forward_p50_ms']:.2f} ms",
+            f"vs the floor's {floor:.2f} ms back to back: a forward every stride starts from cold caches",
+        )
+    )
     serve.delete("megdecode")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-size", choices=("paper", "demo", "both"), default="both")
-    parser.add_argument("--bundle", type=Path, default=None,
-                        help="a trained bundle to time as the demo size (default: an untrained smoke-size model)")
-    parser.add_argument("--paper-size", action="store_true", help=argparse.SUPPRESS)  # older spelling of the default
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="a trained bundle to time as the demo size (default: an untrained smoke-size model)",
+    )
+    parser.add_argument(
+        "--paper-size", action="store_true", help=argparse.SUPPRESS
+    )  # older spelling of the default
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0, help="fixed request rate for p50/p99")
     parser.add_argument("--seconds", type=float, default=10.0, help="per saturation / stream phase")
-    parser.add_argument("--batch-wait", type=float, default=None, help="@serve.batch wait (s); default: the config's")
-    parser.add_argument("--curve", default="1,2,4,8,16,32,64,128", help="client counts of the load curve")
-    parser.add_argument("--curve-seconds", type=float, default=5.0, help="per client count of the curve")
-    parser.add_argument("--curve-only", action="store_true", help="only the load curve (of the demo size)")
-    parser.add_argument("--in-flight", type=int, default=0,
-                        help="http.max_decodes_in_flight of the curve's app (default: the config's)")
+    parser.add_argument(
+        "--batch-wait",
+        type=float,
+        default=None,
+        help="@serve.batch wait (s); default: the config's",
+    )
+    parser.add_argument(
+        "--curve", default="1,2,4,8,16,32,64,128", help="client counts of the load curve"
+    )
+    parser.add_argument(
+        "--curve-seconds", type=float, default=5.0, help="per client count of the curve"
+    )
+    parser.add_argument(
+        "--curve-only", action="store_true", help="only the load curve (of the demo size)"
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=0,
+        help="http.max_decodes_in_flight of the curve's app (default: the config's)",
+    )
     args = parser.parse_args()
     if args.curve_only and args.model_size == "both":
         args.model_size = "demo"
@@ -414,6 +584,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     tmp = tempfile.TemporaryDirectory()
     try:
+
         @serve.deployment(ray_actor_options={"num_cpus": 0})
         class Echo:
             async def __call__(self, request: Request) -> bytes:
@@ -432,9 +603,17 @@ def main() -> None:
                 bundles[f"{size}, untrained"] = synthetic_bundle(size, Path(tmp.name) / size)
         b = load_bundle(next(iter(bundles.values())))
         body = np.zeros((len(b.ch_names), b.n_times), np.float32).tobytes()
-        echo = paced(f"{url}/echo", body, {"content-type": "application/octet-stream"}, args.requests, args.rate)
+        echo = paced(
+            f"{url}/echo",
+            body,
+            {"content-type": "application/octet-stream"},
+            args.requests,
+            args.rate,
+        )
         echo_p50 = pct(echo, 50)
-        rows.append(("echo deployment HTTP p50", f"{echo_p50:.2f} ms", "Serve's own overhead (one hop)"))
+        rows.append(
+            ("echo deployment HTTP p50", f"{echo_p50:.2f} ms", "Serve's own overhead (one hop)")
+        )
         serve.delete("echo")
         curves: list[str] = []
         for label, path in bundles.items():
@@ -442,7 +621,13 @@ def main() -> None:
                 bench_model(label, path, url, port, echo_p50, args, rows)
             if label.startswith("demo") and args.curve:
                 curves += bench_curve(label, path, port, url, args)
-        rows.append(("resident memory, Ray + Serve processes", f"{ray_rss_mb():.0f} MB", "after the last deployment"))
+        rows.append(
+            (
+                "resident memory, Ray + Serve processes",
+                f"{ray_rss_mb():.0f} MB",
+                "after the last deployment",
+            )
+        )
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -204,7 +204,9 @@ def _ray_benchmark(store: Path, batch_size: int, rounds: int, num_cpus: int | No
             "ray.data.read_parquet (unchecked)": lambda: ray.data.read_parquet(
                 paths, partitioning=None
             ),
-            "read_ray_dataset, no checks": lambda: epoch_store.read_ray_dataset(store, checks=unchecked),
+            "read_ray_dataset, no checks": lambda: epoch_store.read_ray_dataset(
+                store, checks=unchecked
+            ),
             "read_ray_dataset (default checks)": lambda: epoch_store.read_ray_dataset(store),
         }
         runs = {

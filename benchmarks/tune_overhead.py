@@ -64,8 +64,12 @@ RAY_CPUS = 2  # the local cluster: the trial's CPU plus one for Ray Data's read 
 
 def config(data: Path, epochs: int) -> FitConfig:
     brain = BrainConfig.from_flat_dict({k.removeprefix("model."): v for k, v in MODEL.items()})
-    return FitConfig(store=str(data / "store"), latents_dir=str(data / "latents"), model=brain,
-                     train=TrainConfig(max_epochs=epochs, patience=epochs, batch_size=32, seed=0))
+    return FitConfig(
+        store=str(data / "store"),
+        latents_dir=str(data / "latents"),
+        model=brain,
+        train=TrainConfig(max_epochs=epochs, patience=epochs, batch_size=32, seed=0),
+    )
 
 
 def calibrate(data: Path, seconds: float) -> int:
@@ -80,11 +84,15 @@ def calibrate(data: Path, seconds: float) -> int:
 
 def in_subprocess(call: str) -> tuple[float, str]:
     """Run `call` (an expression of this module) in a fresh interpreter; (wall s, its stdout)."""
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
-            f"torch.set_num_threads({THREADS}); from pathlib import Path; import tune_overhead as b; "
-            f"print(b.{call})")
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import torch; "
+        f"torch.set_num_threads({THREADS}); from pathlib import Path; import tune_overhead as b; "
+        f"print(b.{call})"
+    )
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
     return time.perf_counter() - start, out.strip().splitlines()[-1]
 
 
@@ -144,10 +152,18 @@ def tuned(data: Path, epochs: int, trials: int, work: Path) -> Search:
     work.mkdir(parents=True, exist_ok=True)
     space = work / "space.yaml"
     fixed = "".join(f"  {k}: {v}\n" for k, v in MODEL.items())
-    space.write_text(f"name: overhead\nseeds: 1\nnum_samples: {trials}\nmax_concurrent: 1\nmax_epochs: {epochs}\n"
-                     f"grace_period: {epochs}\nfixed:\n{fixed}  train.batch_size: 32\n  train.patience: {epochs}\n")
-    setup = SearchSetup(space=str(space), data=str(data), out=str(work / "out"), experiment="overhead",
-                        tracking_uri=f"sqlite:///{work / 'mlflow.db'}", cpus_per_trial=THREADS)
+    space.write_text(
+        f"name: overhead\nseeds: 1\nnum_samples: {trials}\nmax_concurrent: 1\nmax_epochs: {epochs}\n"
+        f"grace_period: {epochs}\nfixed:\n{fixed}  train.batch_size: 32\n  train.patience: {epochs}\n"
+    )
+    setup = SearchSetup(
+        space=str(space),
+        data=str(data),
+        out=str(work / "out"),
+        experiment="overhead",
+        tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+        cpus_per_trial=THREADS,
+    )
     clock = DriverClock()
     start = time.perf_counter()
     report = run_search(setup, register=None, ridge=False, verbose=0, callbacks=[clock])
@@ -155,16 +171,25 @@ def tuned(data: Path, epochs: int, trials: int, work: Path) -> Search:
     for row in report.trials.sort_values("trial").itertuples():
         last = json.loads((setup.path / row.trial / "result.json").read_text().splitlines()[-1])
         tid = row.trial_id
-        inside = {k.removeprefix("timing/"): float(v) for k, v in last.items() if k.startswith("timing/")}
+        inside = {
+            k.removeprefix("timing/"): float(v) for k, v in last.items() if k.startswith("timing/")
+        }
         wall = clock.completed[tid] - clock.added[tid]
         worker = sum(inside[f"{k}_s"] for k in ("setup", "epochs", "report", "finish"))
-        search.trials.append({
-            "wall": wall, "tune_total": float(last["time_total_s"]),
-            "start": inside["start_at"] - clock.added[tid],  # actor + imports + data get
-            "setup": inside["setup_s"], "epochs": inside["epochs_s"], "report": inside["report_s"],
-            "finish": inside["finish_s"],
-            "end": clock.completed[tid] - inside["start_at"] - worker,  # last report + driver's turn
-        })
+        search.trials.append(
+            {
+                "wall": wall,
+                "tune_total": float(last["time_total_s"]),
+                "start": inside["start_at"] - clock.added[tid],  # actor + imports + data get
+                "setup": inside["setup_s"],
+                "epochs": inside["epochs_s"],
+                "report": inside["report_s"],
+                "finish": inside["finish_s"],
+                "end": clock.completed[tid]
+                - inside["start_at"]
+                - worker,  # last report + driver's turn
+            }
+        )
     return search
 
 
@@ -174,10 +199,22 @@ def _fmt(values: list[float], spec: str = ".1f") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=None, help="run folder (store/, latents/); default: a tiny twin")
-    parser.add_argument("--seconds", type=float, default=60.0, help="target duration of the direct fit")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="run folder (store/, latents/); default: a tiny twin",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=60.0, help="target duration of the direct fit"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating (fit, search) pairs")
-    parser.add_argument("--trials", type=int, default=1, help="trials per search (same config; the worker is reused)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=1,
+        help="trials per search (same config; the worker is reused)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     import ray
@@ -187,9 +224,15 @@ def main() -> None:
     rows: list[tuple[Direct, Search]] = []
     with tempfile.TemporaryDirectory(prefix="tune-overhead-") as tmp:
         work = Path(tmp)
-        data = args.data.resolve() if args.data else build_twin_run(TwinRun(size="tiny", seed=0), work / "twin")
+        data = (
+            args.data.resolve()
+            if args.data
+            else build_twin_run(TwinRun(size="tiny", seed=0), work / "twin")
+        )
         epochs = int(in_subprocess(f"calibrate(Path({str(data)!r}), {args.seconds})")[1])
-        cold, _ = in_subprocess(f"direct(Path({str(data)!r}), {epochs}, Path({str(work / 'cold')!r})).wall")
+        cold, _ = in_subprocess(
+            f"direct(Path({str(data)!r}), {epochs}, Path({str(work / 'cold')!r})).wall"
+        )
         started = time.perf_counter()
         init_ray(num_cpus=RAY_CPUS)
         ray_start = time.perf_counter() - started
@@ -199,10 +242,13 @@ def main() -> None:
                 s = tuned(data, epochs, args.trials, work / f"tune{r}")
                 rows.append((d, s))
                 per = statistics.mean(t["wall"] for t in s.trials)
-                print(f"round {r}: fit {d.wall:.1f} s | trial {per:.1f} s ({per / d.wall - 1:+.1%}) | "
-                      f"search {s.wall:.1f} s ({s.wall / (args.trials * d.wall) - 1:+.1%}); each trial "
-                      f"{_fmt([t['wall'] for t in s.trials])} s, of which actor start + imports + data get "
-                      f"{_fmt([t['start'] for t in s.trials])} s", flush=True)
+                print(
+                    f"round {r}: fit {d.wall:.1f} s | trial {per:.1f} s ({per / d.wall - 1:+.1%}) | "
+                    f"search {s.wall:.1f} s ({s.wall / (args.trials * d.wall) - 1:+.1%}); each trial "
+                    f"{_fmt([t['wall'] for t in s.trials])} s, of which actor start + imports + data get "
+                    f"{_fmt([t['start'] for t in s.trials])} s",
+                    flush=True,
+                )
         finally:
             ray.shutdown()
 
@@ -212,24 +258,37 @@ def main() -> None:
     def fixed(key: str) -> list[float]:
         return [s.timings.get(key, float("nan")) for _, s in rows]
 
-    per_trial = statistics.median(statistics.mean(t["wall"] for t in s.trials) / d.wall for d, s in rows)
+    per_trial = statistics.median(
+        statistics.mean(t["wall"] for t in s.trials) / d.wall for d, s in rows
+    )
     whole = statistics.median(s.wall / (args.trials * d.wall) for d, s in rows)
-    tune_total = statistics.median(statistics.mean(t["tune_total"] for t in s.trials) / d.wall for d, s in rows)
+    tune_total = statistics.median(
+        statistics.mean(t["tune_total"] for t in s.trials) / d.wall for d, s in rows
+    )
     # the same comparison without the epochs: immune to the epochs' own speed, which on a
     # shared machine moves by more than the overhead between neighbouring runs
-    outside = [(statistics.mean(t["wall"] - t["epochs"] for t in s.trials), d.wall - d.epochs, d.wall) for d, s in rows]
+    outside = [
+        (statistics.mean(t["wall"] - t["epochs"] for t in s.trials), d.wall - d.epochs, d.wall)
+        for d, s in rows
+    ]
     outside_ratio = statistics.median((o - od) / w for o, od, w in outside)
     in_search = [s.timings["tune"] - sum(t["wall"] for t in s.trials) for _, s in rows]
-    print(f"\n{epochs} epochs, 1 seed, {THREADS} thread(s), {args.trials} trial(s) per search, {args.rounds} rounds; "
-          f"Ray start (not counted) {ray_start:.1f} s")
+    print(
+        f"\n{epochs} epochs, 1 seed, {THREADS} thread(s), {args.trials} trial(s) per search, {args.rounds} rounds; "
+        f"Ray start (not counted) {ray_start:.1f} s"
+    )
     print(f"direct fit() in a fresh interpreter (imports included): {cold:.1f} s")
-    print(f"direct fit() in this process:          {_fmt([d.wall for d, _ in rows])} s "
-          f"(read {_fmt([d.load for d, _ in rows])}, epochs {_fmt([d.epochs for d, _ in rows])})")
+    print(
+        f"direct fit() in this process:          {_fmt([d.wall for d, _ in rows])} s "
+        f"(read {_fmt([d.load for d, _ in rows])}, epochs {_fmt([d.epochs for d, _ in rows])})"
+    )
     print(f"per trial, as the Tune driver sees it: {_fmt(col('wall'))} s")
     print(f"  actor start + worker imports + data get: {_fmt(col('start'))}")
     print(f"  setup (configs, window views, model):   {_fmt(col('setup'), '.2f')}")
-    print(f"  epochs:                                 {_fmt(col('epochs'))}"
-          f"  (x direct: {_fmt([statistics.mean(t['epochs'] for t in s.trials) / d.epochs for d, s in rows], '.3f')})")
+    print(
+        f"  epochs:                                 {_fmt(col('epochs'))}"
+        f"  (x direct: {_fmt([statistics.mean(t['epochs'] for t in s.trials) / d.epochs for d, s in rows], '.3f')})"
+    )
     print(f"  per-epoch reports (driver round trips): {_fmt(col('report'), '.2f')}")
     print(f"  test + bundles:                         {_fmt(col('finish'), '.2f')}")
     print(f"  last report + checkpoint + completion:  {_fmt(col('end'), '.2f')}")
@@ -241,10 +300,16 @@ def main() -> None:
     print(f"  searcher check:                         {_fmt(fixed('check'), '.2f')}")
     print(f"  summary + MLflow summary run:           {_fmt(fixed('report'), '.2f')}")
     print(f"  (MLflow writes, in the writer thread:   {_fmt(fixed('mlflow'), '.2f')})")
-    print(f"per-trial overhead:   median {per_trial - 1:+.1%} (goal < +10%); by Tune's time_total_s {tune_total - 1:+.1%}")
-    print(f"  outside the epochs: trial {_fmt([o for o, _, _ in outside])} s vs direct {_fmt([od for _, od, _ in outside])} s "
-          f"-> median {outside_ratio:+.1%} of the direct fit")
-    print(f"whole-search overhead: median {whole - 1:+.1%} ({args.trials} trial(s); fixed costs included)")
+    print(
+        f"per-trial overhead:   median {per_trial - 1:+.1%} (goal < +10%); by Tune's time_total_s {tune_total - 1:+.1%}"
+    )
+    print(
+        f"  outside the epochs: trial {_fmt([o for o, _, _ in outside])} s vs direct {_fmt([od for _, od, _ in outside])} s "
+        f"-> median {outside_ratio:+.1%} of the direct fit"
+    )
+    print(
+        f"whole-search overhead: median {whole - 1:+.1%} ({args.trials} trial(s); fixed costs included)"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,14 @@ from megdecode.twin.truth_latents import write_twin_latents
 logger = logging.getLogger("benchmarks.twin_decoding")
 
 TARGETS = ("handcrafted", "twin-category", "twin-lowlevel")
-COLUMNS = ("small_top5", "small_top5_avg", "large_top5", "large_top5_avg",
-           "small_median_rank", "large_median_rank")
+COLUMNS = (
+    "small_top5",
+    "small_top5_avg",
+    "large_top5",
+    "large_top5_avg",
+    "small_median_rank",
+    "large_median_rank",
+)
 PEAK_METRIC = "large_mean_rank"  # the least noisy per-window metric (see megdecode.evaluation.baseline.retrieval_metrics)
 TRUTH = {"twin-lowlevel": "early", "twin-category": "late"}  # which response carries what
 
@@ -61,8 +67,11 @@ def convnet_metrics(cfg: FitConfig, data: RunData) -> dict[str, float]:
     result = fit(cfg, data=data)
     clip, _, _ = predict(result.model, result.loss, data.test, cfg.train.batch_size)
     m = retrieval_metrics(clip, data)
-    m.update(best_epoch=result.metrics["best_epoch"], epochs=result.metrics["epochs"],
-             train_s=result.metrics["train_seconds"])
+    m.update(
+        best_epoch=result.metrics["best_epoch"],
+        epochs=result.metrics["epochs"],
+        train_s=result.metrics["train_seconds"],
+    )
     return m
 
 
@@ -71,10 +80,16 @@ def row(target: str, model: str, m: dict) -> dict:
 
 
 def chance_row(target: str, m: dict) -> dict:
-    return {"target": target, "model": "chance", "small_top5": m["small_chance_top5"],
-            "small_top5_avg": m["small_chance_top5"], "large_top5": m["large_chance_top5"],
-            "large_top5_avg": m["large_chance_top5"], "small_median_rank": 0.5,
-            "large_median_rank": 0.5}
+    return {
+        "target": target,
+        "model": "chance",
+        "small_top5": m["small_chance_top5"],
+        "small_top5_avg": m["small_chance_top5"],
+        "large_top5": m["large_chance_top5"],
+        "large_top5_avg": m["large_chance_top5"],
+        "small_median_rank": 0.5,
+        "large_median_rank": 0.5,
+    }
 
 
 def main() -> None:
@@ -85,8 +100,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=25, help="ConvNet max epochs")
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=96, help="hidden and merger channels")
-    parser.add_argument("--curve-decim", type=int, default=13,
-                        help="ridge curves: time samples averaged per feature (13 = the window mean)")
+    parser.add_argument(
+        "--curve-decim",
+        type=int,
+        default=13,
+        help="ridge curves: time samples averaged per feature (13 = the window mean)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-convnet-control", action="store_true")
     args = parser.parse_args()
@@ -103,13 +122,22 @@ def main() -> None:
     bids, store, latents = args.run / "bids", args.run / "store", args.run / "latents"
     truth = read_ground_truth(bids)["latencies_s"]
     write_twin_latents(bids, latents)
-    brain = BrainConfig(hidden_channels=args.hidden, merger_channels=args.hidden,
-                        projection_hidden=2 * args.hidden, depth=2)
+    brain = BrainConfig(
+        hidden_channels=args.hidden,
+        merger_channels=args.hidden,
+        projection_hidden=2 * args.hidden,
+        depth=2,
+    )
     train = TrainConfig(max_epochs=args.epochs, patience=args.patience, seed=args.seed)
     base = FitConfig(store=str(store), latents_dir=str(latents), model=brain, train=train)
-    results: dict = {"config": {"brain": brain.to_flat_dict(), "train": train.to_flat_dict(),
-                                "curve_ridge": RidgeConfig(decim=args.curve_decim).to_flat_dict()},
-                     "seconds": {}}
+    results: dict = {
+        "config": {
+            "brain": brain.to_flat_dict(),
+            "train": train.to_flat_dict(),
+            "curve_ridge": RidgeConfig(decim=args.curve_decim).to_flat_dict(),
+        },
+        "seconds": {},
+    }
 
     # 1. full window: ConvNet vs ridge vs chance
     rows = []
@@ -123,9 +151,19 @@ def main() -> None:
         t2 = time.perf_counter()
         results["seconds"][f"{target}/convnet"] = t1 - t0
         results["seconds"][f"{target}/ridge"] = t2 - t1
-        rows += [row(target, "convnet", conv), row(target, "ridge", ridge), chance_row(target, conv)]
-        logger.info("%s: convnet %.0f s (best epoch %d of %d), ridge %.0f s", target, t1 - t0,
-                    conv["best_epoch"], conv["epochs"], t2 - t1)
+        rows += [
+            row(target, "convnet", conv),
+            row(target, "ridge", ridge),
+            chance_row(target, conv),
+        ]
+        logger.info(
+            "%s: convnet %.0f s (best epoch %d of %d), ridge %.0f s",
+            target,
+            t1 - t0,
+            conv["best_epoch"],
+            conv["epochs"],
+            t2 - t1,
+        )
     full = pd.DataFrame(rows)
     results["full_window"] = full.to_dict("records")
 
@@ -138,15 +176,27 @@ def main() -> None:
         table = window_table(data, "sliding", "ridge", ridge=curve_ridge, progress=False)
         results["seconds"][f"{target}/sliding"] = time.perf_counter() - t0
         table.to_csv(out / f"sliding-{target}-ridge.csv", index=False)
-        plot_window_curves(table, "small_top5_avg", chance_level(table, "small_top5_avg"),
-                           out / f"sliding-{target}-ridge.png", truth_latencies=onset_latencies(truth),
-                           title=f"{target}, ridge, sliding 100 ms")
+        plot_window_curves(
+            table,
+            "small_top5_avg",
+            chance_level(table, "small_top5_avg"),
+            out / f"sliding-{target}-ridge.png",
+            truth_latencies=onset_latencies(truth),
+            title=f"{target}, ridge, sliding 100 ms",
+        )
         expected = truth[TRUTH[target]]
         for metric, smooth in ((PEAK_METRIC, 3), ("small_top5_avg", 1)):
             peak = curve_peak(table, metric, smooth=smooth)
-            peaks.append({"target": target, "metric": f"{metric} (smooth {smooth})", "peak_s": peak,
-                          "truth": f"{TRUTH[target]} {expected:.3f}", "error_s": peak - expected,
-                          "within_50ms": abs(peak - expected) <= 0.05 + 1e-9})
+            peaks.append(
+                {
+                    "target": target,
+                    "metric": f"{metric} (smooth {smooth})",
+                    "peak_s": peak,
+                    "truth": f"{TRUTH[target]} {expected:.3f}",
+                    "error_s": peak - expected,
+                    "within_50ms": abs(peak - expected) <= 0.05 + 1e-9,
+                }
+            )
     peak_table = pd.DataFrame(peaks)
     results["sliding_peaks"] = peak_table.to_dict("records")
 
@@ -170,18 +220,24 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     fmt = {"float_format": lambda v: f"{v:.3f}", "index": False}
     print(f"twin run: {args.run}  threads: torch 1, BLAS 1")
-    print(f"ConvNet: BrainConfig(hidden_channels={brain.hidden_channels}, merger_channels="
-          f"{brain.merger_channels}, projection_hidden={brain.projection_hidden}, depth=2, "
-          f"aggregation={brain.aggregation}), Adam lr {train.lr}, batch {train.batch_size}, "
-          f"max {train.max_epochs} epochs, patience {train.patience} on {train.monitor}")
-    print("ridge: RidgeConfig() (decim 2, 5-fold CV alpha) on train+val; curves: decim "
-          f"{args.curve_decim}\n")
+    print(
+        f"ConvNet: BrainConfig(hidden_channels={brain.hidden_channels}, merger_channels="
+        f"{brain.merger_channels}, projection_hidden={brain.projection_hidden}, depth=2, "
+        f"aggregation={brain.aggregation}), Adam lr {train.lr}, batch {train.batch_size}, "
+        f"max {train.max_epochs} epochs, patience {train.patience} on {train.monitor}"
+    )
+    print(
+        "ridge: RidgeConfig() (decim 2, 5-fold CV alpha) on train+val; curves: decim "
+        f"{args.curve_decim}\n"
+    )
     print("1. full window -0.5..1.0 s (top-5: higher is better; median rank: 0 best, 0.5 chance)")
     print(full.to_string(**fmt))
     for target, part in full.groupby("target", sort=False):
         v = part.set_index("model")["small_top5_avg"]
-        print(f"  {target}: small top-5 averaged, ConvNet / ridge = {v['convnet'] / v['ridge']:.2f}, "
-              f"ConvNet - ridge = {v['convnet'] - v['ridge']:+.3f} (chance {v['chance']:.3f})")
+        print(
+            f"  {target}: small top-5 averaged, ConvNet / ridge = {v['convnet'] / v['ridge']:.2f}, "
+            f"ConvNet - ridge = {v['convnet'] - v['ridge']:+.3f} (chance {v['chance']:.3f})"
+        )
     print("\n2. ridge sliding-window peaks (100 ms windows, 25 ms stride) vs simulator latencies")
     print(peak_table.to_string(**fmt))
     low = peak_table[peak_table["target"] == "twin-lowlevel"]["peak_s"].iloc[0]
@@ -189,8 +245,10 @@ def main() -> None:
     print(f"low-level decoded before category: {low < cat} ({low:.3f} s vs {cat:.3f} s)")
     print("\n3. shuffled-label control")
     print(control_table.to_string(**fmt))
-    print(f"\nwall time {wall:.0f} s; per stage: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items() if k != "total"))
+    print(
+        f"\nwall time {wall:.0f} s; per stage: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items() if k != "total")
+    )
     print(f"curves and results.json in {out}")
 
 

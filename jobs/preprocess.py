@@ -1,6 +1,6 @@
 """Ray job: the `preprocess` stage. Arguments as `megdecode preprocess --help`.
 
-    ray job submit --working-dir . -- python jobs/preprocess.py --help
+ray job submit --working-dir . -- python jobs/preprocess.py --help
 """
 
 from __future__ import annotations

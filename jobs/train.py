@@ -1,7 +1,7 @@
 """Ray job: one training run (`train` stage). Arguments as `megdecode train --help`.
 
-    ray job submit --working-dir . -- python jobs/train.py --data /abs/run --latent handcrafted
-    ray job submit --working-dir . -- python jobs/train.py --from-run RUN_ID --tracking-uri URI --seed 0
+ray job submit --working-dir . -- python jobs/train.py --data /abs/run --latent handcrafted
+ray job submit --working-dir . -- python jobs/train.py --from-run RUN_ID --tracking-uri URI --seed 0
 """
 
 from __future__ import annotations

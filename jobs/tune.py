@@ -1,7 +1,7 @@
 """Ray job: the search (`tune` stage). Arguments as `megdecode tune --help`.
 
-    ray job submit --working-dir . -- python jobs/tune.py --space search_spaces/smoke.yaml --data /abs/run
-    python jobs/tune.py --space search_spaces/smoke.yaml       # no cluster: starts a local Ray
+ray job submit --working-dir . -- python jobs/tune.py --space search_spaces/smoke.yaml --data /abs/run
+python jobs/tune.py --space search_spaces/smoke.yaml       # no cluster: starts a local Ray
 """
 
 from __future__ import annotations

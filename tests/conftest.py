@@ -44,7 +44,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 # What `megdecode.logs.setup_logging` sets in os.environ (the CLI's callback runs it).
-LOGGING_ENV = ("MEGDECODE_", "RAY_DATA_LOGGING_CONFIG", "MLFLOW_LOGGING_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+LOGGING_ENV = (
+    "MEGDECODE_",
+    "RAY_DATA_LOGGING_CONFIG",
+    "MLFLOW_LOGGING_LEVEL",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+)
 
 
 @pytest.fixture(autouse=True)

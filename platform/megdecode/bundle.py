@@ -54,8 +54,24 @@ FORMAT = "megdecode-bundle/2"
 _ARRAYS = ("pos2d", "latent_mean", "latent_std", "gallery", "gallery_ids")
 _STATS_ARRAYS = ("pred_mean", "pred_std")  # PredictionStats.mean / .std in arrays.safetensors
 # bundle.json keys every bundle has; null is a valid value of loss, preprocess and prediction_stats
-_REQUIRED = ("model_config", "loss", "tmin", "tmax", "sfreq", "n_times", "ch_names", "subjects", "latent_name",
-             "latent_parts", "gallery_meta", "fit_config", "preprocess", "scalers", "prediction_stats", "sha256")
+_REQUIRED = (
+    "model_config",
+    "loss",
+    "tmin",
+    "tmax",
+    "sfreq",
+    "n_times",
+    "ch_names",
+    "subjects",
+    "latent_name",
+    "latent_parts",
+    "gallery_meta",
+    "fit_config",
+    "preprocess",
+    "scalers",
+    "prediction_stats",
+    "sha256",
+)
 _WARNED: set[Path] = set()  # bundles already reported as lacking prediction statistics
 _T = TypeVar("_T")
 STD_FLOOR = 1e-8  # a dimension the head never varies on the reference set: divide by this, not 0
@@ -83,7 +99,9 @@ class PredictionStats:
         `STD_FLOOR` so that a dimension constant on the set cannot divide by zero."""
         pred = np.asarray(predictions, dtype=np.float64)
         if pred.ndim != 2 or len(pred) < 2:
-            raise BundleError(f"prediction statistics need (N >= 2, F) predictions, got shape {pred.shape}")
+            raise BundleError(
+                f"prediction statistics need (N >= 2, F) predictions, got shape {pred.shape}"
+            )
         if not np.isfinite(pred).all():
             raise BundleError(f"the {reference!r} predictions hold NaN or infinite values")
         return cls(pred.mean(0), np.maximum(pred.std(0), STD_FLOOR), reference, len(pred))
@@ -92,13 +110,17 @@ class PredictionStats:
         """Raise `BundleError` unless mean/std are finite (width,) arrays, std > 0, n >= 2."""
         for name, arr in (("mean", self.mean), ("std", self.std)):
             if np.shape(arr) != (width,):
-                raise BundleError(f"prediction_stats.{name} has shape {np.shape(arr)}, expected ({width},)")
+                raise BundleError(
+                    f"prediction_stats.{name} has shape {np.shape(arr)}, expected ({width},)"
+                )
             if not np.isfinite(arr).all():
                 raise BundleError(f"prediction_stats.{name} holds NaN or infinite values")
         if not np.all(self.std > 0):
             raise BundleError("prediction_stats.std has non-positive entries")
         if not self.reference or int(self.n) < 2:
-            raise BundleError(f"prediction_stats: reference {self.reference!r} with n={self.n}; need a named set, n >= 2")
+            raise BundleError(
+                f"prediction_stats: reference {self.reference!r} with n={self.n}; need a named set, n >= 2"
+            )
 
     def describe(self) -> dict[str, Any]:
         """What the model card and bundle.json say about them (the arrays stay binary)."""
@@ -130,8 +152,12 @@ class ModelBundle:
     gallery_ids: np.ndarray
     gallery_meta: GalleryMeta
     fit_config: FitRecord
-    preprocess: PreprocessConfig | None = None  # None: the store recorded none (the model cannot stream)
-    scalers: dict[str, SubjectScaler] = field(default_factory=dict)  # subject -> its training scaler
+    preprocess: PreprocessConfig | None = (
+        None  # None: the store recorded none (the model cannot stream)
+    )
+    scalers: dict[str, SubjectScaler] = field(
+        default_factory=dict
+    )  # subject -> its training scaler
     prediction_stats: PredictionStats | None = None  # None: a bundle made before they were stored
     metrics: dict[str, float] = field(default_factory=dict)
     git_commit: str = "unknown"
@@ -141,28 +167,53 @@ class ModelBundle:
         c, f = len(self.ch_names), len(self.latent_mean)
         checks = [
             (self.pos2d.shape == (c, 2), f"pos2d has shape {self.pos2d.shape}, expected ({c}, 2)"),
-            (self.latent_std.shape == (f,), f"latent_std has shape {self.latent_std.shape}, expected ({f},)"),
+            (
+                self.latent_std.shape == (f,),
+                f"latent_std has shape {self.latent_std.shape}, expected ({f},)",
+            ),
             (bool(np.all(self.latent_std > 0)), "latent_std has non-positive entries"),
-            (self.gallery.ndim == 2 and self.gallery.shape[1] == f, f"gallery has shape {self.gallery.shape}, expected (M, {f})"),
-            (self.gallery_ids.shape == (len(self.gallery),), "gallery_ids and gallery differ in length"),
+            (
+                self.gallery.ndim == 2 and self.gallery.shape[1] == f,
+                f"gallery has shape {self.gallery.shape}, expected (M, {f})",
+            ),
+            (
+                self.gallery_ids.shape == (len(self.gallery),),
+                "gallery_ids and gallery differ in length",
+            ),
             (self.tmin < self.tmax, f"window tmin={self.tmin} >= tmax={self.tmax}"),
-            (self.n_times == int(round((self.tmax - self.tmin) * self.sfreq)) + 1,
-             f"n_times={self.n_times} does not match window [{self.tmin}, {self.tmax}] at {self.sfreq} Hz"),
+            (
+                self.n_times == int(round((self.tmax - self.tmin) * self.sfreq)) + 1,
+                f"n_times={self.n_times} does not match window [{self.tmin}, {self.tmax}] at {self.sfreq} Hz",
+            ),
             (len(set(self.ch_names)) == c, "duplicate channel names"),
-            (len(self.subjects) >= 1 and len(set(self.subjects)) == len(self.subjects), "subjects must be unique and non-empty"),
+            (
+                len(self.subjects) >= 1 and len(set(self.subjects)) == len(self.subjects),
+                "subjects must be unique and non-empty",
+            ),
             (bool(self.state_dict), "state_dict is empty"),
-            (self.preprocess is None or isinstance(self.preprocess, PreprocessConfig),
-             f"preprocess is a {type(self.preprocess).__name__}, expected a PreprocessConfig"),
+            (
+                self.preprocess is None or isinstance(self.preprocess, PreprocessConfig),
+                f"preprocess is a {type(self.preprocess).__name__}, expected a PreprocessConfig",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise BundleError(message)
         if not self.latent_parts or sum(p.width for p in self.latent_parts) != f:
-            raise BundleError(f"latent_parts {self.latent_parts} do not add up to the latent width {f}")
+            raise BundleError(
+                f"latent_parts {self.latent_parts} do not add up to the latent width {f}"
+            )
         for key in ("n_channels", "n_times", "n_subjects", "out_dim"):
-            expected = {"n_channels": c, "n_times": self.n_times, "n_subjects": len(self.subjects), "out_dim": f}[key]
+            expected = {
+                "n_channels": c,
+                "n_times": self.n_times,
+                "n_subjects": len(self.subjects),
+                "out_dim": f,
+            }[key]
             if key in self.model_config and int(self.model_config[key]) != expected:
-                raise BundleError(f"model_config {key}={self.model_config[key]} but the bundle says {expected}")
+                raise BundleError(
+                    f"model_config {key}={self.model_config[key]} but the bundle says {expected}"
+                )
         self.gallery_meta.check(len(self.gallery_ids))
         self.fit_config.check()
         if self.loss is not None:
@@ -200,8 +251,12 @@ class ModelBundle:
 def git_commit(cwd: Path | None = None) -> str:
     """The current commit (with '-dirty' when the tree has changes), or 'unknown'."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -212,26 +267,39 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
     bundle.validate()
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_torch({k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()}, str(path / "model.safetensors"))
+    save_torch(
+        {k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()},
+        str(path / "model.safetensors"),
+    )
     arrays = {name: np.ascontiguousarray(getattr(bundle, name)) for name in _ARRAYS}
     stats = bundle.prediction_stats
     if stats is not None:
-        arrays.update(pred_mean=np.ascontiguousarray(stats.mean), pred_std=np.ascontiguousarray(stats.std))
+        arrays.update(
+            pred_mean=np.ascontiguousarray(stats.mean), pred_std=np.ascontiguousarray(stats.std)
+        )
     save_numpy(arrays, str(path / "arrays.safetensors"))
     meta = {
         "format": FORMAT,
         "model_config": bundle.model_config,
         "loss": bundle.loss.to_json() if bundle.loss is not None else None,
-        "tmin": bundle.tmin, "tmax": bundle.tmax, "sfreq": bundle.sfreq, "n_times": bundle.n_times,
-        "ch_names": bundle.ch_names, "subjects": bundle.subjects, "latent_name": bundle.latent_name,
+        "tmin": bundle.tmin,
+        "tmax": bundle.tmax,
+        "sfreq": bundle.sfreq,
+        "n_times": bundle.n_times,
+        "ch_names": bundle.ch_names,
+        "subjects": bundle.subjects,
+        "latent_name": bundle.latent_name,
         "latent_parts": [[p.name, p.width] for p in bundle.latent_parts],
         "gallery_meta": bundle.gallery_meta.to_json(),
         "fit_config": dict(bundle.fit_config.flat),
         "preprocess": bundle.preprocess.to_flat_dict() if bundle.preprocess is not None else None,
         "scalers": {s: scaler.to_json() for s, scaler in bundle.scalers.items()},
         "prediction_stats": stats.describe() if stats is not None else None,
-        "metrics": bundle.metrics, "git_commit": bundle.git_commit,
-        "sha256": {name: sha256_file(path / name) for name in ("model.safetensors", "arrays.safetensors")},
+        "metrics": bundle.metrics,
+        "git_commit": bundle.git_commit,
+        "sha256": {
+            name: sha256_file(path / name) for name in ("model.safetensors", "arrays.safetensors")
+        },
     }
     (path / "bundle.json").write_text(json.dumps(meta, indent=2, default=float))
     return path
@@ -245,7 +313,9 @@ def load_bundle(path: Path) -> ModelBundle:
         raise BundleError(f"no bundle.json in {path}")
     meta = json.loads(meta_path.read_text())
     if meta.get("format") not in (FORMAT, FORMAT_V1):
-        raise BundleError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r} (or {FORMAT_V1!r})")
+        raise BundleError(
+            f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r} (or {FORMAT_V1!r})"
+        )
     if "sha256" not in meta:
         raise BundleError(f"{meta_path} is missing sha256")
     for name, digest in meta["sha256"].items():
@@ -271,16 +341,25 @@ def load_bundle(path: Path) -> ModelBundle:
             raise BundleError(f"{meta_path}: field {key!r} is malformed: {exc}") from None
 
     bundle = ModelBundle(
-        model_config=read("model_config", dict), state_dict=load_torch(str(path / "model.safetensors")),
+        model_config=read("model_config", dict),
+        state_dict=load_torch(str(path / "model.safetensors")),
         loss=read("loss", lambda v: None if v is None else LossState.from_json(v)),
-        tmin=read("tmin", float), tmax=read("tmax", float), sfreq=read("sfreq", float), n_times=read("n_times", int),
-        ch_names=read("ch_names", lambda v: [str(c) for c in v]), subjects=read("subjects", lambda v: [str(s) for s in v]),
+        tmin=read("tmin", float),
+        tmax=read("tmax", float),
+        sfreq=read("sfreq", float),
+        n_times=read("n_times", int),
+        ch_names=read("ch_names", lambda v: [str(c) for c in v]),
+        subjects=read("subjects", lambda v: [str(s) for s in v]),
         latent_name=read("latent_name", str),
         latent_parts=read("latent_parts", lambda v: [LatentPart(str(n), int(w)) for n, w in v]),
-        gallery_meta=read("gallery_meta", GalleryMeta.from_json), fit_config=read("fit_config", FitRecord.from_json),
+        gallery_meta=read("gallery_meta", GalleryMeta.from_json),
+        fit_config=read("fit_config", FitRecord.from_json),
         preprocess=read("preprocess", preprocess_from_json),
-        scalers=read("scalers", lambda v: {str(s): SubjectScaler.from_json(d) for s, d in v.items()}),
-        metrics=dict(meta.get("metrics", {})), git_commit=str(meta.get("git_commit", "unknown")),
+        scalers=read(
+            "scalers", lambda v: {str(s): SubjectScaler.from_json(d) for s, d in v.items()}
+        ),
+        metrics=dict(meta.get("metrics", {})),
+        git_commit=str(meta.get("git_commit", "unknown")),
         prediction_stats=_read_stats(meta, arrays, meta_path),
         **{name: arrays[name] for name in _ARRAYS},
     )
@@ -288,20 +367,33 @@ def load_bundle(path: Path) -> ModelBundle:
     return bundle
 
 
-def _read_stats(meta: dict[str, Any], arrays: dict[str, np.ndarray], meta_path: Path) -> PredictionStats | None:
+def _read_stats(
+    meta: dict[str, Any], arrays: dict[str, np.ndarray], meta_path: Path
+) -> PredictionStats | None:
     """The stored prediction statistics; None, with a warning, for a bundle made without them."""
     described = meta.get("prediction_stats")
     if described is None:
-        if meta_path.parent.resolve() in _WARNED:  # evaluations load one bundle several times: say it once
+        if (
+            meta_path.parent.resolve() in _WARNED
+        ):  # evaluations load one bundle several times: say it once
             return None
         _WARNED.add(meta_path.parent.resolve())
-        logger.warning("%s has no prediction statistics (a bundle made before they were stored): a single "
-                       "window's MSE output cannot be z-scored, so /v1/reconstruct and `megdecode reconstruct` "
-                       "use it unscaled; retrain to store them", meta_path.parent)
+        logger.warning(
+            "%s has no prediction statistics (a bundle made before they were stored): a single "
+            "window's MSE output cannot be z-scored, so /v1/reconstruct and `megdecode reconstruct` "
+            "use it unscaled; retrain to store them",
+            meta_path.parent,
+        )
         return None
     absent = [a for a in _STATS_ARRAYS if a not in arrays]
     if absent or not isinstance(described, dict):
-        raise BundleError(f"{meta_path} names prediction_stats but arrays.safetensors is missing "
-                          f"{', '.join(absent) or 'nothing'} (or the entry is not an object)")
-    return PredictionStats(mean=arrays["pred_mean"], std=arrays["pred_std"],
-                           reference=str(described.get("reference", "")), n=int(described.get("n", 0)))
+        raise BundleError(
+            f"{meta_path} names prediction_stats but arrays.safetensors is missing "
+            f"{', '.join(absent) or 'nothing'} (or the entry is not an object)"
+        )
+    return PredictionStats(
+        mean=arrays["pred_mean"],
+        std=arrays["pred_std"],
+        reference=str(described.get("reference", "")),
+        n=int(described.get("n", 0)),
+    )

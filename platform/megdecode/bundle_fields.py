@@ -62,7 +62,9 @@ class LossState:
 
     def check(self) -> None:
         if not math.isfinite(self.logit_scale) or self.logit_scale < 0:
-            raise BundleError(f"loss.logit_scale={self.logit_scale}: expected a finite log(1/τ) >= 0")
+            raise BundleError(
+                f"loss.logit_scale={self.logit_scale}: expected a finite log(1/τ) >= 0"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {"logit_scale": self.logit_scale, "learned": self.learned}
@@ -87,15 +89,19 @@ class GalleryMeta:
     def check(self, n: int) -> None:
         for name, values in (("categories", self.categories), ("image_paths", self.image_paths)):
             if len(values) != n or not all(isinstance(v, str) for v in values):
-                raise BundleError(f"gallery_meta.{name} holds {len(values)} entries, expected {n} strings "
-                                  "(one per gallery image)")
+                raise BundleError(
+                    f"gallery_meta.{name} holds {len(values)} entries, expected {n} strings "
+                    "(one per gallery image)"
+                )
 
     def to_json(self) -> dict[str, list[str]]:
         return {"category": list(self.categories), "image_path": list(self.image_paths)}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> GalleryMeta:
-        return cls(tuple(str(c) for c in value["category"]), tuple(str(p) for p in value["image_path"]))
+        return cls(
+            tuple(str(c) for c in value["category"]), tuple(str(p) for p in value["image_path"])
+        )
 
 
 @dataclass(frozen=True)
@@ -117,9 +123,15 @@ class FitRecord:
         return str(self.flat.get("latents_dir") or "")
 
     def check(self) -> None:
-        bad = [k for k, v in self.flat.items() if not isinstance(k, str) or not isinstance(v, str | int | float | bool | None)]
+        bad = [
+            k
+            for k, v in self.flat.items()
+            if not isinstance(k, str) or not isinstance(v, str | int | float | bool | None)
+        ]
         if bad:
-            raise BundleError(f"fit_config must be a flat config (scalar values); not scalar: {bad[:5]}")
+            raise BundleError(
+                f"fit_config must be a flat config (scalar values); not scalar: {bad[:5]}"
+            )
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> FitRecord:
@@ -136,13 +148,17 @@ class SubjectScaler:
     center: np.ndarray  # (C,) float64
     scale: np.ndarray  # (C,) float64, > 0
     quantile_range: tuple[float, float] = (25.0, 75.0)
-    raw_sfreq: float | None = None  # Hz; None: the store did not record it (a stream client sends it)
+    raw_sfreq: float | None = (
+        None  # Hz; None: the store did not record it (a stream client sends it)
+    )
 
     def check(self, n_channels: int, subject: str) -> None:
         where = f"scalers[{subject!r}]"
         for name, arr in (("center", self.center), ("scale", self.scale)):
             if np.shape(arr) != (n_channels,) or not np.isfinite(arr).all():
-                raise BundleError(f"{where}.{name} has shape {np.shape(arr)}, expected ({n_channels},) finite values")
+                raise BundleError(
+                    f"{where}.{name} has shape {np.shape(arr)}, expected ({n_channels},) finite values"
+                )
         if not np.all(self.scale > 0):
             raise BundleError(f"{where}.scale has non-positive entries")
         if self.raw_sfreq is not None and not self.raw_sfreq > 0:
@@ -150,8 +166,11 @@ class SubjectScaler:
 
     def to_json(self) -> dict[str, Any]:
         """The store manifest's form (`RobustScaler.to_dict` plus ``raw_sfreq``)."""
-        out: dict[str, Any] = {"center": [float(v) for v in self.center], "scale": [float(v) for v in self.scale],
-                               "quantile_range": [float(q) for q in self.quantile_range]}
+        out: dict[str, Any] = {
+            "center": [float(v) for v in self.center],
+            "scale": [float(v) for v in self.scale],
+            "quantile_range": [float(q) for q in self.quantile_range],
+        }
         if self.raw_sfreq is not None:
             out["raw_sfreq"] = self.raw_sfreq
         return out
@@ -160,8 +179,12 @@ class SubjectScaler:
     def from_json(cls, value: dict[str, Any]) -> SubjectScaler:
         q0, q1 = value.get("quantile_range", (25.0, 75.0))
         raw = value.get("raw_sfreq")
-        return cls(np.asarray(value["center"], np.float64), np.asarray(value["scale"], np.float64),
-                   (float(q0), float(q1)), float(raw) if raw else None)
+        return cls(
+            np.asarray(value["center"], np.float64),
+            np.asarray(value["scale"], np.float64),
+            (float(q0), float(q1)),
+            float(raw) if raw else None,
+        )
 
 
 def preprocess_from_json(value: dict[str, Any] | None) -> PreprocessConfig | None:
@@ -177,20 +200,30 @@ def upgrade_v1(meta: dict[str, Any], latent_width: int, meta_path: Path) -> dict
     extra = dict(meta.get("extra") or {})
     missing = [k for k in _V1_REQUIRED if k not in extra]
     if missing:
-        raise BundleError(f"{meta_path} (format {FORMAT_V1}) is missing extra.{', extra.'.join(missing)}: "
-                          "it cannot be migrated; retrain the model")
+        raise BundleError(
+            f"{meta_path} (format {FORMAT_V1}) is missing extra.{', extra.'.join(missing)}: "
+            "it cannot be migrated; retrain the model"
+        )
     fit = dict(extra["fit_config"])
     upgraded = {k: v for k, v in meta.items() if k != "extra"} | {
         "loss": _v1_loss(fit),
         "latent_parts": extra.get("latent_parts") or [[meta.get("latent_name"), latent_width]],
-        "gallery_meta": extra["gallery_meta"], "fit_config": fit,
-        "preprocess": extra.get("preprocess"), "scalers": extra.get("scalers") or {},
+        "gallery_meta": extra["gallery_meta"],
+        "fit_config": fit,
+        "preprocess": extra.get("preprocess"),
+        "scalers": extra.get("scalers") or {},
         "prediction_stats": meta.get("prediction_stats"),
     }
     dropped = sorted(set(extra) - {*_V1_REQUIRED, "latent_parts", "preprocess", "scalers"})
-    logger.info("%s: migrated from %s (extra's fields are typed now%s%s)", meta_path, FORMAT_V1,
-                "; τ was learned but not stored, so the loss state is unknown" if upgraded["loss"] is None else "",
-                f"; dropped untyped {dropped}" if dropped else "")
+    logger.info(
+        "%s: migrated from %s (extra's fields are typed now%s%s)",
+        meta_path,
+        FORMAT_V1,
+        "; τ was learned but not stored, so the loss state is unknown"
+        if upgraded["loss"] is None
+        else "",
+        f"; dropped untyped {dropped}" if dropped else "",
+    )
     return upgraded
 
 
@@ -201,4 +234,6 @@ def _v1_loss(fit: dict[str, Any]) -> dict[str, Any] | None:
         return None
     log_max = math.log(float(fit.get("loss.max_logit_scale", 100.0)))
     start = np.float32(math.log(1.0 / float(fit.get("loss.temperature_init", 0.07))))
-    return LossState(float(np.clip(start, np.float32(0.0), np.float32(log_max))), learned=False).to_json()
+    return LossState(
+        float(np.clip(start, np.float32(0.0), np.float32(log_max))), learned=False
+    ).to_json()

@@ -100,7 +100,10 @@ def run_demo(setup: DemoSetup, echo: Callable[[str], None] = print) -> dict[str,
         "stages": seconds,
     } | {s.name: plain(s.result) for s in stages}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    echo(f"demo done in {summary['seconds_total']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    echo(
+        f"demo done in {summary['seconds_total']:.0f} s: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    )
     echo(f"summary: {out / 'summary.json'}")
     return summary
 
@@ -146,9 +149,15 @@ def encode_latents(run: TwinRun, out: Path) -> list[Any]:
     from megdecode.latents.stage import build_latents
     from megdecode.twin.truth_latents import write_twin_latents
 
-    built: list[Any] = [build_latents(out / "store", out / "bids", out / "latents",
-                                      make_encoder(name, run.clip_model, run.clip_weights))
-                        for name in run.encoders]
+    built: list[Any] = [
+        build_latents(
+            out / "store",
+            out / "bids",
+            out / "latents",
+            make_encoder(name, run.clip_model, run.clip_weights),
+        )
+        for name in run.encoders
+    ]
     if run.twin_latents:
         built += [str(p) for p in write_twin_latents(out / "bids", out / "latents")]
     return built
@@ -168,10 +177,20 @@ def _twin_run(setup: DemoSetup) -> TwinRun:
     """The demo's run folder: CLIP-Vision too when local weights are given, twin factors for
     the generator, subjects simulated by two processes."""
     if setup.clip_weights is None:
-        logger.warning("no --clip-weights given: skipping CLIP-Vision latents (no weights are downloaded)")
+        logger.warning(
+            "no --clip-weights given: skipping CLIP-Vision latents (no weights are downloaded)"
+        )
     encoders = ("handcrafted",) if setup.clip_weights is None else ("handcrafted", "clip-vision")
-    return TwinRun(size=setup.size, seed=setup.seed, use_ray=setup.use_ray, n_jobs=2, encoders=encoders,
-                   twin_latents=True, clip_model=setup.clip_model, clip_weights=setup.clip_weights)
+    return TwinRun(
+        size=setup.size,
+        seed=setup.seed,
+        use_ray=setup.use_ray,
+        n_jobs=2,
+        encoders=encoders,
+        twin_latents=True,
+        clip_model=setup.clip_model,
+        clip_weights=setup.clip_weights,
+    )
 
 
 def _preprocess(run: TwinRun, out: Path) -> Any:
@@ -188,10 +207,18 @@ def _tune(setup: DemoSetup, out: Path) -> Any:
 
     space = Path(setup.space or DEFAULT_SPACE).resolve()
     name = f"{load_space(space).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    search = SearchSetup(space=str(space), data=str(out), out=str(out / "tune"), experiment=name,
-                         tracking_uri=default_tracking_uri(out), num_samples=setup.num_samples)
+    search = SearchSetup(
+        space=str(space),
+        data=str(out),
+        out=str(out / "tune"),
+        experiment=name,
+        tracking_uri=default_tracking_uri(out),
+        num_samples=setup.num_samples,
+    )
     report = run_search(search)
-    if report.best:  # a stable path to the champion's bundle, for benchmarks and `megdecode serve --bundle`
+    if (
+        report.best
+    ):  # a stable path to the champion's bundle, for benchmarks and `megdecode serve --bundle`
         import shutil
 
         shutil.copytree(report.best["bundle"], out / "champion", dirs_exist_ok=True)
@@ -203,12 +230,18 @@ def _serve(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str], None]
     and write a window it accepts, for `curl -d @<out>/window.json` against `make serve`."""
     from megdecode.serve.demo import decode_demo, example_window
 
-    table = decode_demo(report.champion, out / "store", n=setup.serve_requests, tracking_uri=report.tracking_uri)
+    table = decode_demo(
+        report.champion, out / "store", n=setup.serve_requests, tracking_uri=report.tracking_uri
+    )
     window = example_window(out / "store", report.best["bundle"], out / "window.json")
-    echo(f"hits in the top 5: {int(table['hit'].sum())}/{len(table)}; median latency "
-         f"{table['latency_ms'].median():.1f} ms (server {table['server_ms'].median():.1f} ms)")
-    echo(f"serve it again: make serve DEMO_OUT={out}, then\n  curl -X POST http://127.0.0.1:8000/v1/decode "
-         f"-H 'content-type: application/json' -d @{window}")
+    echo(
+        f"hits in the top 5: {int(table['hit'].sum())}/{len(table)}; median latency "
+        f"{table['latency_ms'].median():.1f} ms (server {table['server_ms'].median():.1f} ms)"
+    )
+    echo(
+        f"serve it again: make serve DEMO_OUT={out}, then\n  curl -X POST http://127.0.0.1:8000/v1/decode "
+        f"-H 'content-type: application/json' -d @{window}"
+    )
     return table.to_dict(orient="records")
 
 
@@ -228,13 +261,26 @@ def _reconstruct(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str],
     champion = out / "champion"
     parts = [name for name, _ in load_bundle(champion).latent_parts]
     conditions = tuple(n for n in parts if n in GENERATION_LATENTS) or tuple(parts)
-    gen_dir = train_generator(GenTrainConfig(store=str(out / "store"), bids_root=str(out / "bids"),
-                                             latents_dir=str(out / "latents"), latents=conditions,
-                                             steps=100_000, max_seconds=setup.generator_seconds,
-                                             sample_steps=setup.generator_steps), out / "generator")
-    cfg = GenEvalConfig(bundle=str(champion), generator=str(gen_dir), bids_root=str(out / "bids"),
-                        out=str(out / "reconstructions"), kinds=("averaged", "oracle", "random"),
-                        generate=generator_defaults(gen_dir).replace(steps=setup.generator_steps))
+    gen_dir = train_generator(
+        GenTrainConfig(
+            store=str(out / "store"),
+            bids_root=str(out / "bids"),
+            latents_dir=str(out / "latents"),
+            latents=conditions,
+            steps=100_000,
+            max_seconds=setup.generator_seconds,
+            sample_steps=setup.generator_steps,
+        ),
+        out / "generator",
+    )
+    cfg = GenEvalConfig(
+        bundle=str(champion),
+        generator=str(gen_dir),
+        bids_root=str(out / "bids"),
+        out=str(out / "reconstructions"),
+        kinds=("averaged", "oracle", "random"),
+        generate=generator_defaults(gen_dir).replace(steps=setup.generator_steps),
+    )
     table, grid, _ = run_and_log(cfg, report.tracking_uri, run_id=report.best.get("run_id") or None)
     echo(format_markdown(table))
     echo(f"reconstructions (seen | oracle | decoded, averaged | random) -> {grid}")

@@ -26,7 +26,9 @@ T = TypeVar("T")
 
 VERBOSE_ENV = "MEGDECODE_VERBOSE"
 LOG_FILE_ENV = "MEGDECODE_LOG_FILE"
-QUIET_SET_ENV = "MEGDECODE_QUIET_SET"  # the library settings a quiet setup_logging put in os.environ
+QUIET_SET_ENV = (
+    "MEGDECODE_QUIET_SET"  # the library settings a quiet setup_logging put in os.environ
+)
 # Loggers of libraries that install their own console handlers (propagate=False) at import.
 LIBRARIES = ("ray", "mlflow", "optuna", "alembic", "filelock", "urllib3", "fsspec")
 # Library warnings that say nothing the user can act on (the console drops them; the file keeps them).
@@ -42,8 +44,11 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "0") == "1"
 
 
-def setup_logging(level: str | int = "INFO", verbose_output: bool | None = None,
-                  log_file: str | Path | None = None) -> Path | None:
+def setup_logging(
+    level: str | int = "INFO",
+    verbose_output: bool | None = None,
+    log_file: str | Path | None = None,
+) -> Path | None:
     """Configure the root logger; called by entry points only, never at import.
 
     ``verbose_output`` None keeps what the environment says. In quiet mode the libraries'
@@ -68,13 +73,18 @@ def setup_logging(level: str | int = "INFO", verbose_output: bool | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     os.environ[LOG_FILE_ENV] = str(path)
     # Read by the libraries themselves, here and in every process they start.
-    _set_quiet(MLFLOW_LOGGING_LEVEL="WARNING", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
-               RAY_DATA_LOGGING_CONFIG=str(_ray_data_config(path.parent)))
+    _set_quiet(
+        MLFLOW_LOGGING_LEVEL="WARNING",
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+        RAY_DATA_LOGGING_CONFIG=str(_ray_data_config(path.parent)),
+    )
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.set_name("megdecode-file")
     root = logging.getLogger()
-    for console in filter(_is_console, root.handlers):  # basicConfig's: our INFO, everyone's warnings
+    for console in filter(
+        _is_console, root.handlers
+    ):  # basicConfig's: our INFO, everyone's warnings
         console.addFilter(_OURS)
     root.addHandler(handler)
     quiet_console()
@@ -103,7 +113,11 @@ def _default_log_file() -> Path:
     import tempfile
     import time
 
-    return Path(tempfile.gettempdir()) / "megdecode" / f"megdecode-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    return (
+        Path(tempfile.gettempdir())
+        / "megdecode"
+        / f"megdecode-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    )
 
 
 def _ray_data_config(folder: Path) -> Path:
@@ -113,17 +127,31 @@ def _ray_data_config(folder: Path) -> Path:
     import json
 
     config = {
-        "version": 1, "disable_existing_loggers": False,
-        "formatters": {"ray": {"format": "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"}},
-        "filters": {"console_filter": {"()": "ray.data._internal.logging.HiddenRecordFilter"},
-                    "quiet": {"()": "megdecode.logs._Console"}},
-        "handlers": {
-            "file": {"class": "ray.data._internal.logging.SessionFileHandler", "formatter": "ray",
-                     "filename": "ray-data.log"},
-            "console": {"class": "ray._private.log.PlainRayHandler", "formatter": "ray", "level": "WARNING",
-                        "filters": ["console_filter", "quiet"]},
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "ray": {"format": "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"}
         },
-        "loggers": {"ray.data": {"level": "DEBUG", "handlers": ["file", "console"], "propagate": False}},
+        "filters": {
+            "console_filter": {"()": "ray.data._internal.logging.HiddenRecordFilter"},
+            "quiet": {"()": "megdecode.logs._Console"},
+        },
+        "handlers": {
+            "file": {
+                "class": "ray.data._internal.logging.SessionFileHandler",
+                "formatter": "ray",
+                "filename": "ray-data.log",
+            },
+            "console": {
+                "class": "ray._private.log.PlainRayHandler",
+                "formatter": "ray",
+                "level": "WARNING",
+                "filters": ["console_filter", "quiet"],
+            },
+        },
+        "loggers": {
+            "ray.data": {"level": "DEBUG", "handlers": ["file", "console"], "propagate": False}
+        },
     }
     path = folder / "ray-data-logging.yaml"
     path.write_text(json.dumps(config, indent=1))  # JSON is YAML
@@ -184,9 +212,16 @@ def quiet_console() -> None:
         for handler in lib.handlers:
             if _is_console(handler) and _CONSOLE not in handler.filters:
                 handler.addFilter(_CONSOLE)
-        for stale in [h for h in lib.handlers if h.get_name() == "megdecode-file" and h is not file_handler]:
+        for stale in [
+            h for h in lib.handlers if h.get_name() == "megdecode-file" and h is not file_handler
+        ]:
             lib.removeHandler(stale)  # from an earlier setup_logging in this process
-        if lib.handlers and not lib.propagate and file_handler is not None and file_handler not in lib.handlers:
+        if (
+            lib.handlers
+            and not lib.propagate
+            and file_handler is not None
+            and file_handler not in lib.handlers
+        ):
             lib.addHandler(file_handler)
     for name in ("optuna",):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -220,7 +255,9 @@ class StageProgress:
     one log line per step (a finished trial, a preprocessed run), so CI logs stay short
     and still show that the stage moves."""
 
-    def __init__(self, desc: str, total: int | None, log: logging.Logger, every_s: float = 0.0) -> None:
+    def __init__(
+        self, desc: str, total: int | None, log: logging.Logger, every_s: float = 0.0
+    ) -> None:
         """every_s: off a terminal, at most one line per that many seconds (and the last step)."""
         self.desc, self.total, self.log, self.done, self.every_s = desc, total, log, 0, every_s
         self._last = -float("inf")
@@ -244,7 +281,6 @@ class StageProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
 
 
 class PhaseClock:

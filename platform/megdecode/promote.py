@@ -13,7 +13,9 @@ import tempfile
 logger = logging.getLogger(__name__)
 
 
-def promote_run(tracking_uri: str, run_id: str, name: str = "megdecode-brain", alias: str = "champion") -> int:
+def promote_run(
+    tracking_uri: str, run_id: str, name: str = "megdecode-brain", alias: str = "champion"
+) -> int:
     """Register the bundle in `run_id`'s artifacts (the shallowest folder with a bundle.json)
     as a new version of `name`, point `alias` at it; returns the version number.
 

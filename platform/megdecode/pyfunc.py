@@ -35,10 +35,18 @@ def bundle_signature(bundle: ModelBundle) -> ModelSignature:
     """Inputs meg (-1, C, T) float32 and subject (-1,) int64; outputs clip, mse (-1, F) float32."""
     c, t, f = len(bundle.ch_names), bundle.n_times, len(bundle.latent_mean)
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, t), "meg"),
-                       TensorSpec(np.dtype(np.int64), (-1,), "subject")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, f), "clip"),
-                        TensorSpec(np.dtype(np.float32), (-1, f), "mse")]),
+        inputs=Schema(
+            [
+                TensorSpec(np.dtype(np.float32), (-1, c, t), "meg"),
+                TensorSpec(np.dtype(np.int64), (-1,), "subject"),
+            ]
+        ),
+        outputs=Schema(
+            [
+                TensorSpec(np.dtype(np.float32), (-1, f), "clip"),
+                TensorSpec(np.dtype(np.float32), (-1, f), "mse"),
+            ]
+        ),
     )
 
 
@@ -56,8 +64,11 @@ class BundleModel(PythonModel):
 
     def predict(self, context, model_input, params=None):
         """model_input {"meg": (N, C, T) float32, "subject": (N,) int} -> {"clip", "mse": (N, F)}."""
-        clip, mse = predict_windows(self.model, np.asarray(model_input["meg"], np.float32),
-                                    np.asarray(model_input["subject"], np.int64))
+        clip, mse = predict_windows(
+            self.model,
+            np.asarray(model_input["meg"], np.float32),
+            np.asarray(model_input["subject"], np.int64),
+        )
         return {"clip": clip, "mse": mse}
 
 
@@ -68,8 +79,11 @@ def save_pyfunc(bundle_dir: str | Path, bundle: ModelBundle, dst: Path) -> Path:
         code = dst.parent / "megdecode_pyfunc.py"
         code.write_text(MODEL_CODE)
         mlflow.pyfunc.save_model(
-            dst, python_model=str(code), artifacts={"bundle": str(bundle_dir)},
-            signature=bundle_signature(bundle), pip_requirements=_requirements(),
+            dst,
+            python_model=str(code),
+            artifacts={"bundle": str(bundle_dir)},
+            signature=bundle_signature(bundle),
+            pip_requirements=_requirements(),
             metadata={"latent_name": bundle.latent_name, "tmin": bundle.tmin, "tmax": bundle.tmax},
         )
     return dst

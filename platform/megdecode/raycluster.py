@@ -31,7 +31,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         return
     env_address = os.environ.get("RAY_ADDRESS", "")
     if env_address.startswith("http"):
-        logger.warning("ignoring RAY_ADDRESS=%s (a dashboard URL for `ray job`, not for ray.init)", env_address)
+        logger.warning(
+            "ignoring RAY_ADDRESS=%s (a dashboard URL for `ray job`, not for ray.init)", env_address
+        )
         os.environ.pop("RAY_ADDRESS")
         env_address = ""
     from megdecode.logs import log_file, quiet_console, verbose
@@ -40,8 +42,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     # session's log files instead of being streamed to this terminal; task and actor errors
     # still reach the driver as exceptions with their tracebacks.
     quiet_console()  # Ray's console logger exists from `import ray` on: quiet it before init talks
-    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                               "log_to_driver": verbose()}
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": verbose(),
+    }
     options.update(kwargs)
     if address or env_address:
         # Attaching to a cluster whose workers may not have megdecode installed (a job
@@ -55,8 +60,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     quiet_console()
     resources = ray.cluster_resources()
     quiet = log_file()
-    logger.info("ray: %g CPU, %g GPU; logs: %s%s", resources.get("CPU", 0), resources.get("GPU", 0),
-                f"{quiet} (Ray, Tune, Serve, MLflow; -v streams them) and " if quiet else "", session_logs())
+    logger.info(
+        "ray: %g CPU, %g GPU; logs: %s%s",
+        resources.get("CPU", 0),
+        resources.get("GPU", 0),
+        f"{quiet} (Ray, Tune, Serve, MLflow; -v streams them) and " if quiet else "",
+        session_logs(),
+    )
 
 
 def session_logs() -> str:

@@ -86,7 +86,9 @@ class RunData:
     tmax: float  # time of its last sample
     latent_ids: np.ndarray  # (L,)
     latents: np.ndarray  # (L, F)
-    latent_parts: list[tuple[str, int]] = field(default_factory=list)  # [(name, F_name)]: blocks of F
+    latent_parts: list[tuple[str, int]] = field(
+        default_factory=list
+    )  # [(name, F_name)]: blocks of F
 
 
 def split_groups(
@@ -143,7 +145,9 @@ def build_run_data(
         row = index.get_indexer(rows["image_id"].to_numpy())
         if (row < 0).any():
             missing = rows["image_id"].to_numpy()[row < 0][:5].tolist()
-            raise KeyError(f"{int((row < 0).sum())} epochs have no {latent!r} latent, e.g. image ids {missing}")
+            raise KeyError(
+                f"{int((row < 0).sum())} epochs have no {latent!r} latent, e.g. image ids {missing}"
+            )
         epochs = meg[group][:, :, window]
         if copy:
             epochs = np.ascontiguousarray(epochs)
@@ -159,10 +163,18 @@ def build_run_data(
 
     times = np.asarray(manifest.times)[window]
     return RunData(
-        train=split("train"), val=split("val"), test=split("test"), subjects=subjects,
-        ch_names=list(manifest.ch_names), pos2d=np.asarray(manifest.pos2d),
-        sfreq=manifest.sfreq, tmin=float(times[0]), tmax=float(times[-1]),
-        latent_ids=latent_ids, latents=values, latent_parts=parts,
+        train=split("train"),
+        val=split("val"),
+        test=split("test"),
+        subjects=subjects,
+        ch_names=list(manifest.ch_names),
+        pos2d=np.asarray(manifest.pos2d),
+        sfreq=manifest.sfreq,
+        tmin=float(times[0]),
+        tmax=float(times[-1]),
+        latent_ids=latent_ids,
+        latents=values,
+        latent_parts=parts,
     )
 
 

@@ -44,7 +44,11 @@ logger = logging.getLogger(__name__)
 
 TRACKING_ENV = "MEGDECODE_TRACKING_URI"
 TAG_KIND, TAG_TRIAL, TAG_SEED = "megdecode.kind", "megdecode.trial_id", "megdecode.seed"
-TAG_COMMIT, TAG_DATA, TAG_PARENT = "megdecode.git_commit", "megdecode.dataset_sha256", "mlflow.parentRunId"
+TAG_COMMIT, TAG_DATA, TAG_PARENT = (
+    "megdecode.git_commit",
+    "megdecode.dataset_sha256",
+    "mlflow.parentRunId",
+)
 # MLflow 3's UI opens an experiment on its GenAI traces overview unless the experiment says
 # it is a model-training one; with this tag it opens on the runs table (params, metrics).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -74,15 +78,19 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment_name: str | None = None) -> None:
         if tracking_uri.startswith("file:") or "://" not in tracking_uri:
-            raise ValueError(f"tracking URI {tracking_uri!r}: MLflow 3 deprecates the file store; "
-                             "use sqlite:///PATH/mlflow.db or an http(s):// MLflow server")
+            raise ValueError(
+                f"tracking URI {tracking_uri!r}: MLflow 3 deprecates the file store; "
+                "use sqlite:///PATH/mlflow.db or an http(s):// MLflow server"
+            )
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.artifact_root: Path | None = None
         if tracking_uri.startswith("sqlite:///"):
             db = Path(tracking_uri.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
-            self.artifact_root = db.parent.resolve() / "mlartifacts"  # next to the db, not in the cwd
+            self.artifact_root = (
+                db.parent.resolve() / "mlartifacts"
+            )  # next to the db, not in the cwd
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._experiment_id: str | None = None
         self._commit: str | None = None
@@ -97,25 +105,38 @@ class Tracker:
             if found is not None:
                 self._experiment_id = found.experiment_id
                 if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older version, or by hand
-                    self.client.set_experiment_tag(self._experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                    self.client.set_experiment_tag(
+                        self._experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                    )
             else:
                 folder = self.experiment_name.replace("/", "_")
                 location = str(self.artifact_root / folder) if self.artifact_root else None
                 self._experiment_id = self.client.create_experiment(
-                    self.experiment_name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                    self.experiment_name,
+                    artifact_location=location,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
         return self._experiment_id
 
     # --- runs -----------------------------------------------------------------------------
-    def trial_run(self, trial_id: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+    def trial_run(
+        self, trial_id: str, params: dict[str, Any], tags: dict[str, str] | None = None
+    ) -> str:
         """The parent run of a Tune trial, reused (and set RUNNING) if it exists already."""
-        existing = self._find(f"tags.`{TAG_TRIAL}` = '{_quote(trial_id)}' AND tags.`{TAG_KIND}` = 'trial'")
-        all_tags = self._base_tags(params) | {TAG_KIND: "trial", TAG_TRIAL: trial_id} | dict(tags or {})
+        existing = self._find(
+            f"tags.`{TAG_TRIAL}` = '{_quote(trial_id)}' AND tags.`{TAG_KIND}` = 'trial'"
+        )
+        all_tags = (
+            self._base_tags(params) | {TAG_KIND: "trial", TAG_TRIAL: trial_id} | dict(tags or {})
+        )
         if existing is not None:
             run_id = existing.info.run_id
             self.client.update_run(run_id, status="RUNNING")
             logger.info("trial %s: reusing run %s", trial_id, run_id)
         else:
-            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}").info.run_id
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=f"trial-{trial_id}"
+            ).info.run_id
         self.log_params(run_id, params)
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
         return run_id
@@ -125,31 +146,49 @@ class Tracker:
         now = int(time.time() * 1000)
         self._log_metrics(run_id, [Metric(k, float(v), now, int(step)) for k, v in metrics.items()])
 
-    def seed_run(self, parent_run_id: str, seed: int, params: dict[str, Any], metrics: dict[str, float],
-                 history: list[dict[str, float]]) -> str:
+    def seed_run(
+        self,
+        parent_run_id: str,
+        seed: int,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        history: list[dict[str, float]],
+    ) -> str:
         """A finished child run of one seed: params, history as steps 0..E-1, then `metrics`.
 
         A finished child for (parent, seed) is returned as it is; an unfinished one (a crash
         while logging) is deleted and logged again, so no curve holds duplicate steps.
         """
-        query = f"tags.`{TAG_PARENT}` = '{_quote(parent_run_id)}' AND tags.`{TAG_SEED}` = '{int(seed)}'"
+        query = (
+            f"tags.`{TAG_PARENT}` = '{_quote(parent_run_id)}' AND tags.`{TAG_SEED}` = '{int(seed)}'"
+        )
         existing = self._find(query)
         if existing is not None and existing.info.status == "FINISHED":
             return existing.info.run_id
         if existing is not None:
             self.client.delete_run(existing.info.run_id)
         parent = self.client.get_run(parent_run_id)
-        inherited = {k: v for k, v in parent.data.tags.items() if k in (TAG_COMMIT, TAG_DATA, TAG_TRIAL)}
+        inherited = {
+            k: v for k, v in parent.data.tags.items() if k in (TAG_COMMIT, TAG_DATA, TAG_TRIAL)
+        }
         trial = parent.data.tags.get(TAG_TRIAL, parent_run_id)
-        tags = self._base_tags(params) | inherited | {TAG_PARENT: parent_run_id, TAG_KIND: "seed", TAG_SEED: str(int(seed))}
-        run_id = self.client.create_run(parent.info.experiment_id, run_name=f"{trial}-seed{seed}", tags=tags).info.run_id
+        tags = (
+            self._base_tags(params)
+            | inherited
+            | {TAG_PARENT: parent_run_id, TAG_KIND: "seed", TAG_SEED: str(int(seed))}
+        )
+        run_id = self.client.create_run(
+            parent.info.experiment_id, run_name=f"{trial}-seed{seed}", tags=tags
+        ).info.run_id
         self.log_params(run_id, params)
         for step, row in enumerate(history):
             self.log_epoch(run_id, step, row)
         self.finish(run_id, metrics)
         return run_id
 
-    def finish(self, run_id: str, metrics: dict[str, float] | None = None, status: str = "FINISHED") -> None:
+    def finish(
+        self, run_id: str, metrics: dict[str, float] | None = None, status: str = "FINISHED"
+    ) -> None:
         """Log the summary `metrics` one step after the last curve point, then end the run.
 
         The summary (e.g. val/top5 of the best epoch) is thus each metric's latest value,
@@ -162,7 +201,9 @@ class Tracker:
             self.log_epoch(run_id, step, metrics)
         self.client.set_terminated(run_id, status=status)
 
-    def log_artifacts(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    def log_artifacts(
+        self, run_id: str, path: str | Path, artifact_path: str | None = None
+    ) -> None:
         """A file or a folder (e.g. a bundle, a window-curve figure) into the run's artifacts."""
         path = Path(path)
         if not path.exists():
@@ -185,30 +226,48 @@ class Tracker:
         return f"tables/{name}"
 
     # --- registry -------------------------------------------------------------------------
-    def register_bundle(self, run_id: str, bundle_dir: str | Path, name: str = "megdecode-brain",
-                        alias: str = "champion") -> int:
+    def register_bundle(
+        self,
+        run_id: str,
+        bundle_dir: str | Path,
+        name: str = "megdecode-brain",
+        alias: str = "champion",
+    ) -> int:
         """Log the bundle as a pyfunc model (with its signature) in `run_id`, register it, alias it."""
         _, bundle = load_model(Path(bundle_dir))  # a broken bundle never enters the registry
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = save_pyfunc(bundle_dir, bundle, Path(tmp) / MODEL_PATH)
             self.client.log_artifacts(run_id, str(model_dir), MODEL_PATH)
         try:
-            self.client.create_registered_model(name, description="MEG window -> image latent (megdecode)")
+            self.client.create_registered_model(
+                name, description="MEG window -> image latent (megdecode)"
+            )
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        tags = {"latent_name": bundle.latent_name, "tmin": bundle.tmin, "tmax": bundle.tmax,
-                "sfreq": bundle.sfreq, "n_channels": len(bundle.ch_names), "git_commit": bundle.git_commit}
+        tags = {
+            "latent_name": bundle.latent_name,
+            "tmin": bundle.tmin,
+            "tmax": bundle.tmax,
+            "sfreq": bundle.sfreq,
+            "n_channels": len(bundle.ch_names),
+            "git_commit": bundle.git_commit,
+        }
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_PATH}"
-        version = self.client.create_model_version(name, source=source, run_id=run_id,
-                                                   tags={k: str(v) for k, v in tags.items()})
+        version = self.client.create_model_version(
+            name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
+        )
         self.client.set_registered_model_alias(name, alias, version.version)
-        logger.info("registered %s version %s as @%s (run %s)", name, version.version, alias, run_id)
+        logger.info(
+            "registered %s version %s as @%s (run %s)", name, version.version, alias, run_id
+        )
         return int(version.version)
 
     # --- helpers --------------------------------------------------------------------------
     def _find(self, filter_string: str) -> Any:
-        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=2)
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=filter_string, max_results=2
+        )
         if len(runs) > 1:
             logger.warning("%d runs match %s; using the first", len(runs), filter_string)
         return runs[0] if runs else None
@@ -235,7 +294,11 @@ class Tracker:
         values = {k: "None" if v is None else str(v) for k, v in params.items()}
         changed = sorted(k for k, v in values.items() if k in have and have[k] != v)
         if changed:
-            logger.warning("run %s keeps its logged values of %s (MLflow params are immutable)", run_id, changed)
+            logger.warning(
+                "run %s keeps its logged values of %s (MLflow params are immutable)",
+                run_id,
+                changed,
+            )
         todo = [Param(k, v) for k, v in values.items() if k not in have]
         for start in range(0, len(todo), _BATCH):
             self.client.log_batch(run_id, params=todo[start : start + _BATCH])
@@ -271,10 +334,14 @@ def parse_model_uri(source: str) -> tuple[str, str | None, int | None]:
         name, version = rest.rsplit("/", 1)
         if name and version.isdigit():
             return name, None, int(version)
-    raise ValueError(f"model URI {source!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    raise ValueError(
+        f"model URI {source!r}: expected models:/<name>@<alias> or models:/<name>/<version>"
+    )
 
 
-def resolve_bundle(source: str, tracking_uri: str = "", dst: str | Path | None = None) -> tuple[Path, RegistryInfo]:
+def resolve_bundle(
+    source: str, tracking_uri: str = "", dst: str | Path | None = None
+) -> tuple[Path, RegistryInfo]:
     """The local bundle folder of `source` and where it came from: the one way serving,
     `megdecode evaluate`, `reconstruct` and `register` turn a model reference into files.
 
@@ -284,31 +351,47 @@ def resolve_bundle(source: str, tracking_uri: str = "", dst: str | Path | None =
     model, alias or version raises FileNotFoundError listing what the registry holds.
     """
     if not source:
-        raise ValueError("no model given (serving: decoder.model): a bundle folder, models:/<name>@<alias>, "
-                         "models:/<name>/<version> or runs:/<run_id>")
+        raise ValueError(
+            "no model given (serving: decoder.model): a bundle folder, models:/<name>@<alias>, "
+            "models:/<name>/<version> or runs:/<run_id>"
+        )
     if not source.startswith(("models:/", "runs:/")):
         path = Path(source)
         if not (path / "bundle.json").is_file():
-            raise FileNotFoundError(f"no model bundle at {source!r} (no bundle.json); give a bundle folder, "
-                                    "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>")
+            raise FileNotFoundError(
+                f"no model bundle at {source!r} (no bundle.json); give a bundle folder, "
+                "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>"
+            )
         return path, RegistryInfo(path.name)
     if not tracking_uri:
-        raise ValueError(f"{source} needs a tracking URI (--tracking-uri, decoder.tracking_uri or {TRACKING_ENV})")
+        raise ValueError(
+            f"{source} needs a tracking URI (--tracking-uri, decoder.tracking_uri or {TRACKING_ENV})"
+        )
     client = Tracker(tracking_uri).client  # refuses a file: store as every tracked stage does
     if source.startswith("runs:/"):
         run_id = source.removeprefix("runs:/").strip("/")
         return _run_bundle(client, run_id, _folder(dst)), RegistryInfo(run_id, run_id=run_id)
     name, alias, number = parse_model_uri(source)
     try:
-        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(number))
+        version = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, str(number))
+        )
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
-        held = {m.name: {a: int(v) for a, v in m.aliases.items()} for m in client.search_registered_models()}
-        raise FileNotFoundError(f"{source}: {exc.message} (the registry at {tracking_uri} holds "
-                                f"{held or 'no model'}: name -> {{alias: version}})") from None
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(_folder(dst)),
-                                                tracking_uri=tracking_uri)
+        held = {
+            m.name: {a: int(v) for a, v in m.aliases.items()}
+            for m in client.search_registered_models()
+        }
+        raise FileNotFoundError(
+            f"{source}: {exc.message} (the registry at {tracking_uri} holds "
+            f"{held or 'no model'}: name -> {{alias: version}})"
+        ) from None
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=version.source, dst_path=str(_folder(dst)), tracking_uri=tracking_uri
+    )
     found = sorted(Path(local).rglob("bundle.json"), key=lambda p: len(p.parts))
     if not found:
         raise FileNotFoundError(f"{source} (version {version.version}) holds no bundle.json")
@@ -347,4 +430,3 @@ def browse_hint(tracking_uri: str, experiment_id: str, port: int = 5000) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/{page}"
     return f"mlflow ui --backend-store-uri {tracking_uri} --port {port}, then http://127.0.0.1:{port}/{page}"
-

@@ -97,13 +97,17 @@ class RunResult:
 def build_model(cfg: BrainConfig, data: RunData) -> BrainModule:
     """The brain module sized for this data (channels, window, subjects, latent size)."""
     sized = cfg.replace(
-        n_channels=len(data.ch_names), n_times=int(data.train.meg.shape[2]),
-        n_subjects=len(data.subjects), out_dim=int(data.latents.shape[1]),
+        n_channels=len(data.ch_names),
+        n_times=int(data.train.meg.shape[2]),
+        n_subjects=len(data.subjects),
+        out_dim=int(data.latents.shape[1]),
     )
     return BrainModule(sized, data.pos2d)
 
 
-def train_step(model: BrainModule, loss_fn: CombinedLoss, optimizer: torch.optim.Optimizer, batch: Batch) -> torch.Tensor:
+def train_step(
+    model: BrainModule, loss_fn: CombinedLoss, optimizer: torch.optim.Optimizer, batch: Batch
+) -> torch.Tensor:
     """One optimiser step; returns the detached (total, clip, mse) losses as a (3,) tensor."""
     model.train()
     out = model(batch.meg, batch.subject)
@@ -116,7 +120,9 @@ def train_step(model: BrainModule, loss_fn: CombinedLoss, optimizer: torch.optim
 
 
 @torch.no_grad()
-def eval_step(model: BrainModule, loss_fn: CombinedLoss, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def eval_step(
+    model: BrainModule, loss_fn: CombinedLoss, batch: Batch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(clip_pred (B, F), mse_pred (B, F), losses (3,)) in eval mode."""
     model.eval()
     out = model(batch.meg, batch.subject)
@@ -124,7 +130,9 @@ def eval_step(model: BrainModule, loss_fn: CombinedLoss, batch: Batch) -> tuple[
     return out.clip, out.mse, torch.stack([parts.total, parts.clip, parts.mse])
 
 
-def predict(model: BrainModule, loss_fn: CombinedLoss, data: SplitTensors, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: BrainModule, loss_fn: CombinedLoss, data: SplitTensors, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """clip (N, F), mse (N, F) predictions and the batch-size-weighted mean losses (3,)."""
     clips, mses, losses, sizes = [], [], [], []
     for batch in data.batches(batch_size):
@@ -197,18 +205,31 @@ class Trainer:
         val_clip, _, val_loss = predict(self.model, self.loss_fn, data.val, t.batch_size)
         self.seconds += time.perf_counter() - start
         row = {
-            "epoch": float(self.epoch), "train/loss": train_loss[0], "train/clip_loss": train_loss[1],
-            "train/mse_loss": train_loss[2], "val/loss": float(val_loss[0]),
-            "val/clip_loss": float(val_loss[1]), "val/mse_loss": float(val_loss[2]),
+            "epoch": float(self.epoch),
+            "train/loss": train_loss[0],
+            "train/clip_loss": train_loss[1],
+            "train/mse_loss": train_loss[2],
+            "val/loss": float(val_loss[0]),
+            "val/clip_loss": float(val_loss[1]),
+            "val/mse_loss": float(val_loss[2]),
             "val/top5": _val_top5(val_clip, data.val),
             "temperature": float(1.0 / self.loss_fn.clip.scale().item()),
         }
         if self.sign * row[t.monitor] < self.best:
             self.best, self.best_epoch = self.sign * row[t.monitor], self.epoch
-            self.best_state = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.loss_fn.state_dict()))
+            self.best_state = (
+                copy.deepcopy(self.model.state_dict()),
+                copy.deepcopy(self.loss_fn.state_dict()),
+            )
         self.history.append(row)
-        logger.info("seed %d epoch %d: train %.4f val %.4f val/top5 %.3f", t.seed, self.epoch - 1,
-                    row["train/loss"], row["val/loss"], row["val/top5"])
+        logger.info(
+            "seed %d epoch %d: train %.4f val %.4f val/top5 %.3f",
+            t.seed,
+            self.epoch - 1,
+            row["train/loss"],
+            row["val/loss"],
+            row["val/top5"],
+        )
         return row
 
     def finish(self, out_dir: Path | None = None) -> RunResult:
@@ -220,23 +241,44 @@ class Trainer:
         data, t = self.data, self.cfg.train
         test_clip, _, _ = predict(self.model, self.loss_fn, data.test, t.batch_size)
         table = evaluate_all(test_clip, data.test.meta, data.latent_ids, data.latents)
-        metrics = _summary_metrics(table, self.history[self.best_epoch], self.best_epoch,
-                                   len(self.history), self.seconds, self.n_seen)
-        result = RunResult(metrics=metrics, history=self.history, table=table, model=self.model, loss=self.loss_fn)
+        metrics = _summary_metrics(
+            table,
+            self.history[self.best_epoch],
+            self.best_epoch,
+            len(self.history),
+            self.seconds,
+            self.n_seen,
+        )
+        result = RunResult(
+            metrics=metrics, history=self.history, table=table, model=self.model, loss=self.loss_fn
+        )
         if out_dir is not None:
             # the reference set of the served scaling: validation predictions of the restored
             # best weights (never the test set, which the evaluation scores)
             _, val_mse, _ = predict(self.model, self.loss_fn, data.val, t.batch_size)
             stats = PredictionStats.of(val_mse, reference="val")
-            bundle = make_bundle(self.cfg, data, self.model, metrics, prediction_stats=stats, loss=self.loss_fn)
+            bundle = make_bundle(
+                self.cfg, data, self.model, metrics, prediction_stats=stats, loss=self.loss_fn
+            )
             result.bundle_path = save_bundle(bundle, Path(out_dir))
         return result
 
 
-def fit(cfg: FitConfig, callback: EpochCallback | None = None, out_dir: Path | None = None, data: RunData | None = None) -> RunResult:
+def fit(
+    cfg: FitConfig,
+    callback: EpochCallback | None = None,
+    out_dir: Path | None = None,
+    data: RunData | None = None,
+) -> RunResult:
     """Train one brain module with early stopping; evaluate; save a bundle to `out_dir`."""
     trainer = Trainer(cfg, data or load_run_data(cfg))
-    bar = iter(progress(range(cfg.train.max_epochs), desc=f"seed {cfg.train.seed} epochs", total=cfg.train.max_epochs))
+    bar = iter(
+        progress(
+            range(cfg.train.max_epochs),
+            desc=f"seed {cfg.train.seed} epochs",
+            total=cfg.train.max_epochs,
+        )
+    )
     while not trainer.done:
         next(bar, None)
         row = trainer.step()
@@ -247,7 +289,14 @@ def fit(cfg: FitConfig, callback: EpochCallback | None = None, out_dir: Path | N
     return trainer.finish(out_dir)
 
 
-def _summary_metrics(table: pd.DataFrame, best_row: dict[str, float], best_epoch: int, epochs: int, seconds: float, n_seen: int) -> dict[str, float]:
+def _summary_metrics(
+    table: pd.DataFrame,
+    best_row: dict[str, float],
+    best_epoch: int,
+    epochs: int,
+    seconds: float,
+    n_seen: int,
+) -> dict[str, float]:
     """DESIGN §6 names: val/top5, test/top5, test/top5_avg, test/median_rank, and the rest."""
     metrics = {k: v for k, v in best_row.items() if k.startswith("val/")}
     for r in table.to_dict("records"):
@@ -256,13 +305,26 @@ def _summary_metrics(table: pd.DataFrame, best_row: dict[str, float], best_epoch
         for name in ("top1", "top5", "median_rank"):
             metrics[f"{prefix}/{name}{suffix}"] = float(r[name])
         metrics[f"{prefix}/chance_top5"] = float(r["chance_top5"])
-    metrics.update({"best_epoch": float(best_epoch), "epochs": float(epochs), "train_seconds": seconds,
-                    "train_samples_per_s": n_seen / seconds if seconds > 0 else float("nan")})
+    metrics.update(
+        {
+            "best_epoch": float(best_epoch),
+            "epochs": float(epochs),
+            "train_seconds": seconds,
+            "train_samples_per_s": n_seen / seconds if seconds > 0 else float("nan"),
+        }
+    )
     return metrics
 
 
-def make_bundle(cfg: FitConfig, data: RunData, model: BrainModule, metrics: dict[str, float], *,
-                prediction_stats: PredictionStats, loss: CombinedLoss) -> ModelBundle:
+def make_bundle(
+    cfg: FitConfig,
+    data: RunData,
+    model: BrainModule,
+    metrics: dict[str, float],
+    *,
+    prediction_stats: PredictionStats,
+    loss: CombinedLoss,
+) -> ModelBundle:
     """The bundle of DESIGN §6; the gallery is the large test set's images.
 
     `prediction_stats` and `loss` (its learned temperature is the bundle's loss state) are
@@ -275,24 +337,45 @@ def make_bundle(cfg: FitConfig, data: RunData, model: BrainModule, metrics: dict
     parts = data.latent_parts or [(cfg.train.latent, int(data.latents.shape[1]))]
     preprocess, scalers = serving_fields(cfg.store, data.subjects)
     return ModelBundle(
-        model_config=model.cfg.to_flat_dict(), state_dict=model.state_dict(), loss=LossState.of(loss),
-        tmin=data.tmin, tmax=data.tmax, sfreq=data.sfreq, n_times=int(data.train.meg.shape[2]),
-        ch_names=data.ch_names, pos2d=data.pos2d.astype(np.float32), subjects=data.subjects,
-        latent_name=cfg.train.latent, latent_parts=[LatentPart(n, int(w)) for n, w in parts],
-        latent_mean=targets.mean(0), latent_std=targets.std(0) + 1e-8, gallery=gallery, gallery_ids=gallery_ids,
-        gallery_meta=GalleryMeta(tuple(meta["category"].fillna("").astype(str)),
-                                 tuple(meta["image_path"].fillna("").astype(str))),
-        fit_config=FitRecord(cfg.to_flat_dict()), preprocess=preprocess, scalers=scalers,
-        metrics=metrics, git_commit=git_commit(), prediction_stats=prediction_stats,
+        model_config=model.cfg.to_flat_dict(),
+        state_dict=model.state_dict(),
+        loss=LossState.of(loss),
+        tmin=data.tmin,
+        tmax=data.tmax,
+        sfreq=data.sfreq,
+        n_times=int(data.train.meg.shape[2]),
+        ch_names=data.ch_names,
+        pos2d=data.pos2d.astype(np.float32),
+        subjects=data.subjects,
+        latent_name=cfg.train.latent,
+        latent_parts=[LatentPart(n, int(w)) for n, w in parts],
+        latent_mean=targets.mean(0),
+        latent_std=targets.std(0) + 1e-8,
+        gallery=gallery,
+        gallery_ids=gallery_ids,
+        gallery_meta=GalleryMeta(
+            tuple(meta["category"].fillna("").astype(str)),
+            tuple(meta["image_path"].fillna("").astype(str)),
+        ),
+        fit_config=FitRecord(cfg.to_flat_dict()),
+        preprocess=preprocess,
+        scalers=scalers,
+        metrics=metrics,
+        git_commit=git_commit(),
+        prediction_stats=prediction_stats,
     )
 
 
-def serving_fields(store: str, subjects: list[str]) -> tuple[PreprocessConfig | None, dict[str, SubjectScaler]]:
+def serving_fields(
+    store: str, subjects: list[str]
+) -> tuple[PreprocessConfig | None, dict[str, SubjectScaler]]:
     """The bundle's ``preprocess`` and ``scalers`` (subject -> robust-scaler centre/scale and the
     native ``raw_sfreq``), from the store's manifest: the online stream rebuilds model inputs
     from raw samples with them. A store that recorded none gives a bundle that cannot stream."""
     manifest = epoch_store.read_manifest(store)
     if not (manifest.preprocess and manifest.scalers):
         return None, {}
-    scalers = {s: SubjectScaler.from_json(manifest.scalers[s]) for s in subjects if s in manifest.scalers}
+    scalers = {
+        s: SubjectScaler.from_json(manifest.scalers[s]) for s in subjects if s in manifest.scalers
+    }
     return preprocess_from_json(manifest.preprocess), scalers

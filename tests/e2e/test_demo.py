@@ -16,7 +16,9 @@ from megdecode.data import store as epoch_store
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "tiny", "--no-ray", "--no-tune"])
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "--size", "tiny", "--no-ray", "--no-tune"]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
 
@@ -34,7 +36,10 @@ def test_demo_writes_store_latents_and_summary(demo_out: Path) -> None:
     assert "catch" not in set(meta["trial_type"])
     assert {"train", "val", "test", "test_large"} <= set(meta["split"])
     assert set(summary["stages"]) == {"simulate", "preprocess", "latents"}
-    assert {Path(p).name for p in summary["latents"][1:]} == {"twin-lowlevel.parquet", "twin-category.parquet"}
+    assert {Path(p).name for p in summary["latents"][1:]} == {
+        "twin-lowlevel.parquet",
+        "twin-category.parquet",
+    }
     latents = summary["latents"][0]
     assert latents["name"] == "handcrafted"
     assert latents["n_images"] == meta["image_id"].nunique()
@@ -43,7 +48,8 @@ def test_demo_writes_store_latents_and_summary(demo_out: Path) -> None:
 def test_store_from_ray_equals_local(demo_out: Path, tmp_path: Path) -> None:
     """One Ray task per run gives bit-identical shards to the local loop."""
     result = CliRunner().invoke(
-        app, ["preprocess", "--bids", str(demo_out / "bids"), "--out", str(tmp_path / "store"), "--ray"]
+        app,
+        ["preprocess", "--bids", str(demo_out / "bids"), "--out", str(tmp_path / "store"), "--ray"],
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     X_local, meta_local = epoch_store.load_epochs(demo_out / "store")
@@ -80,14 +86,37 @@ def test_the_whole_chain_search_register_serve_and_reconstruct(tmp_path: Path) -
     over HTTP, a generator trained briefly and test images reconstructed from decoded MEG."""
     (tmp_path / "space.yaml").write_text(TINY_SPACE)
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--size", "tiny", "--space", str(tmp_path / "space.yaml"),
-                                      "--generator-seconds", "5", "--generator-steps", "3"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--size",
+            "tiny",
+            "--space",
+            str(tmp_path / "space.yaml"),
+            "--generator-seconds",
+            "5",
+            "--generator-steps",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output[-4000:] + repr(result.exception)
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["stages"]) == ["simulate", "preprocess", "latents", "tune", "serve", "reconstruct"]
+    assert list(summary["stages"]) == [
+        "simulate",
+        "preprocess",
+        "latents",
+        "tune",
+        "serve",
+        "reconstruct",
+    ]
     assert [row["kind"] for row in summary["reconstruct"]] == ["averaged", "oracle", "random"]
     assert (out / "reconstructions" / "grid.png").stat().st_size > 1000
-    assert json.loads((out / "generator" / "generator.json").read_text())["conditions"].keys() == {"twin-lowlevel"}
+    assert json.loads((out / "generator" / "generator.json").read_text())["conditions"].keys() == {
+        "twin-lowlevel"
+    }
     assert summary["tune"]["champion"] == "models:/megdecode-brain@champion"
     assert (out / "champion" / "bundle.json").exists()
     assert len(summary["serve"]) == 5 and all(r["latency_ms"] > 0 for r in summary["serve"])

@@ -22,12 +22,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration" / "serve"))
 from serve_helpers import train_bundle  # noqa: E402
 
-pytestmark = [pytest.mark.serve, pytest.mark.ray, pytest.mark.slow]  # ~20 s data + fit, ~30 s Serve, ~40 s pages
+pytestmark = [
+    pytest.mark.serve,
+    pytest.mark.ray,
+    pytest.mark.slow,
+]  # ~20 s data + fit, ~30 s Serve, ~40 s pages
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).is_file()), None)
+CHROMIUM = next(
+    (p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).is_file()), None
+)
 if CHROMIUM is None:
-    pytest.skip("no chromium binary (Debian: apt-get install -y chromium); the live page needs a browser",
-                allow_module_level=True)
+    pytest.skip(
+        "no chromium binary (Debian: apt-get install -y chromium); the live page needs a browser",
+        allow_module_level=True,
+    )
 
 TOKEN = "live-page-token"
 
@@ -56,8 +64,13 @@ def live_url(live_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     bundle = train_bundle(live_run, tmp_path_factory.mktemp("live_bundle") / "b0")
     init_ray(num_cpus=2)
-    cfg = ServeConfig.from_mapping({"app_name": "megdecode-live", "http": {"port": free_port(), "num_cpus": 0.1},
-                                    "decoder": {"model": str(bundle), "num_cpus": 0.2}})
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": "megdecode-live",
+            "http": {"port": free_port(), "num_cpus": 0.1},
+            "decoder": {"model": str(bundle), "num_cpus": 0.2},
+        }
+    )
     try:
         yield start(cfg, token=TOKEN, store=str(live_run / "store"))
     finally:
@@ -103,18 +116,30 @@ def dom(page: Any) -> dict[str, Any]:
     })""")
 
 
-def test_live_page_replays_a_twin_run_and_shows_decodes_thumbnails_and_latency(live_url: str, browser: Any) -> None:
+def test_live_page_replays_a_twin_run_and_shows_decodes_thumbnails_and_latency(
+    live_url: str, browser: Any
+) -> None:
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{live_url}/live?token={TOKEN}")
-    first = poll(lambda: dom(page), lambda d: d["decodes"] > 0 or d["state"] == "error", 90, "first decode")
+    first = poll(
+        lambda: dom(page), lambda d: d["decodes"] > 0 or d["state"] == "error", 90, "first decode"
+    )
     assert first["state"] != "error", first
     assert "token" not in first["url"]  # taken from the URL, then dropped from the address bar
     assert first["source"].startswith("Recording:") and "sub-BIGMEG1" in first["source"]
-    later = poll(lambda: dom(page), lambda d: d["decodes"] >= first["decodes"] + 40 and d["thumbs"] == 5
-                 and d["entries"] > 0 and int(d["hits"].split("/")[1]) > 0, 60,
-                 "decodes, thumbnails, histogram, a scored trial")
+    later = poll(
+        lambda: dom(page),
+        lambda d: (
+            d["decodes"] >= first["decodes"] + 40
+            and d["thumbs"] == 5
+            and d["entries"] > 0
+            and int(d["hits"].split("/")[1]) > 0
+        ),
+        60,
+        "decodes, thumbnails, histogram, a scored trial",
+    )
     assert later["trials"] >= 1 and later["trialThumbs"] >= 6, later  # seen image and its top-5
     assert not errors, errors
     page.close()
@@ -125,11 +150,16 @@ def test_without_the_token_the_page_and_its_socket_are_refused(live_url: str, br
 
     page = browser.new_page()
     page.goto(f"{live_url}/live")  # the page itself is public
+
     def b64(text: str) -> str:
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
     refused = poll(lambda: dom(page), lambda d: d["state"] == "error", 30, "the page's error")
-    assert "401" in refused["status"] and "unauthorized" in refused["status"] and refused["decodes"] == 0
+    assert (
+        "401" in refused["status"]
+        and "unauthorized" in refused["status"]
+        and refused["decodes"] == 0
+    )
     socket = """async (protocols) => await new Promise((done) => {
         const ws = new WebSocket(location.href.replace('http', 'ws').replace(/\\/live.*$/, '/v1/stream'), protocols);
         const seen = [];
@@ -140,17 +170,31 @@ def test_without_the_token_the_page_and_its_socket_are_refused(live_url: str, br
     })"""
     for protocols in (["megdecode"], ["megdecode", f"bearer.{b64('wrong')}"]):
         out = page.evaluate(socket, protocols)
-        assert out["code"] == 1008 and [m["error"] for m in out["seen"]] == ["unauthorized"], (protocols, out)
+        assert out["code"] == 1008 and [m["error"] for m in out["seen"]] == ["unauthorized"], (
+            protocols,
+            out,
+        )
     out = page.evaluate(socket, ["megdecode", f"bearer.{b64(TOKEN)}"])
     assert out["protocol"] == "megdecode" and out["seen"][0]["type"] == "ready", out
     page.close()
-    for path in ("/v1/live/recording", "/v1/live/recording/data?start=0&stop=10", "/v1/gallery/1.png"):
+    for path in (
+        "/v1/live/recording",
+        "/v1/live/recording/data?start=0&stop=10",
+        "/v1/gallery/1.png",
+    ):
         r = requests.get(live_url + path, timeout=30)
-        assert r.status_code == 401 and set(json.loads(r.text)) == {"error", "detail"}, (path, r.text)
+        assert r.status_code == 401 and set(json.loads(r.text)) == {"error", "detail"}, (
+            path,
+            r.text,
+        )
     auth = {"Authorization": f"Bearer {TOKEN}"}
     info = requests.get(f"{live_url}/v1/live/recording", headers=auth, timeout=30).json()
-    r = requests.get(f"{live_url}/v1/live/recording/data", headers=auth, timeout=30,
-                     params={"subject": info["subject"], "run": info["run"], "start": 0, "stop": 30})
+    r = requests.get(
+        f"{live_url}/v1/live/recording/data",
+        headers=auth,
+        timeout=30,
+        params={"subject": info["subject"], "run": info["run"], "start": 0, "stop": 30},
+    )
     assert r.status_code == 200 and r.headers["x-shape"] == f"{info['n_channels']},30"
     assert len(r.content) == 4 * info["n_channels"] * 30
     assert requests.get(f"{live_url}/live/live.js", timeout=30).status_code == 200

@@ -22,13 +22,20 @@ from megdecode.serve.app import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.serve, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_WITHIN_S = 240  # a cold start on a busy 2-core machine: Ray, Serve, three replicas, the model twice
+READY_WITHIN_S = (
+    240  # a cold start on a busy 2-core machine: Ray, Serve, three replicas, the model twice
+)
 STOP_WITHIN_S = 20
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "MEGDECODE_PROGRESS": "0",
-            "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MEGDECODE_PROGRESS": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +44,29 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("make_serve")
     (root / "space.yaml").write_text(TINY_SPACE)
     out = root / "demo"
-    done = subprocess.run([sys.executable, "-m", "megdecode.cli", "demo", "--out", str(out), "--size", "tiny",
-                           "--space", str(root / "space.yaml"), "--generator-seconds", "5", "--generator-steps", "3"],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megdecode.cli",
+            "demo",
+            "--out",
+            str(out),
+            "--size",
+            "tiny",
+            "--space",
+            str(root / "space.yaml"),
+            "--generator-seconds",
+            "5",
+            "--generator-steps",
+            "3",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (out / "generator" / "generator.json").is_file() and (out / "window.json").is_file()
     return out
@@ -77,17 +104,26 @@ class Descendants(threading.Thread):
 
     def alive(self) -> list[int]:
         table = _table()
-        return [pid for pid, start in self.seen.items()
-                if pid in table and table[pid][1] == start and table[pid][2] != "Z"]
+        return [
+            pid
+            for pid, start in self.seen.items()
+            if pid in table and table[pid][1] == start and table[pid][2] != "Z"
+        ]
 
 
 class Make:
     """`make serve ...` in its own process group (a terminal's job), its output collected."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(["make", "--no-print-directory", "serve", f"PY={sys.executable}", *args],
-                                     cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["make", "--no-print-directory", "serve", f"PY={sys.executable}", *args],
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         self.tree = Descendants(self.proc.pid)
@@ -105,8 +141,12 @@ class Make:
     def wait_for(self, text: str, within_s: float) -> None:
         deadline = time.monotonic() + within_s
         while text not in self.output:
-            assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.output[-4000:]}"
-            assert time.monotonic() < deadline, f"no {text!r} within {within_s} s:\n{self.output[-4000:]}"
+            assert self.proc.poll() is None, (
+                f"exited {self.proc.returncode}:\n{self.output[-4000:]}"
+            )
+            assert time.monotonic() < deadline, (
+                f"no {text!r} within {within_s} s:\n{self.output[-4000:]}"
+            )
             time.sleep(0.5)
 
     def serve_pid(self) -> int:
@@ -155,7 +195,9 @@ def _ready(url: str, within_s: float) -> float:
 
 
 # --- tests ------------------------------------------------------------------------------------
-def test_make_serve_after_make_demo_answers_and_ctrl_c_stops_it(demo_out: Path, make_serve: list[Make]) -> None:
+def test_make_serve_after_make_demo_answers_and_ctrl_c_stops_it(
+    demo_out: Path, make_serve: list[Make]
+) -> None:
     port = free_port()
     m = Make(f"DEMO_OUT={demo_out}", f"SERVE_PORT={port}")
     make_serve.append(m)
@@ -164,11 +206,18 @@ def test_make_serve_after_make_demo_answers_and_ctrl_c_stops_it(demo_out: Path, 
     m.wait_for("Ctrl-C stops", 120)  # every deployment runs, the generator included
     assert "Generator 1 x 0.8 CPU (derived)" in m.output and "2 of 2 CPU" in m.output, m.output
     body = (demo_out / "window.json").read_bytes()
-    decoded = requests.post(f"{url}/v1/decode", data=body, headers={"content-type": "application/json"}, timeout=60)
+    decoded = requests.post(
+        f"{url}/v1/decode", data=body, headers={"content-type": "application/json"}, timeout=60
+    )
     assert decoded.status_code == 200, decoded.text
     assert len(decoded.json()["top_k"]) == 5
-    png = requests.post(f"{url}/v1/reconstruct", data=body, params={"steps": 2},
-                        headers={"content-type": "application/json"}, timeout=120)
+    png = requests.post(
+        f"{url}/v1/reconstruct",
+        data=body,
+        params={"steps": 2},
+        headers={"content-type": "application/json"},
+        timeout=120,
+    )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png", png.text[:300]
     assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(m.tree.seen) > 3  # make, megdecode serve, Ray's GCS, raylet, workers...
@@ -181,7 +230,9 @@ def test_make_serve_after_make_demo_answers_and_ctrl_c_stops_it(demo_out: Path, 
     assert m.tree.alive() == [], m.tree.alive()
 
 
-def test_ctrl_c_on_the_terminal_and_sigterm_stop_serve_and_its_ray(demo_out: Path, make_serve: list[Make]) -> None:
+def test_ctrl_c_on_the_terminal_and_sigterm_stop_serve_and_its_ray(
+    demo_out: Path, make_serve: list[Make]
+) -> None:
     """A terminal's Ctrl-C reaches the whole process group (make, megdecode, Ray's daemons);
     SIGTERM (a service manager) reaches megdecode alone. Both leave nothing running."""
     for how in ("group SIGINT", "SIGTERM"):
@@ -197,26 +248,41 @@ def test_ctrl_c_on_the_terminal_and_sigterm_stop_serve_and_its_ray(demo_out: Pat
         code, seconds = m.finish(STOP_WITHIN_S)
         # make, interrupted itself, re-raises SIGINT once its child is done (-2); after SIGTERM to
         # megdecode alone, megdecode's own exit status is make's
-        assert code == (-signal.SIGINT if how == "group SIGINT" else 0), (how, code, m.output[-3000:])
+        assert code == (-signal.SIGINT if how == "group SIGINT" else 0), (
+            how,
+            code,
+            m.output[-3000:],
+        )
         assert "make: ***" not in m.output, m.output[-3000:]  # megdecode itself exited 0
         assert seconds < STOP_WITHIN_S, how
         assert "shutting down" in m.output and "stopping" in m.output, m.output[-3000:]
         assert m.tree.alive() == [], (how, m.tree.alive())
 
 
-def test_a_config_that_cannot_fit_fails_fast_naming_what_does_not_fit(demo_out: Path, tmp_path: Path,
-                                                                      make_serve: list[Make]) -> None:
+def test_a_config_that_cannot_fit_fails_fast_naming_what_does_not_fit(
+    demo_out: Path, tmp_path: Path, make_serve: list[Make]
+) -> None:
     config = (ROOT / "serve_apps" / "config.yaml").read_text()
-    assert "num_cpus: null             # null: derived from the cluster (1 CPU per replica" in config
-    big = config.replace("num_cpus: null             # null: derived from the cluster (1 CPU per replica",
-                         "num_cpus: 8  #", 1)
+    assert (
+        "num_cpus: null             # null: derived from the cluster (1 CPU per replica" in config
+    )
+    big = config.replace(
+        "num_cpus: null             # null: derived from the cluster (1 CPU per replica",
+        "num_cpus: 8  #",
+        1,
+    )
     (tmp_path / "big.yaml").write_text(big)
-    m = Make(f"DEMO_OUT={demo_out}", f"SERVE_PORT={free_port()}", f"SERVE_ARGS=--config {tmp_path / 'big.yaml'}")
+    m = Make(
+        f"DEMO_OUT={demo_out}",
+        f"SERVE_PORT={free_port()}",
+        f"SERVE_ARGS=--config {tmp_path / 'big.yaml'}",
+    )
     make_serve.append(m)
     code, seconds = m.finish(90)
     assert code != 0
     assert seconds < 90
-    assert "BrainDecoder asks 8 CPU per replica (decoder.num_cpus); the cluster has 2" in m.output, m.output[-3000:]
+    assert (
+        "BrainDecoder asks 8 CPU per replica (decoder.num_cpus); the cluster has 2" in m.output
+    ), m.output[-3000:]
     assert "Traceback" not in m.output
     assert m.tree.alive() == [], m.tree.alive()
-

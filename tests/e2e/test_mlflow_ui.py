@@ -31,7 +31,9 @@ from megdecode.tracking import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlflow]
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).is_file()), None)
+CHROMIUM = next(
+    (p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).is_file()), None
+)
 if CHROMIUM is None:
     pytest.skip("no chromium binary (Debian: apt-get install -y chromium)", allow_module_level=True)
 
@@ -46,9 +48,25 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, int
     tracker.finish(run_id, {"val/top5_mean": 0.5}, "FINISHED")
     port = free_port()
     env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, start_new_session=True, cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        start_new_session=True,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -70,7 +88,9 @@ def test_the_printed_link_opens_the_runs_table(ui: tuple[str, str, int]) -> None
     from playwright.sync_api import sync_playwright
 
     uri, experiment_id, port = ui
-    assert MlflowClient(uri).get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert (
+        MlflowClient(uri).get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    )
     hint = browse_hint(uri, experiment_id, port)
     assert hint.startswith(f"mlflow ui --backend-store-uri {uri} --port {port}, then ")
     link = hint.rsplit(" ", 1)[-1]
@@ -79,7 +99,9 @@ def test_the_printed_link_opens_the_runs_table(ui: tuple[str, str, int]) -> None
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 800})
             page.goto(link)
-            page.wait_for_selector("text=trial-t_00001", timeout=90_000)  # the runs table, our trial's run
+            page.wait_for_selector(
+                "text=trial-t_00001", timeout=90_000
+            )  # the runs table, our trial's run
             assert "/runs" in page.url and "overview" not in page.url
             assert "workflowType=machine_learning" in page.url
         finally:

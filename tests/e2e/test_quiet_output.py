@@ -38,12 +38,30 @@ FLOOD = ("== Status ==", "Total Progress", "Execution plan", "(run_trial pid=", 
 
 
 def _tune(run: Path, tmp_path: Path, name: str, *flags: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"MEGDECODE_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
-                        "MEGDECODE_LOG_FILE": str(tmp_path / f"{name}.log")}
+    env = os.environ | {
+        "MEGDECODE_PROGRESS": "0",
+        "HF_HUB_OFFLINE": "1",
+        "MEGDECODE_LOG_FILE": str(tmp_path / f"{name}.log"),
+    }
     env.pop("MEGDECODE_VERBOSE", None)
-    cmd = [sys.executable, "-m", "megdecode.cli", *flags, "tune", "--space", str(tmp_path / "space.yaml"),
-           "--data", str(run), "--out", str(tmp_path / name), "--experiment", name, "--no-register",
-           "--tracking-uri", f"sqlite:///{tmp_path / name}.db"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "megdecode.cli",
+        *flags,
+        "tune",
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--data",
+        str(run),
+        "--out",
+        str(tmp_path / name),
+        "--experiment",
+        name,
+        "--no-register",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / name}.db",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -63,12 +81,17 @@ def test_quiet_by_default_and_everything_with_v(run: Path, tmp_path: Path) -> No
     assert not [f for f in FLOOD if f in shown], shown
     lines = shown.splitlines()
     assert len(lines) < 40, shown
-    assert len(re.findall(r"trials [12]/2: trial_000[12]_\w+ (finished|stopped) at epoch \d", shown)) == 2, shown
+    assert (
+        len(re.findall(r"trials [12]/2: trial_000[12]_\w+ (finished|stopped) at epoch \d", shown))
+        == 2
+    ), shown
     assert "rank" in shown and "chance" in shown  # the summary table
     log = tmp_path / "quiet.log"
     assert sum(str(log) in line for line in lines) == 1, shown  # the path, printed once
     kept = log.read_text()
-    assert "Execution plan" in kept or "Total Progress" in kept or "Starting execution" in kept, kept[-2000:]
+    assert "Execution plan" in kept or "Total Progress" in kept or "Starting execution" in kept, (
+        kept[-2000:]
+    )
 
     loud = _tune(run, tmp_path, "loud", "-v")
     assert loud.returncode == 0, loud.stdout + loud.stderr

@@ -10,7 +10,9 @@ from megdecode.data import store as epoch_store
 from megdecode.data.build import build_epoch_store
 
 
-def test_rerun_reuses_valid_runs_and_rebuilds_corrupt_or_partial_ones(tiny_run: Path, tmp_path: Path) -> None:
+def test_rerun_reuses_valid_runs_and_rebuilds_corrupt_or_partial_ones(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     bids_root, cache = tiny_run / "bids", tmp_path / "cache"
     first = build_epoch_store(bids_root, tmp_path / "a", cache_dir=cache)
     assert first.n_runs_reused == 0
@@ -38,8 +40,9 @@ def test_a_changed_config_does_not_reuse_the_cache(tiny_run: Path, tmp_path: Pat
 
     cache = tmp_path / "cache"
     build_epoch_store(tiny_run / "bids", tmp_path / "a", cache_dir=cache)
-    other = build_epoch_store(tiny_run / "bids", tmp_path / "b", cache_dir=cache,
-                              preprocess=PreprocessConfig(h_freq=30.0))
+    other = build_epoch_store(
+        tiny_run / "bids", tmp_path / "b", cache_dir=cache, preprocess=PreprocessConfig(h_freq=30.0)
+    )
     assert other.n_runs_reused == 0
 
 

@@ -35,8 +35,17 @@ def _serial_reference(root: Path, cache: Path, out: Path) -> epoch_store.Manifes
         order = meta.sort_values(["session", "run", "trial_index"], kind="stable").index.to_numpy()
         data = np.concatenate([b.data for b in blocks])[order]
         first = blocks[0]
-        stacked.append(EpochBlock(data, meta.loc[order].reset_index(drop=True), first.ch_names, first.sfreq,
-                                  first.tmin, first.pos2d, first.pos3d))
+        stacked.append(
+            EpochBlock(
+                data,
+                meta.loc[order].reset_index(drop=True),
+                first.ch_names,
+                first.sfreq,
+                first.tmin,
+                first.pos2d,
+                first.pos3d,
+            )
+        )
     metadata = assign_splits(pd.concat([b.metadata for b in stacked], ignore_index=True), split)
     lo, scaled, scalers = 0, [], {}
     for block in stacked:
@@ -47,14 +56,18 @@ def _serial_reference(root: Path, cache: Path, out: Path) -> epoch_store.Manifes
         first = next(k for k in keys if str(k.subject) == subject)
         scalers[subject] = scaler.to_dict() | {"raw_sfreq": raw_sfreq(root, first)}
         scaled.append(out_block)
-    return epoch_store.write_store(out, scaled, preprocess_config=cfg, split_config=split, scalers=scalers)
+    return epoch_store.write_store(
+        out, scaled, preprocess_config=cfg, split_config=split, scalers=scalers
+    )
 
 
 def _same_store(a: epoch_store.Manifest, b: epoch_store.Manifest) -> None:
     assert a.files == b.files  # paths, rows and sha256 of every shard: the same bytes
     skip = {"created_at"}
     da, db = json.loads(a.to_json()), json.loads(b.to_json())
-    assert {k: v for k, v in da.items() if k not in skip} == {k: v for k, v in db.items() if k not in skip}
+    assert {k: v for k, v in da.items() if k not in skip} == {
+        k: v for k, v in db.items() if k not in skip
+    }
 
 
 def test_local_build_writes_the_serial_reference_bytes(tiny_run: Path, tmp_path: Path) -> None:
@@ -108,26 +121,40 @@ def test_a_run_corrupted_between_the_passes_fails_and_keeps_the_old_store(
 
 
 @pytest.mark.ray
-def test_ray_build_equals_local_build(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_build_equals_local_build(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ray
 
     from megdecode.raycluster import init_ray
 
-    local = build_epoch_store(tiny_run / "bids", tmp_path / "local", cache_dir=tmp_path / "cache_local")
+    local = build_epoch_store(
+        tiny_run / "bids", tmp_path / "local", cache_dir=tmp_path / "cache_local"
+    )
     init_ray(num_cpus=2)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        remote = build_epoch_store(tiny_run / "bids", tmp_path / "ray", use_ray=True, cache_dir=tmp_path / "cache_ray")
-        rerun = build_epoch_store(tiny_run / "bids", tmp_path / "ray", use_ray=True, cache_dir=tmp_path / "cache_ray")
+        remote = build_epoch_store(
+            tiny_run / "bids", tmp_path / "ray", use_ray=True, cache_dir=tmp_path / "cache_ray"
+        )
+        rerun = build_epoch_store(
+            tiny_run / "bids", tmp_path / "ray", use_ray=True, cache_dir=tmp_path / "cache_ray"
+        )
         _corrupt_between_passes(monkeypatch)
         with pytest.raises(RuntimeError, match="vanished or was corrupted"):
-            build_epoch_store(tiny_run / "bids", tmp_path / "ray", use_ray=True, cache_dir=tmp_path / "cache_ray")
+            build_epoch_store(
+                tiny_run / "bids", tmp_path / "ray", use_ray=True, cache_dir=tmp_path / "cache_ray"
+            )
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ray.")]
     finally:
         ray.shutdown()
     assert remote.n_epochs == local.n_epochs and remote.split_counts == local.split_counts
     assert rerun.n_runs_reused == rerun.n_runs
-    _same_store(epoch_store.verify_store(tmp_path / "ray"), epoch_store.verify_store(tmp_path / "local"))
+    _same_store(
+        epoch_store.verify_store(tmp_path / "ray"), epoch_store.verify_store(tmp_path / "local")
+    )
     X_ray, meta_ray = epoch_store.load_epochs(tmp_path / "ray")
     X_local, meta_local = epoch_store.load_epochs(tmp_path / "local")
-    assert np.array_equal(X_ray.view(np.uint32), X_local.view(np.uint32)) and meta_ray.equals(meta_local)
+    assert np.array_equal(X_ray.view(np.uint32), X_local.view(np.uint32)) and meta_ray.equals(
+        meta_local
+    )

@@ -27,7 +27,9 @@ from megdecode.train import FitConfig, TrainConfig, fit
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16)
+SMALL = BrainConfig(
+    hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,12 @@ def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = FitConfig(store=str(tiny_run / "store"), latents_dir=str(tiny_run / "latents"), model=SMALL,
-                        train=TrainConfig(max_epochs=1, batch_size=32, tmin=0.0, tmax=0.5))
+        cfg = FitConfig(
+            store=str(tiny_run / "store"),
+            latents_dir=str(tiny_run / "latents"),
+            model=SMALL,
+            train=TrainConfig(max_epochs=1, batch_size=32, tmin=0.0, tmax=0.5),
+        )
         out = tmp_path_factory.mktemp("bundle") / "b"
         fit(cfg, out_dir=out)
     finally:
@@ -62,9 +68,13 @@ def _run_cli(args: list[str]) -> None:
 
 # the sub-command from a bundle folder; the job (the same command) from the registry
 @pytest.mark.parametrize("from_registry", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_generate_evaluation_writes_table_grid_and_mlflow_run(tiny_run: Path, bundle: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              from_registry: bool) -> None:
+def test_generate_evaluation_writes_table_grid_and_mlflow_run(
+    tiny_run: Path,
+    bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    from_registry: bool,
+) -> None:
     from mlflow import MlflowClient
 
     from megdecode.bundle import load_bundle
@@ -83,8 +93,25 @@ def test_generate_evaluation_writes_table_grid_and_mlflow_run(tiny_run: Path, bu
         source = "models:/tiny-brain@champion"
 
     out = tmp_path / "eval"
-    args = ["--generate", "--bundle", source, "--generator", str(gen), "--bids", str(tiny_run / "bids"),
-            "--out", str(out), "--tracking-uri", uri, "--max-images", "4", "--steps", "2", "--num-cpus", "2"]
+    args = [
+        "--generate",
+        "--bundle",
+        source,
+        "--generator",
+        str(gen),
+        "--bids",
+        str(tiny_run / "bids"),
+        "--out",
+        str(out),
+        "--tracking-uri",
+        uri,
+        "--max-images",
+        "4",
+        "--steps",
+        "2",
+        "--num-cpus",
+        "2",
+    ]
     _run_job(args, monkeypatch) if from_registry else _run_cli(args)
 
     table = pd.read_csv(out / "metrics.csv")
@@ -93,19 +120,30 @@ def test_generate_evaluation_writes_table_grid_and_mlflow_run(tiny_run: Path, bu
     assert table.loc[table.kind == "oracle", "n"].item() == 4
     assert table.loc[table.kind == "single", "n"].item() >= 4  # one row per trial
     assert table[["pixcorr", "ssim"]].abs().le(1.0).all().all()
-    assert table.loc[table.kind == "oracle", "latent_r"].item() == pytest.approx(1.0)  # the truth vs itself
+    assert table.loc[table.kind == "oracle", "latent_r"].item() == pytest.approx(
+        1.0
+    )  # the truth vs itself
     stats = load_bundle(bundle).prediction_stats
-    assert stats is not None  # by default the decoded rows are scaled as /v1/reconstruct scales a window
+    assert (
+        stats is not None
+    )  # by default the decoded rows are scaled as /v1/reconstruct scales a window
     used = f"bundle (val, n={stats.n})"
-    assert table.set_index("kind")["pred_stats"].to_dict() == {"single": used, "averaged": used,
-                                                               "oracle": "not decoded", "random": "not decoded"}
+    assert table.set_index("kind")["pred_stats"].to_dict() == {
+        "single": used,
+        "averaged": used,
+        "oracle": "not decoded",
+        "random": "not decoded",
+    }
     fidelity = pd.read_csv(out / "latent_fidelity.csv")
     # every drawn kind, plus the large test set's single trials (scored, not drawn)
-    assert fidelity.groupby("kind").size().to_dict() == dict.fromkeys([*table["kind"], LARGE_KIND],
-                                                                        fidelity.dimension.nunique())
+    assert fidelity.groupby("kind").size().to_dict() == dict.fromkeys(
+        [*table["kind"], LARGE_KIND], fidelity.dimension.nunique()
+    )
     assert Image.open(out / "latent_fidelity.png").width > 0
     grid = Image.open(out / "grid.png")
-    assert grid.width >= 5 * 96 and grid.height >= 3 * 96  # seen + 4 reconstructions; best/middle/worst
+    assert (
+        grid.width >= 5 * 96 and grid.height >= 3 * 96
+    )  # seen + 4 reconstructions; best/middle/worst
     recon = np.load(out / "reconstructions.npz")
     assert recon["oracle"].shape == (4, 16, 16, 3)
 
@@ -115,23 +153,32 @@ def test_generate_evaluation_writes_table_grid_and_mlflow_run(tiny_run: Path, bu
     logged = runs[0].data.metrics
     assert runs[0].data.params["gen_eval.pred_stats"] == "bundle"
     assert runs[0].data.tags["megdecode.gen_eval.pred_stats"] == used
-    assert logged["gen/oracle/ssim"] == pytest.approx(table.loc[table.kind == "oracle", "ssim"].item())
-    assert logged["gen/test_large/latent_r"] == pytest.approx(fidelity.loc[fidelity.kind == LARGE_KIND, "r"].mean())
+    assert logged["gen/oracle/ssim"] == pytest.approx(
+        table.loc[table.kind == "oracle", "ssim"].item()
+    )
+    assert logged["gen/test_large/latent_r"] == pytest.approx(
+        fidelity.loc[fidelity.kind == LARGE_KIND, "r"].mean()
+    )
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "figures")}
     assert {"figures/grid.png", "figures/latent_fidelity.png"} <= artifacts
-    assert "tables/generate_metrics.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "tables")}
+    assert "tables/generate_metrics.csv" in {
+        a.path for a in client.list_artifacts(runs[0].info.run_id, "tables")
+    }
 
 
-def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Path, bundle: Path,
-                                                                   tmp_path: Path) -> None:
-    """"bundle": the decoded trials are scaled exactly as the served path scales one window;
+def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(
+    tiny_run: Path, bundle: Path, tmp_path: Path
+) -> None:
+    """ "bundle": the decoded trials are scaled exactly as the served path scales one window;
     "set": z-scored over the set, so they take the training latents' mean/std."""
     from megdecode.bundle import load_bundle
     from megdecode.generate.evaluation import GenEvalConfig, decode_test_set, predict_split
     from megdecode.generate.postprocess import bundle_latents
     from megdecode.predict import load_model
 
-    cfg = GenEvalConfig(bundle=str(bundle), bids_root=str(tiny_run / "bids"), out=str(tmp_path), max_images=4)
+    cfg = GenEvalConfig(
+        bundle=str(bundle), bids_root=str(tiny_run / "bids"), out=str(tmp_path), max_images=4
+    )
     b = load_bundle(bundle)
     served = decode_test_set(cfg, b)
     own = decode_test_set(cfg.replace(pred_stats="set"), b)
@@ -145,11 +192,15 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Pat
     state = load_served_model(str(bundle))
     X, meta = epoch_store.load_epochs(tiny_run / "store", splits=["test"], tmin=b.tmin, tmax=b.tmax)
     first = meta["image_id"].isin(served.image_ids["oracle"]).to_numpy().nonzero()[0][:3]
-    online = np.concatenate([window_latents(state, X[i], str(meta["subject"][i]))[b.latent_name] for i in first])
+    online = np.concatenate(
+        [window_latents(state, X[i], str(meta["subject"][i]))[b.latent_name] for i in first]
+    )
     np.testing.assert_array_equal(served.latents["single"][:3], online)
     model, _ = load_model(bundle)
     mse, _ = predict_split(cfg, model, b, str(tiny_run / "store"), "test")
-    np.testing.assert_allclose(served.latents["single"], bundle_latents(b, mse), rtol=1e-3, atol=1e-3)  # batched: rounding
+    np.testing.assert_allclose(
+        served.latents["single"], bundle_latents(b, mse), rtol=1e-3, atol=1e-3
+    )  # batched: rounding
     np.testing.assert_allclose(own.latents["single"].mean(0), b.latent_mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(own.latents["single"].std(0), b.latent_std, rtol=1e-3, atol=1e-4)
     assert not np.allclose(own.latents["single"], served.latents["single"], atol=1e-3)
@@ -161,22 +212,34 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(tiny_run: Pat
     old = save_bundle(b, tmp_path / "old")
     with pytest.raises(ValueError, match="stores no prediction statistics.*--pred-stats set"):
         decode_test_set(cfg.replace(bundle=str(old)), load_bundle(old))
-    assert decode_test_set(cfg.replace(bundle=str(old), pred_stats="set"), load_bundle(old)).pred_stats == "set"
+    assert (
+        decode_test_set(cfg.replace(bundle=str(old), pred_stats="set"), load_bundle(old)).pred_stats
+        == "set"
+    )
 
 
-def test_generator_must_match_the_bundle_latent(tiny_run: Path, bundle: Path, tmp_path: Path) -> None:
+def test_generator_must_match_the_bundle_latent(
+    tiny_run: Path, bundle: Path, tmp_path: Path
+) -> None:
     from megdecode.generate.evaluation import GenEvalConfig, evaluate_generation
 
     gen = build_tiny_generator(tmp_path / "gen", {"clip-vision": 8})
-    cfg = GenEvalConfig(bundle=str(bundle), generator=str(gen), bids_root=str(tiny_run / "bids"),
-                        out=str(tmp_path / "o"), max_images=2)
+    cfg = GenEvalConfig(
+        bundle=str(bundle),
+        generator=str(gen),
+        bids_root=str(tiny_run / "bids"),
+        out=str(tmp_path / "o"),
+        max_images=2,
+    )
     with pytest.raises(ValueError, match="conditioned on \\['clip-vision'\\]"):
         evaluate_generation(cfg, bundle)
     with pytest.raises(FileNotFoundError, match="no weights at"):
         evaluate_generation(cfg.replace(generator=str(tmp_path / "none")), bundle)
 
 
-def test_multi_target_bundle_feeds_the_generator_its_own_latents(tiny_run: Path, tmp_path: Path) -> None:
+def test_multi_target_bundle_feeds_the_generator_its_own_latents(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     """A bundle decoding handcrafted+twin-lowlevel drives a generator conditioned on
     twin-lowlevel only: the evaluation splits the decoded target and passes the part the
     generator needs; only the requested kinds are generated."""
@@ -193,14 +256,26 @@ def test_multi_target_bundle_feeds_the_generator_its_own_latents(tiny_run: Path,
     shutil.copy(tiny_run / "latents" / "handcrafted.parquet", latents)
     write_twin_latents(tiny_run / "bids", latents)
     torch.set_num_threads(1)
-    cfg = FitConfig(store=str(tiny_run / "store"), latents_dir=str(latents), model=SMALL,
-                    train=TrainConfig(max_epochs=1, batch_size=32, tmin=0.0, tmax=0.5,
-                                      latent="handcrafted+twin-lowlevel"))
+    cfg = FitConfig(
+        store=str(tiny_run / "store"),
+        latents_dir=str(latents),
+        model=SMALL,
+        train=TrainConfig(
+            max_epochs=1, batch_size=32, tmin=0.0, tmax=0.5, latent="handcrafted+twin-lowlevel"
+        ),
+    )
     bundle = fit(cfg, out_dir=tmp_path / "multi").bundle_path
     assert bundle is not None
     gen = build_tiny_generator(tmp_path / "gen", {"twin-lowlevel": 11}, size=16)
-    ecfg = GenEvalConfig(bundle=str(bundle), generator=str(gen), bids_root=str(tiny_run / "bids"),
-                         out=str(tmp_path / "o"), max_images=3, kinds=("averaged", "oracle"), actors=1)
+    ecfg = GenEvalConfig(
+        bundle=str(bundle),
+        generator=str(gen),
+        bids_root=str(tiny_run / "bids"),
+        out=str(tmp_path / "o"),
+        max_images=3,
+        kinds=("averaged", "oracle"),
+        actors=1,
+    )
     ecfg = ecfg.replace(generate=ecfg.generate.replace(steps=2))
     init_ray(num_cpus=2)
     try:

@@ -25,8 +25,14 @@ def test_actor_pool_matches_local_encoding(tiny_run: Path, tmp_path: Path) -> No
     init_ray(num_cpus=2)
     try:
         encode_fn = ray_encode_fn(encoder_factory("handcrafted"), actors=2)
-        report = build_latents(tiny_run / "store", tiny_run / "bids", tmp_path, make_encoder("handcrafted"),
-                               batch_size=8, encode_fn=encode_fn)
+        report = build_latents(
+            tiny_run / "store",
+            tiny_run / "bids",
+            tmp_path,
+            make_encoder("handcrafted"),
+            batch_size=8,
+            encode_fn=encode_fn,
+        )
         ids, latents = load_latents(report.path)
         local_ids, local = load_latents(tiny_run / "latents" / "handcrafted.parquet")
         assert np.array_equal(ids, local_ids)
@@ -35,8 +41,13 @@ def test_actor_pool_matches_local_encoding(tiny_run: Path, tmp_path: Path) -> No
         def must_not_run(paths, batch_size):
             raise AssertionError("everything is cached; nothing should be encoded")
 
-        build_latents(tiny_run / "store", tiny_run / "bids", tmp_path, make_encoder("handcrafted"),
-                      encode_fn=must_not_run)
+        build_latents(
+            tiny_run / "store",
+            tiny_run / "bids",
+            tmp_path,
+            make_encoder("handcrafted"),
+            encode_fn=must_not_run,
+        )
 
         class Scale:  # the first batch finishes last, so Ray yields the batches out of order
             def __init__(self, factor: int) -> None:

@@ -81,7 +81,9 @@ def test_ray_reads_bit_identical_tensors(ray_local: None, store: Path) -> None:
 
 
 def test_ray_filters_and_window(ray_local: None, store: Path) -> None:
-    ds = epoch_store.read_ray_dataset(store, subjects=["BIGMEG2"], splits=["test"], tmin=0.0, tmax=0.03)
+    ds = epoch_store.read_ray_dataset(
+        store, subjects=["BIGMEG2"], splits=["test"], tmin=0.0, tmax=0.03
+    )
     X, meta = _collect(ds)
     X_ref, meta_ref = epoch_store.load_epochs(
         store, subjects=["BIGMEG2"], splits=["test"], tmin=0.0, tmax=0.03

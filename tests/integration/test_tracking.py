@@ -44,8 +44,13 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory):
     """A tracking store in tmp, with MLflow's env pointing there for the whole module."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = default_tracking_uri(root)
-    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TMPDIR": str(root / "tmp")}
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTRY_URI": uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "TMPDIR": str(root / "tmp"),
+    }
     (root / "tmp").mkdir()
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
@@ -68,20 +73,44 @@ def _fake_store(path: Path) -> Path:
 
 def _bundle(path: Path) -> Path:
     """A tiny valid bundle, as in tests/unit/test_bundle.py."""
-    cfg = BrainConfig(n_channels=C, n_times=T, n_subjects=2, out_dim=F, hidden_channels=8,
-                      merger_channels=8, fourier_freqs=2, depth=1, projection_hidden=8)
+    cfg = BrainConfig(
+        n_channels=C,
+        n_times=T,
+        n_subjects=2,
+        out_dim=F,
+        hidden_channels=8,
+        merger_channels=8,
+        fourier_freqs=2,
+        depth=1,
+        projection_hidden=8,
+    )
     torch.manual_seed(0)
     pos = np.random.default_rng(0).uniform(0, 1, (C, 2)).astype(np.float32)
     rng = np.random.default_rng(1)
-    return save_bundle(ModelBundle(
-        model_config=cfg.to_flat_dict(), state_dict=BrainModule(cfg, pos).state_dict(),
-        loss=LossState(2.5, learned=True), tmin=0.0, tmax=0.1, sfreq=120.0, n_times=T,
-        ch_names=[f"M{i}" for i in range(C)], pos2d=pos, subjects=["BIGMEG1", "BIGMEG2"],
-        latent_name="handcrafted", latent_parts=[LatentPart("handcrafted", F)],
-        latent_mean=rng.normal(size=F).astype(np.float32), latent_std=np.ones(F, np.float32),
-        gallery=rng.normal(size=(4, F)).astype(np.float32), gallery_ids=np.arange(4, dtype=np.int64),
-        gallery_meta=GalleryMeta.blank(4), fit_config=FitRecord({}), metrics={"test/top5": 0.5},
-    ), path)
+    return save_bundle(
+        ModelBundle(
+            model_config=cfg.to_flat_dict(),
+            state_dict=BrainModule(cfg, pos).state_dict(),
+            loss=LossState(2.5, learned=True),
+            tmin=0.0,
+            tmax=0.1,
+            sfreq=120.0,
+            n_times=T,
+            ch_names=[f"M{i}" for i in range(C)],
+            pos2d=pos,
+            subjects=["BIGMEG1", "BIGMEG2"],
+            latent_name="handcrafted",
+            latent_parts=[LatentPart("handcrafted", F)],
+            latent_mean=rng.normal(size=F).astype(np.float32),
+            latent_std=np.ones(F, np.float32),
+            gallery=rng.normal(size=(4, F)).astype(np.float32),
+            gallery_ids=np.arange(4, dtype=np.int64),
+            gallery_meta=GalleryMeta.blank(4),
+            fit_config=FitRecord({}),
+            metrics={"test/top5": 0.5},
+        ),
+        path,
+    )
 
 
 def test_uris_and_checksums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,8 +136,16 @@ def test_trial_with_two_seed_runs(tracker: Tracker, tmp_path: Path) -> None:
     for epoch in range(3):
         tracker.log_epoch(parent, epoch, {"val/top5": 0.1 * epoch, "val/clip_loss": 3.0 - epoch})
     history = [{"val/top5": 0.1, "train/loss": 2.0}, {"val/top5": 0.3, "train/loss": 1.5}]
-    children = [tracker.seed_run(parent, seed, params | {"train.seed": seed},
-                                 {"val/top5": 0.3, "test/top5": 0.2 + seed}, history) for seed in (0, 1)]
+    children = [
+        tracker.seed_run(
+            parent,
+            seed,
+            params | {"train.seed": seed},
+            {"val/top5": 0.3, "test/top5": 0.2 + seed},
+            history,
+        )
+        for seed in (0, 1)
+    ]
     tracker.finish(parent, {"val/top5": 0.35, "test/top5_std": 0.5})
 
     run = tracker.client.get_run(parent)
@@ -138,7 +175,9 @@ def test_trial_with_two_seed_runs(tracker: Tracker, tmp_path: Path) -> None:
     again = Tracker(tracker.tracking_uri, "search-test")
     assert again.trial_run("t_00001", params) == parent
     assert tracker.client.get_run(parent).info.status == "RUNNING"
-    trials = tracker.client.search_runs([tracker.experiment_id], "tags.`megdecode.trial_id` = 't_00001'")
+    trials = tracker.client.search_runs(
+        [tracker.experiment_id], "tags.`megdecode.trial_id` = 't_00001'"
+    )
     assert len(trials) == 3  # the parent and its two seeds
 
 
@@ -157,7 +196,9 @@ def test_artifacts_and_tables(tracker: Tracker, tmp_path: Path) -> None:
     tracker.log_table(run_id, pd.DataFrame({"a": [1, 2]}), "retrieval.json")
     (tmp_path / "fig.txt").write_text("curve")
     tracker.log_artifacts(run_id, tmp_path / "fig.txt", "figures")
-    listed = {f.path for d in ("tables", "figures") for f in tracker.client.list_artifacts(run_id, d)}
+    listed = {
+        f.path for d in ("tables", "figures") for f in tracker.client.list_artifacts(run_id, d)
+    }
     assert listed == {"tables/windows.csv", "tables/retrieval.json", "figures/fig.txt"}
     local = tracker.client.download_artifacts(run_id, "tables/windows.csv", str(tmp_path / "dl"))
     assert pd.read_csv(local)["top5"].tolist() == [0.4]
@@ -171,12 +212,16 @@ def test_register_and_resolve_alias(tracker: Tracker, tmp_path: Path) -> None:
     tracker.log_artifacts(run_id, bundle_dir, "bundle")
     version = tracker.register_bundle(run_id, bundle_dir, name="megdecode-brain", alias="champion")
 
-    path, info = resolve_bundle("models:/megdecode-brain@champion", tracker.tracking_uri, tmp_path / "resolved")
+    path, info = resolve_bundle(
+        "models:/megdecode-brain@champion", tracker.tracking_uri, tmp_path / "resolved"
+    )
     model, bundle = load_model(path)
     assert bundle.subjects == ["BIGMEG1", "BIGMEG2"] and model.cfg.n_channels == C
     assert path.is_relative_to(tmp_path / "resolved")
     assert info == RegistryInfo("megdecode-brain", version, run_id, "champion")
-    assert bundle.loss == LossState(2.5, learned=True)  # the loss state travels through the registry
+    assert bundle.loss == LossState(
+        2.5, learned=True
+    )  # the loss state travels through the registry
 
     info = get_model_info(f"models:/megdecode-brain/{version}")
     inputs = {s.name: s for s in info.signature.inputs.inputs}
@@ -199,7 +244,9 @@ def test_register_and_resolve_alias(tracker: Tracker, tmp_path: Path) -> None:
         resolve_bundle(f"runs:/{empty}", tracker.tracking_uri, tmp_path / "none")
 
 
-def test_one_resolver_for_folders_versions_runs_and_aliases(tracker: Tracker, tmp_path: Path) -> None:
+def test_one_resolver_for_folders_versions_runs_and_aliases(
+    tracker: Tracker, tmp_path: Path
+) -> None:
     """`resolve_bundle` turns every kind of model reference into a bundle folder, and names
     what the registry holds when a reference points at nothing."""
     bundle_dir = _bundle(tmp_path / "bundle")
@@ -216,7 +263,9 @@ def test_one_resolver_for_folders_versions_runs_and_aliases(tracker: Tracker, tm
     for path in (pinned, from_run):
         assert load_bundle(path).gallery_ids.tolist() == [0, 1, 2, 3]
 
-    with pytest.raises(FileNotFoundError, match=r"alias nope not found.*'resolve-test': \{'candidate': "):
+    with pytest.raises(
+        FileNotFoundError, match=r"alias nope not found.*'resolve-test': \{'candidate': "
+    ):
         resolve_bundle("models:/resolve-test@nope", uri)
     with pytest.raises(FileNotFoundError, match="name=no-such-model not found"):
         resolve_bundle("models:/no-such-model@champion", uri)
@@ -232,22 +281,29 @@ def test_one_resolver_for_folders_versions_runs_and_aliases(tracker: Tracker, tm
         resolve_bundle(str(tmp_path / "nothing"), uri)
 
 
-def test_register_cli_promotes_a_run_with_a_bundle(tracker: Tracker, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_register_cli_promotes_a_run_with_a_bundle(
+    tracker: Tracker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """jobs/register.py, run in-process (a subprocess would pay the imports again)."""
     run_id = tracker.trial_run("t_00006", {})
     tracker.log_artifacts(run_id, _bundle(tmp_path / "b"), "seed0/bundle")
     monkeypatch.syspath_prepend(str(REPO / "jobs"))
     main = runpy.run_path(str(REPO / "jobs" / "register.py"), run_name="register")["main"]
-    assert main(["--tracking-uri", tracker.tracking_uri, "--run-id", run_id, "--alias", "staging"]) == 0
+    assert (
+        main(["--tracking-uri", tracker.tracking_uri, "--run-id", run_id, "--alias", "staging"])
+        == 0
+    )
     version = tracker.client.get_model_version_by_alias("megdecode-brain", "staging").version
     assert f"megdecode-brain version {version} -> @staging" in capsys.readouterr().out
     assert tracker.client.get_model_version("megdecode-brain", str(version)).run_id == run_id
-    staged, _ = resolve_bundle("models:/megdecode-brain@staging", tracker.tracking_uri, tmp_path / "staged")
+    staged, _ = resolve_bundle(
+        "models:/megdecode-brain@staging", tracker.tracking_uri, tmp_path / "staged"
+    )
     assert load_bundle(staged).latent_name == "handcrafted"
     assert main(["--run-id", run_id]) == 2  # --tracking-uri is required: a usage error
-
 
 
 def test_experiments_open_on_the_runs_table(tracker: Tracker) -> None:
@@ -267,7 +323,12 @@ def test_experiments_open_on_the_runs_table(tracker: Tracker) -> None:
 def test_browse_hint_links_to_the_model_training_runs_table() -> None:
     from megdecode.tracking import browse_hint
 
-    assert browse_hint("http://mlflow:5000/", "7") == "http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert (
+        browse_hint("http://mlflow:5000/", "7")
+        == "http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )
     hint = browse_hint("sqlite:////r/mlflow.db", "3", port=5001)
-    assert hint == ("mlflow ui --backend-store-uri sqlite:////r/mlflow.db --port 5001, then "
-                    "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning")
+    assert hint == (
+        "mlflow ui --backend-store-uri sqlite:////r/mlflow.db --port 5001, then "
+        "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning"
+    )

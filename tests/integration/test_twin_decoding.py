@@ -34,9 +34,19 @@ TOLERANCE_S = 0.05
 def twin_config(seed: int = 0, **changes: float) -> TwinConfig:
     """One subject, 2 sessions x 2 runs, 64 categories (16 tested), SNR 3: ~300 trials."""
     return TwinConfig.preset("tiny", seed=seed).replace(
-        n_subjects=1, n_sessions=2, n_runs=2, n_categories=64, n_groups=8,
-        n_exp_per_category=4, n_test_categories=16, n_catch_images=2, image_size=16,
-        sfreq=200.0, snr=3.0, **changes)
+        n_subjects=1,
+        n_sessions=2,
+        n_runs=2,
+        n_categories=64,
+        n_groups=8,
+        n_exp_per_category=4,
+        n_test_categories=16,
+        n_catch_images=2,
+        image_size=16,
+        sfreq=200.0,
+        snr=3.0,
+        **changes,
+    )
 
 
 def build_twin(root: Path, cfg: TwinConfig) -> Path:
@@ -48,8 +58,13 @@ def build_twin(root: Path, cfg: TwinConfig) -> Path:
 
 
 def run_data(root: Path, latent: str) -> RunData:
-    return load_run_data(FitConfig(store=str(root / "store"), latents_dir=str(root / "latents"),
-                                   train=TrainConfig(latent=latent)))
+    return load_run_data(
+        FitConfig(
+            store=str(root / "store"),
+            latents_dir=str(root / "latents"),
+            train=TrainConfig(latent=latent),
+        )
+    )
 
 
 def sliding_peak(data: RunData) -> tuple[float, float]:

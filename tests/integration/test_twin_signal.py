@@ -26,20 +26,35 @@ SHIFT = {"early_latency_s": 0.05, "late_latency_s": 0.07, "offset_latency_s": 0.
 
 def _config(**changes: float) -> TwinConfig:
     base = TwinConfig.preset("tiny", seed=11).replace(
-        n_subjects=1, n_sessions=1, n_runs=2, image_size=16, sfreq=200.0, snr=1.0,
-        subject_latency_sd_s=0.0)
+        n_subjects=1,
+        n_sessions=1,
+        n_runs=2,
+        image_size=16,
+        sfreq=200.0,
+        snr=1.0,
+        subject_latency_sd_s=0.0,
+    )
     return base.replace(**changes)
 
 
 def _evoked(root: Path, bad: str) -> mne.Evoked:
     evokeds = []
-    for path in mne_bids.find_matching_paths(root, subjects="BIGMEG1", extensions=".fif",
-                                             datatypes="meg"):
+    for path in mne_bids.find_matching_paths(
+        root, subjects="BIGMEG1", extensions=".fif", datatypes="meg"
+    ):
         raw = mne_bids.read_raw_bids(path, verbose="error").load_data()
         raw.filter(1.0, 30.0, picks="mag", verbose="error")
         events = mne.find_events(raw, stim_channel="UPPT001", verbose=False)
-        epochs = mne.Epochs(raw, events, tmin=-0.2, tmax=1.0, picks="mag", baseline=(-0.2, 0.0),
-                            preload=True, verbose="error").drop_channels([bad])
+        epochs = mne.Epochs(
+            raw,
+            events,
+            tmin=-0.2,
+            tmax=1.0,
+            picks="mag",
+            baseline=(-0.2, 0.0),
+            preload=True,
+            verbose="error",
+        ).drop_channels([bad])
         evokeds.append(epochs.average())
     return mne.combine_evoked(evokeds, weights="nave")
 
@@ -83,7 +98,14 @@ def test_evoked_peaks_at_the_configured_latencies(twins: dict[str, Path], which:
 def test_shifted_latencies_move_the_peaks(twins: dict[str, Path]) -> None:
     default, _ = _peaks(twins["default"])
     shifted, _ = _peaks(twins["shifted"])
-    moved = {"early": SHIFT["early_latency_s"], "late": SHIFT["late_latency_s"],
-             "offset": SHIFT["offset_latency_s"]}
+    moved = {
+        "early": SHIFT["early_latency_s"],
+        "late": SHIFT["late_latency_s"],
+        "offset": SHIFT["offset_latency_s"],
+    }
     for group, delta in moved.items():
-        assert abs((shifted[group] - default[group]) - delta) <= TOLERANCE_S, (group, default, shifted)
+        assert abs((shifted[group] - default[group]) - delta) <= TOLERANCE_S, (
+            group,
+            default,
+            shifted,
+        )

@@ -26,8 +26,14 @@ from megdecode.models.brain import BrainConfig, BrainModule
 from megdecode.predict import load_model, model_from_bundle
 
 C, T, F = 6, 13, 5
-FIT = {"store": "/data/store", "latents_dir": "/data/latents", "train.latent": "handcrafted",
-       "loss.lam": 0.75, "loss.temperature_init": 0.07, "loss.learn_temperature": True}
+FIT = {
+    "store": "/data/store",
+    "latents_dir": "/data/latents",
+    "train.latent": "handcrafted",
+    "loss.lam": 0.75,
+    "loss.temperature_init": 0.07,
+    "loss.learn_temperature": True,
+}
 
 
 def _scaler(seed: int, raw_sfreq: float | None = 1200.0) -> SubjectScaler:
@@ -36,23 +42,46 @@ def _scaler(seed: int, raw_sfreq: float | None = 1200.0) -> SubjectScaler:
 
 
 def _bundle() -> ModelBundle:
-    cfg = BrainConfig(n_channels=C, n_times=T, n_subjects=2, out_dim=F, hidden_channels=8,
-                      merger_channels=8, fourier_freqs=2, depth=1, projection_hidden=8)
+    cfg = BrainConfig(
+        n_channels=C,
+        n_times=T,
+        n_subjects=2,
+        out_dim=F,
+        hidden_channels=8,
+        merger_channels=8,
+        fourier_freqs=2,
+        depth=1,
+        projection_hidden=8,
+    )
     torch.manual_seed(0)
     pos = np.random.default_rng(0).uniform(0, 1, (C, 2)).astype(np.float32)
     model = BrainModule(cfg, pos)
     rng = np.random.default_rng(1)
     return ModelBundle(
-        model_config=cfg.to_flat_dict(), state_dict=model.state_dict(), loss=LossState(2.5, learned=True),
-        tmin=0.0, tmax=0.1, sfreq=120.0, n_times=T, ch_names=[f"M{i}" for i in range(C)], pos2d=pos,
-        subjects=["BIGMEG1", "BIGMEG2"], latent_name="handcrafted+half",
+        model_config=cfg.to_flat_dict(),
+        state_dict=model.state_dict(),
+        loss=LossState(2.5, learned=True),
+        tmin=0.0,
+        tmax=0.1,
+        sfreq=120.0,
+        n_times=T,
+        ch_names=[f"M{i}" for i in range(C)],
+        pos2d=pos,
+        subjects=["BIGMEG1", "BIGMEG2"],
+        latent_name="handcrafted+half",
         latent_parts=[LatentPart("handcrafted", 3), LatentPart("half", 2)],
-        latent_mean=rng.normal(size=F).astype(np.float32), latent_std=np.ones(F, np.float32),
-        gallery=rng.normal(size=(4, F)).astype(np.float32), gallery_ids=np.arange(4, dtype=np.int64),
-        gallery_meta=GalleryMeta(("dog", "cat", "", "cup"), ("a/dog.jpg", "b/cat.jpg", "", "c/cup.jpg")),
-        fit_config=FitRecord(dict(FIT)), preprocess=PreprocessConfig(filter_phase="causal", sfreq=120.0),
+        latent_mean=rng.normal(size=F).astype(np.float32),
+        latent_std=np.ones(F, np.float32),
+        gallery=rng.normal(size=(4, F)).astype(np.float32),
+        gallery_ids=np.arange(4, dtype=np.int64),
+        gallery_meta=GalleryMeta(
+            ("dog", "cat", "", "cup"), ("a/dog.jpg", "b/cat.jpg", "", "c/cup.jpg")
+        ),
+        fit_config=FitRecord(dict(FIT)),
+        preprocess=PreprocessConfig(filter_phase="causal", sfreq=120.0),
         scalers={"BIGMEG1": _scaler(3), "BIGMEG2": _scaler(4, raw_sfreq=None)},
-        metrics={"test/top5": 0.5}, git_commit="abc123",
+        metrics={"test/top5": 0.5},
+        git_commit="abc123",
     )
 
 
@@ -83,8 +112,14 @@ def test_every_typed_field_round_trips(tmp_path: Path) -> None:
     bundle.prediction_stats = _stats()
     loaded = load_bundle(save_bundle(bundle, tmp_path / "b"))
     assert json.loads((tmp_path / "b" / "bundle.json").read_text())["format"] == FORMAT
-    assert loaded.loss == bundle.loss and loaded.loss is not None and loaded.loss.temperature == math.exp(-2.5)
-    assert loaded.latent_parts == bundle.latent_parts and isinstance(loaded.latent_parts[0], LatentPart)
+    assert (
+        loaded.loss == bundle.loss
+        and loaded.loss is not None
+        and loaded.loss.temperature == math.exp(-2.5)
+    )
+    assert loaded.latent_parts == bundle.latent_parts and isinstance(
+        loaded.latent_parts[0], LatentPart
+    )
     assert loaded.gallery_meta == bundle.gallery_meta
     assert loaded.fit_config == bundle.fit_config and loaded.fit_config.store == "/data/store"
     assert loaded.fit_config.latents_dir == "/data/latents"
@@ -103,8 +138,20 @@ def test_every_typed_field_round_trips(tmp_path: Path) -> None:
     assert plain.preprocess is None and plain.scalers == {} and not plain.streamable
 
 
-@pytest.mark.parametrize("key", ["loss", "latent_parts", "gallery_meta", "fit_config", "preprocess", "scalers",
-                                 "prediction_stats", "ch_names", "model_config"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "loss",
+        "latent_parts",
+        "gallery_meta",
+        "fit_config",
+        "preprocess",
+        "scalers",
+        "prediction_stats",
+        "ch_names",
+        "model_config",
+    ],
+)
 def test_a_bundle_missing_a_required_field_fails_naming_it(tmp_path: Path, key: str) -> None:
     path = save_bundle(_bundle(), tmp_path / "b")
     _rewrite(path, lambda meta: meta.pop(key))
@@ -122,12 +169,22 @@ def test_a_bundle_missing_a_required_field_fails_naming_it(tmp_path: Path, key: 
         ("fit_config", ["store"], "field 'fit_config'"),
         ("fit_config", {"store": {"nested": 1}}, "fit_config must be a flat config"),
         ("preprocess", {"filter_phase": "sideways"}, "field 'preprocess'"),
-        ("scalers", {"BIGMEG1": {"center": [0.0] * (C + 1), "scale": [1.0] * (C + 1)}}, r"scalers\['BIGMEG1'\].center"),
+        (
+            "scalers",
+            {"BIGMEG1": {"center": [0.0] * (C + 1), "scale": [1.0] * (C + 1)}},
+            r"scalers\['BIGMEG1'\].center",
+        ),
         ("scalers", {"BIGMEG1": {"center": [0.0] * C, "scale": [0.0] * C}}, "non-positive"),
-        ("scalers", {"nobody": {"center": [0.0] * C, "scale": [1.0] * C}}, "subjects the bundle does not know"),
+        (
+            "scalers",
+            {"nobody": {"center": [0.0] * C, "scale": [1.0] * C}},
+            "subjects the bundle does not know",
+        ),
     ],
 )
-def test_malformed_fields_are_refused_naming_them(tmp_path: Path, key: str, value: object, message: str) -> None:
+def test_malformed_fields_are_refused_naming_them(
+    tmp_path: Path, key: str, value: object, message: str
+) -> None:
     path = save_bundle(_bundle(), tmp_path / "b")
     _rewrite(path, lambda meta: meta.__setitem__(key, value))
     with pytest.raises(BundleError, match=message):
@@ -137,22 +194,42 @@ def test_malformed_fields_are_refused_naming_them(tmp_path: Path, key: str, valu
 def _as_first_format(path: Path, extra: dict) -> None:
     """bundle.json rewritten the way the first format wrote it: serving fields in ``extra``."""
     meta = json.loads((path / "bundle.json").read_text())
-    old = {"format": "megdecode-bundle/1", "model_config": meta["model_config"], "tmin": meta["tmin"],
-           "tmax": meta["tmax"], "sfreq": meta["sfreq"], "n_times": meta["n_times"], "ch_names": meta["ch_names"],
-           "subjects": meta["subjects"], "latent_name": meta["latent_name"], "metrics": meta["metrics"],
-           "git_commit": meta["git_commit"], "extra": extra, "prediction_stats": meta["prediction_stats"],
-           "sha256": meta["sha256"]}
+    old = {
+        "format": "megdecode-bundle/1",
+        "model_config": meta["model_config"],
+        "tmin": meta["tmin"],
+        "tmax": meta["tmax"],
+        "sfreq": meta["sfreq"],
+        "n_times": meta["n_times"],
+        "ch_names": meta["ch_names"],
+        "subjects": meta["subjects"],
+        "latent_name": meta["latent_name"],
+        "metrics": meta["metrics"],
+        "git_commit": meta["git_commit"],
+        "extra": extra,
+        "prediction_stats": meta["prediction_stats"],
+        "sha256": meta["sha256"],
+    }
     (path / "bundle.json").write_text(json.dumps(old, indent=2))
 
 
-def test_a_first_format_bundle_migrates_to_the_typed_fields(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_first_format_bundle_migrates_to_the_typed_fields(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     bundle = _bundle()
     path = save_bundle(bundle, tmp_path / "old")
     scalers = {s: {**sc.to_json(), "raw_sfreq": 1200.0} for s, sc in bundle.scalers.items()}
-    _as_first_format(path, {"fit_config": FIT, "latent_parts": [["handcrafted", 3], ["half", 2]],
-                            "gallery_meta": bundle.gallery_meta.to_json(), "note": "by hand",
-                            "preprocess": bundle.preprocess.to_flat_dict() if bundle.preprocess else None,
-                            "scalers": scalers})
+    _as_first_format(
+        path,
+        {
+            "fit_config": FIT,
+            "latent_parts": [["handcrafted", 3], ["half", 2]],
+            "gallery_meta": bundle.gallery_meta.to_json(),
+            "note": "by hand",
+            "preprocess": bundle.preprocess.to_flat_dict() if bundle.preprocess else None,
+            "scalers": scalers,
+        },
+    )
     with caplog.at_level("INFO", logger="megdecode.bundle_fields"):
         loaded = load_bundle(path)
     assert "migrated from megdecode-bundle/1" in caplog.text and "'note'" in caplog.text
@@ -161,7 +238,9 @@ def test_a_first_format_bundle_migrates_to_the_typed_fields(tmp_path: Path, capl
     assert loaded.latent_parts == bundle.latent_parts and loaded.gallery_meta == bundle.gallery_meta
     assert loaded.fit_config.flat == FIT and loaded.preprocess == bundle.preprocess
     assert loaded.scalers["BIGMEG2"].raw_sfreq == 1200.0
-    np.testing.assert_array_equal(loaded.scalers["BIGMEG1"].center, bundle.scalers["BIGMEG1"].center)
+    np.testing.assert_array_equal(
+        loaded.scalers["BIGMEG1"].center, bundle.scalers["BIGMEG1"].center
+    )
     # saved again, it is a bundle of the current format
     again = load_bundle(save_bundle(loaded, tmp_path / "new"))
     assert again.loss is None and again.gallery_meta == bundle.gallery_meta
@@ -192,7 +271,9 @@ def test_the_loss_state_is_the_trained_temperature() -> None:
     with torch.no_grad():
         loss.clip.logit_scale.fill_(3.0)
     state = LossState.of(loss)
-    assert state == LossState(3.0, learned=True) and state.temperature == pytest.approx(math.exp(-3.0))
+    assert state == LossState(3.0, learned=True) and state.temperature == pytest.approx(
+        math.exp(-3.0)
+    )
     fixed = LossState.of(CombinedLoss(LossConfig(temperature_init=0.05, learn_temperature=False)))
     assert not fixed.learned and fixed.temperature == pytest.approx(0.05, rel=1e-6)
 
@@ -244,14 +325,19 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
 def _stats(**change: object) -> PredictionStats:
     rng = np.random.default_rng(2)
     base = PredictionStats.of(rng.normal(size=(40, F)) * 0.1 + 1.0, reference="val")
-    return PredictionStats(**({"mean": base.mean, "std": base.std, "reference": base.reference, "n": base.n} | change))
+    return PredictionStats(
+        **({"mean": base.mean, "std": base.std, "reference": base.reference, "n": base.n} | change)
+    )
 
 
 def test_prediction_stats_round_trip_as_a_typed_field(tmp_path: Path) -> None:
     bundle = _bundle()
     bundle.prediction_stats = _stats()
     path = save_bundle(bundle, tmp_path / "b")
-    assert json.loads((path / "bundle.json").read_text())["prediction_stats"] == {"reference": "val", "n": 40}
+    assert json.loads((path / "bundle.json").read_text())["prediction_stats"] == {
+        "reference": "val",
+        "n": 40,
+    }
     assert "pred_mean" not in (path / "bundle.json").read_text()
     loaded = load_bundle(path).prediction_stats
     assert loaded is not None and (loaded.reference, loaded.n) == ("val", 40)
@@ -287,8 +373,9 @@ def test_prediction_stats_of_a_set_floor_a_constant_dimension() -> None:
         PredictionStats.of(pred[:1], reference="val")
 
 
-def test_a_bundle_without_prediction_stats_loads_with_a_warning(tmp_path: Path,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bundle_without_prediction_stats_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = save_bundle(_bundle(), tmp_path / "old")
     assert json.loads((path / "bundle.json").read_text())["prediction_stats"] is None
     with caplog.at_level("WARNING", logger="megdecode.bundle"):

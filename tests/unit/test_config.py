@@ -26,7 +26,14 @@ class Outer(FlatConfig):
 
 
 def test_round_trip_is_identity_and_flat() -> None:
-    cfg = Outer(name="b", window=(0.0, 0.5), picks=("mag", "grad"), l_freq=None, on=False, inner=Inner(3, 0.2))
+    cfg = Outer(
+        name="b",
+        window=(0.0, 0.5),
+        picks=("mag", "grad"),
+        l_freq=None,
+        on=False,
+        inner=Inner(3, 0.2),
+    )
     flat = cfg.to_flat_dict()
     assert all(isinstance(v, (str, int, float, bool, type(None))) for v in flat.values())
     assert flat["inner.depth"] == 3

@@ -19,8 +19,15 @@ from megdecode import logs
 
 @pytest.fixture()
 def clean_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in (logs.VERBOSE_ENV, logs.LOG_FILE_ENV, logs.QUIET_SET_ENV, "RAY_DATA_LOGGING_CONFIG", "MLFLOW_LOGGING_LEVEL",
-                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MEGDECODE_PROGRESS"):
+    for var in (
+        logs.VERBOSE_ENV,
+        logs.LOG_FILE_ENV,
+        logs.QUIET_SET_ENV,
+        "RAY_DATA_LOGGING_CONFIG",
+        "MLFLOW_LOGGING_LEVEL",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+        "MEGDECODE_PROGRESS",
+    ):
         monkeypatch.delenv(var, raising=False)
     yield
     logging.basicConfig(level=logging.WARNING, force=True)
@@ -42,7 +49,8 @@ def _library_logger(name: str) -> logging.Logger:
 
 
 def test_quiet_mode_moves_library_info_to_the_file(
-        clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     lib = _library_logger("optuna.unit")
     path = logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
     assert path == tmp_path / "run.log" and logs.log_file() == path and not logs.verbose()
@@ -56,11 +64,16 @@ def test_quiet_mode_moves_library_info_to_the_file(
     for handler in logging.getLogger().handlers:
         handler.flush()
     kept = path.read_text()
-    assert "Total Progress: 15/32" in kept and "Progress bars disabled" in kept and "task failed" in kept
+    assert (
+        "Total Progress: 15/32" in kept
+        and "Progress bars disabled" in kept
+        and "task failed" in kept
+    )
 
 
 def test_root_console_shows_our_info_and_only_warnings_of_others(
-        clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
     logging.getLogger("megdecode.unit").info("== preprocess: 30 s ==")
     logging.getLogger("somelib.unit").info("Context impl SQLiteImpl.")
@@ -74,7 +87,8 @@ def test_root_console_shows_our_info_and_only_warnings_of_others(
 
 
 def test_verbose_streams_everything(
-        clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean_logging: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     lib = _library_logger("optuna.unit")
     assert logs.setup_logging("DEBUG", verbose_output=True, log_file=tmp_path / "run.log") is None
     logs.quiet_console()  # a no-op when verbose
@@ -83,7 +97,9 @@ def test_verbose_streams_everything(
     assert logs.verbose() and logs.log_file() is None and not (tmp_path / "run.log").exists()
 
 
-def test_repeated_setup_keeps_one_file_handler_per_library(clean_logging: None, tmp_path: Path) -> None:
+def test_repeated_setup_keeps_one_file_handler_per_library(
+    clean_logging: None, tmp_path: Path
+) -> None:
     lib = _library_logger("optuna.unit")
     for i in range(3):
         logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / f"run{i}.log")
@@ -100,13 +116,16 @@ def test_ray_data_gets_a_warning_level_console(clean_logging: None, tmp_path: Pa
 
 
 def test_verbose_after_quiet_takes_back_our_settings_and_keeps_the_users(
-        clean_logging: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_logging: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # A quiet process (a test run, `megdecode demo`) whose environment a `-v` child inherits:
     # Ray Data must stream its progress again there, and a level the user set stays.
     monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "ERROR")
     logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")
     assert "RAY_DATA_LOGGING_CONFIG" in os.environ and os.environ["MLFLOW_LOGGING_LEVEL"] == "ERROR"
-    logs.setup_logging("INFO", verbose_output=False, log_file=tmp_path / "run.log")  # twice: still ours
+    logs.setup_logging(
+        "INFO", verbose_output=False, log_file=tmp_path / "run.log"
+    )  # twice: still ours
     assert "RAY_DATA_LOGGING_CONFIG" in os.environ["MEGDECODE_QUIET_SET"]
     logs.setup_logging("DEBUG", verbose_output=True)
     assert "RAY_DATA_LOGGING_CONFIG" not in os.environ
@@ -115,7 +134,8 @@ def test_verbose_after_quiet_takes_back_our_settings_and_keeps_the_users(
 
 
 def test_stage_progress_logs_one_line_per_step_off_a_terminal(
-        clean_logging: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    clean_logging: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("MEGDECODE_PROGRESS", "0")
     lib = _library_logger("megdecode.unit")
     bar = logs.StageProgress("trials", 3, lib)
@@ -126,7 +146,10 @@ def test_stage_progress_logs_one_line_per_step_off_a_terminal(
     throttled = logs.StageProgress("runs", 3, lib, every_s=3600.0)
     for _ in range(3):
         throttled.step()
-    assert capsys.readouterr().err.splitlines() == ["runs 1/3", "runs 3/3"]  # the first, then the last
+    assert capsys.readouterr().err.splitlines() == [
+        "runs 1/3",
+        "runs 3/3",
+    ]  # the first, then the last
 
 
 def test_phase_clock_charges_each_lap_to_its_phase() -> None:

@@ -17,13 +17,19 @@ from megdecode.predict import load_model
 from megdecode.rundata import load_run_data
 from megdecode.train import FitConfig, TrainConfig, fit, predict
 
-SMALL = BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16)
+SMALL = BrainConfig(
+    hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
+)
 
 
 def _cfg(run: Path, **train: object) -> FitConfig:
     options = {"max_epochs": 3, "batch_size": 32, "patience": 5} | train
-    return FitConfig(store=str(run / "store"), latents_dir=str(run / "latents"), model=SMALL,
-                     train=TrainConfig(**options))
+    return FitConfig(
+        store=str(run / "store"),
+        latents_dir=str(run / "latents"),
+        model=SMALL,
+        train=TrainConfig(**options),
+    )
 
 
 def test_same_seed_same_run_other_seed_other_run(tiny_run: Path) -> None:
@@ -59,21 +65,30 @@ def test_window_is_sliced_from_the_stored_epochs(tiny_run: Path, tmp_path: Path)
     assert (bundle.tmin, bundle.tmax, bundle.n_times) == (0.0, 0.5, 61)
     assert bundle.metrics["test/top5"] == result.metrics["test/top5"]
     assert len(bundle.gallery) == len(np.unique(bundle.gallery_ids))
-    assert bundle.fit_config.flat == cfg.to_flat_dict() and bundle.streamable  # the tiny twin's store is real
-    assert set(bundle.scalers) == set(bundle.subjects) and len(bundle.gallery_meta.categories) == len(bundle.gallery)
+    assert (
+        bundle.fit_config.flat == cfg.to_flat_dict() and bundle.streamable
+    )  # the tiny twin's store is real
+    assert set(bundle.scalers) == set(bundle.subjects) and len(
+        bundle.gallery_meta.categories
+    ) == len(bundle.gallery)
 
 
-def test_bundle_stores_the_validation_prediction_stats_of_the_restored_best_epoch(tiny_run: Path,
-                                                                                    tmp_path: Path) -> None:
+def test_bundle_stores_the_validation_prediction_stats_of_the_restored_best_epoch(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     """What z-scores a served window: the MSE head's val predictions with the best epoch's
     weights (early stopping makes the last epoch a worse one, so stats taken before the
     restore would differ)."""
     cfg = _cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=12, patience=1, lr=3e-3)
     result = fit(cfg, out_dir=tmp_path / "bundle")
-    assert result.metrics["best_epoch"] < result.metrics["epochs"] - 1  # early-stopped: best != last
+    assert (
+        result.metrics["best_epoch"] < result.metrics["epochs"] - 1
+    )  # early-stopped: best != last
     _, bundle = load_model(tmp_path / "bundle")
     # the loss state is the best epoch's learned temperature, restored with its weights
-    assert bundle.loss is not None and bundle.loss == LossState.of(result.loss) and bundle.loss.learned
+    assert (
+        bundle.loss is not None and bundle.loss == LossState.of(result.loss) and bundle.loss.learned
+    )
     best = result.history[int(result.metrics["best_epoch"])]
     assert bundle.loss.temperature == pytest.approx(best["temperature"], rel=1e-5)
     data = load_run_data(cfg)
@@ -84,12 +99,17 @@ def test_bundle_stores_the_validation_prediction_stats_of_the_restored_best_epoc
     np.testing.assert_allclose(stats.std, val_mse.astype(np.float64).std(0), rtol=1e-6, atol=1e-7)
 
 
-def test_a_tune_trials_trainer_saves_its_bundle_with_prediction_stats(tiny_run: Path, tmp_path: Path) -> None:
+def test_a_tune_trials_trainer_saves_its_bundle_with_prediction_stats(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     """Tune trials step `Trainer`s and save through `finish` (search.trial._finish): same stats."""
     from megdecode.bundle import load_bundle
     from megdecode.train import Trainer
 
-    trainer = Trainer(_cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=1), load_run_data(_cfg(tiny_run, tmin=0.0, tmax=0.5)))
+    trainer = Trainer(
+        _cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=1),
+        load_run_data(_cfg(tiny_run, tmin=0.0, tmax=0.5)),
+    )
     trainer.step()
     stats = load_bundle(trainer.finish(tmp_path / "seed0").bundle_path).prediction_stats
     assert stats is not None and stats.reference == "val" and stats.n == len(trainer.data.val.meta)
@@ -106,12 +126,23 @@ def test_bad_configs_fail_clearly(tiny_run: Path) -> None:
 
 def test_cli_train_then_evaluate_print_the_same_table(tiny_run: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["train", "--data", str(tiny_run), "--max-epochs", "1", "--out", str(tmp_path / "m"), "--no-ridge"]
+    args = [
+        "train",
+        "--data",
+        str(tiny_run),
+        "--max-epochs",
+        "1",
+        "--out",
+        str(tmp_path / "m"),
+        "--no-ridge",
+    ]
     trained = runner.invoke(app, args)
     assert trained.exit_code == 0, trained.output + repr(trained.exception)
     evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "m")])
     assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
-    table_lines = [line for line in trained.output.splitlines() if line.strip().startswith(("small", "large"))]
+    table_lines = [
+        line for line in trained.output.splitlines() if line.strip().startswith(("small", "large"))
+    ]
     assert len(table_lines) == 4
     for line in table_lines:
         assert line in evaluated.output

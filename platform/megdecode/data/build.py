@@ -52,7 +52,9 @@ class BuildReport:
         return self.n_epochs / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _preprocess_cached(root: str, key: bids.RunKey, cfg: PreprocessConfig, cache_dir: str) -> tuple[str, bool]:
+def _preprocess_cached(
+    root: str, key: bids.RunKey, cfg: PreprocessConfig, cache_dir: str
+) -> tuple[str, bool]:
     """Preprocess one run into the run cache unless a valid cache exists: (stem, reused)."""
     stem = runcache.cache_stem(Path(cache_dir), key, cfg)
     source = runcache.source_fingerprint(Path(root), key)
@@ -62,8 +64,13 @@ def _preprocess_cached(root: str, key: bids.RunKey, cfg: PreprocessConfig, cache
     return str(stem), False
 
 
-def _run_local(root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path) -> list[tuple[str, bool]]:
-    return [_preprocess_cached(str(root), key, cfg, str(cache)) for key in progress(keys, desc="preprocess runs")]
+def _run_local(
+    root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path
+) -> list[tuple[str, bool]]:
+    return [
+        _preprocess_cached(str(root), key, cfg, str(cache))
+        for key in progress(keys, desc="preprocess runs")
+    ]
 
 
 class _RunWorker:
@@ -80,8 +87,14 @@ class _RunWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         stems, reused = [], []
-        for root, cache, subject, session, run in zip(batch["root"], batch["cache"], batch["subject"],
-                                                      batch["session"], batch["run"], strict=True):
+        for root, cache, subject, session, run in zip(
+            batch["root"],
+            batch["cache"],
+            batch["subject"],
+            batch["session"],
+            batch["run"],
+            strict=True,
+        ):
             key = bids.RunKey(str(subject), str(session), str(run))
             stem, was_reused = _preprocess_cached(str(root), key, self.cfg, str(cache))
             stems.append(stem)
@@ -89,33 +102,54 @@ class _RunWorker:
         return {"stem": np.array(stems, dtype=object), "reused": np.array(reused, dtype=bool)}
 
 
-def _run_ray(root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path) -> list[tuple[str, bool]]:
+def _run_ray(
+    root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path
+) -> list[tuple[str, bool]]:
     """Ray Data over the run files: one row, hence one map call, per run, on a pool of one
     actor per CPU of the cluster (at most one per run)."""
     import ray
 
     if not ray.is_initialized():
         raise RuntimeError("use_ray=True needs ray.init() first (the job or CLI starts Ray)")
-    items = [{"root": str(root), "cache": str(cache), "subject": k.subject, "session": k.session, "run": k.run}
-             for k in keys]
+    items = [
+        {
+            "root": str(root),
+            "cache": str(cache),
+            "subject": k.subject,
+            "session": k.session,
+            "run": k.run,
+        }
+        for k in keys
+    ]
     pool = max(1, min(len(items), int(ray.cluster_resources().get("CPU", 1))))
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
-    ctx.enable_progress_bars = verbose()  # quiet: our one bar (or a line every 10 s) instead of Ray Data's
+    ctx.enable_progress_bars = (
+        verbose()
+    )  # quiet: our one bar (or a line every 10 s) instead of Ray Data's
     shown = StageProgress("preprocessed runs", len(items), logger, every_s=10.0)
     by_stem: dict[str, bool] = {}
     try:
-        for row in (ray.data.from_items(items, override_num_blocks=len(items))
-                    .map_batches(_RunWorker, batch_size=1, batch_format="numpy", num_cpus=1,
-                                 fn_constructor_kwargs={"cfg": cfg.to_flat_dict()},
-                                 compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=2))
-                    .iter_rows()):
+        for row in (
+            ray.data.from_items(items, override_num_blocks=len(items))
+            .map_batches(
+                _RunWorker,
+                batch_size=1,
+                batch_format="numpy",
+                num_cpus=1,
+                fn_constructor_kwargs={"cfg": cfg.to_flat_dict()},
+                compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=2),
+            )
+            .iter_rows()
+        ):
             by_stem[str(row["stem"])] = bool(row["reused"])
             shown.step()
     finally:
         ctx.enable_progress_bars = bars
         shown.close()
-    return [(stem, by_stem[stem]) for stem in (str(runcache.cache_stem(cache, k, cfg)) for k in keys)]
+    return [
+        (stem, by_stem[stem]) for stem in (str(runcache.cache_stem(cache, k, cfg)) for k in keys)
+    ]
 
 
 def _subject_jobs(
@@ -138,8 +172,13 @@ def _subject_jobs(
     metadata = assign_splits(pd.concat(stacked, ignore_index=True), split)
     bounds = np.cumsum([0] + [len(m) for m in stacked])
     return [
-        SubjectJob(subject, stems_of[subject], metadata.iloc[lo:hi].reset_index(drop=True), str(root),
-                   next(k for k in keys if str(k.subject) == subject))
+        SubjectJob(
+            subject,
+            stems_of[subject],
+            metadata.iloc[lo:hi].reset_index(drop=True),
+            str(root),
+            next(k for k in keys if str(k.subject) == subject),
+        )
         for subject, lo, hi in zip(subjects, bounds[:-1], bounds[1:], strict=True)
     ]
 
@@ -168,7 +207,9 @@ def build_epoch_store(
     keys = bids.find_runs(bids_root, subjects=subjects)
     if not keys:
         raise FileNotFoundError(f"no task-main MEG runs found under {bids_root}")
-    logger.info("preprocessing %d runs from %s (%s)", len(keys), bids_root, "ray" if use_ray else "local")
+    logger.info(
+        "preprocessing %d runs from %s (%s)", len(keys), bids_root, "ray" if use_ray else "local"
+    )
     done = (_run_ray if use_ray else _run_local)(bids_root, keys, preprocess, cache)
     clock.lap("runs")
     reused = sum(r for _, r in done)
@@ -179,7 +220,10 @@ def build_epoch_store(
     with epoch_store.staged_store(out, overwrite=True) as staging:
         results = run_subjects(jobs, staging, preprocess, use_ray)
         manifest = epoch_store.finish_store(
-            staging, [r.shards for r in results], preprocess_config=preprocess, split_config=split,
+            staging,
+            [r.shards for r in results],
+            preprocess_config=preprocess,
+            split_config=split,
             scalers={r.shards.subject: r.scaler for r in results},
         )
     clock.lap("subjects")

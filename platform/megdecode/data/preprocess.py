@@ -90,7 +90,9 @@ class PreprocessConfig(FlatConfig):
         if self.filter_method not in ("fir", "iir"):
             raise ConfigError(f"filter_method: expected 'fir' or 'iir', got {self.filter_method!r}")
         if self.filter_phase not in ("zero", "causal"):
-            raise ConfigError(f"filter_phase: expected 'zero' or 'causal', got {self.filter_phase!r}")
+            raise ConfigError(
+                f"filter_phase: expected 'zero' or 'causal', got {self.filter_phase!r}"
+            )
         if self.scaler not in ("robust", "none"):
             raise ConfigError(f"scaler: expected 'robust' or 'none', got {self.scaler!r}")
         if self.sfreq <= 0:

@@ -42,7 +42,11 @@ def source_fingerprint(root: Path, key: RunKey) -> str:
     raw = Path(bids.raw_path(root, key).fpath)
     files = sorted(p for p in raw.rglob("*") if p.is_file()) if raw.is_dir() else [raw]
     files += [bids.events_path(root, key), bids.attributes_path(root, key.subject)]
-    stats = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()]
+    stats = [
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in files
+        if p.exists()
+    ]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
@@ -53,10 +57,22 @@ def save_block(block: EpochBlock, stem: Path, source: str = "") -> None:
     marker.unlink(missing_ok=True)
     arrays, table = stem.with_suffix(".npz"), stem.with_suffix(".parquet")
     with open(arrays, "wb") as handle:
-        np.savez(handle, data=block.data, pos2d=block.pos2d, pos3d=block.pos3d,
-                 ch_names=np.asarray(block.ch_names), sfreq=block.sfreq, tmin=block.tmin)
+        np.savez(
+            handle,
+            data=block.data,
+            pos2d=block.pos2d,
+            pos3d=block.pos3d,
+            ch_names=np.asarray(block.ch_names),
+            sfreq=block.sfreq,
+            tmin=block.tmin,
+        )
     block.metadata.to_parquet(table, index=False)
-    info = {"npz": sha256_file(arrays), "parquet": sha256_file(table), "dropped": block.dropped, "source": source}
+    info = {
+        "npz": sha256_file(arrays),
+        "parquet": sha256_file(table),
+        "dropped": block.dropped,
+        "source": source,
+    }
     tmp = marker.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, marker)
@@ -65,7 +81,11 @@ def save_block(block: EpochBlock, stem: Path, source: str = "") -> None:
 def load_block(stem: Path, source: str | None = None) -> EpochBlock | None:
     """The cached block, or None when absent, partial, corrupt or (when `source` is given)
     made from other input files; then it must be rebuilt."""
-    marker, arrays, table = stem.with_suffix(".json"), stem.with_suffix(".npz"), stem.with_suffix(".parquet")
+    marker, arrays, table = (
+        stem.with_suffix(".json"),
+        stem.with_suffix(".npz"),
+        stem.with_suffix(".parquet"),
+    )
     if not marker.exists():
         return None
     try:
@@ -78,8 +98,13 @@ def load_block(stem: Path, source: str | None = None) -> EpochBlock | None:
             return None
         with np.load(arrays) as npz:
             return EpochBlock(
-                data=npz["data"], metadata=pd.read_parquet(table), ch_names=[str(c) for c in npz["ch_names"]],
-                sfreq=float(npz["sfreq"]), tmin=float(npz["tmin"]), pos2d=npz["pos2d"], pos3d=npz["pos3d"],
+                data=npz["data"],
+                metadata=pd.read_parquet(table),
+                ch_names=[str(c) for c in npz["ch_names"]],
+                sfreq=float(npz["sfreq"]),
+                tmin=float(npz["tmin"]),
+                pos2d=npz["pos2d"],
+                pos3d=npz["pos3d"],
                 dropped=dict(info.get("dropped", {})),
             )
     except (OSError, ValueError, KeyError) as exc:

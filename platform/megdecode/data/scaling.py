@@ -19,7 +19,11 @@ logger = logging.getLogger(__name__)
 
 
 def robust_scale(
-    x: np.ndarray, center: np.ndarray, scale: np.ndarray, clip: float | None, out: np.ndarray | None = None
+    x: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    clip: float | None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, C, T) -> (x - center[c]) / scale[c], clipped to [-clip, clip] when clip is set.
 
@@ -93,7 +97,9 @@ def fit_robust_scaler(
     return RobustScaler(center, scale, (float(q0), float(q1)))
 
 
-def fit_scaler(x: np.ndarray, kind: str, quantile_range: tuple[float, float] = (25.0, 75.0)) -> RobustScaler:
+def fit_scaler(
+    x: np.ndarray, kind: str, quantile_range: tuple[float, float] = (25.0, 75.0)
+) -> RobustScaler:
     """The scaler a preprocessing config asks for (its `scaler`, `quantile_range`): "robust",
     or "none", the identity (centre 0, scale 1)."""
     if kind == "none":
@@ -113,5 +119,7 @@ def apply_scaler(x: np.ndarray, scaler: RobustScaler, clip: float | None) -> np.
     scale = scaler.scale.astype(np.float32)
     out = np.empty(x.shape, dtype=np.float32)
     for i in range(0, x.shape[0], 256):
-        robust_scale(x[i : i + 256].astype(np.float32, copy=False), center, scale, clip, out=out[i : i + 256])
+        robust_scale(
+            x[i : i + 256].astype(np.float32, copy=False), center, scale, clip, out=out[i : i + 256]
+        )
     return out

@@ -119,7 +119,11 @@ def raw_sfreq(root: Path, key: bids.RunKey) -> float:
 
 
 def scale_and_write(
-    job: SubjectJob, staging: str, cfg: PreprocessConfig, rows_per_file: int = 1024, row_group_rows: int = 256
+    job: SubjectJob,
+    staging: str,
+    cfg: PreprocessConfig,
+    rows_per_file: int = 1024,
+    row_group_rows: int = 256,
 ) -> SubjectResult:
     """One subject: load its cached runs (checksums checked), stack, scale, write its shards
     into the staging store (`epoch_store.staged_store`)."""
@@ -132,7 +136,9 @@ def scale_and_write(
     block = concat_blocks(blocks)
     mine = job.metadata[list(block.metadata.columns)]
     if not block.metadata.equals(mine):
-        raise RuntimeError(f"subject {job.subject}: the run cache changed during the build; rerun it")
+        raise RuntimeError(
+            f"subject {job.subject}: the run cache changed during the build; rerun it"
+        )
     block.metadata = job.metadata
     scaled, scaler = scale_subject(block, cfg)
     del block, blocks  # the unscaled copy is no longer needed while the shards are written

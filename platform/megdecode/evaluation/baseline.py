@@ -40,7 +40,9 @@ def retrieval_metrics(pred: np.ndarray, data: RunData) -> dict[str, float]:
     out: dict[str, float] = {}
     for test_set in TEST_SPLITS:
         for mode in MODES:
-            r = evaluate_retrieval(pred, data.test.meta, data.latent_ids, data.latents, test_set, mode)
+            r = evaluate_retrieval(
+                pred, data.test.meta, data.latent_ids, data.latents, test_set, mode
+            )
             suffix = "_avg" if mode == "averaged" else ""
             out[f"{test_set}_top5{suffix}"] = r.top5
             out[f"{test_set}_median_rank{suffix}"] = r.median_rank
@@ -59,7 +61,9 @@ def shuffle_targets(data: RunData, seed: int = 0) -> RunData:
     """
     ids = np.union1d(data.train.meta["image_id"].to_numpy(), data.val.meta["image_id"].to_numpy())
     rows = np.searchsorted(data.latent_ids, ids)
-    if (rows >= len(data.latent_ids)).any() or (data.latent_ids[np.minimum(rows, len(data.latent_ids) - 1)] != ids).any():
+    if (rows >= len(data.latent_ids)).any() or (
+        data.latent_ids[np.minimum(rows, len(data.latent_ids) - 1)] != ids
+    ).any():
         raise KeyError("some training images have no latent")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(ids))
@@ -92,8 +96,11 @@ def convnet_metrics(data: RunData, cfg: FitConfig) -> dict[str, float]:
     best epoch and validation top-5 (cfg.train's window is what the run records)."""
     result = fit(cfg, data=data)
     clip, _, _ = predict(result.model, result.loss, data.test, cfg.train.batch_size)
-    return {**retrieval_metrics(clip, data), "best_epoch": result.metrics["best_epoch"],
-            "val_top5": result.metrics["val/top5"]}
+    return {
+        **retrieval_metrics(clip, data),
+        "best_epoch": result.metrics["best_epoch"],
+        "val_top5": result.metrics["val/top5"],
+    }
 
 
 def ridge_table(data: RunData, cfg: RidgeConfig | None = None) -> pd.DataFrame:

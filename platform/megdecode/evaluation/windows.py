@@ -106,15 +106,23 @@ def slice_window(data: RunData, tmin: float, tmax: float) -> RunData:
     times = times_of(data)
     cut = epoch_store.window_slice(times, data.sfreq, tmin, tmax)
     if cut.stop - cut.start < 2:
-        raise ValueError(f"window [{tmin}, {tmax}] s holds {cut.stop - cut.start} sample(s) of "
-                         f"[{data.tmin:.4f}, {data.tmax:.4f}] s; a model needs 2 or more")
+        raise ValueError(
+            f"window [{tmin}, {tmax}] s holds {cut.stop - cut.start} sample(s) of "
+            f"[{data.tmin:.4f}, {data.tmax:.4f}] s; a model needs 2 or more"
+        )
 
     def take(split: SplitTensors) -> SplitTensors:  # windows are contiguous: a slice, copied
         meg = np.ascontiguousarray(split.meg.numpy()[:, :, cut])
         return dataclasses.replace(split, meg=torch.from_numpy(meg))
 
-    return dataclasses.replace(data, train=take(data.train), val=take(data.val), test=take(data.test),
-                               tmin=float(times[cut.start]), tmax=float(times[cut.stop - 1]))
+    return dataclasses.replace(
+        data,
+        train=take(data.train),
+        val=take(data.val),
+        test=take(data.test),
+        tmin=float(times[cut.start]),
+        tmax=float(times[cut.stop - 1]),
+    )
 
 
 def window_curve(
@@ -133,15 +141,26 @@ def window_curve(
         started = time.perf_counter()
         metrics = fit_eval(tmin, tmax)
         if not isinstance(metrics, Mapping):
-            raise TypeError(f"fit_eval must return a mapping of metrics, got {type(metrics).__name__}")
+            raise TypeError(
+                f"fit_eval must return a mapping of metrics, got {type(metrics).__name__}"
+            )
         clash = {"tmin", "tmax", "center"} & set(metrics)
         if clash:
             raise ValueError(f"fit_eval returned reserved key(s) {sorted(clash)}")
         rows.append({"tmin": tmin, "tmax": tmax, "center": _r((tmin + tmax) / 2), **metrics})
         if progress:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-            logger.info("window %d/%d [%.3f, %.3f] s: %s (%.1f s)", i + 1, len(windows), tmin, tmax,
-                        shown, time.perf_counter() - started)
+            shown = ", ".join(
+                f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
+            )
+            logger.info(
+                "window %d/%d [%.3f, %.3f] s: %s (%.1f s)",
+                i + 1,
+                len(windows),
+                tmin,
+                tmax,
+                shown,
+                time.perf_counter() - started,
+            )
     return pd.DataFrame(rows, columns=None if rows else ["tmin", "tmax", "center"])
 
 
@@ -190,8 +209,9 @@ def _lower_is_better(metric: str) -> bool:
     return "rank" in metric
 
 
-def curve_peak(table: pd.DataFrame, metric: str = "large_mean_rank", x: str = "center",
-               smooth: int = 1) -> float:
+def curve_peak(
+    table: pd.DataFrame, metric: str = "large_mean_rank", x: str = "center", smooth: int = 1
+) -> float:
     """Time (column x) of the best window: highest top-k, lowest rank.
 
     smooth > 1 first averages `smooth` neighbouring windows (centred): a response that
@@ -285,4 +305,3 @@ def plot_window_curves(
     fig.savefig(path, format="png")
     logger.info("window curve written to %s", path)
     return path
-

@@ -49,7 +49,9 @@ class StreamSpec:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"condition {self.name!r}: mode must be one of {MODES}, got {self.mode!r}")
+            raise ValueError(
+                f"condition {self.name!r}: mode must be one of {MODES}, got {self.mode!r}"
+            )
         if self.dim < 1 or self.n_tokens < 1:
             raise ValueError(f"condition {self.name!r}: dim and n_tokens must be >= 1")
 
@@ -58,10 +60,17 @@ class StreamSpec:
 
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> StreamSpec:
-        return cls(name=name, dim=int(d["dim"]), mode=str(d.get("mode", "project")), n_tokens=int(d.get("n_tokens", 4)))
+        return cls(
+            name=name,
+            dim=int(d["dim"]),
+            mode=str(d.get("mode", "project")),
+            n_tokens=int(d.get("n_tokens", 4)),
+        )
 
 
-def make_spec(name: str, dim: int, width: int, n_tokens: int = 4, direct: bool = False) -> StreamSpec:
+def make_spec(
+    name: str, dim: int, width: int, n_tokens: int = 4, direct: bool = False
+) -> StreamSpec:
     """`direct` uses the latent as a token grid; it must then be a multiple of `width`."""
     if direct:
         if dim % width:
@@ -86,7 +95,9 @@ class LatentStream(nn.Module):
             self.norm: nn.Module = nn.LayerNorm(width)
         else:
             if spec.dim != spec.n_tokens * width:
-                raise ValueError(f"condition {spec.name!r}: F={spec.dim} != {spec.n_tokens} x {width}")
+                raise ValueError(
+                    f"condition {spec.name!r}: F={spec.dim} != {spec.n_tokens} x {width}"
+                )
             self.proj, self.norm = nn.Identity(), nn.Identity()
         self.null_tokens = nn.Parameter(torch.randn(spec.n_tokens, width) * 0.02)
 
@@ -125,7 +136,9 @@ class ConditionEncoder(nn.Module):
     def lengths(self) -> list[int]:
         return [self.stream(n).spec.n_tokens for n in self.names]
 
-    def forward(self, latents: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, latents: dict[str, torch.Tensor], keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Concatenated tokens (N, sum K, D). keep (N, S) bool: False -> that stream's null tokens."""
         parts = []
         for j, name in enumerate(self.names):
@@ -141,7 +154,9 @@ class ConditionEncoder(nn.Module):
         return torch.cat([self.stream(name).null(n) for name in self.names], dim=1)
 
 
-def global_vector(context: torch.Tensor, lengths: Sequence[int], weights: Sequence[float]) -> torch.Tensor:
+def global_vector(
+    context: torch.Tensor, lengths: Sequence[int], weights: Sequence[float]
+) -> torch.Tensor:
     """(N, L, D) tokens of all streams -> (N, D): each stream's mean token, mixed with `weights`.
 
     The generator's global condition (added to the UNet's time embedding, scale and shift
@@ -196,7 +211,9 @@ class MixedStreamsProcessor:
         return out
 
     @staticmethod
-    def _attend(attn: Any, hidden_states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def _attend(
+        attn: Any, hidden_states: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
         """Scaled dot-product attention of `attn` (B, L, C) over context (B, S, D) or itself."""
         residual = hidden_states
         four_d = hidden_states.ndim == 4

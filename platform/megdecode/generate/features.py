@@ -66,7 +66,10 @@ def as_float_images(images: ImagesLike) -> np.ndarray:
     if isinstance(images, np.ndarray):
         arrays = list(images) if images.ndim == 4 else [images]
     else:
-        arrays = [np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in images]
+        arrays = [
+            np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im)
+            for im in images
+        ]
     if not arrays:
         raise ValueError("no images")
     out = []
@@ -78,7 +81,9 @@ def as_float_images(images: ImagesLike) -> np.ndarray:
             continue
         a = a.astype(np.float32)
         if a.min() < -1e-6 or a.max() > 1 + 1e-6:
-            raise ValueError(f"image {i}: float pixels must lie in [0, 1], got [{a.min():.3g}, {a.max():.3g}]")
+            raise ValueError(
+                f"image {i}: float pixels must lie in [0, 1], got [{a.min():.3g}, {a.max():.3g}]"
+            )
         out.append(np.clip(a, 0.0, 1.0))
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
@@ -118,7 +123,9 @@ class FeatureNet:
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                pixels = (resize(images[start : start + batch_size], self.size, self.mode) - mean) / std
+                pixels = (
+                    resize(images[start : start + batch_size], self.size, self.mode) - mean
+                ) / std
                 chunks.append(self.forward(pixels).flatten(1).float().cpu().numpy())
         return np.concatenate(chunks)
 
@@ -150,7 +157,11 @@ def _inception(path: Path | None, size: int) -> FeatureNet:
 
     # transform_input=True: torchvision's Inception weights expect it (they were trained
     # with a [-1, 1] input normalisation, which it applies to ImageNet-normalised input)
-    model = _seeded(lambda: inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=path is None))
+    model = _seeded(
+        lambda: inception_v3(
+            weights=None, aux_logits=True, transform_input=True, init_weights=path is None
+        )
+    )
     if path is not None:
         model.load_state_dict(load_state_dict(path), strict=True)
     model.fc = torch.nn.Identity()  # the pooled 2048-d output is what remains
@@ -163,7 +174,11 @@ def _swav(path: Path | None) -> FeatureNet:
 
     model = _seeded(lambda: resnet50(weights=None))
     if path is not None:
-        state = {k: v for k, v in load_state_dict(path).items() if not k.startswith(("projection_head", "prototypes", "fc."))}
+        state = {
+            k: v
+            for k, v in load_state_dict(path).items()
+            if not k.startswith(("projection_head", "prototypes", "fc."))
+        }
         missing, unexpected = model.load_state_dict(state, strict=False)
         backbone_missing = [k for k in missing if not k.startswith("fc.")]
         if backbone_missing or unexpected:
@@ -178,7 +193,9 @@ def _clip(path: Path | None, model_name: str) -> FeatureNet:
     import open_clip
 
     model = _seeded(
-        lambda: open_clip.create_model(model_name, pretrained=str(path) if path else None, pretrained_text=False)
+        lambda: open_clip.create_model(
+            model_name, pretrained=str(path) if path else None, pretrained_text=False
+        )
     )
     visual = model.visual.eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
@@ -214,11 +231,18 @@ class FeatureNets:
         nets: dict[str, FeatureNet] = {}
         for network in networks:
             if network not in WEIGHT_FILES:
-                raise ValueError(f"unknown metric network {network!r}; known: {', '.join(NETWORKS)}")
+                raise ValueError(
+                    f"unknown metric network {network!r}; known: {', '.join(NETWORKS)}"
+                )
             file = Path(weights_dir) / WEIGHT_FILES[network] if weights_dir is not None else None
             if file is not None and not file.is_file() and allow_random_init:
                 file = None
-            path = require_weights(file, f"metric network {network!r}", f"a file {WEIGHT_FILES[network]}", allow_random_init)
+            path = require_weights(
+                file,
+                f"metric network {network!r}",
+                f"a file {WEIGHT_FILES[network]}",
+                allow_random_init,
+            )
             if network == "alexnet":
                 for net in _alexnet(path):
                     nets[net.name] = net

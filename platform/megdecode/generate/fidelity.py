@@ -37,7 +37,9 @@ def columnwise_r(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """
     pred, truth = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
     if pred.shape != truth.shape or pred.ndim != 2:
-        raise ValueError(f"pred and truth must be (N, F) of one shape, got {pred.shape} and {truth.shape}")
+        raise ValueError(
+            f"pred and truth must be (N, F) of one shape, got {pred.shape} and {truth.shape}"
+        )
     if len(pred) < 3:
         return np.full(pred.shape[1], np.nan)
     p, t = pred - pred.mean(0), truth - truth.mean(0)
@@ -58,8 +60,13 @@ def dimension_labels(parts: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
     return labels
 
 
-def latent_fidelity(decoded: Mapping[str, np.ndarray], decoded_ids: Mapping[str, np.ndarray],
-                    truth: np.ndarray, truth_ids: np.ndarray, parts: Sequence[tuple[str, int]]) -> pd.DataFrame:
+def latent_fidelity(
+    decoded: Mapping[str, np.ndarray],
+    decoded_ids: Mapping[str, np.ndarray],
+    truth: np.ndarray,
+    truth_ids: np.ndarray,
+    parts: Sequence[tuple[str, int]],
+) -> pd.DataFrame:
     """Long table: kind, part, dimension, r (one row per decoded kind and target column).
 
     decoded[kind] (N_kind, F) is compared row by row with truth (M, F) at the row of its
@@ -75,16 +82,31 @@ def latent_fidelity(decoded: Mapping[str, np.ndarray], decoded_ids: Mapping[str,
         if (rows < 0).any():
             raise KeyError(f"{kind}: {int((rows < 0).sum())} rows have no ground-truth latent")
         r = columnwise_r(values, truth[rows])
-        frames.append(pd.DataFrame({"kind": kind, "part": [p for p, _ in labels],
-                                    "dimension": [d for _, d in labels], "r": r}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "kind": kind,
+                    "part": [p for p, _ in labels],
+                    "dimension": [d for _, d in labels],
+                    "r": r,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Per kind and part: dimensions, mean r, quartiles (NaN dimensions left out)."""
     g = table.dropna(subset=["r"]).groupby(["kind", "part"], sort=False)["r"]
-    return pd.DataFrame({"dims": g.size(), "mean_r": g.mean(), "q25": g.quantile(0.25), "median": g.median(),
-                         "q75": g.quantile(0.75)}).reset_index()
+    return pd.DataFrame(
+        {
+            "dims": g.size(),
+            "mean_r": g.mean(),
+            "q25": g.quantile(0.25),
+            "median": g.median(),
+            "q75": g.quantile(0.75),
+        }
+    ).reset_index()
 
 
 def plot_fidelity(table: pd.DataFrame, path: Path) -> Path:
@@ -104,7 +126,9 @@ def plot_fidelity(table: pd.DataFrame, path: Path) -> Path:
             width = 0.8 / len(kinds)
             for k, kind in enumerate(kinds):
                 r = sub[sub.kind == kind].set_index("dimension").reindex(dims)["r"].to_numpy()
-                ax.bar(np.arange(len(dims)) + (k - (len(kinds) - 1) / 2) * width, r, width, label=kind)
+                ax.bar(
+                    np.arange(len(dims)) + (k - (len(kinds) - 1) / 2) * width, r, width, label=kind
+                )
             ax.set_xticks(np.arange(len(dims)), dims, rotation=45, ha="right", fontsize=8)
         else:
             for kind in kinds:
@@ -112,7 +136,11 @@ def plot_fidelity(table: pd.DataFrame, path: Path) -> Path:
                 ax.plot(np.arange(len(r)), r, label=kind)
             ax.set_xlabel("dimension (sorted by r)")
         ax.axhline(0.0, color="k", lw=0.6)
-        ax.set(ylabel="r (decoded vs true)", title=part, ylim=(min(-0.1, float(np.nanmin(sub["r"])) - 0.05), 1.0))
+        ax.set(
+            ylabel="r (decoded vs true)",
+            title=part,
+            ylim=(min(-0.1, float(np.nanmin(sub["r"])) - 0.05), 1.0),
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -68,7 +68,11 @@ def make_grid(
         draw.text((4, y + 4), name, fill="black")
         for i in idx:
             for j, label in enumerate(labels):
-                image = columns[label][int(i)].convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
+                image = (
+                    columns[label][int(i)]
+                    .convert("RGB")
+                    .resize((cell, cell), Image.Resampling.NEAREST)
+                )
                 canvas.paste(image, (label_w + j * (cell + 2), y))
             y += cell + 2
         if g < len(groups) - 1:
@@ -76,8 +80,14 @@ def make_grid(
     return canvas
 
 
-def save_grid(path: str | Path, columns: Mapping[str, Sequence[Image.Image]], scores: np.ndarray,
-              per_group: int = 4, cell: int = 96, title: str = "") -> Path:
+def save_grid(
+    path: str | Path,
+    columns: Mapping[str, Sequence[Image.Image]],
+    scores: np.ndarray,
+    per_group: int = 4,
+    cell: int = 96,
+    title: str = "",
+) -> Path:
     """Rank by `scores`, build the grid, write a PNG; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -73,8 +73,12 @@ def ssim(recons: ImagesLike, targets: ImagesLike, size: int = METRIC_SIZE) -> fl
     rec, gt = _pairs(recons, targets, size)
     scores = [
         structural_similarity(
-            rgb2gray(r), rgb2gray(g), gaussian_weights=True, sigma=1.5,
-            use_sample_covariance=False, data_range=1.0,
+            rgb2gray(r),
+            rgb2gray(g),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
         )
         for r, g in zip(rec, gt, strict=True)
     ]

@@ -53,8 +53,13 @@ from megdecode.generate.conditioning import (
 logger = logging.getLogger(__name__)
 
 FORMAT = "megdecode-generator/1"
-_REQUIRED = ("generator.json", "conditioning.safetensors", "unet/config.json",
-             "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
+_REQUIRED = (
+    "generator.json",
+    "conditioning.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,9 @@ class GenerateConfig(FlatConfig):
 
     steps: int = 50  # DDIM steps (paper: 50)
     guidance_scale: float = 7.5  # classifier-free guidance; 1.0 = conditional only, no null pass
-    strength: float = 0.75  # init-latent strength: fraction of the schedule re-noised; 1.0 = ignore it
+    strength: float = (
+        0.75  # init-latent strength: fraction of the schedule re-noised; 1.0 = ignore it
+    )
     mix: float = 0.5  # weight of the streams after the first (VD text-to-image strength)
     height: int | None = None  # output size in pixels; None = the generator's size
     width: int | None = None
@@ -85,8 +92,15 @@ class GenerateConfig(FlatConfig):
 class LatentGenerator:
     """Predicted latents -> images. Build with `from_dir`; see the module docstring."""
 
-    def __init__(self, unet: Any, scheduler: Any, encoder: ConditionEncoder, meta: dict[str, Any],
-                 vae: Any | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        unet: Any,
+        scheduler: Any,
+        encoder: ConditionEncoder,
+        meta: dict[str, Any],
+        vae: Any | None = None,
+        device: str = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.unet = unet.to(self.device).eval()
         self.unet.set_attn_processor(MixedStreamsProcessor())
@@ -113,7 +127,9 @@ class LatentGenerator:
             raise FileNotFoundError(f"no weights at {path}: missing {', '.join(missing)}")
         meta = json.loads((path / "generator.json").read_text())
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path / 'generator.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(
+                f"{path / 'generator.json'}: format {meta.get('format')!r}, expected {FORMAT!r}"
+            )
         unet = UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False)
         scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
         vae = None
@@ -163,8 +179,13 @@ class LatentGenerator:
         """Whether the condition also enters as a global vector (the UNet's class embedding)."""
         return getattr(self.unet.config, "class_embed_type", None) == "projection"
 
-    def denoise(self, sample: torch.Tensor, t: torch.Tensor | int, context: torch.Tensor,
-                weights: Sequence[float]) -> torch.Tensor:
+    def denoise(
+        self,
+        sample: torch.Tensor,
+        t: torch.Tensor | int,
+        context: torch.Tensor,
+        weights: Sequence[float],
+    ) -> torch.Tensor:
         """One UNet call: the model output for `sample` at `t` given the condition tokens.
 
         Adds the coordinate channels and the global condition vector when the
@@ -173,8 +194,12 @@ class LatentGenerator:
         model_in = torch.cat([sample, _coord_grid(sample)], dim=1) if self.coords else sample
         lengths = self.encoder.lengths
         kwargs = {"stream_lengths": lengths, "stream_weights": list(weights)}
-        extra = {"class_labels": global_vector(context, lengths, weights)} if self.global_cond else {}
-        return self.unet(model_in, t, encoder_hidden_states=context, cross_attention_kwargs=kwargs, **extra).sample
+        extra = (
+            {"class_labels": global_vector(context, lengths, weights)} if self.global_cond else {}
+        )
+        return self.unet(
+            model_in, t, encoder_hidden_states=context, cross_attention_kwargs=kwargs, **extra
+        ).sample
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] -> UNet samples (N, C, H/s, W/s); training targets."""
@@ -186,7 +211,9 @@ class LatentGenerator:
         n = None
         for name, dim in self.conditions.items():
             if name not in latents:
-                raise ValueError(f"missing latent {name!r}; this generator needs {sorted(self.conditions)}")
+                raise ValueError(
+                    f"missing latent {name!r}; this generator needs {sorted(self.conditions)}"
+                )
             arr = np.asarray(latents[name])
             if arr.ndim != 2 or arr.shape[1] != dim:
                 raise ValueError(f"latent {name!r} has shape {arr.shape}, expected (N, {dim})")
@@ -198,32 +225,52 @@ class LatentGenerator:
         return int(n or 0)
 
     @torch.no_grad()
-    def generate(self, latents: dict[str, np.ndarray], config: GenerateConfig | None = None,
-                 seeds: Sequence[int] | None = None, **overrides: Any) -> list[Image.Image]:
+    def generate(
+        self,
+        latents: dict[str, np.ndarray],
+        config: GenerateConfig | None = None,
+        seeds: Sequence[int] | None = None,
+        **overrides: Any,
+    ) -> list[Image.Image]:
         """latents[name] (N, F) float32 for each name in `conditions` -> N RGB images.
 
         Deterministic for (config.seed, latents): sample i uses seed + i, or seeds[i] when
         given (so a sample does not depend on how a caller batches). Extra names are ignored.
         """
-        cfg = (config or self.default_config).replace(**overrides) if overrides else (config or self.default_config)
+        cfg = (
+            (config or self.default_config).replace(**overrides)
+            if overrides
+            else (config or self.default_config)
+        )
         n = self._check(latents)
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} samples")
         all_seeds = list(seeds) if seeds is not None else [cfg.seed + i for i in range(n)]
         images: list[Image.Image] = []
         for start in range(0, n, cfg.batch_size):
-            part = {k: np.asarray(latents[k][start : start + cfg.batch_size], np.float32) for k in self.conditions}
+            part = {
+                k: np.asarray(latents[k][start : start + cfg.batch_size], np.float32)
+                for k in self.conditions
+            }
             images += self._sample(part, cfg, all_seeds[start : start + cfg.batch_size])
         return images
 
-    def _sample(self, latents: dict[str, np.ndarray], cfg: GenerateConfig, seeds: list[int]) -> list[Image.Image]:
+    def _sample(
+        self, latents: dict[str, np.ndarray], cfg: GenerateConfig, seeds: list[int]
+    ) -> list[Image.Image]:
         dev, n = self.device, len(seeds)
         height, width = cfg.height or self.size, cfg.width or self.size
         f = self.scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if height % f or width % f:
             raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
-        shape = (int(self.unet.config.out_channels), height // self.scale_factor, width // self.scale_factor)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(dev)
+        shape = (
+            int(self.unet.config.out_channels),
+            height // self.scale_factor,
+            width // self.scale_factor,
+        )
+        noise = torch.stack(
+            [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        ).to(dev)
         tensors = {k: torch.as_tensor(v, device=dev) for k, v in latents.items()}
         streams = {k: v for k, v in tensors.items() if k != self.init_latent}
         cond = self.encoder(streams)
@@ -237,7 +284,9 @@ class LatentGenerator:
         if self.init_latent is not None and cfg.strength < 1.0:
             init = tensors[self.init_latent].reshape(n, *shape)
             if init.shape[-2:] != shape[-2:]:
-                raise ValueError(f"init latent {self.init_latent!r} fits {shape}, not {height}x{width}")
+                raise ValueError(
+                    f"init latent {self.init_latent!r} fits {shape}, not {height}x{width}"
+                )
             start = cfg.steps - max(1, int(round(cfg.steps * cfg.strength)))
             timesteps = timesteps[start:]
             sample = self.scheduler.add_noise(init, noise, timesteps[:1].repeat(n))
@@ -271,18 +320,33 @@ def _coord_grid(sample: torch.Tensor) -> torch.Tensor:
 
 def build_encoder(meta: dict[str, Any], width: int) -> ConditionEncoder:
     """The conditioning module described by generator.json (init latent excluded)."""
-    specs = [StreamSpec.from_dict(name, c) for name, c in meta["conditions"].items()
-             if name != meta.get("init_latent")]
+    specs = [
+        StreamSpec.from_dict(name, c)
+        for name, c in meta["conditions"].items()
+        if name != meta.get("init_latent")
+    ]
     return ConditionEncoder(specs, width)
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(N, 3, H, W) in [-1, 1] -> N RGB PIL images."""
-    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = (
+        ((images.clamp(-1, 1) + 1) * 127.5)
+        .round()
+        .to(torch.uint8)
+        .permute(0, 2, 3, 1)
+        .cpu()
+        .numpy()
+    )
     return [Image.fromarray(a) for a in arr]
 
 
 def from_pil(images: Sequence[Image.Image], size: int) -> torch.Tensor:
     """N PIL images -> (N, 3, size, size) float32 in [-1, 1] (bilinear resize)."""
-    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)) for im in images])
+    arr = np.stack(
+        [
+            np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+            for im in images
+        ]
+    )
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0

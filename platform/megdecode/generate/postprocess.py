@@ -53,7 +53,9 @@ def to_latent_space(
             return pred.astype(np.float32)
         return postprocess_mse(pred, latent_mean, latent_std).astype(np.float32)
     if np.shape(stats.mean) != (f,):
-        raise ValueError(f"prediction statistics have width {np.shape(stats.mean)}, the predictions {f}")
+        raise ValueError(
+            f"prediction statistics have width {np.shape(stats.mean)}, the predictions {f}"
+        )
     return postprocess_mse(pred, latent_mean, latent_std, stats.mean, stats.std).astype(np.float32)
 
 

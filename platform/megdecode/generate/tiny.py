@@ -40,12 +40,19 @@ class ArchConfig(FlatConfig):
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule: suits small pixel-space models
     prediction_type: str = "epsilon"
     coords: bool = False  # two coordinate channels into the UNet (where to draw)
-    global_cond: bool = False  # the condition also as a global vector: scale/shift in every ResNet block
+    global_cond: bool = (
+        False  # the condition also as a global vector: scale/shift in every ResNet block
+    )
 
 
-def new_generator(conditions: dict[str, int], arch: ArchConfig | None = None, seed: int = 0,
-                  init_latent: str | None = None, direct: Collection[str] = (),
-                  defaults: GenerateConfig | None = None) -> LatentGenerator:
+def new_generator(
+    conditions: dict[str, int],
+    arch: ArchConfig | None = None,
+    seed: int = 0,
+    init_latent: str | None = None,
+    direct: Collection[str] = (),
+    defaults: GenerateConfig | None = None,
+) -> LatentGenerator:
     """A random-init generator for `conditions` {name: F}; `direct` names are token grids."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
@@ -59,9 +66,15 @@ def new_generator(conditions: dict[str, int], arch: ArchConfig | None = None, se
         if a.vae:
             n_vae = len(a.vae_channels)
             vae = AutoencoderKL(
-                in_channels=3, out_channels=3, latent_channels=4, block_out_channels=a.vae_channels,
-                down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
-                layers_per_block=1, norm_num_groups=a.norm_groups, sample_size=a.size,
+                in_channels=3,
+                out_channels=3,
+                latent_channels=4,
+                block_out_channels=a.vae_channels,
+                down_block_types=("DownEncoderBlock2D",) * n_vae,
+                up_block_types=("UpDecoderBlock2D",) * n_vae,
+                layers_per_block=1,
+                norm_num_groups=a.norm_groups,
+                sample_size=a.size,
             )
             sample_size, in_ch = a.size // 2 ** (n_vae - 1), 4
         n = len(a.channels)
@@ -72,28 +85,52 @@ def new_generator(conditions: dict[str, int], arch: ArchConfig | None = None, se
         up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
         film: dict[str, Any] = {}
         if a.global_cond:
-            film = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": a.cross_attention_dim,
-                    "resnet_time_scale_shift": "scale_shift"}
+            film = {
+                "class_embed_type": "projection",
+                "projection_class_embeddings_input_dim": a.cross_attention_dim,
+                "resnet_time_scale_shift": "scale_shift",
+            }
         unet = UNet2DConditionModel(
-            sample_size=sample_size, in_channels=in_ch + 2 * a.coords, out_channels=in_ch, **film,
-            down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
-            block_out_channels=a.channels, layers_per_block=a.layers_per_block,
-            cross_attention_dim=a.cross_attention_dim, attention_head_dim=a.head_dim,
-            norm_num_groups=a.norm_groups, only_cross_attention=True,
+            sample_size=sample_size,
+            in_channels=in_ch + 2 * a.coords,
+            out_channels=in_ch,
+            **film,
+            down_block_types=down,
+            up_block_types=up,
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            block_out_channels=a.channels,
+            layers_per_block=a.layers_per_block,
+            cross_attention_dim=a.cross_attention_dim,
+            attention_head_dim=a.head_dim,
+            norm_num_groups=a.norm_groups,
+            only_cross_attention=True,
         )
-        specs = [make_spec(name, dim, a.cross_attention_dim, a.n_tokens, name in direct)
-                 for name, dim in conditions.items() if name != init_latent]
+        specs = [
+            make_spec(name, dim, a.cross_attention_dim, a.n_tokens, name in direct)
+            for name, dim in conditions.items()
+            if name != init_latent
+        ]
         encoder = ConditionEncoder(specs, a.cross_attention_dim)
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule=a.beta_schedule,
-                              clip_sample=not a.vae, set_alpha_to_one=True, prediction_type=a.prediction_type)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule=a.beta_schedule,
+        clip_sample=not a.vae,
+        set_alpha_to_one=True,
+        prediction_type=a.prediction_type,
+    )
     if init_latent is not None:
         expected = in_ch * sample_size * sample_size
         if conditions.get(init_latent) != expected:
-            raise ValueError(f"init latent {init_latent!r} must have F={expected} (the UNet sample), "
-                             f"got {conditions.get(init_latent)}")
+            raise ValueError(
+                f"init latent {init_latent!r} must have F={expected} (the UNet sample), "
+                f"got {conditions.get(init_latent)}"
+            )
     meta: dict[str, Any] = {
         "conditions": {name: {"dim": int(dim)} for name, dim in conditions.items()},
-        "init_latent": init_latent, "size": a.size, "patch": 1 if a.vae else a.patch, "arch": a.to_flat_dict(),
+        "init_latent": init_latent,
+        "size": a.size,
+        "patch": 1 if a.vae else a.patch,
+        "arch": a.to_flat_dict(),
         "defaults": (defaults or GenerateConfig()).to_flat_dict(),
     }
     for spec in specs:
@@ -101,13 +138,34 @@ def new_generator(conditions: dict[str, int], arch: ArchConfig | None = None, se
     return LatentGenerator(unet, scheduler, encoder, meta, vae=vae)
 
 
-def build_tiny_generator(out_dir: str | Path, conditions: dict[str, int], size: int = 32, seed: int = 0,
-                         vae: bool = False, init_latent: str | None = None, patch: int = 1) -> Path:
+def build_tiny_generator(
+    out_dir: str | Path,
+    conditions: dict[str, int],
+    size: int = 32,
+    seed: int = 0,
+    vae: bool = False,
+    init_latent: str | None = None,
+    patch: int = 1,
+) -> Path:
     """A random-init generator folder for `conditions` {name: F}, loadable by `from_dir`."""
-    arch = ArchConfig(size=size, channels=(16, 32), cross_attention_dim=32, head_dim=16, n_tokens=2,
-                      norm_groups=8, vae=vae, vae_channels=(8, 16), patch=patch)
-    gen = new_generator(conditions, arch, seed=seed, init_latent=init_latent,
-                        defaults=GenerateConfig(steps=4, guidance_scale=2.0))
+    arch = ArchConfig(
+        size=size,
+        channels=(16, 32),
+        cross_attention_dim=32,
+        head_dim=16,
+        n_tokens=2,
+        norm_groups=8,
+        vae=vae,
+        vae_channels=(8, 16),
+        patch=patch,
+    )
+    gen = new_generator(
+        conditions,
+        arch,
+        seed=seed,
+        init_latent=init_latent,
+        defaults=GenerateConfig(steps=4, guidance_scale=2.0),
+    )
     gen.meta["trained"] = False
     path = gen.save(out_dir)
     logger.info("random-init generator for %s at %s (not trained)", sorted(conditions), path)

@@ -66,15 +66,23 @@ class GenTrainConfig(FlatConfig):
     lr: float = 2e-3
     warmup: int = 50  # linear lr warm-up steps
     cond_dropout: float = 0.1  # probability a sample's condition is replaced by the null tokens
-    ema_decay: float = 0.99  # short runs: a longer average would lag far behind a fast-improving model
+    ema_decay: float = (
+        0.99  # short runs: a longer average would lag far behind a fast-improving model
+    )
     seed: int = 0
-    size: int = 16  # 16 px: on 2 CPU cores, 32 px needs several times the steps to stop looking like noise
+    size: int = (
+        16  # 16 px: on 2 CPU cores, 32 px needs several times the steps to stop looking like noise
+    )
     patch: int = 2
     channels: tuple[int, ...] = (32, 64)
     n_tokens: int = 4
     coords: bool = True  # coordinate channels + a global condition vector: on the twin these
-    global_cond: bool = True  # learn placement and colour in a few hundred steps (see tiny.ArchConfig)
-    prediction_type: str = "v_prediction"  # v: robust when undertrained (x0 estimate errors shrink with the noise)
+    global_cond: bool = (
+        True  # learn placement and colour in a few hundred steps (see tiny.ArchConfig)
+    )
+    prediction_type: str = (
+        "v_prediction"  # v: robust when undertrained (x0 estimate errors shrink with the noise)
+    )
     guidance_scale: float = 3.0  # stored as the folder's default for sampling
     sample_steps: int = 50
 
@@ -115,7 +123,9 @@ def load_training_set(cfg: GenTrainConfig) -> TrainingSet:
         lat_ids, values = load_latents(path)
         row = pd.Index(lat_ids).get_indexer(ids)
         if (row < 0).any():
-            raise KeyError(f"{int((row < 0).sum())} images have no {name!r} latent, e.g. {ids[row < 0][:3].tolist()}")
+            raise KeyError(
+                f"{int((row < 0).sum())} images have no {name!r} latent, e.g. {ids[row < 0][:3].tolist()}"
+            )
         latents[name] = values[row]
     images_root = cfg.images_root or None
     files = [bids.image_file(cfg.bids_root, rel[i], images_root) for i in keep]
@@ -129,15 +139,28 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             e.lerp_(p, 1.0 - decay)
 
 
-def train_generator(cfg: GenTrainConfig, out_dir: str | Path, data: TrainingSet | None = None) -> Path:
+def train_generator(
+    cfg: GenTrainConfig, out_dir: str | Path, data: TrainingSet | None = None
+) -> Path:
     """Train, save the EMA weights as a generator folder plus loss.png/loss.csv; returns the folder."""
     data = data or load_training_set(cfg)
     n = len(data.ids)
-    arch = ArchConfig(size=cfg.size, patch=cfg.patch, channels=cfg.channels, n_tokens=cfg.n_tokens,
-                      cross_attention_dim=64, head_dim=16, norm_groups=8,
-                      prediction_type=cfg.prediction_type, coords=cfg.coords, global_cond=cfg.global_cond)
+    arch = ArchConfig(
+        size=cfg.size,
+        patch=cfg.patch,
+        channels=cfg.channels,
+        n_tokens=cfg.n_tokens,
+        cross_attention_dim=64,
+        head_dim=16,
+        norm_groups=8,
+        prediction_type=cfg.prediction_type,
+        coords=cfg.coords,
+        global_cond=cfg.global_cond,
+    )
     defaults = GenerateConfig(steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale)
-    gen = new_generator({k: v.shape[1] for k, v in data.latents.items()}, arch, seed=cfg.seed, defaults=defaults)
+    gen = new_generator(
+        {k: v.shape[1] for k, v in data.latents.items()}, arch, seed=cfg.seed, defaults=defaults
+    )
     for name, values in data.latents.items():  # z-score inputs with the training latents' stats
         gen.encoder.stream(name).set_stats(values.mean(0), values.std(0))
     unet, encoder, sched = gen.unet.train(), gen.encoder.train(), gen.scheduler
@@ -152,8 +175,13 @@ def train_generator(cfg: GenTrainConfig, out_dir: str | Path, data: TrainingSet 
     alphas = sched.alphas_cumprod
     losses: list[float] = []
     start = time.perf_counter()
-    logger.info("training a generator on %d images (%s) for <= %d steps / %.0f s",
-                n, ", ".join(cfg.latents), cfg.steps, cfg.max_seconds)
+    logger.info(
+        "training a generator on %d images (%s) for <= %d steps / %.0f s",
+        n,
+        ", ".join(cfg.latents),
+        cfg.steps,
+        cfg.max_seconds,
+    )
     for _step in progress(range(cfg.steps), desc="generator steps", total=cfg.steps):
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=g)
         x0 = targets[idx]
@@ -163,14 +191,18 @@ def train_generator(cfg: GenTrainConfig, out_dir: str | Path, data: TrainingSet 
         keep = torch.rand(len(idx), len(encoder.names), generator=g) >= cfg.cond_dropout
         context = encoder({k: v[idx] for k, v in cond.items()}, keep=keep)
         pred = gen.denoise(x_t, t, context, weights)
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
+        target = (
+            noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
+        )
         loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         warm.step()
-        decay = min(cfg.ema_decay, (1 + len(losses)) / (10 + len(losses)))  # short runs: EMA warms up
+        decay = min(
+            cfg.ema_decay, (1 + len(losses)) / (10 + len(losses))
+        )  # short runs: EMA warms up
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_encoder, encoder, decay)
         losses.append(loss.item())
@@ -179,11 +211,22 @@ def train_generator(cfg: GenTrainConfig, out_dir: str | Path, data: TrainingSet 
             break
     seconds = time.perf_counter() - start
     gen.unet, gen.encoder = ema_unet, ema_encoder
-    gen.meta["trained"] = {"config": cfg.to_flat_dict(), "n_images": n, "steps": len(losses),
-                           "seconds": round(seconds, 1), "final_loss": float(np.mean(losses[-50:]))}
+    gen.meta["trained"] = {
+        "config": cfg.to_flat_dict(),
+        "n_images": n,
+        "steps": len(losses),
+        "seconds": round(seconds, 1),
+        "final_loss": float(np.mean(losses[-50:])),
+    }
     out = gen.save(out_dir)
     write_loss_curve(losses, out)
-    logger.info("generator: %d steps in %.0f s, loss %.4f -> %s", len(losses), seconds, np.mean(losses[-50:]), out)
+    logger.info(
+        "generator: %d steps in %.0f s, loss %.4f -> %s",
+        len(losses),
+        seconds,
+        np.mean(losses[-50:]),
+        out,
+    )
     return out
 
 
@@ -198,8 +241,12 @@ def write_loss_curve(losses: list[float], out_dir: Path) -> Path:
     series.rename_axis("step").reset_index().to_csv(out_dir / "loss.csv", index=False)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(series.index, series.values, alpha=0.3, lw=0.8, label="step")
-    ax.plot(series.index, series.rolling(25, min_periods=1).mean().values, lw=1.5, label="mean of 25")
-    ax.set(xlabel="step", ylabel="noise-prediction MSE", yscale="log", title="generator training loss")
+    ax.plot(
+        series.index, series.rolling(25, min_periods=1).mean().values, lw=1.5, label="mean of 25"
+    )
+    ax.set(
+        xlabel="step", ylabel="noise-prediction MSE", yscale="log", title="generator training loss"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "loss.png", dpi=100)
@@ -211,5 +258,7 @@ def load_trained(path: str | Path, device: str = "cpu") -> LatentGenerator:
     """`LatentGenerator.from_dir`, refusing a random-init folder (a tiny one is no result)."""
     gen = LatentGenerator.from_dir(path, device=device)
     if not gen.meta.get("trained"):
-        raise FileNotFoundError(f"no weights at {path}: the generator there is random-init, not trained")
+        raise FileNotFoundError(
+            f"no weights at {path}: the generator there is random-init, not trained"
+        )
     return gen

@@ -24,9 +24,17 @@ EncoderFactory = Callable[[str], ImageEncoder | TextEncoder]  # device -> encode
 ROW = "row"  # the column that numbers the items; an actor returns it unchanged
 
 
-def map_in_row_order(items: Sequence[dict[str, Any]], actor: type, constructor_kwargs: dict[str, Any],
-                     output: str, *, actors: int, batch_size: int, num_cpus: float,
-                     num_gpus: float = 0.0) -> np.ndarray:
+def map_in_row_order(
+    items: Sequence[dict[str, Any]],
+    actor: type,
+    constructor_kwargs: dict[str, Any],
+    output: str,
+    *,
+    actors: int,
+    batch_size: int,
+    num_cpus: float,
+    num_gpus: float = 0.0,
+) -> np.ndarray:
     """The `output` column of the callable class `actor` run over `items` on a fixed pool of
     `actors` actors (each built once with `constructor_kwargs`): one row per item, in the
     items' order.
@@ -41,9 +49,13 @@ def map_in_row_order(items: Sequence[dict[str, Any]], actor: type, constructor_k
 
     numbered = [{ROW: i, **item} for i, item in enumerate(items)]
     ds = ray.data.from_items(numbered).map_batches(
-        actor, fn_constructor_kwargs=constructor_kwargs, batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors), batch_format="numpy",
-        num_cpus=num_cpus, num_gpus=num_gpus,
+        actor,
+        fn_constructor_kwargs=constructor_kwargs,
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_format="numpy",
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
     )
     rows, outputs = [], []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -73,7 +85,9 @@ class _EncodeActor:
         return {ROW: batch[ROW], "latent": np.asarray(latents, np.float32)}
 
 
-def ray_encode_fn(factory: EncoderFactory, actors: int | None = None) -> Callable[[Sequence[str | Path], int], np.ndarray]:
+def ray_encode_fn(
+    factory: EncoderFactory, actors: int | None = None
+) -> Callable[[Sequence[str | Path], int], np.ndarray]:
     """An `encode_fn` for `encode_cached` that runs on a Ray Data actor pool."""
 
     def encode(paths: Sequence[str | Path], batch_size: int) -> np.ndarray:
@@ -84,10 +98,22 @@ def ray_encode_fn(factory: EncoderFactory, actors: int | None = None) -> Callabl
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         pool = actors or max(1, gpus or int(resources.get("CPU", 1)) // 2)
-        logger.info("encoding %d images on %d actor(s)%s", len(paths), pool, " with a GPU each" if gpus else "")
-        latents = map_in_row_order([{"path": str(p)} for p in paths], _EncodeActor, {"factory": factory}, "latent",
-                                   actors=pool, batch_size=batch_size, num_cpus=0 if gpus else 1,
-                                   num_gpus=1 if gpus else 0)
+        logger.info(
+            "encoding %d images on %d actor(s)%s",
+            len(paths),
+            pool,
+            " with a GPU each" if gpus else "",
+        )
+        latents = map_in_row_order(
+            [{"path": str(p)} for p in paths],
+            _EncodeActor,
+            {"factory": factory},
+            "latent",
+            actors=pool,
+            batch_size=batch_size,
+            num_cpus=0 if gpus else 1,
+            num_gpus=1 if gpus else 0,
+        )
         return latents.astype(np.float32)
 
     return encode

@@ -28,8 +28,15 @@ from megdecode.latents.base import ImageEncoder, TextEncoder
 logger = logging.getLogger(__name__)
 
 ENCODERS = (
-    "handcrafted", "clip-vision", "clip-vision-tokens", "clip-text", "clip-text-tokens",
-    "autokl", "autokl-avg", "dinov2", "vgg19",
+    "handcrafted",
+    "clip-vision",
+    "clip-vision-tokens",
+    "clip-text",
+    "clip-text-tokens",
+    "autokl",
+    "autokl-avg",
+    "dinov2",
+    "vgg19",
 )
 Encoder = ImageEncoder | TextEncoder
 
@@ -67,16 +74,22 @@ def make_encoder(
 
         output = "tokens" if name.endswith("tokens") else "cls"
         return ClipVisionEncoder(
-            clip_model, pretrained=clip_weights, output=output,
-            device=device, allow_random_init=allow_random_init,
+            clip_model,
+            pretrained=clip_weights,
+            output=output,
+            device=device,
+            allow_random_init=allow_random_init,
         )
     if name in ("clip-text", "clip-text-tokens"):
         from megdecode.latents.encoders.clip_text import ClipTextEncoder
 
         output = "tokens" if name.endswith("tokens") else "mean"
         return ClipTextEncoder(
-            clip_model, pretrained=clip_weights, output=output,
-            device=device, allow_random_init=allow_random_init,
+            clip_model,
+            pretrained=clip_weights,
+            output=output,
+            device=device,
+            allow_random_init=allow_random_init,
         )
     if name in ("autokl", "autokl-avg"):
         from megdecode.latents.encoders.autokl import AutoKLEncoder
@@ -84,22 +97,28 @@ def make_encoder(
         size = autokl_size or (512 if autokl_weights is not None else 64)
         output = "avg" if name.endswith("avg") else "latent"
         return AutoKLEncoder(
-            autokl_weights, output=output, image_size=size,
-            device=device, allow_random_init=allow_random_init,
+            autokl_weights,
+            output=output,
+            image_size=size,
+            device=device,
+            allow_random_init=allow_random_init,
         )
     if name == "dinov2":
         from megdecode.latents.encoders.vision import DinoV2Encoder
 
         return DinoV2Encoder(
-            dinov2_model, weights=dinov2_weights,
-            device=device, allow_random_init=allow_random_init,
+            dinov2_model,
+            weights=dinov2_weights,
+            device=device,
+            allow_random_init=allow_random_init,
         )
     if name == "vgg19":
         from megdecode.latents.encoders.vision import Vgg19Encoder
 
         return Vgg19Encoder(
             vgg19_weights,
-            device=device, allow_random_init=allow_random_init,
+            device=device,
+            allow_random_init=allow_random_init,
         )
     raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
 
@@ -121,8 +140,12 @@ def open_clip_architecture(clip_model: str) -> str:
     return clip_model
 
 
-def _make_on_device(name: str, clip_model: str, clip_weights: Path | None, kwargs: dict, device: str) -> Encoder:
-    return make_encoder(name, clip_model=clip_model, clip_weights=clip_weights, device=device, **kwargs)
+def _make_on_device(
+    name: str, clip_model: str, clip_weights: Path | None, kwargs: dict, device: str
+) -> Encoder:
+    return make_encoder(
+        name, clip_model=clip_model, clip_weights=clip_weights, device=device, **kwargs
+    )
 
 
 def encoder_factory(

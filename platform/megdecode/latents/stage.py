@@ -56,7 +56,9 @@ def _unique_images(store: Path) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 def _encode_texts(encoder: TextEncoder, texts: list[str], batch_size: int) -> np.ndarray:
-    chunks = [encoder.encode_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    chunks = [
+        encoder.encode_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
+    ]
     return np.concatenate(chunks) if chunks else np.empty((0, encoder.dim), np.float32)
 
 
@@ -82,7 +84,9 @@ def build_latents(
     else:
         ids, rel_paths = store_images(store)
         items = [bids.image_file(bids_root, p, images_root) for p in rel_paths]
-    ids_out, vectors = encode_cached(encoder, ids, items, out_dir, batch_size=batch_size, encode_fn=encode_fn)
+    ids_out, vectors = encode_cached(
+        encoder, ids, items, out_dir, batch_size=batch_size, encode_fn=encode_fn
+    )
     path = Path(out_dir) / f"{encoder.name}.parquet"
     logger.info("%s: %d images x %d dims -> %s", encoder.name, len(ids_out), vectors.shape[1], path)
     return LatentsReport(encoder.name, path, len(ids_out), int(vectors.shape[1]))

@@ -36,7 +36,9 @@ def target_names(target: str) -> list[str]:
     return names
 
 
-def load_target(latents_dir: str | Path, target: str) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
+def load_target(
+    latents_dir: str | Path, target: str
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
     """(ids (L,), latents (L, sum F), parts [(name, F), ...]) for the images every part has.
 
     One name reads ``<latents_dir>/<name>.parquet`` as it is. Several keep the images
@@ -47,7 +49,9 @@ def load_target(latents_dir: str | Path, target: str) -> tuple[np.ndarray, np.nd
     for name in names:
         path = Path(latents_dir) / f"{name}.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"no latents {name!r} at {path}; run `megdecode latents --encoder {name}` first")
+            raise FileNotFoundError(
+                f"no latents {name!r} at {path}; run `megdecode latents --encoder {name}` first"
+            )
         loaded.append(load_latents(path))
     if len(loaded) == 1:
         ids, values = loaded[0]
@@ -60,10 +64,19 @@ def load_target(latents_dir: str | Path, target: str) -> tuple[np.ndarray, np.nd
     blocks = []
     for name, (ids, values) in zip(names, loaded, strict=True):
         if len(ids) > len(common):
-            logger.warning("target %s: %d images of %s lack another part and are left out", target, len(ids) - len(common), name)
+            logger.warning(
+                "target %s: %d images of %s lack another part and are left out",
+                target,
+                len(ids) - len(common),
+                name,
+            )
         order = np.argsort(ids)
         blocks.append(values[order[np.searchsorted(ids, common, sorter=order)]])
-    return common, np.concatenate(blocks, axis=1).astype(np.float32), [(n, b.shape[1]) for n, b in zip(names, blocks, strict=True)]
+    return (
+        common,
+        np.concatenate(blocks, axis=1).astype(np.float32),
+        [(n, b.shape[1]) for n, b in zip(names, blocks, strict=True)],
+    )
 
 
 def split_target(z: np.ndarray, parts: list[tuple[str, int]]) -> dict[str, np.ndarray]:

@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 RANDOM_INIT_SEED = 0
 
 
-def require_weights(path: str | Path | None, who: str, expect: str, allow_random_init: bool) -> Path | None:
+def require_weights(
+    path: str | Path | None, who: str, expect: str, allow_random_init: bool
+) -> Path | None:
     """`path` as an existing Path, or None when random weights were explicitly allowed.
 
     expect: what the path should be ("a file", "a diffusers folder with config.json"), for
@@ -40,7 +42,9 @@ def require_weights(path: str | Path | None, who: str, expect: str, allow_random
     resolved = Path(path).expanduser()
     folder = expect.startswith("a folder") or expect.startswith("a diffusers folder")
     if not (resolved.is_dir() if folder else resolved.is_file()):
-        raise FileNotFoundError(f"no weights at {resolved}: {who} loads {expect}; nothing is downloaded")
+        raise FileNotFoundError(
+            f"no weights at {resolved}: {who} loads {expect}; nothing is downloaded"
+        )
     return resolved
 
 
@@ -75,5 +79,5 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state_dict (got {type(state).__name__})")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state

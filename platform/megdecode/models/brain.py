@@ -91,7 +91,9 @@ class BrainConfig(FlatConfig):
     projection_hidden: int = 640  # 1x1 conv H -> 2H -> F' (Défossez's output layers)
     backbone_dim: int | None = None  # F'; None = out_dim
     aggregation: str = "affine"  # "mean" | "affine" (learned weights over time) | "attention"
-    attention_heads: int = 1  # aggregation="attention" only: channel groups with their own time scores
+    attention_heads: int = (
+        1  # aggregation="attention" only: channel groups with their own time scores
+    )
 
     # --- heads (one for the CLIP loss, one for the MSE loss)
     head_hidden: int | None = None  # None = F'
@@ -103,9 +105,13 @@ class BrainConfig(FlatConfig):
                 f"aggregation: expected mean|affine|attention, got {self.aggregation!r}"
             )
         if self.attention_heads < 1 or self.feature_dim % self.attention_heads:
-            raise ConfigError(f"attention_heads ({self.attention_heads}) must be >= 1 and divide F' ({self.feature_dim})")
+            raise ConfigError(
+                f"attention_heads ({self.attention_heads}) must be >= 1 and divide F' ({self.feature_dim})"
+            )
         if self.attention_heads > 1 and self.aggregation != "attention":
-            raise ConfigError(f"attention_heads={self.attention_heads} needs aggregation='attention', got {self.aggregation!r}")
+            raise ConfigError(
+                f"attention_heads={self.attention_heads} needs aggregation='attention', got {self.aggregation!r}"
+            )
         for key in ("n_channels", "n_times", "n_subjects", "out_dim", "hidden_channels", "depth"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
@@ -188,7 +194,9 @@ class BrainModule(nn.Module):
                 "out": nn.Linear(cfg.projection_hidden, cfg.feature_dim),
             }
         )
-        self.aggregation = TemporalAggregation(cfg.aggregation, cfg.feature_dim, cfg.n_times, cfg.attention_heads)
+        self.aggregation = TemporalAggregation(
+            cfg.aggregation, cfg.feature_dim, cfg.n_times, cfg.attention_heads
+        )
         hidden = cfg.head_hidden or cfg.feature_dim
         self.clip_head = MLPHead(cfg.feature_dim, hidden, cfg.out_dim, cfg.head_dropout)
         self.mse_head = MLPHead(cfg.feature_dim, hidden, cfg.out_dim, cfg.head_dropout)

@@ -43,8 +43,12 @@ class FoldedInput(nn.Module):
 
     def forward(self, h: torch.Tensor, subject: torch.Tensor) -> torch.Tensor:
         if self.shared:
-            return torch.addmm(self.biases[0, 0], h.reshape(-1, h.shape[-1]), self.matrices[0]).view(*h.shape[:2], -1)
-        return torch.baddbmm(self.biases.index_select(0, subject), h, self.matrices.index_select(0, subject))
+            return torch.addmm(
+                self.biases[0, 0], h.reshape(-1, h.shape[-1]), self.matrices[0]
+            ).view(*h.shape[:2], -1)
+        return torch.baddbmm(
+            self.biases.index_select(0, subject), h, self.matrices.index_select(0, subject)
+        )
 
 
 @torch.no_grad()

@@ -68,7 +68,9 @@ class SearchSetup:
     gpus_per_trial: float = 0.0
     sampler_seed: int = 0
     fail_trials: tuple[int, ...] = ()  # fault-injection drill, see `TrialPlan`
-    scheduler: str = "asha"  # "asha" (early stopping on the per-epoch mean) | "fifo" (none: baselines)
+    scheduler: str = (
+        "asha"  # "asha" (early stopping on the per-epoch mean) | "fifo" (none: baselines)
+    )
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("asha", "fifo"):
@@ -86,7 +88,9 @@ class SearchSetup:
     def load(cls, path: Path) -> SearchSetup:
         file = Path(path) / SETUP_FILE
         if not file.exists():
-            raise FileNotFoundError(f"no {SETUP_FILE} in {path}: not a megdecode search folder, nothing to resume")
+            raise FileNotFoundError(
+                f"no {SETUP_FILE} in {path}: not a megdecode search folder, nothing to resume"
+            )
         raw = json.loads(file.read_text())
         return cls(**raw | {"fail_trials": tuple(raw.get("fail_trials", ()))})
 
@@ -113,14 +117,24 @@ def data_paths(data: Path) -> tuple[Path, Path]:
     trials run in their own trial folders, where a relative path would point elsewhere."""
     store, latents = Path(data).resolve() / "store", Path(data).resolve() / "latents"
     if not (store / "manifest.json").exists():
-        raise FileNotFoundError(f"no epoch store at {store} (--data must be a run folder with store/ and latents/;"
-                                " with `ray job submit --working-dir`, give an absolute path)")
+        raise FileNotFoundError(
+            f"no epoch store at {store} (--data must be a run folder with store/ and latents/;"
+            " with `ray job submit --working-dir`, give an absolute path)"
+        )
     return store, latents
 
 
-def run_search(setup: SearchSetup, resume: bool = False, address: str | None = None, top_k: int = 5,
-               register: tuple[str, str] | None = ("megdecode-brain", "champion"), ridge: bool = True,
-               retry_errored: bool = False, verbose: int | None = None, callbacks: Sequence[Any] = ()) -> SearchReport:
+def run_search(
+    setup: SearchSetup,
+    resume: bool = False,
+    address: str | None = None,
+    top_k: int = 5,
+    register: tuple[str, str] | None = ("megdecode-brain", "champion"),
+    ridge: bool = True,
+    retry_errored: bool = False,
+    verbose: int | None = None,
+    callbacks: Sequence[Any] = (),
+) -> SearchReport:
     """Run (or resume) one search; see the module docstring. Starts or attaches Ray.
 
     verbose: Tune's own console output (its status table every 30 s); None = 1 with ``-v``,
@@ -138,17 +152,32 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     if resume:
         saved = SearchSetup.load(setup.path)
         if saved.tracking_uri != setup.tracking_uri:
-            logger.warning("resume logs to the interrupted search's MLflow store %s, not %s",
-                           saved.tracking_uri, setup.tracking_uri)
+            logger.warning(
+                "resume logs to the interrupted search's MLflow store %s, not %s",
+                saved.tracking_uri,
+                setup.tracking_uri,
+            )
         setup = saved
     space = load_space(setup.space)
     seeds = tuple(range(setup.seeds or space.seeds))
-    logger.info("search space %s: %d params, %d fixed, %d samples x %d seeds", space.name, len(space.params),
-                len(space.fixed), setup.num_samples or space.num_samples, len(seeds))
+    logger.info(
+        "search space %s: %d params, %d fixed, %d samples x %d seeds",
+        space.name,
+        len(space.params),
+        len(space.fixed),
+        setup.num_samples or space.num_samples,
+        len(seeds),
+    )
     store, latents_dir = data_paths(Path(setup.data))
     base = FitConfig(store=str(store), latents_dir=str(latents_dir))
-    plan = TrialPlan(base, dict(space.fixed), seeds, tuple(p.key for p in space.params),
-                     device="cuda" if setup.gpus_per_trial > 0 else "cpu", fail_trials=frozenset(setup.fail_trials))
+    plan = TrialPlan(
+        base,
+        dict(space.fixed),
+        seeds,
+        tuple(p.key for p in space.params),
+        device="cuda" if setup.gpus_per_trial > 0 else "cpu",
+        fail_trials=frozenset(setup.fail_trials),
+    )
     concurrent = setup.max_concurrent or space.max_concurrent
     # Ray's new console output ignores `progress_reporter` and prints every trial's full
     # result; the classic table (`_reporter`) stays readable. Set RAY_AIR_NEW_OUTPUT=1 to undo.
@@ -162,8 +191,10 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     plan = replace(plan, threads=cpus)
     clock.lap("start")
     shared = SharedEpochs.load(store, latents_dir, latent_names(space, base))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared, plan=plan),
-                                    {"cpu": cpus, "gpu": setup.gpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, shared=shared, plan=plan),
+        {"cpu": cpus, "gpu": setup.gpus_per_trial},
+    )
     load_s = clock.lap("load")
     logger.info("epochs loaded once for all trials: %.1f MB in %.1f s", shared.nbytes / 1e6, load_s)
     mlflow_callback = None
@@ -171,17 +202,33 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
         if not tune.Tuner.can_restore(str(setup.path)):
             raise FileNotFoundError(f"no Tune experiment state in {setup.path} to resume")
         logger.info("resuming %s", setup.path)
-        tuner = tune.Tuner.restore(str(setup.path), trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=retry_errored)
+        tuner = tune.Tuner.restore(
+            str(setup.path),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=retry_errored,
+        )
     else:
         if (setup.path / "tuner.pkl").exists():
-            raise FileExistsError(f"{setup.path} already holds a search; pass --resume or another --experiment")
+            raise FileExistsError(
+                f"{setup.path} already holds a search; pass --resume or another --experiment"
+            )
         setup.save()
-        tags = {"megdecode.space": space.name, "megdecode.space_path": str(setup.space),
-                "megdecode.experiment_path": str(setup.path)}  # the Tracker adds git commit, dataset sha256
+        tags = {
+            "megdecode.space": space.name,
+            "megdecode.space_path": str(setup.space),
+            "megdecode.experiment_path": str(setup.path),
+        }  # the Tracker adds git commit, dataset sha256
         mlflow_callback = MlflowSearchCallback(setup.tracking_uri, setup.experiment, plan, tags)
-        shown = [] if verbose else [trial_progress(setup.num_samples or space.num_samples, f"{space.metric}_mean")]
-        tuner = _new_tuner(setup, space, trainable, concurrent, verbose, [mlflow_callback, *shown, *callbacks])
+        shown = (
+            []
+            if verbose
+            else [trial_progress(setup.num_samples or space.num_samples, f"{space.metric}_mean")]
+        )
+        tuner = _new_tuner(
+            setup, space, trainable, concurrent, verbose, [mlflow_callback, *shown, *callbacks]
+        )
     results = tuner.fit()
     clock.lap("tune")
     if mlflow_callback is not None:
@@ -189,8 +236,21 @@ def run_search(setup: SearchSetup, resume: bool = False, address: str | None = N
     trials = saved_trials(setup.path)
     searcher_name, searcher_trials = check_searcher(setup.path, trials)
     clock.lap("check")
-    return write_report(setup, space, plan, shared, results, trials, clock, resume, top_k, register, ridge,
-                        searcher_name, searcher_trials)
+    return write_report(
+        setup,
+        space,
+        plan,
+        shared,
+        results,
+        trials,
+        clock,
+        resume,
+        top_k,
+        register,
+        ridge,
+        searcher_name,
+        searcher_trials,
+    )
 
 
 def trial_progress(total: int, metric: str) -> Any:
@@ -208,9 +268,18 @@ def trial_progress(total: int, metric: str) -> Any:
 
         def _show(self, trial: Any, state: str) -> None:
             result = dict(trial.last_result or {})
-            value, spread = result.get(self.metric), result.get(self.metric.replace("_mean", "_std"))
-            shown = f"{value:.3f}" + (f"±{spread:.3f}" if spread is not None else "") if value is not None else "-"
-            self.bar.step(f"{trial} {state} at epoch {result.get('epoch', 0)}: {self.metric.removesuffix('_mean')} {shown}")
+            value, spread = (
+                result.get(self.metric),
+                result.get(self.metric.replace("_mean", "_std")),
+            )
+            shown = (
+                f"{value:.3f}" + (f"±{spread:.3f}" if spread is not None else "")
+                if value is not None
+                else "-"
+            )
+            self.bar.step(
+                f"{trial} {state} at epoch {result.get('epoch', 0)}: {self.metric.removesuffix('_mean')} {shown}"
+            )
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._show(trial, "finished" if result_final(trial) else "stopped")
@@ -229,8 +298,14 @@ def result_final(trial: Any) -> bool:
     return bool((trial.last_result or {}).get("final"))
 
 
-def _new_tuner(setup: SearchSetup, space: SearchSpace, trainable: Any, concurrent: int, verbose: int,
-               callbacks: list[Any]) -> Any:
+def _new_tuner(
+    setup: SearchSetup,
+    space: SearchSpace,
+    trainable: Any,
+    concurrent: int,
+    verbose: int,
+    callbacks: list[Any],
+) -> Any:
     """Optuna (TPE, define-by-run) behind a concurrency limit, ASHA on the per-epoch mean."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -242,21 +317,36 @@ def _new_tuner(setup: SearchSetup, space: SearchSpace, trainable: Any, concurren
     quiet_console()  # optuna configures its console logger at import
 
     metric = f"{space.metric}_mean"
-    searcher = OptunaSearch(space=space.define_by_run, metric=metric, mode=space.mode, seed=setup.sampler_seed)
+    searcher = OptunaSearch(
+        space=space.define_by_run, metric=metric, mode=space.mode, seed=setup.sampler_seed
+    )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=metric, mode=space.mode, num_samples=setup.num_samples or space.num_samples,
+            metric=metric,
+            mode=space.mode,
+            num_samples=setup.num_samples or space.num_samples,
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
-            scheduler=(ASHAScheduler(time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period)
-                       if setup.scheduler == "asha" else FIFOScheduler()),
+            scheduler=(
+                ASHAScheduler(
+                    time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period
+                )
+                if setup.scheduler == "asha"
+                else FIFOScheduler()
+            ),
             time_budget_s=setup.time_budget_s or space.time_budget_s,
-            trial_name_creator=trial_name, trial_dirname_creator=trial_name, reuse_actors=True),
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+            reuse_actors=True,
+        ),
         run_config=tune.RunConfig(
-            name=setup.experiment, storage_path=str(Path(setup.out).resolve()),
+            name=setup.experiment,
+            storage_path=str(Path(setup.out).resolve()),
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=setup.max_failures),
-            progress_reporter=_reporter(space, metric), verbose=verbose),
+            progress_reporter=_reporter(space, metric),
+            verbose=verbose,
+        ),
     )
 
 
@@ -265,10 +355,19 @@ def _reporter(space: SearchSpace, metric: str) -> Any:
     from ray.tune import CLIReporter
 
     params = {p.key: p.key.split(".")[-1] for p in space.params}
-    metrics = {"epoch": "epoch", metric: metric.replace("_mean", ""), metric.replace("_mean", "_std"): "±std",
-               "test/top5_mean": "test/top5"}
-    return CLIReporter(metric_columns=metrics, parameter_columns=params, max_report_frequency=30,
-                       sort_by_metric=True, max_column_length=16)
+    metrics = {
+        "epoch": "epoch",
+        metric: metric.replace("_mean", ""),
+        metric.replace("_mean", "_std"): "±std",
+        "test/top5_mean": "test/top5",
+    }
+    return CLIReporter(
+        metric_columns=metrics,
+        parameter_columns=params,
+        max_report_frequency=30,
+        sort_by_metric=True,
+        max_column_length=16,
+    )
 
 
 def check_searcher(experiment_path: Path, trials: list[Any]) -> tuple[str, int]:
@@ -289,8 +388,10 @@ def check_searcher(experiment_path: Path, trials: list[Any]) -> tuple[str, int]:
     for trial in trials:
         config = trial.config or {}
         if not any(all(_same(config.get(k), v) for k, v in params.items()) for params in asked):
-            raise RuntimeError(f"trial {trial.trial_id} was not suggested by the Optuna study "
-                               "(did the restored search fall back to random search?)")
+            raise RuntimeError(
+                f"trial {trial.trial_id} was not suggested by the Optuna study "
+                "(did the restored search fall back to random search?)"
+            )
     return f"{type(searcher).__name__}/{type(study.sampler).__name__}", len(study.trials)
 
 

@@ -52,17 +52,35 @@ def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
     epoch's values under curve/<name>; those are the curve points then.
     """
     curve = {k.removeprefix(CURVE): v for k, v in result.items() if k.startswith(CURVE)}
-    return {k: float(v) for k, v in (curve or result).items()
-            if k.startswith(EPOCH_PREFIXES) and isinstance(v, int | float) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in (curve or result).items()
+        if k.startswith(EPOCH_PREFIXES) and isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def final_metrics(result: dict[str, Any]) -> dict[str, float]:
     """Every numeric metric of a trial's final result except Tune's own bookkeeping."""
-    skip = {"done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
-            "time_since_restore", "iterations_since_restore", "pid"}
-    return {k: float(v) for k, v in result.items() if k not in skip and not k.startswith(CURVE)
-            and not (k.startswith(TIMING) and k.endswith("_at"))  # instants, not metrics
-            and isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)}
+    skip = {
+        "done",
+        "training_iteration",
+        "timestamp",
+        "time_this_iter_s",
+        "time_total_s",
+        "time_since_restore",
+        "iterations_since_restore",
+        "pid",
+    }
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in skip
+        and not k.startswith(CURVE)
+        and not (k.startswith(TIMING) and k.endswith("_at"))  # instants, not metrics
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and np.isfinite(v)
+    }
 
 
 class MlflowSearchCallback(tune.Callback):
@@ -73,8 +91,15 @@ class MlflowSearchCallback(tune.Callback):
     resumes the search. `seconds`: time spent writing to MLflow (in the writer thread).
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, plan: TrialPlan, tags: dict[str, str]) -> None:
-        self.tracking_uri, self.experiment, self.plan, self.tags = tracking_uri, experiment, plan, tags
+    def __init__(
+        self, tracking_uri: str, experiment: str, plan: TrialPlan, tags: dict[str, str]
+    ) -> None:
+        self.tracking_uri, self.experiment, self.plan, self.tags = (
+            tracking_uri,
+            experiment,
+            plan,
+            tags,
+        )
         self._tracker: Any = None
         self._runs: dict[str, str] = {}
         self._logged: dict[str, int] = {}
@@ -86,7 +111,9 @@ class MlflowSearchCallback(tune.Callback):
         self.flush()
         return self.__dict__ | {"_tracker": None, "_writer": None, "_pending": [], "seconds": 0.0}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:  # also reads callbacks pickled before the writer
+    def __setstate__(
+        self, state: dict[str, Any]
+    ) -> None:  # also reads callbacks pickled before the writer
         self.__dict__.update({"_writer": None, "_pending": [], "seconds": 0.0} | state)
 
     @property
@@ -137,7 +164,9 @@ class MlflowSearchCallback(tune.Callback):
     def trial_params(self, config: dict[str, Any]) -> dict[str, Any]:
         """The flat FitConfig of the trial (train.seed dropped: it is per child run) + seeds."""
         plan = self.plan
-        flat = fit_config(plan.base, plan.fixed, config, seed=plan.seeds[0], device=plan.device).to_flat_dict()
+        flat = fit_config(
+            plan.base, plan.fixed, config, seed=plan.seeds[0], device=plan.device
+        ).to_flat_dict()
         flat.pop("train.seed")
         return flat | {"seeds": json.dumps(list(self.plan.seeds))}
 
@@ -156,40 +185,63 @@ class MlflowSearchCallback(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._submit(self.run_id, *self._key(trial))
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         epoch = int(result.get("epoch", 0))
         if epoch <= self._logged.get(trial.trial_id, 0):
             return
         self._logged[trial.trial_id] = epoch
         self._submit(self._log_epoch, self._key(trial), epoch, epoch_metrics(result))
 
-    def _log_epoch(self, key: tuple[str, dict[str, Any], str], epoch: int, metrics: dict[str, float]) -> None:
+    def _log_epoch(
+        self, key: tuple[str, dict[str, Any], str], epoch: int, metrics: dict[str, float]
+    ) -> None:
         self.tracker.log_epoch(self.run_id(*key), epoch, metrics)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._submit(self._complete, self._key(trial), dict(trial.last_result or {}), trial.checkpoint,
-                     float(trial.num_failures))
+        self._submit(
+            self._complete,
+            self._key(trial),
+            dict(trial.last_result or {}),
+            trial.checkpoint,
+            float(trial.num_failures),
+        )
 
-    def _complete(self, key: tuple[str, dict[str, Any], str], result: dict[str, Any], checkpoint: Any,
-                  num_failures: float) -> None:
+    def _complete(
+        self,
+        key: tuple[str, dict[str, Any], str],
+        result: dict[str, Any],
+        checkpoint: Any,
+        num_failures: float,
+    ) -> None:
         run_id = self.run_id(*key)
         if not result.get("final") or checkpoint is None:
-            metrics = epoch_metrics(result) | {"epochs": float(result.get("epoch", 0)), "early_stopped": 1.0}
+            metrics = epoch_metrics(result) | {
+                "epochs": float(result.get("epoch", 0)),
+                "early_stopped": 1.0,
+            }
             self.tracker.finish(run_id, metrics, "FINISHED")
             return
         with checkpoint.as_directory() as folder:
             seeds = json.loads((Path(folder) / SEEDS_FILE).read_text())
             for s in seeds["seeds"]:
-                self.tracker.seed_run(run_id, s["seed"], {"train.seed": s["seed"]}, s["metrics"], s["history"])
+                self.tracker.seed_run(
+                    run_id, s["seed"], {"train.seed": s["seed"]}, s["metrics"], s["history"]
+                )
             table = pd.DataFrame([{"seed": s["seed"]} | s["metrics"] for s in seeds["seeds"]])
             self.tracker.log_table(run_id, table, "seeds.csv")
             self.tracker.log_artifacts(run_id, Path(folder) / f"seed{seeds['best_seed']}", "bundle")
-        self.tracker.finish(run_id, final_metrics(result) | {"num_failures": num_failures}, "FINISHED")
+        self.tracker.finish(
+            run_id, final_metrics(result) | {"num_failures": num_failures}, "FINISHED"
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._submit(self._error, self._key(trial), trial.error_file, float(trial.num_failures))
 
-    def _error(self, key: tuple[str, dict[str, Any], str], error_file: str | None, num_failures: float) -> None:
+    def _error(
+        self, key: tuple[str, dict[str, Any], str], error_file: str | None, num_failures: float
+    ) -> None:
         run_id = self.run_id(*key)
         if error_file and Path(error_file).exists():
             self.tracker.log_artifacts(run_id, Path(error_file), "error")

@@ -34,8 +34,13 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_RUN = "search-summary"  # name of the run that holds the summary table
 # Columns of the summary table: (label, metric), each shown as mean±std over seeds.
-SUMMARY_METRICS = (("val/top5", "val/top5"), ("test/top5", "test/top5"), ("test/top5_avg", "test/top5_avg"),
-                   ("test_large/top5", "test_large/top5"), ("test/median_rank", "test/median_rank"))
+SUMMARY_METRICS = (
+    ("val/top5", "val/top5"),
+    ("test/top5", "test/top5"),
+    ("test/top5_avg", "test/top5_avg"),
+    ("test_large/top5", "test_large/top5"),
+    ("test/median_rank", "test/median_rank"),
+)
 
 
 @dataclass
@@ -63,18 +68,27 @@ class SearchReport:
     experiment_id: str = ""  # MLflow's id of `experiment`, for the browse hint
 
     def text(self) -> str:
-        lines = [self.summary.to_string(index=False), "",
-                 f"trials: {self.counts}", f"searcher: {self.searcher} ({self.searcher_trials} trials in its study)",
-                 f"tune experiment: {self.experiment_path}", f"mlflow: {self.tracking_uri} (experiment {self.experiment!r})",
-                 f"summary: {self.summary_path}"]
+        lines = [
+            self.summary.to_string(index=False),
+            "",
+            f"trials: {self.counts}",
+            f"searcher: {self.searcher} ({self.searcher_trials} trials in its study)",
+            f"tune experiment: {self.experiment_path}",
+            f"mlflow: {self.tracking_uri} (experiment {self.experiment!r})",
+            f"summary: {self.summary_path}",
+        ]
         if self.best:
-            lines.append(f"best: {self.best['trial']} seed {self.best['seed']} -> {self.best['bundle']}")
+            lines.append(
+                f"best: {self.best['trial']} seed {self.best['seed']} -> {self.best['bundle']}"
+            )
         if self.champion:
             lines.append(f"registered: {self.champion}")
         if self.experiment_id:
             lines.append(f"browse: {browse_hint(self.tracking_uri, self.experiment_id)}")
         if self.interrupted:
-            lines.append(f"INTERRUPTED: resume with --resume --experiment {self.experiment} --out {self.experiment_path.parent}")
+            lines.append(
+                f"INTERRUPTED: resume with --resume --experiment {self.experiment} --out {self.experiment_path.parent}"
+            )
         return "\n".join(lines)
 
 
@@ -93,19 +107,28 @@ def _trial_rows(results: Any, statuses: dict[str, str], plan: TrialPlan) -> pd.D
             status = "UNFINISHED"
         else:
             status = "FINISHED" if metrics.get("final") else "EARLY_STOPPED"
-        row = {"trial": Path(result.path).name, "trial_id": trial_id, "status": status,
-               "epochs": metrics.get("epoch", 0), "checkpoint": result.checkpoint}
+        row = {
+            "trial": Path(result.path).name,
+            "trial_id": trial_id,
+            "status": status,
+            "epochs": metrics.get("epoch", 0),
+            "checkpoint": result.checkpoint,
+        }
         row |= {k: (result.config or {}).get(k) for k in searched}
         row |= final_metrics(metrics)
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else ["trial", "trial_id", "status", "epochs", "checkpoint"])
+    return pd.DataFrame(
+        rows, columns=None if rows else ["trial", "trial_id", "status", "epochs", "checkpoint"]
+    )
 
 
 def trial_runs(tracker: Any) -> dict[str, str]:
     """trial id -> parent run id, for every trial run of the experiment (read-only)."""
     from megdecode.tracking import TAG_KIND, TAG_TRIAL
 
-    runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_KIND}` = 'trial'", max_results=50000)
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`{TAG_KIND}` = 'trial'", max_results=50000
+    )
     return {r.data.tags[TAG_TRIAL]: r.info.run_id for r in runs}
 
 
@@ -113,12 +136,16 @@ def summary_run(tracker: Any, params: dict[str, Any]) -> str:
     """The experiment's one summary run (tag megdecode.kind=summary), reopened on resume."""
     from megdecode.tracking import TAG_KIND
 
-    found = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_KIND}` = 'summary'", max_results=1)
+    found = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`{TAG_KIND}` = 'summary'", max_results=1
+    )
     if found:
         run_id = found[0].info.run_id
         tracker.client.update_run(run_id, status="RUNNING")
     else:
-        run_id = tracker.client.create_run(tracker.experiment_id, run_name=SUMMARY_RUN, tags={TAG_KIND: "summary"}).info.run_id
+        run_id = tracker.client.create_run(
+            tracker.experiment_id, run_name=SUMMARY_RUN, tags={TAG_KIND: "summary"}
+        ).info.run_id
         for key, value in params.items():
             tracker.client.log_param(run_id, key, str(value))
     return run_id
@@ -133,10 +160,21 @@ def _local_dir(checkpoint: Any) -> Path:
     return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="megdecode-champion-")))
 
 
-def write_report(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, shared: SharedEpochs, results: Any,
-                 saved: list[Any], clock: PhaseClock, resumed: bool, top_k: int,
-                 register: tuple[str, str] | None, ridge: bool, searcher_name: str,
-                 searcher_trials: int) -> SearchReport:
+def write_report(
+    setup: SearchSetup,
+    space: SearchSpace,
+    plan: TrialPlan,
+    shared: SharedEpochs,
+    results: Any,
+    saved: list[Any],
+    clock: PhaseClock,
+    resumed: bool,
+    top_k: int,
+    register: tuple[str, str] | None,
+    ridge: bool,
+    searcher_name: str,
+    searcher_trials: int,
+) -> SearchReport:
     """Trial rows, summary table, champion registration, summary run, files on disk.
 
     `clock`: the search's phases so far; the time spent here is lapped as ``report``.
@@ -151,9 +189,13 @@ def write_report(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, shared
     trials["run_id"] = [runs.get(trial_id, "") for trial_id in trials["trial_id"]]
     metric_col = f"{space.metric}_mean"
     finished = trials[trials["status"] == "FINISHED"] if len(trials) else trials
-    base = fit_config(plan.base, plan.fixed, seed=plan.seeds[0], device=plan.device)  # the space's base window
+    base = fit_config(
+        plan.base, plan.fixed, seed=plan.seeds[0], device=plan.device
+    )  # the space's base window
     ridge_frame = ridge_table(shared.run_data(base)) if ridge and len(finished) else None
-    summary = summary_table(finished, ridge_frame, metric_col, ascending=space.mode == "min", top_k=top_k)
+    summary = summary_table(
+        finished, ridge_frame, metric_col, ascending=space.mode == "min", top_k=top_k
+    )
     interrupted = any(status not in ("TERMINATED", "ERROR") for status in statuses.values())
     for row in trials[(trials["status"] == "UNFINISHED") & (trials["run_id"] != "")].itertuples():
         tracker.finish(row.run_id, {}, "KILLED")  # reopened by trial_run when the search resumes
@@ -162,27 +204,51 @@ def write_report(setup: SearchSetup, space: SearchSpace, plan: TrialPlan, shared
         top = finished.sort_values(metric_col, ascending=space.mode == "min").iloc[0]
         folder = _local_dir(top["checkpoint"])
         seed = json.loads((folder / SEEDS_FILE).read_text())["best_seed"]
-        best = {"trial": top["trial"], "trial_id": top["trial_id"], "run_id": top["run_id"], "seed": seed,
-                "bundle": folder / f"seed{seed}", "metrics": {k: top[k] for k in top.index if "/" in k}}
+        best = {
+            "trial": top["trial"],
+            "trial_id": top["trial_id"],
+            "run_id": top["run_id"],
+            "seed": seed,
+            "bundle": folder / f"seed{seed}",
+            "metrics": {k: top[k] for k in top.index if "/" in k},
+        }
         if register and not interrupted:
             tracker.register_bundle(top["run_id"], best["bundle"], register[0], register[1])
             champion = f"models:/{register[0]}@{register[1]}"
     summary_path = setup.path / ("summary-interrupted.txt" if interrupted else "summary.txt")
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-    report = SearchReport(setup.experiment, setup.tracking_uri, setup.path,
-                          trials.drop(columns=["checkpoint"]) if len(trials) else trials, summary,
-                          summary_path, best, champion, searcher_name, searcher_trials, resumed,
-                          interrupted, 0.0, {str(k): int(v) for k, v in counts.items()},
-                          experiment_id=tracker.experiment_id)
+    report = SearchReport(
+        setup.experiment,
+        setup.tracking_uri,
+        setup.path,
+        trials.drop(columns=["checkpoint"]) if len(trials) else trials,
+        summary,
+        summary_path,
+        best,
+        champion,
+        searcher_name,
+        searcher_trials,
+        resumed,
+        interrupted,
+        0.0,
+        {str(k): int(v) for k, v in counts.items()},
+        experiment_id=tracker.experiment_id,
+    )
     summary_path.write_text(report.text() + "\n")
     report.trials.to_csv(setup.path / "trials.csv", index=False)
-    run_id = summary_run(tracker, {"space": space.name, "seeds": len(plan.seeds), "experiment_path": str(setup.path)})
+    run_id = summary_run(
+        tracker, {"space": space.name, "seeds": len(plan.seeds), "experiment_path": str(setup.path)}
+    )
     tracker.log_table(run_id, summary, "summary.csv")
     tracker.log_artifacts(run_id, summary_path, "summary")
     figure = window_figure(finished, plan, setup.path / "window_curve.png")
     if figure is not None:
         tracker.log_artifacts(run_id, figure, "figures")
-    tracker.finish(run_id, {f"best/{k}": float(v) for k, v in (best or {}).get("metrics", {}).items()}, "FINISHED")
+    tracker.finish(
+        run_id,
+        {f"best/{k}": float(v) for k, v in (best or {}).get("metrics", {}).items()},
+        "FINISHED",
+    )
     clock.lap("report")
     report.timings, report.seconds = clock.as_dict(), clock.total
     return report
@@ -192,8 +258,13 @@ def _pm(mean: float, std: float) -> str:
     return "-" if not np.isfinite(mean) else f"{mean:.3f}±{std:.3f}"
 
 
-def summary_table(trials: pd.DataFrame, ridge: pd.DataFrame | None, by: str = "val/top5_mean",
-                  ascending: bool = False, top_k: int = 5) -> pd.DataFrame:
+def summary_table(
+    trials: pd.DataFrame,
+    ridge: pd.DataFrame | None,
+    by: str = "val/top5_mean",
+    ascending: bool = False,
+    top_k: int = 5,
+) -> pd.DataFrame:
     """The top configs by `by` (the search metric's mean over seeds), then ridge and chance rows.
 
     `trials`: one row per finished trial with columns trial, the searched params, and
@@ -207,26 +278,45 @@ def summary_table(trials: pd.DataFrame, ridge: pd.DataFrame | None, by: str = "v
     rows = []
     for rank, (_, r) in enumerate(top.iterrows(), start=1):
         row = {"rank": str(rank), "config": r["trial"]} | {c: _short(r[c]) for c in param_cols}
-        row |= {label: _pm(r.get(f"{m}_mean", np.nan), r.get(f"{m}_std", 0.0)) for label, m in SUMMARY_METRICS}
+        row |= {
+            label: _pm(r.get(f"{m}_mean", np.nan), r.get(f"{m}_std", 0.0))
+            for label, m in SUMMARY_METRICS
+        }
         rows.append(row)
     blank = {c: "" for c in param_cols} | {"val/top5": "-"}
     if ridge is not None:
         ref = ridge.set_index(["test_set", "mode"])
-        rows.append({"rank": "", "config": "ridge (base window)"} | blank | {
-            "test/top5": f"{ref.loc[('small', 'single'), 'top5']:.3f}",
-            "test/top5_avg": f"{ref.loc[('small', 'averaged'), 'top5']:.3f}",
-            "test_large/top5": f"{ref.loc[('large', 'single'), 'top5']:.3f}",
-            "test/median_rank": f"{ref.loc[('small', 'single'), 'median_rank']:.3f}"})
+        rows.append(
+            {"rank": "", "config": "ridge (base window)"}
+            | blank
+            | {
+                "test/top5": f"{ref.loc[('small', 'single'), 'top5']:.3f}",
+                "test/top5_avg": f"{ref.loc[('small', 'averaged'), 'top5']:.3f}",
+                "test_large/top5": f"{ref.loc[('large', 'single'), 'top5']:.3f}",
+                "test/median_rank": f"{ref.loc[('small', 'single'), 'median_rank']:.3f}",
+            }
+        )
     if len(top):
         best = top.iloc[0]
-        chance = {k: f"{best.get(f'{k}/chance_top5_mean', np.nan):.3f}" for k in ("test", "test_large")}
-        rows.append({"rank": "", "config": "chance"} | blank | {
-            "test/top5": chance["test"], "test/top5_avg": chance["test"],
-            "test_large/top5": chance["test_large"], "test/median_rank": "0.500"})
+        chance = {
+            k: f"{best.get(f'{k}/chance_top5_mean', np.nan):.3f}" for k in ("test", "test_large")
+        }
+        rows.append(
+            {"rank": "", "config": "chance"}
+            | blank
+            | {
+                "test/top5": chance["test"],
+                "test/top5_avg": chance["test"],
+                "test_large/top5": chance["test_large"],
+                "test/median_rank": "0.500",
+            }
+        )
     return pd.DataFrame(rows).fillna("")
 
 
-def window_figure(trials: pd.DataFrame, plan: TrialPlan, path: Path, metric: str = "test/top5") -> Path | None:
+def window_figure(
+    trials: pd.DataFrame, plan: TrialPlan, path: Path, metric: str = "test/top5"
+) -> Path | None:
     """`metric` (mean±std over seeds) against each finished trial's window, when windows were searched."""
     from megdecode.evaluation.windows import plot_window_curves
 
@@ -234,15 +324,24 @@ def window_figure(trials: pd.DataFrame, plan: TrialPlan, path: Path, metric: str
     if not keys & {"train.tmin", "train.tmax"} or trials.empty:
         return None
     base = fit_config(plan.base, plan.fixed).train
-    table = pd.DataFrame({
-        "tmin": trials["train.tmin"] if "train.tmin" in keys else base.tmin,
-        "tmax": trials["train.tmax"] if "train.tmax" in keys else base.tmax,
-        metric: trials[f"{metric}_mean"], f"{metric}_std": trials[f"{metric}_std"],
-    }).astype(float)
+    table = pd.DataFrame(
+        {
+            "tmin": trials["train.tmin"] if "train.tmin" in keys else base.tmin,
+            "tmax": trials["train.tmax"] if "train.tmax" in keys else base.tmax,
+            metric: trials[f"{metric}_mean"],
+            f"{metric}_std": trials[f"{metric}_std"],
+        }
+    ).astype(float)
     table["center"] = (table["tmin"] + table["tmax"]) / 2
     chance = float(trials[f"{metric.split('/')[0]}/chance_top5_mean"].iloc[0])
-    return plot_window_curves(table, metric, chance, path, x="center",
-                              title=f"{metric} by window (mean ± std over {len(plan.seeds)} seeds)")
+    return plot_window_curves(
+        table,
+        metric,
+        chance,
+        path,
+        x="center",
+        title=f"{metric} by window (mean ± std over {len(plan.seeds)} seeds)",
+    )
 
 
 def _short(value: Any) -> str:

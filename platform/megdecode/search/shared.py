@@ -55,8 +55,13 @@ class SharedEpochs:
     latents: dict[str, Latents]
 
     @classmethod
-    def load(cls, store: str | Path, latents_dir: str | Path, latent_names: list[str],
-             reader: str = "ray") -> SharedEpochs:
+    def load(
+        cls,
+        store: str | Path,
+        latents_dir: str | Path,
+        latent_names: list[str],
+        reader: str = "ray",
+    ) -> SharedEpochs:
         """Read the store (one pass, then split in memory) and the named latents.
 
         reader: "ray" (Ray Data on the running cluster, the search's path) or "arrow"
@@ -81,11 +86,17 @@ class SharedEpochs:
         """The `RunData` that `rundata.load_run_data(cfg)` reads from disk, as views of our arrays."""
         t = cfg.train
         if t.latent not in self.latents:
-            raise KeyError(f"latent {t.latent!r} was not loaded for this search; loaded: {sorted(self.latents)}")
-        return build_run_data(self.manifest, self.meg, self.meta, self.latents[t.latent], t.latent, t.tmin, t.tmax)
+            raise KeyError(
+                f"latent {t.latent!r} was not loaded for this search; loaded: {sorted(self.latents)}"
+            )
+        return build_run_data(
+            self.manifest, self.meg, self.meta, self.latents[t.latent], t.latent, t.tmin, t.tmax
+        )
 
 
-def _read_with_ray_data(store: str | Path, splits: tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame]:
+def _read_with_ray_data(
+    store: str | Path, splits: tuple[str, ...]
+) -> tuple[np.ndarray, pd.DataFrame]:
     """The rows of `splits`: MEG through Ray Data, metadata (tiny) through pyarrow.
 
     The read is shaped for one whole-store pass: one read task per shard file (no
@@ -102,7 +113,9 @@ def _read_with_ray_data(store: str | Path, splits: tuple[str, ...]) -> tuple[np.
     key = ["subject", "session", "run", "trial_index"]
     position = {k: i for i, k in enumerate(zip(*(meta[c].astype(str) for c in key), strict=True))}
     if len(position) != len(meta):
-        raise ValueError(f"the store {store} holds duplicate (subject, session, run, trial_index) rows")
+        raise ValueError(
+            f"the store {store} holds duplicate (subject, session, run, trial_index) rows"
+        )
     n_files = len(epoch_store.read_manifest(store).files)
     X: np.ndarray | None = None
     seen = np.zeros(len(meta), bool)
@@ -115,14 +128,21 @@ def _read_with_ray_data(store: str | Path, splits: tuple[str, ...]) -> tuple[np.
             rows = _tensor_rows(block.column("meg"))
             if X is None:
                 X = np.empty((len(meta), *rows.shape[1:]), np.float32)
-            keys = zip(*(block.column(c).to_numpy(zero_copy_only=False).astype(str) for c in key), strict=True)
+            keys = zip(
+                *(block.column(c).to_numpy(zero_copy_only=False).astype(str) for c in key),
+                strict=True,
+            )
             at = np.array([position.get(k, -1) for k in keys])
             if (at < 0).any() or seen[at].any() or len(np.unique(at)) != len(at):
-                raise RuntimeError(f"Ray Data returned rows of {store} that the metadata does not list once")
+                raise RuntimeError(
+                    f"Ray Data returned rows of {store} that the metadata does not list once"
+                )
             X[at] = rows
             seen[at] = True
     if not seen.all():
-        raise RuntimeError(f"Ray Data read {int(seen.sum())} rows of {store} for {splits}, the metadata has {len(meta)}")
+        raise RuntimeError(
+            f"Ray Data read {int(seen.sum())} rows of {store} for {splits}, the metadata has {len(meta)}"
+        )
     return (X if X is not None else np.empty((0, 0, 0), np.float32)), meta
 
 

@@ -29,8 +29,13 @@ TMIN, TMAX = "train.tmin", "train.tmax"
 RESERVED = ("model.n_channels", "model.n_times", "model.n_subjects", "model.out_dim", "train.seed")
 # Metrics reported every epoch (ASHA and Optuna need one per step), with their direction.
 EPOCH_METRICS = {
-    "val/top5": "max", "val/loss": "min", "val/clip_loss": "min", "val/mse_loss": "min",
-    "train/loss": "min", "train/clip_loss": "min", "train/mse_loss": "min",
+    "val/top5": "max",
+    "val/loss": "min",
+    "val/clip_loss": "min",
+    "val/mse_loss": "min",
+    "train/loss": "min",
+    "train/clip_loss": "min",
+    "train/mse_loss": "min",
 }
 
 
@@ -60,8 +65,12 @@ class ParamSpec:
         lo = self.low if low is None else low
         assert lo is not None and self.high is not None
         if self.type == "int":
-            return trial.suggest_int(self.key, int(lo), int(self.high), step=int(self.step or 1), log=self.log)
-        value = trial.suggest_float(self.key, float(lo), float(self.high), step=self.step, log=self.log)
+            return trial.suggest_int(
+                self.key, int(lo), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        value = trial.suggest_float(
+            self.key, float(lo), float(self.high), step=self.step, log=self.log
+        )
         return round(value, 9) if self.step else value
 
     def extremes(self) -> tuple[Any, Any]:
@@ -109,8 +118,13 @@ class SearchSpace:
         return values
 
 
-def fit_config(base: FitConfig, *layers: Mapping[str, Any], seed: int | None = None,
-               device: str | None = None, source: str = "trial config") -> FitConfig:
+def fit_config(
+    base: FitConfig,
+    *layers: Mapping[str, Any],
+    seed: int | None = None,
+    device: str | None = None,
+    source: str = "trial config",
+) -> FitConfig:
     """`base`, then each layer of flat keys in order (a space's fixed keys, a trial's keys).
 
     `seed` and `device`, when given, replace train.seed and train.device (per seed and per

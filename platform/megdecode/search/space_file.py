@@ -64,8 +64,19 @@ from megdecode.train import FitConfig
 
 logger = logging.getLogger(__name__)
 
-_TOP_LEVEL = ("name", "seeds", "metric", "mode", "num_samples", "max_concurrent",
-              "time_budget_s", "max_epochs", "grace_period", "fixed", "params")
+_TOP_LEVEL = (
+    "name",
+    "seeds",
+    "metric",
+    "mode",
+    "num_samples",
+    "max_concurrent",
+    "time_budget_s",
+    "max_epochs",
+    "grace_period",
+    "fixed",
+    "params",
+)
 _SPEC_FIELDS = ("type", "low", "high", "step", "log", "choices", "when")
 _TYPES = ("int", "float", "categorical", "bool")
 
@@ -83,7 +94,9 @@ def load_space(path: str | Path) -> SearchSpace:
         raise ConfigError(f"{where}: expected a mapping at the top level")
     unknown = sorted(set(doc) - set(_TOP_LEVEL))
     if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {unknown}; known: {', '.join(_TOP_LEVEL)}")
+        raise ConfigError(
+            f"{where}: unknown top-level key(s) {unknown}; known: {', '.join(_TOP_LEVEL)}"
+        )
     known = FitConfig().to_flat_dict()
     fixed = {str(k): v for k, v in (doc.get("fixed") or {}).items()}
     for key in fixed:
@@ -98,8 +111,14 @@ def load_space(path: str | Path) -> SearchSpace:
     space = _top_level(doc, where, fixed, tuple(params), path.stem)
     _check_window(space, where)
     _check_configs(space, where)
-    logger.debug("search space %s: %d params, %d fixed, %d samples x %d seeds",
-                space.name, len(params), len(fixed), space.num_samples, space.seeds)
+    logger.debug(
+        "search space %s: %d params, %d fixed, %d samples x %d seeds",
+        space.name,
+        len(params),
+        len(fixed),
+        space.num_samples,
+        space.seeds,
+    )
     return space
 
 
@@ -107,9 +126,13 @@ def _check_key(key: Any, known: dict[str, Any], where: str, section: str) -> Non
     if key not in known:
         close = difflib.get_close_matches(str(key), list(known), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"{where}: unknown key {key!r} in {section} (not a FitConfig field){hint}")
+        raise ConfigError(
+            f"{where}: unknown key {key!r} in {section} (not a FitConfig field){hint}"
+        )
     if key in RESERVED:
-        raise ConfigError(f"{where}: {key!r} in {section} is set from the data or by `seeds`, not by a search space")
+        raise ConfigError(
+            f"{where}: {key!r} in {section} is set from the data or by `seeds`, not by a search space"
+        )
 
 
 def _number(value: Any, key: str, name: str, where: str) -> float | None:
@@ -124,16 +147,25 @@ def _number(value: Any, key: str, name: str, where: str) -> float | None:
         raise ConfigError(f"{where}: {key}: {name} must be a number, got {value!r}") from exc
 
 
-def _parse_spec(key: str, raw: Any, where: str, fixed: dict[str, Any], earlier: list[ParamSpec]) -> ParamSpec:
+def _parse_spec(
+    key: str, raw: Any, where: str, fixed: dict[str, Any], earlier: list[ParamSpec]
+) -> ParamSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: {key}: expected a mapping with a type, got {raw!r}")
     extra = sorted(set(raw) - set(_SPEC_FIELDS))
     if extra:
-        raise ConfigError(f"{where}: {key}: unknown spec field(s) {extra}; known: {', '.join(_SPEC_FIELDS)}")
+        raise ConfigError(
+            f"{where}: {key}: unknown spec field(s) {extra}; known: {', '.join(_SPEC_FIELDS)}"
+        )
     kind = raw.get("type")
     if kind not in _TYPES:
-        raise ConfigError(f"{where}: {key}: unknown type {kind!r}; expected one of {', '.join(_TYPES)}")
-    low, high = _number(raw.get("low"), key, "low", where), _number(raw.get("high"), key, "high", where)
+        raise ConfigError(
+            f"{where}: {key}: unknown type {kind!r}; expected one of {', '.join(_TYPES)}"
+        )
+    low, high = (
+        _number(raw.get("low"), key, "low", where),
+        _number(raw.get("high"), key, "high", where),
+    )
     step, log = _number(raw.get("step"), key, "step", where), bool(raw.get("log", False))
     choices = tuple(raw.get("choices") or ())
     if kind in ("int", "float"):
@@ -147,15 +179,21 @@ def _parse_spec(key: str, raw: Any, where: str, fixed: dict[str, Any], earlier: 
             raise ConfigError(f"{where}: {key}: step must be > 0, got {step}")
         if log and step is not None and (kind == "float" or step != 1):
             raise ConfigError(f"{where}: {key}: log and step cannot be combined")
-        if kind == "int" and any(v is not None and not float(v).is_integer() for v in (low, high, step)):
+        if kind == "int" and any(
+            v is not None and not float(v).is_integer() for v in (low, high, step)
+        ):
             raise ConfigError(f"{where}: {key}: int bounds and step must be integers")
         if step is not None and not _multiple(high - low, step):
-            raise ConfigError(f"{where}: {key}: step={step} does not divide high-low={high - low:g}")
+            raise ConfigError(
+                f"{where}: {key}: step={step} does not divide high-low={high - low:g}"
+            )
         if choices:
             raise ConfigError(f"{where}: {key}: choices are only for categorical params")
     else:
         if any(raw.get(f) is not None for f in ("low", "high", "step")) or log:
-            raise ConfigError(f"{where}: {key}: low/high/step/log are only for int and float params")
+            raise ConfigError(
+                f"{where}: {key}: low/high/step/log are only for int and float params"
+            )
         if kind == "categorical":
             if not choices:
                 raise ConfigError(f"{where}: {key}: categorical needs a non-empty list of choices")
@@ -163,14 +201,27 @@ def _parse_spec(key: str, raw: Any, where: str, fixed: dict[str, Any], earlier: 
                 raise ConfigError(f"{where}: {key}: duplicate choices {list(choices)}")
         elif choices:
             raise ConfigError(f"{where}: {key}: a bool param takes no choices")
-    return ParamSpec(key, kind, low, high, step, log, choices, _parse_when(key, raw.get("when"), where, fixed, earlier))
+    return ParamSpec(
+        key,
+        kind,
+        low,
+        high,
+        step,
+        log,
+        choices,
+        _parse_when(key, raw.get("when"), where, fixed, earlier),
+    )
 
 
-def _parse_when(key: str, raw: Any, where: str, fixed: dict[str, Any], earlier: list[ParamSpec]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+def _parse_when(
+    key: str, raw: Any, where: str, fixed: dict[str, Any], earlier: list[ParamSpec]
+) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}: {key}: when must be a non-empty mapping {{key: value or [values]}}")
+        raise ConfigError(
+            f"{where}: {key}: when must be a non-empty mapping {{key: value or [values]}}"
+        )
     by_key = {p.key: p for p in earlier}
     out = []
     for other, allowed in raw.items():
@@ -179,9 +230,13 @@ def _parse_when(key: str, raw: Any, where: str, fixed: dict[str, Any], earlier: 
             spec = by_key[other]
             possible = (False, True) if spec.type == "bool" else spec.choices
             if possible and any(v not in possible for v in values):
-                raise ConfigError(f"{where}: {key}: when {other} in {list(values)}, but {other} takes {list(possible)}")
+                raise ConfigError(
+                    f"{where}: {key}: when {other} in {list(values)}, but {other} takes {list(possible)}"
+                )
         elif other not in fixed:
-            raise ConfigError(f"{where}: {key}: when refers to {other!r}, which is neither an earlier param nor fixed")
+            raise ConfigError(
+                f"{where}: {key}: when refers to {other!r}, which is neither an earlier param nor fixed"
+            )
         out.append((str(other), values))
     return tuple(out)
 
@@ -200,7 +255,9 @@ def _window_order(params: list[ParamSpec]) -> list[ParamSpec]:
     return params
 
 
-def _top_level(doc: dict[str, Any], where: str, fixed: dict[str, Any], params: tuple[ParamSpec, ...], stem: str) -> SearchSpace:
+def _top_level(
+    doc: dict[str, Any], where: str, fixed: dict[str, Any], params: tuple[ParamSpec, ...], stem: str
+) -> SearchSpace:
     def integer(name: str, default: int, minimum: int = 1) -> int:
         value = doc.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -209,17 +266,27 @@ def _top_level(doc: dict[str, Any], where: str, fixed: dict[str, Any], params: t
 
     metric = str(doc.get("metric", "val/top5"))
     if metric not in EPOCH_METRICS:
-        raise ConfigError(f"{where}: metric {metric!r} is not reported every epoch; use one of {', '.join(EPOCH_METRICS)}")
+        raise ConfigError(
+            f"{where}: metric {metric!r} is not reported every epoch; use one of {', '.join(EPOCH_METRICS)}"
+        )
     mode = str(doc.get("mode", EPOCH_METRICS[metric]))
     if mode not in ("max", "min"):
         raise ConfigError(f"{where}: mode must be max or min, got {mode!r}")
     if mode != EPOCH_METRICS[metric]:
-        raise ConfigError(f"{where}: mode {mode!r} for {metric} would optimise it the wrong way ({EPOCH_METRICS[metric]})")
-    max_epochs = integer("max_epochs", int(fixed.get("train.max_epochs", FitConfig().train.max_epochs)))
+        raise ConfigError(
+            f"{where}: mode {mode!r} for {metric} would optimise it the wrong way ({EPOCH_METRICS[metric]})"
+        )
+    max_epochs = integer(
+        "max_epochs", int(fixed.get("train.max_epochs", FitConfig().train.max_epochs))
+    )
     if "train.max_epochs" in fixed and int(fixed["train.max_epochs"]) != max_epochs:
-        raise ConfigError(f"{where}: max_epochs={max_epochs} disagrees with fixed train.max_epochs={fixed['train.max_epochs']}")
+        raise ConfigError(
+            f"{where}: max_epochs={max_epochs} disagrees with fixed train.max_epochs={fixed['train.max_epochs']}"
+        )
     if any(p.key == "train.max_epochs" for p in params):
-        raise ConfigError(f"{where}: 'train.max_epochs' is set by max_epochs (ASHA's max_t), not searched")
+        raise ConfigError(
+            f"{where}: 'train.max_epochs' is set by max_epochs (ASHA's max_t), not searched"
+        )
     grace = integer("grace_period", max(1, max_epochs // 10))
     if grace > max_epochs:
         raise ConfigError(f"{where}: grace_period={grace} exceeds max_epochs={max_epochs}")
@@ -227,10 +294,18 @@ def _top_level(doc: dict[str, Any], where: str, fixed: dict[str, Any], params: t
     if budget is not None and budget <= 0:
         raise ConfigError(f"{where}: time_budget_s must be > 0, got {budget}")
     return SearchSpace(
-        name=str(doc.get("name") or stem), path=where, seeds=integer("seeds", 3), metric=metric,
-        mode=mode, num_samples=integer("num_samples", 10), max_concurrent=integer("max_concurrent", 2),
-        time_budget_s=budget, max_epochs=max_epochs, grace_period=grace,
-        fixed=fixed | {"train.max_epochs": max_epochs}, params=params,
+        name=str(doc.get("name") or stem),
+        path=where,
+        seeds=integer("seeds", 3),
+        metric=metric,
+        mode=mode,
+        num_samples=integer("num_samples", 10),
+        max_concurrent=integer("max_concurrent", 2),
+        time_budget_s=budget,
+        max_epochs=max_epochs,
+        grace_period=grace,
+        fixed=fixed | {"train.max_epochs": max_epochs},
+        params=params,
     )
 
 
@@ -240,14 +315,18 @@ def _check_window(space: SearchSpace, where: str) -> None:
     specs = {p.key: p for p in space.params if p.key in (TMIN, TMAX)}
     for key, spec in specs.items():
         if spec.type != "float" or spec.step is None:
-            raise ConfigError(f"{where}: {key}: a window bound must be a float with a step (e.g. 0.025 s)")
+            raise ConfigError(
+                f"{where}: {key}: a window bound must be a float with a step (e.g. 0.025 s)"
+            )
         if spec.when:
             raise ConfigError(f"{where}: {key}: a window bound cannot be conditional")
         assert spec.low is not None and spec.high is not None
         if not _multiple(spec.low, spec.step):
             raise ConfigError(f"{where}: {key}: low={spec.low} is not on the {spec.step} s grid")
         if spec.low < epoch.tmin - 1e-9 or spec.high > epoch.tmax + 1e-9:
-            raise ConfigError(f"{where}: {key}: [{spec.low}, {spec.high}] leaves the stored epoch [{epoch.tmin}, {epoch.tmax}] s")
+            raise ConfigError(
+                f"{where}: {key}: [{spec.low}, {spec.high}] leaves the stored epoch [{epoch.tmin}, {epoch.tmax}] s"
+            )
     if len(specs) == 1:
         ((key, spec),) = specs.items()
         assert spec.low is not None and spec.high is not None and spec.step is not None
@@ -255,15 +334,23 @@ def _check_window(space: SearchSpace, where: str) -> None:
         if other not in space.fixed:
             raise ConfigError(f"{where}: {key} is searched, so {other} must be searched or fixed")
         bound = float(space.fixed[other])
-        if (key == TMIN and spec.high >= bound) or (key == TMAX and spec.high < bound + spec.step - 1e-9):
-            raise ConfigError(f"{where}: {key}: [{spec.low}, {spec.high}] leaves no window with fixed {other}={bound}")
+        if (key == TMIN and spec.high >= bound) or (
+            key == TMAX and spec.high < bound + spec.step - 1e-9
+        ):
+            raise ConfigError(
+                f"{where}: {key}: [{spec.low}, {spec.high}] leaves no window with fixed {other}={bound}"
+            )
     if len(specs) == 2:
         lo, hi = specs[TMIN], specs[TMAX]
         assert lo.high is not None and hi.high is not None and lo.step is not None
         if lo.step != hi.step:
-            raise ConfigError(f"{where}: {TMIN} and {TMAX} must share one step, got {lo.step} and {hi.step}")
+            raise ConfigError(
+                f"{where}: {TMIN} and {TMAX} must share one step, got {lo.step} and {hi.step}"
+            )
         if lo.high + lo.step > hi.high + 1e-9:
-            raise ConfigError(f"{where}: {TMIN}: high={lo.high} leaves no tmax in ({TMIN}, {hi.high}]")
+            raise ConfigError(
+                f"{where}: {TMIN}: high={lo.high} leaves no tmax in ({TMIN}, {hi.high}]"
+            )
 
 
 def _check_configs(space: SearchSpace, where: str) -> None:
@@ -278,10 +365,14 @@ def _check_configs(space: SearchSpace, where: str) -> None:
     candidates = [("the lows / first choices", lows), ("the highs / last choices", highs)]
     for spec in space.params:
         if spec.type == "categorical":
-            candidates += [(f"{spec.key}={c!r}", lows | _condition(spec) | {spec.key: c}) for c in spec.choices]
+            candidates += [
+                (f"{spec.key}={c!r}", lows | _condition(spec) | {spec.key: c}) for c in spec.choices
+            ]
     candidates = [(label, _drop_inactive(space, flat)) for label, flat in candidates]
     for key, value, flat in [(k, v, {k: v}) for k, v in space.fixed.items()] + [
-        (p.key, v, _condition(p) | {p.key: v}) for p in space.params for v in (*p.extremes(), *p.choices)
+        (p.key, v, _condition(p) | {p.key: v})
+        for p in space.params
+        for v in (*p.extremes(), *p.choices)
     ]:
         if key not in (TMIN, TMAX):  # a window bound alone may clash with the default other bound
             try:
@@ -293,7 +384,9 @@ def _check_configs(space: SearchSpace, where: str) -> None:
         try:
             fit_config(base, space.fixed, flat, source=f"search space {space.name!r}")
         except ConfigError as exc:
-            raise ConfigError(f"{where}: the config built from {label} is invalid: {exc.__cause__ or exc}") from exc
+            raise ConfigError(
+                f"{where}: the config built from {label} is invalid: {exc.__cause__ or exc}"
+            ) from exc
 
 
 def _condition(spec: ParamSpec) -> dict[str, Any]:

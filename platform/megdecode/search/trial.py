@@ -73,7 +73,11 @@ class TrialPlan:
 def trial_name(trial: Any) -> str:
     """``trial_0003_<id>``: creation order first, so names sort and the reporter stays narrow."""
     number = str(trial.experiment_tag).split("_", 1)[0]
-    return f"trial_{int(number):04d}_{trial.trial_id}" if number.isdigit() else f"trial_{trial.trial_id}"
+    return (
+        f"trial_{int(number):04d}_{trial.trial_id}"
+        if number.isdigit()
+        else f"trial_{trial.trial_id}"
+    )
 
 
 def trial_number(name: str) -> int | None:
@@ -93,7 +97,11 @@ def seed_stats(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def _current_row(trainer: Trainer) -> dict[str, float]:
     """This epoch's row, or the best epoch's row once the seed has stopped (the model it keeps)."""
-    row = trainer.history[trainer.best_epoch] if trainer.done and trainer.best_epoch >= 0 else trainer.history[-1]
+    row = (
+        trainer.history[trainer.best_epoch]
+        if trainer.done and trainer.best_epoch >= 0
+        else trainer.history[-1]
+    )
     return {k: v for k, v in row.items() if k != "epoch"}
 
 
@@ -109,7 +117,10 @@ def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> 
     start_at, clock = time.time(), PhaseClock(*TRIAL_PHASES)
     name = tune.get_context().get_trial_name()
     torch.set_num_threads(plan.threads)
-    cfgs = [fit_config(plan.base, plan.fixed, config, seed=seed, device=plan.device) for seed in plan.seeds]
+    cfgs = [
+        fit_config(plan.base, plan.fixed, config, seed=seed, device=plan.device)
+        for seed in plan.seeds
+    ]
     data = shared.run_data(cfgs[0])
     trainers = [Trainer(cfg, data) for cfg in cfgs]
     clock.lap("setup")
@@ -120,12 +131,19 @@ def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> 
                 trainer.step()
         epoch += 1
         clock.lap("epochs")
-        metrics: dict[str, Any] = {"epoch": epoch, **seed_stats([_current_row(t) for t in trainers])}
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            **seed_stats([_current_row(t) for t in trainers]),
+        }
         if not all(t.done for t in trainers):
-            tune.report(metrics)  # blocks until the driver has taken the result (Tune's function API)
+            tune.report(
+                metrics
+            )  # blocks until the driver has taken the result (Tune's function API)
             clock.lap("report")
             if trial_number(name) in plan.fail_trials:
-                raise InjectedFault(f"{name}: fault injected after epoch {epoch} (TrialPlan.fail_trials)")
+                raise InjectedFault(
+                    f"{name}: fault injected after epoch {epoch} (TrialPlan.fail_trials)"
+                )
             continue
         # The last epoch and the final metrics share one report: ASHA stops a trial that
         # reaches max_t on that epoch's report, so a later report would never arrive. The
@@ -136,7 +154,10 @@ def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> 
         try:
             final = _finish(trainers, folder) | {"epoch": epoch} | curve
             clock.lap("finish")
-            tune.report(final | timing_metrics(clock, start_at), checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            tune.report(
+                final | timing_metrics(clock, start_at),
+                checkpoint=tune.Checkpoint.from_directory(str(folder)),
+            )
         finally:  # report() has copied the checkpoint to the experiment's storage
             shutil.rmtree(folder, ignore_errors=True)
         return
@@ -172,7 +193,9 @@ def timing_metrics(clock: PhaseClock, start_at: float) -> dict[str, float]:
 def process_start_time() -> float | None:
     """When this process was created (Unix time, ~10 ms resolution); None without Linux's /proc."""
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        ticks = int(
+            Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+        )  # field 22: starttime
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
         return None
@@ -188,7 +211,19 @@ def _finish(trainers: list[Trainer], folder: Path) -> dict[str, float]:
     for trainer in trainers:
         seed = trainer.cfg.train.seed
         result = trainer.finish(folder / f"seed{seed}")
-        seeds.append({"seed": seed, "metrics": result.metrics, "history": result.history, "bundle": f"seed{seed}"})
+        seeds.append(
+            {
+                "seed": seed,
+                "metrics": result.metrics,
+                "history": result.history,
+                "bundle": f"seed{seed}",
+            }
+        )
     best = max(seeds, key=lambda s: s["metrics"]["val/top5"])
-    (folder / SEEDS_FILE).write_text(json.dumps({"best_seed": best["seed"], "seeds": seeds}, default=float))
-    return seed_stats([s["metrics"] for s in seeds]) | {"best_seed": float(best["seed"]), "final": 1.0}
+    (folder / SEEDS_FILE).write_text(
+        json.dumps({"best_seed": best["seed"], "seeds": seeds}, default=float)
+    )
+    return seed_stats([s["metrics"] for s in seeds]) | {
+        "best_seed": float(best["seed"]),
+        "final": 1.0,
+    }

@@ -32,7 +32,11 @@ logger = logging.getLogger(__name__)
 # Rolling updates start the replacement replicas first and drain the old ones (they finish
 # what they hold, up to the timeout) before stopping them: a redeploy (new alias, new
 # config, or any Python-built app, whose code version Serve draws anew) drops no request.
-ROLLING = {"max_surge_percent": 100, "graceful_shutdown_wait_loop_s": 0.5, "graceful_shutdown_timeout_s": 30.0}
+ROLLING = {
+    "max_surge_percent": 100,
+    "graceful_shutdown_wait_loop_s": 0.5,
+    "graceful_shutdown_timeout_s": 30.0,
+}
 
 
 class StartError(RuntimeError):
@@ -45,11 +49,17 @@ class StartInterrupted(StartError):
 
 def decoder_user_config(cfg: ServeConfig, store: str | None = None) -> dict[str, Any]:
     """What a reload changes: the model source and a revision to force reloading the same URI."""
-    return {"model": cfg.decoder.model, "tracking_uri": cfg.tracking_uri(), "revision": cfg.decoder.revision,
-            "store": store or ""}
+    return {
+        "model": cfg.decoder.model,
+        "tracking_uri": cfg.tracking_uri(),
+        "revision": cfg.decoder.revision,
+        "store": store or "",
+    }
 
 
-def build_app(cfg: ServeConfig, token: str | None = None, store: str | None = None, plan: Plan | None = None) -> Any:
+def build_app(
+    cfg: ServeConfig, token: str | None = None, store: str | None = None, plan: Plan | None = None
+) -> Any:
     """The bound app; `token` None reads the variable named by http.token_env (empty = no auth).
 
     `plan` None plans the requests against the connected cluster (`placement.plan_resources`).
@@ -65,28 +75,46 @@ def build_app(cfg: ServeConfig, token: str | None = None, store: str | None = No
     token = os.environ.get(h.token_env, "") if token is None else token
     model_config = decoder_user_config(cfg, store)
     dec = plan.share(DECODER)
-    decoder = BrainDecoder.options(**ROLLING,  # type: ignore[attr-defined]  # Serve's decorator adds options()
-        num_replicas=dec.replicas, max_ongoing_requests=d.max_ongoing_requests,
-        max_queued_requests=d.max_queued_requests, ray_actor_options=dec.actor_options(),
+    decoder = BrainDecoder.options(  # type: ignore[attr-defined]  # Serve's decorator adds options()
+        **ROLLING,
+        num_replicas=dec.replicas,
+        max_ongoing_requests=d.max_ongoing_requests,
+        max_queued_requests=d.max_queued_requests,
+        ray_actor_options=dec.actor_options(),
         user_config=model_config,
     ).bind(d.replace(num_cpus=dec.num_cpus).to_flat_dict())
     generator = None
     if g.weights:
         gen = plan.share(GENERATOR)
-        generator = Generator.options(**ROLLING,  # type: ignore[attr-defined]  # Serve's decorator adds options()
-            autoscaling_config={"min_replicas": g.min_replicas, "max_replicas": gen.max_replicas,
-                                "initial_replicas": gen.replicas,
-                                "target_ongoing_requests": g.target_ongoing_requests},
-            max_ongoing_requests=g.max_ongoing_requests, max_queued_requests=g.max_queued_requests,
+        generator = Generator.options(  # type: ignore[attr-defined]  # Serve's decorator adds options()
+            **ROLLING,
+            autoscaling_config={
+                "min_replicas": g.min_replicas,
+                "max_replicas": gen.max_replicas,
+                "initial_replicas": gen.replicas,
+                "target_ongoing_requests": g.target_ongoing_requests,
+            },
+            max_ongoing_requests=g.max_ongoing_requests,
+            max_queued_requests=g.max_queued_requests,
             ray_actor_options=gen.actor_options(),
-        ).bind(g.replace(num_gpus=gen.num_gpus, num_cpus=gen.num_cpus, max_replicas=gen.max_replicas).to_flat_dict())
-    ingress_config = {"token_sha256": token_digest(token), "decoder": model_config if d.ingress_copy != "none" else {}}
+        ).bind(
+            g.replace(
+                num_gpus=gen.num_gpus, num_cpus=gen.num_cpus, max_replicas=gen.max_replicas
+            ).to_flat_dict()
+        )
+    ingress_config = {
+        "token_sha256": token_digest(token),
+        "decoder": model_config if d.ingress_copy != "none" else {},
+    }
     # Serve's proxy answers 503 itself once the ingress holds max_ongoing + max_queued requests;
     # backpressure_config gives that answer the same Retry-After as the ingress' own 503s.
-    return Ingress.options(**ROLLING,  # type: ignore[attr-defined]  # Serve's decorator adds options()
-        max_ongoing_requests=h.max_ongoing_requests, max_queued_requests=h.max_queued_requests,
+    return Ingress.options(  # type: ignore[attr-defined]  # Serve's decorator adds options()
+        **ROLLING,
+        max_ongoing_requests=h.max_ongoing_requests,
+        max_queued_requests=h.max_queued_requests,
         backpressure_config={"retry_after_s": h.retry_after_s},
-        ray_actor_options=plan.share(INGRESS).actor_options(), user_config=ingress_config,
+        ray_actor_options=plan.share(INGRESS).actor_options(),
+        user_config=ingress_config,
     ).bind(decoder, generator, cfg.to_flat_dict())
 
 
@@ -95,8 +123,15 @@ def app_builder(args: dict[str, Any]) -> Any:
     return build_app(ServeConfig.from_mapping(args))
 
 
-def start(cfg: ServeConfig, token: str | None = None, store: str | None = None, address: str | None = None,
-          blocking: bool = False, stop: threading.Event | None = None, fixed_cluster: bool | None = None) -> str:
+def start(
+    cfg: ServeConfig,
+    token: str | None = None,
+    store: str | None = None,
+    address: str | None = None,
+    blocking: bool = False,
+    stop: threading.Event | None = None,
+    fixed_cluster: bool | None = None,
+) -> str:
     """Start Ray (loopback, unless `address`) and Serve on http.host:port, run the app; its URL.
 
     Returns once every deployment runs. Raises `StartError` (after deleting the app) when
@@ -113,18 +148,29 @@ def start(cfg: ServeConfig, token: str | None = None, store: str | None = None, 
 
     quiet_console()  # Serve configures its driver-side console logger at import
     if fixed_cluster is None:
-        fixed_cluster = not ray.is_initialized() and not address and not os.environ.get("RAY_ADDRESS")
+        fixed_cluster = (
+            not ray.is_initialized() and not address and not os.environ.get("RAY_ADDRESS")
+        )
     if not ray.is_initialized():
         init_ray(address)
     plan = plan_resources(cfg, Cluster.now(fixed=fixed_cluster))
     log_plan(plan)
     if not plan.fits and plan.cluster.fixed:
-        raise StartError(f"cannot start {cfg.app_name!r} on this cluster ({plan.cluster.describe()}): "
-                         f"{'; '.join(plan.problems)}. {ADVICE}")
+        raise StartError(
+            f"cannot start {cfg.app_name!r} on this cluster ({plan.cluster.describe()}): "
+            f"{'; '.join(plan.problems)}. {ADVICE}"
+        )
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
-    serve.run_many([serve.RunTarget(build_app(cfg, token, store, plan), name=cfg.app_name,
-                                    route_prefix=cfg.http.route_prefix)],
-                   wait_for_applications_running=False)
+    serve.run_many(
+        [
+            serve.RunTarget(
+                build_app(cfg, token, store, plan),
+                name=cfg.app_name,
+                route_prefix=cfg.http.route_prefix,
+            )
+        ],
+        wait_for_applications_running=False,
+    )
     try:
         wait_running(cfg.app_name, plan, cfg.start_timeout_s, stop)
     except StartError:
@@ -136,12 +182,15 @@ def start(cfg: ServeConfig, token: str | None = None, store: str | None = None, 
     return url
 
 
-ADVICE = ("Leave num_cpus unset in the config to derive it from the cluster, lower it, or give the cluster "
-          "more resources")
+ADVICE = (
+    "Leave num_cpus unset in the config to derive it from the cluster, lower it, or give the cluster "
+    "more resources"
+)
 
 
-def wait_running(app: str, plan: Plan, timeout_s: float, stop: threading.Event | None = None,
-                 poll_s: float = 0.5) -> None:
+def wait_running(
+    app: str, plan: Plan, timeout_s: float, stop: threading.Event | None = None, poll_s: float = 0.5
+) -> None:
     """Poll serve.status() until `app` runs; `StartError` on failure or after `timeout_s`."""
     from ray import serve
 
@@ -152,7 +201,9 @@ def wait_running(app: str, plan: Plan, timeout_s: float, stop: threading.Event |
         if state == "RUNNING":
             return
         if state == "DEPLOY_FAILED" and status is not None:
-            raise StartError(f"{app!r} failed to deploy: {_short(status.message) or 'no message from Serve'}")
+            raise StartError(
+                f"{app!r} failed to deploy: {_short(status.message) or 'no message from Serve'}"
+            )
         if stop is not None and stop.is_set():
             raise StartInterrupted(f"stopped while {app!r} was starting")
         if time.monotonic() >= deadline:
@@ -174,9 +225,11 @@ def not_running(app: str, status: Any, plan: Plan, timeout_s: float) -> str:
         lines.append(f"{ask} is {_name(dep.status)}{f' [{states}]' if states else ''}{serve_says}")
     free = ray.available_resources()
     what = "; ".join(lines) or "no deployment reported yet"
-    return (f"{app!r} did not start within {timeout_s:g} s: {what}. The cluster has {plan.cluster.describe()} "
-            f"({free.get('CPU', 0.0):g} CPU, {free.get('GPU', 0.0):g} GPU free now). {ADVICE}, or raise "
-            "start_timeout_s (--start-timeout) if it is still loading.")
+    return (
+        f"{app!r} did not start within {timeout_s:g} s: {what}. The cluster has {plan.cluster.describe()} "
+        f"({free.get('CPU', 0.0):g} CPU, {free.get('GPU', 0.0):g} GPU free now). {ADVICE}, or raise "
+        "start_timeout_s (--start-timeout) if it is still loading."
+    )
 
 
 def _name(state: Any) -> str:

@@ -52,7 +52,9 @@ class HttpConfig(FlatConfig):
         _check_cpus("http", self.num_cpus)
         _check_limits("http", self.max_ongoing_requests, self.max_queued_requests)
         if self.max_decodes_in_flight < 0:
-            raise ConfigError(f"http.max_decodes_in_flight: >= 0 (0 = derived), got {self.max_decodes_in_flight}")
+            raise ConfigError(
+                f"http.max_decodes_in_flight: >= 0 (0 = derived), got {self.max_decodes_in_flight}"
+            )
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,9 @@ class DecoderConfig(FlatConfig):
     num_replicas: int = 1
     num_cpus: float | None = None  # None: a share of the cluster (megdecode.serve.placement)
     torch_threads: int = 1  # per replica; replicas, not threads, scale a CPU node
-    precision: str = "float32"  # or "bfloat16": faster on CPUs with AMX/AVX512-BF16, latents ~1e-5 off
+    precision: str = (
+        "float32"  # or "bfloat16": faster on CPUs with AMX/AVX512-BF16, latents ~1e-5 off
+    )
     max_batch_size: int = 16  # @serve.batch; 1 = no batching
     # 0: a batch is what queued while the previous forward ran (a lone request never
     # waits, a busy replica stacks up to max_batch_size); > 0 also waits this long for more.
@@ -85,7 +89,9 @@ class DecoderConfig(FlatConfig):
         if self.precision not in ("float32", "bfloat16"):
             raise ConfigError(f"decoder.precision: float32 or bfloat16, got {self.precision!r}")
         if self.ingress_copy not in ("none", "stream", "all"):
-            raise ConfigError(f"decoder.ingress_copy: none, stream or all, got {self.ingress_copy!r}")
+            raise ConfigError(
+                f"decoder.ingress_copy: none, stream or all, got {self.ingress_copy!r}"
+            )
         if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0:
             raise ConfigError("decoder.max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
         if not 1 <= self.top_k <= self.max_top_k:
@@ -122,7 +128,9 @@ class GeneratorConfig(FlatConfig):
         if not 0 <= self.gpu_memory_fraction <= 1:
             raise ConfigError("generator.gpu_memory_fraction must be in [0, 1]")
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
-            raise ConfigError("generator: need 0 <= min_replicas <= max_replicas, max_replicas >= 1")
+            raise ConfigError(
+                "generator: need 0 <= min_replicas <= max_replicas, max_replicas >= 1"
+            )
         if not 1 <= self.default_steps <= self.max_steps:
             raise ConfigError("generator.default_steps must be in 1..max_steps")
         if not 0 <= self.default_guidance <= self.max_guidance:
@@ -133,13 +141,17 @@ class GeneratorConfig(FlatConfig):
 
 def _check_cpus(section: str, value: float | None) -> None:
     if value is not None and value < 0:
-        raise ConfigError(f"{section}.num_cpus: >= 0 or unset (a share of the cluster), got {value}")
+        raise ConfigError(
+            f"{section}.num_cpus: >= 0 or unset (a share of the cluster), got {value}"
+        )
 
 
 def _check_limits(section: str, ongoing: int, queued: int) -> None:
     if ongoing < 1 or (queued < 1 and queued != -1):  # Serve's own rule for max_queued_requests
-        raise ConfigError(f"{section}: max_ongoing_requests >= 1 and max_queued_requests >= 1 or -1 (unbounded), "
-                          f"got {ongoing} and {queued}")
+        raise ConfigError(
+            f"{section}: max_ongoing_requests >= 1 and max_queued_requests >= 1 or -1 (unbounded), "
+            f"got {ongoing} and {queued}"
+        )
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,9 @@ class StreamConfig(FlatConfig):
 class LiveConfig(FlatConfig):
     """GET /live: the page that replays a recording through WS /v1/stream."""
 
-    bids_root: str = ""  # "" = the "bids" folder next to the served store (or the bundle's training store)
+    bids_root: str = (
+        ""  # "" = the "bids" folder next to the served store (or the bundle's training store)
+    )
     run: str = ""  # the run replayed by default (e.g. "sub-BIGMEG1_ses-01_task-main_run-01"); "" = the subject's last
     chunk_s: float = 0.025  # signal per WebSocket message the page sends, at real-time pace
     thumb_px: int = 96  # gallery thumbnails: longest side in pixels
@@ -200,7 +214,10 @@ class ServeConfig(FlatConfig):
 
     def decode_limit(self) -> int:
         """/v1/decode requests an ingress replica admits at once (http.max_decodes_in_flight)."""
-        return self.http.max_decodes_in_flight or self.decoder.max_batch_size * self.decoder.num_replicas
+        return (
+            self.http.max_decodes_in_flight
+            or self.decoder.max_batch_size * self.decoder.num_replicas
+        )
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -213,7 +230,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_config_file(path: str | Path, app_name: str | None = None) -> tuple[ServeConfig, dict[str, Any]]:
+def read_config_file(
+    path: str | Path, app_name: str | None = None
+) -> tuple[ServeConfig, dict[str, Any]]:
     """(our config, the whole Serve config dict) of a Serve YAML; the app's args are ours.
 
     The file's ``http_options`` host/port win over ``args.http`` so that one YAML drives

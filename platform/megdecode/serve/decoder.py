@@ -77,8 +77,11 @@ class DecoderCore:
         """Load {model, tracking_uri, revision} and swap it in; keep the old one on failure.
 
         (The dict's ``store`` is the ingress's, for the live page; the model needs none.)"""
-        key = (str(user_config.get("model", "")), str(user_config.get("tracking_uri", "")),
-               int(user_config.get("revision", 0)))
+        key = (
+            str(user_config.get("model", "")),
+            str(user_config.get("tracking_uri", "")),
+            int(user_config.get("revision", 0)),
+        )
         if key == self.loaded_from and self.state is not None:
             return
         try:
@@ -119,17 +122,26 @@ class DecoderCore:
         clip, forward_ms, batch = await self._batched((state, window, index))
         # The latent stays a float32 array: smaller across a handle than a list of floats,
         # and the ingress' JSON writer (`jsonio`) writes arrays itself.
-        return {"latent": clip, "top_k": state.gallery.topk(clip[None], top_k)[0],
-                "model": {"name": state.card["name"], "version": state.card["version"]},
-                "timing": {"forward_ms": round(forward_ms, 3), "batch_size": batch}}
+        return {
+            "latent": clip,
+            "top_k": state.gallery.topk(clip[None], top_k)[0],
+            "model": {"name": state.card["name"], "version": state.card["version"]},
+            "timing": {"forward_ms": round(forward_ms, 3), "batch_size": batch},
+        }
 
-    async def decode_parts(self, subject: str | int, top_k: int, *parts: np.ndarray) -> dict[str, Any]:
+    async def decode_parts(
+        self, subject: str | int, top_k: int, *parts: np.ndarray
+    ) -> dict[str, Any]:
         """`decode` of the window sent as `inline_parts` (one argument each)."""
         window = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return await self.decode(window, subject, top_k)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # both reset from the config in __init__
-    async def _batched(self, items: list[tuple[LoadedModel, np.ndarray, int]]) -> list[tuple[np.ndarray, float, int]]:
+    @serve.batch(
+        max_batch_size=16, batch_wait_timeout_s=0.0
+    )  # both reset from the config in __init__
+    async def _batched(
+        self, items: list[tuple[LoadedModel, np.ndarray, int]]
+    ) -> list[tuple[np.ndarray, float, int]]:
         """Stack the queued windows into one forward (per model, should a reload split them)."""
         out: list[tuple[np.ndarray, float, int] | None] = [None] * len(items)
         groups: dict[int, list[int]] = {}
@@ -146,7 +158,9 @@ class DecoderCore:
                 out[i] = (clip[row], ms, len(idx))
         return out  # type: ignore[return-value]  # @serve.batch turns the list into one result per caller
 
-    async def decode_windows_async(self, windows: np.ndarray, subject: int, top_k: int) -> dict[str, Any]:
+    async def decode_windows_async(
+        self, windows: np.ndarray, subject: int, top_k: int
+    ) -> dict[str, Any]:
         """`decode_windows` off the event loop (the ingress' copy: other requests keep flowing)."""
         return await asyncio.to_thread(self.decode_windows, windows, subject, top_k)
 
@@ -161,8 +175,11 @@ class DecoderCore:
         start = time.perf_counter()
         clip, _ = state.forward(windows, np.full(len(windows), subject, np.int64))
         ms = (time.perf_counter() - start) * 1e3
-        return {"top_k": state.gallery.topk(clip, top_k), "forward_ms": ms,
-                "model": {"name": state.card["name"], "version": state.card["version"]}}
+        return {
+            "top_k": state.gallery.topk(clip, top_k),
+            "forward_ms": ms,
+            "model": {"name": state.card["name"], "version": state.card["version"]},
+        }
 
     def stream_spec(self, subject: str | int, sfreq: float | None) -> dict[str, Any]:
         """What the ingress needs to preprocess a live feed of `subject` (or an error dict)."""
@@ -175,8 +192,12 @@ class DecoderCore:
             return error_dict(exc)
         except StreamError as exc:
             return error_dict(ApiError(422, "stream_unavailable", str(exc)))
-        return {"spec": spec, "subject_index": index, "n_channels": state.shape[0],
-                "channels": list(state.bundle.ch_names)}
+        return {
+            "spec": spec,
+            "subject_index": index,
+            "n_channels": state.shape[0],
+            "channels": list(state.bundle.ch_names),
+        }
 
     def generation_latent(self, window: np.ndarray, subject: str | int) -> dict[str, Any]:
         """MSE head -> latents z-scored with the bundle's prediction statistics, on the training
@@ -187,7 +208,10 @@ class DecoderCore:
             latents = window_latents(state, window, subject)
         except ApiError as exc:
             return error_dict(exc)
-        return {"latents": latents, "model": {"name": state.card["name"], "version": state.card["version"]}}
+        return {
+            "latents": latents,
+            "model": {"name": state.card["name"], "version": state.card["version"]},
+        }
 
 
 @serve.deployment(name="BrainDecoder")

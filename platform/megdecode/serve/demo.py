@@ -22,18 +22,26 @@ from megdecode.serve.config import ServeConfig
 logger = logging.getLogger(__name__)
 
 
-def test_windows(store: str | Path, tmin: float, tmax: float, subjects: list[str], n: int,
-                 seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
+def test_windows(
+    store: str | Path, tmin: float, tmax: float, subjects: list[str], n: int, seed: int = 0
+) -> tuple[np.ndarray, pd.DataFrame]:
     """n windows (n, C, T) of the store's small test set (subjects the model knows), with metadata."""
-    X, meta = epoch_store.load_epochs(store, subjects=[s for s in subjects if s in epoch_store.read_manifest(store).subjects],
-                                 splits=["test"], tmin=tmin, tmax=tmax)
+    X, meta = epoch_store.load_epochs(
+        store,
+        subjects=[s for s in subjects if s in epoch_store.read_manifest(store).subjects],
+        splits=["test"],
+        tmin=tmin,
+        tmax=tmax,
+    )
     if not len(meta):
         raise ValueError(f"store {store} has no test epochs for subjects {subjects}")
     rows = np.random.default_rng(seed).choice(len(meta), size=min(n, len(meta)), replace=False)
     return X[rows], meta.iloc[rows].reset_index(drop=True)
 
 
-def example_window(store: str | Path, bundle_dir: str | Path, out: str | Path, seed: int = 0) -> Path:
+def example_window(
+    store: str | Path, bundle_dir: str | Path, out: str | Path, seed: int = 0
+) -> Path:
     """Write {"subject", "data"} of one test window shaped for `bundle_dir` (curl -d @out)."""
     from megdecode.bundle import load_bundle
 
@@ -41,13 +49,24 @@ def example_window(store: str | Path, bundle_dir: str | Path, out: str | Path, s
     X, meta = test_windows(store, b.tmin, b.tmax, b.subjects, 1, seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"subject": str(meta["subject"].iloc[0]),
-                               "data": np.round(X[0].astype(np.float64), 5).tolist()}))
+    out.write_text(
+        json.dumps(
+            {
+                "subject": str(meta["subject"].iloc[0]),
+                "data": np.round(X[0].astype(np.float64), 5).tolist(),
+            }
+        )
+    )
     return out
 
 
-def decode_demo(bundle_or_uri: str | Path, store: str | Path, n: int = 5, tracking_uri: str | None = None,
-                port: int | None = None) -> pd.DataFrame:
+def decode_demo(
+    bundle_or_uri: str | Path,
+    store: str | Path,
+    n: int = 5,
+    tracking_uri: str | None = None,
+    port: int | None = None,
+) -> pd.DataFrame:
     """Serve `bundle_or_uri` (a bundle folder or models:/name@alias), decode n test windows, print.
 
     Returns one row per request: subject, true image and category, top-5 ids and
@@ -61,8 +80,13 @@ def decode_demo(bundle_or_uri: str | Path, store: str | Path, n: int = 5, tracki
     from megdecode.tracking import resolve_bundle
 
     source = str(bundle_or_uri)
-    cfg = ServeConfig.from_mapping({"app_name": "megdecode-demo", "http": {"port": port or free_port()},
-                                    "decoder": {"model": source, "tracking_uri": tracking_uri or "", "num_cpus": 0.5}})
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": "megdecode-demo",
+            "http": {"port": port or free_port()},
+            "decoder": {"model": source, "tracking_uri": tracking_uri or "", "num_cpus": 0.5},
+        }
+    )
     from megdecode.bundle import load_bundle
 
     bundle = load_bundle(resolve_bundle(source, cfg.tracking_uri())[0])
@@ -74,17 +98,32 @@ def decode_demo(bundle_or_uri: str | Path, store: str | Path, n: int = 5, tracki
         session = requests.Session()
         for x, (_, m) in zip(X, meta.iterrows(), strict=True):
             t0 = time.perf_counter()
-            r = session.post(f"{url}/v1/decode", data=x.tobytes(), timeout=60, headers={
-                "content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}",
-                "x-subject": str(m["subject"])})
+            r = session.post(
+                f"{url}/v1/decode",
+                data=x.tobytes(),
+                timeout=60,
+                headers={
+                    "content-type": "application/octet-stream",
+                    "x-shape": f"{x.shape[0]},{x.shape[1]}",
+                    "x-subject": str(m["subject"]),
+                },
+            )
             latency = (time.perf_counter() - t0) * 1e3
             r.raise_for_status()
             body = r.json()
             top = body["top_k"][:5]
-            rows.append({"subject": m["subject"], "image_id": int(m["image_id"]), "category": m["category"],
-                         "top5_ids": [h["image_id"] for h in top], "top5_categories": [h["category"] for h in top],
-                         "hit": int(m["image_id"]) in [h["image_id"] for h in top],
-                         "latency_ms": round(latency, 2), "server_ms": body["timing"]["server_ms"]})
+            rows.append(
+                {
+                    "subject": m["subject"],
+                    "image_id": int(m["image_id"]),
+                    "category": m["category"],
+                    "top5_ids": [h["image_id"] for h in top],
+                    "top5_categories": [h["category"] for h in top],
+                    "hit": int(m["image_id"]) in [h["image_id"] for h in top],
+                    "latency_ms": round(latency, 2),
+                    "server_ms": body["timing"]["server_ms"],
+                }
+            )
     finally:
         serve.delete(cfg.app_name)
         if started_ray:
@@ -92,7 +131,9 @@ def decode_demo(bundle_or_uri: str | Path, store: str | Path, n: int = 5, tracki
             ray.shutdown()
     table = pd.DataFrame(rows)
     for row in rows:
-        print(f"sub-{row['subject']} image {row['image_id']} ({row['category']}): top-5 "
-              f"{list(zip(row['top5_ids'], row['top5_categories'], strict=True))} "
-              f"{'HIT' if row['hit'] else 'miss'}  {row['latency_ms']:.1f} ms (server {row['server_ms']:.1f} ms)")
+        print(
+            f"sub-{row['subject']} image {row['image_id']} ({row['category']}): top-5 "
+            f"{list(zip(row['top5_ids'], row['top5_categories'], strict=True))} "
+            f"{'HIT' if row['hit'] else 'miss'}  {row['latency_ms']:.1f} ms (server {row['server_ms']:.1f} ms)"
+        )
     return table

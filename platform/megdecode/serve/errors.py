@@ -29,15 +29,24 @@ ERROR_SCHEMA = {
 class ApiError(Exception):
     """A request failure with its HTTP status, a stable machine code and a human detail."""
 
-    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(status, error, detail, headers)
-        self.status, self.error, self.detail, self.headers = status, error, detail, dict(headers or {})
+        self.status, self.error, self.detail, self.headers = (
+            status,
+            error,
+            detail,
+            dict(headers or {}),
+        )
 
     def response(self) -> JSONResponse:
         return error_response(self.status, self.error, self.detail, self.headers)
 
 
-def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, error: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -46,9 +55,17 @@ def unavailable(error: str, detail: str, retry_after_s: int = 1) -> ApiError:
     return ApiError(503, error, detail, {"Retry-After": str(max(1, int(retry_after_s)))})
 
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type",
-                 422: "invalid_request", 503: "unavailable"}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
 
 
 def _short(errors: list[dict[str, Any]]) -> str:
@@ -75,11 +92,19 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code if 400 <= exc.status_code < 500 or exc.status_code == 503 else 400
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return error_response(status, _STATUS_CODES.get(status, "bad_request"), detail, getattr(exc, "headers", None))
+        return error_response(
+            status, _STATUS_CODES.get(status, "bad_request"), detail, getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         ref = uuid.uuid4().hex[:12]
-        logger.error("unhandled error (ref %s) on %s %s", ref, request.method, request.url.path, exc_info=exc)
-        return error_response(503, "internal", f"the server could not handle this request (ref {ref})",
-                              {"Retry-After": "1"})
+        logger.error(
+            "unhandled error (ref %s) on %s %s", ref, request.method, request.url.path, exc_info=exc
+        )
+        return error_response(
+            503,
+            "internal",
+            f"the server could not handle this request (ref {ref})",
+            {"Retry-After": "1"},
+        )

@@ -32,7 +32,12 @@ class Gallery:
         latents = np.asarray(bundle.gallery, np.float32)
         norms = np.maximum(np.linalg.norm(latents, axis=1, keepdims=True), 1e-8)
         meta = bundle.gallery_meta
-        return cls(np.asarray(bundle.gallery_ids), latents / norms, list(meta.categories), list(meta.image_paths))
+        return cls(
+            np.asarray(bundle.gallery_ids),
+            latents / norms,
+            list(meta.categories),
+            list(meta.image_paths),
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -47,8 +52,16 @@ class Gallery:
         out = []
         for row, cand in zip(sim, best, strict=True):
             order = cand[np.argsort(-row[cand], kind="stable")]
-            out.append([{"image_id": int(self.ids[j]), "category": self.categories[j],
-                         "score": round(float(row[j]), 6)} for j in order])
+            out.append(
+                [
+                    {
+                        "image_id": int(self.ids[j]),
+                        "category": self.categories[j],
+                        "score": round(float(row[j]), 6),
+                    }
+                    for j in order
+                ]
+            )
         return out
 
     def rank_of(self, pred: np.ndarray, image_id: int) -> int:
@@ -59,4 +72,3 @@ class Gallery:
         p = np.asarray(pred, np.float32)
         sim = self.unit @ (p / max(float(np.linalg.norm(p)), 1e-8))
         return int((sim >= sim[where[0]]).sum() - 1)
-

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def gpu_share_device(cfg: GeneratorConfig) -> str:
-    """"cuda" with this process' memory capped to its share when Ray gave it a GPU, else "cpu"."""
+    """ "cuda" with this process' memory capped to its share when Ray gave it a GPU, else "cpu"."""
     if cfg.num_gpus <= 0 or not torch.cuda.is_available():
         return "cpu"
     fraction = cfg.gpu_memory_fraction or cfg.num_gpus
@@ -51,35 +51,57 @@ class Generator:
             from megdecode.generate.pipeline import LatentGenerator
 
             self.pipeline = LatentGenerator.from_dir(self.cfg.weights, device=self.device)
-        except (FileNotFoundError, ValueError, ImportError) as exc:  # reported by /readyz and as 503s
+        except (
+            FileNotFoundError,
+            ValueError,
+            ImportError,
+        ) as exc:  # reported by /readyz and as 503s
             self.error = str(exc)
             logger.error("generator unavailable: %s", exc)
 
     def info(self) -> dict[str, Any]:
         conditions = dict(self.pipeline.conditions) if self.pipeline is not None else {}
-        return {"ready": self.pipeline is not None, "error": self.error, "device": self.device,
-                "conditions": conditions}
+        return {
+            "ready": self.pipeline is not None,
+            "error": self.error,
+            "device": self.device,
+            "conditions": conditions,
+        }
 
-    async def generate(self, latents: dict[str, np.ndarray], steps: int, guidance: float,
-                       seed: int) -> dict[str, Any]:
+    async def generate(
+        self, latents: dict[str, np.ndarray], steps: int, guidance: float, seed: int
+    ) -> dict[str, Any]:
         """latents {name: (N, F)} (what the model decodes) -> {"png": [bytes]} or an error dict."""
         try:
             return await asyncio.to_thread(self._generate, latents, steps, guidance, seed)
         except ApiError as exc:
             return error_dict(exc)
 
-    def _generate(self, latents: dict[str, np.ndarray], steps: int, guidance: float, seed: int) -> dict[str, Any]:
+    def _generate(
+        self, latents: dict[str, np.ndarray], steps: int, guidance: float, seed: int
+    ) -> dict[str, Any]:
         if self.pipeline is None:
-            raise ApiError(503, "generator_unavailable", self.error or "the generator is not loaded")
+            raise ApiError(
+                503, "generator_unavailable", self.error or "the generator is not loaded"
+            )
         missing = sorted(set(self.pipeline.conditions) - set(latents))
         if missing:
-            raise ApiError(422, "latent_mismatch", f"the generator is conditioned on {sorted(self.pipeline.conditions)}; "
-                           f"the model decodes {sorted(latents)}, not {missing}")
+            raise ApiError(
+                422,
+                "latent_mismatch",
+                f"the generator is conditioned on {sorted(self.pipeline.conditions)}; "
+                f"the model decodes {sorted(latents)}, not {missing}",
+            )
         with self._lock:
             try:
                 pngs = render_png(self.pipeline, latents, steps, guidance, seed)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                raise ApiError(503, "insufficient_gpu_memory", "this request does not fit in the replica's "
-                               "share of GPU memory; retry later or with fewer steps", {"Retry-After": "5"}) from None
+                raise ApiError(
+                    503,
+                    "insufficient_gpu_memory",
+                    "this request does not fit in the replica's "
+                    "share of GPU memory; retry later or with fewer steps",
+                    {"Retry-After": "5"},
+                ) from None
         return {"png": pngs, "device": self.device}

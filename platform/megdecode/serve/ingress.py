@@ -15,7 +15,6 @@ route signatures, and string annotations (``request: "Request"``) would turn the
 into a required query parameter.
 """
 
-
 import asyncio
 import base64
 import contextlib
@@ -54,8 +53,11 @@ from megdecode.serve.validate import (
 
 logger = logging.getLogger(__name__)
 
-api = FastAPI(title="megdecode", version=__version__,
-              description="MEG window -> image latent, top-k gallery images and reconstructions.")
+api = FastAPI(
+    title="megdecode",
+    version=__version__,
+    description="MEG window -> image latent, top-k gallery images and reconstructions.",
+)
 install_handlers(api)
 
 
@@ -74,7 +76,9 @@ class Ingress:
         self.token_sha256 = ""
         d = self.cfg.decoder
         self.local = DecoderCore(d.to_flat_dict()) if d.ingress_copy != "none" else None
-        self.local_limit = d.max_ongoing_requests + d.max_queued_requests if d.max_queued_requests >= 0 else None
+        self.local_limit = (
+            d.max_ongoing_requests + d.max_queued_requests if d.max_queued_requests >= 0 else None
+        )
         self.local_inflight = 0
         self.decode_limit, self.decodes_inflight = self.cfg.decode_limit(), 0
         self.live, self.store = LivePage(self.cfg.live), ""
@@ -91,10 +95,16 @@ class Ingress:
         if not self.token_sha256:
             return
         auth = headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-token", "")
+        token = (
+            auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-token", "")
+        )
         if not token or not hmac.compare_digest(token_digest(token), self.token_sha256):
-            raise ApiError(401, "unauthorized", "a valid token is required (Authorization: Bearer <token>)",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid token is required (Authorization: Bearer <token>)",
+                {"WWW-Authenticate": "Bearer"},
+            )
 
     async def _call(self, response: Awaitable[Any], what: str, timeout: float | None = None) -> Any:
         """Await a handle call; overload, timeout and dead replicas become 503s."""
@@ -102,21 +112,34 @@ class Ingress:
         try:
             result = await asyncio.wait_for(response, timeout or self.cfg.http.request_timeout_s)
         except BackPressureError:
-            raise unavailable("overloaded", f"the {what} is at capacity; retry later", retry) from None
+            raise unavailable(
+                "overloaded", f"the {what} is at capacity; retry later", retry
+            ) from None
         except TimeoutError:
             raise unavailable("timeout", f"the {what} did not answer in time", retry) from None
         except Exception as exc:  # replica died, deployment unavailable, ...
             logger.warning("%s call failed: %s", what, type(exc).__name__)
-            raise unavailable(f"{what}_unavailable", f"the {what} failed to answer; retry", retry) from None
+            raise unavailable(
+                f"{what}_unavailable", f"the {what} failed to answer; retry", retry
+            ) from None
         if isinstance(result, dict) and "error" in result and "status" in result:
-            raise ApiError(int(result["status"]), str(result["error"]), str(result["detail"]), result.get("headers"))
+            raise ApiError(
+                int(result["status"]),
+                str(result["error"]),
+                str(result["detail"]),
+                result.get("headers"),
+            )
         return result
 
     async def _local_call(self, response: Awaitable[Any]) -> Any:
         """A decode on the ingress' copy, bounded like the pool: beyond the limit a 503."""
         if self.local_limit is not None and self.local_inflight >= self.local_limit:
-            getattr(response, "close", lambda: None)()  # never awaited: no "coroutine was never awaited"
-            raise unavailable("overloaded", "the decoder is at capacity; retry later", self.cfg.http.retry_after_s)
+            getattr(
+                response, "close", lambda: None
+            )()  # never awaited: no "coroutine was never awaited"
+            raise unavailable(
+                "overloaded", "the decoder is at capacity; retry later", self.cfg.http.retry_after_s
+            )
         self.local_inflight += 1
         try:
             return await self._call(response, "decoder")
@@ -127,7 +150,9 @@ class Ingress:
     def _decode_slot(self) -> Iterator[None]:
         """One of http.max_decodes_in_flight, else a 503 at once (before the body is read)."""
         if self.decodes_inflight >= self.decode_limit:
-            raise unavailable("overloaded", "the decoder is at capacity; retry later", self.cfg.http.retry_after_s)
+            raise unavailable(
+                "overloaded", "the decoder is at capacity; retry later", self.cfg.http.retry_after_s
+            )
         self.decodes_inflight += 1
         try:
             yield
@@ -150,7 +175,9 @@ class Ingress:
     async def _window(self, request: Request) -> tuple[str | int, np.ndarray]:
         kind = media_type(request.headers.get("content-type"))
         if kind not in JSON_TYPES + OCTET_TYPES:
-            raise ApiError(415, "unsupported_media_type", "send application/json or application/octet-stream")
+            raise ApiError(
+                415, "unsupported_media_type", "send application/json or application/octet-stream"
+            )
         body = await self._body(request)
         if kind in OCTET_TYPES:
             return window_from_bytes(body, request.headers)
@@ -161,63 +188,117 @@ class Ingress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/readyz", summary="readiness: the model is loaded", responses={503: schemas.ERRORS[503]})
+    @api.get(
+        "/readyz", summary="readiness: the model is loaded", responses={503: schemas.ERRORS[503]}
+    )
     async def readyz(self) -> dict[str, Any]:
         state = await self._call(self.decoder.ready.remote(), "decoder", timeout=5.0)
         if state["ready"] and self.local is not None:
             state = self.local.ready()
         if not state["ready"]:
-            raise unavailable("not_ready", state["error"] or "the model is still loading", self.cfg.http.retry_after_s)
+            raise unavailable(
+                "not_ready",
+                state["error"] or "the model is still loading",
+                self.cfg.http.retry_after_s,
+            )
         return {"ready": True}
 
-    @api.get("/v1/model", summary="the model card", response_model=schemas.ModelCard, responses=schemas.ERRORS)
+    @api.get(
+        "/v1/model",
+        summary="the model card",
+        response_model=schemas.ModelCard,
+        responses=schemas.ERRORS,
+    )
     async def model_card(self, request: Request) -> Any:
         self._authorize(request.headers)
         card = await self._call(self.decoder.card.remote(), "decoder")
         if card is None:
-            raise unavailable("not_ready", "the model is still loading", self.cfg.http.retry_after_s)
+            raise unavailable(
+                "not_ready", "the model is still loading", self.cfg.http.retry_after_s
+            )
         return card
 
-    @api.post("/v1/decode", summary="decode one MEG window", response_model=schemas.DecodeResponse,
-              responses=schemas.ERRORS, openapi_extra=schemas.window_body("one window, JSON or raw float32 "
-              "bytes (headers X-Shape: C,T and X-Subject)"))
+    @api.post(
+        "/v1/decode",
+        summary="decode one MEG window",
+        response_model=schemas.DecodeResponse,
+        responses=schemas.ERRORS,
+        openapi_extra=schemas.window_body(
+            "one window, JSON or raw float32 bytes (headers X-Shape: C,T and X-Subject)"
+        ),
+    )
     async def decode(self, request: Request, top_k: int | None = None) -> Response:
         start = time.perf_counter()
         self._authorize(request.headers)
-        k = self.cfg.decoder.top_k if top_k is None else int(bounded("top_k", top_k, 1, self.cfg.decoder.max_top_k, True))
+        k = (
+            self.cfg.decoder.top_k
+            if top_k is None
+            else int(bounded("top_k", top_k, 1, self.cfg.decoder.max_top_k, True))
+        )
         with self._decode_slot():
             subject, window = await self._window(request)
             if self.local is not None and self.cfg.decoder.ingress_copy == "all":
                 result = await self._local_call(self.local.decode(window, subject, k))
             else:
-                result = await self._call(self.decoder.decode_parts.remote(subject, k, *inline_parts(window)),
-                                          "decoder")
+                result = await self._call(
+                    self.decoder.decode_parts.remote(subject, k, *inline_parts(window)), "decoder"
+                )
         result["timing"]["server_ms"] = round((time.perf_counter() - start) * 1e3, 3)
         return FastJSONResponse(result)
 
-    @api.post("/v1/reconstruct", summary="generate an image from one MEG window",
-              responses={200: {"content": {"image/png": {}}, "model": schemas.ReconstructJSON}, **schemas.ERRORS},
-              openapi_extra=schemas.window_body("one window, as for /v1/decode"))
-    async def reconstruct(self, request: Request, steps: int | None = None, guidance: float | None = None,
-                          seed: int = 0, format: str = "png") -> Response:
+    @api.post(
+        "/v1/reconstruct",
+        summary="generate an image from one MEG window",
+        responses={
+            200: {"content": {"image/png": {}}, "model": schemas.ReconstructJSON},
+            **schemas.ERRORS,
+        },
+        openapi_extra=schemas.window_body("one window, as for /v1/decode"),
+    )
+    async def reconstruct(
+        self,
+        request: Request,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        format: str = "png",
+    ) -> Response:
         start = time.perf_counter()
         self._authorize(request.headers)
         g = self.cfg.generator
-        steps_ = int(bounded("steps", g.default_steps if steps is None else steps, 1, g.max_steps, True))
-        guidance_ = float(bounded("guidance", g.default_guidance if guidance is None else guidance, 0.0, g.max_guidance))
+        steps_ = int(
+            bounded("steps", g.default_steps if steps is None else steps, 1, g.max_steps, True)
+        )
+        guidance_ = float(
+            bounded(
+                "guidance",
+                g.default_guidance if guidance is None else guidance,
+                0.0,
+                g.max_guidance,
+            )
+        )
         seed_ = int(bounded("seed", seed, 0, 2**31 - 1, True))
         if format not in ("png", "json"):
             raise ApiError(422, "invalid_option", "format must be 'png' or 'json'")
         if self.generator is None:
-            raise unavailable("generator_disabled", "no generator is configured (generator.weights)", 60)
+            raise unavailable(
+                "generator_disabled", "no generator is configured (generator.weights)", 60
+            )
         subject, window = await self._window(request)
-        decoded = await self._call(self.decoder.generation_latent.remote(window, subject), "decoder")
-        result = await self._call(self.generator.generate.remote(decoded["latents"], steps_, guidance_, seed_),
-                                  "generator", g.timeout_s)
+        decoded = await self._call(
+            self.decoder.generation_latent.remote(window, subject), "decoder"
+        )
+        result = await self._call(
+            self.generator.generate.remote(decoded["latents"], steps_, guidance_, seed_),
+            "generator",
+            g.timeout_s,
+        )
         ms = round((time.perf_counter() - start) * 1e3, 3)
         if format == "json":
             images = [base64.b64encode(p).decode() for p in result["png"]]
-            return JSONResponse({"images": images, "model": decoded["model"], "timing": {"server_ms": ms}})
+            return JSONResponse(
+                {"images": images, "model": decoded["model"], "timing": {"server_ms": ms}}
+            )
         return Response(result["png"][0], media_type="image/png", headers={"X-Server-Ms": str(ms)})
 
     @api.websocket("/v1/stream")
@@ -236,9 +317,19 @@ class Ingress:
             sfreq = start.get("sfreq")
             if sfreq is not None:
                 bounded("sfreq", sfreq, 1.0, 100_000.0)
-            k = int(bounded("top_k", start.get("top_k", self.cfg.decoder.top_k), 1, self.cfg.decoder.max_top_k, True))
+            k = int(
+                bounded(
+                    "top_k",
+                    start.get("top_k", self.cfg.decoder.top_k),
+                    1,
+                    self.cfg.decoder.max_top_k,
+                    True,
+                )
+            )
             if self.local is not None:
-                info = await self._call(asyncio.to_thread(self.local.stream_spec, subject, sfreq), "decoder")
+                info = await self._call(
+                    asyncio.to_thread(self.local.stream_spec, subject, sfreq), "decoder"
+                )
             else:
                 info = await self._call(self.decoder.stream_spec.remote(subject, sfreq), "decoder")
             await self._stream_loop(ws, info, k)
@@ -249,31 +340,61 @@ class Ingress:
         except StreamError as exc:
             await ws_close(ws, {"type": "error", "error": "invalid_chunk", "detail": str(exc)})
         except (TimeoutError, ValueError, KeyError, TypeError):
-            await ws_close(ws, {"type": "error", "error": "bad_message", "detail": "expected a JSON start message"})
+            await ws_close(
+                ws,
+                {
+                    "type": "error",
+                    "error": "bad_message",
+                    "detail": "expected a JSON start message",
+                },
+            )
 
     async def _stream_loop(self, ws: WebSocket, info: dict[str, Any], k: int) -> None:
         s = self.cfg.stream
         spec, n_channels = info["spec"], int(info["n_channels"])
         if s.require_causal_training and not spec.matches_training:
-            raise ApiError(422, "stream_unavailable", "this model was trained on zero-phase filtered data; "
-                           "the stream's causal filter would feed it other inputs")
+            raise ApiError(
+                422,
+                "stream_unavailable",
+                "this model was trained on zero-phase filtered data; "
+                "the stream's causal filter would feed it other inputs",
+            )
         session = StreamSession(spec, n_channels, s.stride_s, s.max_backlog_s, s.max_chunk_s)
-        await ws.send_json({"type": "ready", "n_channels": n_channels, "sfreq": spec.sfreq_in,
-                            "stride_samples": session.stride, "stride_s": session.stride_s,
-                            "window": [spec.tmin, spec.tmax], "delay_s": session.pre.delay_s,
-                            "filter_matches_training": spec.matches_training})
+        await ws.send_json(
+            {
+                "type": "ready",
+                "n_channels": n_channels,
+                "sfreq": spec.sfreq_in,
+                "stride_samples": session.stride,
+                "stride_s": session.stride_s,
+                "window": [spec.tmin, spec.tmax],
+                "delay_s": session.pre.delay_s,
+                "filter_matches_training": spec.matches_training,
+            }
+        )
         subject = info["subject_index"]
-        await run_session(ws, session, n_channels, s.max_backlog_s,
-                          lambda segment, onsets: self._decode_stream(session, segment, onsets, subject, k))
+        await run_session(
+            ws,
+            session,
+            n_channels,
+            s.max_backlog_s,
+            lambda segment, onsets: self._decode_stream(session, segment, onsets, subject, k),
+        )
 
-    async def _decode_stream(self, session: StreamSession, segment: np.ndarray, onsets: np.ndarray, subject: int,
-                             k: int) -> Any:
+    async def _decode_stream(
+        self, session: StreamSession, segment: np.ndarray, onsets: np.ndarray, subject: int, k: int
+    ) -> Any:
         """Windows at `onsets` (from their `segment` copy) -> decodes: on the ingress' copy in one
         thread hop, else via the pool."""
         local = self.local
         if local is not None:
-            return await self._local_call(asyncio.to_thread(
-                lambda: local.decode_windows(session.pre.windows_from(segment, onsets), subject, k)))
+            return await self._local_call(
+                asyncio.to_thread(
+                    lambda: local.decode_windows(
+                        session.pre.windows_from(segment, onsets), subject, k
+                    )
+                )
+            )
         windows = await asyncio.to_thread(session.pre.windows_from, segment, onsets)
         return await self._call(self.decoder.decode_windows.remote(windows, subject, k), "decoder")
 
@@ -289,35 +410,63 @@ class Ingress:
     async def _live_model(self) -> tuple[Any, Any]:
         """(bundle, gallery) of the served model: the ingress' copy, else loaded once for the page."""
         if self.local is None:
-            return await asyncio.to_thread(self.live.model, self.cfg.decoder.model, self.cfg.tracking_uri())
+            return await asyncio.to_thread(
+                self.live.model, self.cfg.decoder.model, self.cfg.tracking_uri()
+            )
         state = self.local.state
         if state is None:
-            raise unavailable("not_ready", self.local.load_error or "the model is still loading", self.cfg.http.retry_after_s)
+            raise unavailable(
+                "not_ready",
+                self.local.load_error or "the model is still loading",
+                self.cfg.http.retry_after_s,
+            )
         return state.bundle, state.gallery
 
-    @api.get("/v1/live/recording", summary="what the live page replays: signal facts and events",
-             responses=schemas.ERRORS)
-    async def live_recording(self, request: Request, subject: str | None = None, run: str | None = None) -> Response:
+    @api.get(
+        "/v1/live/recording",
+        summary="what the live page replays: signal facts and events",
+        responses=schemas.ERRORS,
+    )
+    async def live_recording(
+        self, request: Request, subject: str | None = None, run: str | None = None
+    ) -> Response:
         self._authorize(request.headers)
         bundle, gallery = await self._live_model()
         replay = await asyncio.to_thread(self.live.replay, bundle, self.store, subject, run)
         return FastJSONResponse(self.live.info(replay, gallery, bundle.subjects))
 
-    @api.get("/v1/live/recording/data", summary="samples [start, stop) of the replay as float32 (C x n)",
-             responses={200: {"content": {"application/octet-stream": {}}}, **schemas.ERRORS})
-    async def live_data(self, request: Request, start: int, stop: int, subject: str | None = None,
-                        run: str | None = None) -> Response:
+    @api.get(
+        "/v1/live/recording/data",
+        summary="samples [start, stop) of the replay as float32 (C x n)",
+        responses={200: {"content": {"application/octet-stream": {}}}, **schemas.ERRORS},
+    )
+    async def live_data(
+        self,
+        request: Request,
+        start: int,
+        stop: int,
+        subject: str | None = None,
+        run: str | None = None,
+    ) -> Response:
         self._authorize(request.headers)
         bundle, _ = await self._live_model()
         replay = await asyncio.to_thread(self.live.replay, bundle, self.store, subject, run)
         block = await asyncio.to_thread(replay.read, start, stop)
-        return Response(block.tobytes(), media_type="application/octet-stream",
-                        headers={"X-Shape": f"{block.shape[0]},{block.shape[1]}"})
+        return Response(
+            block.tobytes(),
+            media_type="application/octet-stream",
+            headers={"X-Shape": f"{block.shape[0]},{block.shape[1]}"},
+        )
 
-    @api.get("/v1/gallery/{image_id}.png", summary="a gallery image's thumbnail",
-             responses={200: {"content": {"image/png": {}}}, **schemas.ERRORS})
+    @api.get(
+        "/v1/gallery/{image_id}.png",
+        summary="a gallery image's thumbnail",
+        responses={200: {"content": {"image/png": {}}}, **schemas.ERRORS},
+    )
     async def gallery_png(self, request: Request, image_id: int) -> Response:
         self._authorize(request.headers)
         bundle, gallery = await self._live_model()
         png = await asyncio.to_thread(self.live.thumbnail, image_id, bundle, gallery, self.store)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        return Response(
+            png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+        )

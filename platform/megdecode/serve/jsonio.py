@@ -46,7 +46,9 @@ def dumps(doc: Any) -> bytes:
     """Compact UTF-8 JSON of `doc`, numpy arrays and scalars included."""
     if orjson is not None:
         return orjson.dumps(doc, option=_OPTIONS)
-    return json.dumps(doc, default=_plain, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(
+        doc, default=_plain, allow_nan=False, separators=(",", ":"), ensure_ascii=False
+    ).encode()
 
 
 class FastJSONResponse(Response):

@@ -23,7 +23,9 @@ from megdecode.serve.stream import StreamError, StreamSession
 
 logger = logging.getLogger(__name__)
 
-Decode = Callable[[np.ndarray, np.ndarray], Awaitable[Any]]  # (segment (C, S), onsets (K,)) -> {top_k, forward_ms}
+Decode = Callable[
+    [np.ndarray, np.ndarray], Awaitable[Any]
+]  # (segment (C, S), onsets (K,)) -> {top_k, forward_ms}
 
 
 async def ws_close(ws: WebSocket, message: dict[str, Any], code: int = 1008) -> None:
@@ -34,8 +36,9 @@ async def ws_close(ws: WebSocket, message: dict[str, Any], code: int = 1008) -> 
         logger.debug("websocket closed before the final message")
 
 
-async def run_session(ws: WebSocket, session: StreamSession, n_channels: int, max_backlog_s: float,
-                      decode: Decode) -> None:
+async def run_session(
+    ws: WebSocket, session: StreamSession, n_channels: int, max_backlog_s: float, decode: Decode
+) -> None:
     """Until the client sends {"type": "end"} (answered with "end") or leaves; raises StreamError."""
     spec = session.pre.spec
     wake, ended, room = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -53,17 +56,27 @@ async def run_session(ws: WebSocket, session: StreamSession, n_channels: int, ma
             segment = session.pre.segment(tick.onsets) if len(tick.onsets) else None
             room.set()  # the windows are copied: the reader may overwrite the ring buffer
             if tick.skipped or tick.lag_s > max_backlog_s:
-                await ws.send_json({"type": "behind", "lag_s": round(tick.lag_s, 4), "skipped": tick.skipped})
+                await ws.send_json(
+                    {"type": "behind", "lag_s": round(tick.lag_s, 4), "skipped": tick.skipped}
+                )
             if segment is not None:
                 out = await decode(segment, tick.onsets)
                 latency = (time.perf_counter() - received) * 1e3
                 if reader.done() and not ended.is_set() and reader.exception() is None:
                     return  # the client left while its windows were decoded
                 for onset, hits in zip(tick.onsets.tolist(), out["top_k"], strict=True):
-                    await ws.send_json({"type": "decode", "onset_sample": onset, "t_s": onset / spec.sfreq_in,
-                                        "top_k": hits, "forward_ms": round(out["forward_ms"], 3),
-                                        "latency_ms": round(latency, 3), "batch": len(tick.onsets),
-                                        "lag_s": round(tick.lag_s, 4)})
+                    await ws.send_json(
+                        {
+                            "type": "decode",
+                            "onset_sample": onset,
+                            "t_s": onset / spec.sfreq_in,
+                            "top_k": hits,
+                            "forward_ms": round(out["forward_ms"], 3),
+                            "latency_ms": round(latency, 3),
+                            "batch": len(tick.onsets),
+                            "lag_s": round(tick.lag_s, 4),
+                        }
+                    )
             if reader.done() and session.queued:
                 wake.set()  # decode what is left before closing
             elif reader.done():
@@ -76,8 +89,15 @@ async def run_session(ws: WebSocket, session: StreamSession, n_channels: int, ma
         reader.cancel()
 
 
-async def read_chunks(ws: WebSocket, session: StreamSession, n_channels: int, arrivals: list[float],
-                      wake: asyncio.Event, ended: asyncio.Event, room: asyncio.Event) -> None:
+async def read_chunks(
+    ws: WebSocket,
+    session: StreamSession,
+    n_channels: int,
+    arrivals: list[float],
+    wake: asyncio.Event,
+    ended: asyncio.Event,
+    room: asyncio.Event,
+) -> None:
     """Receive chunks as they come and queue their onsets, while the decode loop works:
     a model slower than the stride then sees the backlog (and skips it) instead of
     chunks piling up unread in the socket. It stops reading (back-pressure) only when
@@ -98,11 +118,12 @@ async def read_chunks(ws: WebSocket, session: StreamSession, n_channels: int, ar
                 raise StreamError("send chunks as binary float32 frames")
             raw = message.get("bytes") or b""
             if len(raw) % (4 * n_channels) or not raw:
-                raise StreamError(f"a chunk must be n x {n_channels} float32 values (channel-major)")
+                raise StreamError(
+                    f"a chunk must be n x {n_channels} float32 values (channel-major)"
+                )
             arrived, before = time.perf_counter(), len(session.queued)
             if session.push(np.frombuffer(raw, "<f4").reshape(n_channels, -1)) > before:
                 arrivals.append(arrived)
                 wake.set()
     finally:
         wake.set()
-

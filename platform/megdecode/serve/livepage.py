@@ -44,9 +44,14 @@ from megdecode.serve.gallery import Gallery
 logger = logging.getLogger(__name__)
 
 WS_PROTOCOL = "megdecode"  # the subprotocol the page asks for and the ingress accepts
-TOKEN_PROTOCOL = "bearer."  # + the token, base64url without padding (a subprotocol is an HTTP token)
-STATIC = {"live.html": "text/html; charset=utf-8", "live.js": "text/javascript; charset=utf-8",
-          "live.css": "text/css; charset=utf-8"}
+TOKEN_PROTOCOL = (
+    "bearer."  # + the token, base64url without padding (a subprotocol is an HTTP token)
+)
+STATIC = {
+    "live.html": "text/html; charset=utf-8",
+    "live.js": "text/javascript; charset=utf-8",
+    "live.css": "text/css; charset=utf-8",
+}
 CHUNKS_PER_BLOCK = 40  # a block the page fetches: 40 chunks (1 s at 25 ms)
 MAX_BLOCK_S = 10.0  # the most signal one data request returns
 NOISE_S = 120.0  # length of the noise stand-in
@@ -69,7 +74,7 @@ def ws_auth(headers: Mapping[str, str]) -> tuple[Mapping[str, str], str | None]:
         return headers, protocol
     for item in offered:
         if item.startswith(TOKEN_PROTOCOL):
-            token = _b64url(item[len(TOKEN_PROTOCOL):])
+            token = _b64url(item[len(TOKEN_PROTOCOL) :])
             return ({"authorization": f"Bearer {token}"} if token else {}), protocol
     return {}, protocol
 
@@ -82,8 +87,12 @@ def _b64url(text: str) -> str:
 
 
 # The page loads only its own files and talks only to its own origin (WS included).
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
-                "frame-ancestors 'none'", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 
 
 @lru_cache(maxsize=len(STATIC))
@@ -125,8 +134,11 @@ class Replay:
         """Samples [start, stop) as (C, n) float32 little-endian, bounds checked."""
         limit = int(MAX_BLOCK_S * self.sfreq)
         if not 0 <= start < stop <= self.n_samples or stop - start > limit:
-            raise ApiError(422, "invalid_range", f"need 0 <= start < stop <= {self.n_samples}, "
-                           f"at most {limit} samples")
+            raise ApiError(
+                422,
+                "invalid_range",
+                f"need 0 <= start < stop <= {self.n_samples}, at most {limit} samples",
+            )
         with self.lock:  # one reader per open file
             return np.ascontiguousarray(self.read_block(start, stop), "<f4")
 
@@ -158,8 +170,12 @@ class LivePage:
             try:
                 bundle = load_bundle(resolve_bundle(source, tracking_uri)[0])
             except (OSError, ValueError, KeyError) as exc:
-                raise ApiError(503, "not_ready", f"the live page cannot load the model: {exc}",
-                               {"Retry-After": "5"}) from None
+                raise ApiError(
+                    503,
+                    "not_ready",
+                    f"the live page cannot load the model: {exc}",
+                    {"Retry-After": "5"},
+                ) from None
             self._model = (source, bundle, Gallery.from_bundle(bundle))
         return self._model[1], self._model[2]
 
@@ -174,11 +190,15 @@ class LivePage:
         where = ", ".join(str(p) for p in tried) or "nowhere (no live.bids_root, no store)"
         return None, f"no BIDS dataset found (looked in {where})"
 
-    def replay(self, bundle: ModelBundle, store: str, subject: str | None, run: str | None) -> Replay:
+    def replay(
+        self, bundle: ModelBundle, store: str, subject: str | None, run: str | None
+    ) -> Replay:
         """The replay of `run` of `subject` (defaults: live.run, the bundle's first subject, its last run)."""
         subject = subject or bundle.subjects[0]
         if subject not in bundle.subjects:
-            raise ApiError(404, "unknown_subject", f"the model knows subjects {list(bundle.subjects)}")
+            raise ApiError(
+                404, "unknown_subject", f"the model knows subjects {list(bundle.subjects)}"
+            )
         root, why = self.bids_root(store, bundle)
         key = (str(root), subject, run or "")
         with self._lock:
@@ -190,13 +210,17 @@ class LivePage:
             made = self._recording(root, bundle, subject, run)
         if isinstance(made, str):
             made = _noise(bundle, subject, made)
-        with self._lock:  # under the request's key and the resolved run's (the page's data requests)
+        with (
+            self._lock
+        ):  # under the request's key and the resolved run's (the page's data requests)
             self._replays[key] = self._replays[(str(root), subject, made.run)] = made
             while len(self._replays) > 2 * CACHED_REPLAYS:
                 self._replays.popitem(last=False)
         return made
 
-    def _recording(self, root: Path, bundle: ModelBundle, subject: str, run: str | None) -> Replay | str:
+    def _recording(
+        self, root: Path, bundle: ModelBundle, subject: str, run: str | None
+    ) -> Replay | str:
         """A run of `root` (or why none could be used)."""
         from megdecode.data import bids
 
@@ -221,25 +245,54 @@ class LivePage:
             return f"{wanted} lacks {len(missing)} of the model's channels (e.g. {missing[0]})"
         picks = [index[c] for c in bundle.ch_names]
         events = rec.events[["sample", "image_id", "category", "image_path", "trial_type"]].copy()
-        return Replay("recording", subject, wanted, names, float(raw.info["sfreq"]), int(raw.n_times),
-                      list(bundle.ch_names), events, f"{wanted} of {root}",
-                      lambda a, b: raw.get_data(picks=picks, start=a, stop=b), threading.Lock())
+        return Replay(
+            "recording",
+            subject,
+            wanted,
+            names,
+            float(raw.info["sfreq"]),
+            int(raw.n_times),
+            list(bundle.ch_names),
+            events,
+            f"{wanted} of {root}",
+            lambda a, b: raw.get_data(picks=picks, start=a, stop=b),
+            threading.Lock(),
+        )
 
     # --- JSON and PNG bodies ------------------------------------------------------------------
     def info(self, replay: Replay, gallery: Gallery, subjects: list[str]) -> dict[str, Any]:
         """What the page needs before it opens the socket."""
         chunk = max(1, int(round(self.cfg.chunk_s * replay.sfreq)))
         in_gallery = set(gallery.ids.tolist())
-        events = [{"sample": int(e.sample), "image_id": int(e.image_id), "category": str(e.category),
-                   "trial_type": str(e.trial_type), "in_gallery": int(e.image_id) in in_gallery}
-                  for e in replay.events.itertuples()]
-        return {"source": replay.source, "subject": replay.subject, "subjects": list(subjects), "run": replay.run,
-                "runs": replay.runs,
-                "note": replay.note, "sfreq": replay.sfreq, "n_samples": replay.n_samples,
-                "duration_s": round(replay.n_samples / replay.sfreq, 3), "n_channels": len(replay.channels),
-                "chunk_samples": chunk, "block_samples": chunk * CHUNKS_PER_BLOCK,
-                "display": [{"index": i, "name": replay.channels[i]} for i in display_channels(replay.channels)],
-                "events": events, "gallery_size": len(gallery)}
+        events = [
+            {
+                "sample": int(e.sample),
+                "image_id": int(e.image_id),
+                "category": str(e.category),
+                "trial_type": str(e.trial_type),
+                "in_gallery": int(e.image_id) in in_gallery,
+            }
+            for e in replay.events.itertuples()
+        ]
+        return {
+            "source": replay.source,
+            "subject": replay.subject,
+            "subjects": list(subjects),
+            "run": replay.run,
+            "runs": replay.runs,
+            "note": replay.note,
+            "sfreq": replay.sfreq,
+            "n_samples": replay.n_samples,
+            "duration_s": round(replay.n_samples / replay.sfreq, 3),
+            "n_channels": len(replay.channels),
+            "chunk_samples": chunk,
+            "block_samples": chunk * CHUNKS_PER_BLOCK,
+            "display": [
+                {"index": i, "name": replay.channels[i]} for i in display_channels(replay.channels)
+            ],
+            "events": events,
+            "gallery_size": len(gallery),
+        }
 
     def thumbnail(self, image_id: int, bundle: ModelBundle, gallery: Gallery, store: str) -> bytes:
         """A PNG of gallery (or replayed) image `image_id`, longest side live.thumb_px, cached."""
@@ -250,7 +303,11 @@ class LivePage:
         path = self._image_path(image_id, gallery)
         root, why = self.bids_root(store, bundle)
         if root is None or not path:
-            raise ApiError(404, "no_image", f"no image file is known for image {image_id}" + (f": {why}" if why else ""))
+            raise ApiError(
+                404,
+                "no_image",
+                f"no image file is known for image {image_id}" + (f": {why}" if why else ""),
+            )
         from megdecode.data.bids import image_file
 
         try:
@@ -292,15 +349,36 @@ def _noise(bundle: ModelBundle, subject: str, why: str) -> Replay:
     scaler = bundle.scalers.get(subject)
     sfreq = float(scaler.raw_sfreq or 0) if scaler is not None else 0.0
     if scaler is None or sfreq <= 0:
-        raise ApiError(422, "live_unavailable", f"{why}; and the bundle records no native rate to "
-                       "replay noise at")
+        raise ApiError(
+            422,
+            "live_unavailable",
+            f"{why}; and the bundle records no native rate to replay noise at",
+        )
     scale = np.asarray(scaler.scale, np.float64)[:, None]
 
     def read(start: int, stop: int) -> np.ndarray:
         # One seed per block start: the same request returns the same samples.
         return np.random.default_rng([0, start]).standard_normal((len(scale), stop - start)) * scale
 
-    empty = pd.DataFrame({"sample": pd.Series(dtype="int64"), "image_id": pd.Series(dtype="int64"),
-                          "category": "", "image_path": "", "trial_type": ""})
-    return Replay("noise", subject, "noise", ["noise"], sfreq, int(NOISE_S * sfreq), list(bundle.ch_names), empty,
-                  f"{why}: replaying noise (no seen images, no hit rate)", read, threading.Lock())
+    empty = pd.DataFrame(
+        {
+            "sample": pd.Series(dtype="int64"),
+            "image_id": pd.Series(dtype="int64"),
+            "category": "",
+            "image_path": "",
+            "trial_type": "",
+        }
+    )
+    return Replay(
+        "noise",
+        subject,
+        "noise",
+        ["noise"],
+        sfreq,
+        int(NOISE_S * sfreq),
+        list(bundle.ch_names),
+        empty,
+        f"{why}: replaying noise (no seen images, no hit rate)",
+        read,
+        threading.Lock(),
+    )

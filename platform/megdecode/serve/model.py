@@ -32,7 +32,9 @@ class LoadedModel:
     bundle: ModelBundle
     gallery: Gallery
     card: dict[str, Any]
-    dtype: torch.dtype = torch.float32  # the model's; inputs are cast to it, outputs back to float32
+    dtype: torch.dtype = (
+        torch.float32
+    )  # the model's; inputs are cast to it, outputs back to float32
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -42,16 +44,20 @@ class LoadedModel:
     def forward(self, windows: np.ndarray, subjects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """windows (N, C, T) float32, subjects (N,) int -> (clip (N, F), mse (N, F))."""
         # A copy only when needed: request buffers are read-only, a stacked batch is not.
-        x = torch.from_numpy(np.require(windows, np.float32, ["C_CONTIGUOUS", "WRITEABLE"])).to(self.dtype)
+        x = torch.from_numpy(np.require(windows, np.float32, ["C_CONTIGUOUS", "WRITEABLE"])).to(
+            self.dtype
+        )
         out = self.model(x, torch.from_numpy(np.asarray(subjects, np.int64)))
         return out.clip.float().numpy(), out.mse.float().numpy()
 
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-NO_STATS_WARNING = ("this bundle stores no prediction statistics (made before they were stored): "
-                    "/v1/reconstruct feeds the generator the MSE head's output without z-scoring it, so its "
-                    "images have too small a spread and differ from the offline evaluation's; retrain the "
-                    "model to store them")
+NO_STATS_WARNING = (
+    "this bundle stores no prediction statistics (made before they were stored): "
+    "/v1/reconstruct feeds the generator the MSE head's output without z-scoring it, so its "
+    "images have too small a spread and differ from the offline evaluation's; retrain the "
+    "model to store them"
+)
 
 
 def stats_card(bundle: ModelBundle) -> dict[str, Any]:
@@ -63,7 +69,9 @@ def stats_card(bundle: ModelBundle) -> dict[str, Any]:
     return {"prediction_stats": stats.describe(), "warnings": []}
 
 
-def load_served_model(source: str, tracking_uri: str = "", precision: str = "float32") -> LoadedModel:
+def load_served_model(
+    source: str, tracking_uri: str = "", precision: str = "float32"
+) -> LoadedModel:
     """Fetch, load and check a bundle; build its gallery and its public card.
 
     precision "bfloat16" runs the model in bfloat16 (opt-in, ``decoder.precision``): on CPUs
@@ -76,15 +84,31 @@ def load_served_model(source: str, tracking_uri: str = "", precision: str = "flo
     model = model.folded().to(dtype)
     gallery = Gallery.from_bundle(bundle)
     card = {
-        "name": registry.name, "version": registry.version, "alias": registry.alias,
-        "run_id": registry.run_id, "source": source,
-        "latent_name": bundle.latent_name, "latent_dim": len(bundle.latent_mean),
-        "window": {"tmin": bundle.tmin, "tmax": bundle.tmax, "sfreq": bundle.sfreq, "n_times": bundle.n_times},
+        "name": registry.name,
+        "version": registry.version,
+        "alias": registry.alias,
+        "run_id": registry.run_id,
+        "source": source,
+        "latent_name": bundle.latent_name,
+        "latent_dim": len(bundle.latent_mean),
+        "window": {
+            "tmin": bundle.tmin,
+            "tmax": bundle.tmax,
+            "sfreq": bundle.sfreq,
+            "n_times": bundle.n_times,
+        },
         "channels": {"n": len(bundle.ch_names), "names": list(bundle.ch_names)},
-        "subjects": list(bundle.subjects), "metrics": dict(bundle.metrics), "git_commit": bundle.git_commit,
-        "gallery_size": len(gallery), "precision": precision,
-        "streaming": {"available": bundle.streamable,
-                      "filter_phase": bundle.preprocess.filter_phase if bundle.preprocess is not None else "zero"},
+        "subjects": list(bundle.subjects),
+        "metrics": dict(bundle.metrics),
+        "git_commit": bundle.git_commit,
+        "gallery_size": len(gallery),
+        "precision": precision,
+        "streaming": {
+            "available": bundle.streamable,
+            "filter_phase": bundle.preprocess.filter_phase
+            if bundle.preprocess is not None
+            else "zero",
+        },
         **stats_card(bundle),
     }
     logger.info("loaded model %s (version %s) from %s", card["name"], card["version"], path)

@@ -74,7 +74,11 @@ class Share:
         return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
     def describe(self) -> str:
-        count = f"{self.replicas}" if self.replicas == self.max_replicas else f"{self.replicas}..{self.max_replicas}"
+        count = (
+            f"{self.replicas}"
+            if self.replicas == self.max_replicas
+            else f"{self.replicas}..{self.max_replicas}"
+        )
         gpu = f" + {self.num_gpus:g} GPU" if self.num_gpus else ""
         how = "derived" if self.derived else "config"
         return f"{self.deployment} {count} x {self.num_cpus:g} CPU{gpu} ({how})"
@@ -110,8 +114,14 @@ class Plan:
         return sum(s.num_gpus * s.replicas for s in self.shares)
 
     def describe(self) -> str:
-        return (f"{'; '.join(s.describe() for s in self.shares)}: {self.cpus():g} of {self.cluster.cpus:g} CPU"
-                + (f", {self.gpus():g} of {self.cluster.gpus:g} GPU" if self.cluster.gpus or self.gpus() else ""))
+        return (
+            f"{'; '.join(s.describe() for s in self.shares)}: {self.cpus():g} of {self.cluster.cpus:g} CPU"
+            + (
+                f", {self.gpus():g} of {self.cluster.gpus:g} GPU"
+                if self.cluster.gpus or self.gpus()
+                else ""
+            )
+        )
 
 
 def _floor(value: float) -> float:
@@ -126,7 +136,9 @@ def plan_resources(cfg: ServeConfig, cluster: Cluster) -> Plan:
     caller to refuse at once (a fixed cluster) or to wait on (an autoscaler may add nodes).
     """
     g, notes, problems = cfg.generator, [], []
-    rows: list[tuple[str, float | None, float, int, int]] = [  # (name, explicit cpus, gpus, replicas, max)
+    rows: list[
+        tuple[str, float | None, float, int, int]
+    ] = [  # (name, explicit cpus, gpus, replicas, max)
         (INGRESS, cfg.http.num_cpus, 0.0, 1, 1),
         (DECODER, cfg.decoder.num_cpus, 0.0, cfg.decoder.num_replicas, cfg.decoder.num_replicas),
     ]
@@ -135,8 +147,10 @@ def plan_resources(cfg: ServeConfig, cluster: Cluster) -> Plan:
         gpus = g.num_gpus
         if gpus > 0 and cluster.gpus < gpus:
             if not g.cpu_fallback:
-                raise ConfigError(f"generator.num_gpus={gpus:g} but the cluster has {cluster.gpus:g} GPU "
-                                  "and generator.cpu_fallback is off")
+                raise ConfigError(
+                    f"generator.num_gpus={gpus:g} but the cluster has {cluster.gpus:g} GPU "
+                    "and generator.cpu_fallback is off"
+                )
             notes.append(f"no GPU in the cluster: the generator runs on CPU (asked {gpus:g} GPU)")
             gpus = 0.0
         elif gpus > 0:
@@ -148,21 +162,35 @@ def plan_resources(cfg: ServeConfig, cluster: Cluster) -> Plan:
     free = cluster.cpus - explicit
     scale = 1.0 if wanted <= 0 or free >= wanted else max(0.0, free) / wanted
     if wanted > 0 and scale < 1.0:
-        notes.append(f"{wanted:g} CPU wanted by the unset num_cpus, {max(0.0, free):g} left by the "
-                     f"explicit ones: scaled by {scale:.2f}")
+        notes.append(
+            f"{wanted:g} CPU wanted by the unset num_cpus, {max(0.0, free):g} left by the "
+            f"explicit ones: scaled by {scale:.2f}"
+        )
     shares = []
     for name, cpus, gpus, n, top in rows:
-        share = Share(name, float(cpus) if cpus is not None else _floor(want[name] * scale), gpus, n, top,
-                      derived=cpus is None)
+        share = Share(
+            name,
+            float(cpus) if cpus is not None else _floor(want[name] * scale),
+            gpus,
+            n,
+            top,
+            derived=cpus is None,
+        )
         if share.derived and share.num_cpus == 0:
             notes.append(f"no CPU left for {name}: it runs without a reservation")
         if cpus is not None and cpus > cluster.cpus:
-            problems.append(f"{name} asks {cpus:g} CPU per replica ({KEYS[name]}); the cluster has {cluster.cpus:g}")
+            problems.append(
+                f"{name} asks {cpus:g} CPU per replica ({KEYS[name]}); the cluster has {cluster.cpus:g}"
+            )
         shares.append(share)
     if explicit > cluster.cpus and not problems:
-        problems.append("the configured num_cpus add up to " + " + ".join(
-            f"{s.replicas} x {s.num_cpus:g} ({s.deployment})" for s in shares if not s.derived)
-            + f" = {explicit:g} CPU; the cluster has {cluster.cpus:g}")
+        problems.append(
+            "the configured num_cpus add up to "
+            + " + ".join(
+                f"{s.replicas} x {s.num_cpus:g} ({s.deployment})" for s in shares if not s.derived
+            )
+            + f" = {explicit:g} CPU; the cluster has {cluster.cpus:g}"
+        )
     plan = Plan(cluster, tuple(shares))
     if g.weights:
         shares[-1] = _cap_generator(plan, shares[-1], notes, problems)
@@ -172,19 +200,27 @@ def plan_resources(cfg: ServeConfig, cluster: Cluster) -> Plan:
 def _cap_generator(plan: Plan, share: Share, notes: list[str], problems: list[str]) -> Share:
     """Autoscaling ceiling of the generator: on a fixed cluster, the replicas that fit."""
     if share.num_gpus * share.replicas > plan.cluster.gpus:
-        problems.append(f"{GENERATOR} asks {share.replicas} x {share.num_gpus:g} GPU (generator.min_replicas x "
-                        f"generator.num_gpus); the cluster has {plan.cluster.gpus:g}")
+        problems.append(
+            f"{GENERATOR} asks {share.replicas} x {share.num_gpus:g} GPU (generator.min_replicas x "
+            f"generator.num_gpus); the cluster has {plan.cluster.gpus:g}"
+        )
     if not plan.cluster.fixed:
         return share
     room = share.max_replicas
     if share.num_cpus > 0:
-        room = min(room, share.replicas + int((plan.cluster.cpus - plan.cpus()) / share.num_cpus + 1e-9))
+        room = min(
+            room, share.replicas + int((plan.cluster.cpus - plan.cpus()) / share.num_cpus + 1e-9)
+        )
     if share.num_gpus > 0:
         room = min(room, int(plan.cluster.gpus / share.num_gpus + 1e-9))
     room = max(room, share.replicas)
     if room < share.max_replicas:
-        notes.append(f"generator.max_replicas {share.max_replicas} -> {room}: no room for more on this cluster")
-        return Share(share.deployment, share.num_cpus, share.num_gpus, share.replicas, room, share.derived)
+        notes.append(
+            f"generator.max_replicas {share.max_replicas} -> {room}: no room for more on this cluster"
+        )
+        return Share(
+            share.deployment, share.num_cpus, share.num_gpus, share.replicas, room, share.derived
+        )
     return share
 
 

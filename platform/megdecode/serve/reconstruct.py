@@ -28,7 +28,9 @@ from megdecode.serve.validate import check_window, parse_json_body, subject_inde
 logger = logging.getLogger(__name__)
 
 
-def window_latents(state: LoadedModel, window: np.ndarray, subject: str | int) -> dict[str, np.ndarray]:
+def window_latents(
+    state: LoadedModel, window: np.ndarray, subject: str | int
+) -> dict[str, np.ndarray]:
     """(C, T) float32 window of `subject` -> {latent name: (1, F_name)} on the training scale.
 
     Raises `ApiError` (422) for a window or subject the model cannot take.
@@ -39,7 +41,9 @@ def window_latents(state: LoadedModel, window: np.ndarray, subject: str | int) -
     return state.bundle.split_latent(bundle_latents(state.bundle, mse))
 
 
-def render_png(pipeline: Any, latents: dict[str, np.ndarray], steps: int, guidance: float, seed: int) -> list[bytes]:
+def render_png(
+    pipeline: Any, latents: dict[str, np.ndarray], steps: int, guidance: float, seed: int
+) -> list[bytes]:
     """A `LatentGenerator`'s images of `latents` {name: (N, F)} as PNG bytes; its stored
     defaults (strength, mix, eta) for everything but steps, guidance and seed."""
     images = pipeline.generate(latents, steps=steps, guidance_scale=guidance, seed=seed)
@@ -64,9 +68,18 @@ class Reconstruction:
     model: dict[str, Any]  # the card's name, version, prediction_stats
 
 
-def reconstruct(source: str, generator_dir: str | Path, window: str | Path, *, tracking_uri: str = "",
-                steps: int, guidance: float, seed: int, device: str = "cpu",
-                precision: str = "float32") -> Reconstruction:
+def reconstruct(
+    source: str,
+    generator_dir: str | Path,
+    window: str | Path,
+    *,
+    tracking_uri: str = "",
+    steps: int,
+    guidance: float,
+    seed: int,
+    device: str = "cpu",
+    precision: str = "float32",
+) -> Reconstruction:
     """The offline `/v1/reconstruct`: bundle folder or ``models:/`` URI, generator folder and a
     window JSON file -> the PNG the app returns for them."""
     from megdecode.generate.pipeline import LatentGenerator
@@ -78,9 +91,17 @@ def reconstruct(source: str, generator_dir: str | Path, window: str | Path, *, t
     pipeline = LatentGenerator.from_dir(generator_dir, device=device)
     missing = sorted(set(pipeline.conditions) - set(latents))
     if missing:
-        raise ValueError(f"the generator is conditioned on {sorted(pipeline.conditions)}; "
-                         f"the model decodes {sorted(latents)}, not {missing}")
+        raise ValueError(
+            f"the generator is conditioned on {sorted(pipeline.conditions)}; "
+            f"the model decodes {sorted(latents)}, not {missing}"
+        )
     png = render_png(pipeline, latents, steps, guidance, seed)[0]
     card = state.card
-    return Reconstruction(png, {"name": card["name"], "version": card["version"],
-                                "prediction_stats": card.get("prediction_stats")})
+    return Reconstruction(
+        png,
+        {
+            "name": card["name"],
+            "version": card["version"],
+            "prediction_stats": card.get("prediction_stats"),
+        },
+    )

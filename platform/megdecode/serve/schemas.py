@@ -17,13 +17,17 @@ class DecodeRequest(BaseModel):
     """One MEG window: C channels x T samples, preprocessed as the model's training data."""
 
     subject: str | int = Field(description="subject label (as in the bundle) or its index")
-    data: list[list[float]] = Field(description="C x T window, channel rows in the model's channel order")
+    data: list[list[float]] = Field(
+        description="C x T window, channel rows in the model's channel order"
+    )
 
 
 class ImageHit(BaseModel):
     image_id: int
     category: str
-    score: float = Field(description="cosine similarity of the predicted latent to the image's latent")
+    score: float = Field(
+        description="cosine similarity of the predicted latent to the image's latent"
+    )
 
 
 class ModelRef(BaseModel):
@@ -66,21 +70,34 @@ class ModelCard(BaseModel):
     gallery_size: int
     precision: str = "float32"
     streaming: dict[str, Any]
-    prediction_stats: dict[str, Any] | None = None  # {reference, n}; None: /v1/reconstruct scales nothing
+    prediction_stats: dict[str, Any] | None = (
+        None  # {reference, n}; None: /v1/reconstruct scales nothing
+    )
     warnings: list[str] = []
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
-    for code, text in ((400, "malformed body"), (401, "missing or invalid token"), (413, "body over the size limit"),
-                       (415, "unsupported content type or dtype"), (422, "a request the model cannot take"),
-                       (503, "overloaded, timed out or not ready (see Retry-After)"))
+    for code, text in (
+        (400, "malformed body"),
+        (401, "missing or invalid token"),
+        (413, "body over the size limit"),
+        (415, "unsupported content type or dtype"),
+        (422, "a request the model cannot take"),
+        (503, "overloaded, timed out or not ready (see Retry-After)"),
+    )
 }
 
 
 def window_body(description: str) -> dict[str, Any]:
     """openapi_extra of a route whose body is a window as JSON or raw float32 bytes."""
-    return {"requestBody": {"required": True, "description": description, "content": {
-        "application/json": {"schema": DecodeRequest.model_json_schema()},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    }}}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {
+                "application/json": {"schema": DecodeRequest.model_json_schema()},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }

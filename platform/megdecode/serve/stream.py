@@ -79,23 +79,37 @@ class StreamSpec:
         return self.preprocess.filter_phase == "causal"
 
     @classmethod
-    def from_bundle(cls, bundle: ModelBundle, subject: str, sfreq: float | None = None) -> StreamSpec:
+    def from_bundle(
+        cls, bundle: ModelBundle, subject: str, sfreq: float | None = None
+    ) -> StreamSpec:
         cfg = bundle.preprocess
         if cfg is None or not bundle.scalers:
-            missing = [name for name, absent in (("preprocess", cfg is None), ("scalers", not bundle.scalers)) if absent]
-            raise StreamError(f"this model bundle has no {' / '.join(missing)} (its store recorded none): "
-                              "retrain it on a store built by `megdecode preprocess` to stream")
+            missing = [
+                name
+                for name, absent in (("preprocess", cfg is None), ("scalers", not bundle.scalers))
+                if absent
+            ]
+            raise StreamError(
+                f"this model bundle has no {' / '.join(missing)} (its store recorded none): "
+                "retrain it on a store built by `megdecode preprocess` to stream"
+            )
         scaler = bundle.scalers.get(subject)
         if scaler is None:
             raise StreamError(f"the bundle has no scaler for subject {subject!r}")
         sfreq_in = float(sfreq or scaler.raw_sfreq or 0)
         if sfreq_in <= 0:
-            raise StreamError("the bundle does not record the native sampling rate; send 'sfreq' in the start message")
+            raise StreamError(
+                "the bundle does not record the native sampling rate; send 'sfreq' in the start message"
+            )
         if sfreq_in < cfg.sfreq:
             raise StreamError(f"sfreq {sfreq_in} Hz is below the model's {cfg.sfreq} Hz")
         if not np.isclose(cfg.sfreq, bundle.sfreq):
-            raise StreamError(f"the bundle's preprocessing rate {cfg.sfreq} Hz differs from its window rate {bundle.sfreq} Hz")
-        return cls(cfg, sfreq_in, scaler.center, scaler.scale, bundle.tmin, bundle.tmax, bundle.n_times)
+            raise StreamError(
+                f"the bundle's preprocessing rate {cfg.sfreq} Hz differs from its window rate {bundle.sfreq} Hz"
+            )
+        return cls(
+            cfg, sfreq_in, scaler.center, scaler.scale, bundle.tmin, bundle.tmax, bundle.n_times
+        )
 
 
 class RingBuffer:
@@ -125,7 +139,9 @@ class RingBuffer:
     def get(self, start: int, stop: int) -> np.ndarray:
         """Samples [start, stop) as a new (C, stop - start) array."""
         if start < self.oldest or stop > self.total or start > stop:
-            raise IndexError(f"samples {start}..{stop} not in the buffer ({self.oldest}..{self.total})")
+            raise IndexError(
+                f"samples {start}..{stop} not in the buffer ({self.oldest}..{self.total})"
+            )
         a, b = start % self.capacity, stop % self.capacity
         if a < b or stop == start:  # one slice: a plain copy (a fancy index costs ~3x more)
             return self.data[:, a : a + stop - start].copy()
@@ -146,11 +162,15 @@ class OnlinePreprocessor:
         self.sos = causal_sos(spec.sfreq_in, cfg.l_freq, cfg.h_freq)
         self.zi = causal_zi(self.sos, n_channels) if self.sos is not None else None
         n_out = self.grid.keep.stop - self.grid.keep.start
-        self.times = (self.grid.start + self.grid.keep.start) / cfg.sfreq + np.arange(n_out) / cfg.sfreq
+        self.times = (self.grid.start + self.grid.keep.start) / cfg.sfreq + np.arange(
+            n_out
+        ) / cfg.sfreq
         tol = 1e-6 / cfg.sfreq
         self.model_mask = (self.times >= spec.tmin - tol) & (self.times <= spec.tmax + tol)
         if int(self.model_mask.sum()) != spec.n_times:
-            raise StreamError(f"the online grid gives {int(self.model_mask.sum())} samples, the model needs {spec.n_times}")
+            raise StreamError(
+                f"the online grid gives {int(self.model_mask.sum())} samples, the model needs {spec.n_times}"
+            )
         # float32 from the filter's output on: the per-decode product below is then a
         # float32 GEMM, ~2x the float64 one, and the ring buffer and its copies are half
         # the size; the filter itself (state carried over a whole run) stays float64.
@@ -212,7 +232,10 @@ class OnlinePreprocessor:
 
     def segment(self, onsets: np.ndarray) -> np.ndarray:
         """A copy of the filtered samples the windows of `onsets` (sorted) need: (C, span)."""
-        return self.buffer.get(int(onsets[0]) + self.grid.start_in, int(onsets[-1]) + self.grid.start_in + self.grid.n_in)
+        return self.buffer.get(
+            int(onsets[0]) + self.grid.start_in,
+            int(onsets[-1]) + self.grid.start_in + self.grid.n_in,
+        )
 
     def windows_from(self, segment: np.ndarray, onsets: np.ndarray) -> np.ndarray:
         """`windows` from a `segment` copy (safe in a worker thread while chunks keep arriving)."""
@@ -220,24 +243,34 @@ class OnlinePreprocessor:
         if len(onsets) == 1:  # the segment is the window
             native = segment[None]
         else:
-            native = cut_epochs(segment, onsets - int(onsets.min()), 0, self.grid.n_in - 1)  # (K, C, n_in)
+            native = cut_epochs(
+                segment, onsets - int(onsets.min()), 0, self.grid.n_in - 1
+            )  # (K, C, n_in)
         epochs = np.empty((*native.shape[:2], self.spec.n_times), np.float32)
         for rows, cols, block in self.blocks:
             np.matmul(native[..., rows], block, out=epochs[..., cols])
         if self.baseline_form is not None:
             epochs -= (native @ self.baseline_form)[..., None]
-        return robust_scale(epochs, self._center, self._scale, self.cfg.clip).astype(np.float32, copy=False)
+        return robust_scale(epochs, self._center, self._scale, self.cfg.clip).astype(
+            np.float32, copy=False
+        )
 
     def windows_stepwise(self, onsets: np.ndarray) -> np.ndarray:
         """`windows` by the offline functions one step after the other (the reference)."""
         onsets = np.asarray(onsets, np.int64)
         seg_start = int(onsets.min()) + self.grid.start_in
-        segment = self.buffer.get(seg_start, int(onsets.max()) + self.grid.start_in + self.grid.n_in).astype(np.float64)
+        segment = self.buffer.get(
+            seg_start, int(onsets.max()) + self.grid.start_in + self.grid.n_in
+        ).astype(np.float64)
         epochs = resample_epochs(segment, onsets - seg_start, self.grid)
         if self.cfg.baseline is not None:
-            epochs = baseline_correct(epochs, self.times, self.cfg.baseline).astype(np.float32, copy=False)
+            epochs = baseline_correct(epochs, self.times, self.cfg.baseline).astype(
+                np.float32, copy=False
+            )
         epochs = np.ascontiguousarray(epochs[:, :, self.model_mask])
-        return robust_scale(epochs, self._center, self._scale, self.cfg.clip).astype(np.float32, copy=False)
+        return robust_scale(epochs, self._center, self._scale, self.cfg.clip).astype(
+            np.float32, copy=False
+        )
 
 
 def _band_blocks(matrix: np.ndarray, block: int = BLOCK) -> list[tuple[slice, slice, np.ndarray]]:
@@ -273,8 +306,15 @@ class StreamSession:
     time is never behind, so it loses nothing.
     """
 
-    def __init__(self, spec: StreamSpec, n_channels: int, stride_s: float, max_backlog_s: float,
-                 max_chunk_s: float = 2.0, clock=time.monotonic) -> None:
+    def __init__(
+        self,
+        spec: StreamSpec,
+        n_channels: int,
+        stride_s: float,
+        max_backlog_s: float,
+        max_chunk_s: float = 2.0,
+        clock=time.monotonic,
+    ) -> None:
         self.stride = max(1, int(round(stride_s * spec.sfreq_in)))
         self.max_chunk = int(max_chunk_s * spec.sfreq_in)
         self.pre = OnlinePreprocessor(spec, n_channels, extra_capacity=self.max_chunk + self.stride)

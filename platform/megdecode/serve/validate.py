@@ -35,9 +35,13 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
     try:
         doc = jsonio.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON ({type(exc).__name__})") from None
+        raise ApiError(
+            400, "malformed_json", f"the body is not valid JSON ({type(exc).__name__})"
+        ) from None
     if not isinstance(doc, dict):
-        raise ApiError(400, "malformed_json", f"the body must be a JSON object, got {type(doc).__name__}")
+        raise ApiError(
+            400, "malformed_json", f"the body must be a JSON object, got {type(doc).__name__}"
+        )
     return doc
 
 
@@ -59,7 +63,9 @@ def window_from_json(doc: Mapping[str, Any]) -> tuple[str | int, np.ndarray]:
     subject = subject_value(doc["subject"])
     data = doc["data"]
     if not isinstance(data, list) or not data or not all(isinstance(row, list) for row in data):
-        raise ApiError(422, "invalid_shape", "data must be a non-empty list of channel rows (C x T)")
+        raise ApiError(
+            422, "invalid_shape", "data must be a non-empty list of channel rows (C x T)"
+        )
     n = len(data[0])
     if any(len(row) != n for row in data):
         raise ApiError(422, "invalid_shape", "data rows (channels) differ in length")
@@ -88,7 +94,9 @@ def parse_shape(text: str | None) -> tuple[int, int]:
     try:
         c, t = (int(p) for p in parts)
     except ValueError:
-        raise ApiError(422, "invalid_header", f"{SHAPE_HEADER} must be 'C,T' with two integers") from None
+        raise ApiError(
+            422, "invalid_header", f"{SHAPE_HEADER} must be 'C,T' with two integers"
+        ) from None
     if c < 1 or t < 1:
         raise ApiError(422, "invalid_header", f"{SHAPE_HEADER} dimensions must be positive")
     return c, t
@@ -98,14 +106,22 @@ def window_from_bytes(body: bytes, headers: Mapping[str, str]) -> tuple[str | in
     """Raw little-endian float32 C-order bytes + X-Shape / X-Subject headers -> (subject, (C, T))."""
     dtype = headers.get(DTYPE_HEADER, "float32").lower()
     if dtype not in ("float32", "<f4", "f4"):
-        raise ApiError(415, "unsupported_dtype", f"raw bytes must be little-endian float32, got {dtype!r}")
+        raise ApiError(
+            415, "unsupported_dtype", f"raw bytes must be little-endian float32, got {dtype!r}"
+        )
     c, t = parse_shape(headers.get(SHAPE_HEADER))
     if len(body) != c * t * 4:
-        raise ApiError(400, "malformed_bytes", f"{SHAPE_HEADER} {c},{t} needs {c * t * 4} bytes, got {len(body)}")
+        raise ApiError(
+            400,
+            "malformed_bytes",
+            f"{SHAPE_HEADER} {c},{t} needs {c * t * 4} bytes, got {len(body)}",
+        )
     raw_subject = headers.get(SUBJECT_HEADER)
     if raw_subject is None:
         raise ApiError(422, "missing_header", f"raw bytes need an {SUBJECT_HEADER} header")
-    arr = np.frombuffer(body, dtype="<f4").reshape(c, t)  # the header carries a label, never an index
+    arr = np.frombuffer(body, dtype="<f4").reshape(
+        c, t
+    )  # the header carries a label, never an index
     if not np.isfinite(arr).all():  # float32 already: finite means it fits
         raise ApiError(422, "non_finite", "data holds NaN or infinite values")
     return subject_value(raw_subject), arr
@@ -114,8 +130,11 @@ def window_from_bytes(body: bytes, headers: Mapping[str, str]) -> tuple[str | in
 def check_window(arr: np.ndarray, n_channels: int, n_times: int) -> np.ndarray:
     """The model's shape, exactly: 422 naming both shapes otherwise."""
     if arr.shape != (n_channels, n_times):
-        raise ApiError(422, "invalid_shape",
-                       f"data has shape {arr.shape[0]} x {arr.shape[1]}, the model needs {n_channels} x {n_times} (C x T)")
+        raise ApiError(
+            422,
+            "invalid_shape",
+            f"data has shape {arr.shape[0]} x {arr.shape[1]}, the model needs {n_channels} x {n_times} (C x T)",
+        )
     return arr
 
 
@@ -124,17 +143,25 @@ def subject_index(subject: str | int, subjects: Sequence[str]) -> int:
     if isinstance(subject, str):
         if subject in subjects:
             return list(subjects).index(subject)
-        raise ApiError(422, "unknown_subject", f"unknown subject {subject!r}; known: {', '.join(subjects)}")
+        raise ApiError(
+            422, "unknown_subject", f"unknown subject {subject!r}; known: {', '.join(subjects)}"
+        )
     if 0 <= subject < len(subjects):
         return int(subject)
-    raise ApiError(422, "unknown_subject", f"subject index {subject} out of range 0..{len(subjects) - 1}")
+    raise ApiError(
+        422, "unknown_subject", f"subject index {subject} out of range 0..{len(subjects) - 1}"
+    )
 
 
 def bounded(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> float | int:
     """An option within [lo, hi] (from the config); 422 otherwise."""
     ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
     if isinstance(value, bool) or not ok_type or not math.isfinite(float(value)):
-        raise ApiError(422, "invalid_option", f"{name} must be {'an integer' if integer else 'a finite number'}")
+        raise ApiError(
+            422,
+            "invalid_option",
+            f"{name} must be {'an integer' if integer else 'a finite number'}",
+        )
     if not lo <= value <= hi:
         raise ApiError(422, "invalid_option", f"{name}={value} is outside [{lo}, {hi}]")
     return value

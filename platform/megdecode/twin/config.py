@@ -118,7 +118,9 @@ class TwinConfig(FlatConfig):
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"invalid TwinConfig field(s) {bad}: {[getattr(self, k) for k in bad]}")
+            raise ConfigError(
+                f"invalid TwinConfig field(s) {bad}: {[getattr(self, k) for k in bad]}"
+            )
 
     @classmethod
     def preset(cls, size: str, seed: int = 0) -> TwinConfig:
@@ -131,11 +133,32 @@ class TwinConfig(FlatConfig):
         if size == "tiny":
             return cls(seed=seed)
         if size == "demo":
-            return cls(seed=seed, n_subjects=4, n_sessions=4, n_runs=2, n_categories=100,
-                       n_groups=8, n_exp_per_category=6, n_test_categories=20,
-                       n_catch_images=10, image_size=96, sfreq=240.0, snr=0.6)
+            return cls(
+                seed=seed,
+                n_subjects=4,
+                n_sessions=4,
+                n_runs=2,
+                n_categories=100,
+                n_groups=8,
+                n_exp_per_category=6,
+                n_test_categories=20,
+                n_catch_images=10,
+                image_size=96,
+                sfreq=240.0,
+                snr=0.6,
+            )
         if size == "full":
-            return cls(seed=seed, n_subjects=1, n_sessions=12, n_runs=10, n_categories=1854,
-                       n_groups=8, n_exp_per_category=12, n_test_categories=200,
-                       n_catch_images=100, image_size=96, sfreq=1200.0)
+            return cls(
+                seed=seed,
+                n_subjects=1,
+                n_sessions=12,
+                n_runs=10,
+                n_categories=1854,
+                n_groups=8,
+                n_exp_per_category=12,
+                n_test_categories=200,
+                n_catch_images=100,
+                image_size=96,
+                sfreq=1200.0,
+            )
         raise ValueError(f"unknown twin preset {size!r}; choose tiny, demo or full")

@@ -20,8 +20,13 @@ NA = "n/a"
 EVENT_COLUMNS = ("onset", "duration", "trial_type", "things_category_nr", "value", "sample")
 
 
-def schedule_subject(images: pd.DataFrame, n_sessions: int, n_runs: int, catch_fraction: float,
-                     rng: np.random.Generator) -> pd.DataFrame:
+def schedule_subject(
+    images: pd.DataFrame,
+    n_sessions: int,
+    n_runs: int,
+    catch_fraction: float,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
     """Trials of one subject in presentation order.
 
     Returns one row per trial: session_nr, run_nr, trial_nr (all 1-based) and image_index
@@ -44,16 +49,25 @@ def schedule_subject(images: pd.DataFrame, n_sessions: int, n_runs: int, catch_f
                 n_catch = max(n_catch, 1)
                 shown = np.r_[shown, rng.choice(catch_idx, n_catch)]
             if len(shown) == 0:
-                raise ValueError(f"session {ses + 1} run {run + 1} has no trials: "
-                                 "too few images for this many sessions x runs")
+                raise ValueError(
+                    f"session {ses + 1} run {run + 1} has no trials: "
+                    "too few images for this many sessions x runs"
+                )
             for t, idx in enumerate(rng.permutation(shown), start=1):
                 rows.append((ses + 1, run + 1, t, int(idx)))
     return pd.DataFrame(rows, columns=["session_nr", "run_nr", "trial_nr", "image_index"])
 
 
-def add_timing(run_trials: pd.DataFrame, sfreq: float, image_duration_s: float,
-               isi_mean_s: float, isi_jitter_s: float, lead_s: float, tail_s: float,
-               rng: np.random.Generator) -> tuple[pd.DataFrame, int]:
+def add_timing(
+    run_trials: pd.DataFrame,
+    sfreq: float,
+    image_duration_s: float,
+    isi_mean_s: float,
+    isi_jitter_s: float,
+    lead_s: float,
+    tail_s: float,
+    rng: np.random.Generator,
+) -> tuple[pd.DataFrame, int]:
     """Onsets for one run; returns (trials + sample, onset, offset columns, n_samples).
 
     Onsets are whole samples so that events.tsv, the stim channel and the simulated
@@ -75,20 +89,23 @@ def _nr_or_na(values: pd.Series, is_catch: np.ndarray) -> list:
     return [NA if c else int(v) for v, c in zip(values, is_catch, strict=True)]
 
 
-def events_table(run_trials: pd.DataFrame, images: pd.DataFrame,
-                 image_duration_s: float) -> pd.DataFrame:
+def events_table(
+    run_trials: pd.DataFrame, images: pd.DataFrame, image_duration_s: float
+) -> pd.DataFrame:
     """The BIDS *_events.tsv rows of one run, columns exactly `EVENT_COLUMNS`;
     value (THINGS image nr) and things_category_nr are "n/a" on catch trials."""
     img = images.iloc[run_trials["image_index"].to_numpy()]
     catch = (img["trial_type"] == "catch").to_numpy()
-    table = pd.DataFrame({
-        "onset": run_trials["onset"].to_numpy(),
-        "duration": np.full(len(img), image_duration_s),
-        "trial_type": img["trial_type"].to_numpy(),
-        "things_category_nr": _nr_or_na(img["category_nr"], catch),
-        "value": _nr_or_na(img["image_id"], catch),
-        "sample": run_trials["sample"].to_numpy(),
-    })
+    table = pd.DataFrame(
+        {
+            "onset": run_trials["onset"].to_numpy(),
+            "duration": np.full(len(img), image_duration_s),
+            "trial_type": img["trial_type"].to_numpy(),
+            "things_category_nr": _nr_or_na(img["category_nr"], catch),
+            "value": _nr_or_na(img["image_id"], catch),
+            "sample": run_trials["sample"].to_numpy(),
+        }
+    )
     return table[list(EVENT_COLUMNS)]
 
 
@@ -96,15 +113,17 @@ def sample_attributes(trials: pd.DataFrame, images: pd.DataFrame) -> pd.DataFram
     """sourcedata/sample_attributes_P{n}.csv for one subject (rows in events order)."""
     img = images.iloc[trials["image_index"].to_numpy()].reset_index(drop=True)
     catch = (img["trial_type"] == "catch").to_numpy()
-    return pd.DataFrame({
-        "trial_type": img["trial_type"],
-        "image_on": trials["onset"].to_numpy(),
-        "image_off": trials["offset"].to_numpy(),
-        "image_path": img["image_path"],
-        "image_nr": img["image_nr"],
-        "things_image_nr": _nr_or_na(img["image_id"], catch),
-        "things_category_nr": _nr_or_na(img["category_nr"], catch),
-        "session_nr": trials["session_nr"].to_numpy(),
-        "run_nr": trials["run_nr"].to_numpy(),
-        "trial_nr": trials["trial_nr"].to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "trial_type": img["trial_type"],
+            "image_on": trials["onset"].to_numpy(),
+            "image_off": trials["offset"].to_numpy(),
+            "image_path": img["image_path"],
+            "image_nr": img["image_nr"],
+            "things_image_nr": _nr_or_na(img["image_id"], catch),
+            "things_category_nr": _nr_or_na(img["category_nr"], catch),
+            "session_nr": trials["session_nr"].to_numpy(),
+            "run_nr": trials["run_nr"].to_numpy(),
+            "trial_nr": trials["trial_nr"].to_numpy(),
+        }
+    )

@@ -144,7 +144,9 @@ def ctf272_geometry() -> SensorGeometry:
     rim = _azimuth_profile(phi_v, theta_v)  # polar angle of the helmet edge per azimuth
     rim = np.minimum(rim, np.minimum(np.roll(rim, 1), np.roll(rim, -1)))  # stay inside the edge
     outer = _azimuth_profile(phi, rho)  # layout's outer ring per azimuth
-    theta = rho / _interp_profile(outer, phi) * (_interp_profile(rim, phi) - np.deg2rad(RIM_MARGIN_DEG))
+    theta = (
+        rho / _interp_profile(outer, phi) * (_interp_profile(rim, phi) - np.deg2rad(RIM_MARGIN_DEG))
+    )
     dirs = np.c_[np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)]
     pos, tri = _ray_mesh(centre, dirs, rr, tris)
     v0, v1, v2 = rr[tris[tri, 0]], rr[tris[tri, 1]], rr[tris[tri, 2]]
@@ -163,8 +165,12 @@ def _coil_frame(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ex, np.cross(normal, ex)
 
 
-def make_info(geom: SensorGeometry, sfreq: float, dev_head_t: mne.transforms.Transform,
-              line_freq: float = 60.0) -> mne.Info:
+def make_info(
+    geom: SensorGeometry,
+    sfreq: float,
+    dev_head_t: mne.transforms.Transform,
+    line_freq: float = 60.0,
+) -> mne.Info:
     """Info with the 272 CTF gradiometers (type "mag", as read_raw_ctf gives) + UPPT001 stim."""
     names = list(geom.ch_names) + [STIM_CHANNEL]
     info = mne.create_info(names, sfreq, ["mag"] * len(geom.ch_names) + ["stim"])
@@ -179,8 +185,9 @@ def make_info(geom: SensorGeometry, sfreq: float, dev_head_t: mne.transforms.Tra
     return info
 
 
-def head_transform(geom: SensorGeometry, shift_m: np.ndarray, rot_rad: np.ndarray
-                   ) -> mne.transforms.Transform:
+def head_transform(
+    geom: SensorGeometry, shift_m: np.ndarray, rot_rad: np.ndarray
+) -> mne.transforms.Transform:
     """Device -> head transform putting the sphere origin at the sensor array's centre,
     then moving the head by `rot_rad` (3 Euler angles about that origin) and `shift_m` (3,, m).
 
@@ -207,11 +214,13 @@ def leadfield(info: mne.Info, rr: np.ndarray, nn: np.ndarray) -> np.ndarray:
     if np.linalg.norm(rr - SPHERE_ORIGIN, axis=1).max() >= 0.9 * HEAD_RADIUS:
         raise ValueError("a source lies outside the inner skull sphere of the twin head model")
     sphere = mne.make_sphere_model(r0=SPHERE_ORIGIN, head_radius=HEAD_RADIUS, verbose="error")
-    src = mne.setup_volume_source_space(pos=dict(rr=rr, nn=nn), sphere=sphere,
-                                        mindist=0.0, verbose="error")
+    src = mne.setup_volume_source_space(
+        pos=dict(rr=rr, nn=nn), sphere=sphere, mindist=0.0, verbose="error"
+    )
     meg_info = mne.pick_info(info, mne.pick_types(info, meg=True))
-    fwd = mne.make_forward_solution(meg_info, trans=None, src=src, bem=sphere,
-                                    meg=True, eeg=False, verbose="error")
+    fwd = mne.make_forward_solution(
+        meg_info, trans=None, src=src, bem=sphere, meg=True, eeg=False, verbose="error"
+    )
     gain = fwd["sol"]["data"].reshape(len(meg_info["ch_names"]), -1, 3)  # (C, N, xyz)
     if gain.shape[1] != len(rr):
         raise RuntimeError(f"forward kept {gain.shape[1]} of {len(rr)} sources")

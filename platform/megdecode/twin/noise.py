@@ -33,8 +33,9 @@ def rms(x: np.ndarray) -> float:
     return float(np.linalg.norm(flat) / np.sqrt(max(flat.size, 1)))
 
 
-def spectral_noise(n_series: int, n_samples: int, sfreq: float, amplitude_of_f,
-                   rng: np.random.Generator) -> np.ndarray:
+def spectral_noise(
+    n_series: int, n_samples: int, sfreq: float, amplitude_of_f, rng: np.random.Generator
+) -> np.ndarray:
     """(n_series, n_samples) Gaussian noise with amplitude spectrum `amplitude_of_f(f)`,
     each series scaled to unit variance (random complex spectrum -> irfft)."""
     f = np.fft.rfftfreq(n_samples, 1.0 / sfreq)
@@ -47,13 +48,16 @@ def spectral_noise(n_series: int, n_samples: int, sfreq: float, amplitude_of_f,
     return x / (x.std(axis=1, keepdims=True) + 1e-30)
 
 
-def background(cfg: TwinConfig, gain: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+def background(
+    cfg: TwinConfig, gain: np.ndarray, n_samples: int, rng: np.random.Generator
+) -> np.ndarray:
     """Brain 1/f background at the sensors, RMS `background_ft`. gain: (C, n_bg)."""
     if cfg.background_ft <= 0:
         return np.zeros((gain.shape[0], n_samples))
     beta = cfg.background_exponent
-    src = spectral_noise(gain.shape[1], n_samples, cfg.sfreq,
-                         lambda f: np.maximum(f, KNEE_HZ) ** (-beta / 2), rng)
+    src = spectral_noise(
+        gain.shape[1], n_samples, cfg.sfreq, lambda f: np.maximum(f, KNEE_HZ) ** (-beta / 2), rng
+    )
     meg = gain.astype(np.float32) @ src  # float32: ~1e-7 relative error, half the memory
     meg *= np.float32(cfg.background_ft * FT / rms(meg))
     return meg
@@ -73,27 +77,38 @@ def erd_envelope(cfg: TwinConfig, samples: np.ndarray, n_samples: int) -> np.nda
     return 1.0 - cfg.alpha_erd_depth * dip
 
 
-def alpha(cfg: TwinConfig, gain: np.ndarray, freq_hz: float, samples: np.ndarray,
-          n_samples: int, rng: np.random.Generator) -> np.ndarray:
+def alpha(
+    cfg: TwinConfig,
+    gain: np.ndarray,
+    freq_hz: float,
+    samples: np.ndarray,
+    n_samples: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Posterior alpha at the sensors: narrow-band (sd 1 Hz) around `freq_hz`, RMS
     `alpha_ft` before desynchronisation. gain: (C, n_alpha)."""
     if cfg.alpha_ft <= 0:
         return np.zeros((gain.shape[0], n_samples))
-    src = spectral_noise(gain.shape[1], n_samples, cfg.sfreq,
-                         lambda f: np.exp(-0.5 * (f - freq_hz) ** 2), rng)
+    src = spectral_noise(
+        gain.shape[1], n_samples, cfg.sfreq, lambda f: np.exp(-0.5 * (f - freq_hz) ** 2), rng
+    )
     meg = gain.astype(np.float32) @ src
     meg *= np.float32(cfg.alpha_ft * FT / rms(meg))
     meg *= erd_envelope(cfg, samples, n_samples).astype(np.float32)[None]
     return meg
 
 
-def sensor_noise(cfg: TwinConfig, n_channels: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+def sensor_noise(
+    cfg: TwinConfig, n_channels: int, n_samples: int, rng: np.random.Generator
+) -> np.ndarray:
     """White noise with spectral density `sensor_noise_ft_sqrt_hz` up to Nyquist."""
     sd = cfg.sensor_noise_ft_sqrt_hz * np.sqrt(cfg.sfreq / 2) * FT
     return rng.standard_normal((n_channels, n_samples), dtype=np.float32) * np.float32(sd)
 
 
-def line_and_drift(cfg: TwinConfig, n_channels: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+def line_and_drift(
+    cfg: TwinConfig, n_channels: int, n_samples: int, rng: np.random.Generator
+) -> np.ndarray:
     """Mains hum (fundamental + harmonics below Nyquist, 1/k amplitude, random phase per
     channel) and slow drifts (a few shared < 0.05 Hz waves and a trend, mixed per channel).
 
@@ -134,8 +149,13 @@ def _impulses(times_s: np.ndarray, weights: np.ndarray, sfreq: float, n_samples:
     return train
 
 
-def artefacts(cfg: TwinConfig, blink_gain: np.ndarray, cardiac_gain: np.ndarray, n_samples: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def artefacts(
+    cfg: TwinConfig,
+    blink_gain: np.ndarray,
+    cardiac_gain: np.ndarray,
+    n_samples: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, dict]:
     """Blinks and heartbeats at the sensors (C, T), and the blink onsets (s) for the truth.
 
     Each is an impulse train (random times/weights) convolved with a fixed shape and
@@ -146,20 +166,29 @@ def artefacts(cfg: TwinConfig, blink_gain: np.ndarray, cardiac_gain: np.ndarray,
     blinks = np.sort(rng.uniform(0, duration, rng.poisson(cfg.blink_rate_per_min * duration / 60)))
     tb = np.arange(int(0.4 * sf)) / sf
     blink_shape = (tb / 0.1) ** 2 * np.exp(2 - 2 * tb / 0.1)  # gamma-like bump, peak 1 at 100 ms
-    blink_ts = np.convolve(_impulses(blinks, rng.uniform(0.7, 1.3, len(blinks)), sf, n_samples),
-                           blink_shape)[:n_samples]
+    blink_ts = np.convolve(
+        _impulses(blinks, rng.uniform(0.7, 1.3, len(blinks)), sf, n_samples), blink_shape
+    )[:n_samples]
     beats = np.arange(rng.uniform(0, 1), duration, 1.0 / cfg.heart_rate_hz)
     beats = beats + 0.03 * rng.standard_normal(len(beats))
     lead = int(0.1 * sf)  # the QRS shape starts 100 ms before the R peak
     tc = (np.arange(lead + int(0.5 * sf)) - lead) / sf
-    qrs = -tc / 0.012 * np.exp(0.5 - 0.5 * (tc / 0.012) ** 2) + 0.3 * np.exp(-0.5 * ((tc - 0.25) / 0.05) ** 2)
-    cardiac_ts = np.convolve(_impulses(beats, np.ones(len(beats)), sf, n_samples), qrs)[lead: lead + n_samples]
-    topo = np.c_[cfg.blink_ft * FT * _topography(blink_gain), cfg.cardiac_ft * FT * _topography(cardiac_gain)]
+    qrs = -tc / 0.012 * np.exp(0.5 - 0.5 * (tc / 0.012) ** 2) + 0.3 * np.exp(
+        -0.5 * ((tc - 0.25) / 0.05) ** 2
+    )
+    cardiac_ts = np.convolve(_impulses(beats, np.ones(len(beats)), sf, n_samples), qrs)[
+        lead : lead + n_samples
+    ]
+    topo = np.c_[
+        cfg.blink_ft * FT * _topography(blink_gain), cfg.cardiac_ft * FT * _topography(cardiac_gain)
+    ]
     meg = topo.astype(np.float32) @ np.stack([blink_ts, cardiac_ts]).astype(np.float32)
     return meg, {"blinks_s": np.round(blinks, 4).tolist()}
 
 
-def break_channel(cfg: TwinConfig, data: np.ndarray, ch_names: list[str], rng: np.random.Generator) -> None:
+def break_channel(
+    cfg: TwinConfig, data: np.ndarray, ch_names: list[str], rng: np.random.Generator
+) -> None:
     """In place: make `cfg.bad_channel` flat (zeros) or noisy (white noise + steps)."""
     if cfg.bad_channel_mode == "none":
         return
@@ -188,7 +217,9 @@ def nuisance_sources(cfg: TwinConfig, rng: np.random.Generator) -> dict[str, np.
     d = rng.standard_normal((n, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     bg_rr = o + d * (0.8 * r * rng.uniform(0.3, 1.0, (n, 1)) ** (1 / 3))
-    alpha_rr = o + 0.8 * r * np.array([[0.35, -0.8, 0.5], [-0.35, -0.8, 0.5]]) / np.linalg.norm([0.35, -0.8, 0.5])
+    alpha_rr = o + 0.8 * r * np.array([[0.35, -0.8, 0.5], [-0.35, -0.8, 0.5]]) / np.linalg.norm(
+        [0.35, -0.8, 0.5]
+    )
     eye = np.array([0.35, 0.85, -0.4]) / np.linalg.norm([0.35, 0.85, -0.4])
     blink_rr = o + 0.82 * r * np.array([eye, eye * [-1, 1, 1]])
     cardiac_rr = o + 0.82 * r * np.array([[0.2, -0.3, -0.93]]) / np.linalg.norm([0.2, -0.3, -0.93])

@@ -71,11 +71,15 @@ def make_stimuli(cfg: TwinConfig) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarra
     embeddings (N, D; zeros for catch images), as the simulator drives its sources with
     them: a pure function of the config's seed."""
     rng = rng_for(cfg, 8)
-    cats = stimuli.make_categories(cfg.n_categories, cfg.n_groups, cfg.semantic_dim,
-                                   cfg.semantic_within_sd, rng)
-    test_nrs = np.sort(rng.choice(cats["category_nr"].to_numpy(), cfg.n_test_categories, replace=False))
-    images = stimuli.make_image_table(cats, cfg.n_exp_per_category, test_nrs,
-                                      cfg.n_catch_images, cfg.hue_sd, rng)
+    cats = stimuli.make_categories(
+        cfg.n_categories, cfg.n_groups, cfg.semantic_dim, cfg.semantic_within_sd, rng
+    )
+    test_nrs = np.sort(
+        rng.choice(cats["category_nr"].to_numpy(), cfg.n_test_categories, replace=False)
+    )
+    images = stimuli.make_image_table(
+        cats, cfg.n_exp_per_category, test_nrs, cfg.n_catch_images, cfg.hue_sd, rng
+    )
     by_nr = cats.set_index("category_nr")
     sem_cols = [f"sem_{d}" for d in range(cfg.semantic_dim)]
     sem = np.zeros((len(images), cfg.semantic_dim))
@@ -106,8 +110,9 @@ def _leadfields(info, model: SubjectModel) -> dict[str, np.ndarray]:
 def _synthesize_run(cfg, model, gains, trials, drives, n_samples, key, ch_names):
     """(C + 1, n_samples) float32 run data in T (last row: UPPT001 stim) + artefact truth."""
     sig_gain = np.concatenate([gains[g] for g in twin_sources.GROUPS], axis=1)
-    activity = twin_sources.source_activity(cfg, model.sources, trials, drives, n_samples,
-                                            rng_for(cfg, 4, *key))
+    activity = twin_sources.source_activity(
+        cfg, model.sources, trials, drives, n_samples, rng_for(cfg, 4, *key)
+    )
     samples = trials["sample"].to_numpy()
     if model.scale is None:  # calibrate once per subject, on its first run
         brain_rms = np.hypot(cfg.background_ft, cfg.alpha_ft) * twin_noise.FT
@@ -127,25 +132,35 @@ def _synthesize_run(cfg, model, gains, trials, drives, n_samples, key, ch_names)
     data[-1] = 0.0
     width = max(2, int(round(0.01 * cfg.sfreq)))  # 10 ms trigger pulse, value 64
     for s in samples:
-        data[-1, s: s + width] = 64
+        data[-1, s : s + width] = 64
     return data, art_truth
 
 
-def _simulate_subject(cfg: TwinConfig, s: int, root: Path, images: pd.DataFrame,
-                      low: np.ndarray, sem: np.ndarray,
-                      population: dict[str, twin_sources.GroupSources]) -> dict:
+def _simulate_subject(
+    cfg: TwinConfig,
+    s: int,
+    root: Path,
+    images: pd.DataFrame,
+    low: np.ndarray,
+    sem: np.ndarray,
+    population: dict[str, twin_sources.GroupSources],
+) -> dict:
     """Write all runs and the sample attributes of subject index `s`; returns its truth."""
     geom = helmet.ctf272_geometry()
     ch_names = list(geom.ch_names)
     rng = rng_for(cfg, 6, s)
-    model = SubjectModel(label=f"BIGMEG{s + 1}",
-                         sources=twin_sources.subject_sources(cfg, population, rng),
-                         nuisance=twin_noise.nuisance_sources(cfg, rng),
-                         alpha_freq_hz=float(cfg.alpha_freq_hz + 0.7 * rng.standard_normal()))
-    drives = {g: twin_sources.image_drive(cfg, g, model.sources[g], low, sem)
-              for g in twin_sources.GROUPS}
-    schedule = twin_design.schedule_subject(images, cfg.n_sessions, cfg.n_runs,
-                                            cfg.catch_fraction, rng_for(cfg, 2, s))
+    model = SubjectModel(
+        label=f"BIGMEG{s + 1}",
+        sources=twin_sources.subject_sources(cfg, population, rng),
+        nuisance=twin_noise.nuisance_sources(cfg, rng),
+        alpha_freq_hz=float(cfg.alpha_freq_hz + 0.7 * rng.standard_normal()),
+    )
+    drives = {
+        g: twin_sources.image_drive(cfg, g, model.sources[g], low, sem) for g in twin_sources.GROUPS
+    }
+    schedule = twin_design.schedule_subject(
+        images, cfg.n_sessions, cfg.n_runs, cfg.catch_fraction, rng_for(cfg, 2, s)
+    )
     sessions, runs, all_trials = {}, {}, []
     gains: dict = {}
     keys = [(ses, run) for ses in range(cfg.n_sessions) for run in range(cfg.n_runs)]
@@ -153,38 +168,64 @@ def _simulate_subject(cfg: TwinConfig, s: int, root: Path, images: pd.DataFrame,
         if run == 0:  # new session: new head position, new forward
             info = _session_info(cfg, geom, s, ses)
             gains = {"info": info, **_leadfields(info, model)}
-            sessions[f"{ses + 1:02d}"] = {"dev_head_t": np.round(info["dev_head_t"]["trans"], 6).tolist()}
+            sessions[f"{ses + 1:02d}"] = {
+                "dev_head_t": np.round(info["dev_head_t"]["trans"], 6).tolist()
+            }
         run_trials = schedule[(schedule["session_nr"] == ses + 1) & (schedule["run_nr"] == run + 1)]
         trials, n_samples = twin_design.add_timing(
-            run_trials, cfg.sfreq, cfg.image_duration_s, cfg.isi_mean_s, cfg.isi_jitter_s,
-            cfg.run_lead_s, cfg.run_tail_s, rng_for(cfg, 3, s, ses, run))
+            run_trials,
+            cfg.sfreq,
+            cfg.image_duration_s,
+            cfg.isi_mean_s,
+            cfg.isi_jitter_s,
+            cfg.run_lead_s,
+            cfg.run_tail_s,
+            rng_for(cfg, 3, s, ses, run),
+        )
         if n_samples > 3600 * cfg.sfreq:
-            logger.warning("run %d.%d of %s lasts %.0f min: too many images per run?",
-                           ses + 1, run + 1, model.label, n_samples / cfg.sfreq / 60)
-        data, art = _synthesize_run(cfg, model, gains, trials, drives, n_samples, (s, ses, run),
-                                    ch_names)
+            logger.warning(
+                "run %d.%d of %s lasts %.0f min: too many images per run?",
+                ses + 1,
+                run + 1,
+                model.label,
+                n_samples / cfg.sfreq / 60,
+            )
+        data, art = _synthesize_run(
+            cfg, model, gains, trials, drives, n_samples, (s, ses, run), ch_names
+        )
         events = twin_design.events_table(trials, images, cfg.image_duration_s)
-        name = twin_bids.write_run(root, cfg, gains["info"], data, events, model.label,
-                                   ses + 1, run + 1)
+        name = twin_bids.write_run(
+            root, cfg, gains["info"], data, events, model.label, ses + 1, run + 1
+        )
         runs[name] = {"n_samples": n_samples, **art}
         all_trials.append(trials)
     twin_bids.write_sample_attributes(root, s + 1, all_trials, images)
-    truth = {"signal_scale_nAm": float(model.scale or 0.0) * 1e9, "alpha_freq_hz": model.alpha_freq_hz,
-             "sessions": sessions,
-             "sources": {g: src.to_json() for g, src in model.sources.items()},
-             "nuisance_sources": {k: np.round(v, 6).tolist() for k, v in model.nuisance.items()}}
-    return {"label": model.label, "truth": truth, "runs": runs,
-            "n_trials": int(sum(len(t) for t in all_trials))}
+    truth = {
+        "signal_scale_nAm": float(model.scale or 0.0) * 1e9,
+        "alpha_freq_hz": model.alpha_freq_hz,
+        "sessions": sessions,
+        "sources": {g: src.to_json() for g, src in model.sources.items()},
+        "nuisance_sources": {k: np.round(v, 6).tolist() for k, v in model.nuisance.items()},
+    }
+    return {
+        "label": model.label,
+        "truth": truth,
+        "runs": runs,
+        "n_trials": int(sum(len(t) for t in all_trials)),
+    }
 
 
-def _write_stimuli(images: pd.DataFrame, cats: pd.DataFrame, root: Path, size: int,
-                   n_jobs: int) -> None:
+def _write_stimuli(
+    images: pd.DataFrame, cats: pd.DataFrame, root: Path, size: int, n_jobs: int
+) -> None:
     if n_jobs <= 1 or len(images) < 500:
         stimuli.write_images(images, cats, root, size)
         return
     chunks = np.array_split(np.arange(len(images)), n_jobs)
     with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in [pool.submit(stimuli.write_images, images.iloc[c], cats, root, size) for c in chunks]:
+        for future in [
+            pool.submit(stimuli.write_images, images.iloc[c], cats, root, size) for c in chunks
+        ]:
             future.result()
 
 
@@ -209,13 +250,27 @@ def simulate(cfg: TwinConfig, out_dir: str | Path, *, n_jobs: int = 1) -> TwinSu
             results = [f.result() for f in progress(futures, "twin subjects")]
     else:
         results = [_simulate_subject(*a) for a in args]
-    twin_bids.write_ground_truth(root, cfg, cats, images, {r["label"]: r["truth"] for r in results},
-                                 {k: v for r in results for k, v in r["runs"].items()}, geom)
+    twin_bids.write_ground_truth(
+        root,
+        cfg,
+        cats,
+        images,
+        {r["label"]: r["truth"] for r in results},
+        {k: v for r in results for k, v in r["runs"].items()},
+        geom,
+    )
     twin_bids.write_dataset_files(root)
     summary = TwinSummary(
-        root=str(root), n_subjects=cfg.n_subjects, n_sessions=cfg.n_sessions, n_runs=cfg.n_runs,
-        n_trials=sum(r["n_trials"] for r in results), n_channels=len(geom.ch_names),
-        n_images=len(images), n_categories=len(cats), bytes_on_disk=twin_bids.bytes_under(root),
-        seconds=time.perf_counter() - t0)
+        root=str(root),
+        n_subjects=cfg.n_subjects,
+        n_sessions=cfg.n_sessions,
+        n_runs=cfg.n_runs,
+        n_trials=sum(r["n_trials"] for r in results),
+        n_channels=len(geom.ch_names),
+        n_images=len(images),
+        n_categories=len(cats),
+        bytes_on_disk=twin_bids.bytes_under(root),
+        seconds=time.perf_counter() - t0,
+    )
     logger.info("twin built: %s", summary)
     return summary

@@ -59,7 +59,9 @@ def clip_radius(rr: np.ndarray, radius: float = MAX_SOURCE_RADIUS) -> np.ndarray
     return helmet.SPHERE_ORIGIN + rel * np.minimum(1.0, radius / norm)
 
 
-def bilateral(direction, radius: float, n: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+def bilateral(
+    direction, radius: float, n: int, spread: float, rng: np.random.Generator
+) -> np.ndarray:
     """n points (N, 3) scattered (sd `spread`) around the two mirror-image (x -> -x) points
     at `radius` from the sphere origin along `direction`."""
     d = unit(direction)
@@ -74,16 +76,24 @@ def anatomy(cfg: TwinConfig, d_low: int, d_sem: int) -> dict[str, GroupSources]:
     out = {}
     for g in GROUPS:
         n = cfg.n_sources_per_group
-        rr = bilateral(getattr(cfg, f"{g}_direction"), cfg.source_radius_m, n, cfg.source_spread_m, rng)
+        rr = bilateral(
+            getattr(cfg, f"{g}_direction"), cfg.source_radius_m, n, cfg.source_spread_m, rng
+        )
         out[g] = GroupSources(
-            rr=rr, nn=helmet.tangential_orientations(rr, rng), gain=np.ones(n),
-            latency=getattr(cfg, f"{g}_latency_s") + cfg.source_latency_sd_s * rng.standard_normal(n),
-            w_low=rng.standard_normal((n, d_low)), w_sem=rng.standard_normal((n, d_sem)))
+            rr=rr,
+            nn=helmet.tangential_orientations(rr, rng),
+            gain=np.ones(n),
+            latency=getattr(cfg, f"{g}_latency_s")
+            + cfg.source_latency_sd_s * rng.standard_normal(n),
+            w_low=rng.standard_normal((n, d_low)),
+            w_sem=rng.standard_normal((n, d_sem)),
+        )
     return out
 
 
-def subject_sources(cfg: TwinConfig, population: dict[str, GroupSources],
-                    rng: np.random.Generator) -> dict[str, GroupSources]:
+def subject_sources(
+    cfg: TwinConfig, population: dict[str, GroupSources], rng: np.random.Generator
+) -> dict[str, GroupSources]:
     """A subject's version of the population groups: moved, re-oriented, re-weighted."""
     out = {}
     m = cfg.subject_tuning_mix
@@ -91,14 +101,18 @@ def subject_sources(cfg: TwinConfig, population: dict[str, GroupSources],
         n = len(pop.rr)
         rr = clip_radius(pop.rr + cfg.subject_position_sd_m * rng.standard_normal((n, 3)))
         nn = pop.nn + 0.3 * helmet.tangential_orientations(rr, rng)
-        radial = (rr - helmet.SPHERE_ORIGIN) / np.linalg.norm(rr - helmet.SPHERE_ORIGIN, axis=1, keepdims=True)
+        radial = (rr - helmet.SPHERE_ORIGIN) / np.linalg.norm(
+            rr - helmet.SPHERE_ORIGIN, axis=1, keepdims=True
+        )
         nn = nn - (nn * radial).sum(1, keepdims=True) * radial
         out[g] = GroupSources(
-            rr=rr, nn=nn / np.linalg.norm(nn, axis=1, keepdims=True),
+            rr=rr,
+            nn=nn / np.linalg.norm(nn, axis=1, keepdims=True),
             gain=np.exp(cfg.subject_gain_sd * rng.standard_normal(n)),
             latency=pop.latency + cfg.subject_latency_sd_s * rng.standard_normal(),
             w_low=np.sqrt(1 - m) * pop.w_low + np.sqrt(m) * rng.standard_normal(pop.w_low.shape),
-            w_sem=np.sqrt(1 - m) * pop.w_sem + np.sqrt(m) * rng.standard_normal(pop.w_sem.shape))
+            w_sem=np.sqrt(1 - m) * pop.w_sem + np.sqrt(m) * rng.standard_normal(pop.w_sem.shape),
+        )
     return out
 
 
@@ -113,16 +127,20 @@ def tuning(drive: np.ndarray, kind: str, saturation: float) -> np.ndarray:
     raise ValueError(f"tuning must be linear|rectified|saturating, got {kind!r}")
 
 
-def image_drive(cfg: TwinConfig, group: str, src: GroupSources, low: np.ndarray,
-                sem: np.ndarray) -> np.ndarray:
+def image_drive(
+    cfg: TwinConfig, group: str, src: GroupSources, low: np.ndarray, sem: np.ndarray
+) -> np.ndarray:
     """(n_images, n_sources) tuned response amplitude factor 1 + feature_gain * g(drive).
 
     low: (n_images, D_low) unit-variance features; sem: (n_images, D_sem) unit-variance
     embeddings (zeros for catch images).
     """
-    drive = (getattr(cfg, f"{group}_mix_low") * low @ src.w_low.T / np.sqrt(low.shape[1])
-             + getattr(cfg, f"{group}_mix_sem") * sem @ src.w_sem.T / np.sqrt(sem.shape[1]))
-    return 1.0 + getattr(cfg, f"{group}_feature_gain") * tuning(drive, cfg.tuning, cfg.tuning_saturation)
+    drive = getattr(cfg, f"{group}_mix_low") * low @ src.w_low.T / np.sqrt(low.shape[1]) + getattr(
+        cfg, f"{group}_mix_sem"
+    ) * sem @ src.w_sem.T / np.sqrt(sem.shape[1])
+    return 1.0 + getattr(cfg, f"{group}_feature_gain") * tuning(
+        drive, cfg.tuning, cfg.tuning_saturation
+    )
 
 
 def waveform(t: np.ndarray, latency: np.ndarray, width: float, rebound: float) -> np.ndarray:
@@ -135,19 +153,31 @@ def waveform(t: np.ndarray, latency: np.ndarray, width: float, rebound: float) -
     return main - rebound * late
 
 
-def source_activity(cfg: TwinConfig, subject: dict[str, GroupSources], trials: pd.DataFrame,
-                    drives: dict[str, np.ndarray], n_samples: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def source_activity(
+    cfg: TwinConfig,
+    subject: dict[str, GroupSources],
+    trials: pd.DataFrame,
+    drives: dict[str, np.ndarray],
+    n_samples: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """(n_sources_total, n_samples) unit-scaled source time courses of one run, groups
     stacked in GROUPS order. trials needs `sample` and `image_index` (rows of `drives`)."""
     sf = cfg.sfreq
     widths = {g: getattr(cfg, f"{g}_width_s") for g in GROUPS}
-    reach = cfg.image_duration_s + cfg.offset_latency_s + 6 * max(widths.values()) + 5 * cfg.latency_jitter_s
+    reach = (
+        cfg.image_duration_s
+        + cfg.offset_latency_s
+        + 6 * max(widths.values())
+        + 5 * cfg.latency_jitter_s
+    )
     rel = np.arange(int(np.ceil(reach * sf))) / sf
     sizes = [len(subject[g].rr) for g in GROUPS]
     out = np.zeros((sum(sizes), n_samples))
     starts = np.cumsum([0] + sizes)
-    for sample, img in zip(trials["sample"].to_numpy(), trials["image_index"].to_numpy(), strict=True):
+    for sample, img in zip(
+        trials["sample"].to_numpy(), trials["image_index"].to_numpy(), strict=True
+    ):
         stop = min(n_samples, sample + len(rel))
         for k, g in enumerate(GROUPS):
             src = subject[g]
@@ -157,7 +187,7 @@ def source_activity(cfg: TwinConfig, subject: dict[str, GroupSources], trials: p
             amp = getattr(cfg, f"{g}_amp") * src.gain * drives[g][img]
             amp = amp * np.exp(cfg.amplitude_jitter * rng.standard_normal())
             wave = waveform(rel[: stop - sample], lat[:, None], widths[g], cfg.rebound)
-            out[starts[k]:starts[k + 1], sample:stop] += amp[:, None] * wave
+            out[starts[k] : starts[k + 1], sample:stop] += amp[:, None] * wave
     return out
 
 
@@ -167,5 +197,5 @@ def response_window_mask(cfg: TwinConfig, samples: np.ndarray, n_samples: int) -
     span = cfg.image_duration_s + cfg.offset_latency_s + 2 * cfg.offset_width_s
     mask = np.zeros(n_samples, dtype=bool)
     for s in samples:
-        mask[s: s + int(span * cfg.sfreq)] = True
+        mask[s : s + int(span * cfg.sfreq)] = True
     return mask

@@ -26,14 +26,30 @@ logger = logging.getLogger(__name__)
 
 FAMILIES = ("star", "poly", "blob", "cross", "ring", "moon", "flower", "bar")
 TEXTURES = ("plain", "stripes", "checker", "dots", "rings")
-LOW_LEVEL = ("hue_cos", "hue_sin", "saturation", "luminance", "background", "pos_x", "pos_y",
-             "size", "ori_cos", "ori_sin", "contrast")
+LOW_LEVEL = (
+    "hue_cos",
+    "hue_sin",
+    "saturation",
+    "luminance",
+    "background",
+    "pos_x",
+    "pos_y",
+    "size",
+    "ori_cos",
+    "ori_sin",
+    "contrast",
+)
 SUPERSAMPLE = 2  # render at 2x and box-downsample: anti-aliased edges without PIL drawing
 CATCH_CATEGORY = "catch"
 
 
-def make_categories(n_categories: int, n_groups: int, semantic_dim: int,
-                    semantic_within_sd: float, rng: np.random.Generator) -> pd.DataFrame:
+def make_categories(
+    n_categories: int,
+    n_groups: int,
+    semantic_dim: int,
+    semantic_within_sd: float,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
     """One row per category: category_nr (1-based), category ("star003"), group, family,
     shape params p0..p2, texture, texture_freq, hue, sem_0..sem_{D-1}."""
     if not 1 <= n_groups <= len(FAMILIES):
@@ -45,17 +61,21 @@ def make_categories(n_categories: int, n_groups: int, semantic_dim: int,
     rows = []
     for nr, g in enumerate(groups, start=1):
         emb = centroids[g] + semantic_within_sd * rng.standard_normal(semantic_dim)
-        rows.append({
-            "category_nr": nr,
-            "category": f"{FAMILIES[g]}{(nr - 1) // n_groups:03d}",
-            "group": int(g),
-            "family": FAMILIES[g],
-            "p0": rng.uniform(), "p1": rng.uniform(), "p2": rng.uniform(),
-            "texture": TEXTURES[rng.integers(len(TEXTURES))],
-            "texture_freq": rng.uniform(2.0, 6.0),
-            "hue": rng.uniform(),
-            **{f"sem_{d}": float(emb[d]) for d in range(semantic_dim)},
-        })
+        rows.append(
+            {
+                "category_nr": nr,
+                "category": f"{FAMILIES[g]}{(nr - 1) // n_groups:03d}",
+                "group": int(g),
+                "family": FAMILIES[g],
+                "p0": rng.uniform(),
+                "p1": rng.uniform(),
+                "p2": rng.uniform(),
+                "texture": TEXTURES[rng.integers(len(TEXTURES))],
+                "texture_freq": rng.uniform(2.0, 6.0),
+                "hue": rng.uniform(),
+                **{f"sem_{d}": float(emb[d]) for d in range(semantic_dim)},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -74,9 +94,14 @@ def _image_row(rng: np.random.Generator, hue: float, hue_sd: float) -> dict:
     }
 
 
-def make_image_table(categories: pd.DataFrame, n_exp_per_category: int,
-                     test_category_nrs: np.ndarray, n_catch_images: int,
-                     hue_sd: float, rng: np.random.Generator) -> pd.DataFrame:
+def make_image_table(
+    categories: pd.DataFrame,
+    n_exp_per_category: int,
+    test_category_nrs: np.ndarray,
+    n_catch_images: int,
+    hue_sd: float,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
     """All images: exp (every category), test (one per test category), catch (no object).
 
     Columns: image_id (THINGS-like image nr, 1-based; -1 for catch), trial_type,
@@ -85,24 +110,39 @@ def make_image_table(categories: pd.DataFrame, n_exp_per_category: int,
     """
     rows = []
     for cat in categories.itertuples(index=False):
-        kinds = ["exp"] * n_exp_per_category + (["test"] if cat.category_nr in test_category_nrs else [])
+        kinds = ["exp"] * n_exp_per_category + (
+            ["test"] if cat.category_nr in test_category_nrs else []
+        )
         for k, kind in enumerate(kinds, start=1):
             folder = "images_meg" if kind == "exp" else "images_test_meg"
             suffix = "bs"[int(rng.integers(2))]
-            rows.append({"trial_type": kind, "category": cat.category, "category_nr": cat.category_nr,
-                         "image_nr": k,
-                         "image_path": f"{folder}/{cat.category}/{cat.category}_{k:02d}{suffix}.png",
-                         **_image_row(rng, cat.hue, hue_sd)})
+            rows.append(
+                {
+                    "trial_type": kind,
+                    "category": cat.category,
+                    "category_nr": cat.category_nr,
+                    "image_nr": k,
+                    "image_path": f"{folder}/{cat.category}/{cat.category}_{k:02d}{suffix}.png",
+                    **_image_row(rng, cat.hue, hue_sd),
+                }
+            )
     table = pd.DataFrame(rows)
     table.insert(0, "image_id", np.arange(1, len(table) + 1))
     catch = []
     for k in range(1, n_catch_images + 1):
         row = _image_row(rng, rng.uniform(), 0.0)
         row.update(pos_x=0.0, pos_y=0.0, size=0.0, orientation=0.0)
-        catch.append({"image_id": -1, "trial_type": "catch", "category": CATCH_CATEGORY,
-                      "category_nr": 0, "image_nr": k,
-                      "image_path": f"images_catch_meg/{CATCH_CATEGORY}/{CATCH_CATEGORY}_{k:02d}s.png",
-                      **row})
+        catch.append(
+            {
+                "image_id": -1,
+                "trial_type": "catch",
+                "category": CATCH_CATEGORY,
+                "category_nr": 0,
+                "image_nr": k,
+                "image_path": f"images_catch_meg/{CATCH_CATEGORY}/{CATCH_CATEGORY}_{k:02d}s.png",
+                **row,
+            }
+        )
     return pd.concat([table, pd.DataFrame(catch)], ignore_index=True)
 
 
@@ -115,18 +155,27 @@ def low_level_features(images: pd.DataFrame) -> np.ndarray:
     def unif(col: str, lo: float, hi: float) -> np.ndarray:  # U(lo, hi) -> mean 0, sd 1
         return (images[col].to_numpy() - (lo + hi) / 2) / ((hi - lo) / np.sqrt(12))
 
-    feats = np.c_[np.cos(ang) * np.sqrt(2), np.sin(ang) * np.sqrt(2),
-                  unif("saturation", 0.35, 0.95), unif("luminance", 0.45, 1.0),
-                  unif("background", 0.15, 0.55), unif("pos_x", -0.25, 0.25),
-                  unif("pos_y", -0.25, 0.25), unif("size", 0.35, 0.65),
-                  np.cos(ori) * np.sqrt(2), np.sin(ori) * np.sqrt(2),
-                  unif("contrast", 0.2, 1.0)]
+    feats = np.c_[
+        np.cos(ang) * np.sqrt(2),
+        np.sin(ang) * np.sqrt(2),
+        unif("saturation", 0.35, 0.95),
+        unif("luminance", 0.45, 1.0),
+        unif("background", 0.15, 0.55),
+        unif("pos_x", -0.25, 0.25),
+        unif("pos_y", -0.25, 0.25),
+        unif("size", 0.35, 0.65),
+        np.cos(ori) * np.sqrt(2),
+        np.sin(ori) * np.sqrt(2),
+        unif("contrast", 0.2, 1.0),
+    ]
     catch = (images["trial_type"] == "catch").to_numpy()
     feats[np.ix_(catch, [5, 6, 7, 8, 9])] = 0.0  # no object: no position, size, orientation
     return feats.astype(np.float64)
 
 
-def _shape_mask(family: str, p: tuple[float, float, float], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _shape_mask(
+    family: str, p: tuple[float, float, float], x: np.ndarray, y: np.ndarray
+) -> np.ndarray:
     """Boolean mask of a unit-radius shape in local coordinates (x, y); p in [0, 1]^3."""
     rho, th = np.hypot(x, y), np.arctan2(y, x)
     if family == "star":
@@ -138,7 +187,12 @@ def _shape_mask(family: str, p: tuple[float, float, float], x: np.ndarray, y: np
         sector = (th % (2 * np.pi / n)) - np.pi / n
         return rho <= np.cos(np.pi / n) / np.cos(sector) * (0.85 + 0.15 * p[1])
     if family == "blob":
-        r = 1 + 0.25 * p[0] * np.cos(2 * th + 6 * p[2]) + 0.2 * p[1] * np.cos(3 * th) + 0.1 * np.cos(5 * th + 3 * p[2])
+        r = (
+            1
+            + 0.25 * p[0] * np.cos(2 * th + 6 * p[2])
+            + 0.2 * p[1] * np.cos(3 * th)
+            + 0.1 * np.cos(5 * th + 3 * p[2])
+        )
         return rho <= r / (1.55 - 0.1 * p[0])
     if family == "cross":
         n, half = 2 + int(p[0] * 4), 0.12 + 0.2 * p[1]
@@ -159,7 +213,10 @@ def _shape_mask(family: str, p: tuple[float, float, float], x: np.ndarray, y: np
         return rho <= 1 - depth * np.abs(np.sin(n * th / 2))
     if family == "bar":
         aspect, corner = 0.25 + 0.5 * p[0], 0.05 + 0.3 * p[1]
-        dx, dy = np.maximum(np.abs(x) - (1 - corner), 0), np.maximum(np.abs(y) - (aspect - corner), 0)
+        dx, dy = (
+            np.maximum(np.abs(x) - (1 - corner), 0),
+            np.maximum(np.abs(y) - (aspect - corner), 0),
+        )
         return (np.abs(x) <= 1) & (np.abs(y) <= aspect) & (np.hypot(dx, dy) <= corner)
     raise ValueError(f"unknown shape family {family!r}")
 
@@ -209,8 +266,9 @@ def render(image: pd.Series, category: pd.Series | None, size: int) -> np.ndarra
     return (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
 
 
-def write_images(images: pd.DataFrame, categories: pd.DataFrame, root: Path | str,
-                 size: int) -> int:
+def write_images(
+    images: pd.DataFrame, categories: pd.DataFrame, root: Path | str, size: int
+) -> int:
     """Render every row of `images` to root/<image_path> as PNG; returns bytes written."""
     root = Path(root)
     by_name = categories.set_index("category")

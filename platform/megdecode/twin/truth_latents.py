@@ -75,8 +75,10 @@ def twin_latents(bids_root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarra
     # the simulator's scaling (see simulate.make_stimuli): unit variance per dimension
     sem /= np.sqrt(1.0 + float(truth["config"]["semantic_within_sd"]) ** 2)
     ids = images["image_id"].to_numpy(np.int64)
-    return {"twin-lowlevel": (ids, low.astype(np.float32)),
-            "twin-category": (ids, sem.astype(np.float32))}
+    return {
+        "twin-lowlevel": (ids, low.astype(np.float32)),
+        "twin-category": (ids, sem.astype(np.float32)),
+    }
 
 
 def write_twin_latents(bids_root: str | Path, out_dir: str | Path) -> list[Path]:
@@ -91,8 +93,13 @@ def write_twin_latents(bids_root: str | Path, out_dir: str | Path) -> list[Path]
     paths = []
     for name, (ids, latents) in latents_by_name.items():
         digest = hashlib.sha256(ids.tobytes() + latents.tobytes()).hexdigest()[:16]
-        info = {"name": name, "dim": int(latents.shape[1]), "fingerprint": f"{name}:{digest}",
-                "token_shape": None, "source": "twin ground truth"}
+        info = {
+            "name": name,
+            "dim": int(latents.shape[1]),
+            "fingerprint": f"{name}:{digest}",
+            "token_shape": None,
+            "source": "twin ground truth",
+        }
         path = cache_path(out, name)
         write_latents(path, ids, latents, info)
         logger.info("%s: %d images x %d dims -> %s", name, len(ids), latents.shape[1], path)

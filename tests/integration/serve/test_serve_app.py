@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.serve, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
-def served(ray_local: None, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+def served(
+    ray_local: None, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, object]]:
     from ray import serve
 
     from megdecode.generate.tiny import build_tiny_generator
@@ -27,16 +29,36 @@ def served(ray_local: None, tiny_bundle: Path, tmp_path_factory: pytest.TempPath
     from megdecode.serve.config import ServeConfig
 
     b = load_bundle(tiny_bundle)
-    weights = build_tiny_generator(tmp_path_factory.mktemp("gen") / "g", {b.latent_name: len(b.latent_mean)}, size=16)
-    cfg = ServeConfig.from_mapping({
-        "app_name": "megdecode-test",
-        "http": {"port": free_port(), "num_cpus": 0.1, "max_body_bytes": 600_000, "request_timeout_s": 5},
-        "decoder": {"model": str(tiny_bundle), "num_cpus": 0.2, "max_queued_requests": 4, "max_ongoing_requests": 4,
-                    "max_batch_size": 8},
-        "generator": {"weights": str(weights), "num_cpus": 0.2, "max_steps": 4, "default_steps": 2,
-                      "min_replicas": 1, "max_replicas": 1},
-        "stream": {"max_chunk_s": 10.0},
-    })
+    weights = build_tiny_generator(
+        tmp_path_factory.mktemp("gen") / "g", {b.latent_name: len(b.latent_mean)}, size=16
+    )
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": "megdecode-test",
+            "http": {
+                "port": free_port(),
+                "num_cpus": 0.1,
+                "max_body_bytes": 600_000,
+                "request_timeout_s": 5,
+            },
+            "decoder": {
+                "model": str(tiny_bundle),
+                "num_cpus": 0.2,
+                "max_queued_requests": 4,
+                "max_ongoing_requests": 4,
+                "max_batch_size": 8,
+            },
+            "generator": {
+                "weights": str(weights),
+                "num_cpus": 0.2,
+                "max_steps": 4,
+                "default_steps": 2,
+                "min_replicas": 1,
+                "max_replicas": 1,
+            },
+            "stream": {"max_chunk_s": 10.0},
+        }
+    )
     url = start(cfg, token="")
     yield url, cfg
     serve.delete(cfg.app_name)
@@ -49,7 +71,9 @@ def _window(bundle_dir: Path, seed: int = 0) -> tuple[str, np.ndarray]:
 
 
 def _post(url: str, subject: object, data: object, **kw: object) -> requests.Response:
-    return requests.post(f"{url}/v1/decode", json={"subject": subject, "data": data}, timeout=30, **kw)
+    return requests.post(
+        f"{url}/v1/decode", json={"subject": subject, "data": data}, timeout=30, **kw
+    )
 
 
 def _is_error(r: requests.Response, status: int) -> dict:
@@ -68,7 +92,9 @@ def test_health_ready_model_and_openapi(served: tuple[str, object], tiny_bundle:
     assert card["window"]["n_times"] == b.n_times and card["channels"]["n"] == len(b.ch_names)
     assert card["subjects"] == b.subjects and card["streaming"]["filter_phase"] == "causal"
     schema = requests.get(f"{url}/openapi.json", timeout=10).json()
-    assert {"/v1/decode", "/v1/reconstruct", "/v1/model", "/healthz", "/readyz"} <= set(schema["paths"])
+    assert {"/v1/decode", "/v1/reconstruct", "/v1/model", "/healthz", "/readyz"} <= set(
+        schema["paths"]
+    )
 
 
 def test_decode_json_and_bytes_agree(served: tuple[str, object], tiny_bundle: Path) -> None:
@@ -80,37 +106,84 @@ def test_decode_json_and_bytes_agree(served: tuple[str, object], tiny_bundle: Pa
     assert len(body["top_k"]) == 3 and {"image_id", "category", "score"} <= set(body["top_k"][0])
     assert len(body["latent"]) == len(load_bundle(tiny_bundle).latent_mean)
     assert body["timing"]["server_ms"] > 0 and body["model"]["name"]
-    raw = requests.post(f"{url}/v1/decode", data=x.tobytes(), params={"top_k": 3}, timeout=30, headers={
-        "content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}", "x-subject": subject})
+    raw = requests.post(
+        f"{url}/v1/decode",
+        data=x.tobytes(),
+        params={"top_k": 3},
+        timeout=30,
+        headers={
+            "content-type": "application/octet-stream",
+            "x-shape": f"{x.shape[0]},{x.shape[1]}",
+            "x-subject": subject,
+        },
+    )
     assert raw.status_code == 200, raw.text
     np.testing.assert_allclose(raw.json()["latent"], body["latent"], rtol=1e-5, atol=1e-6)
     assert [h["image_id"] for h in raw.json()["top_k"]] == [h["image_id"] for h in body["top_k"]]
 
 
-def test_each_bad_input_gets_its_status_and_the_app_keeps_serving(served: tuple[str, object], tiny_bundle: Path) -> None:
+def test_each_bad_input_gets_its_status_and_the_app_keeps_serving(
+    served: tuple[str, object], tiny_bundle: Path
+) -> None:
     url, cfg = served
     subject, x = _window(tiny_bundle)
     data = x.tolist()
     _is_error(_post(url, subject, data[:-1]), 422)  # wrong shape
     bad = [row[:] for row in data]
     bad[0][0] = float("nan")
-    r = requests.post(f"{url}/v1/decode", data=json.dumps({"subject": subject, "data": bad}),
-                      headers={"content-type": "application/json"}, timeout=30)
+    r = requests.post(
+        f"{url}/v1/decode",
+        data=json.dumps({"subject": subject, "data": bad}),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert _is_error(r, 422)["error"] == "non_finite"
-    assert _is_error(_post(url, subject, [["a"] * x.shape[1]] * x.shape[0]), 422)["error"] == "invalid_dtype"
-    r = requests.post(f"{url}/v1/decode", data=b'{"subject": 1, "data": [[1', headers={"content-type": "application/json"}, timeout=30)
+    assert (
+        _is_error(_post(url, subject, [["a"] * x.shape[1]] * x.shape[0]), 422)["error"]
+        == "invalid_dtype"
+    )
+    r = requests.post(
+        f"{url}/v1/decode",
+        data=b'{"subject": 1, "data": [[1',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert _is_error(r, 400)["error"] == "malformed_json"
-    r = requests.post(f"{url}/v1/decode", data=b"\x00" * 12, timeout=30, headers={
-        "content-type": "application/octet-stream", "x-shape": "3,5", "x-subject": subject})
+    r = requests.post(
+        f"{url}/v1/decode",
+        data=b"\x00" * 12,
+        timeout=30,
+        headers={
+            "content-type": "application/octet-stream",
+            "x-shape": "3,5",
+            "x-subject": subject,
+        },
+    )
     assert _is_error(r, 400)["error"] == "malformed_bytes"
-    r = requests.post(f"{url}/v1/decode", data=x.astype(np.float64).tobytes(), timeout=30, headers={
-        "content-type": "application/octet-stream", "x-shape": "3,5", "x-subject": subject, "x-dtype": "float64"})
+    r = requests.post(
+        f"{url}/v1/decode",
+        data=x.astype(np.float64).tobytes(),
+        timeout=30,
+        headers={
+            "content-type": "application/octet-stream",
+            "x-shape": "3,5",
+            "x-subject": subject,
+            "x-dtype": "float64",
+        },
+    )
     _is_error(r, 415)
     assert _is_error(_post(url, "nobody", data), 422)["error"] == "unknown_subject"
     big = b"[" * 700_000
-    r = requests.post(f"{url}/v1/decode", data=big, headers={"content-type": "application/json"}, timeout=30)
+    r = requests.post(
+        f"{url}/v1/decode", data=big, headers={"content-type": "application/json"}, timeout=30
+    )
     _is_error(r, 413)
-    _is_error(requests.post(f"{url}/v1/decode", data=b"x", headers={"content-type": "text/plain"}, timeout=30), 415)
+    _is_error(
+        requests.post(
+            f"{url}/v1/decode", data=b"x", headers={"content-type": "text/plain"}, timeout=30
+        ),
+        415,
+    )
     _is_error(requests.get(f"{url}/v1/nothing", timeout=30), 404)
     _is_error(_post(url, subject, data, params={"top_k": 0}), 422)
     _is_error(_post(url, subject, data, params={"top_k": "x"}), 422)
@@ -129,18 +202,27 @@ def test_auth_on_and_off(served: tuple[str, object], tiny_bundle: Path) -> None:
     try:
         _is_error(_post(url, subject, x.tolist()), 401)
         _is_error(_post(url, subject, x.tolist(), headers={"authorization": "Bearer wrong"}), 401)
-        assert _post(url, subject, x.tolist(), headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert (
+            _post(url, subject, x.tolist(), headers={"authorization": "Bearer s3cret"}).status_code
+            == 200
+        )
         assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
     finally:
         serve.run(build_app(cfg, token=""), name=cfg.app_name, route_prefix="/")
     assert _post(url, subject, x.tolist()).status_code == 200
 
 
-def test_overload_gives_503_with_retry_after_not_a_hang(served: tuple[str, object], tiny_bundle: Path) -> None:
+def test_overload_gives_503_with_retry_after_not_a_hang(
+    served: tuple[str, object], tiny_bundle: Path
+) -> None:
     url, _ = served
     subject, x = _window(tiny_bundle)
     body = x.tobytes()
-    headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}", "x-subject": subject}
+    headers = {
+        "content-type": "application/octet-stream",
+        "x-shape": f"{x.shape[0]},{x.shape[1]}",
+        "x-subject": subject,
+    }
 
     def one(_: int) -> tuple[int, str | None]:
         r = requests.post(f"{url}/v1/decode", data=body, headers=headers, timeout=30)
@@ -159,21 +241,38 @@ def test_reconstruct_png_json_and_bounds(served: tuple[str, object], tiny_bundle
     url, _ = served
     subject, x = _window(tiny_bundle)
     body = {"subject": subject, "data": x.tolist()}
-    r = requests.post(f"{url}/v1/reconstruct", json=body, params={"steps": 2, "seed": 3}, timeout=120)
+    r = requests.post(
+        f"{url}/v1/reconstruct", json=body, params={"steps": 2, "seed": 3}, timeout=120
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png" and r.content[:8] == b"\x89PNG\r\n\x1a\n"
-    j = requests.post(f"{url}/v1/reconstruct", json=body, params={"steps": 2, "seed": 3, "format": "json"}, timeout=120)
+    j = requests.post(
+        f"{url}/v1/reconstruct",
+        json=body,
+        params={"steps": 2, "seed": 3, "format": "json"},
+        timeout=120,
+    )
     assert j.status_code == 200, j.text
     import base64
 
     assert base64.b64decode(j.json()["images"][0]) == r.content  # same seed, same image
-    _is_error(requests.post(f"{url}/v1/reconstruct", json=body, params={"steps": 5}, timeout=30), 422)
-    _is_error(requests.post(f"{url}/v1/reconstruct", json=body, params={"guidance": -1}, timeout=30), 422)
-    _is_error(requests.post(f"{url}/v1/reconstruct", json={"subject": subject, "data": [[0.0]]}, timeout=30), 422)
+    _is_error(
+        requests.post(f"{url}/v1/reconstruct", json=body, params={"steps": 5}, timeout=30), 422
+    )
+    _is_error(
+        requests.post(f"{url}/v1/reconstruct", json=body, params={"guidance": -1}, timeout=30), 422
+    )
+    _is_error(
+        requests.post(
+            f"{url}/v1/reconstruct", json={"subject": subject, "data": [[0.0]]}, timeout=30
+        ),
+        422,
+    )
 
 
-def test_stream_emits_a_decode_every_stride_equal_to_http_decodes(served: tuple[str, object], causal_run: Path,
-                                                                  tiny_bundle: Path) -> None:
+def test_stream_emits_a_decode_every_stride_equal_to_http_decodes(
+    served: tuple[str, object], causal_run: Path, tiny_bundle: Path
+) -> None:
     from websockets.sync.client import connect
 
     from megdecode.data import bids
@@ -184,13 +283,21 @@ def test_stream_emits_a_decode_every_stride_equal_to_http_decodes(served: tuple[
     b = load_bundle(tiny_bundle)
     subject = b.subjects[0]
     spec = StreamSpec.from_bundle(b, subject)
-    rec = bids.read_run(causal_run / "bids", bids.find_runs(causal_run / "bids", subjects=[subject])[0])
-    raw = rec.raw.get_data(picks=pick_meg(rec.raw.info, spec.preprocess)).astype(np.float32)[:, :1500]
+    rec = bids.read_run(
+        causal_run / "bids", bids.find_runs(causal_run / "bids", subjects=[subject])[0]
+    )
+    raw = rec.raw.get_data(picks=pick_meg(rec.raw.info, spec.preprocess)).astype(np.float32)[
+        :, :1500
+    ]
     decodes, chunk = [], 100
     with connect(url.replace("http", "ws") + "/v1/stream", max_size=2**24) as ws:
         ws.send(json.dumps({"subject": subject, "top_k": 3}))
         ready = json.loads(ws.recv(timeout=30))
-        assert ready["type"] == "ready" and ready["n_channels"] == len(b.ch_names) and ready["filter_matches_training"]
+        assert (
+            ready["type"] == "ready"
+            and ready["n_channels"] == len(b.ch_names)
+            and ready["filter_matches_training"]
+        )
         for start in range(0, raw.shape[1], chunk):
             ws.send(np.ascontiguousarray(raw[:, start : start + chunk]).tobytes())
         ws.send(json.dumps({"type": "end"}))
@@ -209,14 +316,17 @@ def test_stream_emits_a_decode_every_stride_equal_to_http_decodes(served: tuple[
         w = pre.windows(np.array([d["onset_sample"]]))[0]
         r = _post(url, subject, w.tolist(), params={"top_k": 3})
         assert [h["image_id"] for h in r.json()["top_k"]] == [h["image_id"] for h in d["top_k"]]
-    with connect(url.replace("http", "ws") + "/v1/stream") as ws:  # a bad start message: an error, then closed
+    with connect(
+        url.replace("http", "ws") + "/v1/stream"
+    ) as ws:  # a bad start message: an error, then closed
         ws.send(json.dumps({"subject": "nobody"}))
         assert json.loads(ws.recv(timeout=30))["error"] == "unknown_subject"
 
 
 @pytest.mark.slow  # a redeploy (rolling replica restart) under traffic
-def test_reload_swaps_models_without_dropping_requests(served: tuple[str, object], causal_run: Path,
-                                                        tiny_bundle: Path, tmp_path: Path) -> None:
+def test_reload_swaps_models_without_dropping_requests(
+    served: tuple[str, object], causal_run: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
     import threading
 
     from ray import serve
@@ -249,8 +359,9 @@ def test_reload_swaps_models_without_dropping_requests(served: tuple[str, object
     assert not np.allclose(before, after)
 
 
-def test_killing_the_decoder_replica_mid_traffic_leaves_no_request_hanging(served: tuple[str, object],
-                                                                           tiny_bundle: Path) -> None:
+def test_killing_the_decoder_replica_mid_traffic_leaves_no_request_hanging(
+    served: tuple[str, object], tiny_bundle: Path
+) -> None:
     import os
     import signal
     import threading
@@ -262,7 +373,11 @@ def test_killing_the_decoder_replica_mid_traffic_leaves_no_request_hanging(serve
     handle = serve.get_deployment_handle("BrainDecoder", cfg.app_name)
     old_pid = handle.pid.remote().result(timeout_s=30)
     subject, x = _window(tiny_bundle)
-    headers = {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}", "x-subject": subject}
+    headers = {
+        "content-type": "application/octet-stream",
+        "x-shape": f"{x.shape[0]},{x.shape[1]}",
+        "x-subject": subject,
+    }
     results: list[tuple[int, float, str, str | None]] = []
     failures: list[str] = []
     stop = threading.Event()
@@ -273,10 +388,14 @@ def test_killing_the_decoder_replica_mid_traffic_leaves_no_request_hanging(serve
             start = time.perf_counter()
             try:
                 r = session.post(f"{url}/v1/decode", data=x.tobytes(), headers=headers, timeout=30)
-            except requests.RequestException as exc:  # a hang (client timeout) or a dropped connection
+            except (
+                requests.RequestException
+            ) as exc:  # a hang (client timeout) or a dropped connection
                 failures.append(repr(exc))
                 continue
-            results.append((r.status_code, time.perf_counter() - start, r.text, r.headers.get("retry-after")))
+            results.append(
+                (r.status_code, time.perf_counter() - start, r.text, r.headers.get("retry-after"))
+            )
 
     threads = [threading.Thread(target=traffic, daemon=True) for _ in range(4)]
     for t in threads:
@@ -298,19 +417,26 @@ def test_killing_the_decoder_replica_mid_traffic_leaves_no_request_hanging(serve
     assert not any(t.is_alive() for t in threads), "a client is still waiting"
     assert new_pid != old_pid, "Serve did not replace the killed replica"
     assert not failures, failures[:3]
-    assert before > 0 and len(results) > recovered, "no traffic before the kill or after the restart"
+    assert before > 0 and len(results) > recovered, (
+        "no traffic before the kill or after the restart"
+    )
     for status, seconds, text, retry in results:
         assert status in (200, 503), (status, text)
         assert seconds < cfg.http.request_timeout_s + 10, seconds
         if status == 503:
             assert retry == "1"
-            assert is_error_body(status, text)["error"] in ("decoder_unavailable", "timeout", "overloaded")
+            assert is_error_body(status, text)["error"] in (
+                "decoder_unavailable",
+                "timeout",
+                "overloaded",
+            )
     assert any(s == 200 for s, *_ in results[recovered:])
     assert _post(url, subject, x.tolist()).status_code == 200
 
 
-def test_property_based_requests_from_the_openapi_schema_never_get_a_5xx(served: tuple[str, object],
-                                                                          tiny_bundle: Path) -> None:
+def test_property_based_requests_from_the_openapi_schema_never_get_a_5xx(
+    served: tuple[str, object], tiny_bundle: Path
+) -> None:
     """Arbitrary bodies, headers and options for every operation of /openapi.json: no 5xx (503 only
     for load or readiness), every error is {error, detail}, no traceback ever reaches a client."""
     from fuzz_strategies import auth_headers, bodies, queries
@@ -323,19 +449,48 @@ def test_property_based_requests_from_the_openapi_schema_never_get_a_5xx(served:
     ops = sorted((path, method) for path, item in schema["paths"].items() for method in item)
     assert ("/v1/decode", "post") in ops and ("/v1/reconstruct", "post") in ops
     session = requests.Session()
-    allowed_503 = {"overloaded", "timeout", "not_ready", "generator_disabled", "insufficient_gpu_memory"}
+    allowed_503 = {
+        "overloaded",
+        "timeout",
+        "not_ready",
+        "generator_disabled",
+        "insufficient_gpu_memory",
+    }
 
-    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(op=st.sampled_from(ops), body=bodies(len(b.ch_names), b.n_times, list(b.subjects)),
-           params=queries(), extra=auth_headers())
-    def check(op: tuple[str, str], body: tuple[bytes, dict[str, str]], params: dict[str, str],
-              extra: dict[str, str]) -> None:
+    @settings(
+        max_examples=150,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(
+        op=st.sampled_from(ops),
+        body=bodies(len(b.ch_names), b.n_times, list(b.subjects)),
+        params=queries(),
+        extra=auth_headers(),
+    )
+    def check(
+        op: tuple[str, str],
+        body: tuple[bytes, dict[str, str]],
+        params: dict[str, str],
+        extra: dict[str, str],
+    ) -> None:
         path, method = op
         data, headers = body
-        params = {**params, "steps": "1"} if path == "/v1/reconstruct" and "steps" not in params else params
-        r = session.request(method.upper(), f"{url}{path}", data=data if method != "get" else None,
-                            headers={**extra, **headers}, params=params, timeout=60)
+        params = (
+            {**params, "steps": "1"}
+            if path == "/v1/reconstruct" and "steps" not in params
+            else params
+        )
+        r = session.request(
+            method.upper(),
+            f"{url}{path}",
+            data=data if method != "get" else None,
+            headers={**extra, **headers},
+            params=params,
+            timeout=60,
+        )
         assert r.status_code < 500 or r.status_code == 503, (op, r.status_code, r.text[:300])
         if r.status_code >= 400:
             err = is_error_body(r.status_code, r.text)

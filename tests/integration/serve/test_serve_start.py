@@ -33,7 +33,9 @@ def generator_weights(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactor
     from megdecode.generate.tiny import build_tiny_generator
 
     b = load_bundle(tiny_bundle)
-    return build_tiny_generator(tmp_path_factory.mktemp("gen") / "g", {b.latent_name: len(b.latent_mean)}, size=16)
+    return build_tiny_generator(
+        tmp_path_factory.mktemp("gen") / "g", {b.latent_name: len(b.latent_mean)}, size=16
+    )
 
 
 def _deployed(app: str) -> bool:
@@ -70,37 +72,58 @@ def running(port: int) -> Iterator[list[str]]:
 
 
 def test_the_default_app_with_a_cpu_generator_fits_two_cpus_and_answers(
-        running: list[str], port: int, tiny_bundle: Path, generator_weights: Path) -> None:
+    running: list[str], port: int, tiny_bundle: Path, generator_weights: Path
+) -> None:
     """No num_cpus anywhere (the shipped defaults): 0.4 + 0.8 + 0.8 CPU of 2, /readyz 200,
     a decode and a reconstruction; the replicas hold what the plan said."""
     import ray
 
-    cfg = ServeConfig.from_mapping({"app_name": "fits", "http": {"port": port},
-                                    "decoder": {"model": str(tiny_bundle)},
-                                    "generator": {"weights": str(generator_weights), "max_steps": 2,
-                                                  "default_steps": 1}})
-    assert cfg.http.num_cpus is None and cfg.decoder.num_cpus is None and cfg.generator.num_cpus is None
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": "fits",
+            "http": {"port": port},
+            "decoder": {"model": str(tiny_bundle)},
+            "generator": {"weights": str(generator_weights), "max_steps": 2, "default_steps": 1},
+        }
+    )
+    assert (
+        cfg.http.num_cpus is None
+        and cfg.decoder.num_cpus is None
+        and cfg.generator.num_cpus is None
+    )
     running.append(cfg.app_name)
     url = start(cfg, token="", fixed_cluster=True)
     assert requests.get(f"{url}/readyz", timeout=30).status_code == 200
     subject, x = window(tiny_bundle)
     r = requests.post(f"{url}/v1/decode", json={"subject": subject, "data": x.tolist()}, timeout=30)
     assert r.status_code == 200, r.text
-    png = requests.post(f"{url}/v1/reconstruct", json={"subject": subject, "data": x.tolist()}, timeout=120)
+    png = requests.post(
+        f"{url}/v1/reconstruct", json={"subject": subject, "data": x.tolist()}, timeout=120
+    )
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG", png.text[:300]
     plan = plan_resources(cfg, Cluster.now(fixed=True))
     assert [(s.deployment, s.num_cpus, s.num_gpus, s.max_replicas) for s in plan.shares] == [
-        ("Ingress", 0.4, 0.0, 1), ("BrainDecoder", 0.8, 0.0, 1), ("Generator", 0.8, 0.0, 1)]
+        ("Ingress", 0.4, 0.0, 1),
+        ("BrainDecoder", 0.8, 0.0, 1),
+        ("Generator", 0.8, 0.0, 1),
+    ]
     # and the replicas hold exactly that: nothing left over, nothing pending
     assert ray.available_resources().get("CPU", 0.0) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_an_unschedulable_deployment_fails_within_the_bound_naming_itself(
-        running: list[str], port: int, tiny_bundle: Path) -> None:
+    running: list[str], port: int, tiny_bundle: Path
+) -> None:
     """On a cluster that may grow (attached), start waits start_timeout_s, then names the
     deployment, its request and the cluster, and deletes the half-started app."""
-    cfg = ServeConfig.from_mapping({"app_name": "too-big", "start_timeout_s": 6, "http": {"port": port},
-                                    "decoder": {"model": str(tiny_bundle), "num_cpus": 3}})
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": "too-big",
+            "start_timeout_s": 6,
+            "http": {"port": port},
+            "decoder": {"model": str(tiny_bundle), "num_cpus": 3},
+        }
+    )
     running.append(cfg.app_name)
     t0 = time.monotonic()
     with pytest.raises(StartError) as info:
@@ -109,24 +132,46 @@ def test_an_unschedulable_deployment_fails_within_the_bound_naming_itself(
     assert 6 <= elapsed < 30, elapsed
     message = str(info.value)
     assert "'too-big' did not start within 6 s" in message
-    assert "BrainDecoder 1 x 3 CPU (config)" in message and "The cluster has 2 CPU, 0 GPU" in message, message
-    assert "Ingress" not in message.split("The cluster")[0]  # the ingress fit: only the decoder is named
+    assert (
+        "BrainDecoder 1 x 3 CPU (config)" in message and "The cluster has 2 CPU, 0 GPU" in message
+    ), message
+    assert (
+        "Ingress" not in message.split("The cluster")[0]
+    )  # the ingress fit: only the decoder is named
     assert _deleting(cfg.app_name)
 
 
-def test_a_fixed_cluster_refuses_what_cannot_fit_at_once(running: list[str], port: int, tiny_bundle: Path) -> None:
-    cfg = ServeConfig.from_mapping({"app_name": "never", "http": {"port": port},
-                                    "decoder": {"model": str(tiny_bundle), "num_cpus": 3}})
+def test_a_fixed_cluster_refuses_what_cannot_fit_at_once(
+    running: list[str], port: int, tiny_bundle: Path
+) -> None:
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": "never",
+            "http": {"port": port},
+            "decoder": {"model": str(tiny_bundle), "num_cpus": 3},
+        }
+    )
     t0 = time.monotonic()
-    with pytest.raises(StartError, match=r"BrainDecoder asks 3 CPU per replica \(decoder.num_cpus\); the cluster has 2"):
+    with pytest.raises(
+        StartError,
+        match=r"BrainDecoder asks 3 CPU per replica \(decoder.num_cpus\); the cluster has 2",
+    ):
         start(cfg, token="", fixed_cluster=True)
     assert time.monotonic() - t0 < 5 and not _deployed(cfg.app_name)
 
 
-def test_a_stop_while_starting_returns_promptly(running: list[str], port: int, tiny_bundle: Path) -> None:
+def test_a_stop_while_starting_returns_promptly(
+    running: list[str], port: int, tiny_bundle: Path
+) -> None:
     """What Ctrl-C does to `megdecode serve` while it waits for replicas."""
-    cfg = ServeConfig.from_mapping({"app_name": "stopped", "start_timeout_s": 300, "http": {"port": port},
-                                    "decoder": {"model": str(tiny_bundle), "num_cpus": 3}})
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": "stopped",
+            "start_timeout_s": 300,
+            "http": {"port": port},
+            "decoder": {"model": str(tiny_bundle), "num_cpus": 3},
+        }
+    )
     running.append(cfg.app_name)
     stop = threading.Event()
     threading.Timer(2.0, stop.set).start()
@@ -137,18 +182,22 @@ def test_a_stop_while_starting_returns_promptly(running: list[str], port: int, t
     assert _deleting(cfg.app_name)
 
 
-async def _burst(url: str, body: bytes, headers: dict[str, str], clients: int,
-                 per_client: int) -> list[tuple[int, float, str | None, str]]:
+async def _burst(
+    url: str, body: bytes, headers: dict[str, str], clients: int, per_client: int
+) -> list[tuple[int, float, str | None, str]]:
     import aiohttp
 
     out: list[tuple[int, float, str | None, str]] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
         async def client() -> None:
             for _ in range(per_client):
                 t0 = time.perf_counter()
                 async with session.post(url, data=body, headers=headers) as r:
                     text = await r.text()
-                    out.append((r.status, time.perf_counter() - t0, r.headers.get("retry-after"), text))
+                    out.append(
+                        (r.status, time.perf_counter() - t0, r.headers.get("retry-after"), text)
+                    )
 
         await asyncio.gather(*(client() for _ in range(clients)))
     return out
@@ -156,18 +205,33 @@ async def _burst(url: str, body: bytes, headers: dict[str, str], clients: int,
 
 def _octet(bundle: Path) -> tuple[bytes, dict[str, str]]:
     subject, x = window(bundle)
-    return x.tobytes(), {"content-type": "application/octet-stream", "x-shape": f"{x.shape[0]},{x.shape[1]}",
-                         "x-subject": subject}
+    return x.tobytes(), {
+        "content-type": "application/octet-stream",
+        "x-shape": f"{x.shape[0]},{x.shape[1]}",
+        "x-subject": subject,
+    }
 
 
-@pytest.mark.parametrize(("http", "who"), [
-    ({"max_decodes_in_flight": 2}, "ingress"),  # the ingress' own bound: a JSON 503
-    ({"max_ongoing_requests": 2, "max_queued_requests": 1}, "proxy"),  # Serve's proxy: 503 before the ingress
-])
-def test_overload_is_shed_with_retry_after_and_nobody_waits(running: list[str], port: int, tiny_bundle: Path,
-                                                            http: dict, who: str) -> None:
-    cfg = ServeConfig.from_mapping({"app_name": f"shed-{who}", "http": {"port": port, "retry_after_s": 2, **http},
-                                    "decoder": {"model": str(tiny_bundle)}})
+@pytest.mark.parametrize(
+    ("http", "who"),
+    [
+        ({"max_decodes_in_flight": 2}, "ingress"),  # the ingress' own bound: a JSON 503
+        (
+            {"max_ongoing_requests": 2, "max_queued_requests": 1},
+            "proxy",
+        ),  # Serve's proxy: 503 before the ingress
+    ],
+)
+def test_overload_is_shed_with_retry_after_and_nobody_waits(
+    running: list[str], port: int, tiny_bundle: Path, http: dict, who: str
+) -> None:
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": f"shed-{who}",
+            "http": {"port": port, "retry_after_s": 2, **http},
+            "decoder": {"model": str(tiny_bundle)},
+        }
+    )
     running.append(cfg.app_name)
     url = start(cfg, token="", fixed_cluster=True)
     body, headers = _octet(tiny_bundle)

@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.serve, pytest.mark.ray, pytest.mark.slow]  # ~25 s data + fit, ~30 s Serve, ~20 s replay
+pytestmark = [
+    pytest.mark.serve,
+    pytest.mark.ray,
+    pytest.mark.slow,
+]  # ~25 s data + fit, ~30 s Serve, ~20 s replay
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +36,48 @@ def decodable_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("decodable")
-    twin = TwinConfig(seed=0, n_subjects=1, n_sessions=1, n_runs=2, n_categories=12, n_groups=4, n_exp_per_category=20,
-                      n_test_categories=4, snr=4.0, latency_jitter_s=0.005, amplitude_jitter=0.1, alpha_ft=50.0,
-                      drift_ft=300.0, blink_rate_per_min=0.0, isi_mean_s=0.7, isi_jitter_s=0.1, run_lead_s=1.0, run_tail_s=1.0)
+    twin = TwinConfig(
+        seed=0,
+        n_subjects=1,
+        n_sessions=1,
+        n_runs=2,
+        n_categories=12,
+        n_groups=4,
+        n_exp_per_category=20,
+        n_test_categories=4,
+        snr=4.0,
+        latency_jitter_s=0.005,
+        amplitude_jitter=0.1,
+        alpha_ft=50.0,
+        drift_ft=300.0,
+        blink_rate_per_min=0.0,
+        isi_mean_s=0.7,
+        isi_jitter_s=0.1,
+        run_lead_s=1.0,
+        run_tail_s=1.0,
+    )
     simulate(twin, root / "bids")
     build_epoch_store(root / "bids", root / "store", PreprocessConfig(filter_phase="causal"))
     write_twin_latents(root / "bids", root / "latents")
-    model = BrainConfig(hidden_channels=32, merger_channels=32, fourier_freqs=4, depth=1, projection_hidden=32)
-    train = TrainConfig(latent="twin-lowlevel", max_epochs=60, batch_size=32, patience=60, seed=0, tmin=0.0, tmax=0.5, lr=3e-3)
-    result = fit(FitConfig(store=str(root / "store"), latents_dir=str(root / "latents"), model=model, train=train),
-                 out_dir=root / "bundle")
+    model = BrainConfig(
+        hidden_channels=32, merger_channels=32, fourier_freqs=4, depth=1, projection_hidden=32
+    )
+    train = TrainConfig(
+        latent="twin-lowlevel",
+        max_epochs=60,
+        batch_size=32,
+        patience=60,
+        seed=0,
+        tmin=0.0,
+        tmax=0.5,
+        lr=3e-3,
+    )
+    result = fit(
+        FitConfig(
+            store=str(root / "store"), latents_dir=str(root / "latents"), model=model, train=train
+        ),
+        out_dir=root / "bundle",
+    )
     assert result.bundle_path is not None
     return root / "bids", result.bundle_path
 
@@ -53,15 +89,21 @@ def stream_url(ray_local: None, decodable_bundle: tuple[Path, Path]) -> Iterator
     from megdecode.serve.app import free_port, start
     from megdecode.serve.config import ServeConfig
 
-    cfg = ServeConfig.from_mapping({"app_name": "megdecode-stream", "http": {"port": free_port(), "num_cpus": 0.1},
-                                    "decoder": {"model": str(decodable_bundle[1]), "num_cpus": 0.2}})
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": "megdecode-stream",
+            "http": {"port": free_port(), "num_cpus": 0.1},
+            "decoder": {"model": str(decodable_bundle[1]), "num_cpus": 0.2},
+        }
+    )
     url = start(cfg, token="")
     yield url.replace("http", "ws") + "/v1/stream"
     serve.delete(cfg.app_name)
 
 
 def test_stream_decodes_after_image_onsets_retrieve_the_shown_image_above_chance(
-        stream_url: str, decodable_bundle: tuple[Path, Path]) -> None:
+    stream_url: str, decodable_bundle: tuple[Path, Path]
+) -> None:
     from websockets.sync.client import connect
 
     from megdecode.bundle import load_bundle
@@ -109,12 +151,16 @@ def test_stream_decodes_after_image_onsets_retrieve_the_shown_image_above_chance
     images = events["image_id"].astype(int).to_numpy()
     for i, sample in enumerate(events["sample"].astype(int)):
         nearest = onsets[np.argmin(np.abs(onsets - sample))]
-        if abs(nearest - sample) > stride // 2:  # the window of this onset was not decoded (run edges)
+        if (
+            abs(nearest - sample) > stride // 2
+        ):  # the window of this onset was not decoded (run edges)
             continue
         n += 1
         hits += images[i] in decodes[int(nearest)]
         control += images[(i + 1) % len(images)] in decodes[int(nearest)]  # another trial's image
     chance = k / len(gallery)
-    print(f"stream top-{k}: {hits}/{n} = {hits / max(n, 1):.3f}; another trial's image {control}/{n}; chance {chance:.3f}")
+    print(
+        f"stream top-{k}: {hits}/{n} = {hits / max(n, 1):.3f}; another trial's image {control}/{n}; chance {chance:.3f}"
+    )
     assert n >= 30, n
     assert hits / n >= 2.5 * chance and hits >= 2 * control, (hits, control, n, chance)

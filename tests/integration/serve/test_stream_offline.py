@@ -14,7 +14,9 @@ from megdecode.data.preprocess import pick_meg
 from megdecode.serve.stream import OnlinePreprocessor, StreamError, StreamSpec
 
 
-def _replay(bundle_dir: Path, bids_root: Path, chunk: int = 37) -> tuple[dict[int, np.ndarray], object, str]:
+def _replay(
+    bundle_dir: Path, bids_root: Path, chunk: int = 37
+) -> tuple[dict[int, np.ndarray], object, str]:
     """Feed one run in odd-sized chunks; collect the window of every event onset when ready."""
     bundle = load_bundle(bundle_dir)
     subject = bundle.subjects[0]
@@ -26,7 +28,9 @@ def _replay(bundle_dir: Path, bids_root: Path, chunk: int = 37) -> tuple[dict[in
     raw = rec.raw.get_data(picks=picks)
     pre = OnlinePreprocessor(spec, len(picks), extra_capacity=chunk)
     events = rec.events[rec.events["trial_type"] != "catch"]
-    pending = dict(zip(events["sample"].astype(int), events["trial_index"].astype(int), strict=True))
+    pending = dict(
+        zip(events["sample"].astype(int), events["trial_index"].astype(int), strict=True)
+    )
     got: dict[int, np.ndarray] = {}
     for start in range(0, raw.shape[1], chunk):
         pre.push(raw[:, start : start + chunk])
@@ -44,7 +48,9 @@ def _offline(store: Path, bundle_dir: Path, key: object, subject: str) -> dict[i
     return dict(zip(meta.loc[rows, "trial_index"].astype(int), X[rows.to_numpy()], strict=True))
 
 
-def test_stream_equals_offline_causal_store(causal_run: Path, tiny_bundle: Path, tiny_run: Path) -> None:
+def test_stream_equals_offline_causal_store(
+    causal_run: Path, tiny_bundle: Path, tiny_run: Path
+) -> None:
     online, key, subject = _replay(tiny_bundle, causal_run / "bids")
     offline = _offline(causal_run / "store", tiny_bundle, key, subject)
     assert len(online) >= 10 and set(online) <= set(offline)

@@ -164,7 +164,9 @@ def test_apply_scaler_is_robust_scale_in_float32_across_chunks() -> None:
         assert np.array_equal(apply_scaler(x, scaler, clip), expected)
     # float64 samples with float32 statistics (the serving stream): computed in float64
     wide = robust_scale(x, center, scale, None)
-    assert wide.dtype == np.float64 and np.array_equal(wide, (x - center[None, :, None]) / scale[None, :, None])
+    assert wide.dtype == np.float64 and np.array_equal(
+        wide, (x - center[None, :, None]) / scale[None, :, None]
+    )
 
 
 def test_scaler_dict_survives_json() -> None:

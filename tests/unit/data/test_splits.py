@@ -207,9 +207,18 @@ def test_validation_images_are_shared_across_subjects() -> None:
     rows = []
     for subject, images in (("S1", range(0, 30)), ("S2", range(5, 21)), ("S3", range(10, 13))):
         for trial, image in enumerate(images):
-            rows.append({"subject": subject, "session": "01", "run": "01", "trial_index": trial,
-                         "image_id": image, "category_id": image, "category": f"c{image}",
-                         "trial_type": "exp"})
+            rows.append(
+                {
+                    "subject": subject,
+                    "session": "01",
+                    "run": "01",
+                    "trial_index": trial,
+                    "image_id": image,
+                    "category_id": image,
+                    "category": f"c{image}",
+                    "trial_type": "exp",
+                }
+            )
     meta = assign_splits(pd.DataFrame(rows), SplitConfig(val_fraction=0.3, seed=1))
     per_image = meta.groupby("image_id")["split"].nunique()
     assert (per_image == 1).all()

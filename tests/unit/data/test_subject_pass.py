@@ -20,7 +20,9 @@ C, T = 3, 7
 CH = [f"MLC{i}1-1609" for i in range(C)]
 
 
-def block(subject: str, session: str, run: str, n: int, seed: int, first_trial: int = 0) -> EpochBlock:
+def block(
+    subject: str, session: str, run: str, n: int, seed: int, first_trial: int = 0
+) -> EpochBlock:
     rng = np.random.default_rng(seed)
     data = rng.standard_normal((n, C, T)).astype(np.float32)
     data[0, 0, :3] = [-0.0, np.float32(1e-45), np.nan]  # values a lossy path would change
@@ -37,14 +39,22 @@ def block(subject: str, session: str, run: str, n: int, seed: int, first_trial: 
 def test_subject_parts_write_the_bytes_of_write_store(tmp_path: Path) -> None:
     blocks = [block("BIGMEG1", "01", "01", 9, 0), block("BIGMEG2", "01", "01", 6, 1)]
     scalers = {"BIGMEG1": {"center": [0.0] * C}, "BIGMEG2": {"center": [1.0] * C}}
-    whole = epoch_store.write_store(tmp_path / "whole", blocks, scalers=scalers, rows_per_file=4, row_group_rows=3)
+    whole = epoch_store.write_store(
+        tmp_path / "whole", blocks, scalers=scalers, rows_per_file=4, row_group_rows=3
+    )
     with epoch_store.staged_store(tmp_path / "parts") as staging:
-        parts = [epoch_store.write_subject(staging, b, rows_per_file=4, row_group_rows=3) for b in blocks[::-1]]
+        parts = [
+            epoch_store.write_subject(staging, b, rows_per_file=4, row_group_rows=3)
+            for b in blocks[::-1]
+        ]
         parted = epoch_store.finish_store(staging, parts, scalers=scalers)
     assert parted.files == whole.files and parted.counts == whole.counts
     assert parted.subjects == whole.subjects and parted.scalers == whole.scalers
     assert epoch_store.verify_store(tmp_path / "parts").files == whole.files
-    assert json.loads((tmp_path / "parts" / epoch_store.MANIFEST).read_text())["subjects"] == ["BIGMEG1", "BIGMEG2"]
+    assert json.loads((tmp_path / "parts" / epoch_store.MANIFEST).read_text())["subjects"] == [
+        "BIGMEG1",
+        "BIGMEG2",
+    ]
 
 
 def test_finish_store_refuses_parts_that_do_not_match(tmp_path: Path) -> None:
@@ -63,7 +73,10 @@ def test_finish_store_refuses_parts_that_do_not_match(tmp_path: Path) -> None:
 
 
 def test_staged_store_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="task failed"), epoch_store.staged_store(tmp_path / "store") as staging:
+    with (
+        pytest.raises(RuntimeError, match="task failed"),
+        epoch_store.staged_store(tmp_path / "store") as staging,
+    ):
         epoch_store.write_subject(staging, block("BIGMEG1", "01", "01", 4, 0))
         raise RuntimeError("task failed")
     assert list(tmp_path.iterdir()) == []

@@ -32,20 +32,34 @@ def synthetic_run(seed: int = 0, n_channels: int = 8, dim: int = 6) -> RunData:
         X = 0.3 * rng.standard_normal((len(image), n_channels, len(times)))
         X[:, :, on] += (latents[image] @ mixing.T)[:, :, None]
         meta = pd.DataFrame({"image_id": ids[image], "split": name, "subject": "S1"})
-        return SplitTensors(meg=torch.from_numpy(X.astype(np.float32)),
-                            subject=torch.zeros(len(image), dtype=torch.long),
-                            target=torch.from_numpy(latents[image]), meta=meta)
+        return SplitTensors(
+            meg=torch.from_numpy(X.astype(np.float32)),
+            subject=torch.zeros(len(image), dtype=torch.long),
+            target=torch.from_numpy(latents[image]),
+            meta=meta,
+        )
 
     test = [split(np.arange(90, 102), 3, "test"), split(np.arange(102, 126), 1, "test_large")]
-    test_all = SplitTensors(meg=torch.cat([t.meg for t in test]),
-                            subject=torch.cat([t.subject for t in test]),
-                            target=torch.cat([t.target for t in test]),
-                            meta=pd.concat([t.meta for t in test], ignore_index=True))
+    test_all = SplitTensors(
+        meg=torch.cat([t.meg for t in test]),
+        subject=torch.cat([t.subject for t in test]),
+        target=torch.cat([t.target for t in test]),
+        meta=pd.concat([t.meta for t in test], ignore_index=True),
+    )
     pos2d = rng.uniform(0.1, 0.9, (n_channels, 2))
-    return RunData(train=split(np.arange(80), 2, "train"), val=split(np.arange(80, 90), 2, "val"),
-                   test=test_all, subjects=["S1"], ch_names=[f"M{i}" for i in range(n_channels)],
-                   pos2d=pos2d, sfreq=SFREQ, tmin=float(times[0]), tmax=float(times[-1]),
-                   latent_ids=ids, latents=latents)
+    return RunData(
+        train=split(np.arange(80), 2, "train"),
+        val=split(np.arange(80, 90), 2, "val"),
+        test=test_all,
+        subjects=["S1"],
+        ch_names=[f"M{i}" for i in range(n_channels)],
+        pos2d=pos2d,
+        sfreq=SFREQ,
+        tmin=float(times[0]),
+        tmax=float(times[-1]),
+        latent_ids=ids,
+        latents=latents,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ from megdecode.rundata import RunData
 from megdecode.train import FitConfig, TrainConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SMALL = BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1,
-                    projection_hidden=16)
+SMALL = BrainConfig(
+    hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
+)
 
 
 def test_sliding_grid_covers_the_stored_epoch() -> None:
@@ -157,7 +158,12 @@ def test_ridge_curve_peaks_in_the_signal_window(run: RunData) -> None:
 
 def test_growing_windows_start_at_zero(run: RunData) -> None:
     table = window_table(run, "growing", "ridge", step=0.15, progress=False)
-    assert table[["tmin", "tmax"]].values.tolist() == [[0.0, 0.15], [0.0, 0.3], [0.0, 0.45], [0.0, 0.6]]
+    assert table[["tmin", "tmax"]].values.tolist() == [
+        [0.0, 0.15],
+        [0.0, 0.3],
+        [0.0, 0.45],
+        [0.0, 0.6],
+    ]
     top5 = table["large_top5"].to_numpy()
     assert top5[0] < 0.5 < 0.9 < top5[1:].min()  # only windows reaching 0.2 s see the signal
 
@@ -173,10 +179,14 @@ def test_convnet_windows_train_the_brain_module(run: RunData) -> None:
 
 
 def test_peak_and_chance_helpers() -> None:
-    table = pd.DataFrame({"center": [0.0, 0.1, 0.2, 0.3, 0.4],
-                          "small_top5": [0.2, 0.9, 0.6, 0.7, 0.2],
-                          "small_mean_rank": [0.5, 0.1, 0.3, 0.3, 0.5],
-                          "small_chance_top5": 0.25})
+    table = pd.DataFrame(
+        {
+            "center": [0.0, 0.1, 0.2, 0.3, 0.4],
+            "small_top5": [0.2, 0.9, 0.6, 0.7, 0.2],
+            "small_mean_rank": [0.5, 0.1, 0.3, 0.3, 0.5],
+            "small_chance_top5": 0.25,
+        }
+    )
     assert curve_peak(table, "small_top5") == pytest.approx(0.1)
     assert curve_peak(table, "small_mean_rank") == pytest.approx(0.1)  # lower is better
     assert curve_peak(table, "small_top5", smooth=3) == pytest.approx(0.2)  # plateau middle
@@ -191,18 +201,45 @@ def test_peak_and_chance_helpers() -> None:
 
 
 def test_window_table_figure_is_a_png(tmp_path: Path) -> None:
-    table = pd.DataFrame({"tmin": [0.0, 0.1], "tmax": [0.1, 0.2], "center": [0.05, 0.15],
-                          "small_top5_avg": [0.3, 0.8], "small_chance_top5": 0.25})
-    path = plot_window_curves(table, "small_top5_avg", chance_level(table, "small_top5_avg"),
-                              tmp_path / "f.png", truth_latencies=onset_latencies({"early": 0.13}))
+    table = pd.DataFrame(
+        {
+            "tmin": [0.0, 0.1],
+            "tmax": [0.1, 0.2],
+            "center": [0.05, 0.15],
+            "small_top5_avg": [0.3, 0.8],
+            "small_chance_top5": 0.25,
+        }
+    )
+    path = plot_window_curves(
+        table,
+        "small_top5_avg",
+        chance_level(table, "small_top5_avg"),
+        tmp_path / "f.png",
+        truth_latencies=onset_latencies({"early": 0.13}),
+    )
     _assert_png(path)
 
 
 def test_cli_windows_writes_table_and_figure(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "curves"
-    result = CliRunner().invoke(app, ["windows", "--data", str(tiny_run), "--latent", "handcrafted",
-                                      "--kind", "sliding", "--model", "ridge", "--stride", "0.3",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "windows",
+            "--data",
+            str(tiny_run),
+            "--latent",
+            "handcrafted",
+            "--kind",
+            "sliding",
+            "--model",
+            "ridge",
+            "--stride",
+            "0.3",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     table = pd.read_csv(out / "windows-handcrafted-ridge-sliding.csv")
     assert len(table) == 5 and {"small_top5", "large_mean_rank"} <= set(table.columns)

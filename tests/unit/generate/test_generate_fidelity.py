@@ -50,8 +50,13 @@ def test_fidelity_aligns_rows_by_image_id_and_refuses_unknown_ids(tmp_path: Path
     # trials listed in another order, with repetitions: a perfect decode must give r = 1
     ids = np.array([5, 2, 7, 7, 11, 3, 2])
     perfect = truth[[list(truth_ids).index(i) for i in ids]] * 2.0 + 1.0
-    table = latent_fidelity({"single": perfect, "random": rng.standard_normal((7, 3))}, {"single": ids, "random": ids},
-                            truth, truth_ids, [("a", 1), ("b", 2)])
+    table = latent_fidelity(
+        {"single": perfect, "random": rng.standard_normal((7, 3))},
+        {"single": ids, "random": ids},
+        truth,
+        truth_ids,
+        [("a", 1), ("b", 2)],
+    )
     assert table.groupby("kind").size().to_dict() == {"single": 3, "random": 3}
     np.testing.assert_allclose(table.loc[table.kind == "single", "r"], 1.0)
     assert table["part"].tolist()[:3] == ["a", "b", "b"]

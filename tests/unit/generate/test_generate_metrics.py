@@ -45,7 +45,9 @@ def reference_ssim_grey(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> flo
     var_a = blur(a * a) - mu_a**2
     var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    )
     pad = (2 * int(3.5 * sigma + 0.5) + 1 - 1) // 2
     return float(s[pad:-pad, pad:-pad].mean())
 
@@ -71,7 +73,9 @@ def test_inputs_pil_uint8_and_float_agree_and_bad_ranges_fail() -> None:
     imgs = (smooth_images(3, 16, 0) * 255).round().astype(np.uint8)
     pil = [Image.fromarray(a) for a in imgs]
     np.testing.assert_array_equal(as_float_images(pil), as_float_images(imgs))
-    np.testing.assert_allclose(as_float_images(imgs.astype(np.float32) / 255), imgs / 255, atol=1e-7)
+    np.testing.assert_allclose(
+        as_float_images(imgs.astype(np.float32) / 255), imgs / 255, atol=1e-7
+    )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         as_float_images(imgs.astype(np.float32))
     with pytest.raises(ValueError, match="share a size"):
@@ -83,7 +87,9 @@ def test_inputs_pil_uint8_and_float_agree_and_bad_ranges_fail() -> None:
 def test_pixcorr_is_the_mean_pearson_r_of_flattened_rgb() -> None:
     gt = smooth_images(4, 32, 1)
     rec = np.clip(gt + np.random.default_rng(2).normal(0, 0.2, gt.shape), 0, 1).astype(np.float32)
-    reference = np.mean([np.corrcoef(r.ravel(), g.ravel())[0, 1] for r, g in zip(rec, gt, strict=True)])
+    reference = np.mean(
+        [np.corrcoef(r.ravel(), g.ravel())[0, 1] for r, g in zip(rec, gt, strict=True)]
+    )
     assert metrics.pixcorr(rec, gt, size=32) == pytest.approx(reference, abs=1e-6)
     assert 0.3 < reference < 0.99
     assert metrics.pixcorr(gt, gt, size=48) == pytest.approx(1.0, abs=1e-6)  # resized first
@@ -92,7 +98,9 @@ def test_pixcorr_is_the_mean_pearson_r_of_flattened_rgb() -> None:
 def test_ssim_matches_an_independent_gaussian_ssim_on_grey_images() -> None:
     gt = smooth_images(3, 40, 3)
     rec = np.clip(gt + np.random.default_rng(4).normal(0, 0.1, gt.shape), 0, 1).astype(np.float32)
-    reference = np.mean([reference_ssim_grey(grey(r), grey(g)) for r, g in zip(rec, gt, strict=True)])
+    reference = np.mean(
+        [reference_ssim_grey(grey(r), grey(g)) for r, g in zip(rec, gt, strict=True)]
+    )
     assert metrics.ssim(rec, gt, size=40) == pytest.approx(reference, abs=1e-4)
     assert reference < 0.95
     assert metrics.ssim(gt, gt, size=40) == pytest.approx(1.0, abs=1e-9)
@@ -132,7 +140,13 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     config = {
         "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 8,
+        },
         "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 1, "layers": 1},
     }
     path = tmp_path_factory.mktemp("open_clip") / f"{TINY_CLIP}.json"
@@ -141,9 +155,13 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
     return TINY_CLIP
 
 
-def test_compute_metrics_on_random_networks(tiny_clip: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_compute_metrics_on_random_networks(
+    tiny_clip: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level("WARNING", logger="megdecode.latents.weights"):
-        nets = FeatureNets.load(None, clip_model=tiny_clip, inception_size=139, allow_random_init=True)
+        nets = FeatureNets.load(
+            None, clip_model=tiny_clip, inception_size=139, allow_random_init=True
+        )
     assert "RANDOM weights" in caplog.text
     assert set(nets.nets) == {"alexnet2", "alexnet5", "inception", "clip", "swav"}
     gt = smooth_images(4, 48, 7)
@@ -182,13 +200,20 @@ def test_feature_nets_load_local_files_and_refuse_missing_ones(tmp_path: Path) -
 
     imgs = smooth_images(2, 32, 10)
     pixels = torch.from_numpy(imgs).permute(0, 3, 1, 2)
-    pixels = torch.nn.functional.interpolate(pixels, size=(256, 256), mode="bilinear", antialias=True)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixels = torch.nn.functional.interpolate(
+        pixels, size=(256, 256), mode="bilinear", antialias=True
+    )
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
     with torch.no_grad():
         expected = alex.features[:5]((pixels.clamp(0, 1) - mean) / std).flatten(1).numpy()
     np.testing.assert_allclose(nets.features("alexnet2", imgs), expected, rtol=1e-4, atol=1e-5)
     assert nets.features("swav", imgs).shape == (2, 2048)
 
-    torch.save({"conv1.weight": swav.conv1.weight}, tmp_path / "swav_resnet50.pth")  # not a ResNet-50
+    torch.save(
+        {"conv1.weight": swav.conv1.weight}, tmp_path / "swav_resnet50.pth"
+    )  # not a ResNet-50
     with pytest.raises(ValueError, match="swav_resnet50.pth is not a SwAV ResNet-50"):
         FeatureNets.load(tmp_path, ["swav"])

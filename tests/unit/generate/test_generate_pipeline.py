@@ -41,7 +41,9 @@ def _arr(images: list) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.int16) for im in images])
 
 
-def test_round_trip_keeps_conditions_size_and_weights(gen: LatentGenerator, tiny_dir: Path, tmp_path: Path) -> None:
+def test_round_trip_keeps_conditions_size_and_weights(
+    gen: LatentGenerator, tiny_dir: Path, tmp_path: Path
+) -> None:
     assert gen.conditions == COND and gen.size == 16
     again = LatentGenerator.from_dir(gen.save(tmp_path / "copy"))
     for key, value in gen.unet.state_dict().items():
@@ -114,24 +116,38 @@ def test_mixed_processor_equals_diffusers_attention_for_one_stream() -> None:
     ref = AttnProcessor()(attn, h, ctx)
     torch.testing.assert_close(MixedStreamsProcessor()(attn, h, ctx), ref)
     self_attn = Attention(query_dim=16, heads=2, dim_head=8)
-    torch.testing.assert_close(MixedStreamsProcessor()(self_attn, h, None), AttnProcessor()(self_attn, h, None))
+    torch.testing.assert_close(
+        MixedStreamsProcessor()(self_attn, h, None), AttnProcessor()(self_attn, h, None)
+    )
     # two streams with weights (1, 0) = the first stream alone
     two = torch.cat([ctx, torch.randn(3, 4, 8)], dim=1)
-    torch.testing.assert_close(MixedStreamsProcessor()(attn, h, two, stream_lengths=[5, 4], stream_weights=[1.0, 0.0]), ref)
+    torch.testing.assert_close(
+        MixedStreamsProcessor()(attn, h, two, stream_lengths=[5, 4], stream_weights=[1.0, 0.0]), ref
+    )
 
 
 def test_vae_and_init_latent_path(tmp_path: Path) -> None:
-    path = build_tiny_generator(tmp_path / "v", {"handcrafted": 20, "autokl": 4 * 8 * 8}, size=16,
-                                vae=True, init_latent="autokl")
+    path = build_tiny_generator(
+        tmp_path / "v",
+        {"handcrafted": 20, "autokl": 4 * 8 * 8},
+        size=16,
+        vae=True,
+        init_latent="autokl",
+    )
     gen = LatentGenerator.from_dir(path)
-    x = {"handcrafted": np.zeros((2, 20), np.float32), "autokl": np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)}
+    x = {
+        "handcrafted": np.zeros((2, 20), np.float32),
+        "autokl": np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32),
+    }
     low = _arr(gen.generate(x, steps=4, strength=0.25))
     assert low.shape == (2, 16, 16, 3)
     changed = dict(x, autokl=-x["autokl"])
     assert np.abs(low - _arr(gen.generate(changed, steps=4, strength=0.25))).mean() > 0.0
     # strength 1 ignores the init latent
-    np.testing.assert_array_equal(_arr(gen.generate(x, steps=2, strength=1.0)),
-                                  _arr(gen.generate(changed, steps=2, strength=1.0)))
+    np.testing.assert_array_equal(
+        _arr(gen.generate(x, steps=2, strength=1.0)),
+        _arr(gen.generate(changed, steps=2, strength=1.0)),
+    )
 
 
 def test_postprocess_maps_to_training_mean_and_std() -> None:
@@ -144,7 +160,9 @@ def test_postprocess_maps_to_training_mean_and_std() -> None:
     np.testing.assert_allclose(out.std(0), std, rtol=1e-5)
     # one sample: the stored stats of the set scale it as the set's z-score does; none -> unchanged
     stats = PredictionStats.of(pred, reference="val")
-    np.testing.assert_allclose(to_latent_space(pred[:1], mean, std, stats), out[:1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        to_latent_space(pred[:1], mean, std, stats), out[:1], rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(to_latent_space(pred[:1], mean, std), pred[:1].astype(np.float32))
     with pytest.raises(ValueError, match="latent_std"):
         to_latent_space(pred, mean, std[:3])
@@ -159,7 +177,9 @@ def test_patched_pixel_space_round_trips_images(tmp_path: Path) -> None:
     folded = gen.encode_images(images)
     assert folded.shape == (2, 48, 4, 4)
     torch.testing.assert_close(gen._decode(folded), images)
-    assert [im.size for im in gen.generate({"h": np.ones((2, 4), np.float32)}, steps=2)] == [(16, 16)] * 2
+    assert [im.size for im in gen.generate({"h": np.ones((2, 4), np.float32)}, steps=2)] == [
+        (16, 16)
+    ] * 2
 
 
 def test_coordinates_and_global_condition_round_trip(tmp_path: Path) -> None:
@@ -168,17 +188,34 @@ def test_coordinates_and_global_condition_round_trip(tmp_path: Path) -> None:
     from megdecode.generate.conditioning import global_vector
     from megdecode.generate.tiny import ArchConfig, new_generator
 
-    arch = ArchConfig(size=16, channels=(16, 32), cross_attention_dim=32, head_dim=16, n_tokens=2,
-                      coords=True, global_cond=True)
-    gen = new_generator({"a": 6, "b": 3}, arch, defaults=GenerateConfig(steps=2, guidance_scale=2.0))
+    arch = ArchConfig(
+        size=16,
+        channels=(16, 32),
+        cross_attention_dim=32,
+        head_dim=16,
+        n_tokens=2,
+        coords=True,
+        global_cond=True,
+    )
+    gen = new_generator(
+        {"a": 6, "b": 3}, arch, defaults=GenerateConfig(steps=2, guidance_scale=2.0)
+    )
     assert (gen.unet.config.in_channels, gen.unet.config.out_channels) == (5, 3)
     assert gen.unet.config.class_embed_type == "projection"
     again = LatentGenerator.from_dir(gen.save(tmp_path / "g"))
     assert again.coords and again.global_cond
     rng = np.random.default_rng(0)
-    x = {"a": rng.standard_normal((2, 6)).astype(np.float32), "b": rng.standard_normal((2, 3)).astype(np.float32)}
+    x = {
+        "a": rng.standard_normal((2, 6)).astype(np.float32),
+        "b": rng.standard_normal((2, 3)).astype(np.float32),
+    }
     np.testing.assert_array_equal(_arr(gen.generate(x)), _arr(again.generate(x)))
-    assert np.abs(_arr(gen.generate(x)) - _arr(gen.generate({"a": x["a"][::-1].copy(), "b": x["b"]}))).mean() > 0.5
+    assert (
+        np.abs(
+            _arr(gen.generate(x)) - _arr(gen.generate({"a": x["a"][::-1].copy(), "b": x["b"]}))
+        ).mean()
+        > 0.5
+    )
 
     tokens = torch.randn(2, 5, 4)  # streams of 2 and 3 tokens, mixed 0.25 / 0.75
     expected = 0.25 * tokens[:, :2].mean(1) + 0.75 * tokens[:, 2:].mean(1)

@@ -40,13 +40,32 @@ def test_log_params_logs_every_param_past_one_batch_and_keeps_logged_values(
     assert "p000" in caplog.text
 
 
-def test_evaluation_logs_every_param_metrics_tables_and_figures(tracker: Tracker, tmp_path: Path) -> None:
-    table = pd.DataFrame([
-        {"kind": "averaged", "n": 3, "pixcorr": 0.25, "ssim": 0.5, "latent_r": 0.4, "pred_stats": "bundle (val, n=8)"},
-        {"kind": "oracle", "n": 3, "pixcorr": 0.75, "ssim": 0.875, "latent_r": 1.0, "pred_stats": "not decoded"},
-    ])
-    pd.DataFrame({"kind": ["averaged", "single, test_large", "single, test_large"], "r": [0.4, 0.2, 0.3]}).to_csv(
-        tmp_path / "latent_fidelity.csv", index=False)
+def test_evaluation_logs_every_param_metrics_tables_and_figures(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    table = pd.DataFrame(
+        [
+            {
+                "kind": "averaged",
+                "n": 3,
+                "pixcorr": 0.25,
+                "ssim": 0.5,
+                "latent_r": 0.4,
+                "pred_stats": "bundle (val, n=8)",
+            },
+            {
+                "kind": "oracle",
+                "n": 3,
+                "pixcorr": 0.75,
+                "ssim": 0.875,
+                "latent_r": 1.0,
+                "pred_stats": "not decoded",
+            },
+        ]
+    )
+    pd.DataFrame(
+        {"kind": ["averaged", "single, test_large", "single, test_large"], "r": [0.4, 0.2, 0.3]}
+    ).to_csv(tmp_path / "latent_fidelity.csv", index=False)
     (tmp_path / "metrics.md").write_text(format_markdown(table))
     grid = tmp_path / "grid.png"
     Image.new("RGB", (8, 8)).save(grid)
@@ -58,15 +77,23 @@ def test_evaluation_logs_every_param_metrics_tables_and_figures(tracker: Tracker
 
     run = tracker.client.get_run(run_id)
     assert len(run.data.params) == len(params) > 100
-    assert run.data.params["gen_eval.pred_stats"] == "bundle" and run.data.params["fit.extra119"] == "119"
+    assert (
+        run.data.params["gen_eval.pred_stats"] == "bundle"
+        and run.data.params["fit.extra119"] == "119"
+    )
     assert run.data.metrics["gen/oracle/ssim"] == 0.875
     assert run.data.metrics["gen/averaged/latent_r"] == 0.4
     assert run.data.metrics["gen/test_large/latent_r"] == pytest.approx(0.25)
     assert not any(k.endswith(("/n", "/pred_stats")) for k in run.data.metrics)
     assert run.data.tags["megdecode.gen_eval.pred_stats"] == "bundle (val, n=8)"
-    assert {a.path for a in tracker.client.list_artifacts(run_id, "figures")} == {"figures/grid.png"}
+    assert {a.path for a in tracker.client.list_artifacts(run_id, "figures")} == {
+        "figures/grid.png"
+    }
     assert {a.path for a in tracker.client.list_artifacts(run_id, "tables")} == {
-        "tables/generate_metrics.csv", "tables/metrics.md", "tables/latent_fidelity.csv"}
+        "tables/generate_metrics.csv",
+        "tables/metrics.md",
+        "tables/latent_fidelity.csv",
+    }
 
 
 def test_markdown_table_rounds_floats_and_keeps_labels() -> None:

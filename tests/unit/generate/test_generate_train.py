@@ -19,8 +19,17 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def _cfg(run: Path, **changes: object) -> GenTrainConfig:
-    base = GenTrainConfig(store=str(run / "store"), bids_root=str(run / "bids"), latents_dir=str(run / "latents"),
-                          size=16, patch=2, channels=(16, 32), steps=3, batch_size=8, max_seconds=0)
+    base = GenTrainConfig(
+        store=str(run / "store"),
+        bids_root=str(run / "bids"),
+        latents_dir=str(run / "latents"),
+        size=16,
+        patch=2,
+        channels=(16, 32),
+        steps=3,
+        batch_size=8,
+        max_seconds=0,
+    )
     return base.replace(**changes)
 
 
@@ -38,22 +47,48 @@ def test_training_set_holds_train_and_val_images_only(tiny_run: Path) -> None:
         _cfg(tiny_run, cond_dropout=1.0)
 
 
-def test_job_writes_a_loadable_trained_folder(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_job_writes_a_loadable_trained_folder(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "gen"
     monkeypatch.syspath_prepend(str(REPO / "jobs"))
-    monkeypatch.setattr(sys, "argv", ["train_generator.py", "--data", str(tiny_run), "--out", str(out),
-                                      "--steps", "3", "--batch-size", "8", "--max-seconds", "0",
-                                      "--size", "16", "--patch", "2", "--channels", "16,32"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "train_generator.py",
+            "--data",
+            str(tiny_run),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--max-seconds",
+            "0",
+            "--size",
+            "16",
+            "--patch",
+            "2",
+            "--channels",
+            "16,32",
+        ],
+    )
     with pytest.raises(SystemExit) as done:  # the job forwards to `megdecode train-generator`
         runpy.run_path(str(REPO / "jobs" / "train_generator.py"), run_name="__main__")
     assert done.value.code == 0
     gen = load_trained(out)
     meta = json.loads((out / "generator.json").read_text())
     assert meta["trained"]["steps"] == 3 and meta["trained"]["n_images"] > 0
-    assert (out / "loss.png").stat().st_size > 1000 and len((out / "loss.csv").read_text().splitlines()) == 4
+    assert (out / "loss.png").stat().st_size > 1000 and len(
+        (out / "loss.csv").read_text().splitlines()
+    ) == 4
     data = load_training_set(_cfg(tiny_run))
     stream = gen.encoder.stream("handcrafted")
-    np.testing.assert_allclose(stream.mean.numpy(), data.latents["handcrafted"].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        stream.mean.numpy(), data.latents["handcrafted"].mean(0), rtol=1e-5, atol=1e-6
+    )
     images = gen.generate({"handcrafted": data.latents["handcrafted"][:2]}, steps=2)
     assert [im.size for im in images] == [(16, 16)] * 2
 

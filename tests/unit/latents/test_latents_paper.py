@@ -37,8 +37,20 @@ def tiny_clip_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny open_clip config with CLIP's real tokenizer (full vocabulary, 77 positions)."""
     config = {
         "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 16,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
     }
     path = tmp_path_factory.mktemp("open_clip") / f"{TINY_CLIP}.json"
     path.write_text(json.dumps(config))
@@ -149,7 +161,9 @@ def test_dinov2_loads_a_timm_checkpoint_and_returns_the_cls_token(tmp_path: Path
 
     name = "vit_small_patch14_dinov2"
     torch.manual_seed(5)
-    model = timm.create_model(name, pretrained=False, img_size=28, num_classes=0, **TINY_DINO).eval()
+    model = timm.create_model(
+        name, pretrained=False, img_size=28, num_classes=0, **TINY_DINO
+    ).eval()
     torch.save(model.state_dict(), tmp_path / "dino.pth")
     encoder = DinoV2Encoder(name, tmp_path / "dino.pth", image_size=28, **TINY_DINO)
     assert isinstance(encoder, ImageEncoder) and (encoder.name, encoder.dim) == ("dinov2", 32)
@@ -163,7 +177,9 @@ def test_dinov2_loads_a_timm_checkpoint_and_returns_the_cls_token(tmp_path: Path
     # a checkpoint made at another resolution: position embeddings are resampled on load
     big = timm.create_model(name, pretrained=False, img_size=42, num_classes=0, **TINY_DINO)
     torch.save(big.state_dict(), tmp_path / "dino42.pth")
-    assert DinoV2Encoder(name, tmp_path / "dino42.pth", image_size=28, **TINY_DINO).encode(batch).shape == (3, 32)
+    assert DinoV2Encoder(name, tmp_path / "dino42.pth", image_size=28, **TINY_DINO).encode(
+        batch
+    ).shape == (3, 32)
 
     with pytest.raises(FileNotFoundError, match=f"no weights at {tmp_path / 'absent.pth'}"):
         DinoV2Encoder(name, tmp_path / "absent.pth", **TINY_DINO)
@@ -177,7 +193,12 @@ def test_vgg19_random_init_gives_1000_logits_and_refuses_missing_weights(tmp_pat
     encoder = Vgg19Encoder(None, image_size=64, allow_random_init=True)  # 64 px keeps it cheap
     batch = images(2)
     out = encoder.encode(batch)
-    assert (encoder.name, encoder.dim, out.shape, out.dtype) == ("vgg19", 1000, (2, 1000), np.float32)
+    assert (encoder.name, encoder.dim, out.shape, out.dtype) == (
+        "vgg19",
+        1000,
+        (2, 1000),
+        np.float32,
+    )
     assert np.array_equal(out, encoder.encode(batch)) and not np.allclose(out[0], out[1])
     assert "random-init" in encoder.fingerprint
 
@@ -204,17 +225,23 @@ def test_vgg19_loads_a_torchvision_state_dict(tmp_path: Path) -> None:
 def test_registry_knows_every_paper_latent(tiny_clip: str) -> None:
     from megdecode.latents.registry import ENCODERS, encoder_factory, make_encoder
 
-    assert {"clip-text", "clip-text-tokens", "autokl", "autokl-avg", "dinov2", "vgg19"} <= set(ENCODERS)
+    assert {"clip-text", "clip-text-tokens", "autokl", "autokl-avg", "dinov2", "vgg19"} <= set(
+        ENCODERS
+    )
     with pytest.raises(ValueError, match="unknown encoder 'vgg16'"):
         make_encoder("vgg16")
     with pytest.raises(ValueError, match="needs weights"):
         make_encoder("autokl")
-    factory = pickle.loads(pickle.dumps(encoder_factory("clip-text", tiny_clip, None, allow_random_init=True)))
+    factory = pickle.loads(
+        pickle.dumps(encoder_factory("clip-text", tiny_clip, None, allow_random_init=True))
+    )
     encoder = factory("cpu")
     assert encoder.name == "clip-text" and encoder.dim == 16
 
 
-def test_clip_text_latents_of_a_store_follow_the_categories(tiny_run: Path, tiny_clip: str, tmp_path: Path) -> None:
+def test_clip_text_latents_of_a_store_follow_the_categories(
+    tiny_run: Path, tiny_clip: str, tmp_path: Path
+) -> None:
     from megdecode.data import store as epoch_store
     from megdecode.latents.cache import latent_info, load_latents
     from megdecode.latents.registry import make_encoder
@@ -223,7 +250,11 @@ def test_clip_text_latents_of_a_store_follow_the_categories(tiny_run: Path, tiny
     encoder = make_encoder("clip-text", clip_model=tiny_clip, allow_random_init=True)
     report = build_latents(tiny_run / "store", tiny_run / "bids", tmp_path, encoder)
     ids, latents = load_latents(report.path)
-    meta = epoch_store.load_metadata(tiny_run / "store").drop_duplicates("image_id").set_index("image_id")
+    meta = (
+        epoch_store.load_metadata(tiny_run / "store")
+        .drop_duplicates("image_id")
+        .set_index("image_id")
+    )
     assert ids.tolist() == sorted(meta.index.tolist()) and latents.shape == (len(ids), 16)
     categories = meta.loc[ids, "category"].to_numpy()
     assert len(set(categories)) > 1
@@ -243,15 +274,31 @@ def test_brain_module_trains_on_a_latent_written_by_the_cli(tiny_run: Path, tmp_
     from megdecode.models.brain import BrainConfig
     from megdecode.train import FitConfig, TrainConfig, fit
 
-    args = ["latents", "--store", str(tiny_run / "store"), "--bids", str(tiny_run / "bids"),
-            "--out", str(tmp_path), "--encoder", "autokl-avg", "--allow-random-init"]
+    args = [
+        "latents",
+        "--store",
+        str(tiny_run / "store"),
+        "--bids",
+        str(tiny_run / "bids"),
+        "--out",
+        str(tmp_path),
+        "--encoder",
+        "autokl-avg",
+        "--allow-random-init",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert latent_info(tmp_path / "autokl-avg.parquet")["token_shape"] == [32, 32]
 
-    small = BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16)
-    cfg = FitConfig(store=str(tiny_run / "store"), latents_dir=str(tmp_path), model=small,
-                    train=TrainConfig(latent="autokl-avg", max_epochs=1, batch_size=32))
+    small = BrainConfig(
+        hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
+    )
+    cfg = FitConfig(
+        store=str(tiny_run / "store"),
+        latents_dir=str(tmp_path),
+        model=small,
+        train=TrainConfig(latent="autokl-avg", max_epochs=1, batch_size=32),
+    )
     run = fit(cfg)
     assert run.model.cfg.out_dim == 32 * 32
     assert len(run.history) == 1 and np.isfinite(run.history[0]["train/loss"])
@@ -277,8 +324,14 @@ def test_clip_text_on_a_ray_actor_pool_equals_the_local_loop(
     init_ray(num_cpus=2)
     try:
         factory = encoder_factory("clip-text", config, None, allow_random_init=True)
-        remote = build_latents(tiny_run / "store", tiny_run / "bids", tmp_path / "ray", encoder,
-                               batch_size=4, encode_fn=ray_encode_fn(factory, actors=1))
+        remote = build_latents(
+            tiny_run / "store",
+            tiny_run / "bids",
+            tmp_path / "ray",
+            encoder,
+            batch_size=4,
+            encode_fn=ray_encode_fn(factory, actors=1),
+        )
     finally:
         ray.shutdown()
     ids, latents = load_latents(remote.path)

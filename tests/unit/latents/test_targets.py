@@ -25,7 +25,9 @@ def two_latents(tiny_run: Path, tmp_path: Path) -> Path:
     shutil.copy(tiny_run / "latents" / "handcrafted.parquet", out)
     ids, values = load_latents(out / "handcrafted.parquet")
     write_latents(out / "half.parquet", ids[::-1], 2.0 * values[::-1, :10], {"name": "half"})
-    write_latents(out / "partial.parquet", ids[1:][::-1], 2.0 * values[1:, :10][::-1], {"name": "partial"})
+    write_latents(
+        out / "partial.parquet", ids[1:][::-1], 2.0 * values[1:, :10][::-1], {"name": "partial"}
+    )
     return out
 
 
@@ -52,17 +54,29 @@ def test_concatenation_keeps_the_shared_images_aligned_and_splits_back(two_laten
         load_target(two_latents, "handcrafted+clip-text")
 
 
-def test_one_model_trains_on_two_latents_and_its_bundle_splits_predictions(tiny_run: Path, two_latents: Path,
-                                                                           tmp_path: Path) -> None:
-    cfg = FitConfig(store=str(tiny_run / "store"), latents_dir=str(two_latents),
-                    model=BrainConfig(hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16),
-                    train=TrainConfig(latent="handcrafted+half", max_epochs=1, batch_size=32))
+def test_one_model_trains_on_two_latents_and_its_bundle_splits_predictions(
+    tiny_run: Path, two_latents: Path, tmp_path: Path
+) -> None:
+    cfg = FitConfig(
+        store=str(tiny_run / "store"),
+        latents_dir=str(two_latents),
+        model=BrainConfig(
+            hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
+        ),
+        train=TrainConfig(latent="handcrafted+half", max_epochs=1, batch_size=32),
+    )
     result = fit(cfg, out_dir=tmp_path / "bundle")
     bundle = load_bundle(tmp_path / "bundle")
     width = load_latents(two_latents / "handcrafted.parquet")[1].shape[1]
-    assert bundle.latent_name == "handcrafted+half" and bundle.latent_parts == [("handcrafted", width), ("half", 10)]
+    assert bundle.latent_name == "handcrafted+half" and bundle.latent_parts == [
+        ("handcrafted", width),
+        ("half", 10),
+    ]
     z = np.random.default_rng(0).normal(size=(3, width + 10)).astype(np.float32)
-    assert {k: v.shape for k, v in bundle.split_latent(z).items()} == {"handcrafted": (3, width), "half": (3, 10)}
+    assert {k: v.shape for k, v in bundle.split_latent(z).items()} == {
+        "handcrafted": (3, width),
+        "half": (3, 10),
+    }
     assert result.metrics["val/top5"] >= 0
     bundle.latent_parts = [LatentPart("handcrafted", width), LatentPart("half", 9)]
     with pytest.raises(BundleError, match="latent_parts"):

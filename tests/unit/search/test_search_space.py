@@ -26,7 +26,10 @@ def _write(tmp_path: Path, text: str) -> Path:
 def _samples(space: SearchSpace, n: int, seed: int = 0) -> list[dict]:
     """n define-by-run samples from a real TPE study, told a score so TPE leaves its warm-up."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=f"{space.mode}imize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5))
+    study = optuna.create_study(
+        direction=f"{space.mode}imize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
+    )
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. Optuna adjusting a range that is off the grid
@@ -56,10 +59,24 @@ def test_shipped_spaces_load_and_sample_valid_configs(name: str) -> None:
 
 def test_paper_and_smoke_search_what_the_issue_asks() -> None:
     paper = {p.key: p for p in load_space(SPACES / "paper.yaml").params}
-    for key in ("model.depth", "model.hidden_channels", "model.kernel_size", "model.dilation_period",
-                "model.glu", "model.conv_dropout", "model.aggregation", "model.head_hidden",
-                "loss.temperature_init", "loss.learn_temperature", "loss.lam", "train.tmin",
-                "train.tmax", "train.lr", "train.batch_size", "train.latent"):
+    for key in (
+        "model.depth",
+        "model.hidden_channels",
+        "model.kernel_size",
+        "model.dilation_period",
+        "model.glu",
+        "model.conv_dropout",
+        "model.aggregation",
+        "model.head_hidden",
+        "loss.temperature_init",
+        "loss.learn_temperature",
+        "loss.lam",
+        "train.tmin",
+        "train.tmax",
+        "train.lr",
+        "train.batch_size",
+        "train.latent",
+    ):
         assert key in paper, key
     assert set(paper["train.latent"].choices) == {"handcrafted", "clip-vision"}
     smoke = load_space(SPACES / "smoke.yaml")
@@ -99,18 +116,26 @@ def test_windows_are_on_the_grid_inside_the_epoch_and_ordered() -> None:
 
 
 def test_tmax_may_come_first_in_the_file(tmp_path: Path) -> None:
-    space = load_space(_write(tmp_path, """
+    space = load_space(
+        _write(
+            tmp_path,
+            """
 params:
   train.tmax: {type: float, low: 0.1, high: 0.3, step: 0.1}
   train.tmin: {type: float, low: 0.0, high: 0.2, step: 0.1}
-"""))
+""",
+        )
+    )
     assert [p.key for p in space.params] == ["train.tmin", "train.tmax"]
     for flat in _samples(space, 40):
         assert flat["train.tmin"] < flat["train.tmax"]
 
 
 def test_conditional_params_appear_only_when_their_condition_holds(tmp_path: Path) -> None:
-    space = load_space(_write(tmp_path, """
+    space = load_space(
+        _write(
+            tmp_path,
+            """
 params:
   model.aggregation: {type: categorical, choices: [mean, affine, attention]}
   model.head_dropout: {type: float, low: 0.0, high: 0.5, when: {model.aggregation: attention}}
@@ -120,7 +145,9 @@ params:
     low: 20
     high: 100
     when: {loss.learn_temperature: true, model.aggregation: [affine, attention]}
-"""))
+""",
+        )
+    )
     samples = _samples(space, 80)
     for flat in samples:
         assert ("model.head_dropout" in flat) == (flat["model.aggregation"] == "attention")
@@ -142,10 +169,15 @@ def test_unknown_key_is_an_error_naming_the_key_and_the_file(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="train.lrate"):
         load_space(_write(tmp_path, "fixed:\n  train.lrate: 0.1\n"))
     with pytest.raises(ConfigError, match="model.aggregaton"):
-        load_space(_write(tmp_path, """
+        load_space(
+            _write(
+                tmp_path,
+                """
 params:
   model.head_dropout: {type: float, low: 0.0, high: 0.5, when: {model.aggregaton: attention}}
-"""))
+""",
+            )
+        )
     with pytest.raises(ConfigError, match="num_sample"):
         load_space(_write(tmp_path, "num_sample: 3\n"))
 
@@ -173,18 +205,32 @@ def test_bad_ranges_are_errors_naming_the_key(tmp_path: Path, spec: str, message
     ("text", "message"),
     [
         # dataclass validation, caught by the extreme configs before any trial
-        ("params:\n  model.aggregation: {type: categorical, choices: [mean, attentoin]}\n", "attentoin"),
+        (
+            "params:\n  model.aggregation: {type: categorical, choices: [mean, attentoin]}\n",
+            "attentoin",
+        ),
         ("params:\n  loss.lam: {type: float, low: 0.5, high: 1.5}\n", "lam"),
         ("fixed:\n  model.depth: many\n", "depth"),
         # windows
-        ("params:\n  train.tmin: {type: float, low: -0.6, high: 0.0, step: 0.025}\n"
-         "  train.tmax: {type: float, low: 0.1, high: 0.5, step: 0.025}\n", "leaves the stored epoch"),
-        ("params:\n  train.tmin: {type: float, low: 0.0, high: 0.5, step: 0.025}\n"
-         "  train.tmax: {type: float, low: 0.1, high: 0.5, step: 0.025}\n", "leaves no tmax"),
+        (
+            "params:\n  train.tmin: {type: float, low: -0.6, high: 0.0, step: 0.025}\n"
+            "  train.tmax: {type: float, low: 0.1, high: 0.5, step: 0.025}\n",
+            "leaves the stored epoch",
+        ),
+        (
+            "params:\n  train.tmin: {type: float, low: 0.0, high: 0.5, step: 0.025}\n"
+            "  train.tmax: {type: float, low: 0.1, high: 0.5, step: 0.025}\n",
+            "leaves no tmax",
+        ),
         ("params:\n  train.tmin: {type: float, low: 0.0, high: 0.5}\n", "float with a step"),
-        ("params:\n  train.tmax: {type: float, low: 0.2, high: 0.5, step: 0.1}\n", "must be searched or fixed"),
-        ("fixed:\n  train.tmin: 0.5\nparams:\n  train.tmax: {type: float, low: 0.2, high: 0.5, step: 0.1}\n",
-         "leaves no window"),
+        (
+            "params:\n  train.tmax: {type: float, low: 0.2, high: 0.5, step: 0.1}\n",
+            "must be searched or fixed",
+        ),
+        (
+            "fixed:\n  train.tmin: 0.5\nparams:\n  train.tmax: {type: float, low: 0.2, high: 0.5, step: 0.1}\n",
+            "leaves no window",
+        ),
         # keys a search space must not touch, and top-level values
         ("params:\n  model.n_channels: {type: int, low: 1, high: 4}\n", "set from the data"),
         ("fixed:\n  train.seed: 3\n", "seeds"),
@@ -193,12 +239,20 @@ def test_bad_ranges_are_errors_naming_the_key(tmp_path: Path, spec: str, message
         ("max_epochs: 5\ngrace_period: 6\n", "grace_period"),
         ("max_epochs: 5\nfixed:\n  train.max_epochs: 8\n", "disagrees"),
         ("seeds: 0\n", "seeds must be an integer >= 1"),
-        ("fixed:\n  model.depth: 2\nparams:\n  model.depth: {type: int, low: 1, high: 3}\n", "both fixed and searched"),
-        ("params:\n  model.head_dropout: {type: float, low: 0.0, high: 0.5, when: {model.aggregation: attention}}\n"
-         "  model.aggregation: {type: categorical, choices: [mean, attention]}\n", "neither an earlier param"),
-        ("params:\n  model.aggregation: {type: categorical, choices: [mean, affine]}\n"
-         "  model.head_dropout: {type: float, low: 0.0, high: 0.5, when: {model.aggregation: attention}}\n",
-         "takes"),
+        (
+            "fixed:\n  model.depth: 2\nparams:\n  model.depth: {type: int, low: 1, high: 3}\n",
+            "both fixed and searched",
+        ),
+        (
+            "params:\n  model.head_dropout: {type: float, low: 0.0, high: 0.5, when: {model.aggregation: attention}}\n"
+            "  model.aggregation: {type: categorical, choices: [mean, attention]}\n",
+            "neither an earlier param",
+        ),
+        (
+            "params:\n  model.aggregation: {type: categorical, choices: [mean, affine]}\n"
+            "  model.head_dropout: {type: float, low: 0.0, high: 0.5, when: {model.aggregation: attention}}\n",
+            "takes",
+        ),
     ],
 )
 def test_invalid_spaces_fail_at_load_time(tmp_path: Path, text: str, message: str) -> None:
@@ -223,8 +277,16 @@ def test_defaults_and_fit_config_merging(tmp_path: Path) -> None:
 
 def test_fit_config_layers_in_order_then_seed_and_device() -> None:
     base = FitConfig(store="/s")
-    cfg = fit_config(base, {"model.depth": 2, "train.lr": 1e-3}, {"model.depth": 3}, seed=4, device="cuda")
-    assert (cfg.store, cfg.model.depth, cfg.train.lr, cfg.train.seed, cfg.train.device) == ("/s", 3, 1e-3, 4, "cuda")
+    cfg = fit_config(
+        base, {"model.depth": 2, "train.lr": 1e-3}, {"model.depth": 3}, seed=4, device="cuda"
+    )
+    assert (cfg.store, cfg.model.depth, cfg.train.lr, cfg.train.seed, cfg.train.device) == (
+        "/s",
+        3,
+        1e-3,
+        4,
+        "cuda",
+    )
     assert fit_config(base) == base  # no layer, no seed: the base itself
     with pytest.raises(ConfigError, match="trial config: invalid config"):
         fit_config(base, {"train.monitor": "val/acc"})
@@ -233,7 +295,11 @@ def test_fit_config_layers_in_order_then_seed_and_device() -> None:
 def test_logged_params_rebuild_the_trials_config_for_a_seed() -> None:
     """MLflow logs a trial's flat config as strings (train.seed dropped) next to its seeds."""
     trial = fit_config(FitConfig(store="/s"), {"model.depth": 3, "model.head_hidden": 64}, seed=0)
-    params = {k: str(v) for k, v in trial.to_flat_dict().items() if k != "train.seed"} | {"seeds": "[0, 1]"}
-    assert fit_config(FitConfig(), logged_keys(params), seed=1) == trial.replace(train=trial.train.replace(seed=1))
+    params = {k: str(v) for k, v in trial.to_flat_dict().items() if k != "train.seed"} | {
+        "seeds": "[0, 1]"
+    }
+    assert fit_config(FitConfig(), logged_keys(params), seed=1) == trial.replace(
+        train=trial.train.replace(seed=1)
+    )
     with pytest.raises(ConfigError, match="no FitConfig key"):
         logged_keys({"seeds": "[0, 1]"})

@@ -41,14 +41,21 @@ def test_trial_timing_splits_the_trial_and_stamps_its_start() -> None:
     clock.lap("epochs")
     metrics = timing_metrics(clock, start_at)
     assert metrics[f"{TIMING}setup_s"] >= 0.02 > metrics[f"{TIMING}epochs_s"]
-    assert metrics[f"{TIMING}report_s"] == metrics[f"{TIMING}finish_s"] == 0.0  # every phase is reported
+    assert (
+        metrics[f"{TIMING}report_s"] == metrics[f"{TIMING}finish_s"] == 0.0
+    )  # every phase is reported
     assert metrics[f"{TIMING}process_start_at"] <= metrics[f"{TIMING}start_at"] <= time.time()
     with pytest.raises(KeyError):
         clock.lap("unknown phase")
 
 
 def test_final_metrics_keep_timing_durations_not_instants() -> None:
-    result = {"val/top5_mean": 0.5, f"{TIMING}epochs_s": 12.0, f"{TIMING}start_at": 1.7e9, "time_total_s": 3.0}
+    result = {
+        "val/top5_mean": 0.5,
+        f"{TIMING}epochs_s": 12.0,
+        f"{TIMING}start_at": 1.7e9,
+        "time_total_s": 3.0,
+    }
     assert final_metrics(result) == {"val/top5_mean": 0.5, f"{TIMING}epochs_s": 12.0}
 
 
@@ -88,7 +95,11 @@ def test_pickling_flushes_and_drops_the_thread() -> None:
     callback._submit(seen.append, 1)
     state = pickle.loads(pickle.dumps(callback))
     assert seen == [1]  # flushed before pickling
-    assert state._writer is None and state._pending == [] and state.tracking_uri == callback.tracking_uri
+    assert (
+        state._writer is None
+        and state._pending == []
+        and state.tracking_uri == callback.tracking_uri
+    )
     assert callback.get_state() == {"runs": {}, "logged": {}}
 
 
@@ -103,7 +114,8 @@ def test_whole_file_reads_sets_then_restores_the_data_context() -> None:
 
 
 def test_data_paths_are_absolute_so_trials_in_their_own_folders_find_the_store(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from megdecode.search.driver import data_paths
 
     (tmp_path / "run" / "store").mkdir(parents=True)

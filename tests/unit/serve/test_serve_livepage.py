@@ -28,14 +28,26 @@ def _bundle(tiny_run: Path, store: Path | None = None) -> ModelBundle:
     test = meta[meta["split"] == "test"].drop_duplicates("image_id").sort_values("image_id")
     c, f = len(manifest.ch_names), 4
     return ModelBundle(
-        model_config={}, state_dict={}, loss=None, tmin=0.0, tmax=0.5, sfreq=manifest.sfreq, n_times=61,
-        ch_names=list(manifest.ch_names), pos2d=np.zeros((c, 2), np.float32), subjects=list(manifest.subjects),
-        latent_name="handcrafted", latent_parts=[LatentPart("handcrafted", f)], latent_mean=np.zeros(f, np.float32),
-        latent_std=np.ones(f, np.float32), gallery=np.eye(len(test), f, dtype=np.float32),
+        model_config={},
+        state_dict={},
+        loss=None,
+        tmin=0.0,
+        tmax=0.5,
+        sfreq=manifest.sfreq,
+        n_times=61,
+        ch_names=list(manifest.ch_names),
+        pos2d=np.zeros((c, 2), np.float32),
+        subjects=list(manifest.subjects),
+        latent_name="handcrafted",
+        latent_parts=[LatentPart("handcrafted", f)],
+        latent_mean=np.zeros(f, np.float32),
+        latent_std=np.ones(f, np.float32),
+        gallery=np.eye(len(test), f, dtype=np.float32),
         gallery_ids=test["image_id"].to_numpy(np.int64),
         gallery_meta=GalleryMeta(tuple(test["category"]), tuple(test["image_path"])),
         fit_config=FitRecord({"store": str(store or tiny_run / "store")}),
-        scalers={s: SubjectScaler.from_json(d) for s, d in manifest.scalers.items()})
+        scalers={s: SubjectScaler.from_json(d) for s, d in manifest.scalers.items()},
+    )
 
 
 def test_replay_is_a_run_of_the_stores_bids_in_the_bundles_channel_order(tiny_run: Path) -> None:
@@ -44,18 +56,31 @@ def test_replay_is_a_run_of_the_stores_bids_in_the_bundles_channel_order(tiny_ru
     replay = page.replay(bundle, "", None, None)
     subject = bundle.subjects[0]
     keys = bids.find_runs(tiny_run / "bids", subjects=[subject])
-    assert replay.source == "recording" and replay.subject == subject and replay.run == keys[-1].basename
-    raw = mne.io.read_raw_fif(bids.raw_path(tiny_run / "bids", keys[-1]).fpath, preload=True, verbose=False)
+    assert (
+        replay.source == "recording"
+        and replay.subject == subject
+        and replay.run == keys[-1].basename
+    )
+    raw = mne.io.read_raw_fif(
+        bids.raw_path(tiny_run / "bids", keys[-1]).fpath, preload=True, verbose=False
+    )
     assert replay.sfreq == raw.info["sfreq"] and replay.n_samples == raw.n_times
     block = replay.read(100, 400)
     assert block.dtype == np.dtype("<f4") and block.shape == (len(bundle.ch_names), 300)
-    np.testing.assert_allclose(block, raw.get_data(picks=bundle.ch_names, start=100, stop=400), rtol=1e-6)
+    np.testing.assert_allclose(
+        block, raw.get_data(picks=bundle.ch_names, start=100, stop=400), rtol=1e-6
+    )
     info = page.info(replay, Gallery.from_bundle(bundle), bundle.subjects)
-    assert info["chunk_samples"] == round(0.025 * replay.sfreq) and info["block_samples"] == 40 * info["chunk_samples"]
+    assert (
+        info["chunk_samples"] == round(0.025 * replay.sfreq)
+        and info["block_samples"] == 40 * info["chunk_samples"]
+    )
     assert info["runs"] == [k.basename for k in keys] and info["subjects"] == bundle.subjects
     shown = [e for e in info["events"] if e["in_gallery"]]
     assert shown and all(e["image_id"] in set(bundle.gallery_ids.tolist()) for e in shown)
-    assert page.replay(bundle, "", subject, replay.run) is replay  # the page's data requests hit the cache
+    assert (
+        page.replay(bundle, "", subject, replay.run) is replay
+    )  # the page's data requests hit the cache
     for start, stop in ((-1, 10), (10, 10), (0, replay.n_samples + 1), (0, int(11 * replay.sfreq))):
         with pytest.raises(ApiError, match="start < stop") as err:
             replay.read(start, stop)
@@ -68,7 +93,9 @@ def test_replay_is_a_run_of_the_stores_bids_in_the_bundles_channel_order(tiny_ru
     assert err.value.status == 404 and subject in err.value.detail
 
 
-def test_without_a_bids_dataset_the_replay_is_noise_and_says_why(tiny_run: Path, tmp_path: Path) -> None:
+def test_without_a_bids_dataset_the_replay_is_noise_and_says_why(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     bundle = _bundle(tiny_run, store=tmp_path / "store")
     replay = LivePage(LiveConfig()).replay(bundle, "", None, None)
     assert replay.source == "noise" and replay.events.empty
@@ -96,10 +123,16 @@ def test_thumbnails_are_small_cached_pngs(tiny_run: Path) -> None:
 def test_a_browser_token_comes_as_a_subprotocol_and_headers_win() -> None:
     token = "s3cret token/é"
     offered = "megdecode, bearer." + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
-    assert ws_auth({"sec-websocket-protocol": offered}) == ({"authorization": f"Bearer {token}"}, "megdecode")
+    assert ws_auth({"sec-websocket-protocol": offered}) == (
+        {"authorization": f"Bearer {token}"},
+        "megdecode",
+    )
     headers = {"authorization": "Bearer other", "sec-websocket-protocol": offered}
     assert ws_auth(headers) == (headers, "megdecode")
-    assert ws_auth({"sec-websocket-protocol": "bearer.%%%"}) == ({}, None)  # never echoes the token's protocol
+    assert ws_auth({"sec-websocket-protocol": "bearer.%%%"}) == (
+        {},
+        None,
+    )  # never echoes the token's protocol
     assert ws_auth({}) == ({}, None)
 
 

@@ -17,17 +17,21 @@ def config(**sections: dict) -> ServeConfig:
 WITH_GENERATOR = {"generator": {"weights": "g"}}
 
 
-@pytest.mark.parametrize(("cpus", "gpus", "generator", "expected"), [
-    # cluster,  generator?, (ingress, decoder, generator) CPUs per replica
-    (1, 0, False, (0.33, 0.66, None)),
-    (2, 0, False, (0.5, 1.0, None)),
-    (2, 0, True, (0.4, 0.8, 0.8)),  # the laptop case: 2.5 CPUs wanted, scaled to fit 2
-    (4, 0, True, (0.5, 1.0, 1.0)),
-    (16, 1, True, (0.5, 1.0, 0.5)),  # on a GPU the generator needs less CPU
-    (0.5, 0, True, (0.1, 0.2, 0.2)),
-])
-def test_derived_requests_fit_the_cluster(cpus: float, gpus: float, generator: bool,
-                                          expected: tuple[float, float, float | None]) -> None:
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "generator", "expected"),
+    [
+        # cluster,  generator?, (ingress, decoder, generator) CPUs per replica
+        (1, 0, False, (0.33, 0.66, None)),
+        (2, 0, False, (0.5, 1.0, None)),
+        (2, 0, True, (0.4, 0.8, 0.8)),  # the laptop case: 2.5 CPUs wanted, scaled to fit 2
+        (4, 0, True, (0.5, 1.0, 1.0)),
+        (16, 1, True, (0.5, 1.0, 0.5)),  # on a GPU the generator needs less CPU
+        (0.5, 0, True, (0.1, 0.2, 0.2)),
+    ],
+)
+def test_derived_requests_fit_the_cluster(
+    cpus: float, gpus: float, generator: bool, expected: tuple[float, float, float | None]
+) -> None:
     cfg = config(**(WITH_GENERATOR if generator else {}))
     plan = plan_resources(cfg, Cluster(cpus, gpus))
     assert plan.fits, plan.problems
@@ -40,17 +44,33 @@ def test_derived_requests_fit_the_cluster(cpus: float, gpus: float, generator: b
     assert all(s.derived for s in plan.shares)
 
 
-@pytest.mark.parametrize(("cpus", "gpus", "num_gpus", "expected_gpus", "max_replicas"), [
-    (2, 0, 0.25, 0.0, 1),  # no GPU: CPU fallback, and no room for a second CPU replica on 2 CPUs
-    (4, 0, 0.25, 0.0, 2),
-    (4, 1, 0.25, 0.25, 3),  # the GPU share, up to max_replicas
-    (4, 1, 0.5, 0.5, 2),  # two halves of the GPU
-    (4, 0.5, 0.25, 0.25, 2),
-    (2, 1, 0.25, 0.25, 1),  # the GPU has room, the 2 CPUs do not (0.5 CPU per generator replica)
-    (4, 1, 0.0, 0.0, 2),  # asked for no GPU: CPU replicas
-])
-def test_the_generator_takes_its_gpu_share_when_there_is_one(cpus: float, gpus: float, num_gpus: float,
-                                                             expected_gpus: float, max_replicas: int) -> None:
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "num_gpus", "expected_gpus", "max_replicas"),
+    [
+        (
+            2,
+            0,
+            0.25,
+            0.0,
+            1,
+        ),  # no GPU: CPU fallback, and no room for a second CPU replica on 2 CPUs
+        (4, 0, 0.25, 0.0, 2),
+        (4, 1, 0.25, 0.25, 3),  # the GPU share, up to max_replicas
+        (4, 1, 0.5, 0.5, 2),  # two halves of the GPU
+        (4, 0.5, 0.25, 0.25, 2),
+        (
+            2,
+            1,
+            0.25,
+            0.25,
+            1,
+        ),  # the GPU has room, the 2 CPUs do not (0.5 CPU per generator replica)
+        (4, 1, 0.0, 0.0, 2),  # asked for no GPU: CPU replicas
+    ],
+)
+def test_the_generator_takes_its_gpu_share_when_there_is_one(
+    cpus: float, gpus: float, num_gpus: float, expected_gpus: float, max_replicas: int
+) -> None:
     cfg = config(generator={"weights": "g", "num_gpus": num_gpus, "max_replicas": 3})
     plan = plan_resources(cfg, Cluster(cpus, gpus))
     gen = plan.share(GENERATOR)
@@ -84,13 +104,26 @@ def test_explicit_requests_that_take_everything_leave_the_others_unreserved() ->
     assert any("without a reservation" in n for n in plan.notes)
 
 
-@pytest.mark.parametrize(("sections", "needle"), [
-    ({"decoder": {"model": "b", "num_cpus": 3}}, "BrainDecoder asks 3 CPU per replica (decoder.num_cpus); the cluster has 2"),
-    ({"decoder": {"model": "b", "num_cpus": 1, "num_replicas": 2}, "http": {"num_cpus": 0.5}},
-     "= 2.5 CPU; the cluster has 2"),
-    ({"generator": {"weights": "g", "num_gpus": 1, "min_replicas": 2, "max_replicas": 2}},
-     "Generator asks 2 x 1 GPU (generator.min_replicas x generator.num_gpus); the cluster has 1"),
-])
+@pytest.mark.parametrize(
+    ("sections", "needle"),
+    [
+        (
+            {"decoder": {"model": "b", "num_cpus": 3}},
+            "BrainDecoder asks 3 CPU per replica (decoder.num_cpus); the cluster has 2",
+        ),
+        (
+            {
+                "decoder": {"model": "b", "num_cpus": 1, "num_replicas": 2},
+                "http": {"num_cpus": 0.5},
+            },
+            "= 2.5 CPU; the cluster has 2",
+        ),
+        (
+            {"generator": {"weights": "g", "num_gpus": 1, "min_replicas": 2, "max_replicas": 2}},
+            "Generator asks 2 x 1 GPU (generator.min_replicas x generator.num_gpus); the cluster has 1",
+        ),
+    ],
+)
 def test_what_cannot_fit_is_named(sections: dict, needle: str) -> None:
     plan = plan_resources(config(**sections), Cluster(2, 1 if "generator" in sections else 0))
     assert not plan.fits

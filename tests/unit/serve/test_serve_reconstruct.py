@@ -24,22 +24,50 @@ C, T, F = 6, 13, 5
 
 
 def _bundle(path: Path, stats: bool) -> Path:
-    cfg = BrainConfig(n_channels=C, n_times=T, n_subjects=2, out_dim=F, hidden_channels=8,
-                      merger_channels=8, fourier_freqs=2, depth=1, projection_hidden=8)
+    cfg = BrainConfig(
+        n_channels=C,
+        n_times=T,
+        n_subjects=2,
+        out_dim=F,
+        hidden_channels=8,
+        merger_channels=8,
+        fourier_freqs=2,
+        depth=1,
+        projection_hidden=8,
+    )
     torch.manual_seed(0)
     pos = np.random.default_rng(0).uniform(0, 1, (C, 2)).astype(np.float32)
     rng = np.random.default_rng(1)
     # statistics far from the head's raw outputs, so scaling with them is visible
-    reference = PredictionStats.of(rng.normal(size=(30, F)) * 0.01 + 0.5, reference="val") if stats else None
-    return save_bundle(ModelBundle(
-        model_config=cfg.to_flat_dict(), state_dict=BrainModule(cfg, pos).state_dict(),
-        loss=LossState(math.log(1 / 0.07), learned=True), tmin=0.0, tmax=0.1, sfreq=120.0, n_times=T,
-        ch_names=[f"M{i}" for i in range(C)], pos2d=pos, subjects=["A", "B"], latent_name="handcrafted",
-        latent_parts=[LatentPart("handcrafted", F)], latent_mean=rng.normal(size=F).astype(np.float32),
-        latent_std=np.full(F, 2.0, np.float32), gallery=rng.normal(size=(4, F)).astype(np.float32),
-        gallery_ids=np.arange(4, dtype=np.int64), gallery_meta=GalleryMeta.blank(4), fit_config=FitRecord({}),
-        prediction_stats=reference,
-    ), path)
+    reference = (
+        PredictionStats.of(rng.normal(size=(30, F)) * 0.01 + 0.5, reference="val")
+        if stats
+        else None
+    )
+    return save_bundle(
+        ModelBundle(
+            model_config=cfg.to_flat_dict(),
+            state_dict=BrainModule(cfg, pos).state_dict(),
+            loss=LossState(math.log(1 / 0.07), learned=True),
+            tmin=0.0,
+            tmax=0.1,
+            sfreq=120.0,
+            n_times=T,
+            ch_names=[f"M{i}" for i in range(C)],
+            pos2d=pos,
+            subjects=["A", "B"],
+            latent_name="handcrafted",
+            latent_parts=[LatentPart("handcrafted", F)],
+            latent_mean=rng.normal(size=F).astype(np.float32),
+            latent_std=np.full(F, 2.0, np.float32),
+            gallery=rng.normal(size=(4, F)).astype(np.float32),
+            gallery_ids=np.arange(4, dtype=np.int64),
+            gallery_meta=GalleryMeta.blank(4),
+            fit_config=FitRecord({}),
+            prediction_stats=reference,
+        ),
+        path,
+    )
 
 
 def test_card_states_the_prediction_stats_or_warns_that_they_are_missing(tmp_path: Path) -> None:
@@ -49,7 +77,9 @@ def test_card_states_the_prediction_stats_or_warns_that_they_are_missing(tmp_pat
     assert old["prediction_stats"] is None and old["warnings"] == [NO_STATS_WARNING]
     from megdecode.serve.schemas import ModelCard
 
-    assert ModelCard(**old).model_dump()["warnings"] == [NO_STATS_WARNING]  # /v1/model keeps both fields
+    assert ModelCard(**old).model_dump()["warnings"] == [
+        NO_STATS_WARNING
+    ]  # /v1/model keeps both fields
 
 
 def test_window_latents_are_z_scored_with_the_stored_stats(tmp_path: Path) -> None:
@@ -61,9 +91,15 @@ def test_window_latents_are_z_scored_with_the_stored_stats(tmp_path: Path) -> No
     assert stats is not None
     want = (mse - stats.mean) / stats.std * b.latent_std + b.latent_mean
     np.testing.assert_allclose(latents["handcrafted"], want, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(latents["handcrafted"], mse, atol=1e-2)  # the unscaled output is not what is drawn
-    unscaled = window_latents(load_served_model(str(_bundle(tmp_path / "old", stats=False))), window, "B")
-    np.testing.assert_allclose(unscaled["handcrafted"], mse, rtol=1e-6)  # no stats: returned unchanged
+    assert not np.allclose(
+        latents["handcrafted"], mse, atol=1e-2
+    )  # the unscaled output is not what is drawn
+    unscaled = window_latents(
+        load_served_model(str(_bundle(tmp_path / "old", stats=False))), window, "B"
+    )
+    np.testing.assert_allclose(
+        unscaled["handcrafted"], mse, rtol=1e-6
+    )  # no stats: returned unchanged
     with pytest.raises(ApiError, match="C x T"):
         window_latents(state, window[:, :-1], "B")
     with pytest.raises(ApiError, match="unknown subject"):
@@ -77,7 +113,10 @@ def test_offline_reconstruct_is_the_deployments_two_steps(tmp_path: Path) -> Non
     body = tmp_path / "window.json"
     body.write_text(json.dumps({"subject": "A", "data": window.tolist()}))
     made = reconstruct(str(bundle), gen_dir, body, steps=2, guidance=3.0, seed=5)
-    assert made.png[:8] == b"\x89PNG\r\n\x1a\n" and made.model["prediction_stats"] == {"reference": "val", "n": 30}
+    assert made.png[:8] == b"\x89PNG\r\n\x1a\n" and made.model["prediction_stats"] == {
+        "reference": "val",
+        "n": 30,
+    }
     state, pipeline = load_served_model(str(bundle)), LatentGenerator.from_dir(gen_dir)
     assert render_png(pipeline, window_latents(state, window, "A"), 2, 3.0, 5) == [made.png]
     assert reconstruct(str(bundle), gen_dir, body, steps=2, guidance=3.0, seed=6).png != made.png

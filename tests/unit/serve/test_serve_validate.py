@@ -38,7 +38,10 @@ def test_json_windows_and_each_bad_class() -> None:
     assert _status(parse_json_body, b"[1, 2]") == (400, "malformed_json")
     assert _status(window_from_json, {"data": [[1.0]]}) == (422, "missing_field")
     assert _status(window_from_json, {"subject": True, "data": [[1.0]]}) == (422, "invalid_subject")
-    assert _status(window_from_json, {"subject": "A", "data": [[1.0], [1.0, 2.0]]}) == (422, "invalid_shape")
+    assert _status(window_from_json, {"subject": "A", "data": [[1.0], [1.0, 2.0]]}) == (
+        422,
+        "invalid_shape",
+    )
     assert _status(window_from_json, {"subject": "A", "data": [["x"]]}) == (422, "invalid_dtype")
     assert _status(window_from_json, {"subject": "A", "data": [[1e39]]}) == (422, "non_finite")
     doc = json.loads('{"subject": "A", "data": [[NaN]]}')
@@ -53,8 +56,14 @@ def test_bytes_windows_need_their_headers() -> None:
     np.testing.assert_array_equal(x, y)
     assert _status(window_from_bytes, x.tobytes()[:-4], headers) == (400, "malformed_bytes")
     assert _status(window_from_bytes, x.tobytes(), {"x-subject": "A"}) == (422, "missing_header")
-    assert _status(window_from_bytes, x.tobytes(), headers | {"x-shape": "2;3"}) == (422, "invalid_header")
-    assert _status(window_from_bytes, x.tobytes(), headers | {"x-dtype": "float64"}) == (415, "unsupported_dtype")
+    assert _status(window_from_bytes, x.tobytes(), headers | {"x-shape": "2;3"}) == (
+        422,
+        "invalid_header",
+    )
+    assert _status(window_from_bytes, x.tobytes(), headers | {"x-dtype": "float64"}) == (
+        415,
+        "unsupported_dtype",
+    )
 
 
 def test_subjects_and_bounds() -> None:

@@ -37,12 +37,15 @@ def test_272_things_channel_names(geom: helmet.SensorGeometry) -> None:
 
 def test_sensors_sit_on_the_ctf_helmet_surface(geom: helmet.SensorGeometry) -> None:
     helmet = mne.bem.read_bem_surfaces(
-        Path(mne.__file__).parent / "data" / "helmets" / "CTF_275.fif.gz", verbose="error")[0]
+        Path(mne.__file__).parent / "data" / "helmets" / "CTF_275.fif.gz", verbose="error"
+    )[0]
     rr, tris = helmet["rr"], helmet["tris"]
     # densely sample every triangle, then ask for the nearest surface point of each sensor
-    w = np.array([(a, b) for a in np.linspace(0, 1, 25) for b in np.linspace(0, 1, 25) if a + b <= 1])
+    w = np.array(
+        [(a, b) for a in np.linspace(0, 1, 25) for b in np.linspace(0, 1, 25) if a + b <= 1]
+    )
     v0, v1, v2 = rr[tris[:, 0]], rr[tris[:, 1]], rr[tris[:, 2]]
-    pts = (v0[:, None] + w[None, :, :1] * (v1 - v0)[:, None] + w[None, :, 1:] * (v2 - v0)[:, None])
+    pts = v0[:, None] + w[None, :, :1] * (v1 - v0)[:, None] + w[None, :, 1:] * (v2 - v0)[:, None]
     dist, _ = cKDTree(pts.reshape(-1, 3)).query(geom.pos)
     assert dist.max() < 0.002
     outward = ((geom.pos - geom.helmet_center) * geom.normals).sum(1)
@@ -56,7 +59,10 @@ def test_sensor_regions_are_anatomically_placed(geom: helmet.SensorGeometry) -> 
     assert y_front - y_back > 0.1  # device frame: y points to the nose
     assert geom.pos[_group(geom, ("ML",)), 0].mean() < -0.03
     assert geom.pos[_group(geom, ("MR",)), 0].mean() > 0.03
-    assert geom.pos[_group(geom, ("MZC",)), 2].mean() > geom.pos[_group(geom, ("MLT", "MRT")), 2].mean()
+    assert (
+        geom.pos[_group(geom, ("MZC",)), 2].mean()
+        > geom.pos[_group(geom, ("MLT", "MRT")), 2].mean()
+    )
     assert geom.pos2d.min() >= 0 and geom.pos2d.max() <= 1
 
 
@@ -85,8 +91,11 @@ def test_forward_is_physical(geom: helmet.SensorGeometry, info: mne.Info) -> Non
 def test_head_movement_changes_the_forward(geom: helmet.SensorGeometry, info: mne.Info) -> None:
     rr = helmet.SPHERE_ORIGIN + np.array([[0.03, -0.04, 0.02]])
     nn = helmet.tangential_orientations(rr, np.random.default_rng(1))
-    moved = helmet.make_info(geom, 300.0, helmet.head_transform(
-        geom, np.array([0.004, 0.0, 0.0]), np.deg2rad([2.0, 0.0, 0.0])))
+    moved = helmet.make_info(
+        geom,
+        300.0,
+        helmet.head_transform(geom, np.array([0.004, 0.0, 0.0]), np.deg2rad([2.0, 0.0, 0.0])),
+    )
     a, b = helmet.leadfield(info, rr, nn), helmet.leadfield(moved, rr, nn)
     change = np.linalg.norm(a - b) / np.linalg.norm(a)
     assert 0.01 < change < 0.8

@@ -16,8 +16,18 @@ from megdecode.twin.config import TwinConfig
 from megdecode.twin.simulate import TwinSummary, read_ground_truth, simulate
 
 EVENT_COLUMNS = ["onset", "duration", "trial_type", "things_category_nr", "value", "sample"]
-ATTRIBUTE_COLUMNS = ["trial_type", "image_on", "image_off", "image_path", "image_nr",
-                     "things_image_nr", "things_category_nr", "session_nr", "run_nr", "trial_nr"]
+ATTRIBUTE_COLUMNS = [
+    "trial_type",
+    "image_on",
+    "image_off",
+    "image_path",
+    "image_nr",
+    "things_image_nr",
+    "things_category_nr",
+    "session_nr",
+    "run_nr",
+    "trial_nr",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +42,23 @@ def _events(root: Path) -> dict[tuple[str, str, str], pd.DataFrame]:
     for path in sorted(root.glob("sub-*/ses-*/meg/*_events.tsv")):
         ents = mne_bids.get_entities_from_fname(path.name)
         out[(ents["subject"], ents["session"], ents["run"])] = pd.read_csv(
-            path, sep="\t", dtype=str, keep_default_na=False)
+            path, sep="\t", dtype=str, keep_default_na=False
+        )
     return out
 
 
 def _mini(seed: int) -> TwinConfig:
     return TwinConfig.preset("tiny", seed=seed).replace(
-        n_subjects=1, n_sessions=1, n_runs=1, n_categories=4, n_exp_per_category=3,
-        n_test_categories=1, n_catch_images=1, image_size=16, sfreq=200.0)
+        n_subjects=1,
+        n_sessions=1,
+        n_runs=1,
+        n_categories=4,
+        n_exp_per_category=3,
+        n_test_categories=1,
+        n_catch_images=1,
+        image_size=16,
+        sfreq=200.0,
+    )
 
 
 def test_presets_scale_up_and_round_trip() -> None:
@@ -67,8 +86,9 @@ def test_summary_matches_the_tree(tiny) -> None:
 
 def test_runs_read_back_with_mne_bids(tiny) -> None:
     cfg, _, root = tiny
-    path = mne_bids.BIDSPath(subject="BIGMEG2", session="02", task="main", run="02",
-                             datatype="meg", root=root)
+    path = mne_bids.BIDSPath(
+        subject="BIGMEG2", session="02", task="main", run="02", datatype="meg", root=root
+    )
     raw = mne_bids.read_raw_bids(path, verbose="error")
     assert raw.first_samp == 0 and raw.info["sfreq"] == cfg.sfreq
     assert len(mne.pick_types(raw.info, meg=True)) == 272 and "UPPT001" in raw.ch_names
@@ -101,10 +121,13 @@ def test_sample_attributes_follow_events_order_and_point_at_images(tiny) -> None
     cfg, _, root = tiny
     events = _events(root)
     for n in range(1, cfg.n_subjects + 1):
-        attrs = pd.read_csv(root / "sourcedata" / f"sample_attributes_P{n}.csv", dtype=str,
-                            keep_default_na=False)
+        attrs = pd.read_csv(
+            root / "sourcedata" / f"sample_attributes_P{n}.csv", dtype=str, keep_default_na=False
+        )
         assert list(attrs.columns) == ATTRIBUTE_COLUMNS
-        subject = pd.concat([e for k, e in events.items() if k[0] == f"BIGMEG{n}"], ignore_index=True)
+        subject = pd.concat(
+            [e for k, e in events.items() if k[0] == f"BIGMEG{n}"], ignore_index=True
+        )
         assert attrs["things_image_nr"].tolist() == subject["value"].tolist()
         assert attrs["trial_type"].tolist() == subject["trial_type"].tolist()
         for path, cat_nr in zip(attrs["image_path"], attrs["things_category_nr"], strict=True):
@@ -136,8 +159,13 @@ def test_ground_truth_round_trips(tiny) -> None:
     truth = read_ground_truth(root)
     assert TwinConfig.from_flat_dict(truth["config"]) == cfg
     assert truth["latencies_s"]["late"] == cfg.late_latency_s
-    assert truth["latencies_s"]["offset"] == pytest.approx(cfg.image_duration_s + cfg.offset_latency_s)
-    assert truth["snr"]["target"] == cfg.snr and truth["feature_mixing"]["late"]["sem"] == cfg.late_mix_sem
+    assert truth["latencies_s"]["offset"] == pytest.approx(
+        cfg.image_duration_s + cfg.offset_latency_s
+    )
+    assert (
+        truth["snr"]["target"] == cfg.snr
+        and truth["feature_mixing"]["late"]["sem"] == cfg.late_mix_sem
+    )
     assert set(truth["subjects"]) == {"BIGMEG1", "BIGMEG2"}
     src = truth["subjects"]["BIGMEG1"]["sources"]["early"]
     assert np.array(src["rr"]).shape == (cfg.n_sources_per_group, 3)
@@ -156,9 +184,14 @@ def test_missing_ground_truth_names_the_file(tmp_path: Path) -> None:
 
 def _arrays(root: Path) -> tuple[np.ndarray, dict[str, str]]:
     fifs = sorted(root.glob("sub-*/ses-*/meg/*_meg.fif"))
-    data = np.concatenate([mne.io.read_raw_fif(f, verbose="error").get_data() for f in fifs], axis=1)
-    tables = {str(p.relative_to(root)): p.read_text()
-              for p in sorted(root.rglob("*")) if p.suffix in {".tsv", ".csv"} and "scans" not in p.name}
+    data = np.concatenate(
+        [mne.io.read_raw_fif(f, verbose="error").get_data() for f in fifs], axis=1
+    )
+    tables = {
+        str(p.relative_to(root)): p.read_text()
+        for p in sorted(root.rglob("*"))
+        if p.suffix in {".tsv", ".csv"} and "scans" not in p.name
+    }
     tables["images"] = str(sorted(p.read_bytes() for p in (root / "stimuli").rglob("*.png")))
     return data, tables
 
@@ -168,7 +201,8 @@ def test_builds_are_deterministic_given_the_seed(tmp_path: Path) -> None:
     simulate(_mini(7).replace(n_subjects=2), tmp_path / "b", n_jobs=2)  # worker processes
     simulate(_mini(8).replace(n_subjects=2), tmp_path / "c")
     (data_a, tables_a), (data_b, tables_b), (data_c, tables_c) = (
-        _arrays(tmp_path / k) for k in "abc")
+        _arrays(tmp_path / k) for k in "abc"
+    )
     np.testing.assert_array_equal(data_a, data_b)
     assert tables_a == tables_b
     assert data_a.shape != data_c.shape or not np.array_equal(data_a, data_c)
@@ -178,15 +212,23 @@ def test_builds_are_deterministic_given_the_seed(tmp_path: Path) -> None:
 def test_flat_bad_channel_and_marking(tmp_path: Path) -> None:
     cfg = _mini(0).replace(bad_channel_mode="flat", mark_bad=True)
     simulate(cfg, tmp_path)
-    path = mne_bids.BIDSPath(subject="BIGMEG1", session="01", task="main", run="01",
-                             datatype="meg", root=tmp_path)
+    path = mne_bids.BIDSPath(
+        subject="BIGMEG1", session="01", task="main", run="01", datatype="meg", root=tmp_path
+    )
     raw = mne_bids.read_raw_bids(path, verbose="error")
     assert raw.info["bads"] == [cfg.bad_channel]
     assert np.all(raw.get_data(picks=[cfg.bad_channel]) == 0)
 
 
-@pytest.mark.parametrize("field, value", [("bad_channel_mode", "sparkly"), ("tuning", "cubic"),
-                                          ("n_groups", 9), ("catch_fraction", 0.6)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("bad_channel_mode", "sparkly"),
+        ("tuning", "cubic"),
+        ("n_groups", 9),
+        ("catch_fraction", 0.6),
+    ],
+)
 def test_invalid_configs_fail_before_writing(tmp_path: Path, field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         TwinConfig.preset("tiny").replace(**{field: value})

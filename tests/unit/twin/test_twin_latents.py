@@ -28,10 +28,15 @@ def _factors(tiny_run: Path) -> pd.DataFrame:
     return table[table["image_id"] >= 0].sort_values("image_id").reset_index(drop=True)
 
 
-def test_both_files_are_latent_caches_keyed_by_image_id(tiny_run: Path, written: dict[str, Path]) -> None:
+def test_both_files_are_latent_caches_keyed_by_image_id(
+    tiny_run: Path, written: dict[str, Path]
+) -> None:
     assert set(written) == {"twin-lowlevel", "twin-category"}
     truth = read_ground_truth(tiny_run / "bids")
-    dims = {"twin-lowlevel": len(stimuli.LOW_LEVEL), "twin-category": len(truth["semantic_columns"])}
+    dims = {
+        "twin-lowlevel": len(stimuli.LOW_LEVEL),
+        "twin-category": len(truth["semantic_columns"]),
+    }
     stored = epoch_store.load_metadata(tiny_run / "store")["image_id"].unique()
     for name, path in written.items():
         info = latent_info(path)
@@ -42,7 +47,9 @@ def test_both_files_are_latent_caches_keyed_by_image_id(tiny_run: Path, written:
         assert np.isin(stored, ids).all()  # every kept epoch has a target
 
 
-def test_lowlevel_is_the_simulators_features_standardised(tiny_run: Path, written: dict[str, Path]) -> None:
+def test_lowlevel_is_the_simulators_features_standardised(
+    tiny_run: Path, written: dict[str, Path]
+) -> None:
     images = _factors(tiny_run)
     ids, low = load_latents(written["twin-lowlevel"])
     np.testing.assert_array_equal(ids, images["image_id"].to_numpy())
@@ -53,12 +60,16 @@ def test_lowlevel_is_the_simulators_features_standardised(tiny_run: Path, writte
         assert np.corrcoef(raw[:, k], low[:, k])[0, 1] > 0.9999
 
 
-def test_category_is_the_embedding_the_sources_saw(tiny_run: Path, written: dict[str, Path]) -> None:
+def test_category_is_the_embedding_the_sources_saw(
+    tiny_run: Path, written: dict[str, Path]
+) -> None:
     images = _factors(tiny_run)
     truth = read_ground_truth(tiny_run / "bids")
     categories = pd.read_parquet(tiny_run / "bids" / "sourcedata" / "twin" / "categories.parquet")
     ids, sem = load_latents(written["twin-category"])
-    expected = categories.set_index("category_nr").loc[images["category_nr"], truth["semantic_columns"]]
+    expected = categories.set_index("category_nr").loc[
+        images["category_nr"], truth["semantic_columns"]
+    ]
     scale = np.sqrt(1 + truth["config"]["semantic_within_sd"] ** 2)
     np.testing.assert_allclose(sem, expected.to_numpy() / scale, rtol=1e-6)
     per_category = pd.DataFrame(sem).groupby(images["category_nr"].to_numpy()).nunique()
@@ -66,9 +77,14 @@ def test_category_is_the_embedding_the_sources_saw(tiny_run: Path, written: dict
     assert len(np.unique(sem, axis=0)) == images["category_nr"].nunique()
 
 
-def test_train_reads_twin_latents_like_any_encoder(tiny_run: Path, written: dict[str, Path]) -> None:
-    cfg = FitConfig(store=str(tiny_run / "store"), latents_dir=str(written["twin-lowlevel"].parent),
-                    train=TrainConfig(latent="twin-lowlevel", tmin=0.0, tmax=0.3))
+def test_train_reads_twin_latents_like_any_encoder(
+    tiny_run: Path, written: dict[str, Path]
+) -> None:
+    cfg = FitConfig(
+        store=str(tiny_run / "store"),
+        latents_dir=str(written["twin-lowlevel"].parent),
+        train=TrainConfig(latent="twin-lowlevel", tmin=0.0, tmax=0.3),
+    )
     data = load_run_data(cfg)
     assert data.train.target.shape[1] == len(stimuli.LOW_LEVEL)
     ids, low = load_latents(written["twin-lowlevel"])

@@ -33,8 +33,9 @@ def test_background_is_one_over_f_at_the_requested_rms() -> None:
 def test_alpha_peaks_near_its_frequency_and_desynchronises_after_onsets() -> None:
     rng = np.random.default_rng(1)
     onsets = np.arange(200, 39_000, 300)
-    meg = twin_noise.alpha(_cfg(alpha_erd_depth=0.8), rng.standard_normal((5, 2)), 10.0, onsets,
-                           40_000, rng)
+    meg = twin_noise.alpha(
+        _cfg(alpha_erd_depth=0.8), rng.standard_normal((5, 2)), 10.0, onsets, 40_000, rng
+    )
     assert _band(meg, 9, 11) > 20 * _band(meg, 20, 30)
     env = twin_noise.erd_envelope(_cfg(alpha_erd_depth=0.8), onsets, 40_000)
     assert env.max() == pytest.approx(1.0) and env.min() == pytest.approx(0.2, abs=0.01)
@@ -55,14 +56,17 @@ def test_artefacts_follow_their_rates_and_topographies() -> None:
     rng = np.random.default_rng(3)
     n = int(120 * SF)  # two minutes
     blink_gain, cardiac_gain = rng.standard_normal((30, 2)), rng.standard_normal((30, 1))
-    meg, truth = twin_noise.artefacts(_cfg(blink_rate_per_min=10.0, cardiac_ft=0.0),
-                                      blink_gain, cardiac_gain, n, rng)
+    meg, truth = twin_noise.artefacts(
+        _cfg(blink_rate_per_min=10.0, cardiac_ft=0.0), blink_gain, cardiac_gain, n, rng
+    )
     assert 8 <= len(truth["blinks_s"]) <= 35
     assert 0.7 * 1500e-15 <= np.abs(meg).max() <= 2 * 1.3 * 1500e-15  # overlapping blinks add
     topo = blink_gain.sum(1)
     corr = np.corrcoef(meg[:, np.abs(meg).max(0).argmax()], topo)[0, 1]
     assert abs(corr) > 0.99
-    none, _ = twin_noise.artefacts(_cfg(blink_ft=0.0, cardiac_ft=0.0), blink_gain, cardiac_gain, n, rng)
+    none, _ = twin_noise.artefacts(
+        _cfg(blink_ft=0.0, cardiac_ft=0.0), blink_gain, cardiac_gain, n, rng
+    )
     assert not none.any()
 
 

@@ -16,7 +16,11 @@ def test_tuning_curves() -> None:
     np.testing.assert_allclose(twin_sources.tuning(x, "linear", 1.5), x)
     np.testing.assert_allclose(twin_sources.tuning(x, "rectified", 1.5), [0, 0, 0.5, 10])
     sat = twin_sources.tuning(x, "saturating", 1.5)
-    assert sat[0] == 0 and sat[2] == pytest.approx(0.5, rel=0.05) and sat[3] == pytest.approx(1.5, rel=1e-3)
+    assert (
+        sat[0] == 0
+        and sat[2] == pytest.approx(0.5, rel=0.05)
+        and sat[3] == pytest.approx(1.5, rel=1e-3)
+    )
     with pytest.raises(ValueError, match="tuning"):
         twin_sources.tuning(x, "cubic", 1.0)
 
@@ -42,8 +46,9 @@ def test_population_and_subject_sources_are_inside_the_head_and_tangential() -> 
 
 
 def test_drive_follows_the_mixing_weights() -> None:
-    cfg = TwinConfig.preset("tiny").replace(late_mix_low=0.0, late_mix_sem=1.0, tuning="linear",
-                                            late_feature_gain=1.0)
+    cfg = TwinConfig.preset("tiny").replace(
+        late_mix_low=0.0, late_mix_sem=1.0, tuning="linear", late_feature_gain=1.0
+    )
     src = twin_sources.anatomy(cfg, 11, 16)["late"]
     rng = np.random.default_rng(0)
     low, sem = rng.standard_normal((50, 11)), rng.standard_normal((50, 16))
@@ -53,15 +58,21 @@ def test_drive_follows_the_mixing_weights() -> None:
 
 
 def test_source_activity_is_locked_to_onsets_and_configured_latencies() -> None:
-    cfg = TwinConfig.preset("tiny").replace(sfreq=500.0, latency_jitter_s=0.0, source_latency_sd_s=0.0,
-                                            amplitude_jitter=0.0, early_latency_s=0.1,
-                                            late_latency_s=0.3, offset_latency_s=0.15)
+    cfg = TwinConfig.preset("tiny").replace(
+        sfreq=500.0,
+        latency_jitter_s=0.0,
+        source_latency_sd_s=0.0,
+        amplitude_jitter=0.0,
+        early_latency_s=0.1,
+        late_latency_s=0.3,
+        offset_latency_s=0.15,
+    )
     pop = twin_sources.anatomy(cfg, 11, 16)
     trials = pd.DataFrame({"sample": [500, 1500], "image_index": [0, 1]})
     drives = {g: np.ones((2, cfg.n_sources_per_group)) for g in twin_sources.GROUPS}
     act = twin_sources.source_activity(cfg, pop, trials, drives, 2500, np.random.default_rng(0))
     n = cfg.n_sources_per_group
     for k, latency in enumerate([0.1, 0.3, 0.5 + 0.15]):
-        peak = act[k * n: (k + 1) * n, 500:1400].mean(0).argmax() / cfg.sfreq
+        peak = act[k * n : (k + 1) * n, 500:1400].mean(0).argmax() / cfg.sfreq
         assert peak == pytest.approx(latency, abs=0.004)
     assert np.all(act[:, :500] == 0)

@@ -148,7 +148,10 @@ class _SubjectWriter:
             compression = {name: "zstd" for name in self.schema.names}
             compression["meg"] = "none"
             self.writer = pq.ParquetWriter(
-                path, self.schema, compression=compression, use_dictionary=strings,
+                path,
+                self.schema,
+                compression=compression,
+                use_dictionary=strings,
                 **WRITER_OPTIONS,
             )
             self.digest = ContentDigest()
@@ -327,8 +330,16 @@ def _close_writers(root: Path, writers: dict[str, _SubjectWriter]) -> list[Shard
         writers[subject].close()
         for path, n in writers[subject].done:
             seal = Seal.of(path)
-            files.append(ShardFile(path.relative_to(root).as_posix(), subject, n,
-                                   sha256_file(path), seal.size, seal.footer_sha256))
+            files.append(
+                ShardFile(
+                    path.relative_to(root).as_posix(),
+                    subject,
+                    n,
+                    sha256_file(path),
+                    seal.size,
+                    seal.footer_sha256,
+                )
+            )
     return files
 
 
@@ -428,7 +439,9 @@ def finish_store(
     files = [f for part in parts for f in part.files]
     counts = {part.subject: dict(part.counts) for part in parts}
     root = Path(root)
-    return _write_manifest(root, first.layout, files, counts, preprocess_config, split_config, scalers)
+    return _write_manifest(
+        root, first.layout, files, counts, preprocess_config, split_config, scalers
+    )
 
 
 def _write_manifest(
@@ -461,5 +474,3 @@ def _write_manifest(
     )
     (root / MANIFEST).write_text(manifest.to_json())
     return manifest
-
-

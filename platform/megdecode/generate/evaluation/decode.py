@@ -50,8 +50,14 @@ class EvalInputs:
     pred_stats: str = "set"  # how the decoded kinds were z-scored: "set" or "bundle (val, n=N)"
 
 
-def predict_split(cfg: GenEvalConfig, model: BrainModule, bundle: ModelBundle, store: str, split: str,
-                  batch_size: int = 256) -> tuple[np.ndarray, pd.DataFrame]:
+def predict_split(
+    cfg: GenEvalConfig,
+    model: BrainModule,
+    bundle: ModelBundle,
+    store: str,
+    split: str,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, pd.DataFrame]:
     """MSE-head predictions (N, F) of `split`'s epochs in `store`, and their metadata
     (the first `cfg.max_images` image ids only when set)."""
     from megdecode.predict import predict_windows
@@ -79,10 +85,14 @@ def decode_test_set(cfg: GenEvalConfig, bundle: ModelBundle) -> EvalInputs:
     store = cfg.store or bundle.fit_config.store
     latents_dir = cfg.latents_dir or bundle.fit_config.latents_dir
     if not store or not latents_dir:
-        raise ValueError("the bundle does not name its store/latents folder; pass store and latents_dir")
+        raise ValueError(
+            "the bundle does not name its store/latents folder; pass store and latents_dir"
+        )
     manifest = epoch_store.read_manifest(store)
     if list(manifest.ch_names) != list(bundle.ch_names):
-        raise ValueError(f"store {store} has other channels than the bundle ({len(manifest.ch_names)} vs {len(bundle.ch_names)})")
+        raise ValueError(
+            f"store {store} has other channels than the bundle ({len(manifest.ch_names)} vs {len(bundle.ch_names)})"
+        )
     # pred_stats="bundle" decodes the drawn trials as the app does (folded layout, one window
     # per forward; batching rounds differently), so each single-trial image is the one
     # /v1/reconstruct returns for that window with the same seed
@@ -101,20 +111,45 @@ def decode_test_set(cfg: GenEvalConfig, bundle: ModelBundle) -> EvalInputs:
     if (rows < 0).any():
         raise KeyError(f"{int((rows < 0).sum())} test images have no {bundle.latent_name!r} latent")
     rng = np.random.default_rng(cfg.generate.seed)
-    random = rng.standard_normal((len(unique), len(bundle.latent_mean))) * bundle.latent_std + bundle.latent_mean
+    random = (
+        rng.standard_normal((len(unique), len(bundle.latent_mean))) * bundle.latent_std
+        + bundle.latent_mean
+    )
     large, large_meta = predict_split(cfg, model, bundle, store, "test_large")
-    scored_only = {LARGE_KIND: (large, large_meta["image_id"].to_numpy(np.int64))} if len(large_meta) else {}
-    logger.info("decoded %d test trials of %d images (%s), %d large-set trials", len(ids), len(unique),
-                bundle.latent_name, len(large_meta))
+    scored_only = (
+        {LARGE_KIND: (large, large_meta["image_id"].to_numpy(np.int64))} if len(large_meta) else {}
+    )
+    logger.info(
+        "decoded %d test trials of %d images (%s), %d large-set trials",
+        len(ids),
+        len(unique),
+        bundle.latent_name,
+        len(large_meta),
+    )
     return EvalInputs(
-        latents={"single": single, "averaged": averaged, "oracle": lat[rows], "random": random.astype(np.float32)},
-        image_ids={"single": ids, "averaged": avg_ids.astype(np.int64), "oracle": unique, "random": unique},
-        latent_name=bundle.latent_name, parts=[(n, int(w)) for n, w in bundle.latent_parts],
-        truth=(np.asarray(lat_ids, np.int64), lat), scored_only=scored_only, pred_stats=used,
+        latents={
+            "single": single,
+            "averaged": averaged,
+            "oracle": lat[rows],
+            "random": random.astype(np.float32),
+        },
+        image_ids={
+            "single": ids,
+            "averaged": avg_ids.astype(np.int64),
+            "oracle": unique,
+            "random": unique,
+        },
+        latent_name=bundle.latent_name,
+        parts=[(n, int(w)) for n, w in bundle.latent_parts],
+        truth=(np.asarray(lat_ids, np.int64), lat),
+        scored_only=scored_only,
+        pred_stats=used,
     )
 
 
-def prediction_scaling(cfg: GenEvalConfig, bundle: ModelBundle) -> tuple[PredictionStats | None, str]:
+def prediction_scaling(
+    cfg: GenEvalConfig, bundle: ModelBundle
+) -> tuple[PredictionStats | None, str]:
     """(the statistics that z-score the MSE outputs, or None for each set's own; what the
     table says) for `cfg.pred_stats`. A bundle without stored statistics cannot be
     evaluated the served way, which is an error, not a fallback."""
@@ -123,8 +158,13 @@ def prediction_scaling(cfg: GenEvalConfig, bundle: ModelBundle) -> tuple[Predict
         return None, "set"
     stats = bundle.prediction_stats
     if stats is None:
-        raise ValueError(f"the bundle {cfg.bundle} stores no prediction statistics (made before they were "
-                         "stored): evaluate with pred_stats='set' (--pred-stats set) or retrain it")
-    logger.info("MSE outputs z-scored with the bundle's prediction statistics (%s set, n=%d), as served",
-                stats.reference, stats.n)
+        raise ValueError(
+            f"the bundle {cfg.bundle} stores no prediction statistics (made before they were "
+            "stored): evaluate with pred_stats='set' (--pred-stats set) or retrain it"
+        )
+    logger.info(
+        "MSE outputs z-scored with the bundle's prediction statistics (%s set, n=%d), as served",
+        stats.reference,
+        stats.n,
+    )
     return stats, f"bundle ({stats.reference}, n={stats.n})"

@@ -29,7 +29,9 @@ class _GenerateActor:
     named latents, of which the generator takes those it is conditioned on.
     """
 
-    def __init__(self, generator_dir: str, parts: list[tuple[str, int]], config: dict[str, Any]) -> None:
+    def __init__(
+        self, generator_dir: str, parts: list[tuple[str, int]], config: dict[str, Any]
+    ) -> None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,14 +40,24 @@ class _GenerateActor:
         self.config = GenerateConfig.from_flat_dict(config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = self.gen.generate(split_target(batch["latent"].astype(np.float32), self.parts), self.config,
-                                   seeds=[int(s) for s in batch["seed"]])
+        images = self.gen.generate(
+            split_target(batch["latent"].astype(np.float32), self.parts),
+            self.config,
+            seeds=[int(s) for s in batch["seed"]],
+        )
         return {ROW: batch[ROW], "image": np.stack([np.asarray(im) for im in images])}
 
 
-def generate_on_ray(generator_dir: str, parts: list[tuple[str, int]], latents: np.ndarray, config: GenerateConfig,
-                    seeds: np.ndarray | None = None, actors: int = 0, gpu_fraction: float = 0.25,
-                    batch_size: int = 16) -> list[Image.Image]:
+def generate_on_ray(
+    generator_dir: str,
+    parts: list[tuple[str, int]],
+    latents: np.ndarray,
+    config: GenerateConfig,
+    seeds: np.ndarray | None = None,
+    actors: int = 0,
+    gpu_fraction: float = 0.25,
+    batch_size: int = 16,
+) -> list[Image.Image]:
     """latents (N, F) -> N images on a Ray Data actor pool; sample i uses seeds[i] (default seed + i).
 
     `parts` [(name, F)] names the latents concatenated in each row (one part for a
@@ -72,17 +84,33 @@ def generate_on_ray(generator_dir: str, parts: list[tuple[str, int]], latents: n
         cpus, gpu_share = 1.0, 0.0
     pool = min(pool, n_batches)
     seeds = np.arange(len(latents)) + config.seed if seeds is None else np.asarray(seeds)
-    items = [{"seed": int(seeds[i]), "latent": latents[i].astype(np.float32)} for i in range(len(latents))]
-    logger.info("generating %d images on %d actor(s)%s", len(items), pool, " sharing GPUs" if gpus else "")
+    items = [
+        {"seed": int(seeds[i]), "latent": latents[i].astype(np.float32)}
+        for i in range(len(latents))
+    ]
+    logger.info(
+        "generating %d images on %d actor(s)%s", len(items), pool, " sharing GPUs" if gpus else ""
+    )
     images = map_in_row_order(
-        items, _GenerateActor, {"generator_dir": str(generator_dir), "parts": list(parts),
-                                "config": config.to_flat_dict()},
-        "image", actors=pool, batch_size=batch_size, num_cpus=cpus, num_gpus=gpu_share,
+        items,
+        _GenerateActor,
+        {
+            "generator_dir": str(generator_dir),
+            "parts": list(parts),
+            "config": config.to_flat_dict(),
+        },
+        "image",
+        actors=pool,
+        batch_size=batch_size,
+        num_cpus=cpus,
+        num_gpus=gpu_share,
     )
     return [Image.fromarray(a) for a in images]
 
 
-def generate_kinds(cfg: GenEvalConfig, inputs: EvalInputs, kinds: list[str]) -> dict[str, list[Image.Image]]:
+def generate_kinds(
+    cfg: GenEvalConfig, inputs: EvalInputs, kinds: list[str]
+) -> dict[str, list[Image.Image]]:
     """kind -> its images, every kind generated in one pass over one actor pool.
 
     Sample i of a kind uses seed + i, so oracle, random and decoded images of the same row
@@ -90,8 +118,16 @@ def generate_kinds(cfg: GenEvalConfig, inputs: EvalInputs, kinds: list[str]) -> 
     """
     everything = np.concatenate([inputs.latents[k] for k in kinds]).astype(np.float32)
     seeds = np.concatenate([cfg.generate.seed + np.arange(len(inputs.latents[k])) for k in kinds])
-    generated = generate_on_ray(cfg.generator, inputs.parts, everything, cfg.generate, seeds,
-                                cfg.actors, cfg.gpu_fraction, cfg.batch_size)
+    generated = generate_on_ray(
+        cfg.generator,
+        inputs.parts,
+        everything,
+        cfg.generate,
+        seeds,
+        cfg.actors,
+        cfg.gpu_fraction,
+        cfg.batch_size,
+    )
     images, at = {}, 0
     for kind in kinds:
         images[kind] = generated[at : at + len(inputs.latents[kind])]

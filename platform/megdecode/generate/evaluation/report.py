@@ -36,10 +36,16 @@ def fidelity_table(inputs: EvalInputs, kinds: list[str]) -> pd.DataFrame:
     the small set, so a steadier r, though nothing is drawn from them)."""
     from megdecode.generate.fidelity import latent_fidelity
 
-    decoded = {k: inputs.latents[k] for k in kinds} | {k: v for k, (v, _) in inputs.scored_only.items()}
-    ids = {k: inputs.image_ids[k] for k in kinds} | {k: i for k, (_, i) in inputs.scored_only.items()}
+    decoded = {k: inputs.latents[k] for k in kinds} | {
+        k: v for k, (v, _) in inputs.scored_only.items()
+    }
+    ids = {k: inputs.image_ids[k] for k in kinds} | {
+        k: i for k, (_, i) in inputs.scored_only.items()
+    }
     truth_ids, truth = inputs.truth
-    return latent_fidelity(decoded, ids, truth, truth_ids, inputs.parts or [(inputs.latent_name, truth.shape[1])])
+    return latent_fidelity(
+        decoded, ids, truth, truth_ids, inputs.parts or [(inputs.latent_name, truth.shape[1])]
+    )
 
 
 def write_fidelity(inputs: EvalInputs, kinds: list[str], out: Path) -> pd.DataFrame:
@@ -53,7 +59,13 @@ def write_fidelity(inputs: EvalInputs, kinds: list[str], out: Path) -> pd.DataFr
     if (table.kind != "oracle").any():
         plot_fidelity(table[table.kind != "oracle"], figure)
     for r in summarise(table).to_dict("records"):
-        logger.info("latent fidelity %s/%s: mean r %.3f over %d dims", r["kind"], r["part"], r["mean_r"], r["dims"])
+        logger.info(
+            "latent fidelity %s/%s: mean r %.3f over %d dims",
+            r["kind"],
+            r["part"],
+            r["mean_r"],
+            r["dims"],
+        )
     return table
 
 
@@ -62,12 +74,22 @@ def format_markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in table.to_dict("records"):
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        lines.append(
+            "| "
+            + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values())
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def write_grid(cfg: GenEvalConfig, inputs: EvalInputs, recon: dict[str, list[Image.Image]],
-               seen: dict[str, list[Image.Image]], nets: FeatureNets | None, path: Path) -> Path:
+def write_grid(
+    cfg: GenEvalConfig,
+    inputs: EvalInputs,
+    recon: dict[str, list[Image.Image]],
+    seen: dict[str, list[Image.Image]],
+    nets: FeatureNets | None,
+    path: Path,
+) -> Path:
     """One row per test image: seen | oracle | averaged | first single trial | random.
 
     Averaged rows are per (subject, image); the grid keeps each image's first subject.
@@ -75,7 +97,9 @@ def write_grid(cfg: GenEvalConfig, inputs: EvalInputs, recon: dict[str, list[Ima
     first_kind = next(iter(recon))
     ids0 = inputs.image_ids[first_kind].tolist()
     base = np.array(list(dict.fromkeys(ids0)))
-    columns: dict[str, list[Image.Image]] = {"seen": [seen[first_kind][ids0.index(i)] for i in base.tolist()]}
+    columns: dict[str, list[Image.Image]] = {
+        "seen": [seen[first_kind][ids0.index(i)] for i in base.tolist()]
+    }
     for kind in [k for k in ("oracle", "averaged", "single", "random") if k in recon]:
         ids = inputs.image_ids[kind].tolist()
         first = {i: ids.index(i) for i in dict.fromkeys(ids)}
@@ -83,12 +107,24 @@ def write_grid(cfg: GenEvalConfig, inputs: EvalInputs, recon: dict[str, list[Ima
     rank_kind = cfg.rank_by if cfg.rank_by in columns else next(k for k in columns if k != "seen")
     scores = per_image_scores(columns[rank_kind], columns["seen"], nets)
     how = "SwAV+SSIM" if nets is not None and "swav" in nets.nets else "SSIM"
-    return save_grid(path, columns, scores, cfg.grid_per_group,
-                     title=f"{inputs.latent_name}: rows ranked by {how} of '{rank_kind}' (best / middle / worst)")
+    return save_grid(
+        path,
+        columns,
+        scores,
+        cfg.grid_per_group,
+        title=f"{inputs.latent_name}: rows ranked by {how} of '{rank_kind}' (best / middle / worst)",
+    )
 
 
-def write_results(cfg: GenEvalConfig, inputs: EvalInputs, table: pd.DataFrame, recon: dict[str, list[Image.Image]],
-                  seen: dict[str, list[Image.Image]], nets: FeatureNets | None, out: Path) -> Path:
+def write_results(
+    cfg: GenEvalConfig,
+    inputs: EvalInputs,
+    table: pd.DataFrame,
+    recon: dict[str, list[Image.Image]],
+    seen: dict[str, list[Image.Image]],
+    nets: FeatureNets | None,
+    out: Path,
+) -> Path:
     """metrics.{csv,md}, grid.png and reconstructions.npz (each kind's images and image ids)
     in `out`; returns the grid's path."""
     table.to_csv(out / "metrics.csv", index=False)
@@ -100,16 +136,26 @@ def write_results(cfg: GenEvalConfig, inputs: EvalInputs, table: pd.DataFrame, r
     return grid
 
 
-def log_evaluation(tracker: Tracker, run_id: str, params: dict[str, Any], table: pd.DataFrame, grid: Path,
-                   out: Path) -> None:
+def log_evaluation(
+    tracker: Tracker,
+    run_id: str,
+    params: dict[str, Any],
+    table: pd.DataFrame,
+    grid: Path,
+    out: Path,
+) -> None:
     """An evaluation's `params` (every one: `Tracker.log_params` batches them), metrics as
     ``gen/<kind>/<metric>``, the pred_stats tag, the tables and figures, into run `run_id`."""
     from mlflow.entities import Metric, RunTag
 
     tracker.log_params(run_id, params)
     now = int(time.time() * 1000)
-    metrics = [Metric(f"gen/{r['kind']}/{k}", float(v), now, 0) for r in table.to_dict("records")
-               for k, v in r.items() if k not in ("kind", "n", "pred_stats")]
+    metrics = [
+        Metric(f"gen/{r['kind']}/{k}", float(v), now, 0)
+        for r in table.to_dict("records")
+        for k, v in r.items()
+        if k not in ("kind", "n", "pred_stats")
+    ]
     fidelity = pd.read_csv(out / "latent_fidelity.csv")
     large = fidelity.loc[fidelity.kind == LARGE_KIND, "r"]
     if len(large):

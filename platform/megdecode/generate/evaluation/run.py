@@ -35,8 +35,10 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
     bundle = load_bundle(bundle_dir)
     missing = sorted(set(gen_meta["conditions"]) - {name for name, _ in bundle.latent_parts})
     if missing:
-        raise ValueError(f"the generator is conditioned on {sorted(gen_meta['conditions'])}, the bundle "
-                         f"predicts {bundle.latent_name!r}: nothing decodes {missing}")
+        raise ValueError(
+            f"the generator is conditioned on {sorted(gen_meta['conditions'])}, the bundle "
+            f"predicts {bundle.latent_name!r}: nothing decodes {missing}"
+        )
     inputs = decode_test_set(cfg, bundle)
     kinds = [k for k in KINDS if k in cfg.kinds]
     fidelity = write_fidelity(inputs, kinds, out)
@@ -49,8 +51,12 @@ def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFr
     return table, grid
 
 
-def run_and_log(cfg: GenEvalConfig, tracking_uri: str | None = None, run_id: str | None = None,
-                experiment: str = "megdecode-generate") -> tuple[pd.DataFrame, Path, str | None]:
+def run_and_log(
+    cfg: GenEvalConfig,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    experiment: str = "megdecode-generate",
+) -> tuple[pd.DataFrame, Path, str | None]:
     """Resolve the bundle, evaluate (Ray initialised by the caller), log to MLflow when a URI is given.
 
     Metrics are logged as ``gen/<kind>/<metric>``; the table as tables/generate_metrics.csv
@@ -69,8 +75,11 @@ def run_and_log(cfg: GenEvalConfig, tracking_uri: str | None = None, run_id: str
     tracker = Tracker(tracking_uri, experiment)
     own = run_id is None
     if own:
-        run_id = tracker.client.create_run(tracker.experiment_id, run_name="generate-eval",
-                                           tags={"megdecode.kind": "generate-eval"}).info.run_id
+        run_id = tracker.client.create_run(
+            tracker.experiment_id,
+            run_name="generate-eval",
+            tags={"megdecode.kind": "generate-eval"},
+        ).info.run_id
     assert run_id is not None
     params = {f"gen_eval.{k}": v for k, v in cfg.to_flat_dict().items()}
     log_evaluation(tracker, run_id, params, table, grid, out)

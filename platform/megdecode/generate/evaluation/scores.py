@@ -49,10 +49,15 @@ def image_paths(cfg: GenEvalConfig, bundle: ModelBundle) -> dict[int, Path]:
     if not cfg.bids_root:
         raise ValueError("bids_root must be set (the images live under bids_root/stimuli)")
     ids, rel = store_images(Path(store))
-    return {int(i): bids.image_file(cfg.bids_root, p, cfg.images_root or None) for i, p in zip(ids, rel, strict=True)}
+    return {
+        int(i): bids.image_file(cfg.bids_root, p, cfg.images_root or None)
+        for i, p in zip(ids, rel, strict=True)
+    }
 
 
-def seen_images(inputs: EvalInputs, kinds: list[str], paths: dict[int, Path]) -> dict[str, list[Image.Image]]:
+def seen_images(
+    inputs: EvalInputs, kinds: list[str], paths: dict[int, Path]
+) -> dict[str, list[Image.Image]]:
     """kind -> the seen image of each of its rows (each file opened once)."""
     opened: dict[int, Image.Image] = {}
     seen = {}
@@ -64,8 +69,13 @@ def seen_images(inputs: EvalInputs, kinds: list[str], paths: dict[int, Path]) ->
     return seen
 
 
-def score_kinds(inputs: EvalInputs, recon: dict[str, list[Image.Image]], seen: dict[str, list[Image.Image]],
-                nets: FeatureNets | None, fidelity: pd.DataFrame) -> pd.DataFrame:
+def score_kinds(
+    inputs: EvalInputs,
+    recon: dict[str, list[Image.Image]],
+    seen: dict[str, list[Image.Image]],
+    nets: FeatureNets | None,
+    fidelity: pd.DataFrame,
+) -> pd.DataFrame:
     """The metrics table: one row per kind (in `recon`'s order) with its image metrics,
     its mean latent r and how its latents were z-scored."""
     from megdecode.generate.metrics import compute_metrics
@@ -73,14 +83,22 @@ def score_kinds(inputs: EvalInputs, recon: dict[str, list[Image.Image]], seen: d
     rows = []
     for kind, images in recon.items():
         scores = compute_metrics(images, seen[kind], nets)
-        rows.append({"kind": kind, "n": len(images), **scores,
-                     "latent_r": float(fidelity.loc[fidelity.kind == kind, "r"].mean()),
-                     "pred_stats": inputs.pred_stats if kind in DECODED else NOT_SCALED})
+        rows.append(
+            {
+                "kind": kind,
+                "n": len(images),
+                **scores,
+                "latent_r": float(fidelity.loc[fidelity.kind == kind, "r"].mean()),
+                "pred_stats": inputs.pred_stats if kind in DECODED else NOT_SCALED,
+            }
+        )
         logger.info("%s: %s", kind, {k: round(v, 4) for k, v in scores.items()})
     return pd.DataFrame(rows)
 
 
-def per_image_scores(recons: list[Image.Image], seen: list[Image.Image], nets: FeatureNets | None) -> np.ndarray:
+def per_image_scores(
+    recons: list[Image.Image], seen: list[Image.Image], nets: FeatureNets | None
+) -> np.ndarray:
     """Per-image ranking score (SSIM, + 1 - SwAV distance when the SwAV net is loaded)."""
     from megdecode.generate.features import as_float_images
     from megdecode.generate.metrics import paired_correlation, ssim

@@ -74,7 +74,10 @@ class AutoKLEncoder:
         if output not in ("latent", "avg"):
             raise ValueError(f"output must be 'latent' or 'avg', got {output!r}")
         path = require_weights(
-            weights, "AutoKLEncoder", "a diffusers folder with config.json (AutoencoderKL)", allow_random_init
+            weights,
+            "AutoKLEncoder",
+            "a diffusers folder with config.json (AutoencoderKL)",
+            allow_random_init,
         )
         if path is None:
             config = random_config or TinyAutoKLConfig()

@@ -54,7 +54,9 @@ class ClipTextEncoder:
         if output not in ("mean", "tokens"):
             raise ValueError(f"output must be 'mean' or 'tokens', got {output!r}")
         who = f"ClipTextEncoder({model_name!r})"
-        path = require_weights(pretrained, who, "a local open_clip checkpoint file", allow_random_init)
+        path = require_weights(
+            pretrained, who, "a local open_clip checkpoint file", allow_random_init
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model = open_clip.create_model(

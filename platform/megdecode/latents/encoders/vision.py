@@ -42,7 +42,9 @@ def imagenet_pixels(images: Sequence[Image.Image], size: int, resample: Image.Re
     """RGB images -> (N, 3, size, size) float tensor, ImageNet-normalised."""
     import torch
 
-    arrays = [np.asarray(im.convert("RGB").resize((size, size), resample), np.float32) for im in images]
+    arrays = [
+        np.asarray(im.convert("RGB").resize((size, size), resample), np.float32) for im in images
+    ]
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -95,12 +97,18 @@ class DinoV2Encoder(_TorchImageEncoder):
         from timm.models.vision_transformer import checkpoint_filter_fn
 
         who = f"DinoV2Encoder({model_name!r})"
-        path = require_weights(weights, who, "a local timm/DINOv2 checkpoint file", allow_random_init)
+        path = require_weights(
+            weights, who, "a local timm/DINOv2 checkpoint file", allow_random_init
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model = timm.create_model(
-                model_name, pretrained=False, num_classes=0, global_pool="token",
-                img_size=image_size, **model_kwargs,
+                model_name,
+                pretrained=False,
+                num_classes=0,
+                global_pool="token",
+                img_size=image_size,
+                **model_kwargs,
             )
         if path is not None:
             # timm types `model` as its VisionTransformer; create_model returns nn.Module

@@ -225,7 +225,9 @@ def test_megdecode_train_on_a_corrupt_store_fails_naming_the_file(
     argv = ["train", "--data", str(run), "--max-epochs", "1", "--no-ridge"]
     result = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "bundle")])
     assert result.exit_code != 0
-    assert isinstance(result.exception, epoch_store.StoreError) and str(path) in str(result.exception)
+    assert isinstance(result.exception, epoch_store.StoreError) and str(path) in str(
+        result.exception
+    )
     assert not (tmp_path / "bundle").exists()
 
 

@@ -15,7 +15,9 @@ TIMES = [-0.5 + i / SFREQ for i in range(181)]
 def test_both_bounds_are_inclusive_on_hand_written_times() -> None:
     times = [-0.2, -0.1, 0.0, 0.1, 0.2, 0.3]
     assert window_slice(times, 10.0, 0.0, 0.2) == slice(2, 5)
-    assert window_slice(times, 10.0, -0.15, 0.25) == slice(1, 5)  # bounds between samples keep the inner ones
+    assert window_slice(times, 10.0, -0.15, 0.25) == slice(
+        1, 5
+    )  # bounds between samples keep the inner ones
     assert window_slice(times, 10.0, None, 0.0) == slice(0, 3)
     assert window_slice(times, 10.0, 0.1, None) == slice(3, 6)
     assert window_slice(times, 10.0, 0.1, 0.1) == slice(3, 4)  # a single sample
