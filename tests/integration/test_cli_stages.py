@@ -18,18 +18,15 @@ import torch
 from click.testing import Result
 from typer.testing import CliRunner
 
+from fixtures.configs import SMALL_BRAIN
 from megdecode.bundle import load_bundle
 from megdecode.cli import app
 from megdecode.generate import build_tiny_generator
-from megdecode.models.brain import BrainConfig
 from megdecode.train import FitConfig, TrainConfig, fit
 
 pytestmark = [pytest.mark.mlflow]
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = BrainConfig(
-    hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
-)
 
 
 def _invoke(argv: list[str]) -> Result:
@@ -57,7 +54,7 @@ def stage(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Stage:
     cfg = FitConfig(
         store=str(tiny_run / "store"),
         latents_dir=str(tiny_run / "latents"),
-        model=SMALL,
+        model=SMALL_BRAIN,
         train=TrainConfig(max_epochs=1, batch_size=32, tmin=0.0, tmax=0.5),
     )
     bundle = fit(cfg, out_dir=root / "bundle").bundle_path

@@ -19,17 +19,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from fixtures.configs import SMALL_BRAIN
 from megdecode.generate import build_tiny_generator
 from megdecode.generate.evaluation import LARGE_KIND
-from megdecode.models.brain import BrainConfig
 from megdecode.train import FitConfig, TrainConfig, fit
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = BrainConfig(
-    hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
-)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         cfg = FitConfig(
             store=str(tiny_run / "store"),
             latents_dir=str(tiny_run / "latents"),
-            model=SMALL,
+            model=SMALL_BRAIN,
             train=TrainConfig(max_epochs=1, batch_size=32, tmin=0.0, tmax=0.5),
         )
         out = tmp_path_factory.mktemp("bundle") / "b"
@@ -259,7 +256,7 @@ def test_multi_target_bundle_feeds_the_generator_its_own_latents(
     cfg = FitConfig(
         store=str(tiny_run / "store"),
         latents_dir=str(latents),
-        model=SMALL,
+        model=SMALL_BRAIN,
         train=TrainConfig(
             max_epochs=1, batch_size=32, tmin=0.0, tmax=0.5, latent="handcrafted+twin-lowlevel"
         ),

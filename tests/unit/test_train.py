@@ -9,17 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fixtures.configs import SMALL_BRAIN
 from megdecode.bundle_fields import LossState
 from megdecode.cli import app
 from megdecode.config import ConfigError
-from megdecode.models.brain import BrainConfig
 from megdecode.predict import load_model
 from megdecode.rundata import load_run_data
 from megdecode.train import FitConfig, TrainConfig, fit, predict
-
-SMALL = BrainConfig(
-    hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
-)
 
 
 def _cfg(run: Path, **train: object) -> FitConfig:
@@ -27,7 +23,7 @@ def _cfg(run: Path, **train: object) -> FitConfig:
     return FitConfig(
         store=str(run / "store"),
         latents_dir=str(run / "latents"),
-        model=SMALL,
+        model=SMALL_BRAIN,
         train=TrainConfig(**options),
     )
 

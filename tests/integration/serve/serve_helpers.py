@@ -7,29 +7,22 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fixtures.configs import SMALL_BRAIN
+
 if TYPE_CHECKING:
     import numpy as np
-
-SMALL = {
-    "hidden_channels": 16,
-    "merger_channels": 16,
-    "fourier_freqs": 3,
-    "depth": 1,
-    "projection_hidden": 16,
-}
 
 
 def train_bundle(
     run: Path, out: Path, epochs: int = 1, seed: int = 0, tmin: float = 0.0, tmax: float = 0.5
 ) -> Path:
-    from megdecode.models.brain import BrainConfig
     from megdecode.train import FitConfig, TrainConfig, fit
 
     torch.set_num_threads(1)
     cfg = FitConfig(
         store=str(run / "store"),
         latents_dir=str(run / "latents"),
-        model=BrainConfig(**SMALL),
+        model=SMALL_BRAIN,
         train=TrainConfig(
             max_epochs=epochs, batch_size=32, patience=epochs, seed=seed, tmin=tmin, tmax=tmax
         ),

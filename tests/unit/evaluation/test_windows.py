@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from fixtures.configs import SMALL_BRAIN
 from megdecode.cli import app
 from megdecode.data import store as epoch_store
 from megdecode.evaluation.windows import (
@@ -22,14 +23,10 @@ from megdecode.evaluation.windows import (
     window_grid,
     window_table,
 )
-from megdecode.models.brain import BrainConfig
 from megdecode.rundata import RunData
 from megdecode.train import FitConfig, TrainConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SMALL = BrainConfig(
-    hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
-)
 
 
 def test_sliding_grid_covers_the_stored_epoch() -> None:
@@ -169,7 +166,7 @@ def test_growing_windows_start_at_zero(run: RunData) -> None:
 
 
 def test_convnet_windows_train_the_brain_module(run: RunData) -> None:
-    cfg = FitConfig(model=SMALL, train=TrainConfig(max_epochs=1, batch_size=64))
+    cfg = FitConfig(model=SMALL_BRAIN, train=TrainConfig(max_epochs=1, batch_size=64))
     table = window_table(run, model="convnet", windows=[(0.2, 0.3)], fit_config=cfg, progress=False)
     assert len(table) == 1 and table["model"].iloc[0] == "convnet"
     assert {"small_top5_avg", "large_median_rank", "best_epoch", "val_top5"} <= set(table.columns)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures.configs import SMALL_BRAIN
 from megdecode.latents.base import ImageEncoder, TextEncoder
 
 TINY_CLIP = "megdecode-test-tiny-clip-text"
@@ -271,7 +272,6 @@ def test_brain_module_trains_on_a_latent_written_by_the_cli(tiny_run: Path, tmp_
 
     from megdecode.cli import app
     from megdecode.latents.cache import latent_info
-    from megdecode.models.brain import BrainConfig
     from megdecode.train import FitConfig, TrainConfig, fit
 
     args = [
@@ -290,13 +290,10 @@ def test_brain_module_trains_on_a_latent_written_by_the_cli(tiny_run: Path, tmp_
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert latent_info(tmp_path / "autokl-avg.parquet")["token_shape"] == [32, 32]
 
-    small = BrainConfig(
-        hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
-    )
     cfg = FitConfig(
         store=str(tiny_run / "store"),
         latents_dir=str(tmp_path),
-        model=small,
+        model=SMALL_BRAIN,
         train=TrainConfig(latent="autokl-avg", max_epochs=1, batch_size=32),
     )
     run = fit(cfg)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixtures.configs import SMALL_BRAIN
 from megdecode.bundle import load_bundle
 from megdecode.bundle_fields import BundleError, LatentPart
 from megdecode.latents.cache import load_latents, write_latents
 from megdecode.latents.targets import load_target, split_target, target_names
-from megdecode.models.brain import BrainConfig
 from megdecode.train import FitConfig, TrainConfig, fit
 
 
@@ -60,9 +60,7 @@ def test_one_model_trains_on_two_latents_and_its_bundle_splits_predictions(
     cfg = FitConfig(
         store=str(tiny_run / "store"),
         latents_dir=str(two_latents),
-        model=BrainConfig(
-            hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16
-        ),
+        model=SMALL_BRAIN,
         train=TrainConfig(latent="handcrafted+half", max_epochs=1, batch_size=32),
     )
     result = fit(cfg, out_dir=tmp_path / "bundle")
