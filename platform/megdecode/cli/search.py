@@ -1,0 +1,136 @@
+"""`megdecode tune` and `register`: the hyperparameter search and the promotion of its champion."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from megdecode.cli.common import fail
+
+
+def tune(
+    space: Annotated[
+        Path | None,
+        typer.Option(help="search space YAML (search_spaces/*.yaml); not needed with --resume"),
+    ] = None,
+    data: Annotated[
+        Path, typer.Option(help="run folder with store/ and latents/ (absolute on a cluster)")
+    ] = Path("runs/demo"),
+    out: Annotated[Path | None, typer.Option(help="Tune results folder; default DATA/tune")] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="Tune and MLflow experiment name; default <space>-<time>")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MEGDECODE_TRACKING_URI", help="MLflow URI; default a SQLite file in DATA"
+        ),
+    ] = None,
+    num_samples: Annotated[int | None, typer.Option(help="trials; default: the space's")] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(help="wall-clock budget of the search (s)")
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="seeds per trial; default: the space's")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="trials at once; default: the space's")
+    ] = None,
+    max_failures: Annotated[int, typer.Option(help="retries of a trial that raises")] = 2,
+    cpus_per_trial: Annotated[
+        int | None, typer.Option(help="default: the cluster's CPUs / max concurrent trials")
+    ] = None,
+    gpus_per_trial: float = 0.0,
+    scheduler: Annotated[str, typer.Option(help="asha (early stopping) | fifo (none)")] = "asha",
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="resume the interrupted search OUT/EXPERIMENT (latest if no --experiment)"
+        ),
+    ] = False,
+    retry_errored: Annotated[
+        bool, typer.Option(help="with --resume: rerun failed trials from scratch")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address; default: a local cluster (or RAY_ADDRESS)")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="configs in the summary table")] = 5,
+    register: Annotated[
+        bool, typer.Option(help="register the best bundle as megdecode-brain@champion")
+    ] = True,
+) -> None:
+    """Ray Tune + Optuna search over SPACE, N seeds a trial, logged to MLflow; prints the summary."""
+    import ray as ray_module
+
+    from megdecode.search.driver import SearchSetup, latest_experiment, run_search
+    from megdecode.tracking import default_tracking_uri
+
+    data = data.resolve()
+    out = (out or data / "tune").resolve()
+    if resume:
+        experiment = experiment or latest_experiment(out)
+    elif space is None:
+        raise typer.BadParameter("--space is required (unless --resume)")
+    else:
+        from megdecode.search.space_file import load_space
+
+        experiment = experiment or f"{load_space(space).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    setup = SearchSetup(
+        space=str(space.resolve()) if space else "",
+        data=str(data),
+        out=str(out),
+        experiment=experiment,
+        tracking_uri=tracking_uri or default_tracking_uri(data),
+        num_samples=num_samples,
+        time_budget_s=time_budget,
+        seeds=seeds,
+        max_concurrent=max_concurrent,
+        max_failures=max_failures,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        scheduler=scheduler,
+    )
+    started_ray = not ray_module.is_initialized()
+    try:
+        report = run_search(
+            setup,
+            resume=resume,
+            address=address,
+            top_k=top_k,
+            register=("megdecode-brain", "champion") if register else None,
+            retry_errored=retry_errored,
+        )
+    finally:
+        if started_ray:
+            ray_module.shutdown()
+    typer.echo(report.text())
+    if report.interrupted:
+        raise typer.Exit(code=130)
+
+
+def register(
+    tracking_uri: Annotated[
+        str,
+        typer.Option(
+            envvar="MEGDECODE_TRACKING_URI", help="sqlite:///PATH/mlflow.db or http(s)://server"
+        ),
+    ],
+    run_id: Annotated[str, typer.Option(help="a run whose artifacts hold a bundle")],
+    name: Annotated[str, typer.Option(help="registered model name")] = "megdecode-brain",
+    alias: Annotated[str, typer.Option(help="alias set on the new version")] = "champion",
+) -> None:
+    """Promote a run's model bundle to the MLflow registry as NAME@ALIAS (= jobs/register.py)."""
+    from mlflow.exceptions import MlflowException
+
+    from megdecode.promote import promote_run
+
+    try:
+        version = promote_run(tracking_uri, run_id, name=name, alias=alias)
+    except (
+        FileNotFoundError,
+        ValueError,
+        MlflowException,
+    ) as exc:  # no such run, no bundle, a broken one
+        fail(f"cannot register run {run_id}: {exc}")
+    typer.echo(f"{name} version {version} -> @{alias} (run {run_id})")
