@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megdecode.bundle import load_bundle
 from megdecode.bundle_fields import BundleError, LatentPart
+from megdecode.bundle_io import load_bundle
 from megdecode.latents.cache import load_latents, write_latents
 from megdecode.latents.targets import load_target, split_target, target_names
 from megdecode.models.brain import BrainConfig
