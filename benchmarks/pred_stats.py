@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megdecode.bundle import PredictionStats, load_bundle, save_bundle
+from megdecode.bundle import PredictionStats
+from megdecode.bundle_io import load_bundle, save_bundle
 from megdecode.data import store as epoch_store
 from megdecode.generate.evaluation import GenEvalConfig, decode_test_set, image_paths
 from megdecode.generate.metrics import compute_metrics

@@ -73,8 +73,9 @@ SMOKE_MODEL = {
 def synthetic_bundle(size: str, out: Path) -> Path:
     """An untrained bundle of `size` ("paper" or "demo") with every field serving reads,
     the stream's included (causal preprocessing, per-subject scalers, native rate)."""
-    from megdecode.bundle import ModelBundle, save_bundle
+    from megdecode.bundle import ModelBundle
     from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState, SubjectScaler
+    from megdecode.bundle_io import save_bundle
     from megdecode.data.preprocess import PreprocessConfig
     from megdecode.models.brain import BrainConfig, BrainModule
 
@@ -326,7 +327,7 @@ def bench_curve(
     """The app with the shipped defaults (resources derived from this cluster) under 1..128 clients."""
     from ray import serve
 
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
     from megdecode.serve.app import build_app
     from megdecode.serve.config import ServeConfig
 
@@ -397,7 +398,7 @@ def bench_model(
     """All rows of one model size on the running Serve at `url`."""
     from ray import serve
 
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
     from megdecode.serve.app import build_app
     from megdecode.serve.config import ServeConfig
 
@@ -592,7 +593,7 @@ def main() -> None:
                 return b"ok"
 
         serve.run(Echo.bind(), name="echo", route_prefix="/echo")
-        from megdecode.bundle import load_bundle
+        from megdecode.bundle_io import load_bundle
 
         sizes = ("paper", "demo") if args.model_size == "both" else (args.model_size,)
         bundles = {}

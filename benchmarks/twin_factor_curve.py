@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from megdecode.bundle import load_bundle
+from megdecode.bundle_io import load_bundle
 from megdecode.data.build import build_epoch_store
 from megdecode.generate.evaluation import (
     LARGE_KIND,

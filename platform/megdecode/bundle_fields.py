@@ -1,7 +1,7 @@
 """The typed fields of a model bundle with structure of their own, and the first format's migration.
 
 Each field knows its JSON form (`to_json` / `from_json`) and checks itself (`check`),
-raising `BundleError` with the field's name, so `megdecode.bundle.load_bundle` refuses a
+raising `BundleError` with the field's name, so `megdecode.bundle_io.load_bundle` refuses a
 broken bundle saying what is wrong instead of a reader failing later on a missing key.
 """
 

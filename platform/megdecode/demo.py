@@ -249,7 +249,7 @@ def _reconstruct(setup: DemoSetup, out: Path, report: Any, echo: Callable[[str],
     """Train the twin generator on the train/val images, then reconstruct the small test
     set from the champion's decoded MEG (averaged over repetitions), next to the oracle
     (ground-truth latents) and random-latent rows; grid + table logged to the champion's run."""
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
     from megdecode.generate.evaluation import (
         GenEvalConfig,
         format_markdown,

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megdecode.bundle import ModelBundle, load_bundle
+from megdecode.bundle import ModelBundle
 from megdecode.bundle_fields import BundleError
+from megdecode.bundle_io import load_bundle
 from megdecode.models.brain import BrainConfig, BrainModule
 
 logger = logging.getLogger(__name__)

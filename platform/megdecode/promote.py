@@ -19,16 +19,17 @@ def promote_run(
     """Register the bundle in `run_id`'s artifacts (the shallowest folder with a bundle.json)
     as a new version of `name`, point `alias` at it; returns the version number.
 
-    The bundle is downloaded and loaded first (`Tracker.register_bundle` checks it), so a
+    The bundle is downloaded and loaded first (`register_bundle` checks it), so a
     broken bundle never enters the registry.
     """
-    from megdecode.tracking import Tracker, resolve_bundle
+    from megdecode.model_registry import register_bundle, resolve_bundle
+    from megdecode.tracking import Tracker
 
     if not tracking_uri or not run_id:
         raise ValueError("a tracking URI and a run id are needed to register a run's bundle")
     tracker = Tracker(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         bundle, _ = resolve_bundle(f"runs:/{run_id}", tracking_uri, tmp)
-        version = tracker.register_bundle(run_id, bundle, name=name, alias=alias)
+        version = register_bundle(tracker, run_id, bundle, name=name, alias=alias)
     logger.info("registered run %s as %s version %d (@%s)", run_id, name, version, alias)
     return version

@@ -1,4 +1,4 @@
-"""A bundle as an MLflow pyfunc model: what `tracking.Tracker.register_bundle` logs and registers.
+"""A bundle as an MLflow pyfunc model: what `model_registry.register_bundle` logs and registers.
 
 The registry stores a model any MLflow tool can load (``mlflow.pyfunc.load_model``,
 ``mlflow models serve``) with a signature naming its tensors; the bundle travels inside

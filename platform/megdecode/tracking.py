@@ -1,9 +1,9 @@
-"""MLflow tracking for searches and the model registry (DESIGN §6).
+"""MLflow tracking for searches: experiments, runs, child runs, params, curves (DESIGN §6).
 
 One experiment per search, one parent run per Tune trial and one child run per seed
-(tag ``mlflow.parentRunId``), per-epoch curves as step metrics, and the best bundle
-registered as a model with an alias (``megdecode-brain@champion``). `resolve_bundle` is
-the one way back from a reference (``models:/…``, ``runs:/…`` or a folder) to a bundle.
+(tag ``mlflow.parentRunId``), per-epoch curves as step metrics, tables and figures as
+artifacts. The model registry (`register_bundle`, and `resolve_bundle`, the one way back
+from a reference to a bundle) lives in `megdecode.model_registry`.
 
 Why `MlflowClient` with explicit run ids: the Tune driver logs for many trials at once,
 and MLflow's fluent API keeps one global active run per process. Why only the driver
@@ -22,23 +22,18 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow.artifacts
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 
 from megdecode.bundle import git_commit
-from megdecode.predict import load_model
 
 # Models registered before `megdecode.pyfunc` existed load `megdecode.tracking.BundleModel`
 # (the code file the registry keeps names it), so the name stays importable from here.
 from megdecode.pyfunc import BundleModel as BundleModel
-from megdecode.pyfunc import save_pyfunc
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +51,6 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # the switch follows the URL's workflowType (then the browser's last choice), so the link we
 # print selects "Model training" and the runs table.
 UI_RUNS_QUERY = "runs?workflowType=machine_learning"
-MODEL_PATH = "model"  # artifact folder of the registered pyfunc model inside its run
 _BATCH = 100  # MLflow's limit of params per log_batch call
 
 
@@ -225,44 +219,6 @@ class Tracker:
             self.client.log_artifact(run_id, str(file), "tables")
         return f"tables/{name}"
 
-    # --- registry -------------------------------------------------------------------------
-    def register_bundle(
-        self,
-        run_id: str,
-        bundle_dir: str | Path,
-        name: str = "megdecode-brain",
-        alias: str = "champion",
-    ) -> int:
-        """Log the bundle as a pyfunc model (with its signature) in `run_id`, register it, alias it."""
-        _, bundle = load_model(Path(bundle_dir))  # a broken bundle never enters the registry
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = save_pyfunc(bundle_dir, bundle, Path(tmp) / MODEL_PATH)
-            self.client.log_artifacts(run_id, str(model_dir), MODEL_PATH)
-        try:
-            self.client.create_registered_model(
-                name, description="MEG window -> image latent (megdecode)"
-            )
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        tags = {
-            "latent_name": bundle.latent_name,
-            "tmin": bundle.tmin,
-            "tmax": bundle.tmax,
-            "sfreq": bundle.sfreq,
-            "n_channels": len(bundle.ch_names),
-            "git_commit": bundle.git_commit,
-        }
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_PATH}"
-        version = self.client.create_model_version(
-            name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
-        )
-        self.client.set_registered_model_alias(name, alias, version.version)
-        logger.info(
-            "registered %s version %s as @%s (run %s)", name, version.version, alias, run_id
-        )
-        return int(version.version)
-
     # --- helpers --------------------------------------------------------------------------
     def _find(self, filter_string: str) -> Any:
         runs = self.client.search_runs(
@@ -311,110 +267,6 @@ class Tracker:
         logged = set(self.client.get_run(run_id).data.metrics) & set(metrics)
         steps = [m.step for key in logged for m in self.client.get_metric_history(run_id, key)]
         return max(steps) + 1 if steps else 0
-
-
-@dataclass(frozen=True)
-class RegistryInfo:
-    """Where a resolved bundle came from (version, run and alias None for a bundle folder)."""
-
-    name: str
-    version: int | None = None
-    run_id: str | None = None
-    alias: str | None = None
-
-
-def parse_model_uri(source: str) -> tuple[str, str | None, int | None]:
-    """models:/name@alias -> (name, alias, None); models:/name/3 -> (name, None, 3)."""
-    rest = source.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        if name and alias:
-            return name, alias, None
-    elif "/" in rest:
-        name, version = rest.rsplit("/", 1)
-        if name and version.isdigit():
-            return name, None, int(version)
-    raise ValueError(
-        f"model URI {source!r}: expected models:/<name>@<alias> or models:/<name>/<version>"
-    )
-
-
-def resolve_bundle(
-    source: str, tracking_uri: str = "", dst: str | Path | None = None
-) -> tuple[Path, RegistryInfo]:
-    """The local bundle folder of `source` and where it came from: the one way serving,
-    `megdecode evaluate`, `reconstruct` and `register` turn a model reference into files.
-
-    `source` is a bundle folder, ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or
-    ``runs:/<run_id>`` (the shallowest folder of the run's artifacts with a bundle.json). A
-    tracked source is downloaded into `dst` (a new temporary folder when None); an unknown
-    model, alias or version raises FileNotFoundError listing what the registry holds.
-    """
-    if not source:
-        raise ValueError(
-            "no model given (serving: decoder.model): a bundle folder, models:/<name>@<alias>, "
-            "models:/<name>/<version> or runs:/<run_id>"
-        )
-    if not source.startswith(("models:/", "runs:/")):
-        path = Path(source)
-        if not (path / "bundle.json").is_file():
-            raise FileNotFoundError(
-                f"no model bundle at {source!r} (no bundle.json); give a bundle folder, "
-                "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>"
-            )
-        return path, RegistryInfo(path.name)
-    if not tracking_uri:
-        raise ValueError(
-            f"{source} needs a tracking URI (--tracking-uri, decoder.tracking_uri or {TRACKING_ENV})"
-        )
-    client = Tracker(tracking_uri).client  # refuses a file: store as every tracked stage does
-    if source.startswith("runs:/"):
-        run_id = source.removeprefix("runs:/").strip("/")
-        return _run_bundle(client, run_id, _folder(dst)), RegistryInfo(run_id, run_id=run_id)
-    name, alias, number = parse_model_uri(source)
-    try:
-        version = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, str(number))
-        )
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        held = {
-            m.name: {a: int(v) for a, v in m.aliases.items()}
-            for m in client.search_registered_models()
-        }
-        raise FileNotFoundError(
-            f"{source}: {exc.message} (the registry at {tracking_uri} holds "
-            f"{held or 'no model'}: name -> {{alias: version}})"
-        ) from None
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=version.source, dst_path=str(_folder(dst)), tracking_uri=tracking_uri
-    )
-    found = sorted(Path(local).rglob("bundle.json"), key=lambda p: len(p.parts))
-    if not found:
-        raise FileNotFoundError(f"{source} (version {version.version}) holds no bundle.json")
-    return found[0].parent, RegistryInfo(name, int(version.version), version.run_id, alias)
-
-
-def _folder(dst: str | Path | None) -> Path:
-    return Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="megdecode-model-"))
-
-
-def _run_bundle(client: MlflowClient, run_id: str, dst: Path) -> Path:
-    """The shallowest folder of the run's artifacts that holds a bundle.json, downloaded into `dst`."""
-    folders, queue = [], [""]
-    while queue:
-        for info in client.list_artifacts(run_id, queue.pop(0) or None):
-            if info.is_dir:
-                queue.append(info.path)
-            elif Path(info.path).name == "bundle.json":
-                folders.append(str(Path(info.path).parent))
-    if not folders:
-        raise FileNotFoundError(f"run {run_id} has no bundle.json in its artifacts")
-    folder = min(folders, key=lambda p: (p.count("/"), p))
-    return Path(client.download_artifacts(run_id, "" if folder == "." else folder, str(dst)))
 
 
 def _quote(value: str) -> str:

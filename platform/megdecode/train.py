@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from megdecode.bundle import ModelBundle, PredictionStats, git_commit, save_bundle
+from megdecode.bundle import ModelBundle, PredictionStats, git_commit
 from megdecode.bundle_fields import (
     FitRecord,
     GalleryMeta,
@@ -30,6 +30,7 @@ from megdecode.bundle_fields import (
     SubjectScaler,
     preprocess_from_json,
 )
+from megdecode.bundle_io import save_bundle
 from megdecode.config import ConfigError, FlatConfig
 from megdecode.data import store as epoch_store
 from megdecode.data.preprocess import PreprocessConfig

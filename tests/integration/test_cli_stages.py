@@ -19,7 +19,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from fixtures.configs import SMALL_BRAIN
-from megdecode.bundle import load_bundle
+from megdecode.bundle_io import load_bundle
 from megdecode.cli import app
 from megdecode.generate import build_tiny_generator
 from megdecode.train import FitConfig, TrainConfig, fit
@@ -103,7 +103,8 @@ def test_help_lists_every_stage() -> None:
 
 
 def test_register_promotes_the_runs_bundle(stage: Stage, tmp_path: Path) -> None:
-    from megdecode.tracking import Tracker, resolve_bundle
+    from megdecode.model_registry import resolve_bundle
+    from megdecode.tracking import Tracker
 
     tracker = Tracker(stage.uri)
     version = tracker.client.get_model_version_by_alias("tiny-brain", "staging")

@@ -74,7 +74,8 @@ def test_generate_evaluation_writes_table_grid_and_mlflow_run(
 ) -> None:
     from mlflow import MlflowClient
 
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
+    from megdecode.model_registry import register_bundle
     from megdecode.tracking import Tracker
 
     dim = len(load_bundle(bundle).latent_mean)
@@ -86,7 +87,7 @@ def test_generate_evaluation_writes_table_grid_and_mlflow_run(
     if from_registry:  # registering costs ~30 s on a busy machine: slow suite only
         tracker = Tracker(uri, "brain")
         run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
-        tracker.register_bundle(run_id, bundle, name="tiny-brain", alias="champion")
+        register_bundle(tracker, run_id, bundle, name="tiny-brain", alias="champion")
         source = "models:/tiny-brain@champion"
 
     out = tmp_path / "eval"
@@ -168,7 +169,7 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(
 ) -> None:
     """ "bundle": the decoded trials are scaled exactly as the served path scales one window;
     "set": z-scored over the set, so they take the training latents' mean/std."""
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
     from megdecode.generate.evaluation import GenEvalConfig, decode_test_set, predict_split
     from megdecode.generate.postprocess import bundle_latents
     from megdecode.predict import load_model
@@ -204,7 +205,7 @@ def test_pred_stats_choose_the_bundles_statistics_or_each_sets_own(
     with pytest.raises(ValueError, match="pred_stats must be one of"):
         cfg.replace(pred_stats="test")
     b.prediction_stats = None  # a bundle made before the statistics were stored
-    from megdecode.bundle import save_bundle
+    from megdecode.bundle_io import save_bundle
 
     old = save_bundle(b, tmp_path / "old")
     with pytest.raises(ValueError, match="stores no prediction statistics.*--pred-stats set"):

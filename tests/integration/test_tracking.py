@@ -17,8 +17,10 @@ import pytest
 import torch
 from mlflow.models import get_model_info
 
-from megdecode.bundle import ModelBundle, load_bundle, save_bundle
+from megdecode.bundle import ModelBundle
 from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState
+from megdecode.bundle_io import load_bundle, save_bundle
+from megdecode.model_registry import RegistryInfo, register_bundle, resolve_bundle
 from megdecode.models.brain import BrainConfig, BrainModule
 from megdecode.predict import load_model
 from megdecode.tracking import (
@@ -26,10 +28,8 @@ from megdecode.tracking import (
     TAG_DATA,
     TAG_PARENT,
     TAG_SEED,
-    RegistryInfo,
     Tracker,
     default_tracking_uri,
-    resolve_bundle,
     store_checksum,
 )
 
@@ -210,7 +210,7 @@ def test_register_and_resolve_alias(tracker: Tracker, tmp_path: Path) -> None:
     bundle_dir = _bundle(tmp_path / "bundle")
     run_id = tracker.trial_run("t_00004", {"model.depth": 1})
     tracker.log_artifacts(run_id, bundle_dir, "bundle")
-    version = tracker.register_bundle(run_id, bundle_dir, name="megdecode-brain", alias="champion")
+    version = register_bundle(tracker, run_id, bundle_dir, name="megdecode-brain", alias="champion")
 
     path, info = resolve_bundle(
         "models:/megdecode-brain@champion", tracker.tracking_uri, tmp_path / "resolved"
@@ -252,7 +252,7 @@ def test_one_resolver_for_folders_versions_runs_and_aliases(
     bundle_dir = _bundle(tmp_path / "bundle")
     run_id = tracker.trial_run("t_00007", {})
     tracker.log_artifacts(run_id, bundle_dir, "seed0/bundle")
-    version = tracker.register_bundle(run_id, bundle_dir, name="resolve-test", alias="candidate")
+    version = register_bundle(tracker, run_id, bundle_dir, name="resolve-test", alias="candidate")
     uri = tracker.tracking_uri
 
     assert resolve_bundle(str(bundle_dir)) == (bundle_dir, RegistryInfo("bundle"))

@@ -210,7 +210,7 @@ def test_summary_table_ranks_configs_against_ridge_and_chance(search: SimpleName
 
 
 def test_champion_alias_resolves_to_a_loadable_bundle(search: SimpleNamespace) -> None:
-    from megdecode.tracking import resolve_bundle
+    from megdecode.model_registry import resolve_bundle
 
     report = search.second
     assert report.champion == "models:/megdecode-brain@champion"
@@ -284,7 +284,7 @@ def test_best_trial_is_reproduced_by_megdecode_train_outside_tune(
 ) -> None:
     from typer.testing import CliRunner
 
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
     from megdecode.cli import app
 
     best = search.second.best
@@ -468,7 +468,7 @@ def test_ray_job_submit_runs_jobs_tune_on_a_head_the_test_starts(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(head.pid, signal.SIGKILL)
             shutil.rmtree(temp, ignore_errors=True)
-    from megdecode.tracking import resolve_bundle
+    from megdecode.model_registry import resolve_bundle
 
     assert len(_runs(uri, "job", "trial")) == 2
     load_model(resolve_bundle("models:/megdecode-brain@champion", uri)[0])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from megdecode.bundle import FORMAT, ModelBundle, PredictionStats, load_bundle, save_bundle
+from megdecode.bundle import ModelBundle, PredictionStats
 from megdecode.bundle_fields import (
     BundleError,
     FitRecord,
@@ -20,6 +20,7 @@ from megdecode.bundle_fields import (
     LossState,
     SubjectScaler,
 )
+from megdecode.bundle_io import FORMAT, load_bundle, save_bundle
 from megdecode.data.preprocess import PreprocessConfig
 from megdecode.losses import CombinedLoss, LossConfig
 from megdecode.models.brain import BrainConfig, BrainModule
@@ -378,7 +379,7 @@ def test_a_bundle_without_prediction_stats_loads_with_a_warning(
 ) -> None:
     path = save_bundle(_bundle(), tmp_path / "old")
     assert json.loads((path / "bundle.json").read_text())["prediction_stats"] is None
-    with caplog.at_level("WARNING", logger="megdecode.bundle"):
+    with caplog.at_level("WARNING", logger="megdecode.bundle_io"):
         assert load_bundle(path).prediction_stats is None
     assert "no prediction statistics" in caplog.text and str(path) in caplog.text
     # a first-format bundle written before the field existed has no entry at all

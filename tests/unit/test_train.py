@@ -99,7 +99,7 @@ def test_a_tune_trials_trainer_saves_its_bundle_with_prediction_stats(
     tiny_run: Path, tmp_path: Path
 ) -> None:
     """Tune trials step `Trainer`s and save through `finish` (search.trial._finish): same stats."""
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
     from megdecode.train import Trainer
 
     trainer = Trainer(

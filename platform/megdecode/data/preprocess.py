@@ -73,7 +73,8 @@ class PreprocessConfig(FlatConfig):
     # "causal": a Butterworth band-pass (order CAUSAL_ORDER, second-order sections) run
     # forwards only from the first sample of the run, zero initial state; filter_method is
     # then ignored. It is what a real-time stream can compute, so a model trained on a
-    # store built with it sees exactly what `megdecode.serve.stream` feeds it online.
+    # store built with it sees exactly what `megdecode.serve.online_preprocess` feeds it
+    # online.
     filter_phase: str = "zero"
     sfreq: float = 120.0  # target rate (Hz)
     tmin: float = -0.5  # window start relative to image onset (s), snapped to the 120 Hz grid

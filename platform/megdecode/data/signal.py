@@ -1,9 +1,9 @@
 """Pure signal processing shared by the offline preprocessing and the serving stream.
 
 The contract between `megdecode.data.preprocess` (a whole run at once) and
-`megdecode.serve.stream` (chunks as they arrive): both cut epochs at native onset samples,
-resample them on the same `Grid` with the same polyphase filter, baseline-correct them the
-same way and filter causally with the same sections, so a served window equals the stored
+`megdecode.serve.online_preprocess` (chunks as they arrive): both cut epochs at native
+onset samples, resample them on the same `Grid` with the same polyphase filter,
+baseline-correct them the same way and filter causally with the same sections, so a served window equals the stored
 one (tests/integration/serve/test_stream_offline.py). No config objects here: plain numbers
 in, arrays out.
 """

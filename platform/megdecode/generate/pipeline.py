@@ -21,14 +21,12 @@ So the loop is assembled here from what diffusers maintains: `UNet2DConditionMod
   8x8x48 for p = 4), a lossless, weight-free stand-in for a VAE that makes every UNet
   step p^2 times cheaper on a CPU.
 
-Folder (`save` / `from_dir`): ``generator.json`` (format, conditions, init latent, size,
-default GenerateConfig), ``unet/`` and ``scheduler/`` (diffusers `save_pretrained`),
-``conditioning.safetensors`` and optionally ``vae/``.
+The folder it is loaded from and saved to is `megdecode.generate.folder`; PIL images go
+in and out through `megdecode.generate.images`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,27 +37,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from megdecode.config import ConfigError, FlatConfig
 from megdecode.generate.conditioning import (
     ConditionEncoder,
     MixedStreamsProcessor,
-    StreamSpec,
     global_vector,
     stream_weights,
 )
+from megdecode.generate.folder import read_folder, write_folder
+from megdecode.generate.images import to_pil
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "megdecode-generator/1"
-_REQUIRED = (
-    "generator.json",
-    "conditioning.safetensors",
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "scheduler/scheduler_config.json",
-)
 
 
 @dataclass(frozen=True)
@@ -119,42 +108,12 @@ class LatentGenerator:
     @classmethod
     def from_dir(cls, path: str | Path, device: str = "cpu") -> LatentGenerator:
         """Load a generator folder; FileNotFoundError("no weights at ...") if incomplete."""
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-
-        path = Path(path)
-        missing = [name for name in _REQUIRED if not (path / name).is_file()]
-        if missing:
-            raise FileNotFoundError(f"no weights at {path}: missing {', '.join(missing)}")
-        meta = json.loads((path / "generator.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(
-                f"{path / 'generator.json'}: format {meta.get('format')!r}, expected {FORMAT!r}"
-            )
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False)
-        scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
-        vae = None
-        if meta.get("vae"):
-            if not (path / "vae" / "config.json").is_file():
-                raise FileNotFoundError(f"no weights at {path / 'vae'}: generator.json names a VAE")
-            vae = AutoencoderKL.from_pretrained(path / "vae", low_cpu_mem_usage=False)
-        encoder = build_encoder(meta, int(unet.config.cross_attention_dim))
-        state = load_file(str(path / "conditioning.safetensors"))
-        encoder.load_state_dict(state, strict=True)
+        unet, scheduler, encoder, meta, vae = read_folder(path)
         return cls(unet, scheduler, encoder, meta, vae=vae, device=device)
 
     def save(self, path: str | Path) -> Path:
         """Write the folder that `from_dir` reads; returns it."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(path / "unet")
-        self.scheduler.save_pretrained(path / "scheduler")
-        if self.vae is not None:
-            self.vae.save_pretrained(path / "vae")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}
-        save_file(state, str(path / "conditioning.safetensors"))
-        meta = dict(self.meta, format=FORMAT, vae=self.vae is not None)
-        (path / "generator.json").write_text(json.dumps(meta, indent=2))
-        return path
+        return write_folder(path, self.unet, self.scheduler, self.encoder, self.meta, self.vae)
 
     # --- sampling -----------------------------------------------------------------------
     @property
@@ -316,37 +275,3 @@ def _coord_grid(sample: torch.Tensor) -> torch.Tensor:
     xs = (torch.arange(w, device=sample.device, dtype=sample.dtype) + 0.5) / w * 2 - 1
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))
     return grid.expand(n, 2, h, w)
-
-
-def build_encoder(meta: dict[str, Any], width: int) -> ConditionEncoder:
-    """The conditioning module described by generator.json (init latent excluded)."""
-    specs = [
-        StreamSpec.from_dict(name, c)
-        for name, c in meta["conditions"].items()
-        if name != meta.get("init_latent")
-    ]
-    return ConditionEncoder(specs, width)
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(N, 3, H, W) in [-1, 1] -> N RGB PIL images."""
-    arr = (
-        ((images.clamp(-1, 1) + 1) * 127.5)
-        .round()
-        .to(torch.uint8)
-        .permute(0, 2, 3, 1)
-        .cpu()
-        .numpy()
-    )
-    return [Image.fromarray(a) for a in arr]
-
-
-def from_pil(images: Sequence[Image.Image], size: int) -> torch.Tensor:
-    """N PIL images -> (N, 3, size, size) float32 in [-1, 1] (bilinear resize)."""
-    arr = np.stack(
-        [
-            np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-            for im in images
-        ]
-    )
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0

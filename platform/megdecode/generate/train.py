@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from megdecode.config import ConfigError, FlatConfig
 from megdecode.data import bids
 from megdecode.data import store as epoch_store
-from megdecode.generate.pipeline import GenerateConfig, LatentGenerator, from_pil
+from megdecode.generate.images import from_pil
+from megdecode.generate.pipeline import GenerateConfig, LatentGenerator
 from megdecode.generate.tiny import ArchConfig, new_generator
 from megdecode.latents.cache import load_latents, open_rgb
 from megdecode.latents.stage import store_images

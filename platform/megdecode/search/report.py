@@ -180,6 +180,7 @@ def write_report(
     `clock`: the search's phases so far; the time spent here is lapped as ``report``.
     """
     from megdecode.evaluation.baseline import ridge_table
+    from megdecode.model_registry import register_bundle
     from megdecode.tracking import Tracker
 
     tracker = Tracker(setup.tracking_uri, setup.experiment)
@@ -213,7 +214,7 @@ def write_report(
             "metrics": {k: top[k] for k in top.index if "/" in k},
         }
         if register and not interrupted:
-            tracker.register_bundle(top["run_id"], best["bundle"], register[0], register[1])
+            register_bundle(tracker, top["run_id"], best["bundle"], register[0], register[1])
             champion = f"models:/{register[0]}@{register[1]}"
     summary_path = setup.path / ("summary-interrupted.txt" if interrupted else "summary.txt")
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}

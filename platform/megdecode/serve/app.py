@@ -64,9 +64,10 @@ def build_app(
 
     `plan` None plans the requests against the connected cluster (`placement.plan_resources`).
     """
+    from megdecode.serve.admission import token_digest
     from megdecode.serve.decoder import BrainDecoder
     from megdecode.serve.generator import Generator
-    from megdecode.serve.ingress import Ingress, token_digest
+    from megdecode.serve.ingress import Ingress
 
     if plan is None:
         plan = plan_resources(cfg, Cluster.now())

@@ -43,7 +43,7 @@ def example_window(
     store: str | Path, bundle_dir: str | Path, out: str | Path, seed: int = 0
 ) -> Path:
     """Write {"subject", "data"} of one test window shaped for `bundle_dir` (curl -d @out)."""
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
 
     b = load_bundle(Path(bundle_dir))
     X, meta = test_windows(store, b.tmin, b.tmax, b.subjects, 1, seed)
@@ -76,8 +76,8 @@ def decode_demo(
     import requests
     from ray import serve
 
+    from megdecode.model_registry import resolve_bundle
     from megdecode.serve.app import free_port, start
-    from megdecode.tracking import resolve_bundle
 
     source = str(bundle_or_uri)
     cfg = ServeConfig.from_mapping(
@@ -87,7 +87,7 @@ def decode_demo(
             "decoder": {"model": source, "tracking_uri": tracking_uri or "", "num_cpus": 0.5},
         }
     )
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
 
     bundle = load_bundle(resolve_bundle(source, cfg.tracking_uri())[0])
     X, meta = test_windows(store, bundle.tmin, bundle.tmax, bundle.subjects, n)

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from fastapi import WebSocket
 
-from megdecode.serve.stream import StreamError, StreamSession
+from megdecode.serve.stream import StreamError
+from megdecode.serve.stream_session import StreamSession
 
 logger = logging.getLogger(__name__)
 

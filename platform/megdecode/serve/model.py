@@ -2,7 +2,7 @@
 
 Kept apart from the deployment so it can be tested and reused (the demo, the CLI)
 without Serve. ``models:/<name>@<alias>`` resolves through the MLflow registry
-(`megdecode.tracking.resolve_bundle`); ``models:/<name>/<version>`` pins a version. The
+(`megdecode.model_registry.resolve_bundle`); ``models:/<name>/<version>`` pins a version. The
 model runs in its serving layout (`BrainModule.folded`).
 """
 
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from megdecode.bundle import ModelBundle
+from megdecode.model_registry import resolve_bundle
 from megdecode.models.brain import BrainModule
 from megdecode.predict import load_model
 from megdecode.serve.gallery import Gallery
-from megdecode.tracking import resolve_bundle
 
 logger = logging.getLogger(__name__)
 

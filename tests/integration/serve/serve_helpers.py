@@ -36,7 +36,7 @@ def window(bundle_dir: Path, seed: int = 0) -> tuple[str, np.ndarray]:
     """(first subject, a random (C, T) float32 window shaped for the bundle)."""
     import numpy as np
 
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
 
     b = load_bundle(bundle_dir)
     rng = np.random.default_rng(seed)

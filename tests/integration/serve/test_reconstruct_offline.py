@@ -16,7 +16,7 @@ import requests
 from serve_helpers import window
 from typer.testing import CliRunner
 
-from megdecode.bundle import load_bundle
+from megdecode.bundle_io import load_bundle
 from megdecode.cli import app
 
 pytestmark = [pytest.mark.serve, pytest.mark.ray]

@@ -12,7 +12,7 @@ import pytest
 import requests
 from serve_helpers import is_error_body
 
-from megdecode.bundle import load_bundle
+from megdecode.bundle_io import load_bundle
 from megdecode.serve.app import free_port
 
 pytestmark = [pytest.mark.serve, pytest.mark.ray]
@@ -277,7 +277,8 @@ def test_stream_emits_a_decode_every_stride_equal_to_http_decodes(
 
     from megdecode.data import bids
     from megdecode.data.preprocess import pick_meg
-    from megdecode.serve.stream import OnlinePreprocessor, StreamSpec
+    from megdecode.serve.online_preprocess import OnlinePreprocessor
+    from megdecode.serve.stream import StreamSpec
 
     url, _ = served
     b = load_bundle(tiny_bundle)

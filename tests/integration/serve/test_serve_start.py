@@ -14,7 +14,7 @@ import pytest
 import requests
 from serve_helpers import is_error_body, window
 
-from megdecode.bundle import load_bundle
+from megdecode.bundle_io import load_bundle
 from megdecode.serve.app import StartError, StartInterrupted, free_port, start
 from megdecode.serve.config import ServeConfig
 from megdecode.serve.placement import Cluster, plan_resources

@@ -106,7 +106,7 @@ def test_stream_decodes_after_image_onsets_retrieve_the_shown_image_above_chance
 ) -> None:
     from websockets.sync.client import connect
 
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
     from megdecode.data import bids
     from megdecode.data.preprocess import pick_meg
     from megdecode.serve.stream import StreamSpec

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megdecode.bundle import load_bundle
+from megdecode.bundle_io import load_bundle
 from megdecode.data import bids
 from megdecode.data import store as epoch_store
 from megdecode.data.preprocess import pick_meg
-from megdecode.serve.stream import OnlinePreprocessor, StreamError, StreamSpec
+from megdecode.serve.online_preprocess import OnlinePreprocessor
+from megdecode.serve.stream import StreamError, StreamSpec
 
 
 def _replay(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fixtures.configs import SMALL_BRAIN
-from megdecode.bundle import load_bundle
 from megdecode.bundle_fields import BundleError, LatentPart
+from megdecode.bundle_io import load_bundle
 from megdecode.latents.cache import load_latents, write_latents
 from megdecode.latents.targets import load_target, split_target, target_names
 from megdecode.train import FitConfig, TrainConfig, fit

@@ -15,10 +15,12 @@ from megdecode.bundle import ModelBundle
 from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, SubjectScaler
 from megdecode.data import bids
 from megdecode.data import store as epoch_store
+from megdecode.serve.admission import ws_auth
 from megdecode.serve.config import LiveConfig
 from megdecode.serve.errors import ApiError
 from megdecode.serve.gallery import Gallery
-from megdecode.serve.livepage import LivePage, display_channels, static_file, ws_auth
+from megdecode.serve.livepage import LivePage, display_channels
+from megdecode.serve.livestatic import static_file
 
 
 def _bundle(tiny_run: Path, store: Path | None = None) -> ModelBundle:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from megdecode.bundle import ModelBundle, PredictionStats, save_bundle
+from megdecode.bundle import ModelBundle, PredictionStats
 from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState
+from megdecode.bundle_io import save_bundle
 from megdecode.generate import build_tiny_generator
 from megdecode.generate.pipeline import LatentGenerator
 from megdecode.models.brain import BrainConfig, BrainModule

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from megdecode.data.preprocess import PreprocessConfig
-from megdecode.serve.stream import OnlinePreprocessor, StreamSpec
+from megdecode.serve.online_preprocess import OnlinePreprocessor
+from megdecode.serve.stream import StreamSpec
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,7 @@ def test_banded_windows_equal_stepwise_windows(
 
 
 def _session(clock: list[float], max_backlog_s: float = 0.5):
-    from megdecode.serve.stream import StreamSession
+    from megdecode.serve.stream_session import StreamSession
 
     rng = np.random.default_rng(0)
     spec = StreamSpec(

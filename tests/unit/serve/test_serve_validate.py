@@ -12,7 +12,7 @@ from megdecode.config import ConfigError
 from megdecode.serve.config import ServeConfig, read_config_file
 from megdecode.serve.errors import ApiError
 from megdecode.serve.gallery import Gallery
-from megdecode.serve.stream import RingBuffer
+from megdecode.serve.online_preprocess import RingBuffer
 from megdecode.serve.validate import (
     bounded,
     check_window,

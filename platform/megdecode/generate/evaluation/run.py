@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def evaluate_generation(cfg: GenEvalConfig, bundle_dir: Path) -> tuple[pd.DataFrame, Path]:
     """Decode, generate (Ray must be initialised), score; write out/; returns (table, grid path)."""
-    from megdecode.bundle import load_bundle
+    from megdecode.bundle_io import load_bundle
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def run_and_log(
     and the grid under figures/. An existing `run_id` is logged into and left open (it is
     the caller's); a new run is ended. Returns (table, grid path, run id).
     """
-    from megdecode.tracking import resolve_bundle
+    from megdecode.model_registry import resolve_bundle
 
     out = Path(cfg.out)
     bundle_dir, _ = resolve_bundle(cfg.bundle, tracking_uri or "", out / "bundle")
