@@ -38,7 +38,7 @@ from megdecode.search.report import summary_table
 from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import fit_config, logged_keys
 from megdecode.search.trial import seed_stats, trial_name, trial_number
-from megdecode.train import FitConfig, TrainConfig
+from megdecode.train_config import FitConfig, TrainConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 

@@ -15,7 +15,8 @@ from megdecode.config import ConfigError
 from megdecode.models.brain import BrainConfig
 from megdecode.predict import load_model
 from megdecode.rundata import load_run_data
-from megdecode.train import FitConfig, TrainConfig, fit, predict
+from megdecode.train import fit, predict
+from megdecode.train_config import FitConfig, TrainConfig
 
 SMALL = BrainConfig(
     hidden_channels=16, merger_channels=16, fourier_freqs=3, depth=1, projection_hidden=16

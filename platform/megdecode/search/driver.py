@@ -40,7 +40,7 @@ from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import SearchSpace
 from megdecode.search.space_file import load_space
 from megdecode.search.trial import TrialPlan, run_trial, trial_name
-from megdecode.train import FitConfig
+from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ from megdecode.search.space import (
     SearchSpace,
     fit_config,
 )
-from megdecode.train import FitConfig
+from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pytest
 from megdecode.config import ConfigError
 from megdecode.search.space import SearchSpace, fit_config, logged_keys
 from megdecode.search.space_file import load_space
-from megdecode.train import FitConfig
+from megdecode.train_config import FitConfig
 
 SPACES = Path(__file__).resolve().parents[3] / "search_spaces"
 GRID = 0.025
