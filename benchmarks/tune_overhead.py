@@ -52,7 +52,8 @@ from ray import tune
 from megdecode.demo import TwinRun, build_twin_run
 from megdecode.models.brain import BrainConfig
 from megdecode.rundata import load_run_data
-from megdecode.train import FitConfig, TrainConfig, Trainer, fit
+from megdecode.train import Trainer, fit
+from megdecode.train_config import FitConfig, TrainConfig
 
 # The paper's retrieval model (BrainConfig defaults): an epoch of the tiny twin then takes
 # seconds, as real epochs do; a toy model's 0.1 s epochs would measure Tune's per-result

@@ -44,7 +44,8 @@ from megdecode.logs import setup_logging
 from megdecode.models.brain import BrainConfig
 from megdecode.models.ridge import RidgeConfig
 from megdecode.rundata import RunData, load_run_data
-from megdecode.train import FitConfig, TrainConfig, fit, predict
+from megdecode.train import fit, predict
+from megdecode.train_config import FitConfig, TrainConfig
 from megdecode.twin.simulate import read_ground_truth
 from megdecode.twin.truth_latents import write_twin_latents
 

@@ -39,7 +39,8 @@ from megdecode.generate.evaluation import (
     fidelity_table,
 )
 from megdecode.rundata import RunData, SplitTensors, load_run_data
-from megdecode.train import FitConfig, fit
+from megdecode.train import fit
+from megdecode.train_config import FitConfig
 from megdecode.twin import sources as twin_sources
 from megdecode.twin.config import TwinConfig
 from megdecode.twin.simulate import make_stimuli, simulate

@@ -106,7 +106,7 @@ class GalleryMeta:
 
 @dataclass(frozen=True)
 class FitRecord:
-    """The run's flat `train.FitConfig` (every key an MLflow param), recorded as trained.
+    """The run's flat `train_config.FitConfig` (every key an MLflow param), recorded as trained.
 
     What re-scores the bundle on its data (`megdecode evaluate`) and finds that data:
     `store` and `latents_dir` ("" when the config does not name them).

@@ -28,7 +28,7 @@ from megdecode.data import store as epoch_store
 from megdecode.latents.targets import load_target
 
 if TYPE_CHECKING:
-    from megdecode.train import FitConfig
+    from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,12 @@
 """One training run: one config, one seed, one time window -> metrics and a model bundle.
 
-`fit(config)` is the single entry point used by the CLI, by Ray Tune trainables and by
+`fit(config)` (a `megdecode.train_config.FitConfig`) is the single entry point used by the CLI, by Ray Tune trainables and by
 the window curves, so every path trains the same way. The loop is plain: `train_step`
 and `eval_step` are functions over a typed `Batch`; per-epoch metrics go to a callback so
 Tune and MLflow can consume them without this module knowing about either. The epochs
 and targets come as a `megdecode.rundata.RunData`, read from disk by `load_run_data`
-unless the caller (a Tune trial, the window curves) already holds them.
+unless the caller (a Tune trial, the window curves) already holds them. The bundle a
+run saves is built in `megdecode.train_bundle`.
 """
 
 from __future__ import annotations
@@ -14,73 +15,26 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from megdecode.bundle import ModelBundle, PredictionStats, git_commit
-from megdecode.bundle_fields import (
-    FitRecord,
-    GalleryMeta,
-    LatentPart,
-    LossState,
-    SubjectScaler,
-    preprocess_from_json,
-)
+from megdecode.bundle import PredictionStats
 from megdecode.bundle_io import save_bundle
-from megdecode.config import ConfigError, FlatConfig
-from megdecode.data import store as epoch_store
-from megdecode.data.preprocess import PreprocessConfig
 from megdecode.evaluation.retrieval import evaluate_all, retrieval_ranks, topk_accuracy
 from megdecode.logs import progress
-from megdecode.losses import CombinedLoss, LossConfig
+from megdecode.losses import CombinedLoss
 from megdecode.models.brain import BrainConfig, BrainModule
 from megdecode.rundata import Batch, RunData, SplitTensors, load_run_data
+from megdecode.train_bundle import make_bundle
+from megdecode.train_config import MONITORS, FitConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-MONITORS = {"val/clip_loss": "min", "val/top5": "max"}
-
-
-@dataclass(frozen=True)
-class TrainConfig(FlatConfig):
-    """Optimisation and data selection for one run (paper defaults)."""
-
-    latent: str = "handcrafted"  # latents_dir/<latent>.parquet holds the targets
-    tmin: float = -0.5  # window (s, relative to onset), sliced from the stored epochs
-    tmax: float = 1.0
-    seed: int = 0
-    lr: float = 3e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    batch_size: int = 128
-    max_epochs: int = 100
-    patience: int = 10  # epochs without improvement of `monitor` before stopping
-    monitor: str = "val/clip_loss"  # or "val/top5"
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.monitor not in MONITORS:
-            raise ConfigError(f"monitor: expected one of {sorted(MONITORS)}, got {self.monitor!r}")
-        if self.tmin >= self.tmax:
-            raise ConfigError(f"window: tmin={self.tmin} must be < tmax={self.tmax}")
-        if self.batch_size < 2:
-            raise ConfigError("batch_size: InfoNCE needs at least 2 samples per batch")
-
-
-@dataclass(frozen=True)
-class FitConfig(FlatConfig):
-    """Everything a run needs; flattens to MLflow params and Tune keys."""
-
-    store: str = ""
-    latents_dir: str = ""
-    model: BrainConfig = field(default_factory=BrainConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass
@@ -163,7 +117,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: FitConfig, data: RunData) -> None:
-        t = cfg.train
+        t: TrainConfig = cfg.train
         self.cfg, self.data = cfg, data
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)
@@ -315,68 +269,3 @@ def _summary_metrics(
         }
     )
     return metrics
-
-
-def make_bundle(
-    cfg: FitConfig,
-    data: RunData,
-    model: BrainModule,
-    metrics: dict[str, float],
-    *,
-    prediction_stats: PredictionStats,
-    loss: CombinedLoss,
-) -> ModelBundle:
-    """The bundle of DESIGN §6; the gallery is the large test set's images.
-
-    `prediction_stats` and `loss` (its learned temperature is the bundle's loss state) are
-    required so that no path saves a bundle without them (the served reconstruction would
-    silently skip its z-scoring)."""
-    targets = data.train.target.numpy()
-    gallery_ids = np.unique(data.test.meta["image_id"].to_numpy())
-    gallery = data.latents[np.searchsorted(data.latent_ids, gallery_ids)]
-    meta = data.test.meta.drop_duplicates("image_id").set_index("image_id").reindex(gallery_ids)
-    parts = data.latent_parts or [(cfg.train.latent, int(data.latents.shape[1]))]
-    preprocess, scalers = serving_fields(cfg.store, data.subjects)
-    return ModelBundle(
-        model_config=model.cfg.to_flat_dict(),
-        state_dict=model.state_dict(),
-        loss=LossState.of(loss),
-        tmin=data.tmin,
-        tmax=data.tmax,
-        sfreq=data.sfreq,
-        n_times=int(data.train.meg.shape[2]),
-        ch_names=data.ch_names,
-        pos2d=data.pos2d.astype(np.float32),
-        subjects=data.subjects,
-        latent_name=cfg.train.latent,
-        latent_parts=[LatentPart(n, int(w)) for n, w in parts],
-        latent_mean=targets.mean(0),
-        latent_std=targets.std(0) + 1e-8,
-        gallery=gallery,
-        gallery_ids=gallery_ids,
-        gallery_meta=GalleryMeta(
-            tuple(meta["category"].fillna("").astype(str)),
-            tuple(meta["image_path"].fillna("").astype(str)),
-        ),
-        fit_config=FitRecord(cfg.to_flat_dict()),
-        preprocess=preprocess,
-        scalers=scalers,
-        metrics=metrics,
-        git_commit=git_commit(),
-        prediction_stats=prediction_stats,
-    )
-
-
-def serving_fields(
-    store: str, subjects: list[str]
-) -> tuple[PreprocessConfig | None, dict[str, SubjectScaler]]:
-    """The bundle's ``preprocess`` and ``scalers`` (subject -> robust-scaler centre/scale and the
-    native ``raw_sfreq``), from the store's manifest: the online stream rebuilds model inputs
-    from raw samples with them. A store that recorded none gives a bundle that cannot stream."""
-    manifest = epoch_store.read_manifest(store)
-    if not (manifest.preprocess and manifest.scalers):
-        return None, {}
-    scalers = {
-        s: SubjectScaler.from_json(manifest.scalers[s]) for s in subjects if s in manifest.scalers
-    }
-    return preprocess_from_json(manifest.preprocess), scalers

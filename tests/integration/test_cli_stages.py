@@ -22,7 +22,8 @@ from fixtures.configs import SMALL_BRAIN
 from megdecode.bundle_io import load_bundle
 from megdecode.cli import app
 from megdecode.generate import build_tiny_generator
-from megdecode.train import FitConfig, TrainConfig, fit
+from megdecode.train import fit
+from megdecode.train_config import FitConfig, TrainConfig
 
 pytestmark = [pytest.mark.mlflow]
 

@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from fixtures.configs import SMALL_BRAIN
 from megdecode.generate import build_tiny_generator
 from megdecode.generate.evaluation import LARGE_KIND
-from megdecode.train import FitConfig, TrainConfig, fit
+from megdecode.train import fit
+from megdecode.train_config import FitConfig, TrainConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 

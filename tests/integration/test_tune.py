@@ -33,12 +33,13 @@ import torch
 
 from megdecode.predict import load_model
 from megdecode.rundata import load_run_data
-from megdecode.search.driver import SearchSetup, check_searcher, run_search, saved_trials
-from megdecode.search.report import summary_table
+from megdecode.search.driver import SearchSetup, run_search
 from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import fit_config, logged_keys
+from megdecode.search.summary import summary_table
 from megdecode.search.trial import seed_stats, trial_name, trial_number
-from megdecode.train import FitConfig, TrainConfig
+from megdecode.search.tuner import check_searcher, saved_trials
+from megdecode.train_config import FitConfig, TrainConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 

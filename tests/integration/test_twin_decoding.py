@@ -22,7 +22,7 @@ from megdecode.data.build import build_epoch_store
 from megdecode.evaluation.baseline import shuffle_targets
 from megdecode.evaluation.windows import curve_peak, window_table
 from megdecode.rundata import RunData, load_run_data
-from megdecode.train import FitConfig, TrainConfig
+from megdecode.train_config import FitConfig, TrainConfig
 from megdecode.twin.config import TwinConfig
 from megdecode.twin.simulate import read_ground_truth, simulate
 from megdecode.twin.truth_latents import write_twin_latents

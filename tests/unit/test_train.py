@@ -15,7 +15,8 @@ from megdecode.cli import app
 from megdecode.config import ConfigError
 from megdecode.predict import load_model
 from megdecode.rundata import load_run_data
-from megdecode.train import FitConfig, TrainConfig, fit, predict
+from megdecode.train import fit, predict
+from megdecode.train_config import FitConfig, TrainConfig
 
 
 def _cfg(run: Path, **train: object) -> FitConfig:

@@ -20,7 +20,8 @@ import torch
 from megdecode.evaluation.retrieval import MODES, TEST_SPLITS, evaluate_all, evaluate_retrieval
 from megdecode.models.ridge import RidgeConfig, RidgeModel, fit_ridge
 from megdecode.rundata import RunData, SplitTensors
-from megdecode.train import FitConfig, fit, predict
+from megdecode.train import fit, predict
+from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from megdecode.evaluation.baseline import convnet_metrics, ridge_metrics
 from megdecode.logs import progress as progress_bar
 from megdecode.models.ridge import RidgeConfig
 from megdecode.rundata import RunData, SplitTensors, load_run_data
-from megdecode.train import FitConfig
+from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """The research loop: Ray Tune + OptunaSearch (TPE) + ASHA over a search space, N seeds a trial.
 
 `run_search` is what `jobs/tune.py` / `megdecode tune` call. It reads the epoch store once
-(`search.shared.SharedEpochs`), runs the Tuner (define-by-run Optuna space from
-`search.space.SearchSpace`, ASHA on the per-epoch mean over seeds, a concurrency limit,
-`num_samples` and a time budget), logs everything to MLflow from the driver
-(`search.mlflow.MlflowSearchCallback`), then hands over to `search.report.write_report`:
-the summary table (top configs vs ridge and chance) and the best trial's best seed
-registered as ``megdecode-brain@champion``.
+(`search.shared.SharedEpochs`), runs the Tuner that `search.tuner.build_tuner` builds
+(define-by-run Optuna space from `search.space.SearchSpace`, ASHA on the per-epoch mean
+over seeds, a concurrency limit, `num_samples` and a time budget), logs everything to
+MLflow from the driver (`search.mlflow.MlflowSearchCallback`), then hands over to
+`search.report.write_report`: the summary table (top configs vs ridge and chance) and the
+best trial's best seed registered as ``megdecode-brain@champion``.
 
 Fault tolerance:
 - ``resume=True`` restores ``<out>/<experiment>`` with `Tuner.restore`: finished trials are
@@ -14,9 +14,9 @@ Fault tolerance:
   ones stay failed unless ``retry_errored``. The setup of the interrupted search is read
   back from ``search.json``, so a resume trains the same space on the same data and logs
   to the same MLflow experiment, where trial runs are found again by trial id.
-- After every search, `check_searcher` reloads the searcher Tune saved and requires an
-  `OptunaSearch` whose study holds every trial's parameters: Ray has had bugs where a
-  restored search silently fell back to random search.
+- After every search, `search.tuner.check_searcher` reloads the searcher Tune saved and
+  requires an `OptunaSearch` whose study holds every trial's parameters: Ray has had bugs
+  where a restored search silently fell back to random search.
 - A trial that raises is retried ``max_failures`` times (`FailureConfig`), then marked
   FAILED in MLflow while the search goes on.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -39,8 +38,9 @@ from megdecode.search.report import SearchReport, write_report
 from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import SearchSpace
 from megdecode.search.space_file import load_space
-from megdecode.search.trial import TrialPlan, run_trial, trial_name
-from megdecode.train import FitConfig
+from megdecode.search.trial import TrialPlan, run_trial
+from megdecode.search.tuner import build_tuner, check_searcher, saved_trials, trial_progress
+from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def run_search(
             if verbose
             else [trial_progress(setup.num_samples or space.num_samples, f"{space.metric}_mean")]
         )
-        tuner = _new_tuner(
+        tuner = build_tuner(
             setup, space, trainable, concurrent, verbose, [mlflow_callback, *shown, *callbacks]
         )
     results = tuner.fit()
@@ -251,163 +251,3 @@ def run_search(
         searcher_name,
         searcher_trials,
     )
-
-
-def trial_progress(total: int, metric: str) -> Any:
-    """A Tune callback that shows each finished trial (a class made here: Tune is imported lazily)."""
-    from ray import tune
-
-    from megdecode.logs import StageProgress
-
-    class _TrialProgress(tune.Callback):
-        """The search's one progress display in quiet mode: a bar on a terminal, else a line
-        per finished, stopped or failed trial with its metric, so the status tables can go."""
-
-        def __init__(self, total: int, metric: str) -> None:
-            self.metric, self.bar = metric, StageProgress("trials", total, logger)
-
-        def _show(self, trial: Any, state: str) -> None:
-            result = dict(trial.last_result or {})
-            value, spread = (
-                result.get(self.metric),
-                result.get(self.metric.replace("_mean", "_std")),
-            )
-            shown = (
-                f"{value:.3f}" + (f"±{spread:.3f}" if spread is not None else "")
-                if value is not None
-                else "-"
-            )
-            self.bar.step(
-                f"{trial} {state} at epoch {result.get('epoch', 0)}: {self.metric.removesuffix('_mean')} {shown}"
-            )
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._show(trial, "finished" if result_final(trial) else "stopped")
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._show(trial, "FAILED")
-
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            self.bar.close()
-
-    return _TrialProgress(total, metric)
-
-
-def result_final(trial: Any) -> bool:
-    """Whether a trial ran to its end (its last report is the final one), not stopped by ASHA."""
-    return bool((trial.last_result or {}).get("final"))
-
-
-def _new_tuner(
-    setup: SearchSetup,
-    space: SearchSpace,
-    trainable: Any,
-    concurrent: int,
-    verbose: int,
-    callbacks: list[Any],
-) -> Any:
-    """Optuna (TPE, define-by-run) behind a concurrency limit, ASHA on the per-epoch mean."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from megdecode.logs import quiet_console
-
-    quiet_console()  # optuna configures its console logger at import
-
-    metric = f"{space.metric}_mean"
-    searcher = OptunaSearch(
-        space=space.define_by_run, metric=metric, mode=space.mode, seed=setup.sampler_seed
-    )
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode=space.mode,
-            num_samples=setup.num_samples or space.num_samples,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
-            scheduler=(
-                ASHAScheduler(
-                    time_attr="epoch", max_t=space.max_epochs, grace_period=space.grace_period
-                )
-                if setup.scheduler == "asha"
-                else FIFOScheduler()
-            ),
-            time_budget_s=setup.time_budget_s or space.time_budget_s,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=setup.experiment,
-            storage_path=str(Path(setup.out).resolve()),
-            callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=setup.max_failures),
-            progress_reporter=_reporter(space, metric),
-            verbose=verbose,
-        ),
-    )
-
-
-def _reporter(space: SearchSpace, metric: str) -> Any:
-    """A narrow table: the searched keys (last name part) and mean±std of the metric."""
-    from ray.tune import CLIReporter
-
-    params = {p.key: p.key.split(".")[-1] for p in space.params}
-    metrics = {
-        "epoch": "epoch",
-        metric: metric.replace("_mean", ""),
-        metric.replace("_mean", "_std"): "±std",
-        "test/top5_mean": "test/top5",
-    }
-    return CLIReporter(
-        metric_columns=metrics,
-        parameter_columns=params,
-        max_report_frequency=30,
-        sort_by_metric=True,
-        max_column_length=16,
-    )
-
-
-def check_searcher(experiment_path: Path, trials: list[Any]) -> tuple[str, int]:
-    """The searcher Tune saved must be Optuna, and its study must hold every trial's params.
-
-    `trials`: Tune's trials (anything with .trial_id and .config), see `saved_trials`.
-    Raises RuntimeError otherwise (a resumed search that fell back to random search).
-    """
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(experiment_path))  # RuntimeError when Tune saved no searcher
-    study = getattr(searcher, "_ot_study", None)
-    if study is None or not isinstance(study.sampler, optuna.samplers.TPESampler):
-        raise RuntimeError(f"the searcher saved in {experiment_path} is not an Optuna TPE study")
-    asked = [t.params for t in study.trials]
-    for trial in trials:
-        config = trial.config or {}
-        if not any(all(_same(config.get(k), v) for k, v in params.items()) for params in asked):
-            raise RuntimeError(
-                f"trial {trial.trial_id} was not suggested by the Optuna study "
-                "(did the restored search fall back to random search?)"
-            )
-    return f"{type(searcher).__name__}/{type(study.sampler).__name__}", len(study.trials)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal, up to the rounding of stepped floats (`search.space.ParamSpec.suggest`)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=0, abs_tol=1e-6)
-    return bool(a == b)
-
-
-def saved_trials(experiment_path: Path) -> list[Any]:
-    """Tune's trials as saved in the experiment state (what a resume would see), pending ones too.
-
-    The ResultGrid cannot tell an interrupted trial: after an interrupt Tune stops the
-    running trials and marks them TERMINATED in memory, after it has saved them as RUNNING.
-    """
-    from ray.tune import ExperimentAnalysis
-
-    return list(ExperimentAnalysis(str(experiment_path)).trials)

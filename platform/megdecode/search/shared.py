@@ -36,7 +36,7 @@ from megdecode.rundata import (
     read_groups,
     split_groups,
 )
-from megdecode.train import FitConfig
+from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from megdecode.config import ConfigError
-from megdecode.train import FitConfig
+from megdecode.train_config import FitConfig
 
 if TYPE_CHECKING:
     import optuna

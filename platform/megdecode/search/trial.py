@@ -34,7 +34,8 @@ import torch
 from megdecode.logs import PhaseClock
 from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import fit_config
-from megdecode.train import FitConfig, Trainer
+from megdecode.train import Trainer
+from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
 

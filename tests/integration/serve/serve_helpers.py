@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 def train_bundle(
     run: Path, out: Path, epochs: int = 1, seed: int = 0, tmin: float = 0.0, tmax: float = 0.5
 ) -> Path:
-    from megdecode.train import FitConfig, TrainConfig, fit
+    from megdecode.train import fit
+    from megdecode.train_config import FitConfig, TrainConfig
 
     torch.set_num_threads(1)
     cfg = FitConfig(

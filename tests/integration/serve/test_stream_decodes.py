@@ -29,7 +29,8 @@ def decodable_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     from megdecode.data.build import build_epoch_store
     from megdecode.data.preprocess import PreprocessConfig
     from megdecode.models.brain import BrainConfig
-    from megdecode.train import FitConfig, TrainConfig, fit
+    from megdecode.train import fit
+    from megdecode.train_config import FitConfig, TrainConfig
     from megdecode.twin.config import TwinConfig
     from megdecode.twin.simulate import simulate
     from megdecode.twin.truth_latents import write_twin_latents

@@ -16,7 +16,8 @@ import pytest
 
 from fixtures import ds004212_mini as mini
 from megdecode.data import bids
-from megdecode.data.bids import BidsFormatError, RunKey
+from megdecode.data.bids import RunKey
+from megdecode.data.bids_events import BidsFormatError, image_category
 
 KEYS = [RunKey(*key) for key in sorted(mini.TRIALS)]
 BROKEN_KEY = RunKey(*mini.BROKEN_RUN)
@@ -94,7 +95,7 @@ def test_catch_trials_have_no_image_id_and_categories_keep_underscores(clean: Pa
     events = bids.read_events(clean, KEYS[0])
     assert events.loc[events.trial_type == "catch", ["image_id", "category_id"]].eq(-1).all().all()
     assert "ice_cream" in set(events.category)
-    assert bids.image_category("images_test_meg/hot_dog/hot_dog_13s.jpg") == "hot_dog"
+    assert image_category("images_test_meg/hot_dog/hot_dog_13s.jpg") == "hot_dog"
 
 
 def test_read_run_returns_all_channels_and_photodiode_aligned_events(clean: Path) -> None:
@@ -202,7 +203,7 @@ def test_a_few_image_number_mismatches_warn_more_fail(
     clean: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = broken(clean, tmp_path, "image_nr_mismatch")
-    with caplog.at_level(logging.WARNING, logger="megdecode.data.bids"):
+    with caplog.at_level(logging.WARNING, logger="megdecode.data.bids_events"):
         events = bids.read_events(root, BROKEN_KEY)
     assert "differs from sourcedata/sample_attributes_P1.csv 'things_image_nr' on 1" in caplog.text
     assert events["image_id"].iloc[0] == 1  # the number on the image_path's own row

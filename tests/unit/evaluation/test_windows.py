@@ -24,7 +24,7 @@ from megdecode.evaluation.windows import (
     window_table,
 )
 from megdecode.rundata import RunData
-from megdecode.train import FitConfig, TrainConfig
+from megdecode.train_config import FitConfig, TrainConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

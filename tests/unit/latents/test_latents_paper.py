@@ -272,7 +272,8 @@ def test_brain_module_trains_on_a_latent_written_by_the_cli(tiny_run: Path, tmp_
 
     from megdecode.cli import app
     from megdecode.latents.cache import latent_info
-    from megdecode.train import FitConfig, TrainConfig, fit
+    from megdecode.train import fit
+    from megdecode.train_config import FitConfig, TrainConfig
 
     args = [
         "latents",

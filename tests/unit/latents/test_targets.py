@@ -13,7 +13,8 @@ from megdecode.bundle_fields import BundleError, LatentPart
 from megdecode.bundle_io import load_bundle
 from megdecode.latents.cache import load_latents, write_latents
 from megdecode.latents.targets import load_target, split_target, target_names
-from megdecode.train import FitConfig, TrainConfig, fit
+from megdecode.train import fit
+from megdecode.train_config import FitConfig, TrainConfig
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import pytest
 from megdecode.config import ConfigError
 from megdecode.search.space import SearchSpace, fit_config, logged_keys
 from megdecode.search.space_file import load_space
-from megdecode.train import FitConfig
+from megdecode.train_config import FitConfig
 
 SPACES = Path(__file__).resolve().parents[3] / "search_spaces"
 GRID = 0.025
@@ -303,3 +303,11 @@ def test_logged_params_rebuild_the_trials_config_for_a_seed() -> None:
     )
     with pytest.raises(ConfigError, match="no FitConfig key"):
         logged_keys({"seeds": "[0, 1]"})
+
+
+def test_on_grid_tolerates_float_rounding_only() -> None:
+    from megdecode.search.space_checks import on_grid
+
+    assert on_grid(0.3, 0.1)  # 2.9999999999999996 steps
+    assert on_grid(-0.475, 0.025)
+    assert not on_grid(0.31, 0.1)

@@ -25,7 +25,7 @@ from megdecode.search.trial import (
     process_start_time,
     timing_metrics,
 )
-from megdecode.train import FitConfig
+from megdecode.train_config import FitConfig
 
 
 def test_process_start_time_is_this_process_birth() -> None:

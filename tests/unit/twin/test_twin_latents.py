@@ -11,7 +11,7 @@ import pytest
 from megdecode.data import store as epoch_store
 from megdecode.latents.cache import latent_info, load_latents
 from megdecode.rundata import load_run_data
-from megdecode.train import FitConfig, TrainConfig
+from megdecode.train_config import FitConfig, TrainConfig
 from megdecode.twin import stimuli
 from megdecode.twin.simulate import read_ground_truth
 from megdecode.twin.truth_latents import NotATwinError, write_twin_latents

@@ -1,8 +1,8 @@
 """The epoch store: preprocessed MEG epochs as Parquet shards plus a manifest (DESIGN §3).
 
-`manifest` says what a store holds and what each file must be, `write` builds stores,
-`read` and `ray_read` return epochs only after `verify` has checked the bytes against the
-manifest. The names below are the store's public API: ``from megdecode.data import store``.
+`manifest` says what a store holds and what each file must be, `write` builds stores
+(each subject's Parquet files through `shards`), `read` and `ray_read` return epochs only
+after `verify` has checked the bytes against the manifest. The names below are the store's public API: ``from megdecode.data import store``.
 """
 
 from megdecode.data.store.manifest import (
@@ -22,9 +22,9 @@ from megdecode.data.store.read import (
     verify_store,
     window_slice,
 )
+from megdecode.data.store.shards import EpochBlockLike
 from megdecode.data.store.verify import MissingShardError, ReadChecks, StoreError, sha256_file
 from megdecode.data.store.write import (
-    EpochBlockLike,
     SubjectShards,
     finish_store,
     staged_store,

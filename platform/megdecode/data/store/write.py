@@ -1,32 +1,20 @@
-"""Writing the epoch store: preprocessed MEG epochs as Parquet shards plus a manifest.
+"""Writing the epoch store: staging, the subjects' shards, the manifest written last.
 
 Layout::
 
     store/manifest.json                                 written last (see `write_store`)
-    store/epochs/subject=<label>/part-00000.parquet     rows_per_file epochs per part
+    store/epochs/subject=<label>/part-00000.parquet     one subject's shards (`shards`)
 
-One row per epoch. ``meg`` is a C x T float32 tensor column; the other columns are the
-epoch metadata (`META_COLUMNS`, plus any extra columns of the blocks).
+`write_store` writes a whole store in one process; `write_subject` and `finish_store`
+write the same store with one task per subject (`megdecode.data.subject_pass`). The
+Parquet layout and the per-subject writer are `megdecode.data.store.shards`.
 
-Why the canonical ``arrow.fixed_shape_tensor`` extension type for ``meg`` (and not Ray's
-own ``ArrowTensorType``/``ArrowTensorTypeV2``): Ray Data 2.60 reads both as a tensor
-column (numpy batches of shape (B, C, T)), but Ray's types are only known to processes
-that imported ``ray.data``. Plain pyarrow reads them back as an untyped
-``large_list<float>`` whose shape hides in Ray's JSON field metadata. The canonical type
-is built into pyarrow (>= 12), so ``FixedShapeTensorArray.to_numpy_ndarray()`` gives
-(N, C, T) zero-copy without Ray, and other Arrow readers (DuckDB, polars) keep the shape.
-
-Files are large on purpose: every Ray Data read task has a fixed cost (scheduling,
-opening, metadata), so thousands of tiny files read at a few hundred rows per second,
-while files of ~200 MB (1024 THINGS epochs) amortise it. The meg
-column is stored uncompressed: zstd saves ~7% on filtered MEG but slows reads by ~30%.
-
-This module writes stores. The manifest (`megdecode.data.store.manifest`), the integrity
-checks (`megdecode.data.store.verify`) and the readers (`megdecode.data.store.read`:
+The manifest (`megdecode.data.store.manifest`), the integrity checks
+(`megdecode.data.store.verify`) and the readers (`megdecode.data.store.read`:
 `load_epochs`, `load_metadata`, `read_ray_dataset`, `verify_store`) are its neighbours;
-`megdecode.data.store` exports the public names of all four. Every file written carries page
-checksums and a digest of its rows, and the manifest records each file's size and footer
-digest: every reader refuses a file that disagrees with the manifest, naming it.
+`megdecode.data.store` exports the public names of all of them. The manifest records
+each file's size and footer digest: every reader refuses a file that disagrees with the
+manifest, naming it.
 """
 
 from __future__ import annotations
@@ -36,50 +24,29 @@ import dataclasses
 import datetime as dt
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from megdecode.data.store.manifest import (
-    EPOCHS_DIR,
-    FORMAT_VERSION,
-    MANIFEST,
-    META_COLUMNS,
-    Manifest,
-    ShardFile,
+from megdecode.data.store.manifest import FORMAT_VERSION, MANIFEST, Manifest, ShardFile
+from megdecode.data.store.shards import (
+    EpochBlockLike,
+    Layout,
+    SubjectWriter,
+    add_table,
+    block_table,
+    check_sizes,
+    close_writers,
 )
-from megdecode.data.store.verify import (
-    CONTENT_KEY,
-    WRITER_OPTIONS,
-    ContentDigest,
-    Seal,
-    StoreError,
-    sha256_file,
-)
+from megdecode.data.store.verify import StoreError
 
 logger = logging.getLogger(__name__)
-
-_SAFE_LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class EpochBlockLike(Protocol):
-    """What `write_store` needs from a block (`megdecode.data.preprocess.EpochBlock`)."""
-
-    data: np.ndarray  # (N, C, T) float32
-    metadata: pd.DataFrame  # N rows, `META_COLUMNS` (split and repetition included)
-    ch_names: list[str]
-    sfreq: float
-    tmin: float
-    pos2d: np.ndarray  # (C, 2)
-    pos3d: np.ndarray  # (C, 3)
 
 
 def _flat(config: Any) -> dict[str, Any]:
@@ -100,142 +67,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-class _SubjectWriter:
-    """Buffers one subject's rows into row groups and rolls files at `rows_per_file`.
-
-    Every file gets page checksums and, in its key-value metadata, the digest of the rows
-    it holds (`megdecode.data.store.verify.CONTENT_KEY`), so that its footer identifies its content.
-    """
-
-    def __init__(
-        self, root: Path, subject: str, schema: pa.Schema, rows_per_file: int, row_group_rows: int
-    ) -> None:
-        self.dir = root / EPOCHS_DIR / f"subject={subject}"
-        self.subject, self.schema = subject, schema
-        self.rows_per_file, self.row_group_rows = rows_per_file, row_group_rows
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self.writer: pq.ParquetWriter | None = None
-        self.digest = ContentDigest()
-        self.file_rows = 0
-        self.done: list[tuple[Path, int]] = []
-
-    def write(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
-        while self.pending_rows >= min(self.row_group_rows, self.rows_per_file - self.file_rows):
-            self._flush(min(self.row_group_rows, self.rows_per_file - self.file_rows))
-
-    def close(self) -> None:
-        if self.pending_rows:
-            self._flush(self.pending_rows)
-        self._close_file()
-
-    def _flush(self, n: int) -> None:
-        table = pa.concat_tables(self.pending)
-        chunk, rest = table.slice(0, n), table.slice(n)
-        self.pending, self.pending_rows = [rest], rest.num_rows
-        if self.writer is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            path = self.dir / f"part-{len(self.done):05d}.parquet"
-            strings = [
-                k
-                for k, t in zip(self.schema.names, self.schema.types, strict=True)
-                if t == pa.string()
-            ]
-            compression = {name: "zstd" for name in self.schema.names}
-            compression["meg"] = "none"
-            self.writer = pq.ParquetWriter(
-                path,
-                self.schema,
-                compression=compression,
-                use_dictionary=strings,
-                **WRITER_OPTIONS,
-            )
-            self.digest = ContentDigest()
-            self.done.append((path, 0))
-        self.writer.write_table(chunk, row_group_size=n)
-        self.digest.update(chunk)
-        self.file_rows += n
-        if self.file_rows >= self.rows_per_file:
-            self._close_file()
-
-    def _close_file(self) -> None:
-        if self.writer is not None:
-            self.writer.add_key_value_metadata({CONTENT_KEY: self.digest.hexdigest()})
-            self.writer.close()
-            self.done[-1] = (self.done[-1][0], self.file_rows)
-            self.writer, self.file_rows = None, 0
-
-
-def _block_table(block: EpochBlockLike, schema: pa.Schema | None, index: int) -> pa.Table:
-    """One block as a table: meg tensor column + metadata cast to the store schema."""
-    meta = block.metadata.reset_index(drop=True)
-    missing = [c for c in META_COLUMNS if c not in meta.columns]
-    if missing:
-        raise StoreError(f"block {index}: metadata lacks column(s) {missing}")
-    data = block.data
-    if data.dtype != np.float32 or data.ndim != 3 or data.shape[0] != len(meta):
-        raise StoreError(
-            f"block {index}: data must be (N={len(meta)}, C, T) float32, "
-            f"got {data.shape} {data.dtype}"
-        )
-    columns: dict[str, pa.Array] = {
-        "meg": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(data))
-    }
-    for name, typ in META_COLUMNS.items():
-        values = meta[name].astype(str) if typ == pa.string() else meta[name].astype("int64")
-        columns[name] = pa.array(values, type=typ)
-    for name in meta.columns.difference(list(META_COLUMNS), sort=False):
-        columns[name] = pa.array(meta[name])
-    table = pa.table(columns)
-    if schema is None:
-        return table
-    if table.schema.names != schema.names:
-        raise StoreError(
-            f"block {index}: columns {table.schema.names} differ from the first "
-            f"block's {schema.names}"
-        )
-    return table.cast(schema)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    """The first block's channels and time grid; kept instead of the block's data."""
-
-    ch_names: list[str]
-    sfreq: float
-    tmin: float
-    n_times: int
-    pos2d: list[list[float]]
-    pos3d: list[list[float]]
-
-    @classmethod
-    def of(cls, block: EpochBlockLike) -> _Layout:
-        return cls(list(block.ch_names), float(block.sfreq), float(block.tmin),
-                   int(block.data.shape[-1]), np.asarray(block.pos2d, float).tolist(),
-                   np.asarray(block.pos3d, float).tolist())  # fmt: skip
-
-    def check(self, block: EpochBlockLike, index: int) -> None:
-        """Refuse a block on another channel list or time grid, naming what differs."""
-        if list(block.ch_names) != self.ch_names:
-            pairs = zip(self.ch_names, block.ch_names, strict=False)
-            diff = [(i, a, b) for i, (a, b) in enumerate(pairs) if a != b][:3]
-            raise StoreError(
-                f"block {index}: channel list differs from block 0 ({len(block.ch_names)} vs "
-                f"{len(self.ch_names)} channels; first differences (index, block0, block): {diff})"
-            )
-        if not np.isclose(block.sfreq, self.sfreq) or not np.isclose(block.tmin, self.tmin):
-            raise StoreError(
-                f"block {index}: sfreq/tmin {block.sfreq}/{block.tmin} differ from "
-                f"block 0's {self.sfreq}/{self.tmin}"
-            )
-        if block.data.shape[-1] != self.n_times:
-            raise StoreError(
-                f"block {index}: {block.data.shape[-1]} time samples, block 0 has {self.n_times}"
-            )
 
 
 @contextlib.contextmanager
@@ -294,55 +125,6 @@ def write_store(
     return manifest
 
 
-def _check_sizes(rows_per_file: int, row_group_rows: int) -> None:
-    if rows_per_file < 1 or row_group_rows < 1:
-        raise ValueError("rows_per_file and row_group_rows must be >= 1")
-
-
-def _add_table(
-    root: Path,
-    table: pa.Table,
-    index: int,
-    writers: dict[str, _SubjectWriter],
-    counts: dict[str, dict[str, int]],
-    rows_per_file: int,
-    row_group_rows: int,
-) -> None:
-    """Route one block's rows to their subjects' writers and count them per split."""
-    subjects = table.column("subject").to_numpy(zero_copy_only=False)
-    for subject in pd.unique(subjects):
-        if not _SAFE_LABEL.match(subject):
-            raise StoreError(f"block {index}: subject label {subject!r} is not path-safe")
-        rows = table.filter(pa.array(subjects == subject))
-        if subject not in writers:
-            writers[subject] = _SubjectWriter(
-                root, subject, table.schema, rows_per_file, row_group_rows
-            )
-        writers[subject].write(rows)
-        per_split = counts.setdefault(subject, {})
-        for split, n in pd.Series(rows.column("split").to_pylist()).value_counts().items():
-            per_split[str(split)] = per_split.get(str(split), 0) + int(n)
-
-
-def _close_writers(root: Path, writers: dict[str, _SubjectWriter]) -> list[ShardFile]:
-    files: list[ShardFile] = []
-    for subject in sorted(writers):
-        writers[subject].close()
-        for path, n in writers[subject].done:
-            seal = Seal.of(path)
-            files.append(
-                ShardFile(
-                    path.relative_to(root).as_posix(),
-                    subject,
-                    n,
-                    sha256_file(path),
-                    seal.size,
-                    seal.footer_sha256,
-                )
-            )
-    return files
-
-
 def _write_into(
     root: Path,
     blocks: Iterable[EpochBlockLike],
@@ -352,22 +134,22 @@ def _write_into(
     rows_per_file: int,
     row_group_rows: int,
 ) -> Manifest:
-    _check_sizes(rows_per_file, row_group_rows)
-    layout: _Layout | None = None
+    check_sizes(rows_per_file, row_group_rows)
+    layout: Layout | None = None
     schema: pa.Schema | None = None
-    writers: dict[str, _SubjectWriter] = {}
+    writers: dict[str, SubjectWriter] = {}
     counts: dict[str, dict[str, int]] = {}
     for index, block in enumerate(blocks):
         if layout is None:
-            layout = _Layout.of(block)
+            layout = Layout.of(block)
         else:
             layout.check(block, index)
-        table = _block_table(block, schema, index)
+        table = block_table(block, schema, index)
         schema = table.schema
-        _add_table(root, table, index, writers, counts, rows_per_file, row_group_rows)
+        add_table(root, table, index, writers, counts, rows_per_file, row_group_rows)
     if layout is None:
         raise StoreError("no blocks to write")
-    files = _close_writers(root, writers)
+    files = close_writers(root, writers)
     return _write_manifest(root, layout, files, counts, preprocess_config, split_config, scalers)
 
 
@@ -379,7 +161,7 @@ class SubjectShards:
     subject: str
     files: list[ShardFile]
     counts: dict[str, int]  # split -> rows
-    layout: _Layout
+    layout: Layout
     schema: pa.Schema
 
 
@@ -392,17 +174,17 @@ def write_subject(
     bytes), so subjects can be written in parallel and the store stays the same.
     """
     root = Path(root)
-    _check_sizes(rows_per_file, row_group_rows)
-    table = _block_table(block, None, 0)
+    check_sizes(rows_per_file, row_group_rows)
+    table = block_table(block, None, 0)
     labels = pd.unique(table.column("subject").to_numpy(zero_copy_only=False))
     if len(labels) != 1:
         raise StoreError(f"write_subject needs one subject per block, got {list(labels)}")
-    writers: dict[str, _SubjectWriter] = {}
+    writers: dict[str, SubjectWriter] = {}
     counts: dict[str, dict[str, int]] = {}
-    _add_table(root, table, 0, writers, counts, rows_per_file, row_group_rows)
+    add_table(root, table, 0, writers, counts, rows_per_file, row_group_rows)
     subject = str(labels[0])
-    return SubjectShards(subject, _close_writers(root, writers), counts[subject],
-                         _Layout.of(block), table.schema)  # fmt: skip
+    return SubjectShards(subject, close_writers(root, writers), counts[subject],
+                         Layout.of(block), table.schema)  # fmt: skip
 
 
 def finish_store(
@@ -446,7 +228,7 @@ def finish_store(
 
 def _write_manifest(
     root: Path,
-    layout: _Layout,
+    layout: Layout,
     files: list[ShardFile],
     counts: dict[str, dict[str, int]],
     preprocess_config: Any,
