@@ -17,11 +17,12 @@ import pytest
 import torch
 from mlflow.models import get_model_info
 
+from fixtures.configs import bundle_brain
 from megdecode.bundle import ModelBundle
 from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState
 from megdecode.bundle_io import load_bundle, save_bundle
 from megdecode.model_registry import RegistryInfo, register_bundle, resolve_bundle
-from megdecode.models.brain import BrainConfig, BrainModule
+from megdecode.models.brain import BrainModule
 from megdecode.predict import load_model
 from megdecode.tracking import (
     TAG_COMMIT,
@@ -73,17 +74,7 @@ def _fake_store(path: Path) -> Path:
 
 def _bundle(path: Path) -> Path:
     """A tiny valid bundle, as in tests/unit/test_bundle.py."""
-    cfg = BrainConfig(
-        n_channels=C,
-        n_times=T,
-        n_subjects=2,
-        out_dim=F,
-        hidden_channels=8,
-        merger_channels=8,
-        fourier_freqs=2,
-        depth=1,
-        projection_hidden=8,
-    )
+    cfg = bundle_brain(C, T, n_subjects=2, out_dim=F)
     torch.manual_seed(0)
     pos = np.random.default_rng(0).uniform(0, 1, (C, 2)).astype(np.float32)
     rng = np.random.default_rng(1)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures.configs import bundle_brain
 from megdecode.bundle import ModelBundle, PredictionStats
 from megdecode.bundle_fields import (
     BundleError,
@@ -23,7 +24,7 @@ from megdecode.bundle_fields import (
 from megdecode.bundle_io import FORMAT, load_bundle, save_bundle
 from megdecode.data.preprocess import PreprocessConfig
 from megdecode.losses import CombinedLoss, LossConfig
-from megdecode.models.brain import BrainConfig, BrainModule
+from megdecode.models.brain import BrainModule
 from megdecode.predict import load_model, model_from_bundle
 
 C, T, F = 6, 13, 5
@@ -43,17 +44,7 @@ def _scaler(seed: int, raw_sfreq: float | None = 1200.0) -> SubjectScaler:
 
 
 def _bundle() -> ModelBundle:
-    cfg = BrainConfig(
-        n_channels=C,
-        n_times=T,
-        n_subjects=2,
-        out_dim=F,
-        hidden_channels=8,
-        merger_channels=8,
-        fourier_freqs=2,
-        depth=1,
-        projection_hidden=8,
-    )
+    cfg = bundle_brain(C, T, n_subjects=2, out_dim=F)
     torch.manual_seed(0)
     pos = np.random.default_rng(0).uniform(0, 1, (C, 2)).astype(np.float32)
     model = BrainModule(cfg, pos)

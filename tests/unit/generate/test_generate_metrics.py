@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures.configs import register_open_clip
 from megdecode.generate import metrics
 from megdecode.generate.features import FeatureNets, as_float_images
 
@@ -136,23 +136,8 @@ def test_correlation_distance_is_scipys_mean_correlation_distance() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
-    import open_clip
-
-    config = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "head_width": 16,
-            "patch_size": 8,
-        },
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 1, "layers": 1},
-    }
-    path = tmp_path_factory.mktemp("open_clip") / f"{TINY_CLIP}.json"
-    path.write_text(json.dumps(config))
-    open_clip.add_model_config(path)
-    return TINY_CLIP
+    folder = tmp_path_factory.mktemp("open_clip")
+    return register_open_clip(folder, TINY_CLIP, embed_dim=16, width=32, layers=1, patch_size=8)
 
 
 def test_compute_metrics_on_random_networks(

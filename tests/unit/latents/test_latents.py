@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from fixtures.configs import TINY_TEXT, register_open_clip
 from megdecode.latents.base import ImageEncoder
 from megdecode.latents.cache import LatentCacheError, encode_cached, latent_info, load_latents
 from megdecode.latents.encoders.handcrafted import HandcraftedConfig, HandcraftedEncoder
@@ -121,23 +121,11 @@ def test_handcrafted_dim_follows_config() -> None:
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Register a tiny ViT config with open_clip (32 px, patch 8 -> 4x4 grid + class token)."""
-    import open_clip
-
-    config = {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 2,
-            "width": 64,
-            "head_width": 32,
-            "patch_size": 8,
-        },
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-    }
-    path = tmp_path_factory.mktemp("open_clip") / f"{TINY_VIT}.json"
-    path.write_text(json.dumps(config))
-    open_clip.add_model_config(path)
-    return TINY_VIT
+    text = TINY_TEXT | {"width": 32, "heads": 2}
+    folder = tmp_path_factory.mktemp("open_clip")
+    return register_open_clip(
+        folder, TINY_VIT, embed_dim=32, width=64, layers=2, patch_size=8, text=text
+    )
 
 
 def test_clip_refuses_missing_weights(tiny_vit: str, tmp_path: Path) -> None:

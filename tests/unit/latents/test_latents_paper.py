@@ -7,7 +7,6 @@ that writes latents for a store; one brain-module run then trains on a new laten
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fixtures.configs import SMALL_BRAIN
+from fixtures.configs import SMALL_BRAIN, open_clip_config
 from megdecode.latents.base import ImageEncoder, TextEncoder
 
 TINY_CLIP = "megdecode-test-tiny-clip-text"
@@ -36,26 +35,11 @@ def images(n: int, size: int = 40, seed: int = 0) -> list[Image.Image]:
 @pytest.fixture(scope="module")
 def tiny_clip_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny open_clip config with CLIP's real tokenizer (full vocabulary, 77 positions)."""
-    config = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "head_width": 16,
-            "patch_size": 16,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
-    path = tmp_path_factory.mktemp("open_clip") / f"{TINY_CLIP}.json"
-    path.write_text(json.dumps(config))
-    return path
+    text = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    folder = tmp_path_factory.mktemp("open_clip")
+    return open_clip_config(
+        folder, TINY_CLIP, embed_dim=16, width=32, layers=1, patch_size=16, text=text
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures.configs import bundle_brain
 from megdecode.bundle import ModelBundle, PredictionStats
 from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState
 from megdecode.bundle_io import save_bundle
 from megdecode.generate import build_tiny_generator
 from megdecode.generate.pipeline import LatentGenerator
-from megdecode.models.brain import BrainConfig, BrainModule
+from megdecode.models.brain import BrainModule
 from megdecode.serve.errors import ApiError
 from megdecode.serve.model import NO_STATS_WARNING, load_served_model
 from megdecode.serve.reconstruct import reconstruct, render_png, window_latents
@@ -25,17 +26,7 @@ C, T, F = 6, 13, 5
 
 
 def _bundle(path: Path, stats: bool) -> Path:
-    cfg = BrainConfig(
-        n_channels=C,
-        n_times=T,
-        n_subjects=2,
-        out_dim=F,
-        hidden_channels=8,
-        merger_channels=8,
-        fourier_freqs=2,
-        depth=1,
-        projection_hidden=8,
-    )
+    cfg = bundle_brain(C, T, n_subjects=2, out_dim=F)
     torch.manual_seed(0)
     pos = np.random.default_rng(0).uniform(0, 1, (C, 2)).astype(np.float32)
     rng = np.random.default_rng(1)
