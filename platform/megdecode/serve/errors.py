@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 
+
 class ApiError(Exception):
     """A request failure with its HTTP status, a stable machine code and a human detail."""
 
