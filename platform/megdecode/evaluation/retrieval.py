@@ -81,24 +81,26 @@ def retrieval_ranks(pred: np.ndarray, candidates: np.ndarray, true_index: np.nda
     return ranks
 
 
+def _scored(ranks: np.ndarray) -> np.ndarray:
+    """The ranks as an array; an empty set has no score (a mean of nothing is not 0)."""
+    ranks = np.asarray(ranks)
+    if ranks.size == 0:
+        raise ValueError("no ranks to score")
+    return ranks
+
+
 def topk_accuracy(ranks: np.ndarray, k: int) -> float:
     """Fraction of predictions whose true image is among the k best: mean(ranks < k)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    ranks = np.asarray(ranks)
-    if ranks.size == 0:
-        raise ValueError("no ranks to score")
-    return float(np.mean(ranks < k))
+    return float(np.mean(_scored(ranks) < k))
 
 
 def relative_median_rank(ranks: np.ndarray, n_candidates: int) -> float:
     """median(ranks / (n_candidates - 1)): 0 = always first, 1 = always last, 0.5 = chance."""
     if n_candidates < 2:
         raise ValueError(f"need at least 2 candidates, got {n_candidates}")
-    ranks = np.asarray(ranks)
-    if ranks.size == 0:
-        raise ValueError("no ranks to score")
-    return float(np.median(ranks / (n_candidates - 1)))
+    return float(np.median(_scored(ranks) / (n_candidates - 1)))
 
 
 def average_by_image(

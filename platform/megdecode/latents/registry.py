@@ -69,22 +69,13 @@ def make_encoder(
         from megdecode.latents.encoders.handcrafted import HandcraftedEncoder
 
         return HandcraftedEncoder()
-    if name in ("clip-vision", "clip-vision-tokens"):
+    if name in ("clip-vision", "clip-vision-tokens", "clip-text", "clip-text-tokens"):
         from megdecode.latents.encoders.clip import ClipVisionEncoder
-
-        output = "tokens" if name.endswith("tokens") else "cls"
-        return ClipVisionEncoder(
-            clip_model,
-            pretrained=clip_weights,
-            output=output,
-            device=device,
-            allow_random_init=allow_random_init,
-        )
-    if name in ("clip-text", "clip-text-tokens"):
         from megdecode.latents.encoders.clip_text import ClipTextEncoder
 
-        output = "tokens" if name.endswith("tokens") else "mean"
-        return ClipTextEncoder(
+        vision = name.startswith("clip-vision")
+        output = "tokens" if name.endswith("tokens") else ("cls" if vision else "mean")
+        return (ClipVisionEncoder if vision else ClipTextEncoder)(
             clip_model,
             pretrained=clip_weights,
             output=output,
