@@ -40,7 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from megdecode.latents.weights import RANDOM_INIT_SEED, load_state_dict, require_weights
+from megdecode.latents.weights import (
+    load_state_dict,
+    require_weights,
+    seeded_init,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +135,8 @@ class FeatureNet:
 
 
 def _seeded(build: Callable[[], Any]) -> Any:
-    import torch
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
+    with seeded_init():
         return build()
 
 

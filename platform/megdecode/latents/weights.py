@@ -8,7 +8,9 @@ from a fixed seed and says so in the log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +83,15 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+@contextlib.contextmanager
+def seeded_init() -> Iterator[None]:
+    """Build a model inside this block: random weights (where a path is missing and random
+    init is allowed, or before a checkpoint overwrites them) come from `RANDOM_INIT_SEED`, the
+    same on every call and machine, and the caller's torch random state is left untouched."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        yield

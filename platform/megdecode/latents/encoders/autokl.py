@@ -28,7 +28,11 @@ import numpy as np
 from PIL import Image
 
 from megdecode.config import FlatConfig
-from megdecode.latents.weights import RANDOM_INIT_SEED, require_weights, weights_identity
+from megdecode.latents.weights import (
+    require_weights,
+    seeded_init,
+    weights_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +85,7 @@ class AutoKLEncoder:
         )
         if path is None:
             config = random_config or TinyAutoKLConfig()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_INIT_SEED)
+            with seeded_init():
                 vae = config.build()
             arch = config.to_json()
         else:

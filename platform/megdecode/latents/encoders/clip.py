@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-logger = logging.getLogger(__name__)
+from megdecode.latents.weights import RANDOM_INIT_SEED, seeded_init
 
-RANDOM_INIT_SEED = 0
+logger = logging.getLogger(__name__)
 
 
 class ClipVisionEncoder:
@@ -57,8 +57,7 @@ class ClipVisionEncoder:
                 model_name,
                 RANDOM_INIT_SEED,
             )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_INIT_SEED)
+            with seeded_init():
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_name, pretrained=None, pretrained_text=False
                 )

@@ -26,7 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from megdecode.latents.weights import RANDOM_INIT_SEED, require_weights, weights_identity
+from megdecode.latents.weights import (
+    require_weights,
+    seeded_init,
+    weights_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +53,6 @@ class ClipTextEncoder:
         allow_random_init: bool = False,
     ) -> None:
         import open_clip
-        import torch
 
         if output not in ("mean", "tokens"):
             raise ValueError(f"output must be 'mean' or 'tokens', got {output!r}")
@@ -57,8 +60,7 @@ class ClipTextEncoder:
         path = require_weights(
             pretrained, who, "a local open_clip checkpoint file", allow_random_init
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
+        with seeded_init():
             model = open_clip.create_model(
                 model_name, pretrained=str(path) if path else None, pretrained_image=False
             )

@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from megdecode.latents.weights import (
-    RANDOM_INIT_SEED,
     load_state_dict,
     require_weights,
+    seeded_init,
     weights_identity,
 )
 
@@ -93,15 +93,13 @@ class DinoV2Encoder(_TorchImageEncoder):
     ) -> None:
         """model_kwargs go to ``timm.create_model`` (tests shrink depth/width with them)."""
         import timm
-        import torch
         from timm.models.vision_transformer import checkpoint_filter_fn
 
         who = f"DinoV2Encoder({model_name!r})"
         path = require_weights(
             weights, who, "a local timm/DINOv2 checkpoint file", allow_random_init
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
+        with seeded_init():
             model = timm.create_model(
                 model_name,
                 pretrained=False,
@@ -135,14 +133,12 @@ class Vgg19Encoder(_TorchImageEncoder):
         device: str = "cpu",
         allow_random_init: bool = False,
     ) -> None:
-        import torch
         from torchvision.models import vgg19
 
         path = require_weights(
             weights, "Vgg19Encoder", "a local torchvision VGG-19 state_dict file", allow_random_init
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
+        with seeded_init():
             model = vgg19(weights=None)
         if path is not None:
             model.load_state_dict(load_state_dict(path), strict=True)
