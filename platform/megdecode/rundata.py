@@ -108,10 +108,14 @@ def split_groups(
     return meg, metas
 
 
-def read_groups(store: str | Path) -> tuple[dict[str, np.ndarray], dict[str, pd.DataFrame]]:
-    """Every epoch of the store at the full stored window, per split group (pyarrow, one pass)."""
+def read_groups(
+    store: str | Path, tmin: float | None = None, tmax: float | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, pd.DataFrame]]:
+    """Every epoch of the store, per split group (pyarrow, one pass), at window [tmin, tmax]
+    (None: the full stored window). The reader keeps only the window's samples, so memory is
+    the window's epochs plus one row group."""
     every = [split for splits in SPLIT_GROUPS.values() for split in splits]
-    X, meta = epoch_store.load_epochs(store, splits=every)
+    X, meta = epoch_store.load_epochs(store, splits=every, tmin=tmin, tmax=tmax)
     return split_groups(X, meta, store)
 
 
@@ -124,18 +128,19 @@ def build_run_data(
     tmin: float,
     tmax: float,
     *,
-    copy: bool = False,
+    times: np.ndarray | None = None,
 ) -> RunData:
     """The `RunData` of window [tmin, tmax] s and latent table `latents` (named `latent`).
 
-    meg[group]: (N_group, C, T_full) float32 at the store's full window, rows matching
-    meta[group], for each group of `SPLIT_GROUPS`. The window is a view of those arrays
-    unless `copy`: a search shares one read-only copy of the epochs between its trials
-    (no copy per trial), while a run read from disk keeps only its window, contiguous,
-    and lets the full epochs go.
+    meg[group]: (N_group, C, T) float32 with rows matching meta[group], for each group of
+    `SPLIT_GROUPS`; `times` (T,) are the times of its samples (default: the store's full
+    window, ``manifest.times``). The window is a view of those arrays: a search shares one
+    read-only copy of the epochs between its trials (no copy per trial), while a run read
+    from disk has read its window only (`read_groups`).
     """
     latent_ids, values, parts = latents
-    window = epoch_store.window_slice(manifest.times, manifest.sfreq, tmin, tmax)
+    times = np.asarray(manifest.times if times is None else times)
+    window = epoch_store.window_slice(times, manifest.sfreq, tmin, tmax)
     subjects = sorted(manifest.subjects)
     number = {s: i for i, s in enumerate(subjects)}
     index = pd.Index(latent_ids)
@@ -149,8 +154,6 @@ def build_run_data(
                 f"{int((row < 0).sum())} epochs have no {latent!r} latent, e.g. image ids {missing}"
             )
         epochs = meg[group][:, :, window]
-        if copy:
-            epochs = np.ascontiguousarray(epochs)
         with warnings.catch_warnings():  # a search's arrays are read-only; nothing writes to them
             warnings.simplefilter("ignore", UserWarning)
             tensor = torch.from_numpy(epochs)
@@ -161,7 +164,7 @@ def build_run_data(
             meta=rows,
         )
 
-    times = np.asarray(manifest.times)[window]
+    kept = times[window]
     return RunData(
         train=split("train"),
         val=split("val"),
@@ -170,8 +173,8 @@ def build_run_data(
         ch_names=list(manifest.ch_names),
         pos2d=np.asarray(manifest.pos2d),
         sfreq=manifest.sfreq,
-        tmin=float(times[0]),
-        tmax=float(times[-1]),
+        tmin=float(kept[0]),
+        tmax=float(kept[-1]),
         latent_ids=latent_ids,
         latents=values,
         latent_parts=parts,
@@ -184,6 +187,8 @@ def load_run_data(cfg: FitConfig) -> RunData:
         raise ConfigError("store and latents_dir must be set")
     t = cfg.train
     manifest = epoch_store.read_manifest(cfg.store)
-    meg, meta = read_groups(cfg.store)
+    window = epoch_store.window_slice(manifest.times, manifest.sfreq, t.tmin, t.tmax)
+    meg, meta = read_groups(cfg.store, t.tmin, t.tmax)
     latents = load_target(cfg.latents_dir, t.latent)
-    return build_run_data(manifest, meg, meta, latents, t.latent, t.tmin, t.tmax, copy=True)
+    times = np.asarray(manifest.times)[window]
+    return build_run_data(manifest, meg, meta, latents, t.latent, t.tmin, t.tmax, times=times)
