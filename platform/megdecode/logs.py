@@ -26,9 +26,8 @@ T = TypeVar("T")
 
 VERBOSE_ENV = "MEGDECODE_VERBOSE"
 LOG_FILE_ENV = "MEGDECODE_LOG_FILE"
-QUIET_SET_ENV = (
-    "MEGDECODE_QUIET_SET"  # the library settings a quiet setup_logging put in os.environ
-)
+# The library settings a quiet setup_logging put in os.environ (so -v can take them back).
+QUIET_SET_ENV = "MEGDECODE_QUIET_SET"
 # Loggers of libraries that install their own console handlers (propagate=False) at import.
 LIBRARIES = ("ray", "mlflow", "optuna", "alembic", "filelock", "urllib3", "fsspec")
 # Library warnings that say nothing the user can act on (the console drops them; the file keeps them).
@@ -82,9 +81,8 @@ def setup_logging(
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.set_name("megdecode-file")
     root = logging.getLogger()
-    for console in filter(
-        _is_console, root.handlers
-    ):  # basicConfig's: our INFO, everyone's warnings
+    # basicConfig's console handler: our INFO, everyone's warnings
+    for console in filter(_is_console, root.handlers):
         console.addFilter(_OURS)
     root.addHandler(handler)
     quiet_console()
