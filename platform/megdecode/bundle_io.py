@@ -1,11 +1,17 @@
 """A model bundle on disk: `save_bundle` writes it, `load_bundle` reads and checks it.
 
-On disk: ``bundle.json`` (metadata + sha256 of the tensor files), ``model.safetensors``
-and ``arrays.safetensors`` (positions, latent stats, prediction stats, gallery). Loading
-verifies each file against its checksum before reading it and refuses a missing or
-malformed field, naming it (`megdecode.bundle_fields`). A bundle of the first format
-(serving fields in an untyped ``extra`` object) is migrated on load by
-`megdecode.bundle_fields.upgrade_v1`.
+On disk: ``bundle.json`` (metadata, the sha256 of the tensor files and of each of its own
+fields), ``model.safetensors`` and ``arrays.safetensors`` (positions, latent stats,
+prediction stats, gallery). Loading refuses an edited bundle.json and a missing, unlisted
+or altered file before reading anything (`megdecode.bundle_integrity`), then a missing or
+malformed field, naming it (`megdecode.bundle_fields`).
+
+Format policy: `FORMAT` is what `save_bundle` writes; the layout of bundle.json changes
+only with a new format number, and the previous formats stay loadable:
+``megdecode-bundle/2`` (no checksum of bundle.json itself) loads with a warning, since an
+edit to it cannot be detected; ``megdecode-bundle/1`` (serving fields in an untyped
+``extra`` object) is migrated on load by `megdecode.bundle_fields.upgrade_v1`. Loading and
+saving an old bundle again writes the current format.
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ from megdecode.bundle_fields import (
     preprocess_from_json,
     upgrade_v1,
 )
+from megdecode.bundle_integrity import FIELDS_KEY, FILES, check_fields, check_files, seal
 from megdecode.config import ConfigError
 from megdecode.data.store import sha256_file
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "megdecode-bundle/2"
+FORMAT = "megdecode-bundle/3"  # bundle.json carries the checksum of each of its fields
+FORMAT_V2 = "megdecode-bundle/2"  # no checksum of bundle.json: loads with a warning
 _ARRAYS = ("pos2d", "latent_mean", "latent_std", "gallery", "gallery_ids")
 _STATS_ARRAYS = ("pred_mean", "pred_std")  # PredictionStats.mean / .std in arrays.safetensors
 # bundle.json keys every bundle has; null is a valid value of loss, preprocess and prediction_stats
@@ -62,6 +70,7 @@ _REQUIRED = (
     "sha256",
 )
 _WARNED: set[Path] = set()  # bundles already reported as lacking prediction statistics
+_WARNED_UNSEALED: set[Path] = set()  # second-format bundles already reported
 _T = TypeVar("_T")
 
 
@@ -100,11 +109,11 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
         "prediction_stats": stats.describe() if stats is not None else None,
         "metrics": bundle.metrics,
         "git_commit": bundle.git_commit,
-        "sha256": {
-            name: sha256_file(path / name) for name in ("model.safetensors", "arrays.safetensors")
-        },
+        "sha256": {name: sha256_file(path / name) for name in FILES},
     }
-    (path / "bundle.json").write_text(json.dumps(meta, indent=2, default=float))
+    # sealed as it will read back: JSON values only (numpy scalars written as floats)
+    plain = json.loads(json.dumps(meta, default=float))
+    (path / "bundle.json").write_text(json.dumps(seal(plain), indent=2))
     return path
 
 
@@ -114,23 +123,28 @@ def load_bundle(path: Path) -> ModelBundle:
     meta_path = path / "bundle.json"
     if not meta_path.exists():
         raise BundleError(f"no bundle.json in {path}")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") not in (FORMAT, FORMAT_V1):
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path} holds a {type(meta).__name__}, expected an object")
+    if meta.get("format") not in (FORMAT, FORMAT_V2, FORMAT_V1):
         raise BundleError(
-            f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r} (or {FORMAT_V1!r})"
+            f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r} "
+            f"(or the older {FORMAT_V2!r}, {FORMAT_V1!r})"
         )
+    if meta["format"] == FORMAT or FIELDS_KEY in meta:  # a sealed bundle relabelled old is edited
+        check_fields(meta, meta_path)
+    else:
+        _warn_unsealed(meta_path, meta["format"])
     if "sha256" not in meta:
         raise BundleError(f"{meta_path} is missing sha256")
-    for name, digest in meta["sha256"].items():
-        file = path / name
-        if not file.exists():
-            raise BundleError(f"bundle file {file} is missing")
-        if sha256_file(file) != digest:
-            raise BundleError(f"bundle file {file} does not match its checksum")
+    check_files(meta, path, meta_path)
     arrays = load_numpy(str(path / "arrays.safetensors"))
     absent = [a for a in _ARRAYS if a not in arrays]
     if absent:
-        raise BundleError(f"arrays.safetensors is missing {', '.join(absent)}")
+        raise BundleError(f"{path / 'arrays.safetensors'} is missing {', '.join(absent)}")
     if meta["format"] == FORMAT_V1:
         meta = upgrade_v1(meta, len(arrays["latent_mean"]), meta_path)
     missing = [k for k in _REQUIRED if k not in meta]
@@ -168,6 +182,22 @@ def load_bundle(path: Path) -> ModelBundle:
     )
     bundle.validate()
     return bundle
+
+
+def _warn_unsealed(meta_path: Path, fmt: str) -> None:
+    """Say once per bundle that an older format's bundle.json is trusted unchecked."""
+    folder = meta_path.parent.resolve()
+    if folder in _WARNED_UNSEALED:
+        return
+    _WARNED_UNSEALED.add(folder)
+    logger.warning(
+        "%s is a %s bundle: bundle.json holds no checksum of its own fields, so an edit to it "
+        "(a reordered channel list, a changed window) cannot be detected; load and save it "
+        "again (megdecode.bundle_io.save_bundle) to write %s",
+        meta_path.parent,
+        fmt,
+        FORMAT,
+    )
 
 
 def _read_stats(

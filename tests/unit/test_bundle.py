@@ -11,76 +11,29 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures.configs import bundle_brain
-from megdecode.bundle import ModelBundle, PredictionStats
+from fixtures.bundles import BUNDLE_C, BUNDLE_F, BUNDLE_T, FIT, tiny_bundle, tiny_scaler
+from megdecode.bundle import PredictionStats
 from megdecode.bundle_fields import (
     BundleError,
-    FitRecord,
     GalleryMeta,
     LatentPart,
     LossState,
-    SubjectScaler,
 )
+from megdecode.bundle_integrity import seal
 from megdecode.bundle_io import FORMAT, load_bundle, save_bundle
-from megdecode.data.preprocess import PreprocessConfig
 from megdecode.losses import CombinedLoss, LossConfig
-from megdecode.models.brain import BrainModule
 from megdecode.predict import load_model, model_from_bundle
 
-C, T, F = 6, 13, 5
-FIT = {
-    "store": "/data/store",
-    "latents_dir": "/data/latents",
-    "train.latent": "handcrafted",
-    "loss.lam": 0.75,
-    "loss.temperature_init": 0.07,
-    "loss.learn_temperature": True,
-}
+C, T, F = BUNDLE_C, BUNDLE_T, BUNDLE_F
+_bundle, _scaler = tiny_bundle, tiny_scaler
 
 
-def _scaler(seed: int, raw_sfreq: float | None = 1200.0) -> SubjectScaler:
-    rng = np.random.default_rng(seed)
-    return SubjectScaler(rng.normal(size=C), rng.uniform(0.5, 2.0, C), (25.0, 75.0), raw_sfreq)
-
-
-def _bundle() -> ModelBundle:
-    cfg = bundle_brain(C, T, n_subjects=2, out_dim=F)
-    torch.manual_seed(0)
-    pos = np.random.default_rng(0).uniform(0, 1, (C, 2)).astype(np.float32)
-    model = BrainModule(cfg, pos)
-    rng = np.random.default_rng(1)
-    return ModelBundle(
-        model_config=cfg.to_flat_dict(),
-        state_dict=model.state_dict(),
-        loss=LossState(2.5, learned=True),
-        tmin=0.0,
-        tmax=0.1,
-        sfreq=120.0,
-        n_times=T,
-        ch_names=[f"M{i}" for i in range(C)],
-        pos2d=pos,
-        subjects=["BIGMEG1", "BIGMEG2"],
-        latent_name="handcrafted+half",
-        latent_parts=[LatentPart("handcrafted", 3), LatentPart("half", 2)],
-        latent_mean=rng.normal(size=F).astype(np.float32),
-        latent_std=np.ones(F, np.float32),
-        gallery=rng.normal(size=(4, F)).astype(np.float32),
-        gallery_ids=np.arange(4, dtype=np.int64),
-        gallery_meta=GalleryMeta(
-            ("dog", "cat", "", "cup"), ("a/dog.jpg", "b/cat.jpg", "", "c/cup.jpg")
-        ),
-        fit_config=FitRecord(dict(FIT)),
-        preprocess=PreprocessConfig(filter_phase="causal", sfreq=120.0),
-        scalers={"BIGMEG1": _scaler(3), "BIGMEG2": _scaler(4, raw_sfreq=None)},
-        metrics={"test/top5": 0.5},
-        git_commit="abc123",
-    )
-
-
-def _rewrite(path: Path, change) -> None:
+def _rewrite(path: Path, change, reseal: bool = True) -> None:
+    """Change bundle.json; ``reseal`` updates its field checksums, as a writer with a bug would,
+    so that the change reaches the field checks instead of the tamper check."""
     meta = json.loads((path / "bundle.json").read_text())
     change(meta)
-    (path / "bundle.json").write_text(json.dumps(meta))
+    (path / "bundle.json").write_text(json.dumps(seal(meta) if reseal else meta))
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path: Path) -> None:
