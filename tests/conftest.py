@@ -1,11 +1,9 @@
-"""Test-wide settings: offline hubs, no Ray usage stats, quiet progress bars; the session
-ends without interpreter teardown (`pytest_sessionstart`)."""
+"""Test-wide settings: offline hubs, no Ray usage stats, quiet progress bars; the process
+ends without interpreter teardown, keeping pytest's exit status (`fixtures.hard_exit`)."""
 
 from __future__ import annotations
 
-import atexit
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,28 +17,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Once pytest has reported and every atexit handler has run, leave with the session's
-    exit status and skip the interpreter's teardown.
-
-    Why: the suite starts and stops Ray drivers, Serve, Tune and torch in this process,
-    and their native threads outlive `ray.shutdown()` (gRPC's event engine, timers and
-    resolver, the GCS client's io thread: ~10 threads after one init/shutdown, 28 at the
-    end of the slow suite, measured from /proc). Tearing the interpreter down (module
-    cleanup, C++ static destructors) while they run is racy: a CI run of the slow suite
-    ended in a segmentation fault after printing "9 passed". Ray exits its own worker
-    processes this way for the same reason. Registered here, after the plugins and before
-    any test imports Ray or torch, so it runs after their atexit handlers (Ray's own
-    shutdown, MLflow's flush), which atexit runs last-registered first.
-    """
-
-    def leave() -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(int(session.exitstatus))
-
-    atexit.register(leave)
+pytest_plugins = ("fixtures.hard_exit",)
 
 
 # What `megdecode.logs.setup_logging` sets in os.environ (the CLI's callback runs it).
