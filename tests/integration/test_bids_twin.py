@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from megdecode.data import bids
-
-simulate = pytest.importorskip("megdecode.twin.simulate")
+from megdecode.twin import simulate
 
 CTF_MEG_NAME = re.compile(r"^M[LRZ][CFOPT]\d\d-\d{4}$")
 

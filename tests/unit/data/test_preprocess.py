@@ -347,7 +347,8 @@ def test_sensor_positions_layout_and_topomap_fallback() -> None:
     info = ctf_info(1200.0, extra=False)
     pos2d, pos3d = sensor_positions(info)
     assert pos2d.shape == (len(CHANNELS), 2) and pos3d.shape == (len(CHANNELS), 3)
-    assert_allclose(pos2d.min(axis=0), 0.0) and assert_allclose(pos2d.max(axis=0), 1.0)
+    assert_allclose(pos2d.min(axis=0), 0.0)
+    assert_allclose(pos2d.max(axis=0), 1.0)
     radius = np.linalg.norm(pos3d, axis=1)
     assert np.all((radius > 0.05) & (radius < 0.2))  # metres, a helmet
     left = np.array([n.startswith("ML") for n in info.ch_names])
@@ -356,6 +357,7 @@ def test_sensor_positions_layout_and_topomap_fallback() -> None:
     # Names no layout knows -> MNE's topomap projection of the 3-D positions instead.
     renamed = info.copy().rename_channels({n: f"X{i:03d}" for i, n in enumerate(info.ch_names)})
     fallback, _ = sensor_positions(renamed)
-    assert_allclose(fallback.min(axis=0), 0.0) and assert_allclose(fallback.max(axis=0), 1.0)
+    assert_allclose(fallback.min(axis=0), 0.0)
+    assert_allclose(fallback.max(axis=0), 1.0)
     assert np.corrcoef(fallback[:, 0], pos2d[:, 0])[0, 1] > 0.9
     assert np.corrcoef(fallback[:, 1], pos2d[:, 1])[0, 1] > 0.9
