@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +23,34 @@ def _external_ip() -> str | None:
     return None if ip.startswith("127.") else ip
 
 
-def test_local_cluster_binds_the_gcs_to_loopback_only() -> None:
+def _kernel_address(word_hex: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp{,6} writes it: 32-bit words, each in host (little-endian) order."""
+    raw = bytes.fromhex(word_hex)
+    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(packed)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:127.0.0.1 (a dual-stack socket) is 127.0.0.1
+    return address
+
+
+def _listening_addresses(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The local addresses of TCP sockets listening on `port`, from /proc/net/tcp{,6}: what a
+    socket is bound to, whatever addresses the host has."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(_kernel_address(address))
+    return found
+
+
+@pytest.fixture(scope="module")
+def gcs_port() -> Iterator[int]:
+    """A private local cluster; the port its GCS listens on."""
     import ray
 
     from megdecode.raycluster import init_ray
@@ -30,12 +60,25 @@ def test_local_cluster_binds_the_gcs_to_loopback_only() -> None:
         info = ray._private.worker.global_worker.node.address_info
         host, port = info["gcs_address"].rsplit(":", 1)
         assert host == "127.0.0.1" and info["node_ip_address"] == "127.0.0.1"
-        with socket.create_connection(("127.0.0.1", int(port)), timeout=5):
-            pass  # reachable from this machine
-        external = _external_ip()
-        if external is not None:
-            with pytest.raises(OSError):
-                socket.create_connection((external, int(port)), timeout=5).close()
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+        yield int(port)
     finally:
         ray.shutdown()
+
+
+def test_the_gcs_socket_is_bound_to_loopback(gcs_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", gcs_port), timeout=5):
+        pass  # reachable from this machine
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc/net/tcp on this OS to read the socket's bound address from")
+    bound = _listening_addresses(gcs_port)
+    assert bound, f"nothing listens on port {gcs_port}"
+    assert all(a.is_loopback for a in bound), bound  # 0.0.0.0 or :: would be every interface
+
+
+def test_the_gcs_refuses_connections_to_the_external_address(gcs_port: int) -> None:
+    external = _external_ip()
+    if external is None:
+        pytest.skip("this host has no non-loopback IPv4 address to try connecting to")
+    with pytest.raises(OSError):
+        socket.create_connection((external, gcs_port), timeout=5).close()
