@@ -97,9 +97,7 @@ def make_distractors(cfg: TwinConfig, categories: pd.DataFrame) -> pd.DataFrame:
 
     Their own random stream: adding distractors leaves every shown image, trial and
     sample of a twin with the same seed unchanged."""
-    return stimuli.make_distractor_table(
-        categories, cfg.n_distractors, cfg.hue_sd, rng_for(cfg, 9)
-    )
+    return stimuli.make_distractor_table(categories, cfg.n_distractors, cfg.hue_sd, rng_for(cfg, 9))
 
 
 def write_distractor_list(distractors: pd.DataFrame, stimuli_root: Path) -> Path:
@@ -284,9 +282,7 @@ def simulate(cfg: TwinConfig, out_dir: str | Path, *, n_jobs: int = 1) -> TwinSu
         root,
         cfg,
         cats,
-        pd.concat(
-            [images.assign(shown=True), distractors.assign(shown=False)], ignore_index=True
-        ),
+        pd.concat([images.assign(shown=True), distractors.assign(shown=False)], ignore_index=True),
         {r["label"]: r["truth"] for r in results},
         {k: v for r in results for k, v in r["runs"].items()},
         geom,

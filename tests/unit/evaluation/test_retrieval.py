@@ -186,9 +186,14 @@ def test_distractors_extend_the_large_candidates_only() -> None:
     assert evaluate_all(pred, meta, ids, lat)["test_set"].tolist() == ["small"] * 2 + ["large"]
     table = evaluate_all(pred, meta, all_ids, all_lat).set_index(["test_set", "mode"])
     assert table.index.tolist()[-1] == ("large_distractors", "single-trial")
-    plain, hard = table.loc[("large", "single-trial")], table.loc[("large_distractors", "single-trial")]
+    plain, hard = (
+        table.loc[("large", "single-trial")],
+        table.loc[("large_distractors", "single-trial")],
+    )
     assert plain["n_candidates"] == 15 and hard["n_candidates"] == 15 + 35
-    assert hard["chance_top5"] == pytest.approx(5 / 50) and plain["chance_top5"] == pytest.approx(5 / 15)
+    assert hard["chance_top5"] == pytest.approx(5 / 50) and plain["chance_top5"] == pytest.approx(
+        5 / 15
+    )
     assert hard["n_predictions"] == plain["n_predictions"] == 30
     # more candidates can only push the true image down
     ranks = {
