@@ -102,3 +102,23 @@ def test_folder_ids_are_stable_distinct_and_above_every_real_id(tmp_path: Path) 
     assert not table["shown"].any()
     assert distractor_id("zebra/zebra_15b.png") == distractor_id("zebra/zebra_15b.png")
     assert not is_distractor(np.array([-1, 1, 26_107, 10**9])).any()
+
+
+def test_cli_latents_takes_a_distractor_folder(tiny_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from megdecode.cli import app
+
+    rel = _things_folder(tmp_path / "extra")
+    base = ["latents", "--store", str(tiny_run / "store"), "--bids", str(tiny_run / "bids")]
+    ok = CliRunner().invoke(
+        app, [*base, "--out", str(tmp_path / "lat"), "--distractors", str(tmp_path / "extra")]
+    )
+    assert ok.exit_code == 0, ok.output + repr(ok.exception)
+    ids, _ = load_latents(tmp_path / "lat" / "handcrafted.parquet")
+    assert np.isin([distractor_id(p) for p in rel], ids).all()
+    (tmp_path / "empty").mkdir()
+    bad = CliRunner().invoke(
+        app, [*base, "--out", str(tmp_path / "lat2"), "--distractors", str(tmp_path / "empty")]
+    )
+    assert bad.exit_code != 0 and "holds no image" in str(bad.exception)
