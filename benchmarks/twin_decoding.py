@@ -52,11 +52,14 @@ from megdecode.twin.truth_latents import write_twin_latents
 logger = logging.getLogger("benchmarks.twin_decoding")
 
 TARGETS = ("handcrafted", "twin-category", "twin-lowlevel")
+# small: single-trial and averaged over repetitions; large: the zero-shot images, seen once
+# (single-trial only), alone and among the never-shown distractors (NaN in a run whose
+# latents hold none)
 COLUMNS = (
     "small_top5",
     "small_top5_avg",
     "large_top5",
-    "large_top5_avg",
+    "large_distractors_top5",
     "small_median_rank",
     "large_median_rank",
 )
@@ -77,7 +80,7 @@ def convnet_metrics(cfg: FitConfig, data: RunData) -> dict[str, float]:
 
 
 def row(target: str, model: str, m: dict) -> dict:
-    return {"target": target, "model": model, **{c: m[c] for c in COLUMNS}}
+    return {"target": target, "model": model, **{c: m.get(c, float("nan")) for c in COLUMNS}}
 
 
 def chance_row(target: str, m: dict) -> dict:
@@ -87,7 +90,7 @@ def chance_row(target: str, m: dict) -> dict:
         "small_top5": m["small_chance_top5"],
         "small_top5_avg": m["small_chance_top5"],
         "large_top5": m["large_chance_top5"],
-        "large_top5_avg": m["large_chance_top5"],
+        "large_distractors_top5": m.get("large_distractors_chance_top5", float("nan")),
         "small_median_rank": 0.5,
         "large_median_rank": 0.5,
     }

@@ -24,7 +24,7 @@ import torch
 
 from megdecode.bundle import PredictionStats
 from megdecode.bundle_io import save_bundle
-from megdecode.evaluation.retrieval import evaluate_all, retrieval_ranks, topk_accuracy
+from megdecode.evaluation.retrieval import AVERAGED, evaluate_all, retrieval_ranks, topk_accuracy
 from megdecode.logs import progress
 from megdecode.losses import CombinedLoss
 from megdecode.models.brain import BrainConfig, BrainModule
@@ -252,11 +252,14 @@ def _summary_metrics(
     seconds: float,
     n_seen: int,
 ) -> dict[str, float]:
-    """DESIGN §6 names: val/top5, test/top5, test/top5_avg, test/median_rank, and the rest."""
+    """DESIGN §6 names: val/top5, test/top5, test/top5_avg, test/median_rank, and the rest.
+
+    Prefixes: test (small set), test_large, test_large_distractors; "_avg" marks the small
+    set's averaged scores (the large sets have single-trial scores only)."""
     metrics = {k: v for k, v in best_row.items() if k.startswith("val/")}
     for r in table.to_dict("records"):
-        prefix = "test" if r["test_set"] == "small" else "test_large"
-        suffix = "" if r["mode"] == "single" else "_avg"
+        prefix = "test" if r["test_set"] == "small" else f"test_{r['test_set']}"
+        suffix = "_avg" if r["mode"] == AVERAGED else ""
         for name in ("top1", "top5", "median_rank"):
             metrics[f"{prefix}/{name}{suffix}"] = float(r[name])
         metrics[f"{prefix}/chance_top5"] = float(r["chance_top5"])

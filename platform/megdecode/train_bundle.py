@@ -34,7 +34,10 @@ def make_bundle(
     prediction_stats: PredictionStats,
     loss: CombinedLoss,
 ) -> ModelBundle:
-    """The bundle of DESIGN §6; the gallery is the large test set's images.
+    """The bundle of DESIGN §6; the gallery is every shown test image: the small set's
+    repeated images and the large set's zero-shot exemplars (`data.test`), without the
+    never-shown distractors, whose category and file the run does not know; a served top-k
+    therefore ranks among small + large candidates, the set a replayed test window comes from.
 
     `prediction_stats` and `loss` (its learned temperature is the bundle's loss state) are
     required so that no path saves a bundle without them (the served reconstruction would

@@ -141,7 +141,7 @@ def test_splits_follow_the_design_and_the_scaler_saw_train_only(
     val = meta[meta.split == "val"]
     assert (
         val["image_id"].nunique() == 1
-    )  # round(0.1 x the distinct training images of both subjects)
+    )  # round(0.2 x the 7 distinct training images of both subjects)
     # validation images are shared: every trial of a val image, in any subject, is val
     assert set(meta.loc[meta.image_id.isin(val.image_id), "split"]) == {"val"}
     # 10 ordinary exp trials (8 of BIGMEG1, 2 of BIGMEG2) share train and val

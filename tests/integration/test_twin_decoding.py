@@ -27,7 +27,9 @@ from megdecode.twin.config import TwinConfig
 from megdecode.twin.simulate import read_ground_truth, simulate
 from megdecode.twin.truth_latents import write_twin_latents
 
-PEAK_METRIC = "large_mean_rank"  # most trials (small + large test images), least noisy
+PEAK_METRIC = (
+    "large_mean_rank"  # most test trials (the zero-shot images, once per subject), least noisy
+)
 TOLERANCE_S = 0.05
 
 

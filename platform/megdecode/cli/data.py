@@ -56,6 +56,13 @@ def latents(
     images_root: Annotated[
         Path | None, typer.Option(help="images folder (real THINGS images)")
     ] = None,
+    distractors: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder of never-shown images (THINGS: the paper's 3,659) added to the large "
+            "test set's candidates; the twin's own are always encoded"
+        ),
+    ] = None,
     clip_model: str = "ViT-L-14",
     clip_weights: Annotated[
         Path | None, typer.Option(help="local open_clip checkpoint (clip-vision*, clip-text*)")
@@ -79,7 +86,8 @@ def latents(
     ] = False,
     address: Annotated[str | None, typer.Option(help="Ray address; default: local cluster")] = None,
 ) -> None:
-    """Encode every stimulus of the store into latents/<name>.parquet."""
+    """Encode every stimulus of the store (and the never-shown distractors) into
+    latents/<name>.parquet."""
     from megdecode.latents.distributed import ray_encode_fn
     from megdecode.latents.registry import encoder_factory, make_encoder
     from megdecode.latents.stage import build_latents
@@ -102,7 +110,13 @@ def latents(
         factory = encoder_factory(name, clip_model, clip_weights, **weights)
         encode_fn = ray_encode_fn(factory) if ray else None
         report = build_latents(
-            store, bids_root, out, enc, images_root=images_root, encode_fn=encode_fn
+            store,
+            bids_root,
+            out,
+            enc,
+            images_root=images_root,
+            encode_fn=encode_fn,
+            distractors=distractors,
         )
         typer.echo(json.dumps(plain(report), default=str))
 

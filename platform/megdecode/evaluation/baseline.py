@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from megdecode.evaluation.retrieval import MODES, TEST_SPLITS, evaluate_all, evaluate_retrieval
+from megdecode.evaluation.retrieval import (
+    AVERAGED,
+    TEST_SET_MODES,
+    available_test_sets,
+    evaluate_all,
+    evaluate_retrieval,
+)
 from megdecode.models.ridge import RidgeConfig, RidgeModel, fit_ridge
 from megdecode.rundata import RunData, SplitTensors
 from megdecode.train import fit, predict
@@ -28,23 +34,24 @@ logger = logging.getLogger(__name__)
 
 def retrieval_metrics(pred: np.ndarray, data: RunData) -> dict[str, float]:
     """Flat retrieval metrics of test predictions pred (N_test, F), for test set S in
-    {small, large}:
+    `available_test_sets` (small, large, and large_distractors when the latents hold
+    distractors; see `megdecode.evaluation.retrieval`):
 
-        S_top5, S_top5_avg                top-5 accuracy, single trials / averaged over
-                                          repetitions
+        S_top5, S_top5_avg                top-5 accuracy, single-trial / averaged over
+                                          repetitions (the averaged keys: small set only)
         S_median_rank, S_median_rank_avg  relative median rank (0 best, 0.5 chance)
         S_mean_rank, S_mean_rank_avg      relative mean rank: smoother than the two above,
                                           the metric of choice to locate a peak on small
                                           test sets
-        S_chance_top5                     5 / number of candidates
+        S_chance_top5                     5 / number of candidates ranked
     """
     out: dict[str, float] = {}
-    for test_set in TEST_SPLITS:
-        for mode in MODES:
+    for test_set in available_test_sets(data.latent_ids):
+        for mode in TEST_SET_MODES[test_set]:
             r = evaluate_retrieval(
                 pred, data.test.meta, data.latent_ids, data.latents, test_set, mode
             )
-            suffix = "_avg" if mode == "averaged" else ""
+            suffix = "_avg" if mode == AVERAGED else ""
             out[f"{test_set}_top5{suffix}"] = r.top5
             out[f"{test_set}_median_rank{suffix}"] = r.median_rank
             out[f"{test_set}_mean_rank{suffix}"] = float(np.mean(r.ranks / (r.n_candidates - 1)))

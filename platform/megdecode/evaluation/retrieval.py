@@ -14,9 +14,22 @@ Relative median rank = median over predictions of rank / (n_candidates - 1): 0 w
 true image is always first, 1 when always last, 0.5 at chance (uniform ranks).
 Top-k chance = k / n_candidates.
 
-Test sets: "small" = images of split == "test" (the repeated images, 200 in THINGS);
-"large" = images of split in {"test", "test_large"} (2,400 in THINGS). The candidates are
-the unique image ids of those rows in the metadata, pooled over subjects.
+Test sets (the paper's, DESIGN §4):
+    "small"              split "test": the 200 test images, each repeated 12 times per
+                         subject; candidates = those images (chance top-5 5/200 = 2.5%).
+    "large"              split "test_large": the 2,400 zero-shot exemplars removed from
+                         training, each seen once per subject; candidates = those images
+                         (chance 5/2400 = 0.21%).
+    "large_distractors"  the large set's trials ranked against its images plus every
+                         never-shown distractor in the latent table
+                         (`megdecode.data.distractors`; THINGS: 3,659 more).
+The candidates of a set are the unique image ids of its rows, pooled over subjects (plus
+the distractors); chance = k / the number of candidates actually ranked.
+
+Modes, named as the paper names them: "single-trial" scores each trial; "averaged" first
+averages each image's predictions per subject (over its repetitions). Only the small set
+has an averaged score: a large-set image is seen once per subject, so its average is the
+single trial itself.
 """
 
 from __future__ import annotations
@@ -28,10 +41,24 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from megdecode.data.distractors import is_distractor
+
 logger = logging.getLogger(__name__)
 
-TEST_SPLITS: dict[str, tuple[str, ...]] = {"small": ("test",), "large": ("test", "test_large")}
-MODES = ("single", "averaged")
+SINGLE, AVERAGED = "single-trial", "averaged"
+MODES = (SINGLE, AVERAGED)
+DISTRACTOR_SET = "large_distractors"  # the large set's trials against images + distractors
+TEST_SPLITS: dict[str, tuple[str, ...]] = {
+    "small": ("test",),
+    "large": ("test_large",),
+    DISTRACTOR_SET: ("test_large",),
+}
+# The modes each test set is scored in (module docstring: why "large" has no average).
+TEST_SET_MODES: dict[str, tuple[str, ...]] = {
+    "small": MODES,
+    "large": (SINGLE,),
+    DISTRACTOR_SET: (SINGLE,),
+}
 
 # Rows of the similarity matrix computed at once: bounds memory to chunk x M float64
 # (18k single trials x 2,400 candidates would otherwise be a 350 MB matrix).
@@ -204,19 +231,22 @@ def evaluate_retrieval(
     latent_ids: np.ndarray,
     latents: np.ndarray,
     test_set: str = "small",
-    mode: str = "single",
+    mode: str = SINGLE,
 ) -> RetrievalResult:
-    """Score predictions on one test set in one mode.
+    """Score predictions on one test set in one mode (see the module docstring).
 
     pred (N, F): one prediction per row of `meta` (N rows with image_id, split, and
     subject for mode="averaged"); latent_ids (L,), latents (L, F). Rows whose split is
-    not in the test set are ignored. mode="single" scores each trial ("real-time");
+    not in the test set are ignored. mode="single-trial" scores each trial ("real-time");
     mode="averaged" first averages the predictions of each image per subject.
     """
     if test_set not in TEST_SPLITS:
         raise ValueError(f"test_set must be one of {sorted(TEST_SPLITS)}, got {test_set!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in TEST_SET_MODES[test_set]:
+        raise ValueError(
+            f"mode must be one of {TEST_SET_MODES[test_set]} for test set {test_set!r}, got "
+            f"{mode!r} (a large-set image is seen once per subject: nothing to average)"
+        )
     needed = ["image_id", "split"] + (["subject"] if mode == "averaged" else [])
     missing_cols = [c for c in needed if c not in meta.columns]
     if missing_cols:
@@ -232,6 +262,14 @@ def evaluate_retrieval(
     if mode == "averaged":
         ids, scored = average_by_image(scored, ids, meta["subject"].to_numpy()[keep])
     candidate_ids = np.unique(ids)
+    if test_set == DISTRACTOR_SET:
+        extra = np.asarray(latent_ids)[is_distractor(latent_ids)]
+        if not len(extra):
+            raise ValueError(
+                f"test set {test_set!r} needs distractor latents, and the latent table has "
+                "none (encode them with `megdecode latents`, `--distractors` for THINGS)"
+            )
+        candidate_ids = np.union1d(candidate_ids, extra)
     candidates = _lookup(latent_ids, latents, candidate_ids)
     ranks = retrieval_ranks(scored, candidates, np.searchsorted(candidate_ids, ids))
     n_cand = len(candidate_ids)
@@ -249,18 +287,28 @@ def evaluate_retrieval(
     )
 
 
+def available_test_sets(latent_ids: np.ndarray) -> tuple[str, ...]:
+    """small and large, plus large_distractors when the latent table holds distractors."""
+    has_distractors = bool(is_distractor(np.asarray(latent_ids)).any())
+    return ("small", "large") + ((DISTRACTOR_SET,) if has_distractors else ())
+
+
 def evaluate_all(
     pred: np.ndarray,
     meta: pd.DataFrame,
     latent_ids: np.ndarray,
     latents: np.ndarray,
-    test_sets: Sequence[str] = ("small", "large"),
+    test_sets: Sequence[str] | None = None,
     modes: Sequence[str] = MODES,
 ) -> pd.DataFrame:
-    """The paper's table: one row per (test_set, mode), columns of `RetrievalResult.as_dict`."""
+    """The paper's table: one row per (test_set, mode), columns of `RetrievalResult.as_dict`.
+
+    `test_sets` defaults to `available_test_sets`; each set is scored in those of `modes`
+    it has (`TEST_SET_MODES`), so "large" gets no duplicate "averaged" row.
+    """
     rows = []
-    for test_set in test_sets:
-        for mode in modes:
+    for test_set in available_test_sets(latent_ids) if test_sets is None else test_sets:
+        for mode in [m for m in modes if m in TEST_SET_MODES.get(test_set, modes)]:
             result = evaluate_retrieval(pred, meta, latent_ids, latents, test_set, mode)
             logger.info(
                 "retrieval %s/%s: top5=%.3f (chance %.3f) median_rank=%.3f n=%d",

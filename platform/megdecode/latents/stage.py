@@ -5,6 +5,11 @@ image list comes from the epoch store (what was actually shown and kept), and th
 from the BIDS tree (or a separate images folder for the real THINGS images). Text
 encoders (CLIP-Text) get each image's category, as `encoder.prompt(category)`, instead.
 Which encoder a name means is `megdecode.latents.registry`'s job.
+
+Never-shown distractor images (`megdecode.data.distractors`) are encoded too, so every
+latent table holds the large test set's extra candidates: the twin's, listed in
+``<bids>/stimuli/distractors.tsv``, always; for THINGS, a folder of extra images given as
+`distractors` (ids far above any real image id, so they cannot collide).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from megdecode.data import bids
+from megdecode.data import distractors as never_shown
 from megdecode.data import store as epoch_store
 from megdecode.latents.base import TextEncoder
 from megdecode.latents.cache import EncodeFn, encode_cached
@@ -32,8 +38,9 @@ class LatentsReport:
 
     name: str
     path: Path
-    n_images: int
+    n_images: int  # rows written, distractors included
     dim: int
+    n_distractors: int = 0
 
 
 def store_images(store: Path) -> tuple[np.ndarray, list[str]]:
@@ -55,6 +62,31 @@ def _unique_images(store: Path) -> tuple[np.ndarray, pd.DataFrame]:
     return unique["image_id"].to_numpy(np.int64), unique
 
 
+def distractor_images(
+    bids_root: Path, images_root: Path | None = None, folder: Path | None = None
+) -> tuple[np.ndarray, list[Path], list[str]]:
+    """(ids, files, categories) of the distractors to encode, sorted by id: the twin's list
+    under the stimuli root (`images_root`, default ``bids_root/stimuli``) and every image of
+    `folder` (ValueError when it is missing, empty or unreadable)."""
+    stimuli_root = Path(images_root) if images_root is not None else Path(bids_root) / "stimuli"
+    tables = []
+    listed = never_shown.read_distractor_table(stimuli_root)
+    if listed is not None:
+        tables.append(listed.assign(file=[stimuli_root / p for p in listed["image_path"]]))
+    if folder is not None:
+        found = never_shown.scan_distractor_folder(folder)
+        tables.append(found.assign(file=[Path(folder) / p for p in found["image_path"]]))
+    if not tables:
+        return np.empty(0, np.int64), [], []
+    table = pd.concat(tables, ignore_index=True).drop_duplicates("image_id")
+    table = table.sort_values("image_id")
+    return (
+        table["image_id"].to_numpy(np.int64),
+        list(table["file"]),
+        table["category"].astype(str).tolist(),
+    )
+
+
 def _encode_texts(encoder: TextEncoder, texts: list[str], batch_size: int) -> np.ndarray:
     chunks = [
         encoder.encode_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
@@ -70,23 +102,39 @@ def build_latents(
     images_root: Path | None = None,
     batch_size: int = 32,
     encode_fn: EncodeFn | None = None,
+    distractors: Path | None = None,
 ) -> LatentsReport:
-    """Encode every stimulus of `store` with `encoder` into out_dir/<name>.parquet.
+    """Encode every stimulus of `store`, and the distractors, into out_dir/<name>.parquet.
 
     Image encoders read the image files; text encoders encode `encoder.prompt(category)`
     of each image. `encode_fn` runs the encoding elsewhere (e.g. `distributed.ray_encode_fn`).
+    `distractors`: a folder of never-shown images (THINGS) added to the twin's own list
+    (`distractor_images`).
     """
+    extra_ids, extra_files, extra_categories = distractor_images(
+        bids_root, images_root, distractors
+    )
     items: list[str] | list[Path]
     if isinstance(encoder, TextEncoder):
         ids, categories = store_categories(store)
-        items = [encoder.prompt(c) for c in categories]
+        items = [encoder.prompt(c) for c in [*categories, *extra_categories]]
         encode_fn = encode_fn or partial(_encode_texts, encoder)
     else:
         ids, rel_paths = store_images(store)
-        items = [bids.image_file(bids_root, p, images_root) for p in rel_paths]
+        items = [bids.image_file(bids_root, p, images_root) for p in rel_paths] + extra_files
+    ids = np.concatenate([ids, extra_ids])
     ids_out, vectors = encode_cached(
         encoder, ids, items, out_dir, batch_size=batch_size, encode_fn=encode_fn
     )
     path = Path(out_dir) / f"{encoder.name}.parquet"
-    logger.info("%s: %d images x %d dims -> %s", encoder.name, len(ids_out), vectors.shape[1], path)
-    return LatentsReport(encoder.name, path, len(ids_out), int(vectors.shape[1]))
+    logger.info(
+        "%s: %d images (%d distractors) x %d dims -> %s",
+        encoder.name,
+        len(ids_out),
+        len(extra_ids),
+        vectors.shape[1],
+        path,
+    )
+    return LatentsReport(
+        encoder.name, path, len(ids_out), int(vectors.shape[1]), n_distractors=len(extra_ids)
+    )

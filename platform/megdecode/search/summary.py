@@ -62,10 +62,10 @@ def summary_table(
             {"rank": "", "config": "ridge (base window)"}
             | blank
             | {
-                "test/top5": f"{ref.loc[('small', 'single'), 'top5']:.3f}",
+                "test/top5": f"{ref.loc[('small', 'single-trial'), 'top5']:.3f}",
                 "test/top5_avg": f"{ref.loc[('small', 'averaged'), 'top5']:.3f}",
-                "test_large/top5": f"{ref.loc[('large', 'single'), 'top5']:.3f}",
-                "test/median_rank": f"{ref.loc[('small', 'single'), 'median_rank']:.3f}",
+                "test_large/top5": f"{ref.loc[('large', 'single-trial'), 'top5']:.3f}",
+                "test/median_rank": f"{ref.loc[('small', 'single-trial'), 'median_rank']:.3f}",
             }
         )
     if len(top):

@@ -3,7 +3,8 @@
 Layout (see notes/INTERFACES.md): sub-BIGMEG{n}/ses-{SS}/meg/*_task-main_run-{RR}_meg.fif
 written by `mne_bids.write_raw_bids(format="FIF")`, then our own *_events.tsv (the THINGS
 columns, which mne-bids would not produce); sourcedata/sample_attributes_P{n}.csv;
-stimuli/...png; sourcedata/twin/ground_truth.json + image/category tables (parquet).
+stimuli/...png (+ stimuli/distractors.tsv, the never-shown images);
+sourcedata/twin/ground_truth.json + image/category tables (parquet).
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ def write_ground_truth(
     runs: dict,
     geom: SensorGeometry,
 ) -> Path:
-    """ground_truth.json (config, latencies, SNR, mixing, sources) + parquet tables."""
+    """ground_truth.json (config, latencies, SNR, mixing, sources) + parquet tables.
+
+    `images` holds every image the twin drew, its `shown` column False for the never-shown
+    distractors, so the ground-truth latents cover the large set's extra candidates too."""
     out = root / TRUTH_DIR
     out.mkdir(parents=True, exist_ok=True)
     categories.to_parquet(out / "categories.parquet", index=False)

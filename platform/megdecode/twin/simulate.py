@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from megdecode.data.distractors import COLUMNS as DISTRACTOR_COLUMNS
+from megdecode.data.distractors import DISTRACTOR_TABLE
 from megdecode.logs import progress
 from megdecode.twin import bids_writer as twin_bids
 from megdecode.twin import design as twin_design
@@ -47,6 +49,7 @@ class TwinSummary:
     n_trials: int
     n_channels: int  # MEG channels (excluding the stim channel)
     n_images: int  # distinct images shown (exp + test + catch)
+    n_distractors: int  # never-shown images under stimuli/images_distractors
     n_categories: int
     bytes_on_disk: int
     seconds: float
@@ -87,6 +90,23 @@ def make_stimuli(cfg: TwinConfig) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarra
     sem[real] = by_nr.loc[images.loc[real, "category_nr"], sem_cols].to_numpy()
     sem /= np.sqrt(1 + cfg.semantic_within_sd**2)  # unit variance per dimension
     return cats, images, stimuli.low_level_features(images), sem
+
+
+def make_distractors(cfg: TwinConfig, categories: pd.DataFrame) -> pd.DataFrame:
+    """The twin's never-shown distractor images (`stimuli.make_distractor_table`).
+
+    Their own random stream: adding distractors leaves every shown image, trial and
+    sample of a twin with the same seed unchanged."""
+    return stimuli.make_distractor_table(categories, cfg.n_distractors, cfg.hue_sd, rng_for(cfg, 9))
+
+
+def write_distractor_list(distractors: pd.DataFrame, stimuli_root: Path) -> Path:
+    """``<stimuli_root>/distractors.tsv``: what the latents stage encodes next to shown images."""
+    path = stimuli_root / DISTRACTOR_TABLE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = distractors.assign(shown=False).reindex(columns=list(DISTRACTOR_COLUMNS))
+    table.to_csv(path, sep="\t", index=False)
+    return path
 
 
 def _session_info(cfg: TwinConfig, geom: helmet.SensorGeometry, s: int, ses: int):
@@ -240,7 +260,15 @@ def simulate(cfg: TwinConfig, out_dir: str | Path, *, n_jobs: int = 1) -> TwinSu
     root.mkdir(parents=True, exist_ok=True)
     geom = helmet.ctf272_geometry()
     cats, images, low, sem = make_stimuli(cfg)
-    _write_stimuli(images, cats, root / "stimuli", cfg.image_size, n_jobs)
+    distractors = make_distractors(cfg, cats)
+    _write_stimuli(
+        pd.concat([images, distractors], ignore_index=True),
+        cats,
+        root / "stimuli",
+        cfg.image_size,
+        n_jobs,
+    )
+    write_distractor_list(distractors, root / "stimuli")
     population = twin_sources.anatomy(cfg, low.shape[1], sem.shape[1])
     args = [(cfg, s, root, images, low, sem, population) for s in range(cfg.n_subjects)]
     if n_jobs > 1 and cfg.n_subjects > 1:
@@ -254,7 +282,7 @@ def simulate(cfg: TwinConfig, out_dir: str | Path, *, n_jobs: int = 1) -> TwinSu
         root,
         cfg,
         cats,
-        images,
+        pd.concat([images.assign(shown=True), distractors.assign(shown=False)], ignore_index=True),
         {r["label"]: r["truth"] for r in results},
         {k: v for r in results for k, v in r["runs"].items()},
         geom,
@@ -268,6 +296,7 @@ def simulate(cfg: TwinConfig, out_dir: str | Path, *, n_jobs: int = 1) -> TwinSu
         n_trials=sum(r["n_trials"] for r in results),
         n_channels=len(geom.ch_names),
         n_images=len(images),
+        n_distractors=len(distractors),
         n_categories=len(cats),
         bytes_on_disk=twin_bids.bytes_under(root),
         seconds=time.perf_counter() - t0,

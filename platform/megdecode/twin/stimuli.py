@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from megdecode.data.distractors import distractor_id
 from megdecode.logs import progress
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ LOW_LEVEL = (
     "ori_sin",
     "contrast",
 )
+DISTRACTOR = "distractor"  # trial_type of never-shown images (no trial ever shows one)
 SUPERSAMPLE = 2  # render at 2x and box-downsample: anti-aliased edges without PIL drawing
 CATCH_CATEGORY = "catch"
 
@@ -144,6 +146,36 @@ def make_image_table(
             }
         )
     return pd.concat([table, pd.DataFrame(catch)], ignore_index=True)
+
+
+def make_distractor_table(
+    categories: pd.DataFrame, n_distractors: int, hue_sd: float, rng: np.random.Generator
+) -> pd.DataFrame:
+    """Never-shown images: exemplars of random categories, drawn like exp images.
+
+    Like the paper's 3,659 extra THINGS images, they belong to the study's categories
+    (test categories included) but no trial shows them. Columns: those of
+    `make_image_table` (trial_type `DISTRACTOR`, image_id from
+    `megdecode.data.distractors.distractor_id`, so ids never collide with shown ones).
+    """
+    picks = rng.integers(len(categories), size=n_distractors)
+    rows = []
+    for k, pick in enumerate(picks, start=1):
+        cat = categories.iloc[int(pick)]
+        path = f"images_distractors/{cat['category']}/{cat['category']}_d{k:05d}.png"
+        rows.append(
+            {
+                "image_id": distractor_id(path),
+                "trial_type": DISTRACTOR,
+                "category": cat["category"],
+                "category_nr": int(cat["category_nr"]),
+                "image_nr": k,
+                "image_path": path,
+                **_image_row(rng, float(cat["hue"]), hue_sd),
+            }
+        )
+    columns = ["image_id", "trial_type", "category", "category_nr", "image_nr", "image_path"]
+    return pd.DataFrame(rows, columns=None if rows else columns)
 
 
 def low_level_features(images: pd.DataFrame) -> np.ndarray:

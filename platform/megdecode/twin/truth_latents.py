@@ -7,13 +7,14 @@ ordinary latent caches, they let the platform be checked against the truth (whic
 latents decode when, whether retrieval is at the level the signal allows). They exist
 only for the twin: a real THINGS-MEG root has no ground truth and is refused.
 
-    twin-lowlevel   (N, 11)  `stimuli.low_level_features`, z-scored over the images
+    twin-lowlevel   (N, 11)  `stimuli.low_level_features`, z-scored over the shown images
     twin-category   (N, D)   the category embedding, scaled to unit variance exactly as
                              `simulate` scales it (images of one category share it)
 
 Files: ``<out_dir>/<name>.parquet`` in the `megdecode.latents.cache` format (image_id,
 fixed-shape tensor ``latent``, schema metadata), so `load_latents` and `train` read them
-like any encoder's. Catch images (image_id -1, never kept in the store) are left out.
+like any encoder's. Catch images (image_id -1, never kept in the store) are left out;
+the never-shown distractors (`megdecode.data.distractors`) are in, as in every latent table.
 
 Retrieval caveat: all images of a category share one twin-category vector, and ties
 count against the prediction (`megdecode.evaluation.retrieval`), so on the large test set (several
@@ -65,7 +66,10 @@ def twin_latents(bids_root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarra
     truth, images, categories = _truth_tables(Path(bids_root))
     images = images[images["image_id"] >= 0].sort_values("image_id").reset_index(drop=True)
     low = stimuli.low_level_features(images)
-    low = (low - low.mean(0)) / np.maximum(low.std(0), 1e-12)
+    # standardised with the shown images' statistics: how many distractors a twin draws
+    # must not move the training targets (twins written before distractors: all shown)
+    shown = images["shown"].to_numpy(bool) if "shown" in images else np.ones(len(images), bool)
+    low = (low - low[shown].mean(0)) / np.maximum(low[shown].std(0), 1e-12)
     sem_cols = truth["semantic_columns"]
     missing = [c for c in sem_cols if c not in categories.columns]
     if missing:

@@ -166,10 +166,22 @@ def test_repetitions_count_run_2_before_run_10() -> None:
     assert_array_equal(repetitions(table), [2, 1, 0])
 
 
-def test_large_set_contains_small_set(meta: pd.DataFrame) -> None:
+def test_large_set_is_the_zero_shot_images_only(meta: pd.DataFrame) -> None:
+    """Paper: the large set is the exp images of the test categories (200 x 12 on THINGS),
+    each seen once; the repeated test images are the small set, never part of it."""
     small, large = small_test_mask(meta), large_test_mask(meta)
-    assert small.any() and (large & small).sum() == small.sum() and large.sum() > small.sum()
+    assert small.any() and large.any() and not (small & large).any()
     assert meta.loc[small, "image_id"].nunique() == len(TEST_CATEGORIES)
+    assert (meta.loc[large, "trial_type"] == "exp").all()
+    assert meta.loc[large, "image_id"].nunique() == large.sum()  # each image seen once
+    assert large.sum() == len(TEST_CATEGORIES) * EXP_PER_CATEGORY
+
+
+def test_default_validation_share_is_the_papers_fifth() -> None:
+    assert SplitConfig().val_fraction == 0.2
+    meta = assign_splits(things_like())
+    n_train_images = (N_CATEGORIES - len(TEST_CATEGORIES)) * EXP_PER_CATEGORY
+    assert meta.loc[split_mask(meta, "val"), "image_id"].nunique() == round(0.2 * n_train_images)
 
 
 def test_per_subject_equals_joint() -> None:

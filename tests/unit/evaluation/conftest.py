@@ -17,7 +17,7 @@ def synthetic_run(seed: int = 0, n_channels: int = 8, dim: int = 6) -> RunData:
     """Epochs -0.2..0.6 s at 50 Hz (T=41); a linear image of the latent during SIGNAL only.
 
     Splits: 80 train images x 2 trials, 10 val x 2, 12 small-test images x 3 repetitions,
-    24 large-only test images x 1 (36 large candidates).
+    24 large-set (zero-shot) test images x 1 (24 large candidates).
     """
     rng = np.random.default_rng(seed)
     n_images = 80 + 10 + 12 + 24

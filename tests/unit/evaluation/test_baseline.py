@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from megdecode.data.distractors import DISTRACTOR_ID_BASE
 from megdecode.evaluation.baseline import (
     format_table,
     results_table,
@@ -36,11 +39,31 @@ def test_shuffled_targets_are_other_images_latents_consistently(run: RunData) ->
 
 def test_perfect_predictions_score_perfectly(run: RunData) -> None:
     metrics = retrieval_metrics(run.test.target.numpy(), run)
+    assert metrics["small_top5"] == metrics["small_top5_avg"] == metrics["large_top5"] == 1.0
     for test_set in ("small", "large"):
-        assert metrics[f"{test_set}_top5"] == metrics[f"{test_set}_top5_avg"] == 1.0
         assert metrics[f"{test_set}_mean_rank"] == metrics[f"{test_set}_median_rank"] == 0.0
     assert metrics["small_chance_top5"] == pytest.approx(5 / 12)
-    assert metrics["large_chance_top5"] == pytest.approx(5 / 36)
+    # the 24 zero-shot images only (not the 12 repeated test images as well), seen once:
+    # no averaged keys, and no distractor set without distractor latents
+    assert metrics["large_chance_top5"] == pytest.approx(5 / 24)
+    assert not any(k.startswith("large_") and k.endswith("_avg") for k in metrics)
+    assert not any(k.startswith("large_distractors") for k in metrics)
+
+
+def test_distractor_latents_add_the_large_distractors_metrics(run: RunData) -> None:
+    rng = np.random.default_rng(0)
+    extra = DISTRACTOR_ID_BASE + np.arange(36)
+    with_extra = dataclasses.replace(
+        run,
+        latent_ids=np.concatenate([run.latent_ids, extra]),
+        latents=np.concatenate(
+            [run.latents, rng.standard_normal((36, run.latents.shape[1])).astype(np.float32)]
+        ),
+    )
+    metrics = retrieval_metrics(run.test.target.numpy(), with_extra)
+    assert metrics["large_distractors_chance_top5"] == pytest.approx(5 / (24 + 36))
+    assert metrics["large_chance_top5"] == pytest.approx(5 / 24)
+    assert metrics["large_distractors_top5"] == 1.0
 
 
 def test_ridge_metrics_and_table_score_the_same_fit(run: RunData) -> None:
@@ -48,8 +71,9 @@ def test_ridge_metrics_and_table_score_the_same_fit(run: RunData) -> None:
     metrics = ridge_metrics(part)
     assert metrics["alpha"] > 0 and metrics["large_top5"] > 0.9
     table = ridge_table(part).set_index(["test_set", "mode"])
-    assert table.loc[("small", "single"), "top5"] == metrics["small_top5"]
-    assert table.loc[("large", "averaged"), "median_rank"] == metrics["large_median_rank_avg"]
+    assert table.loc[("small", "single-trial"), "top5"] == metrics["small_top5"]
+    assert table.loc[("small", "averaged"), "median_rank"] == metrics["small_median_rank_avg"]
+    assert table.loc[("large", "single-trial"), "median_rank"] == metrics["large_median_rank"]
     joined = results_table(ridge_table(part), ridge_table(part))
     assert (joined["convnet_top5"] == joined["ridge_top5"]).all()
     assert "ridge_median_rank" in format_table(joined)

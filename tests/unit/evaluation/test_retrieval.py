@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
+from megdecode.data.distractors import DISTRACTOR_ID_BASE
 from megdecode.evaluation.retrieval import (
     average_by_image,
     cosine_similarity_matrix,
@@ -139,24 +140,70 @@ def test_postprocess_mse_maps_to_train_statistics() -> None:
         postprocess_mse(pred[:1], mean, std)
 
 
-def test_perfect_predictions_score_perfectly_in_all_four_settings() -> None:
+def test_perfect_predictions_score_perfectly_in_every_setting() -> None:
     rng = np.random.default_rng(4)
     meta = _meta()
     ids, lat = _latents(meta, 16, rng)
     pred = lat[pd.Index(ids).get_indexer(meta["image_id"])]
     table = evaluate_all(pred, meta, ids, lat)
     assert list(zip(table["test_set"], table["mode"], strict=True)) == [
-        ("small", "single"),
+        ("small", "single-trial"),
         ("small", "averaged"),
-        ("large", "single"),
-        ("large", "averaged"),
+        ("large", "single-trial"),  # seen once per subject: no "averaged" duplicate
     ]
     assert (table["top1"] == 1.0).all() and (table["top5"] == 1.0).all()
     assert (table["median_rank"] == 0.0).all()
-    assert table["n_candidates"].tolist() == [10, 10, 25, 25]
+    # the large set is the 15 zero-shot images only, not the 10 repeated test images too
+    assert table["n_candidates"].tolist() == [10, 10, 15]
     # 2 subjects x (10 images x 3 reps) single; averaged = one row per (subject, image).
-    assert table["n_predictions"].tolist() == [60, 20, 90, 50]
-    assert table["chance_top5"].tolist() == pytest.approx([0.5, 0.5, 0.2, 0.2])
+    assert table["n_predictions"].tolist() == [60, 20, 30]
+    assert table["chance_top5"].tolist() == pytest.approx([0.5, 0.5, 5 / 15])
+
+
+def test_large_set_ranks_the_zero_shot_images_only_and_refuses_averaging() -> None:
+    """A test image's latent next to a large-set image must not count as a candidate."""
+    meta = _meta(n_subjects=1, n_test=3, reps=2, n_large=4, n_train=0)
+    ids = np.array([100, 101, 102, 200, 201, 202, 203])
+    lat = np.eye(7)
+    lat[:3] = lat[3:6] + 0.01 * np.eye(7)[:3]  # each test image almost equals a large one
+    pred = lat[pd.Index(ids).get_indexer(meta["image_id"])]
+    pred[meta["split"].to_numpy() == "test"] = 0.0
+    large = evaluate_retrieval(pred, meta, ids, lat, "large", "single-trial")
+    assert large.top1 == 1.0 and large.n_candidates == 4 and large.n_predictions == 4
+    assert large.chance_top5 == 1.0 and large.chance_top1 == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="seen once"):
+        evaluate_retrieval(pred, meta, ids, lat, "large", "averaged")
+
+
+def test_distractors_extend_the_large_candidates_only() -> None:
+    rng = np.random.default_rng(9)
+    meta = _meta()
+    ids, lat = _latents(meta, 16, rng)
+    extra_ids = DISTRACTOR_ID_BASE + np.arange(35)
+    all_ids = np.concatenate([ids, extra_ids])
+    all_lat = np.concatenate([lat, rng.standard_normal((35, 16))])
+    pred = lat[pd.Index(ids).get_indexer(meta["image_id"])] + rng.standard_normal((len(meta), 16))
+    assert evaluate_all(pred, meta, ids, lat)["test_set"].tolist() == ["small"] * 2 + ["large"]
+    table = evaluate_all(pred, meta, all_ids, all_lat).set_index(["test_set", "mode"])
+    assert table.index.tolist()[-1] == ("large_distractors", "single-trial")
+    plain, hard = (
+        table.loc[("large", "single-trial")],
+        table.loc[("large_distractors", "single-trial")],
+    )
+    assert plain["n_candidates"] == 15 and hard["n_candidates"] == 15 + 35
+    assert hard["chance_top5"] == pytest.approx(5 / 50) and plain["chance_top5"] == pytest.approx(
+        5 / 15
+    )
+    assert hard["n_predictions"] == plain["n_predictions"] == 30
+    # more candidates can only push the true image down
+    ranks = {
+        name: evaluate_retrieval(pred, meta, all_ids, all_lat, name, "single-trial").ranks
+        for name in ("large", "large_distractors")
+    }
+    assert (ranks["large_distractors"] >= ranks["large"]).all()
+    assert table.loc[("small", "single-trial"), "n_candidates"] == 10  # the small set: untouched
+    with pytest.raises(ValueError, match="distractor"):
+        evaluate_retrieval(pred, meta, ids, lat, "large_distractors")
 
 
 def test_evaluate_retrieval_matches_brute_force_reference() -> None:
@@ -164,8 +211,8 @@ def test_evaluate_retrieval_matches_brute_force_reference() -> None:
     meta = _meta(n_test=8, reps=2, n_large=6)
     ids, lat = _latents(meta, 5, rng)
     pred = rng.standard_normal((len(meta), 5))
-    res = evaluate_retrieval(pred, meta, ids, lat, test_set="large", mode="single")
-    keep = meta["split"].isin(["test", "test_large"]).to_numpy()
+    res = evaluate_retrieval(pred, meta, ids, lat, test_set="large", mode="single-trial")
+    keep = meta["split"].isin(["test_large"]).to_numpy()
     cand_ids = sorted(set(meta.loc[keep, "image_id"]))
     cand = np.stack([lat[list(ids).index(c)] for c in cand_ids])
     true = np.array([cand_ids.index(i) for i in meta.loc[keep, "image_id"]])
@@ -187,7 +234,7 @@ def test_shuffled_predictions_are_near_chance() -> None:
     )
     ids, lat = np.arange(n_images), rng.standard_normal((n_images, 32))
     pred = lat[rng.permutation(meta["image_id"].to_numpy())]  # right latents, wrong trials
-    res = evaluate_retrieval(pred, meta, ids, lat, "small", "single")
+    res = evaluate_retrieval(pred, meta, ids, lat, "small", "single-trial")
     assert res.chance_top5 == pytest.approx(0.01)
     assert abs(res.top5 - 0.01) < 0.006  # ~4 binomial std at n=5000
     assert abs(res.median_rank - 0.5) < 0.03
@@ -200,7 +247,7 @@ def test_averaging_repetitions_helps_noisy_predictions() -> None:
     pred = lat[pd.Index(ids).get_indexer(meta["image_id"])] + 3.0 * rng.standard_normal(
         (len(meta), 16)
     )
-    single = evaluate_retrieval(pred, meta, ids, lat, "small", "single")
+    single = evaluate_retrieval(pred, meta, ids, lat, "small", "single-trial")
     averaged = evaluate_retrieval(pred, meta, ids, lat, "small", "averaged")
     assert averaged.top5 > single.top5 + 0.2
     assert averaged.median_rank < single.median_rank

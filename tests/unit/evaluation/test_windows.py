@@ -146,7 +146,9 @@ def test_ridge_curve_peaks_in_the_signal_window(run: RunData) -> None:
     table = window_table(run, "sliding", "ridge", stride=0.05, progress=False)
     assert list(table.columns[:5]) == ["model", "kind", "tmin", "tmax", "center"]
     assert len(table) == 15 and (table["model"] == "ridge").all()
-    assert curve_peak(table, "large_mean_rank") == pytest.approx(0.25, abs=0.05)
+    # every window touching the signal ranks the 24 large-set images perfectly: a plateau,
+    # whose middle the smoothed curve finds
+    assert curve_peak(table, "large_mean_rank", smooth=5) == pytest.approx(0.25, abs=0.05)
     at_peak = table.loc[table["center"].sub(0.25).abs().idxmin()]
     assert at_peak["large_top5"] > 0.9
     before = table[table["tmax"] < 0.15]  # no signal at all: chance

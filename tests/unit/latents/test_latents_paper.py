@@ -11,6 +11,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -240,8 +241,11 @@ def test_clip_text_latents_of_a_store_follow_the_categories(
         .drop_duplicates("image_id")
         .set_index("image_id")
     )
-    assert ids.tolist() == sorted(meta.index.tolist()) and latents.shape == (len(ids), 16)
-    categories = meta.loc[ids, "category"].to_numpy()
+    # the shown images, then the twin's never-shown distractors (ids above every real id)
+    listed = pd.read_csv(tiny_run / "bids" / "stimuli" / "distractors.tsv", sep="\t")
+    everything = pd.concat([meta["category"], listed.set_index("image_id")["category"]])
+    assert ids.tolist() == sorted(everything.index.tolist()) and latents.shape == (len(ids), 16)
+    categories = everything.loc[ids].to_numpy()
     assert len(set(categories)) > 1
     for category in set(categories):
         rows = latents[categories == category]

@@ -115,7 +115,9 @@ def test_ridge_retrieves_images_on_a_synthetic_linear_problem() -> None:
     meta = pd.DataFrame({"subject": "S0", "image_id": img, "split": split})
     train = split == "train"
     model = fit_ridge(X[train], latents[img[train]], RidgeConfig(decim=2))
-    res = evaluate_retrieval(model.predict(X), meta, np.arange(n_img), latents, "small", "single")
+    res = evaluate_retrieval(
+        model.predict(X), meta, np.arange(n_img), latents, "small", "single-trial"
+    )
     assert res.n_candidates == 40
     assert res.top5 > 5 * res.chance_top5  # chance 0.125
     assert res.median_rank < 0.1

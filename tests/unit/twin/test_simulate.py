@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from megdecode.config import ConfigError
+from megdecode.data.distractors import DISTRACTOR_TABLE, is_distractor
 from megdecode.twin.config import TwinConfig
 from megdecode.twin.simulate import TwinSummary, read_ground_truth, simulate
 
@@ -79,7 +80,9 @@ def test_summary_matches_the_tree(tiny) -> None:
     assert len(fifs) == cfg.n_subjects * cfg.n_sessions * cfg.n_runs
     assert summary.n_trials == sum(len(e) for e in _events(root).values())
     assert summary.n_channels == 272 and summary.n_categories == cfg.n_categories
-    assert summary.n_images == len(list((root / "stimuli").rglob("*.png")))
+    n_png = len(list((root / "stimuli").rglob("*.png")))
+    assert summary.n_images + summary.n_distractors == n_png
+    assert summary.n_distractors == cfg.n_distractors > 0
     assert 1e6 < summary.bytes_on_disk < 100e6 and summary.seconds > 0
     assert (root / "dataset_description.json").exists() and (root / "participants.tsv").exists()
 
@@ -175,6 +178,32 @@ def test_ground_truth_round_trips(tiny) -> None:
     shown = set(pd.read_csv(root / "sourcedata" / "sample_attributes_P1.csv")["image_path"])
     assert shown <= set(factors["image_path"])
     json.dumps(truth)  # plain JSON all the way down
+
+
+def test_distractors_are_listed_on_disk_and_never_shown(tiny) -> None:
+    """Never-shown images for the large set's candidates: drawn, rendered, listed, flagged,
+    with ids no shown image has, and absent from every trial of every subject."""
+    cfg, _, root = tiny
+    listed = pd.read_csv(root / "stimuli" / DISTRACTOR_TABLE, sep="\t")
+    assert len(listed) == cfg.n_distractors and not listed["shown"].any()
+    assert is_distractor(listed["image_id"]).all() and listed["image_id"].is_unique
+    assert all((root / "stimuli" / p).is_file() for p in listed["image_path"])
+    shown_ids, shown_paths = set(), set()
+    for table in _events(root).values():
+        shown_ids |= {int(v) for v in table["value"] if v != "n/a"}
+    for n in range(1, cfg.n_subjects + 1):
+        attrs = pd.read_csv(root / "sourcedata" / f"sample_attributes_P{n}.csv")
+        shown_paths |= set(attrs["image_path"])
+    assert shown_ids and not shown_ids & set(listed["image_id"])
+    assert not shown_paths & set(listed["image_path"])
+    assert not is_distractor(np.array(sorted(shown_ids))).any()
+    truth = read_ground_truth(root)
+    factors = pd.read_parquet(root / "sourcedata" / "twin" / truth["tables"]["images"])
+    flagged = factors[~factors["shown"]]
+    assert set(flagged["image_id"]) == set(listed["image_id"])
+    assert (flagged["trial_type"] == "distractor").all()
+    cats = set(pd.read_parquet(root / "sourcedata" / "twin" / "categories.parquet")["category"])
+    assert set(listed["category"]) <= cats
 
 
 def test_missing_ground_truth_names_the_file(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from megdecode.data import store as epoch_store
+from megdecode.data.distractors import is_distractor
 from megdecode.latents.cache import latent_info, load_latents
 from megdecode.rundata import load_run_data
 from megdecode.train_config import FitConfig, TrainConfig
@@ -53,8 +54,10 @@ def test_lowlevel_is_the_simulators_features_standardised(
     images = _factors(tiny_run)
     ids, low = load_latents(written["twin-lowlevel"])
     np.testing.assert_array_equal(ids, images["image_id"].to_numpy())
-    np.testing.assert_allclose(low.mean(0), 0.0, atol=1e-5)
-    np.testing.assert_allclose(low.std(0), 1.0, atol=1e-4)
+    shown = images["shown"].to_numpy(bool)  # the distractors do not move the targets
+    assert (~shown).sum() > 0 and is_distractor(ids[~shown]).all()
+    np.testing.assert_allclose(low[shown].mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(low[shown].std(0), 1.0, atol=1e-4)
     raw = stimuli.low_level_features(images)
     for k in range(raw.shape[1]):  # a per-column affine map of the simulator's factors
         assert np.corrcoef(raw[:, k], low[:, k])[0, 1] > 0.9999
