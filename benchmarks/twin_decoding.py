@@ -2,10 +2,11 @@
 
 Prints, from one run on one machine:
 1. full-window (-0.5..1.0 s) retrieval of the ConvNet (a reduced BrainConfig, bounded
-   epochs, early stopping on val CLIP loss) vs ridge (paper baseline, alpha by 5-fold CV)
-   vs chance, for each target: handcrafted image features and the twin's ground-truth
-   latents (twin-category, twin-lowlevel); top-5 single/averaged on the small and large
-   test sets and the relative median rank;
+   epochs, early stopping on val CLIP loss) vs ridge (paper baseline, one per subject,
+   alpha by 5-fold CV over slices of every session) vs chance, for each target:
+   handcrafted image features and the twin's ground-truth latents (twin-category,
+   twin-lowlevel); top-5 single/averaged on the small and large test sets and the
+   relative median rank;
 2. ridge sliding-window curves (the paper's grid: 100 ms, 25 ms stride) of twin-lowlevel
    and twin-category: peak time vs the latency the simulator used (early / late);
 3. the shuffled-label control (training targets permuted across images): ridge and ConvNet.
@@ -231,7 +232,8 @@ def main() -> None:
         f"max {train.max_epochs} epochs, patience {train.patience} on {train.monitor}"
     )
     print(
-        "ridge: RidgeConfig() (decim 2, 5-fold CV alpha) on train+val; curves: decim "
+        "ridge: RidgeConfig() per subject (decim 1, alpha by 5-fold CV over slices of every "
+        "session) on train+val; curves: decim "
         f"{args.curve_decim}\n"
     )
     print("1. full window -0.5..1.0 s (top-5: higher is better; median rank: 0 best, 0.5 chance)")

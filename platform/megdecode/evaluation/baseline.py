@@ -1,7 +1,8 @@
 """ConvNet vs ridge vs chance on the same epochs: the paper's headline comparison.
 
 The ridge baseline sees exactly the window, splits and targets of the brain module
-(DESIGN §4: the paper's ConvNet retrieves ~7x better than ridge). `ridge_table` scores
+(DESIGN §4: the paper's ConvNet retrieves ~7x better than ridge); the ridge is fitted
+per subject, as in the paper, and its test predictions pooled. `ridge_table` scores
 it like `train.fit` scores the brain module; `ridge_metrics` and `convnet_metrics` score
 either model as one flat row of `retrieval_metrics`, the row a window curve
 (`megdecode.evaluation.windows.window_table`) holds per window. `shuffle_targets` is the
@@ -24,7 +25,8 @@ from megdecode.evaluation.retrieval import (
     evaluate_all,
     evaluate_retrieval,
 )
-from megdecode.models.ridge import RidgeConfig, RidgeModel, fit_ridge
+from megdecode.models.ridge import RidgeConfig
+from megdecode.models.subject_ridge import SubjectRidge, fit_subject_ridges
 from megdecode.rundata import RunData, SplitTensors
 from megdecode.train import fit, predict
 from megdecode.train_config import FitConfig
@@ -86,17 +88,31 @@ def shuffle_targets(data: RunData, seed: int = 0) -> RunData:
     return dataclasses.replace(data, train=remap(data.train), val=remap(data.val))
 
 
-def _fit_train_val(data: RunData, cfg: RidgeConfig | None) -> RidgeModel:
-    """Ridge on train+val: it picks alpha by its own CV, so it needs no early-stopping split."""
-    X = np.concatenate([data.train.meg.numpy(), data.val.meg.numpy()])
-    Y = np.concatenate([data.train.target.numpy(), data.val.target.numpy()])
-    return fit_ridge(X, Y, cfg)
+def _fit_train_val(data: RunData, cfg: RidgeConfig | None) -> SubjectRidge:
+    """One ridge per subject on its train+val rows: alpha comes from its own CV over slices
+    of every session (`megdecode.models.subject_ridge`), so no early-stopping split."""
+    blocks = [
+        (split.meg.numpy(), split.target.numpy(), split.meta) for split in (data.train, data.val)
+    ]
+    return fit_subject_ridges(blocks, cfg)
+
+
+def _predict_test(model: SubjectRidge, data: RunData) -> np.ndarray:
+    """(N_test, F) predictions aligned with data.test.meta, each row by its subject's ridge."""
+    return model.predict(data.test.meg.numpy(), data.test.meta["subject"].to_numpy())
 
 
 def ridge_metrics(data: RunData, cfg: RidgeConfig | None = None) -> dict[str, float]:
-    """`retrieval_metrics` of ridge fitted on train+val of `data`, plus the alpha CV chose."""
+    """`retrieval_metrics` of the per-subject ridges fitted on train+val of `data`, pooled
+    over subjects like the ConvNet's, plus `alpha` (the median of the subjects' CV alphas)
+    and `alpha_<subject>` for each subject."""
     model = _fit_train_val(data, cfg)
-    return {**retrieval_metrics(model.predict(data.test.meg.numpy()), data), "alpha": model.alpha}
+    alphas = model.alphas
+    return {
+        **retrieval_metrics(_predict_test(model, data), data),
+        "alpha": float(np.median(list(alphas.values()))),
+        **{f"alpha_{subject}": alpha for subject, alpha in alphas.items()},
+    }
 
 
 def convnet_metrics(data: RunData, cfg: FitConfig) -> dict[str, float]:
@@ -112,8 +128,9 @@ def convnet_metrics(data: RunData, cfg: FitConfig) -> dict[str, float]:
 
 
 def ridge_table(data: RunData, cfg: RidgeConfig | None = None) -> pd.DataFrame:
-    """Fit ridge on train+val (alpha by CV inside) and score it like the brain module."""
-    pred = _fit_train_val(data, cfg).predict(data.test.meg.numpy())
+    """Fit one ridge per subject on train+val (alpha by CV inside) and score the pooled
+    test predictions like the brain module."""
+    pred = _predict_test(_fit_train_val(data, cfg), data)
     return evaluate_all(pred, data.test.meta, data.latent_ids, data.latents)
 
 

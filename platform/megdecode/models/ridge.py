@@ -1,23 +1,30 @@
 """Ridge baseline: a linear map from the flattened MEG window to the image latent.
 
-The paper's reference baseline (the ConvNet beats it ~7x on retrieval). One alpha is
-shared by all latent dimensions and chosen by K-fold cross-validation on the summed
-squared error (like sklearn's RidgeCV with alpha_per_target=False).
+The paper's reference baseline (the ConvNet beats it ~7x on retrieval). This module is
+the solver for ONE model (one subject, in the paper's protocol: see
+`megdecode.models.subject_ridge` for the per-subject fits and the session-aware folds).
+One alpha is shared by all latent dimensions and chosen by K-fold cross-validation on
+the summed squared error (like sklearn's RidgeCV with alpha_per_target=False).
 
-Folds are contiguous blocks in the given row order (or whole `groups`, e.g. runs, when
-passed), never shuffled: neighbouring trials share drifts and head position, and a
-shuffled split would let them leak into validation. The input standardisation is fitted
-once on all training rows (a small, documented leak into the CV folds); the intercept
-is refitted inside each fold.
+Folds come from the caller (`folds`, one index per row); without them they are
+contiguous blocks in row order, never shuffled: neighbouring trials share drifts and
+head position, and a shuffled split would let them leak into validation. The input
+standardisation is fitted once on all training rows (a small, documented leak into the
+CV folds); the intercept is refitted inside each fold.
 
 Cost: the solver works in whichever space is smaller. With N samples and D features,
-D > N uses the kernel (dual) form: one N x N Gram matrix (N^2 D flops, float64 accumulated
-over feature chunks) and one eigendecomposition per fold ((N (K-1)/K)^3); D <= N uses the
-D x D covariance the same way. Every alpha is then scored in O(m^2) (see `_score`), so a
-wide grid is nearly free. N=3000, D=272*91, F=768, 5 folds, 21 alphas on the 2-core dev
-VM: ~20 s from uncontended component timings (Gram 3.5 s, 5 eigh of 2400^2 at ~2 s, final
-solve + weights 1.5 s, rest ~3 s); 106-126 s when other jobs loaded the same 2 cores (load
-2.5-5); peak RSS 1.7 GB including the 1 GB float32 input. The eigendecompositions dominate.
+D > N uses the kernel (dual) form: one N x N Gram matrix (N^2 D flops, float64
+accumulated over feature chunks, the standardisation applied chunk by chunk so the input
+is never copied whole) and one eigendecomposition per fold ((N (K-1)/K)^3 flops); D <= N
+uses the D x D covariance the same way. Each alpha is then scored with one
+(n_val x m) @ (m x F) product, m = N (K-1)/K or D.
+
+Memory of the dual form (THINGS: one subject's N ~ 20k train+val rows, D = 272 x 181 =
+49,232 at decim 1, F = 768, K = 5): the caller's float32 input N*C*T*4 bytes (3.9 GB),
+plus the Gram 8 N^2 (3.2 GB), plus per fold its centred training block and the
+eigenvectors, 2 x 8 (N (K-1)/K)^2 (4.1 GB): ~11.2 GB in all, the O(N^2) terms
+dominating and D entering only through the input. `benchmarks/ridge_memory.py` measures
+peak RSS and time at smaller N and projects them to N = 20k (README, "Ridge baseline").
 """
 
 from __future__ import annotations
@@ -25,15 +32,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.linalg
 
-from megdecode.config import FlatConfig
+from megdecode.config import ConfigError, FlatConfig
 
 logger = logging.getLogger(__name__)
 
-# Features per chunk when accumulating Gram matrices in float64 (bounds the float64 copy).
+# Features per chunk when accumulating in float64 (bounds the float64 copy: N x 2048 x 8 B).
 _CHUNK = 2048
 
 
@@ -45,15 +53,28 @@ class RidgeConfig(FlatConfig):
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 8, 21))
     cv_folds: int = 5
     # Block-average every `decim` time samples before flattening (anti-aliased
-    # downsampling): T samples -> ceil(T / decim), so D = C * ceil(T / decim).
-    decim: int = 2
+    # downsampling): T samples -> ceil(T / decim), so D = C * ceil(T / decim). Default 1:
+    # the paper's linear baseline (Benchetrit et al. 2023, after Défossez et al. 2022)
+    # regresses the flattened window at the preprocessing rate (120 Hz) and describes no
+    # further downsampling; larger values trade fidelity for speed (window curves).
+    decim: int = 1
     standardize: bool = True  # z-score every (channel, time) feature on the training set
+
+    def __post_init__(self) -> None:
+        if self.decim < 1:
+            raise ConfigError(f"decim: must be >= 1, got {self.decim}")
+        if self.cv_folds < 2:
+            raise ConfigError(f"cv_folds: must be >= 2, got {self.cv_folds}")
+        if not self.alphas or any(a <= 0 for a in self.alphas):
+            raise ConfigError(f"alphas: must be positive and non-empty, got {self.alphas}")
 
 
 def decimate_flatten(X: np.ndarray, decim: int) -> np.ndarray:
     """X (N, C, T) -> (N, C * ceil(T / decim)) float32, block means over time.
 
     The last block averages the remaining T % decim samples when T is not a multiple.
+    With decim 1 and a contiguous float32 X the result is a view of X (no copy of the
+    largest array of the fit): callers must not modify it in place.
     """
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 3:
@@ -62,7 +83,7 @@ def decimate_flatten(X: np.ndarray, decim: int) -> np.ndarray:
         raise ValueError(f"decim must be >= 1, got {decim}")
     n, c, t = X.shape
     if decim == 1:
-        return X.reshape(n, c * t).copy()
+        return X.reshape(n, c * t)
     full = t // decim
     parts = [X[:, :, : full * decim].reshape(n, c, full, decim).mean(axis=-1)]
     if t % decim:
@@ -92,45 +113,91 @@ class RidgeModel:
         return Z @ self.coef + self.intercept
 
 
-def _gram(A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
-    """A (n, D) float32 -> A B^T float64 (B defaults to A), accumulated over feature chunks."""
-    B = A if B is None else B
-    out = np.zeros((A.shape[0], B.shape[0]))
+def _gram(A: np.ndarray) -> np.ndarray:
+    """A (n, D) float32 -> A A^T float64, accumulated over feature chunks."""
+    out = np.zeros((A.shape[0], A.shape[0]))
     for j in range(0, A.shape[1], _CHUNK):
         a = A[:, j : j + _CHUNK].astype(np.float64)
-        b = a if B is A else B[:, j : j + _CHUNK].astype(np.float64)
-        out += a @ b.T
+        out += a @ a.T
     return out
 
 
-def _fold_ids(n: int, folds: int, groups: np.ndarray | None) -> np.ndarray:
-    """(n,) fold index per row: contiguous blocks, or whole groups dealt in order."""
-    if groups is None:
-        return np.minimum(np.arange(n) * folds // n, folds - 1)
-    groups = np.asarray(groups)
-    if groups.shape != (n,):
-        raise ValueError(f"groups must have shape ({n},), got {groups.shape}")
-    _, first, codes = np.unique(groups, return_index=True, return_inverse=True)
-    if len(first) < folds:
-        raise ValueError(f"{len(first)} groups cannot make {folds} folds")
-    order = np.argsort(np.argsort(first))  # group rank by first appearance
-    return (order[codes] * folds // len(first)).astype(np.int64)
+def _feature_stats(Z: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale (D,) float64, one chunk at a time; checks finiteness.
+
+    np.std on the whole (N, D) array would allocate an N x D float64 temporary (7.9 GB at
+    THINGS size); chunks bound it to N x _CHUNK.
+    """
+    mean, scale = np.zeros(Z.shape[1]), np.ones(Z.shape[1])
+    for j in range(0, Z.shape[1], _CHUNK):
+        c = Z[:, j : j + _CHUNK].astype(np.float64)
+        # Checked after decimation: any NaN/inf in a block survives the block mean.
+        if not np.isfinite(c).all():
+            raise ValueError("X and Y must be finite (found NaN or inf)")
+        mean[j : j + _CHUNK] = c.mean(axis=0)
+        if standardize:
+            scale[j : j + _CHUNK] = c.std(axis=0)
+    scale[scale < 1e-12] = 1.0  # constant features stay constant (zero after centring)
+    return mean, scale
+
+
+def _standard_chunks(
+    Z: np.ndarray, mean: np.ndarray, scale: np.ndarray
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """(feature slice, standardised float64 block (N, <= _CHUNK)) over Z's columns."""
+    for j in range(0, Z.shape[1], _CHUNK):
+        sl = slice(j, j + _CHUNK)
+        c = Z[:, sl].astype(np.float64)
+        c -= mean[sl]
+        c /= scale[sl]
+        yield sl, c
+
+
+def _contiguous_folds(n: int, folds: int) -> np.ndarray:
+    """(n,) fold index per row: contiguous blocks in row order."""
+    return np.minimum(np.arange(n) * folds // n, folds - 1)
+
+
+def _check_folds(fold: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The caller's fold indices as int64, refused unless every fold 0..k-1 holds rows."""
+    fold = np.asarray(fold)
+    if fold.shape != (n,):
+        raise ValueError(f"folds must have shape ({n},), got {fold.shape}")
+    if not np.issubdtype(fold.dtype, np.integer) or fold.min() < 0 or fold.max() >= k:
+        raise ValueError(f"folds must be integers in 0..{k - 1}, got {np.unique(fold)}")
+    empty = np.flatnonzero(np.bincount(fold, minlength=k) == 0)
+    if len(empty):
+        raise ValueError(f"{k}-fold CV: fold(s) {empty.tolist()} hold no rows")
+    return fold.astype(np.int64)
 
 
 def _fold_errors_dual(
     K: np.ndarray, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, alphas: np.ndarray
 ) -> np.ndarray:
-    """Summed squared validation error per alpha, kernel form (K = Z Z^T, N x N)."""
+    """Summed squared validation error per alpha, kernel form (K = Z Z^T, N x N).
+
+    Memory: the fold's training block and its eigenvectors (2 x 8 n_tr^2 bytes) beside K;
+    the centring is in place and eigh overwrites the block (passed Fortran-ordered, as its
+    transpose, so LAPACK does not copy it).
+    """
     K_tr = K[np.ix_(tr, tr)]
     K_va = K[np.ix_(va, tr)]
     # Centre the kernel on the fold's training mean (the intercept is fitted per fold).
     col = K_tr.mean(axis=0)
-    K_va = K_va - K_va.mean(axis=1, keepdims=True) - col + K_tr.mean()
-    K_tr = K_tr - col[:, None] - col[None, :] + K_tr.mean()
+    total = float(col.mean())
+    K_va -= K_va.mean(axis=1, keepdims=True)
+    K_va -= col
+    K_va += total
+    K_tr -= col[:, None]
+    K_tr -= col[None, :]
+    K_tr += total
+    lam, V = scipy.linalg.eigh(K_tr.T, overwrite_a=True, check_finite=False)
+    del K_tr
     y_mean = Y[tr].mean(axis=0)
-    lam, V = scipy.linalg.eigh(K_tr)
     A = K_va @ V  # (n_va, n_tr)
+    del K_va
     B = V.T @ (Y[tr] - y_mean)  # (n_tr, F)
+    del V
     return _score(A, np.clip(lam, 0, None), B, Y[va] - y_mean, alphas)
 
 
@@ -142,7 +209,7 @@ def _fold_errors_primal(
     y_mean = Y[tr].mean(axis=0)
     Z_tr = Z[tr] - z_mean.astype(np.float32)
     C = _gram(Z_tr.T)
-    lam, U = scipy.linalg.eigh(C)
+    lam, U = scipy.linalg.eigh(C, overwrite_a=True, check_finite=False)
     A = (Z[va] - z_mean) @ U  # (n_va, D)
     B = U.T @ (Z_tr.T.astype(np.float64) @ (Y[tr] - y_mean))  # (D, F)
     return _score(A, np.clip(lam, 0, None), B, Y[va] - y_mean, alphas)
@@ -151,25 +218,31 @@ def _fold_errors_primal(
 def _score(
     A: np.ndarray, lam: np.ndarray, B: np.ndarray, Y_va: np.ndarray, alphas: np.ndarray
 ) -> np.ndarray:
-    """Squared validation errors (n_alphas,) of P(alpha) = A diag(d) B, d = 1 / (lam + alpha).
+    """Squared validation errors (n_alphas,) of P(alpha) = A diag(1 / (lam + alpha)) B.
 
-    A (n_va, m), lam (m,), B (m, F), Y_va (n_va, F). Expanding
-    ||P - Y||^2 = d^T [(A^T A) * (B B^T)] d - 2 d . rowsum(B * (A^T Y)) + ||Y||^2
-    costs three products once, then O(m^2) per alpha instead of an (n_va, m, F) product.
+    A (n_va, m), lam (m,), B (m, F), Y_va (n_va, F). One product per alpha, O(n_va m F):
+    the closed form d^T [(A^T A) * (B B^T)] d costs the same flops at THINGS size but
+    holds two more m x m float64 matrices (2 x 2 GB at m = 16k).
     """
-    M = (A.T @ A) * (B @ B.T)  # (m, m)
-    c = np.einsum("jf,jf->j", B, A.T @ Y_va)  # (m,)
-    yy = float(np.sum(Y_va**2))
-    d = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alphas, m)
-    return ((d @ M) * d).sum(axis=1) - 2 * d @ c + yy
+    out = np.empty(len(alphas))
+    for i, alpha in enumerate(alphas):
+        P = (A / (lam + alpha)) @ B
+        P -= Y_va
+        out[i] = np.einsum("ij,ij->", P, P)
+    return out
 
 
 def fit_ridge(
-    X: np.ndarray, Y: np.ndarray, cfg: RidgeConfig | None = None, groups: np.ndarray | None = None
+    X: np.ndarray,
+    Y: np.ndarray,
+    cfg: RidgeConfig | None = None,
+    folds: np.ndarray | None = None,
 ) -> RidgeModel:
     """Fit ridge from X (N, C, T) to Y (N, F), alpha by K-fold CV (see module docstring).
 
-    groups (N,) optional: rows sharing a group (run, session) stay in one fold.
+    folds (N,) optional: the CV fold (0..cv_folds-1) of each row, e.g.
+    `megdecode.models.subject_ridge.session_folds`; default contiguous blocks in row order.
+    X is read, never modified.
     """
     cfg = cfg or RidgeConfig()
     started = time.perf_counter()
@@ -177,36 +250,41 @@ def fit_ridge(
     Y = np.asarray(Y, dtype=np.float64)
     if X.ndim != 3 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"expected X (N, C, T) and Y (N, F), got {X.shape} and {Y.shape}")
-    if cfg.cv_folds < 2:
-        raise ValueError(f"cv_folds must be >= 2, got {cfg.cv_folds}")
     n = X.shape[0]
     if n < 2 * cfg.cv_folds:
         raise ValueError(f"{n} samples are too few for {cfg.cv_folds}-fold CV")
     alphas = np.asarray(sorted(cfg.alphas), dtype=np.float64)
-    if alphas.size == 0 or (alphas <= 0).any():
-        raise ValueError(f"alphas must be positive and non-empty, got {cfg.alphas}")
+    fold = (
+        _contiguous_folds(n, cfg.cv_folds)
+        if folds is None
+        else _check_folds(folds, n, cfg.cv_folds)
+    )
 
     Z = decimate_flatten(X, cfg.decim)
-    # Checked after decimation: any NaN/inf in a block survives the block mean.
-    if not (np.isfinite(Z).all() and np.isfinite(Y).all()):
+    x_mean, x_scale = _feature_stats(Z, cfg.standardize)
+    if not np.isfinite(Y).all():
         raise ValueError("X and Y must be finite (found NaN or inf)")
-    x_mean = Z.mean(axis=0, dtype=np.float64)
-    x_scale = Z.std(axis=0, dtype=np.float64) if cfg.standardize else np.ones(Z.shape[1])
-    x_scale[x_scale < 1e-12] = 1.0  # constant features stay constant (zero after centring)
-    Z -= x_mean.astype(np.float32)
-    Z /= x_scale.astype(np.float32)
     y_mean = Y.mean(axis=0)
     dual = Z.shape[1] > n
-    K = _gram(Z) if dual else None
+    K: np.ndarray | None = None
+    Zs: np.ndarray | None = None
+    if dual:
+        K = np.zeros((n, n))
+        for _, c in _standard_chunks(Z, x_mean, x_scale):
+            K += c @ c.T
+    else:  # D <= N: a standardised float32 copy is at most N^2 * 4 bytes
+        Zs = np.empty(Z.shape, dtype=np.float32)
+        for sl, c in _standard_chunks(Z, x_mean, x_scale):
+            Zs[:, sl] = c
 
-    fold = _fold_ids(n, cfg.cv_folds, groups)
     errors = np.zeros(len(alphas))
     for k in range(cfg.cv_folds):
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         if K is not None:
             errors += _fold_errors_dual(K, Y, tr, va, alphas)
         else:
-            errors += _fold_errors_primal(Z, Y, tr, va, alphas)
+            assert Zs is not None
+            errors += _fold_errors_primal(Zs, Y, tr, va, alphas)
     errors /= Y.size
     best = int(np.argmin(errors))
     alpha = float(alphas[best])
@@ -217,12 +295,20 @@ def fit_ridge(
 
     Yc = Y - y_mean
     if K is not None:
-        dual_coef = scipy.linalg.solve(K + alpha * np.eye(n), Yc, assume_a="pos")
-        coef_std = Z.T @ dual_coef.astype(np.float32)  # (D, F)
+        K[np.diag_indices(n)] += alpha  # K is not needed afterwards: solve in place
+        dual_coef = scipy.linalg.solve(
+            K.T, Yc, assume_a="pos", overwrite_a=True, check_finite=False
+        )
+        del K
+        coef_std = np.empty((Z.shape[1], Y.shape[1]))
+        for sl, c in _standard_chunks(Z, x_mean, x_scale):
+            coef_std[sl] = c.T @ dual_coef
     else:
-        C = _gram(Z.T)
+        assert Zs is not None
+        C = _gram(Zs.T)
+        C[np.diag_indices(C.shape[0])] += alpha
         coef_std = scipy.linalg.solve(
-            C + alpha * np.eye(C.shape[0]), Z.T.astype(np.float64) @ Yc, assume_a="pos"
+            C, Zs.T.astype(np.float64) @ Yc, assume_a="pos", overwrite_a=True
         )
     coef = coef_std / x_scale[:, None]
     intercept = y_mean - x_mean @ coef

@@ -19,7 +19,7 @@ from megdecode.evaluation.baseline import (
     shuffle_targets,
 )
 from megdecode.evaluation.windows import slice_window
-from megdecode.rundata import RunData
+from megdecode.rundata import RunData, SplitTensors
 
 
 def test_shuffled_targets_are_other_images_latents_consistently(run: RunData) -> None:
@@ -77,3 +77,38 @@ def test_ridge_metrics_and_table_score_the_same_fit(run: RunData) -> None:
     joined = results_table(ridge_table(part), ridge_table(part))
     assert (joined["convnet_top5"] == joined["ridge_top5"]).all()
     assert "ridge_median_rank" in format_table(joined)
+
+
+def _flipped_second_subject(run: RunData) -> RunData:
+    """`run` as subject S1 plus a copy as S2 whose sensors carry the latent with the opposite
+    sign (same images, a flipped field map), with two sessions each."""
+
+    def both(split: SplitTensors) -> SplitTensors:
+        n = len(split.meta)
+        session = np.where(np.arange(n) < n // 2, "01", "02")
+        meta = pd.concat(
+            [split.meta.assign(subject=s, session=session) for s in ("S1", "S2")],
+            ignore_index=True,
+        )
+        return SplitTensors(
+            meg=torch.cat([split.meg, -split.meg]),
+            subject=torch.cat([split.subject, split.subject + 1]),
+            target=torch.cat([split.target, split.target]),
+            meta=meta,
+        )
+
+    return dataclasses.replace(
+        run, train=both(run.train), val=both(run.val), test=both(run.test), subjects=["S1", "S2"]
+    )
+
+
+def test_ridge_is_fitted_per_subject(run: RunData) -> None:
+    """A ridge pooled over subjects averages the two opposite maps to nothing (chance);
+    one ridge per subject retrieves both, and reports each subject's alpha."""
+    data = slice_window(_flipped_second_subject(run), 0.2, 0.3)
+    metrics = ridge_metrics(data)
+    assert metrics["large_top5"] > 0.9 and metrics["small_top5"] > 0.9
+    assert {"alpha_S1", "alpha_S2"} <= set(metrics)
+    assert metrics["alpha"] == pytest.approx(np.median([metrics["alpha_S1"], metrics["alpha_S2"]]))
+    table = ridge_table(data).set_index(["test_set", "mode"])
+    assert table.loc[("large", "single"), "top5"] == metrics["large_top5"]

@@ -23,6 +23,7 @@ from megdecode.evaluation.windows import (
     window_grid,
     window_table,
 )
+from megdecode.models.ridge import RidgeConfig
 from megdecode.rundata import RunData
 from megdecode.train_config import FitConfig, TrainConfig
 
@@ -143,7 +144,10 @@ def test_slice_window_cuts_the_samples_the_store_reader_cuts(run: RunData) -> No
 
 
 def test_ridge_curve_peaks_in_the_signal_window(run: RunData) -> None:
-    table = window_table(run, "sliding", "ridge", stride=0.05, progress=False)
+    # Retrieval saturates in every window touching the signal, even by its end sample;
+    # means over 2 samples dilute those edge windows, which leaves one best window.
+    ridge = RidgeConfig(decim=2)
+    table = window_table(run, "sliding", "ridge", stride=0.05, ridge=ridge, progress=False)
     assert list(table.columns[:5]) == ["model", "kind", "tmin", "tmax", "center"]
     assert len(table) == 15 and (table["model"] == "ridge").all()
     # every window touching the signal ranks the 24 large-set images perfectly: a plateau,

@@ -8,8 +8,9 @@ import pytest
 from numpy.testing import assert_allclose
 from sklearn.linear_model import Ridge
 
+from megdecode.config import ConfigError
 from megdecode.evaluation.retrieval import evaluate_retrieval
-from megdecode.models.ridge import RidgeConfig, _fold_ids, decimate_flatten, fit_ridge
+from megdecode.models.ridge import RidgeConfig, decimate_flatten, fit_ridge
 
 
 def _linear_problem(n: int, c: int, t: int, f: int, noise: float, seed: int = 0):
@@ -74,15 +75,57 @@ def test_noisier_targets_choose_a_larger_alpha() -> None:
     assert noisy.alpha > 10 * clean.alpha
 
 
-def test_folds_are_contiguous_or_keep_groups_together() -> None:
-    assert _fold_ids(10, 3, None).tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
-    groups = np.array(["r2", "r2", "r1", "r1", "r3", "r3", "r4"])
-    fold = _fold_ids(7, 2, groups)
-    for g in np.unique(groups):
-        assert len(set(fold[groups == g])) == 1
-    assert fold.tolist() == [0, 0, 0, 0, 1, 1, 1]
-    with pytest.raises(ValueError, match="groups"):
-        _fold_ids(4, 3, np.array([0, 0, 1, 1]))
+def test_given_folds_are_used_and_checked() -> None:
+    """Folds given by the caller replace the default contiguous blocks (checked against
+    sklearn's CV on the same folds); malformed folds are refused."""
+    X, Y, _ = _linear_problem(60, 4, 5, 2, noise=2.0, seed=5)
+    fold = np.arange(60) % 3  # interleaved: not the default blocks
+    alphas = (0.1, 10.0, 1000.0)
+    model = fit_ridge(X, Y, RidgeConfig(alphas=alphas, cv_folds=3, decim=1), folds=fold)
+    Z = X.reshape(60, -1).astype(np.float64)
+    Zs = (Z - Z.mean(0)) / Z.std(0)
+    ref_err = [
+        sum(
+            (
+                (
+                    Ridge(alpha=a).fit(Zs[fold != k], Y[fold != k]).predict(Zs[fold == k])
+                    - Y[fold == k]
+                )
+                ** 2
+            ).sum()
+            for k in range(3)
+        )
+        / Y.size
+        for a in alphas
+    ]
+    assert_allclose(model.cv_errors, ref_err, rtol=1e-4)
+    cfg = RidgeConfig(alphas=alphas, cv_folds=3)
+    with pytest.raises(ValueError, match="hold no rows"):
+        fit_ridge(X, Y, cfg, folds=np.arange(60) % 2)
+    with pytest.raises(ValueError, match="shape"):
+        fit_ridge(X, Y, cfg, folds=np.zeros(5, dtype=int))
+    with pytest.raises(ValueError, match="integers"):
+        fit_ridge(X, Y, cfg, folds=np.full(60, 3))
+
+
+def test_decim_default_is_the_papers_no_further_downsampling() -> None:
+    """The paper's linear baseline regresses the 120 Hz window as is: 272 x 181 features."""
+    assert RidgeConfig().decim == 1
+    model = fit_ridge(*_linear_problem(30, 2, 7, 2, noise=1.0)[:2], RidgeConfig(alphas=(1.0,)))
+    assert model.coef.shape == (2 * 7, 2)
+    with pytest.raises(ConfigError, match="decim"):
+        RidgeConfig(decim=0)
+    with pytest.raises(ConfigError, match="cv_folds"):
+        RidgeConfig(cv_folds=1)
+    with pytest.raises(ConfigError, match="alphas"):
+        RidgeConfig(alphas=(1.0, -1.0))
+
+
+def test_fit_does_not_modify_its_input() -> None:
+    X, Y, _ = _linear_problem(40, 3, 20, 2, noise=1.0)  # D = 60 > N: dual form, decim 1
+    before = X.copy()
+    fit_ridge(X, Y, RidgeConfig(alphas=(1.0, 10.0)))
+    np.testing.assert_array_equal(X, before)
 
 
 def test_rejects_bad_input_and_config_round_trips() -> None:
