@@ -111,4 +111,4 @@ def test_ridge_is_fitted_per_subject(run: RunData) -> None:
     assert {"alpha_S1", "alpha_S2"} <= set(metrics)
     assert metrics["alpha"] == pytest.approx(np.median([metrics["alpha_S1"], metrics["alpha_S2"]]))
     table = ridge_table(data).set_index(["test_set", "mode"])
-    assert table.loc[("large", "single"), "top5"] == metrics["large_top5"]
+    assert table.loc[("large", "single-trial"), "top5"] == metrics["large_top5"]
