@@ -175,9 +175,7 @@ class PreprocessConfig(FlatConfig):
         if self.preset == CUSTOM:
             return
         if self.preset not in PRESETS:
-            raise ConfigError(
-                f"preset: expected one of {[*PRESETS, CUSTOM]}, got {self.preset!r}"
-            )
+            raise ConfigError(f"preset: expected one of {[*PRESETS, CUSTOM]}, got {self.preset!r}")
         own = PRESETS[self.preset]
         if band == (None, None):
             object.__setattr__(self, "l_freq", own[0])

@@ -272,7 +272,7 @@ def test_presets_name_the_band() -> None:
 
 
 def test_presets_by_the_spectrum_of_the_output() -> None:
-    """"paper" passes everything below the 60 Hz Nyquist of 120 Hz (only the resampler's
+    """ "paper" passes everything below the 60 Hz Nyquist of 120 Hz (only the resampler's
     anti-aliasing low-pass runs); "things-official" keeps 10 Hz and removes 50 Hz and a
     0.02 Hz drift. Measured on the epochs, not read from the config."""
     sfreq = 1200.0
