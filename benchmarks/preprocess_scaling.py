@@ -69,7 +69,8 @@ def plain_mne(root: Path, subjects: list[str], cfg: PreprocessConfig) -> tuple[i
     for key in bids.find_runs(root, subjects=subjects):
         rec = bids.read_run(root, key)
         raw = rec.raw.pick("mag", exclude=list(cfg.exclude)).load_data()
-        raw.filter(cfg.l_freq, cfg.h_freq, verbose=False)
+        if cfg.band_pass:
+            raw.filter(cfg.l_freq, cfg.h_freq, verbose=False)
         ev = rec.events[rec.events.trial_type != "catch"]
         events = np.c_[ev["sample"].to_numpy(), np.zeros(len(ev), int), np.ones(len(ev), int)]
         epochs = mne.Epochs(

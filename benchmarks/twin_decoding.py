@@ -8,7 +8,9 @@ Prints, from one run on one machine:
    twin-lowlevel); top-5 single/averaged on the small and large test sets and the
    relative median rank;
 2. ridge sliding-window curves (the paper's grid: 100 ms, 25 ms stride) of twin-lowlevel
-   and twin-category: peak time vs the latency the simulator used (early / late);
+   and twin-category: peak time (window centre) vs the configured latency (early / late)
+   and vs the latency the twin's subjects realised (`megdecode.twin.latencies`), the one
+   a pooled curve can recover (docs/window_latency.md);
 3. the shuffled-label control (training targets permuted across images): ridge and ConvNet.
 
 Threads: one torch and one BLAS thread. On this 2-core VM shared with other jobs, two
@@ -47,6 +49,7 @@ from megdecode.models.ridge import RidgeConfig
 from megdecode.rundata import RunData, load_run_data
 from megdecode.train import fit, predict
 from megdecode.train_config import FitConfig, TrainConfig
+from megdecode.twin.latencies import realised_onset_latencies
 from megdecode.twin.simulate import read_ground_truth
 from megdecode.twin.truth_latents import write_twin_latents
 
@@ -126,6 +129,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     bids, store, latents = args.run / "bids", args.run / "store", args.run / "latents"
     truth = read_ground_truth(bids)["latencies_s"]
+    realised = realised_onset_latencies(bids)
     write_twin_latents(bids, latents)
     brain = BrainConfig(
         hidden_channels=args.hidden,
@@ -199,6 +203,8 @@ def main() -> None:
                     "peak_s": peak,
                     "truth": f"{TRUTH[target]} {expected:.3f}",
                     "error_s": peak - expected,
+                    "realised_s": realised[TRUTH[target]],
+                    "error_realised_s": peak - realised[TRUTH[target]],
                     "within_50ms": abs(peak - expected) <= 0.05 + 1e-9,
                 }
             )

@@ -13,6 +13,7 @@ from megdecode.records import plain
 
 if TYPE_CHECKING:
     from megdecode.data.build import BuildReport
+    from megdecode.data.preprocess import PreprocessConfig
 
 
 def simulate(
@@ -37,9 +38,27 @@ def preprocess(
         bool, typer.Option(help="Ray Data: one task per run file on a pool of one actor per CPU")
     ] = True,
     address: Annotated[str | None, typer.Option(help="Ray address; default: local cluster")] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="paper: no band-pass (the paper's minimal pipeline) | things-official: "
+            "0.1-40 Hz band-pass (THINGS-MEG's pipeline); recorded in the store manifest"
+        ),
+    ] = "paper",
+    filter_phase: Annotated[
+        str,
+        typer.Option(help="zero | causal (what the serving stream computes); band-pass only"),
+    ] = "zero",
 ) -> None:
     """Preprocess every run (paper pipeline) into the Parquet epoch store."""
-    report = _preprocess(bids_root, out, subjects, ray, address)
+    from megdecode.config import ConfigError
+    from megdecode.data.preprocess import PreprocessConfig
+
+    try:
+        cfg = PreprocessConfig(preset=preset, filter_phase=filter_phase)
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from err
+    report = _preprocess(bids_root, out, subjects, ray, address, cfg)
     typer.echo(json.dumps(plain(report), indent=2, default=str))
 
 
@@ -122,19 +141,24 @@ def latents(
 
 
 def _preprocess(
-    bids_root: Path, out: Path, subjects: list[str] | None, use_ray: bool, address: str | None
+    bids_root: Path,
+    out: Path,
+    subjects: list[str] | None,
+    use_ray: bool,
+    address: str | None,
+    cfg: PreprocessConfig,
 ) -> BuildReport:
     """`build_epoch_store`, on a Ray cluster started (or attached) here and shut down after."""
     from megdecode.data.build import build_epoch_store
 
     if not use_ray:
-        return build_epoch_store(bids_root, out, subjects=subjects)
+        return build_epoch_store(bids_root, out, cfg, subjects=subjects)
     import ray as ray_module
 
     from megdecode.raycluster import init_ray
 
     init_ray(address)
     try:
-        return build_epoch_store(bids_root, out, subjects=subjects, use_ray=True)
+        return build_epoch_store(bids_root, out, cfg, subjects=subjects, use_ray=True)
     finally:
         ray_module.shutdown()

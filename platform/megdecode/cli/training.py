@@ -106,6 +106,13 @@ def windows(
         str, typer.Option(help="metric of the figure and the peak")
     ] = "small_top5_avg",
     smooth: Annotated[int, typer.Option(help="windows averaged before taking the peak")] = 1,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            help="x axis of the figure and the peak: end (the paper's reading) | center "
+            "(lines up with a response's latency); default end for growing, center for sliding"
+        ),
+    ] = None,
     seed: int = 0,
     max_epochs: Annotated[int, typer.Option(help="convnet only")] = 100,
     patience: Annotated[int, typer.Option(help="convnet only")] = 10,
@@ -116,6 +123,7 @@ def windows(
 ) -> None:
     """One model per time window (paper grids); writes the table (CSV) and curve (PNG), prints the peak."""
     from megdecode.evaluation.windows import (
+        X_AXES,
         chance_level,
         curve_peak,
         onset_latencies,
@@ -144,6 +152,9 @@ def windows(
             batch_size=batch_size,
         ),
     )
+    x = by or ("end" if kind == "growing" else "center")
+    if x not in X_AXES:
+        raise typer.BadParameter(f"--by must be one of {X_AXES}, got {x!r}")
     grid: dict[str, Any] = (
         {"width": width, "stride": stride} if kind == "sliding" else {"step": step}
     )
@@ -164,9 +175,9 @@ def windows(
         chance_level(table, metric),
         stem.with_suffix(".png"),
         truth_latencies=onset_latencies(truth) if truth is not None else None,
+        x=x,
         title=f"{latent}, {model}, {kind} windows",
     )
-    x = "tmax" if kind == "growing" else "center"
     peak = curve_peak(table, metric, x=x, smooth=smooth)
     value = float(table.loc[table[x] == peak, metric].iloc[0])
     typer.echo(f"table: {stem.with_suffix('.csv')}\nfigure: {stem.with_suffix('.png')}")

@@ -1,7 +1,7 @@
 """The paper's MEG preprocessing (Benchetrit et al. 2023 on THINGS-MEG), one run at a time.
 
-Per run: pick MEG channels -> band-pass the continuous signal at the native rate ->
-cut padded epochs at the exact native onset samples -> polyphase-resample the epochs
+Per run: pick MEG channels -> (optionally) band-pass the continuous signal at the native
+rate -> cut padded epochs at the exact native onset samples -> polyphase-resample the epochs
 to 120 Hz -> drop the padding -> baseline. Robust scaling and clipping are separate
 (`megdecode.data.scaling`): the scaler must be fitted on training epochs
 only, which exist once the splits do.
@@ -17,8 +17,16 @@ Nyquist) while it resamples; each epoch carries a padding longer than half that 
 no kept sample sees the zeros beyond the window. It is as fast: the polyphase filter
 computes only output samples inside the padded windows, which tile the run about once
 at THINGS' ~1.5 s trial spacing, in one vectorised call per batch of epochs
-(benchmarks/preprocess_throughput.py times both orders). The band-pass (its 0.1 Hz
-high-pass is a 33 s FIR) needs the continuous signal, so it runs first.
+(benchmarks/preprocess_throughput.py times both orders). A band-pass, when one is asked
+for (its 0.1 Hz high-pass is a 33 s FIR), needs the continuous signal, so it runs first.
+
+Two named presets (`PreprocessConfig.preset`), recorded in the store manifest:
+- "paper" (default): the paper's minimal pipeline, no band-pass; the only filter is the
+  resampler's anti-aliasing low-pass (Kaiser FIR, cut-off at the 60 Hz Nyquist of
+  120 Hz). Drifts are left to the baseline correction and the robust scaler.
+- "things-official": THINGS-MEG's official pipeline (Hebart et al. 2023), a 0.1-40 Hz
+  band-pass before epoching.
+Any other band is "custom" (set l_freq / h_freq, leave preset unset).
 """
 
 from __future__ import annotations
@@ -58,16 +66,32 @@ METADATA_COLUMNS = (
 )  # fmt: skip
 _PICKS = {"mag": "mag", "grad": "grad", "meg": True}
 CAUSAL_ORDER = 4  # Butterworth order of each edge of the causal band-pass (filter_phase="causal")
+# Named band-passes (l_freq, h_freq) in Hz; None = that edge off.
+PRESETS: dict[str, tuple[float | None, float | None]] = {
+    "paper": (None, None),  # Benchetrit et al.: no band-pass, only the resampler's low-pass
+    "things-official": (0.1, 40.0),  # THINGS-MEG's official pipeline
+}
+CUSTOM = "custom"  # any other band, given by l_freq / h_freq
 
 
 @dataclass(frozen=True)
 class PreprocessConfig(FlatConfig):
-    """The paper pipeline's knobs; defaults reproduce THINGS-MEG at 120 Hz, T = 181."""
+    """The paper pipeline's knobs; defaults reproduce the paper on THINGS-MEG at 120 Hz, T = 181.
 
+    The band-pass is named by `preset` or given by l_freq / h_freq: `PreprocessConfig()`
+    is "paper" (no band-pass), `PreprocessConfig(preset="things-official")` fills in
+    0.1-40 Hz, and a band of your own (`PreprocessConfig(h_freq=30.0)`) is recorded as
+    preset "custom". After construction `preset` always names the band in use.
+    """
+
+    # "paper" | "things-official" | "custom"; None (the default) = named after l_freq /
+    # h_freq, i.e. "paper" when no band is given. A named preset with a band that differs
+    # from its own is refused.
+    preset: str | None = None
     picks: str = "mag"  # CTF axial gradiometers are typed "mag" by MNE; "meg" | "grad" too
     exclude: tuple[str, ...] = ("MRO11-1609",)  # broken THINGS-MEG channel (official pipeline)
-    l_freq: float | None = 0.1  # THINGS official band-pass 0.1-40 Hz; None = no high-pass
-    h_freq: float | None = 40.0  # None = no low-pass (the resampler still anti-aliases)
+    l_freq: float | None = None  # high-pass edge (Hz); None = none (the paper's pipeline)
+    h_freq: float | None = None  # low-pass edge (Hz); None = none (the resampler anti-aliases)
     filter_method: str = "fir"  # MNE default zero-phase FIR; "iir" = Butterworth, faster
     # "zero": the offline zero-phase filter above (non-causal: it looks ahead in time).
     # "causal": a Butterworth band-pass (order CAUSAL_ORDER, second-order sections) run
@@ -86,6 +110,7 @@ class PreprocessConfig(FlatConfig):
     quantile_range: tuple[float, float] = (25.0, 75.0)  # the IQR of the robust scaler (%)
 
     def __post_init__(self) -> None:
+        self._resolve_preset()
         if self.picks not in _PICKS:
             raise ConfigError(f"picks: expected one of {sorted(_PICKS)}, got {self.picks!r}")
         if self.filter_method not in ("fir", "iir"):
@@ -120,6 +145,45 @@ class PreprocessConfig(FlatConfig):
         if not 0 <= q0 < q1 <= 100:
             raise ConfigError(
                 f"quantile_range: need 0 <= q0 < q1 <= 100, got {self.quantile_range}"
+            )
+
+    def replace(self, **changes: Any) -> PreprocessConfig:
+        """A copy with `changes`; a new band renames the preset, a new preset brings its band.
+
+        So `things.replace(l_freq=None, h_freq=None)` is "paper", and
+        `paper.replace(preset="things-official")` gets 0.1-40 Hz.
+        """
+        band_changed = bool({"l_freq", "h_freq"} & set(changes))
+        if band_changed and "preset" not in changes:
+            changes["preset"] = None
+        elif "preset" in changes and not band_changed and changes["preset"] != CUSTOM:
+            changes |= {"l_freq": None, "h_freq": None}
+        return super().replace(**changes)
+
+    @property
+    def band_pass(self) -> bool:
+        """Whether a band-pass runs before epoching (the resampler's low-pass always does)."""
+        return self.l_freq is not None or self.h_freq is not None
+
+    def _resolve_preset(self) -> None:
+        """Fill the band from a named preset, or name the preset after the band."""
+        band = (self.l_freq, self.h_freq)
+        if self.preset is None:
+            named = next((name for name, b in PRESETS.items() if b == band), CUSTOM)
+            object.__setattr__(self, "preset", named)
+            return
+        if self.preset == CUSTOM:
+            return
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset: expected one of {[*PRESETS, CUSTOM]}, got {self.preset!r}")
+        own = PRESETS[self.preset]
+        if band == (None, None):
+            object.__setattr__(self, "l_freq", own[0])
+            object.__setattr__(self, "h_freq", own[1])
+        elif band != own:
+            raise ConfigError(
+                f"preset {self.preset!r} is the band {own} Hz, but l_freq / h_freq are {band}: "
+                "leave preset unset (or 'custom') for a band of your own"
             )
 
 

@@ -1,11 +1,18 @@
 """Decoding over time: one model per time window, to see *when* the image is decodable.
 
 The paper trains one decoder per window: sliding 100 ms windows with a 25 ms stride, and
-growing windows [0, 100] ... [0, 1500] ms. Our stored epochs span -0.5 .. +1.0 s around
-image onset, so every grid is clipped to the epoch: sliding windows run from the epoch
-start (pre-stimulus windows give a chance-level reference) to the epoch end, and growing
-windows stop at min(1.5 s, epoch end), i.e. [0, 0.1] ... [0, 1.0] s by default.
-Times are in seconds and rounded to the microsecond so that grids compare exactly.
+growing windows whose last one is the full epoch, so that the growing curve ends on the
+full-window result. Our stored epochs span -0.5 .. +1.0 s around image onset: sliding
+windows run from the epoch start (pre-stimulus windows give a chance-level reference) to
+the epoch end, growing windows are [epoch start, t] for t = start + step, ... up to and
+including the epoch end. Times are in seconds, rounded to the microsecond so grids
+compare exactly.
+
+Every curve table has one row per window with its `start`, `end` and `center` (s after
+image onset). The paper reads its curves by window *end* (`plot_window_curves(x="end")`);
+a window's *centre* is what lines up with a response's peak time, so the twin's latency
+checks compare `curve_peak(..., x="center")` of sliding windows with the simulated
+latencies (see docs/window_latency.md for why those peaks can sit a grid step early).
 
 The epochs are read once (the whole stored window) and each model's window is a slice
 of those tensors in memory: a 57-window sliding curve would otherwise read the store 57
@@ -39,8 +46,9 @@ logger = logging.getLogger(__name__)
 Window = tuple[float, float]
 MODELS = ("ridge", "convnet")
 
-# Latest end of the paper's growing windows (s); clipped to the stored epoch.
-PAPER_GROWING_MAX = 1.5
+# The columns that place a window in time (s after image onset), first in every table.
+WINDOW_COLUMNS = ("start", "end", "center")
+X_AXES = WINDOW_COLUMNS
 
 
 def _r(t: float) -> float:
@@ -53,16 +61,17 @@ def window_grid(
     epoch_tmax: float = 1.0,
     width: float = 0.1,
     stride: float = 0.025,
-    start: float = 0.0,
+    start: float | None = None,
     step: float = 0.1,
-    growing_max: float = PAPER_GROWING_MAX,
 ) -> list[Window]:
-    """Windows (tmin, tmax) in seconds, all inside [epoch_tmin, epoch_tmax].
+    """Windows (start, end) in seconds, all inside [epoch_tmin, epoch_tmax].
 
     kind="sliding": [t, t + width] for t = epoch_tmin, epoch_tmin + stride, ... while the
         window fits; defaults give 57 windows, [-0.5, -0.4] ... [0.9, 1.0].
-    kind="growing": [start, start + step], [start, start + 2 step], ... up to
-        min(growing_max, epoch_tmax); defaults give [0, 0.1] ... [0, 1.0] (10 windows).
+    kind="growing": [start, start + step], [start, start + 2 step], ..., and always the
+        full span [start, epoch_tmax] last (appended when the epoch end is off the step
+        grid), so the curve ends on the full-window model. start defaults to epoch_tmin:
+        defaults give [-0.5, -0.4] ... [-0.5, 1.0] (15 windows, the last the full epoch).
     """
     if epoch_tmax <= epoch_tmin:
         raise ValueError(f"empty epoch [{epoch_tmin}, {epoch_tmax}]")
@@ -79,13 +88,14 @@ def window_grid(
     if kind == "growing":
         if step <= 0:
             raise ValueError(f"step must be > 0, got {step}")
+        start = epoch_tmin if start is None else start
         if not epoch_tmin - tol <= start < epoch_tmax:
             raise ValueError(f"start {start} outside the epoch [{epoch_tmin}, {epoch_tmax})")
-        end = min(growing_max, epoch_tmax)
-        n = math.floor((end - start) / step + tol)
-        if n < 1:
-            raise ValueError(f"no growing window of step {step} fits in [{start}, {end}]")
-        return [(_r(start), _r(start + i * step)) for i in range(1, n + 1)]
+        n = math.floor((epoch_tmax - start) / step + tol)
+        ends = [_r(start + i * step) for i in range(1, n + 1)]
+        if not ends or ends[-1] < _r(epoch_tmax):
+            ends.append(_r(epoch_tmax))
+        return [(_r(start), end) for end in ends]
     raise ValueError(f"kind must be 'sliding' or 'growing', got {kind!r}")
 
 
@@ -130,10 +140,10 @@ def window_curve(
     windows: Sequence[Window],
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Call fit_eval(tmin, tmax) once per window (it trains and scores one model).
+    """Call fit_eval(start, end) once per window (it trains and scores one model).
 
-    Returns one row per window, in the given order: tmin, tmax, center, then the metrics
-    the callable returned (a metric missing for some window is NaN there).
+    Returns one row per window, in the given order: start, end, center (`WINDOW_COLUMNS`),
+    then the metrics the callable returned (a metric missing for some window is NaN there).
     """
     rows: list[dict[str, float]] = []
     items = progress_bar(windows, desc="windows", total=len(windows)) if progress else windows
@@ -144,10 +154,10 @@ def window_curve(
             raise TypeError(
                 f"fit_eval must return a mapping of metrics, got {type(metrics).__name__}"
             )
-        clash = {"tmin", "tmax", "center"} & set(metrics)
+        clash = set(WINDOW_COLUMNS) & set(metrics)
         if clash:
             raise ValueError(f"fit_eval returned reserved key(s) {sorted(clash)}")
-        rows.append({"tmin": tmin, "tmax": tmax, "center": _r((tmin + tmax) / 2), **metrics})
+        rows.append({"start": tmin, "end": tmax, "center": _r((tmin + tmax) / 2), **metrics})
         if progress:
             shown = ", ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
@@ -161,7 +171,7 @@ def window_curve(
                 shown,
                 time.perf_counter() - started,
             )
-    return pd.DataFrame(rows, columns=None if rows else ["tmin", "tmax", "center"])
+    return pd.DataFrame(rows, columns=None if rows else list(WINDOW_COLUMNS))
 
 
 def window_table(
@@ -175,7 +185,7 @@ def window_table(
     progress: bool = True,
     **grid: float,
 ) -> pd.DataFrame:
-    """One model per window -> one row per window: model, kind, tmin, tmax, center, then
+    """One model per window -> one row per window: model, kind, start, end, center, then
     `baseline.retrieval_metrics` (plus alpha for ridge; best_epoch, val_top5 for convnet).
 
     data: loaded epochs (RunData, the whole span the windows need), or a FitConfig whose
@@ -212,7 +222,9 @@ def _lower_is_better(metric: str) -> bool:
 def curve_peak(
     table: pd.DataFrame, metric: str = "large_mean_rank", x: str = "center", smooth: int = 1
 ) -> float:
-    """Time (column x) of the best window: highest top-k, lowest rank.
+    """Time (column x: "center", "end" or "start") of the best window: highest top-k,
+    lowest rank. Compare "center" of sliding windows with a response's peak latency; "end"
+    is how the paper reads its curves.
 
     smooth > 1 first averages `smooth` neighbouring windows (centred): a response that
     decodes over a plateau of windows then peaks at the plateau's middle instead of at
@@ -220,6 +232,8 @@ def curve_peak(
     """
     if table.empty:
         raise ValueError("empty window table")
+    if x not in table.columns:
+        raise ValueError(f"no column {x!r} in the window table; columns: {list(table.columns)}")
     if smooth < 1:
         raise ValueError(f"smooth must be >= 1, got {smooth}")
     values = table[metric].astype(float).rolling(smooth, center=True, min_periods=1).mean()
@@ -256,11 +270,14 @@ def plot_window_curves(
     """Write a PNG of `metric` against time, chance as a dashed line.
 
     chance: `chance_level(table, metric)` for a `window_table`. One line per value of
-    column `hue` (e.g. model name) when given. x defaults to "tmax" for growing windows
-    (all tmin equal) and "center" otherwise. A column f"{metric}_std" is drawn as a band
-    (e.g. over seeds). truth_latencies are the simulator's true response latencies (s),
-    drawn as dotted vertical lines: on the twin,
-    `onset_latencies(read_ground_truth(bids)["latencies_s"])`; None for real data.
+    column `hue` (e.g. model name) when given. x: "end" draws by window end, as the paper
+    does; "center" by window centre, where a sliding curve peaks at a response's latency;
+    None picks "end" for growing windows (all starts equal) and "center" otherwise. A
+    column f"{metric}_std" is drawn as a band (e.g. over seeds). truth_latencies are the
+    simulator's true response latencies (s), drawn as dotted vertical lines: on the twin,
+    `onset_latencies(read_ground_truth(bids)["latencies_s"])`; None for real data. Drawn
+    by end, sliding windows of one width w best catch a latency L in the window ending
+    at L + w / 2, so the lines move there (the legend says so).
     Uses matplotlib's Agg canvas directly (no pyplot), so no global backend is changed.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -269,7 +286,11 @@ def plot_window_curves(
     if metric not in table.columns:
         raise ValueError(f"metric column {metric!r} not in table; columns: {list(table.columns)}")
     if x is None:
-        x = "tmax" if len(table) > 1 and table["tmin"].nunique() == 1 else "center"
+        x = "end" if len(table) > 1 and table["start"].nunique() == 1 else "center"
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
+    widths = (table["end"] - table["start"]).round(6).unique()
+    shift = float(widths[0]) / 2 if x == "end" and len(widths) == 1 else 0.0
     fig = Figure(figsize=(6.4, 3.6), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -291,8 +312,11 @@ def plot_window_curves(
             if isinstance(truth_latencies, Mapping)
             else [(f"truth {t:.3f} s", t) for t in truth_latencies]
         )
+        note = f" (+{shift * 1000:.0f} ms: window end)" if shift else ""
         for j, (name, t) in enumerate(items):
-            ax.axvline(float(t), linestyle=":", color=f"C{(j + 3) % 10}", label=str(name))
+            ax.axvline(
+                float(t) + shift, linestyle=":", color=f"C{(j + 3) % 10}", label=f"{name}{note}"
+            )
     ax.axvline(0.0, color="black", linewidth=0.5)
     ax.set_xlabel(f"window {x} (s after image onset)")
     ax.set_ylabel(metric)

@@ -98,13 +98,13 @@ def window_figure(
     base = fit_config(plan.base, plan.fixed).train
     table = pd.DataFrame(
         {
-            "tmin": trials["train.tmin"] if "train.tmin" in keys else base.tmin,
-            "tmax": trials["train.tmax"] if "train.tmax" in keys else base.tmax,
+            "start": trials["train.tmin"] if "train.tmin" in keys else base.tmin,
+            "end": trials["train.tmax"] if "train.tmax" in keys else base.tmax,
             metric: trials[f"{metric}_mean"],
             f"{metric}_std": trials[f"{metric}_std"],
         }
     ).astype(float)
-    table["center"] = (table["tmin"] + table["tmax"]) / 2
+    table["center"] = (table["start"] + table["end"]) / 2
     chance = float(trials[f"{metric.split('/')[0]}/chance_top5_mean"].iloc[0])
     return plot_window_curves(
         table,

@@ -108,6 +108,7 @@ def load_served_model(
             "filter_phase": bundle.preprocess.filter_phase
             if bundle.preprocess is not None
             else "zero",
+            "preset": bundle.preprocess.preset if bundle.preprocess is not None else None,
         },
         **stats_card(bundle),
     }

@@ -6,11 +6,14 @@ robust-scales and clips with the subject's training statistics. A live feed has 
 future samples, so this module runs the same steps on a ring buffer of the filtered
 signal with two rules that make both paths give the same numbers for the same samples:
 
-- Filtering is causal: the Butterworth band-pass of ``filter_phase="causal"``, run
-  forwards from the first sample with its state carried from chunk to chunk (chunked
-  `sosfilt` with carried state equals one pass over the run). A model meant for streaming
-  is trained on a store built with ``filter_phase="causal"``; with a zero-phase store the
-  stream still runs but its inputs differ from training (reported to the client).
+- The band comes from the bundle's preprocessing (the store's `PreprocessConfig`). The
+  default "paper" preset has no band-pass, so there is nothing to filter and the online
+  windows equal the stored ones. With a band-pass, filtering is causal: the Butterworth
+  band-pass of ``filter_phase="causal"``, run forwards from the first sample with its
+  state carried from chunk to chunk (chunked `sosfilt` with carried state equals one pass
+  over the run). A model meant for streaming a band-passed signal is trained on a store
+  built with ``filter_phase="causal"``; with a zero-phase band-passed store the stream
+  still runs but its inputs differ from training (reported to the client).
 - The resampler is the offline one on the same native window (same polyphase alignment
   to the onset), so a window is ready only once the signal reaches the model window's end
   plus the resampler's half-length (``delay_s``: ~40 ms at 300 Hz, ~90 ms at 1200 Hz).

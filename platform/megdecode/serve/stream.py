@@ -40,7 +40,10 @@ class StreamSpec:
 
     @property
     def matches_training(self) -> bool:
-        return self.preprocess.filter_phase == "causal"
+        """Whether online windows equal the training ones: the store ran no band-pass (the
+        "paper" preset: resampling and baseline only, which the stream reproduces
+        exactly) or ran it causally, as the stream does."""
+        return not self.preprocess.band_pass or self.preprocess.filter_phase == "causal"
 
     @classmethod
     def from_bundle(

@@ -95,7 +95,7 @@ class StreamHandler:
             raise ApiError(
                 422,
                 "stream_unavailable",
-                "this model was trained on zero-phase filtered data; "
+                "this model was trained on zero-phase band-passed data; "
                 "the stream's causal filter would feed it other inputs",
             )
         session = StreamSession(spec, n_channels, s.stride_s, s.max_backlog_s, s.max_chunk_s)

@@ -12,12 +12,14 @@ from serve_helpers import train_bundle
 
 @pytest.fixture(scope="session")
 def causal_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny twin's BIDS preprocessed with filter_phase="causal" (what the stream computes)."""
+    """The tiny twin's BIDS band-passed 0.1-40 Hz ("things-official") with
+    filter_phase="causal" (what the stream computes), so the online filter is exercised."""
     from megdecode.data.build import build_epoch_store
     from megdecode.data.preprocess import PreprocessConfig
 
     root = tmp_path_factory.mktemp("causal_run")
-    build_epoch_store(tiny_run / "bids", root / "store", PreprocessConfig(filter_phase="causal"))
+    cfg = PreprocessConfig(preset="things-official", filter_phase="causal")
+    build_epoch_store(tiny_run / "bids", root / "store", cfg)
     shutil.copytree(tiny_run / "latents", root / "latents")
     (root / "bids").symlink_to(tiny_run / "bids")
     return root

@@ -7,19 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megdecode.bundle import ModelBundle
 from megdecode.bundle_io import load_bundle
 from megdecode.data import bids
 from megdecode.data import store as epoch_store
-from megdecode.data.preprocess import pick_meg
+from megdecode.data.build import build_epoch_store
+from megdecode.data.preprocess import PreprocessConfig, pick_meg
 from megdecode.serve.online_preprocess import OnlinePreprocessor
 from megdecode.serve.stream import StreamError, StreamSpec
+from megdecode.train_bundle import serving_fields
 
 
 def _replay(
-    bundle_dir: Path, bids_root: Path, chunk: int = 37
+    bundle: ModelBundle, bids_root: Path, chunk: int = 37
 ) -> tuple[dict[int, np.ndarray], object, str]:
     """Feed one run in odd-sized chunks; collect the window of every event onset when ready."""
-    bundle = load_bundle(bundle_dir)
     subject = bundle.subjects[0]
     spec = StreamSpec.from_bundle(bundle, subject)
     key = bids.find_runs(bids_root, subjects=[subject])[0]
@@ -42,8 +44,7 @@ def _replay(
     return got, key, subject
 
 
-def _offline(store: Path, bundle_dir: Path, key: object, subject: str) -> dict[int, np.ndarray]:
-    bundle = load_bundle(bundle_dir)
+def _offline(store: Path, bundle: ModelBundle, key: object, subject: str) -> dict[int, np.ndarray]:
     X, meta = epoch_store.load_epochs(store, subjects=[subject], tmin=bundle.tmin, tmax=bundle.tmax)
     rows = (meta["session"] == key.session) & (meta["run"] == key.run)
     return dict(zip(meta.loc[rows, "trial_index"].astype(int), X[rows.to_numpy()], strict=True))
@@ -52,15 +53,39 @@ def _offline(store: Path, bundle_dir: Path, key: object, subject: str) -> dict[i
 def test_stream_equals_offline_causal_store(
     causal_run: Path, tiny_bundle: Path, tiny_run: Path
 ) -> None:
-    online, key, subject = _replay(tiny_bundle, causal_run / "bids")
-    offline = _offline(causal_run / "store", tiny_bundle, key, subject)
+    bundle = load_bundle(tiny_bundle)
+    assert bundle.preprocess is not None and bundle.preprocess.preset == "things-official"
+    online, key, subject = _replay(bundle, causal_run / "bids")
+    offline = _offline(causal_run / "store", bundle, key, subject)
     assert len(online) >= 10 and set(online) <= set(offline)
     for trial, window in online.items():
         np.testing.assert_allclose(window, offline[trial], rtol=0, atol=1e-4)
-    # The zero-phase store (the offline default) differs: the comparison can fail.
-    zero = _offline(tiny_run / "store", tiny_bundle, key, subject)
+    # A zero-phase band-passed store differs from the causal stream: the check has teeth.
+    zero_run = causal_run.parent / "zero_phase_store"
+    build_epoch_store(
+        tiny_run / "bids", zero_run, PreprocessConfig(preset="things-official"), cache_dir=None
+    )
+    zero = _offline(zero_run, bundle, key, subject)
     trial = next(iter(online))
     assert np.abs(online[trial] - zero[trial]).max() > 1e-2
+    assert StreamSpec.from_bundle(bundle, subject).matches_training
+
+
+def test_stream_equals_offline_default_store(tiny_run: Path, tiny_bundle: Path) -> None:
+    """The default ("paper") store has no band-pass: the stream filters nothing, and its
+    windows are the stored ones, whatever filter_phase says."""
+    bundle = load_bundle(tiny_bundle)
+    bundle.preprocess, bundle.scalers = serving_fields(
+        str(tiny_run / "store"), list(bundle.subjects)
+    )
+    assert bundle.preprocess is not None and bundle.preprocess.preset == "paper"
+    assert bundle.preprocess.filter_phase == "zero"
+    online, key, subject = _replay(bundle, tiny_run / "bids")
+    offline = _offline(tiny_run / "store", bundle, key, subject)
+    assert len(online) >= 10 and set(online) <= set(offline)
+    for trial, window in online.items():
+        np.testing.assert_allclose(window, offline[trial], rtol=0, atol=1e-4)
+    assert StreamSpec.from_bundle(bundle, subject).matches_training
 
 
 def test_old_bundle_without_stream_fields_is_refused(tiny_bundle: Path) -> None:

@@ -39,12 +39,17 @@ def test_sliding_grid_covers_the_stored_epoch() -> None:
     assert (0.0, 0.1) in grid  # onset-aligned window lands exactly on the grid
 
 
-def test_growing_grid_is_clipped_to_the_epoch() -> None:
+def test_growing_grid_ends_on_the_full_epoch() -> None:
     grid = window_grid("growing")
-    assert grid == [(0.0, round(0.1 * i, 6)) for i in range(1, 11)]
-    # A longer epoch gives the paper's full range, [0, 0.1] ... [0, 1.5].
-    long = window_grid("growing", epoch_tmax=2.0)
-    assert len(long) == 15 and long[-1] == (0.0, 1.5)
+    assert grid == [(-0.5, round(-0.5 + 0.1 * i, 6)) for i in range(1, 16)]
+    assert grid[-1] == (-0.5, 1.0)  # the last growing window is the full epoch
+    # Whatever the epoch, the last window is all of it, on the step grid or not.
+    assert window_grid("growing", epoch_tmax=2.0)[-1] == (-0.5, 2.0)
+    odd = window_grid("growing", epoch_tmin=-0.2, epoch_tmax=0.75, step=0.2)
+    assert odd == [(-0.2, 0.0), (-0.2, 0.2), (-0.2, 0.4), (-0.2, 0.6), (-0.2, 0.75)]
+    # An explicit start (the paper's onset-aligned growing windows) keeps that start.
+    onset = window_grid("growing", start=0.0)
+    assert onset[0] == (0.0, 0.1) and onset[-1] == (0.0, 1.0) and len(onset) == 10
 
 
 def test_grid_rejects_impossible_requests() -> None:
@@ -66,7 +71,7 @@ def test_window_curve_calls_once_per_window_in_order() -> None:
     windows = window_grid("sliding", epoch_tmin=0.0, epoch_tmax=0.2, stride=0.05)
     table = window_curve(fit_eval, windows, progress=True)
     assert calls == windows
-    assert list(table.columns) == ["tmin", "tmax", "center", "top5", "median_rank"]
+    assert list(table.columns) == ["start", "end", "center", "top5", "median_rank"]
     assert table["center"].tolist() == pytest.approx([0.05, 0.1, 0.15])
     assert curve_peak(table, "top5") == pytest.approx(0.15)
 
@@ -75,7 +80,7 @@ def test_window_curve_rejects_non_mapping_results() -> None:
     with pytest.raises(TypeError, match="mapping"):
         window_curve(lambda a, b: 0.3, [(0.0, 0.1)], progress=False)
     with pytest.raises(ValueError, match="reserved"):
-        window_curve(lambda a, b: {"tmin": 1.0}, [(0.0, 0.1)], progress=False)
+        window_curve(lambda a, b: {"start": 1.0}, [(0.0, 0.1)], progress=False)
 
 
 def _assert_png(path: Path) -> None:
@@ -91,8 +96,8 @@ def test_plot_writes_a_png_with_chance_truth_and_bands(tmp_path: Path) -> None:
             rows.append(
                 {
                     "model": model,
-                    "tmin": t0,
-                    "tmax": t1,
+                    "start": t0,
+                    "end": t1,
                     "center": c,
                     "top5": 0.025 + gain * np.exp(-(((c - 0.2) / 0.05) ** 2)),
                     "top5_std": 0.01,
@@ -109,13 +114,19 @@ def test_plot_writes_a_png_with_chance_truth_and_bands(tmp_path: Path) -> None:
     )
     _assert_png(out)
     growing = pd.DataFrame(
-        {"tmin": 0.0, "tmax": [0.1, 0.2, 0.3], "center": [0.05, 0.1, 0.15], "top5": [0.1, 0.3, 0.4]}
+        {"start": 0.0, "end": [0.1, 0.2, 0.3], "center": [0.05, 0.1, 0.15], "top5": [0.1, 0.3, 0.4]}
     )
     _assert_png(
         plot_window_curves(growing, "top5", 0.025, tmp_path / "growing.png", truth_latencies=[0.15])
     )
+    by_end = plot_window_curves(
+        table, "top5", 0.025, tmp_path / "end.png", truth_latencies=[0.2], hue="model", x="end"
+    )
+    _assert_png(by_end)  # the paper's reading: sliding windows by their end
     with pytest.raises(ValueError, match="top1"):
         plot_window_curves(growing, "top1", 0.005, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="x must be"):
+        plot_window_curves(growing, "top5", 0.005, tmp_path / "x.png", x="tmax")
 
 
 def test_slice_window_keeps_both_ends_and_the_values(run: RunData) -> None:
@@ -148,27 +159,30 @@ def test_ridge_curve_peaks_in_the_signal_window(run: RunData) -> None:
     # means over 2 samples dilute those edge windows, which leaves one best window.
     ridge = RidgeConfig(decim=2)
     table = window_table(run, "sliding", "ridge", stride=0.05, ridge=ridge, progress=False)
-    assert list(table.columns[:5]) == ["model", "kind", "tmin", "tmax", "center"]
+    assert list(table.columns[:5]) == ["model", "kind", "start", "end", "center"]
     assert len(table) == 15 and (table["model"] == "ridge").all()
     # every window touching the signal ranks the 24 large-set images perfectly: a plateau,
     # whose middle the smoothed curve finds
     assert curve_peak(table, "large_mean_rank", smooth=5) == pytest.approx(0.25, abs=0.05)
     at_peak = table.loc[table["center"].sub(0.25).abs().idxmin()]
     assert at_peak["large_top5"] > 0.9
-    before = table[table["tmax"] < 0.15]  # no signal at all: chance
+    before = table[table["end"] < 0.15]  # no signal at all: chance
     assert before["large_mean_rank"].between(0.3, 0.7).all()
 
 
-def test_growing_windows_start_at_zero(run: RunData) -> None:
-    table = window_table(run, "growing", "ridge", step=0.15, progress=False)
-    assert table[["tmin", "tmax"]].values.tolist() == [
-        [0.0, 0.15],
-        [0.0, 0.3],
-        [0.0, 0.45],
-        [0.0, 0.6],
+def test_growing_windows_end_on_the_full_window(run: RunData) -> None:
+    table = window_table(run, "growing", "ridge", start=0.0, step=0.15, progress=False)
+    assert table[["start", "end", "center"]].values.tolist() == [
+        [0.0, 0.15, 0.075],
+        [0.0, 0.3, 0.15],
+        [0.0, 0.45, 0.225],
+        [0.0, 0.6, 0.3],
     ]
     top5 = table["large_top5"].to_numpy()
     assert top5[0] < 0.5 < 0.9 < top5[1:].min()  # only windows reaching 0.2 s see the signal
+    # By default the windows grow from the epoch start, and the last is the full epoch:
+    full = window_table(run, "growing", "ridge", step=0.3, progress=False)
+    assert (full["start"] == run.tmin).all() and full["end"].iloc[-1] == pytest.approx(run.tmax)
 
 
 def test_convnet_windows_train_the_brain_module(run: RunData) -> None:
@@ -206,8 +220,8 @@ def test_peak_and_chance_helpers() -> None:
 def test_window_table_figure_is_a_png(tmp_path: Path) -> None:
     table = pd.DataFrame(
         {
-            "tmin": [0.0, 0.1],
-            "tmax": [0.1, 0.2],
+            "start": [0.0, 0.1],
+            "end": [0.1, 0.2],
             "center": [0.05, 0.15],
             "small_top5_avg": [0.3, 0.8],
             "small_chance_top5": 0.25,
@@ -246,5 +260,14 @@ def test_cli_windows_writes_table_and_figure(tiny_run: Path, tmp_path: Path) -> 
     assert result.exit_code == 0, result.output + repr(result.exception)
     table = pd.read_csv(out / "windows-handcrafted-ridge-sliding.csv")
     assert len(table) == 5 and {"small_top5", "large_mean_rank"} <= set(table.columns)
+    assert list(table.columns[2:5]) == ["start", "end", "center"]
     _assert_png(out / "windows-handcrafted-ridge-sliding.png")
-    assert "peak" in result.output
+    assert "peak" in result.output and "window center" in result.output
+    args = ["windows", "--data", str(tiny_run), "--kind", "growing", "--step", "0.5"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--by", "end"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    growing = pd.read_csv(out / "windows-handcrafted-ridge-growing.csv")
+    assert growing[["start", "end"]].values.tolist() == [[-0.5, 0.0], [-0.5, 0.5], [-0.5, 1.0]]
+    assert "window end" in result.output
+    bad = CliRunner().invoke(app, [*args, "--out", str(out), "--by", "middle"])
+    assert bad.exit_code != 0 and "--by" in bad.output

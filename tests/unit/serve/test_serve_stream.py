@@ -17,7 +17,7 @@ def test_banded_windows_equal_stepwise_windows(
     sfreq_in: float, baseline: tuple[float, float] | None
 ) -> None:
     n_channels = 5
-    cfg = PreprocessConfig(filter_phase="causal", baseline=baseline)
+    cfg = PreprocessConfig(preset="things-official", filter_phase="causal", baseline=baseline)
     rng = np.random.default_rng(0)
     spec = StreamSpec(
         cfg,
@@ -39,6 +39,22 @@ def test_banded_windows_equal_stepwise_windows(
         pre.windows(onsets[-1:]), ref[-1:], rtol=0, atol=2e-5
     )  # one window: no cut copy
     assert np.abs(ref).max() > 0.5  # not trivially zero
+
+
+@pytest.mark.parametrize(
+    ("cfg", "matches"),
+    [
+        (PreprocessConfig(), True),  # "paper": no band-pass, nothing for the stream to filter
+        (PreprocessConfig(filter_phase="causal"), True),
+        (PreprocessConfig(preset="things-official", filter_phase="causal"), True),
+        (PreprocessConfig(preset="things-official"), False),  # zero-phase band-pass
+    ],
+)
+def test_stream_matches_training_unless_the_store_band_passed_zero_phase(
+    cfg: PreprocessConfig, matches: bool
+) -> None:
+    spec = StreamSpec(cfg, 300.0, np.zeros(2), np.ones(2), 0.0, 0.5, 61)
+    assert spec.matches_training is matches
 
 
 def _session(clock: list[float], max_backlog_s: float = 0.5):
