@@ -102,7 +102,7 @@ def retrieval_ranks(
     if not tie_tol >= 0:
         raise ValueError(f"tie_tol must be >= 0, got {tie_tol}")
     # one draw per prediction up front, so chunking never changes which u a row gets
-    u = np.random.default_rng(seed).random(pred.shape[0])
+    u = np.random.default_rng(seed).random((pred.shape[0],))
     ranks = np.empty(pred.shape[0], dtype=np.int64)
     for start in range(0, pred.shape[0], chunk_size):
         stop = min(start + chunk_size, pred.shape[0])
