@@ -41,14 +41,22 @@ Latents = tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]
 
 @dataclass
 class Batch:
-    """One minibatch. meg: (B, C, T) float32; subject: (B,) long; target: (B, F) float32."""
+    """One minibatch. meg: (B, C, T) float32; subject: (B,) long; target: (B, F) float32;
+    image: (B,) long, equal where rows show the same image (the CLIP loss's false negatives).
+    """
 
     meg: torch.Tensor
     subject: torch.Tensor
     target: torch.Tensor
+    image: torch.Tensor
 
     def to(self, device: str | torch.device) -> Batch:
-        return Batch(self.meg.to(device), self.subject.to(device), self.target.to(device))
+        return Batch(
+            self.meg.to(device),
+            self.subject.to(device),
+            self.target.to(device),
+            self.image.to(device),
+        )
 
 
 @dataclass
@@ -59,6 +67,16 @@ class SplitTensors:
     subject: torch.Tensor  # (N,)
     target: torch.Tensor  # (N, F)
     meta: pd.DataFrame  # N rows
+    # (N,) long code of each row's image_id (equal codes = same image), from meta
+    image: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if "image_id" not in self.meta.columns:
+            raise ValueError("meta needs an image_id column (the CLIP loss masks repeated images)")
+        if len(self.meta) != len(self.meg):
+            raise ValueError(f"meta has {len(self.meta)} rows for {len(self.meg)} epochs")
+        codes, _ = pd.factorize(self.meta["image_id"])
+        self.image = torch.from_numpy(codes.astype(np.int64))
 
     def batches(self, size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Shuffled when a generator is given; a trailing singleton is dropped when shuffling."""
@@ -68,7 +86,7 @@ class SplitTensors:
             idx = order[start : start + size]
             if generator is not None and len(idx) < 2:
                 continue
-            yield Batch(self.meg[idx], self.subject[idx], self.target[idx])
+            yield Batch(self.meg[idx], self.subject[idx], self.target[idx], self.image[idx])
 
 
 @dataclass

@@ -66,7 +66,7 @@ def train_step(
     """One optimiser step; returns the detached (total, clip, mse) losses as a (3,) tensor."""
     model.train()
     out = model(batch.meg, batch.subject)
-    parts = loss_fn(out.clip, out.mse, batch.target)
+    parts = loss_fn(out.clip, out.mse, batch.target, batch.image)
     optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
     optimizer.step()
@@ -81,7 +81,7 @@ def eval_step(
     """(clip_pred (B, F), mse_pred (B, F), losses (3,)) in eval mode."""
     model.eval()
     out = model(batch.meg, batch.subject)
-    parts = loss_fn(out.clip, out.mse, batch.target)
+    parts = loss_fn(out.clip, out.mse, batch.target, batch.image)
     return out.clip, out.mse, torch.stack([parts.total, parts.clip, parts.mse])
 
 

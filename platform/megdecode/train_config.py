@@ -19,7 +19,7 @@ MONITORS = {"val/clip_loss": "min", "val/top5": "max"}
 
 @dataclass(frozen=True)
 class TrainConfig(FlatConfig):
-    """Optimisation and data selection for one run (paper defaults)."""
+    """Optimisation and data selection for one run (the paper's Adam, lr, batch size, window)."""
 
     latent: str = "handcrafted"  # latents_dir/<latent>.parquet holds the targets
     tmin: float = -0.5  # window (s, relative to onset), sliced from the stored epochs

@@ -23,7 +23,7 @@ def test_clip_loss_equals_open_clip(scale: float) -> None:
     reference = OpenClipLoss()
     logit_scale = torch.tensor(scale)
     assert_allclose(
-        ours(brain, image).item(), reference(brain, image, logit_scale).item(), rtol=1e-5
+        ours(brain, image, None).item(), reference(brain, image, logit_scale).item(), rtol=1e-5
     )
     ours_logits = ours.get_logits(brain, image)
     ref_logits = reference.get_logits(brain, image, logit_scale)
@@ -36,14 +36,16 @@ def test_clip_loss_uses_cosine_similarity() -> None:
     g = torch.Generator().manual_seed(1)
     brain, image = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
     loss = ClipLoss()
-    assert_allclose(loss(brain, image).item(), loss(7 * brain, 0.1 * image).item(), rtol=1e-5)
+    assert_allclose(
+        loss(brain, image, None).item(), loss(7 * brain, 0.1 * image, None).item(), rtol=1e-5
+    )
 
 
 def test_clip_loss_on_hard_coded_pairs() -> None:
     # orthonormal pairs, scale 1: logits = I, each CE = -log(e / (e + 1)) = log(1 + e^-1)
     brain = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
     loss = ClipLoss(temperature_init=1.0)
-    assert_allclose(loss(brain, torch.eye(2)).item(), math.log(1 + math.exp(-1)), rtol=1e-6)
+    assert_allclose(loss(brain, torch.eye(2), None).item(), math.log(1 + math.exp(-1)), rtol=1e-6)
 
 
 def test_temperature_is_clamped() -> None:
@@ -64,13 +66,13 @@ def test_learned_temperature_gets_a_gradient_even_at_the_bound(temperature: floa
     loss = ClipLoss(temperature_init=temperature, max_logit_scale=100.0)
     g = torch.Generator().manual_seed(2)
     brain, image = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
-    loss(brain, image).backward()
+    loss(brain, image, None).backward()
     assert loss.logit_scale.grad is not None and loss.logit_scale.grad != 0
     scale = min(1 / temperature, 100.0)
     expected = OpenClipLoss()(
         F.normalize(brain, dim=-1), F.normalize(image, dim=-1), torch.tensor(scale)
     )
-    assert_allclose(loss(brain, image).item(), expected.item(), rtol=1e-5)
+    assert_allclose(loss(brain, image, None).item(), expected.item(), rtol=1e-5)
 
 
 def test_fixed_temperature_is_not_a_parameter() -> None:
@@ -91,8 +93,8 @@ def test_mse_loss_on_hard_coded_arrays() -> None:
 def test_combined_loss_is_the_convex_mix(lam: float) -> None:
     g = torch.Generator().manual_seed(3)
     clip_pred, mse_pred, target = (torch.randn(5, 4, generator=g) for _ in range(3))
-    parts = CombinedLoss(LossConfig(lam=lam))(clip_pred, mse_pred, target)
-    assert_allclose(parts.clip.item(), ClipLoss()(clip_pred, target).item(), rtol=1e-6)
+    parts = CombinedLoss(LossConfig(lam=lam))(clip_pred, mse_pred, target, None)
+    assert_allclose(parts.clip.item(), ClipLoss()(clip_pred, target, None).item(), rtol=1e-6)
     assert_allclose(parts.mse.item(), F.mse_loss(mse_pred, target).item(), rtol=1e-6)
     if lam == 1.0:
         assert torch.equal(parts.total, parts.clip)
@@ -109,3 +111,60 @@ def test_loss_config_validates_and_round_trips() -> None:
         LossConfig(lam=1.5)
     with pytest.raises(ConfigError, match="temperature_init"):
         LossConfig(temperature_init=0.0)
+
+
+def _brute_force_clip(
+    brain: torch.Tensor, image: torch.Tensor, ids: list[int], scale: float
+) -> float:
+    """Symmetric InfoNCE by loops: for each row, the positive against the rows of the
+    other direction that show a different image; the mean of the two directions."""
+    b = [[float(x) for x in F.normalize(r, dim=0)] for r in brain]
+    m = [[float(x) for x in F.normalize(r, dim=0)] for r in image]
+    n = len(ids)
+
+    def sim(i: int, j: int) -> float:  # brain i, image j
+        return scale * sum(x * y for x, y in zip(b[i], m[j], strict=True))
+
+    def direction(s: object) -> float:
+        total = 0.0
+        for i in range(n):
+            kept = [j for j in range(n) if j == i or ids[j] != ids[i]]
+            total += -s(i, i) + math.log(sum(math.exp(s(i, j)) for j in kept))  # type: ignore[operator]
+        return total / n
+
+    return (direction(sim) + direction(lambda i, j: sim(j, i))) / 2
+
+
+def test_clip_loss_leaves_out_pairs_of_the_same_image() -> None:
+    """Rows 0, 2, 5 show one image, 1 and 4 another (other subjects, repetitions): they
+    are not each other's negatives, in either direction."""
+    g = torch.Generator().manual_seed(4)
+    brain, image = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    ids = [3, 7, 3, 5, 7, 3]
+    loss = ClipLoss(temperature_init=0.5)
+    got = loss(brain, image, torch.tensor(ids)).item()
+    assert_allclose(got, _brute_force_clip(brain, image, ids, 2.0), rtol=1e-5)
+    # the plain loss (every row its own image) is a different number
+    plain = loss(brain, image, None).item()
+    assert_allclose(plain, _brute_force_clip(brain, image, list(range(6)), 2.0), rtol=1e-5)
+    assert abs(got - plain) > 1e-3
+    # distinct ids are the plain loss
+    assert_allclose(loss(brain, image, torch.tensor([9, 8, 7, 6, 5, 4])).item(), plain, rtol=1e-6)
+
+
+def test_masked_clip_loss_has_finite_gradients_and_combined_loss_passes_ids() -> None:
+    g = torch.Generator().manual_seed(5)
+    brain = torch.randn(4, 3, generator=g, requires_grad=True)
+    image = torch.randn(4, 3, generator=g)
+    ids = torch.tensor([1, 1, 1, 1])  # one image only: nothing but positives
+    combined = CombinedLoss(LossConfig(lam=1.0, temperature_init=0.5))
+    parts = combined(brain, brain.detach(), image, ids)
+    parts.total.backward()
+    assert brain.grad is not None and torch.isfinite(brain.grad).all()
+    # every other pair is left out: each row only has its positive, so the loss is 0
+    assert_allclose(
+        parts.clip.item(), _brute_force_clip(brain.detach(), image, [1] * 4, 2.0), atol=1e-6
+    )
+    assert parts.clip.item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="image_ids"):
+        combined.clip(brain, image, torch.tensor([1, 2]))

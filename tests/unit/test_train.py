@@ -15,9 +15,10 @@ from megdecode.bundle_fields import LossState
 from megdecode.cli import app
 from megdecode.config import ConfigError
 from megdecode.evaluation.retrieval import TEST_SPLITS
+from megdecode.losses import CombinedLoss
 from megdecode.predict import load_model
 from megdecode.rundata import load_run_data
-from megdecode.train import fit, predict
+from megdecode.train import build_model, eval_step, fit, predict
 from megdecode.train_config import FitConfig, TrainConfig
 
 
@@ -73,6 +74,23 @@ def _top5_by_hand(
     sim = p @ c.T
     true = sim[np.arange(len(ids)), np.searchsorted(images, ids)]
     return float(np.mean((sim > true[:, None]).sum(axis=1) < 5))
+
+
+def test_training_batches_carry_image_ids_and_the_loss_masks_repeats(tiny_run: Path) -> None:
+    """Subjects see the same images: a batch holds repeats, which the CLIP loss of
+    train_step / eval_step must not treat as negatives."""
+    data = load_run_data(_cfg(tiny_run))
+    batch = next(data.val.batches(64))
+    ids = data.val.meta["image_id"].to_numpy()[:64]
+    codes = batch.image.numpy()
+    assert ((codes[:, None] == codes[None, :]) == (ids[:, None] == ids[None, :])).all()
+    assert len(np.unique(ids)) < len(ids)  # repeats are there to mask
+    torch.manual_seed(0)
+    model, loss_fn = build_model(SMALL_BRAIN, data), CombinedLoss()
+    clip, _, losses = eval_step(model, loss_fn, batch)
+    masked = loss_fn.clip(clip, batch.target, batch.image).item()
+    assert losses[1].item() == pytest.approx(masked, rel=1e-6)
+    assert abs(masked - loss_fn.clip(clip, batch.target, None).item()) > 1e-3
 
 
 def test_window_is_sliced_from_the_stored_epochs(tiny_run: Path, tmp_path: Path) -> None:

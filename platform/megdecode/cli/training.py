@@ -29,7 +29,10 @@ def train(
     max_epochs: int = 100,
     patience: int = 10,
     batch_size: int = 128,
-    lam: Annotated[float, typer.Option(help="loss = lam*CLIP + (1-lam)*MSE")] = 0.75,
+    lam: Annotated[
+        float,
+        typer.Option(help="loss = lam*CLIP + (1-lam)*MSE; 0.75 is our default, not the paper's"),
+    ] = 0.75,
     ridge: Annotated[bool, typer.Option(help="also fit the ridge baseline")] = True,
     out: Annotated[
         Path | None, typer.Option(help="bundle folder; default DATA/models/<latent>-seed<seed>")

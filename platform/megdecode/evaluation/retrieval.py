@@ -4,11 +4,23 @@ A brain module predicts one latent vector per MEG epoch. Retrieval ranks every c
 image of a test set by the cosine similarity of its latent to the prediction and asks
 where the true image lands (paper: top-5 accuracy and relative median rank).
 
-Rank convention (used everywhere in this module):
-    rank = #{candidates j != true : sim_j >= sim_true}, 0-based, 0 = best.
-Ties count AGAINST the prediction (pessimistic). A degenerate prediction (all zeros, so
-every similarity is 0) therefore gets the worst rank, never a perfect one; with real-valued
-latents ties only happen for duplicate candidate latents.
+Rank convention (used everywhere in this module), 0-based, 0 = best:
+    better = #{candidates j : sim_j > sim_true + tol}
+    tied   = #{candidates j != true : |sim_j - sim_true| <= tol}
+    rank   = better + floor(u * (tied + 1)),   u ~ U[0, 1) per prediction, seeded
+Ties are broken at random: the true image lands uniformly among the candidates it ties
+with. Ties are real: a latent constant within a category (CLIP-Text of the category
+name, the twin's category latent) ties every exemplar of the category, and an all-zero
+prediction ties every candidate. Counting ties against the prediction would score such
+latents top-5 = 0 by construction. The mean rank of a tied group is not used either: it
+puts 12 tied exemplars at rank 5.5, outside the top 5, and an all-zero prediction at
+the middle rank, top-k 0 next to a chance median rank. With one random integer rank per
+prediction, top-k and median rank are read off the same ranks: a degenerate prediction
+scores chance in both (expected top-k = k / n_candidates, relative median rank ~0.5) and
+a perfect decoder of m-exemplar categories gets expected top-k = min(k, m) / m. u is
+``numpy.random.default_rng(seed).random(N)[i]`` however the rows are chunked, so a seed
+gives the same ranks on every call; tol absorbs rounding (identical candidate rows can
+differ by an ulp after BLAS).
 
 Relative median rank = median over predictions of rank / (n_candidates - 1): 0 when the
 true image is always first, 1 when always last, 0.5 at chance (uniform ranks).
@@ -63,13 +75,18 @@ TEST_SET_MODES: dict[str, tuple[str, ...]] = {
 # Rows of the similarity matrix computed at once: bounds memory to chunk x M float64
 # (18k single trials x 2,400 candidates would otherwise be a 350 MB matrix).
 _CHUNK = 2048
+# Similarities this close are one tie: far above the ~1e-16 rounding that separates
+# identical candidate rows, and two distinct latents this close to a prediction are rare
+# (and as good as a coin flip anyway).
+TIE_TOL = 1e-9
 
 
 def cosine_similarity_matrix(a: np.ndarray, b: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """Cosine similarities between rows: a (N, F), b (M, F) -> (N, M) float64.
 
     Rows with norm < eps are left at zero (similarity 0 with everything) instead of
-    dividing by zero; with the pessimistic rank rule they score worst.
+    dividing by zero; an all-zero prediction then ties every candidate and, with the
+    random tie rule of the module docstring, scores chance.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -80,11 +97,21 @@ def cosine_similarity_matrix(a: np.ndarray, b: np.ndarray, eps: float = 1e-8) ->
     return a_n @ b_n.T
 
 
-def retrieval_ranks(pred: np.ndarray, candidates: np.ndarray, true_index: np.ndarray) -> np.ndarray:
-    """0-based rank of the true candidate for each prediction (pessimistic ties).
+def retrieval_ranks(
+    pred: np.ndarray,
+    candidates: np.ndarray,
+    true_index: np.ndarray,
+    *,
+    seed: int = 0,
+    tie_tol: float = TIE_TOL,
+    chunk_size: int = _CHUNK,
+) -> np.ndarray:
+    """0-based rank of the true candidate for each prediction, ties broken at random.
 
-    pred (N, F), candidates (M, F), true_index (N,) ints in [0, M) -> (N,) int64 where
-    rank[i] = #{j != true_index[i] : sim[i, j] >= sim[i, true_index[i]]}.
+    pred (N, F), candidates (M, F), true_index (N,) ints in [0, M) -> (N,) int64, by the
+    rank convention of the module docstring (`seed` draws the tie-breaks, `tie_tol` is
+    tol). `chunk_size` rows of the (N, M) similarity matrix are held at once; the ranks
+    do not depend on it.
     """
     pred = np.asarray(pred)
     candidates = np.asarray(candidates)
@@ -97,14 +124,21 @@ def retrieval_ranks(pred: np.ndarray, candidates: np.ndarray, true_index: np.nda
         raise ValueError(f"true_index out of range [0, {candidates.shape[0]})")
     if not (np.isfinite(pred).all() and np.isfinite(candidates).all()):
         raise ValueError("pred and candidates must be finite (found NaN or inf)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not tie_tol >= 0:
+        raise ValueError(f"tie_tol must be >= 0, got {tie_tol}")
+    # one draw per prediction up front, so chunking never changes which u a row gets
+    u = np.random.default_rng(seed).random((pred.shape[0],))
     ranks = np.empty(pred.shape[0], dtype=np.int64)
-    for start in range(0, pred.shape[0], _CHUNK):
-        stop = min(start + _CHUNK, pred.shape[0])
+    for start in range(0, pred.shape[0], chunk_size):
+        stop = min(start + chunk_size, pred.shape[0])
         sim = cosine_similarity_matrix(pred[start:stop], candidates)
-        rows = np.arange(stop - start)
-        true_sim = sim[rows, true_index[start:stop]]
-        # ">=" counts the true candidate itself once; subtract it.
-        ranks[start:stop] = (sim >= true_sim[:, None]).sum(axis=1) - 1
+        true_sim = sim[np.arange(stop - start), true_index[start:stop]][:, None]
+        better = (sim > true_sim + tie_tol).sum(axis=1)
+        # the true candidate ties with itself: subtract it
+        tied = (np.abs(sim - true_sim) <= tie_tol).sum(axis=1) - 1
+        ranks[start:stop] = better + np.floor(u[start:stop] * (tied + 1)).astype(np.int64)
     return ranks
 
 

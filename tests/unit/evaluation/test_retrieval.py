@@ -25,22 +25,40 @@ from megdecode.evaluation.retrieval import (
 def _cos(u: np.ndarray, v: np.ndarray) -> float:
     nu = math.sqrt(sum(float(x) ** 2 for x in u))
     nv = math.sqrt(sum(float(x) ** 2 for x in v))
+    if nu == 0.0 or nv == 0.0:
+        return 0.0  # a zero vector is similar to nothing (the documented rule)
     return sum(float(x) * float(y) for x, y in zip(u, v, strict=True)) / (nu * nv)
 
 
-def _reference_ranks(pred: np.ndarray, cand: np.ndarray, true: np.ndarray) -> list[int]:
-    """Plain loops: count other candidates at least as similar as the true one."""
+def _reference_ranks(
+    pred: np.ndarray, cand: np.ndarray, true: np.ndarray, seed: int = 0, tol: float = 1e-9
+) -> list[int]:
+    """Plain loops: candidates strictly more similar, plus a uniform place among the ties.
+
+    The true image takes place floor(u * (ties + 1)) among the `ties` other candidates
+    within `tol` of its similarity, with u = default_rng(seed).random(N)[i].
+    """
+    u = np.random.default_rng(seed).random(len(pred))
     ranks = []
     for i in range(len(pred)):
         s_true = _cos(pred[i], cand[true[i]])
-        ranks.append(
-            sum(
-                1
-                for j in range(len(cand))
-                if j != true[i] and _cos(pred[i], cand[j]) >= s_true - 1e-12
-            )
-        )
+        better = ties = 0
+        for j in range(len(cand)):
+            s = _cos(pred[i], cand[j])
+            if s > s_true + tol:
+                better += 1
+            elif j != true[i] and abs(s - s_true) <= tol:
+                ties += 1
+        ranks.append(better + math.floor(float(u[i]) * (ties + 1)))
     return ranks
+
+
+def _category_latents(
+    n_categories: int, per_category: int, dim: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(category of each image, image latents): every exemplar gets its category's vector."""
+    category = np.repeat(np.arange(n_categories), per_category)
+    return category, rng.standard_normal((n_categories, dim))[category]
 
 
 def _meta(
@@ -81,15 +99,93 @@ def test_ranks_match_brute_force_on_random_data() -> None:
     assert retrieval_ranks(pred, cand, true).tolist() == _reference_ranks(pred, cand, true)
 
 
-def test_ranks_hand_computed_ties_and_degenerate_prediction() -> None:
+def test_ranks_hand_computed_and_duplicate_candidates_tie() -> None:
     cand = np.eye(3)
     pred = np.array([[1.0, 0.5, 0.0]] * 3)  # similarities: e1 > e2 > e3
     assert retrieval_ranks(pred, cand, np.array([0, 1, 2])).tolist() == [0, 1, 2]
-    # Duplicate candidates tie: the tie counts against the prediction.
+    # Duplicate candidates tie: the true one lands first or second, by the seed.
     dup = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    assert retrieval_ranks(np.array([[1.0, 0.0]]), dup, np.array([0])).tolist() == [1]
-    # An all-zero prediction ties with everything: worst rank, never a free top-1.
-    assert retrieval_ranks(np.zeros((1, 3)), cand, np.array([1])).tolist() == [2]
+    seen = {
+        int(retrieval_ranks(np.array([[1.0, 0.0]]), dup, np.array([0]), seed=s)[0])
+        for s in range(20)
+    }
+    assert seen == {0, 1}
+
+
+def test_rows_equal_up_to_rounding_tie() -> None:
+    """Identical latents can differ by an ulp after BLAS; they must still tie."""
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal(8)
+    cand = np.stack([base, base * (1 + 4e-16), base + 1e-15, rng.standard_normal(8)])
+    pred = np.tile(base, (400, 1))
+    ranks = np.concatenate([retrieval_ranks(pred, cand, np.full(400, t), seed=t) for t in range(3)])
+    # three tied rows: each place 0, 1, 2 about a third of the time, never behind row 3
+    counts = np.bincount(ranks, minlength=4)
+    assert counts[3] == 0
+    assert (np.abs(counts[:3] / len(ranks) - 1 / 3) < 0.05).all()
+
+
+def test_all_zero_prediction_scores_chance_not_best_nor_worst() -> None:
+    rng = np.random.default_rng(12)
+    n_cand, n_pred = 50, 4000
+    cand = rng.standard_normal((n_cand, 16))
+    true = rng.integers(0, n_cand, size=n_pred)
+    ranks = retrieval_ranks(np.zeros((n_pred, 16)), cand, true)
+    # chance: top-5 = 5/50 (binomial std 0.005 at n=4000), median rank 0.5
+    assert abs(topk_accuracy(ranks, 5) - 5 / n_cand) < 0.02
+    assert abs(topk_accuracy(ranks, 1) - 1 / n_cand) < 0.01
+    assert abs(relative_median_rank(ranks, n_cand) - 0.5) < 0.04
+
+
+def test_category_constant_latents_score_above_chance() -> None:
+    """A perfect category decoder against category-level latents (CLIP-Text of the
+    category name): the true image ties its 11 category mates, so top-5 ~ 5/12."""
+    rng = np.random.default_rng(13)
+    per_category, n_categories = 12, 50
+    category, cand = _category_latents(n_categories, per_category, 32, rng)
+    n = len(cand)
+    true = np.arange(n)
+    ranks = retrieval_ranks(cand[true], cand, true)
+    assert ranks.max() < per_category  # never behind another category
+    top5 = topk_accuracy(ranks, 5)
+    assert abs(top5 - 5 / per_category) < 0.08  # binomial std 0.02 at n=600
+    assert top5 > 5 * 5 / n  # chance is 5/600
+    # ranks uniform on 0..11: median ~5.5 of 599, where chance is 0.5
+    assert relative_median_rank(ranks, n) == pytest.approx(5.5 / (n - 1), abs=1.5 / (n - 1))
+    # the same seed gives the same ranks; another seed breaks the ties differently
+    assert retrieval_ranks(cand[true], cand, true).tolist() == ranks.tolist()
+    assert retrieval_ranks(cand[true], cand, true, seed=1).tolist() != ranks.tolist()
+
+
+def test_ranks_over_chunks_match_brute_force() -> None:
+    """Several chunks (chunk sizes that do not divide N) give the reference's ranks,
+    ties included, with one tie-break per prediction whatever the chunking."""
+    rng = np.random.default_rng(14)
+    category, cand = _category_latents(8, 4, 6, rng)
+    cand[::3] = rng.standard_normal((len(cand[::3]), 6))  # some candidates tie nobody
+    n = 45
+    true = rng.integers(0, len(cand), size=n)
+    pred = cand[true] + 0.8 * rng.standard_normal((n, 6))
+    pred[::5] = cand[true[::5]]  # exact category hits: ties with the category mates
+    pred[7] = 0.0  # ties with everything
+    ref = _reference_ranks(pred, cand, true, seed=3)
+    for chunk_size in (1, 4, 7, n, 1000):
+        got = retrieval_ranks(pred, cand, true, seed=3, chunk_size=chunk_size)
+        assert got.tolist() == ref, chunk_size
+    with pytest.raises(ValueError, match="chunk_size"):
+        retrieval_ranks(pred, cand, true, chunk_size=0)
+
+
+def test_ranks_beyond_the_default_chunk_match_brute_force() -> None:
+    """More rows than one default chunk (2048): the second chunk is checked too."""
+    rng = np.random.default_rng(15)
+    category, cand = _category_latents(6, 3, 4, rng)
+    n = 2100
+    true = rng.integers(0, len(cand), size=n)
+    pred = cand[true] + 0.5 * rng.standard_normal((n, 4))
+    pred[::4] = cand[true[::4]]
+    got = retrieval_ranks(pred, cand, true, seed=5)
+    assert got.tolist() == _reference_ranks(pred, cand, true, seed=5)
 
 
 def test_ranks_reject_bad_input() -> None:

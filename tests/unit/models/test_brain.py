@@ -194,7 +194,7 @@ def test_gradient_reaches_every_parameter(aggregation: str) -> None:
     loss_fn = CombinedLoss(LossConfig(lam=0.5))
     x, subject = batch()
     out = model(x, subject)
-    loss_fn(out.clip, out.mse, torch.randn(6, F)).total.backward()
+    loss_fn(out.clip, out.mse, torch.randn(6, F), None).total.backward()
     for name, p in [*model.named_parameters(), *loss_fn.named_parameters()]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -210,7 +210,7 @@ def test_tiny_batch_overfits() -> None:
     for _ in range(30):
         opt.zero_grad()
         out = model(x, subject)
-        loss = loss_fn(out.clip, out.mse, target).total
+        loss = loss_fn(out.clip, out.mse, target, None).total
         loss.backward()
         opt.step()
         losses.append(loss.item())

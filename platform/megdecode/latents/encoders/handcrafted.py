@@ -6,7 +6,10 @@ The paper's low-level baselines play the same role.
 
 Features are raw, not L2-normalised as a whole: each part keeps its own scale (colour
 and LBP histograms are fractions of pixels in [0, 1]; HOG is block-normalised by
-scikit-image's L2-Hys), and the training code standardises latents per dimension.
+scikit-image's L2-Hys). Training uses them as they are, with no per-dimension
+standardisation: the CLIP loss and retrieval compare them by cosine similarity and the
+MSE head regresses the raw values; only the MSE head's outputs are mapped onto the
+training latents' per-dimension mean/std, for generation (`postprocess_mse`).
 """
 
 from __future__ import annotations
