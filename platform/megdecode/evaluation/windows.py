@@ -36,6 +36,7 @@ import torch
 
 from megdecode.data import store as epoch_store
 from megdecode.evaluation.baseline import convnet_metrics, ridge_metrics
+from megdecode.evaluation.retrieval import TEST_SPLITS
 from megdecode.logs import progress as progress_bar
 from megdecode.models.ridge import RidgeConfig
 from megdecode.rundata import RunData, SplitTensors, load_run_data
@@ -245,7 +246,9 @@ def chance_level(table: pd.DataFrame, metric: str) -> float:
     """Chance of `metric`: 0.5 for relative ranks, 5 / candidates for top-5."""
     if _lower_is_better(metric):
         return 0.5
-    test_set = metric.split("_", 1)[0]
+    # the longest test-set name the metric starts with: "large_distractors_top5" is not "large"
+    names = sorted(TEST_SPLITS, key=len, reverse=True)
+    test_set = next((n for n in names if metric.startswith(f"{n}_")), metric.split("_", 1)[0])
     column = f"{test_set}_chance_top5"
     if column not in table.columns:
         raise ValueError(f"no chance column {column!r} for metric {metric!r}")

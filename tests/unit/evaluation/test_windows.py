@@ -209,6 +209,10 @@ def test_peak_and_chance_helpers() -> None:
     assert curve_peak(table, "small_top5", smooth=3) == pytest.approx(0.2)  # plateau middle
     assert chance_level(table, "small_top5") == 0.25
     assert chance_level(table, "small_mean_rank") == 0.5
+    # a distractor-extended large set has its own, smaller chance than the large set
+    sets = table.assign(large_chance_top5=5 / 24, large_distractors_chance_top5=5 / 60)
+    assert chance_level(sets, "large_top5") == pytest.approx(5 / 24)
+    assert chance_level(sets, "large_distractors_top5") == pytest.approx(5 / 60)
     with pytest.raises(ValueError, match="empty"):
         curve_peak(table.iloc[:0], "small_top5")
     with pytest.raises(ValueError, match="smooth"):
