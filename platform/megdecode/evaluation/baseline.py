@@ -47,18 +47,48 @@ def retrieval_metrics(pred: np.ndarray, data: RunData) -> dict[str, float]:
                                           test sets
         S_chance_top5                     5 / number of candidates ranked
     """
+    return retrieval_metrics_of(pred, data.test.meta, data.latent_ids, data.latents)
+
+
+def retrieval_metrics_of(
+    pred: np.ndarray, meta: pd.DataFrame, latent_ids: np.ndarray, latents: np.ndarray
+) -> dict[str, float]:
+    """`retrieval_metrics` of predictions aligned with the rows of a test `meta`."""
     out: dict[str, float] = {}
-    for test_set in available_test_sets(data.latent_ids):
+    for test_set in available_test_sets(latent_ids):
         for mode in TEST_SET_MODES[test_set]:
-            r = evaluate_retrieval(
-                pred, data.test.meta, data.latent_ids, data.latents, test_set, mode
-            )
+            r = evaluate_retrieval(pred, meta, latent_ids, latents, test_set, mode)
             suffix = "_avg" if mode == AVERAGED else ""
             out[f"{test_set}_top5{suffix}"] = r.top5
             out[f"{test_set}_median_rank{suffix}"] = r.median_rank
             out[f"{test_set}_mean_rank{suffix}"] = float(np.mean(r.ranks / (r.n_candidates - 1)))
         out[f"{test_set}_chance_top5"] = r.chance_top5
     return out
+
+
+def metrics_by_subject(pred: np.ndarray, data: RunData) -> pd.DataFrame:
+    """`retrieval_metrics` of each subject's test rows alone: one row per subject.
+
+    The paper reports per-subject scores next to the pooled ones. A subject's candidates
+    are the test images it saw (every subject sees the same test images in THINGS-MEG and
+    the twin, so chance is the pooled one).
+    """
+    meta = data.test.meta
+    pred = np.asarray(pred)
+    if pred.ndim != 2 or pred.shape[0] != len(meta):
+        raise ValueError(f"pred must be (len(test meta)={len(meta)}, F), got {pred.shape}")
+    subjects = meta["subject"].to_numpy()
+    rows = []
+    for subject in pd.unique(subjects):
+        keep = subjects == subject
+        sub_meta = meta.loc[keep].reset_index(drop=True)
+        rows.append(
+            {
+                "subject": subject,
+                **retrieval_metrics_of(pred[keep], sub_meta, data.latent_ids, data.latents),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def shuffle_targets(data: RunData, seed: int = 0) -> RunData:
@@ -100,6 +130,15 @@ def _fit_train_val(data: RunData, cfg: RidgeConfig | None) -> SubjectRidge:
 def _predict_test(model: SubjectRidge, data: RunData) -> np.ndarray:
     """(N_test, F) predictions aligned with data.test.meta, each row by its subject's ridge."""
     return model.predict(data.test.meg.numpy(), data.test.meta["subject"].to_numpy())
+
+
+def ridge_predictions(
+    data: RunData, cfg: RidgeConfig | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
+    """(test predictions aligned with data.test.meta, {subject: CV alpha}) of the
+    per-subject ridges fitted on train+val of `data`."""
+    model = _fit_train_val(data, cfg)
+    return _predict_test(model, data), dict(model.alphas)
 
 
 def ridge_metrics(data: RunData, cfg: RidgeConfig | None = None) -> dict[str, float]:

@@ -12,9 +12,11 @@ import torch
 from megdecode.data.distractors import DISTRACTOR_ID_BASE
 from megdecode.evaluation.baseline import (
     format_table,
+    metrics_by_subject,
     results_table,
     retrieval_metrics,
     ridge_metrics,
+    ridge_predictions,
     ridge_table,
     shuffle_targets,
 )
@@ -112,3 +114,32 @@ def test_ridge_is_fitted_per_subject(run: RunData) -> None:
     assert metrics["alpha"] == pytest.approx(np.median([metrics["alpha_S1"], metrics["alpha_S2"]]))
     table = ridge_table(data).set_index(["test_set", "mode"])
     assert table.loc[("large", "single-trial"), "top5"] == metrics["large_top5"]
+
+
+def test_metrics_by_subject_score_each_subjects_rows_alone(run: RunData) -> None:
+    """S1 predicts its targets, S2 their opposites: S1 is perfect, S2 always last, and the
+    pooled score is the mean of the two."""
+    data = _flipped_second_subject(run)
+    is_s2 = (data.test.meta["subject"] == "S2").to_numpy()[:, None]
+    target = data.test.target.numpy()
+    pred = np.where(is_s2, -target, target)
+    table = metrics_by_subject(pred, data).set_index("subject")
+    assert list(table.index) == ["S1", "S2"]
+    assert table.loc["S1", ["small_top5", "small_top5_avg", "large_top5"]].tolist() == [1.0] * 3
+    assert table.loc["S2", ["small_top5", "small_top5_avg", "large_top5"]].tolist() == [0.0] * 3
+    assert (
+        table.loc["S1", "large_median_rank"] == 0.0 and table.loc["S2", "large_median_rank"] == 1.0
+    )
+    assert table.loc["S2", "large_chance_top5"] == pytest.approx(5 / 24)
+    assert retrieval_metrics(pred, data)["small_top5"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="pred must be"):
+        metrics_by_subject(pred[:-1], data)
+
+
+def test_ridge_predictions_are_what_ridge_metrics_scores(run: RunData) -> None:
+    data = slice_window(_flipped_second_subject(run), 0.2, 0.3)
+    pred, alphas = ridge_predictions(data)
+    assert pred.shape == data.test.target.shape and set(alphas) == {"S1", "S2"}
+    metrics = ridge_metrics(data)
+    assert retrieval_metrics(pred, data) == {k: metrics[k] for k in retrieval_metrics(pred, data)}
+    assert metrics["alpha_S1"] == alphas["S1"]
