@@ -1,4 +1,6 @@
-"""The app on a real Serve (127.0.0.1, free port, tiny bundle): endpoints, bad input, auth, overload."""
+"""The app on a real Serve (127.0.0.1, free port, tiny bundle): endpoints, bad input, auth, overload,
+and served answers against the bundle run offline (`offline_reference`): /v1/decode and the
+stream for every subject, batched concurrent requests, /v1/reconstruct against the CLI."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import concurrent.futures as cf
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -22,6 +25,9 @@ from serve_helpers import is_error_body
 
 from megdecode.bundle_io import load_bundle
 from megdecode.serve.app import free_port
+
+if TYPE_CHECKING:
+    from megdecode.serve.config import ServeConfig
 
 pytestmark = [pytest.mark.serve, pytest.mark.ray]
 
@@ -390,6 +396,62 @@ def test_reconstruct_png_json_and_bounds(served: tuple[str, object], tiny_bundle
         ),
         422,
     )
+
+
+def test_served_png_equals_megdecode_reconstruct(
+    served: tuple[str, ServeConfig], tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """/v1/reconstruct equals `megdecode reconstruct` on the same window, byte for byte: the
+    bundle stores its validation prediction statistics, the generator is random-init, and
+    equal PNG bytes mean the same window -> latents -> scaled latents -> image path ran."""
+    from typer.testing import CliRunner
+
+    from megdecode.cli import app
+
+    url, cfg = served
+    generator = cfg.generator.weights
+    card = requests.get(f"{url}/v1/model", timeout=30).json()
+    assert card["prediction_stats"]["reference"] == "val" and card["prediction_stats"]["n"] > 1
+    assert card["warnings"] == []
+    subject, x = _window(tiny_bundle, seed=7)
+    body = tmp_path / "window.json"
+    body.write_text(json.dumps({"subject": subject, "data": x.tolist()}))
+    pngs = []
+    for seed, steps in ((3, 2), (11, 3)):
+        served_png = requests.post(
+            f"{url}/v1/reconstruct",
+            data=body.read_bytes(),
+            timeout=120,
+            headers={"content-type": "application/json"},
+            params={"steps": steps, "seed": seed, "guidance": 2.5},
+        )
+        assert served_png.status_code == 200, served_png.text
+        out = tmp_path / f"offline-{seed}.png"
+        result = CliRunner().invoke(
+            app,
+            [
+                "reconstruct",
+                "--bundle",
+                str(tiny_bundle),
+                "--generator",
+                str(generator),
+                "--window",
+                str(body),
+                "--seed",
+                str(seed),
+                "--steps",
+                str(steps),
+                "--guidance",
+                "2.5",
+                "--out",
+                str(out),
+            ],
+        )
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert "z-scored with the bundle's val statistics" in result.output
+        assert out.read_bytes() == served_png.content
+        pngs.append(served_png.content)
+    assert pngs[0] != pngs[1]  # the comparison is not between two constant images
 
 
 def _stream(url: str, subject: str, raw: np.ndarray, top_k: int) -> tuple[dict, list[dict]]:
