@@ -1,4 +1,6 @@
-"""The app on a real Serve (127.0.0.1, free port, tiny bundle): endpoints, bad input, auth, overload."""
+"""The app on a real Serve (127.0.0.1, free port, tiny bundle): endpoints, bad input, auth, overload,
+and served answers against the bundle run offline (`offline_reference`): /v1/decode and the
+stream for every subject, batched concurrent requests, /v1/reconstruct against the CLI."""
 
 from __future__ import annotations
 
@@ -6,14 +8,26 @@ import concurrent.futures as cf
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import requests
+from offline_reference import (
+    LATENT_ATOL,
+    SCORE_ATOL,
+    OfflineDecoder,
+    assert_discriminates,
+    assert_same_decode,
+    assert_topk_matches,
+)
 from serve_helpers import is_error_body
 
 from megdecode.bundle_io import load_bundle
 from megdecode.serve.app import free_port
+
+if TYPE_CHECKING:
+    from megdecode.serve.config import ServeConfig
 
 pytestmark = [pytest.mark.serve, pytest.mark.ray]
 
@@ -62,6 +76,12 @@ def served(
     url = start(cfg, token="")
     yield url, cfg
     serve.delete(cfg.app_name)
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_bundle: Path) -> OfflineDecoder:
+    """The served bundle's model, loaded offline in the test process."""
+    return OfflineDecoder.load(tiny_bundle)
 
 
 def _window(bundle_dir: Path, seed: int = 0) -> tuple[str, np.ndarray]:
@@ -120,6 +140,114 @@ def test_decode_json_and_bytes_agree(served: tuple[str, object], tiny_bundle: Pa
     assert raw.status_code == 200, raw.text
     np.testing.assert_allclose(raw.json()["latent"], body["latent"], rtol=1e-5, atol=1e-6)
     assert [h["image_id"] for h in raw.json()["top_k"]] == [h["image_id"] for h in body["top_k"]]
+
+
+def _store_windows(causal_run: Path, tiny_bundle: Path, subject: str, n: int) -> np.ndarray:
+    """`n` epochs of `subject` from the causal store cut to the bundle's window (N, C, T): the
+    offline preprocessing's model inputs for that subject."""
+    from megdecode.data import store as epoch_store
+
+    b = load_bundle(tiny_bundle)
+    X, _ = epoch_store.load_epochs(
+        causal_run / "store", subjects=[subject], tmin=b.tmin, tmax=b.tmax
+    )
+    assert X.shape[0] >= n and X.shape[1:] == (len(b.ch_names), b.n_times), X.shape
+    return np.ascontiguousarray(X[:n], np.float32)
+
+
+def _post_bytes(url: str, subject: str, x: np.ndarray, top_k: int) -> requests.Response:
+    return requests.post(
+        f"{url}/v1/decode",
+        data=x.tobytes(),
+        params={"top_k": top_k},
+        timeout=30,
+        headers={
+            "content-type": "application/octet-stream",
+            "x-shape": f"{x.shape[0]},{x.shape[1]}",
+            "x-subject": subject,
+        },
+    )
+
+
+def test_decode_equals_the_offline_model_for_every_subject(
+    served: tuple[str, object], causal_run: Path, tiny_bundle: Path, offline: OfflineDecoder
+) -> None:
+    """Each subject's own store epochs, as JSON (label and index) and as bytes: the latent and
+    the full gallery ranking are the offline model's for that window and that subject."""
+    url, _ = served
+    k = len(offline.gallery_ids)
+    for index, subject in enumerate(offline.subjects):
+        windows = _store_windows(causal_run, tiny_bundle, subject, 2)
+        latents = offline.latents(windows, np.full(len(windows), index))
+        other = (index + 1) % len(offline.subjects)
+        assert_discriminates(
+            latents,
+            offline.latents(windows, np.full(len(windows), other)),
+            LATENT_ATOL,
+            "another subject's latent",
+        )
+        scores = offline.scores(latents)
+        for x, z, row in zip(windows, latents, scores, strict=True):
+            answers = [
+                _post(url, subject, x.tolist(), params={"top_k": k}),
+                _post(url, index, x.tolist(), params={"top_k": k}),
+                _post_bytes(url, subject, x, k),
+            ]
+            for r in answers:
+                assert r.status_code == 200, r.text
+                assert_same_decode(r.json(), z, row, offline.gallery_ids)
+
+
+def test_concurrent_decodes_of_distinct_windows_and_subjects_each_get_their_own_answer(
+    served: tuple[str, object], causal_run: Path, tiny_bundle: Path, offline: OfflineDecoder
+) -> None:
+    """Rounds of 8 simultaneous requests, distinct windows, subjects interleaved: the decoder
+    stacks them (`@serve.batch`), and each must still get its own window's and subject's
+    answer. A batch that permuted rows or ran every row with one subject's layer fails here
+    (both gaps are checked to exceed the tolerance). Rounds go on until at least 8 answers
+    came from batches of two or more, so mixed-subject batches were served."""
+    import random
+    import threading
+
+    url, _ = served
+    per_subject = 4
+    windows = np.concatenate(
+        [_store_windows(causal_run, tiny_bundle, s, per_subject) for s in offline.subjects]
+    )
+    subjects = np.repeat(np.arange(len(offline.subjects)), per_subject)
+    latents = offline.latents(windows, subjects)
+    n = len(windows)
+    assert n >= 8
+    for shift in range(1, n):  # any other request's answer (a permuted batch)
+        assert_discriminates(
+            latents, np.roll(latents, shift, axis=0), LATENT_ATOL, "another window's latent"
+        )
+    for shift in range(1, len(offline.subjects)):  # any other subject (one subject per batch)
+        wrong = offline.latents(windows, (subjects + shift) % len(offline.subjects))
+        assert_discriminates(latents, wrong, LATENT_ATOL, "another subject's latent")
+    scores = offline.scores(latents)
+    k = len(offline.gallery_ids)
+    rng = random.Random(0)
+
+    def one(i: int, gate: threading.Barrier) -> tuple[int, requests.Response]:
+        gate.wait(timeout=30)  # all n leave together, so they queue at the decoder together
+        return i, _post_bytes(url, offline.subjects[subjects[i]], windows[i], k)
+
+    batched, sizes = 0, []
+    for _ in range(20):
+        order = rng.sample(range(n), n)  # another arrival order, so other batch compositions
+        gate = threading.Barrier(n)
+        with cf.ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(one, order, [gate] * n))
+        for i, r in answers:
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert_same_decode(body, latents[i], scores[i], offline.gallery_ids)
+            sizes.append(body["timing"]["batch_size"])
+        batched = sum(s > 1 for s in sizes)
+        if batched >= 8:
+            break
+    assert batched >= 8, f"the decoder never stacked requests: batch sizes {sizes}"
 
 
 def test_each_bad_input_gets_its_status_and_the_app_keeps_serving(
@@ -270,35 +398,70 @@ def test_reconstruct_png_json_and_bounds(served: tuple[str, object], tiny_bundle
     )
 
 
-def test_stream_emits_a_decode_every_stride_equal_to_http_decodes(
-    served: tuple[str, object], causal_run: Path, tiny_bundle: Path
+def test_served_png_equals_megdecode_reconstruct(
+    served: tuple[str, ServeConfig], tiny_bundle: Path, tmp_path: Path
 ) -> None:
+    """/v1/reconstruct equals `megdecode reconstruct` on the same window, byte for byte: the
+    bundle stores its validation prediction statistics, the generator is random-init, and
+    equal PNG bytes mean the same window -> latents -> scaled latents -> image path ran."""
+    from typer.testing import CliRunner
+
+    from megdecode.cli import app
+
+    url, cfg = served
+    generator = cfg.generator.weights
+    card = requests.get(f"{url}/v1/model", timeout=30).json()
+    assert card["prediction_stats"]["reference"] == "val" and card["prediction_stats"]["n"] > 1
+    assert card["warnings"] == []
+    subject, x = _window(tiny_bundle, seed=7)
+    body = tmp_path / "window.json"
+    body.write_text(json.dumps({"subject": subject, "data": x.tolist()}))
+    pngs = []
+    for seed, steps in ((3, 2), (11, 3)):
+        served_png = requests.post(
+            f"{url}/v1/reconstruct",
+            data=body.read_bytes(),
+            timeout=120,
+            headers={"content-type": "application/json"},
+            params={"steps": steps, "seed": seed, "guidance": 2.5},
+        )
+        assert served_png.status_code == 200, served_png.text
+        out = tmp_path / f"offline-{seed}.png"
+        result = CliRunner().invoke(
+            app,
+            [
+                "reconstruct",
+                "--bundle",
+                str(tiny_bundle),
+                "--generator",
+                str(generator),
+                "--window",
+                str(body),
+                "--seed",
+                str(seed),
+                "--steps",
+                str(steps),
+                "--guidance",
+                "2.5",
+                "--out",
+                str(out),
+            ],
+        )
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert "z-scored with the bundle's val statistics" in result.output
+        assert out.read_bytes() == served_png.content
+        pngs.append(served_png.content)
+    assert pngs[0] != pngs[1]  # the comparison is not between two constant images
+
+
+def _stream(url: str, subject: str, raw: np.ndarray, top_k: int) -> tuple[dict, list[dict]]:
+    """Replay `raw` (C, n) float32 through WS /v1/stream in 100-sample chunks: (ready, decodes)."""
     from websockets.sync.client import connect
 
-    from megdecode.data import bids
-    from megdecode.data.preprocess import pick_meg
-    from megdecode.serve.online_preprocess import OnlinePreprocessor
-    from megdecode.serve.stream import StreamSpec
-
-    url, _ = served
-    b = load_bundle(tiny_bundle)
-    subject = b.subjects[0]
-    spec = StreamSpec.from_bundle(b, subject)
-    rec = bids.read_run(
-        causal_run / "bids", bids.find_runs(causal_run / "bids", subjects=[subject])[0]
-    )
-    raw = rec.raw.get_data(picks=pick_meg(rec.raw.info, spec.preprocess)).astype(np.float32)[
-        :, :1500
-    ]
     decodes, chunk = [], 100
     with connect(url.replace("http", "ws") + "/v1/stream", max_size=2**24) as ws:
-        ws.send(json.dumps({"subject": subject, "top_k": 3}))
+        ws.send(json.dumps({"subject": subject, "top_k": top_k}))
         ready = json.loads(ws.recv(timeout=30))
-        assert (
-            ready["type"] == "ready"
-            and ready["n_channels"] == len(b.ch_names)
-            and ready["filter_matches_training"]
-        )
         for start in range(0, raw.shape[1], chunk):
             ws.send(np.ascontiguousarray(raw[:, start : start + chunk]).tobytes())
         ws.send(json.dumps({"type": "end"}))
@@ -308,15 +471,54 @@ def test_stream_emits_a_decode_every_stride_equal_to_http_decodes(
                 break
             if msg["type"] == "decode":
                 decodes.append(msg)
-    stride = ready["stride_samples"]
-    onsets = [d["onset_sample"] for d in decodes]
-    assert len(onsets) > 20 and np.all(np.diff(onsets) == stride)
-    pre = OnlinePreprocessor(spec, len(b.ch_names), extra_capacity=raw.shape[1])
-    pre.push(raw.astype(np.float64))
-    for d in decodes[:: max(1, len(decodes) // 4)]:
-        w = pre.windows(np.array([d["onset_sample"]]))[0]
-        r = _post(url, subject, w.tolist(), params={"top_k": 3})
-        assert [h["image_id"] for h in r.json()["top_k"]] == [h["image_id"] for h in d["top_k"]]
+    return ready, decodes
+
+
+def test_stream_decodes_every_stride_as_the_offline_model_for_every_subject(
+    served: tuple[str, object], causal_run: Path, tiny_bundle: Path, offline: OfflineDecoder
+) -> None:
+    """Each subject's own recording, streamed: every decode's full gallery ranking equals the
+    offline model's on the window that `OnlinePreprocessor` cuts at that onset in this process
+    (test_stream_offline shows those windows are the causal store's)."""
+    from websockets.sync.client import connect
+
+    from megdecode.data import bids
+    from megdecode.data.preprocess import pick_meg
+    from megdecode.serve.online_preprocess import OnlinePreprocessor
+    from megdecode.serve.stream import StreamSpec
+
+    url, _ = served
+    b = load_bundle(tiny_bundle)
+    k = len(offline.gallery_ids)  # the whole gallery: every score is compared
+    for index, subject in enumerate(b.subjects):
+        spec = StreamSpec.from_bundle(b, subject)
+        rec = bids.read_run(
+            causal_run / "bids", bids.find_runs(causal_run / "bids", subjects=[subject])[0]
+        )
+        raw = rec.raw.get_data(picks=pick_meg(rec.raw.info, spec.preprocess)).astype(np.float32)
+        ready, decodes = _stream(url, subject, raw[:, :1500], k)
+        assert (
+            ready["type"] == "ready"
+            and ready["n_channels"] == len(b.ch_names)
+            and ready["filter_matches_training"]
+        ), ready
+        onsets = np.array([d["onset_sample"] for d in decodes])
+        assert len(onsets) > 20 and np.all(np.diff(onsets) == ready["stride_samples"])
+        pre = OnlinePreprocessor(spec, len(b.ch_names), extra_capacity=1500)
+        pre.push(raw[:, :1500])
+        windows = pre.windows(onsets)
+        scores = offline.scores(offline.latents(windows, np.full(len(onsets), index)))
+        other = (index + 1) % len(b.subjects)
+        assert_discriminates(
+            scores,
+            offline.scores(offline.latents(windows, np.full(len(onsets), other))),
+            SCORE_ATOL,
+            "another subject's scores",
+            margin=3.0,
+        )
+        for d, row in zip(decodes, scores, strict=True):
+            assert len(d["top_k"]) == k
+            assert_topk_matches(d["top_k"], row, offline.gallery_ids)
     with connect(
         url.replace("http", "ws") + "/v1/stream"
     ) as ws:  # a bad start message: an error, then closed
