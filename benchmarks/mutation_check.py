@@ -447,6 +447,21 @@ def table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def baseline(mutants: Sequence[Mutant], all_unit: bool, timeout_s: int | None) -> int:
+    """Each distinct test selection once on the clean tree; 1 when any does not pass."""
+    selections = dict.fromkeys((("tests/unit",) if all_unit else m.tests) for m in mutants)
+    worst = 0
+    for tests in selections:
+        limit = timeout_s or max(m.timeout_s for m in mutants if m.tests == tests or all_unit)
+        start = time.perf_counter()
+        code, output = run_tests(tests, limit, REPO)
+        state = "pass" if code == 0 else f"FAIL (exit {code})"
+        worst = max(worst, 0 if code == 0 else 1)
+        seconds = time.perf_counter() - start
+        print(f"{state:<14} {seconds:>6.1f} s  {' '.join(tests)}  [{_summary_line(output)}]")
+    return worst
+
+
 def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # unwinds through `applied`'s finally
 
@@ -460,6 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tests-all-unit", action="store_true", help="run all of tests/unit for every mutant"
     )
     parser.add_argument("--timeout", type=int, help="seconds per mutant (default: its own)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="run each selected mutant's tests on the unmutated code instead (they must pass, "
+        "or a 'killed' says nothing)",
+    )
     args = parser.parse_args(argv)
 
     mutants = list(MUTANTS)
@@ -479,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{m.id} [{state}]: {m.file}\n    {m.description}")
             print(f"    tests: {' '.join(m.tests)}")
         return 0
+    if args.baseline:
+        return baseline(mutants, args.tests_all_unit, args.timeout)
     dirty = dirty_targets(mutants, REPO)
     if dirty:
         print("refusing to mutate files with uncommitted changes:\n  " + "\n  ".join(dirty))
