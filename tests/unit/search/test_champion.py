@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from fixtures.configs import SMALL_BRAIN
+from fixtures.overfit import LATENT, write_overfitting_run
 from megdecode.rundata import load_run_data
 from megdecode.search.report import champion_row
 from megdecode.search.trial import SEEDS_FILE, TrialPlan, _finish, best_seed
@@ -62,28 +63,27 @@ def test_best_seed_follows_the_mode_and_the_first_seed_wins_a_tie() -> None:
         TrialPlan(FitConfig(), {}, (0,), mode="maximise")
 
 
-def test_a_trial_picks_its_seed_on_the_search_metric_and_reports_it(
-    tiny_run: Path, tmp_path: Path
-) -> None:
+def test_a_trial_picks_its_seed_on_the_search_metric_and_reports_it(tmp_path: Path) -> None:
     """A space that minimises train/loss: the final report carries train/loss_mean (Tune
     refuses a final result without the search metric) and the saved best seed is the one
     with the lowest train/loss of its best epoch, read here from each seed's history."""
+    run = write_overfitting_run(tmp_path / "run")
     base = FitConfig(
-        store=str(tiny_run / "store"),
-        latents_dir=str(tiny_run / "latents"),
+        store=str(run / "store"),
+        latents_dir=str(run / "latents"),
         model=SMALL_BRAIN,
-        train=TrainConfig(max_epochs=2, batch_size=32),
+        train=TrainConfig(latent=LATENT, tmin=0.0, tmax=0.4, max_epochs=2, batch_size=16),
     )
     data = load_run_data(base)
     trainers = [Trainer(base.replace(train=base.train.replace(seed=s)), data) for s in (0, 1, 2)]
     for trainer in trainers:
         while not trainer.done:
             trainer.step()
-    final = _finish(trainers, tmp_path, "train/loss", "min")
+    final = _finish(trainers, tmp_path / "trial", "train/loss", "min")
     losses = {t.cfg.train.seed: t.history[t.best_epoch]["train/loss"] for t in trainers}
     assert len(set(losses.values())) == 3
     assert final["train/loss_mean"] == pytest.approx(np.mean(list(losses.values())))
     expected = min(losses, key=losses.__getitem__)
-    saved = json.loads((tmp_path / SEEDS_FILE).read_text())
+    saved = json.loads((tmp_path / "trial" / SEEDS_FILE).read_text())
     assert saved["best_seed"] == expected == final["best_seed"]
-    assert (tmp_path / f"seed{expected}" / "bundle.json").exists()
+    assert (tmp_path / "trial" / f"seed{expected}" / "bundle.json").exists()
