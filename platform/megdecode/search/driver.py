@@ -177,6 +177,8 @@ def run_search(
         tuple(p.key for p in space.params),
         device="cuda" if setup.gpus_per_trial > 0 else "cpu",
         fail_trials=frozenset(setup.fail_trials),
+        metric=space.metric,
+        mode=space.mode,
     )
     concurrent = setup.max_concurrent or space.max_concurrent
     # Ray's new console output ignores `progress_reporter` and prints every trial's full

@@ -144,6 +144,19 @@ def summary_run(tracker: Any, params: dict[str, Any]) -> str:
     return run_id
 
 
+def champion_row(finished: pd.DataFrame, metric_col: str, mode: str) -> pd.Series:
+    """The finished trial whose `metric_col` (a mean over seeds) is best in direction `mode`.
+
+    A trial without a value (NaN) never wins; the first trial wins a tie.
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode: expected 'max' or 'min', got {mode!r}")
+    values = pd.to_numeric(finished[metric_col], errors="coerce")
+    if values.isna().all():
+        raise ValueError(f"no finished trial has a value of {metric_col}")
+    return finished.loc[values.idxmin() if mode == "min" else values.idxmax()]
+
+
 def _local_dir(checkpoint: Any) -> Path:
     """A local folder with the checkpoint's files (a copy when the storage is remote)."""
     import pyarrow.fs
@@ -195,7 +208,7 @@ def write_report(
         tracker.finish(row.run_id, {}, "KILLED")  # reopened by trial_run when the search resumes
     best, champion = None, None
     if len(finished):
-        top = finished.sort_values(metric_col, ascending=space.mode == "min").iloc[0]
+        top = champion_row(finished, metric_col, space.mode)
         folder = _local_dir(top["checkpoint"])
         seed = json.loads((folder / SEEDS_FILE).read_text())["best_seed"]
         best = {

@@ -34,7 +34,7 @@ import torch
 from megdecode.logs import PhaseClock
 from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import fit_config
-from megdecode.train import Trainer
+from megdecode.train import RunResult, Trainer
 from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,13 @@ class TrialPlan:
     device: str = "cpu"
     threads: int = 1  # torch threads of a trial = the CPUs Tune reserved for it
     fail_trials: frozenset[int] = field(default_factory=frozenset)
+    # the space's metric and direction: a trial's best seed is the one the search would pick
+    metric: str = "val/top5"
+    mode: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"mode: expected 'max' or 'min', got {self.mode!r}")
 
 
 def trial_name(trial: Any) -> str:
@@ -153,7 +160,7 @@ def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> 
         curve = {f"{CURVE}{k}": v for k, v in metrics.items() if k != "epoch"}
         folder = Path(tempfile.mkdtemp(prefix="megdecode-trial-"))
         try:
-            final = _finish(trainers, folder) | {"epoch": epoch} | curve
+            final = _finish(trainers, folder, plan.metric, plan.mode) | {"epoch": epoch} | curve
             clock.lap("finish")
             tune.report(
                 final | timing_metrics(clock, start_at),
@@ -203,10 +210,30 @@ def process_start_time() -> float | None:
     return time.time() - age
 
 
-def _finish(trainers: list[Trainer], folder: Path) -> dict[str, float]:
+def seed_metrics(result: RunResult) -> dict[str, float]:
+    """A finished seed's metrics with every per-epoch metric of its best epoch (train/* too).
+
+    The search metric may be any per-epoch metric (`search.space.EPOCH_METRICS`); the final
+    report must carry it, or Tune refuses the result and Optuna cannot rank the trial.
+    """
+    best = result.history[int(result.metrics["best_epoch"])]
+    return {k: float(v) for k, v in best.items() if k != "epoch"} | result.metrics
+
+
+def best_seed(seeds: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
+    """The seed whose `metric` is best in direction `mode`; the first seed wins a tie.
+
+    Chosen on the search's own metric (a per-epoch one: validation or training, never test),
+    so a search that minimises a loss registers its lowest-loss seed.
+    """
+    pick = min if mode == "min" else max
+    return pick(seeds, key=lambda s: s["metrics"][metric])
+
+
+def _finish(trainers: list[Trainer], folder: Path, metric: str, mode: str) -> dict[str, float]:
     """Test every seed and save its bundle in `folder`; mean/std of the final metrics.
 
-    The trial's best seed is chosen on val/top5 (never on test).
+    The trial's best seed is the best on the search's `metric` in direction `mode`.
     """
     seeds: list[dict[str, Any]] = []
     for trainer in trainers:
@@ -215,12 +242,12 @@ def _finish(trainers: list[Trainer], folder: Path) -> dict[str, float]:
         seeds.append(
             {
                 "seed": seed,
-                "metrics": result.metrics,
+                "metrics": seed_metrics(result),
                 "history": result.history,
                 "bundle": f"seed{seed}",
             }
         )
-    best = max(seeds, key=lambda s: s["metrics"]["val/top5"])
+    best = best_seed(seeds, metric, mode)
     (folder / SEEDS_FILE).write_text(
         json.dumps({"best_seed": best["seed"], "seeds": seeds}, default=float)
     )
