@@ -22,6 +22,7 @@ restores in try/finally (and on SIGTERM); mutant runs write no bytecode.
 Usage:
     python benchmarks/mutation_check.py [--only ID ...] [--list] [--json OUT]
                                         [--tests-all-unit] [--timeout S]
+    python benchmarks/mutation_check.py --compare BEFORE.json AFTER.json
 """
 
 from __future__ import annotations
@@ -453,6 +454,32 @@ def table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def compare(files: Sequence[Path]) -> str:
+    """One row per mutant, one status column per outcomes file (`--json` output), each
+    column's score last: how a list's outcome moved between runs. "-" = not in that file."""
+    names = [f.stem for f in files]
+    columns: list[dict[str, str]] = []
+    scores: list[str] = []
+    for f in files:
+        doc = json.loads(f.read_text())
+        columns.append({o["id"]: o["status"] for o in doc["outcomes"]})
+        scores.append(f"{doc['killed']}/{doc['applicable']}")
+    ids = [m.id for m in MUTANTS] + sorted(
+        {i for c in columns for i in c} - {m.id for m in MUTANTS}
+    )
+    width = max(len(i) for i in [*ids, "mutant"])
+    cols = [max(14, len(n)) for n in names]
+
+    def row(first: str, cells: Sequence[str]) -> str:
+        padded = (f"{c:<{w}}" for c, w in zip(cells, cols, strict=True))
+        return "  ".join([f"{first:<{width}}", *padded]).rstrip()
+
+    lines = [row("mutant", names)]
+    lines += [row(i, [c.get(i, "-") for c in columns]) for i in ids]
+    lines.append(row("score (killed/applicable)", scores))
+    return "\n".join(lines)
+
+
 def baseline(mutants: Sequence[Mutant], all_unit: bool, timeout_s: int | None) -> int:
     """Each distinct test selection once on the clean tree; 1 when any does not pass."""
     selections = dict.fromkeys((("tests/unit",) if all_unit else m.tests) for m in mutants)
@@ -482,12 +509,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=int, help="seconds per mutant (default: its own)")
     parser.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="print each mutant's status in these --json outputs side by side and exit",
+    )
+    parser.add_argument(
         "--baseline",
         action="store_true",
         help="run each selected mutant's tests on the unmutated code instead (they must pass, "
         "or a 'killed' says nothing)",
     )
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(args.compare))
+        return 0
 
     mutants = list(MUTANTS)
     if args.only:
