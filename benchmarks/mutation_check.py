@@ -22,6 +22,7 @@ restores in try/finally (and on SIGTERM); mutant runs write no bytecode.
 Usage:
     python benchmarks/mutation_check.py [--only ID ...] [--list] [--json OUT]
                                         [--tests-all-unit] [--timeout S]
+    python benchmarks/mutation_check.py --compare BEFORE.json AFTER.json
 """
 
 from __future__ import annotations
@@ -46,18 +47,20 @@ KILLED, SURVIVED, ERROR, NOT_APPLICABLE = "killed", "survived", "error", "not ap
 # Test targets reused by several mutants.
 RETRIEVAL = ("tests/unit/evaluation/test_retrieval.py",)
 TRAIN = ("tests/unit/test_train.py",)
+EARLY_STOP = TRAIN + ("tests/unit/test_train_early_stopping.py",)
 BUNDLE = ("tests/unit/test_bundle.py",)
+BUNDLE_INTEGRITY = ("tests/unit/test_bundle_integrity.py",) + BUNDLE
 SPLITS = ("tests/unit/data/test_splits.py",)
-TUNE = "tests/integration/test_tune.py::"
-CHAMPION = (
-    TUNE + "test_summary_table_ranks_configs_against_ridge_and_chance",
-    TUNE + "test_champion_alias_resolves_to_a_loadable_bundle",
-    TUNE + "test_best_trial_is_reproduced_by_megdecode_train_outside_tune",
-)
+# The fast champion tests (hand-written trial tables, a real trial's seeds); the end-to-end
+# Tune run is tests/integration/test_search_champion.py (slow, minutes).
+CHAMPION = ("tests/unit/search/test_champion.py",)
 SERVE_APP = "tests/integration/serve/test_serve_app.py::"
 SERVE_DECODE = (
     SERVE_APP + "test_decode_json_and_bytes_agree",
-    SERVE_APP + "test_stream_emits_a_decode_every_stride_equal_to_http_decodes",
+    SERVE_APP + "test_decode_equals_the_offline_model_for_every_subject",
+    SERVE_APP
+    + "test_concurrent_decodes_of_distinct_windows_and_subjects_each_get_their_own_answer",
+    SERVE_APP + "test_stream_decodes_every_stride_as_the_offline_model_for_every_subject",
     SERVE_APP + "test_overload_gives_503_with_retry_after_not_a_hang",
 )
 
@@ -79,8 +82,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "retrieval-chunk-offset",
         f"{PKG}/evaluation/retrieval.py",
-        "true_sim = sim[rows, true_index[start:stop]]",
-        "true_sim = sim[rows, true_index[: stop - start]]",
+        # re-expressed for the chunk loop indexing true_sim in one line (chunk_size argument)
+        "true_sim = sim[np.arange(stop - start), true_index[start:stop]][:, None]",
+        "true_sim = sim[np.arange(stop - start), true_index[: stop - start]][:, None]",
         "retrieval_ranks: rows past the first 2048-row chunk are ranked against the first "
         "chunk's true images",
         RETRIEVAL,
@@ -96,8 +100,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "rank-ties-optimistic",
         f"{PKG}/evaluation/retrieval.py",
-        "(sim >= true_sim[:, None]).sum(axis=1) - 1",
-        "(sim > true_sim[:, None]).sum(axis=1)",
+        # re-expressed for random tie-breaking: the tied candidates are dropped from the rank
+        "ranks[start:stop] = better + np.floor(u[start:stop] * (tied + 1)).astype(np.int64)",
+        "ranks[start:stop] = better",
         "ties count FOR the prediction: an all-zero prediction gets rank 0 (perfect)",
         RETRIEVAL,
     ),
@@ -165,20 +170,20 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "champion-flipped",
         f"{PKG}/search/report.py",
-        'top = finished.sort_values(metric_col, ascending=space.mode == "min").iloc[0]',
-        'top = finished.sort_values(metric_col, ascending=space.mode != "min").iloc[0]',
+        # re-expressed for champion_row (idxmin/idxmax of the mean metric)
+        'return finished.loc[values.idxmin() if mode == "min" else values.idxmax()]',
+        'return finished.loc[values.idxmin() if mode != "min" else values.idxmax()]',
         "the registered champion is the worst finished trial",
         CHAMPION,
-        timeout_s=600,
     ),
     Mutant(
         "best-seed-worst",
         f"{PKG}/search/trial.py",
-        'best = max(seeds, key=lambda s: s["metrics"]["val/top5"])',
-        'best = min(seeds, key=lambda s: s["metrics"]["val/top5"])',
+        # re-expressed for best_seed (the search metric in the space's direction)
+        'pick = min if mode == "min" else max',
+        'pick = max if mode == "min" else min',
         "a trial's bundle is its worst seed's",
         CHAMPION,
-        timeout_s=600,
     ),
     Mutant(
         "early-stop-no-restore",
@@ -186,7 +191,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        self.model.load_state_dict(self.best_state[0])\n",
         "",
         "the last epoch's weights are kept instead of the best epoch's",
-        TRAIN,
+        EARLY_STOP,
     ),
     Mutant(
         "early-stop-no-restore-temperature",
@@ -194,7 +199,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        self.loss_fn.load_state_dict(self.best_state[1])\n",
         "",
         "the last epoch's temperature is kept (and bundled) with the best epoch's weights",
-        TRAIN,
+        EARLY_STOP,
     ),
     Mutant(
         "early-stop-max-flipped",
@@ -202,23 +207,25 @@ MUTANTS: tuple[Mutant, ...] = (
         'self.sign = 1.0 if MONITORS[t.monitor] == "min" else -1.0',
         "self.sign = 1.0",
         "a maximised monitor (val/top5) is minimised: the worst epoch is kept",
-        TRAIN,
+        EARLY_STOP,
     ),
     Mutant(
         "bundle-missing-file-skipped",
-        f"{PKG}/bundle_io.py",
+        # re-expressed for the file checks moving to bundle_integrity.py
+        f"{PKG}/bundle_integrity.py",
         'raise BundleError(f"bundle file {file} is missing")',
         "continue",
         "a bundle file listed in the hash map but absent is skipped, not refused",
-        BUNDLE,
+        BUNDLE_INTEGRITY,
     ),
     Mutant(
         "bundle-weights-unhashed",
-        f"{PKG}/bundle_io.py",
-        'for name, digest in meta["sha256"].items():',
-        'for name, digest in list(meta["sha256"].items())[1:]:',
+        # re-expressed for the file checks moving to bundle_integrity.py (a loop over FILES)
+        f"{PKG}/bundle_integrity.py",
+        "    for name in FILES:\n",
+        "    for name in FILES[1:]:\n",
         "model.safetensors is never checked against its sha256 (only the arrays file)",
-        BUNDLE,
+        BUNDLE_INTEGRITY,
     ),
     Mutant(
         "bundle-channels-sorted",
@@ -447,6 +454,32 @@ def table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def compare(files: Sequence[Path]) -> str:
+    """One row per mutant, one status column per outcomes file (`--json` output), each
+    column's score last: how a list's outcome moved between runs. "-" = not in that file."""
+    names = [f.stem for f in files]
+    columns: list[dict[str, str]] = []
+    scores: list[str] = []
+    for f in files:
+        doc = json.loads(f.read_text())
+        columns.append({o["id"]: o["status"] for o in doc["outcomes"]})
+        scores.append(f"{doc['killed']}/{doc['applicable']}")
+    ids = [m.id for m in MUTANTS] + sorted(
+        {i for c in columns for i in c} - {m.id for m in MUTANTS}
+    )
+    width = max(len(i) for i in [*ids, "mutant"])
+    cols = [max(14, len(n)) for n in names]
+
+    def row(first: str, cells: Sequence[str]) -> str:
+        padded = (f"{c:<{w}}" for c, w in zip(cells, cols, strict=True))
+        return "  ".join([f"{first:<{width}}", *padded]).rstrip()
+
+    lines = [row("mutant", names)]
+    lines += [row(i, [c.get(i, "-") for c in columns]) for i in ids]
+    lines.append(row("score (killed/applicable)", scores))
+    return "\n".join(lines)
+
+
 def baseline(mutants: Sequence[Mutant], all_unit: bool, timeout_s: int | None) -> int:
     """Each distinct test selection once on the clean tree; 1 when any does not pass."""
     selections = dict.fromkeys((("tests/unit",) if all_unit else m.tests) for m in mutants)
@@ -476,12 +509,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=int, help="seconds per mutant (default: its own)")
     parser.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="print each mutant's status in these --json outputs side by side and exit",
+    )
+    parser.add_argument(
         "--baseline",
         action="store_true",
         help="run each selected mutant's tests on the unmutated code instead (they must pass, "
         "or a 'killed' says nothing)",
     )
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(args.compare))
+        return 0
 
     mutants = list(MUTANTS)
     if args.only:

@@ -184,6 +184,29 @@ def test_cli_train_then_evaluate_print_the_same_table(tiny_run: Path, tmp_path: 
         assert line in evaluated.output
 
 
+def test_cli_evaluate_refuses_a_store_with_the_bundles_channels_in_another_order(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """The model's input rows are the bundle's channel order: the same channels in another
+    order would feed each channel to another channel's weights and score garbage silently.
+    The twin's store lists its channels sorted, so the bundle's order is permuted here."""
+    from megdecode.bundle_io import load_bundle, save_bundle
+    from megdecode.train import Trainer
+
+    cfg = _cfg(tiny_run, tmin=0.0, tmax=0.5, max_epochs=1)
+    trainer = Trainer(cfg, load_run_data(cfg))
+    trainer.step()
+    bundle = load_bundle(trainer.finish(tmp_path / "trained").bundle_path)
+    order = np.random.default_rng(0).permutation(len(bundle.ch_names))
+    bundle.ch_names = [bundle.ch_names[i] for i in order]
+    bundle.pos2d = bundle.pos2d[order]
+    assert sorted(bundle.ch_names) == sorted(trainer.data.ch_names) != bundle.ch_names
+    save_bundle(bundle, tmp_path / "permuted")
+    refused = CliRunner().invoke(app, ["evaluate", str(tmp_path / "permuted")])
+    assert refused.exit_code == 2, refused.output + repr(refused.exception)
+    assert "the store's channels differ from the bundle's" in refused.output
+
+
 def test_seeds_stepped_in_lockstep_equal_seeds_run_alone(tiny_run: Path) -> None:
     """Tune trials step several seeds together; each must equal its solo run."""
     from megdecode.train import Trainer

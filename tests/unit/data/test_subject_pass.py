@@ -1,5 +1,6 @@
 """Per-subject writing (`write_subject` + `finish_store`) equals `write_store`; stacking
-runs copies straight to sorted rows; the driver's metadata-only cache read."""
+runs copies straight to sorted rows; the scaler sees training epochs only; the driver's
+metadata-only cache read."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 
 from megdecode.data import runcache
 from megdecode.data import store as epoch_store
-from megdecode.data.preprocess import EpochBlock
-from megdecode.data.subject_pass import concat_blocks, stack_order
+from megdecode.data.preprocess import EpochBlock, PreprocessConfig
+from megdecode.data.scaling import apply_scaler, fit_robust_scaler
+from megdecode.data.subject_pass import concat_blocks, scale_subject, stack_order
 
 C, T = 3, 7
 CH = [f"MLC{i}1-1609" for i in range(C)]
@@ -97,6 +99,30 @@ def test_concat_blocks_equals_concatenate_then_reorder() -> None:
     assert stacked.metadata.equals(stack_order([b.metadata for b in runs])[0])
     assert stacked.metadata[["session", "run"]].drop_duplicates().values.tolist() == [
         ["01", "01"], ["01", "02"], ["02", "01"]]  # fmt: skip
+
+
+def test_scale_subject_fits_the_scaler_on_the_training_epochs_only() -> None:
+    """The subject pass of a store build (`scale_and_write` calls `scale_subject`): val and
+    test epochs are shifted and widened far from the training ones, so a scaler fitted on
+    every epoch would differ in both centre and scale."""
+    b = block("BIGMEG1", "01", "01", 12, 0)
+    b.data[0, 0, 2] = 0.5  # the NaN of `block` would stop any scaler
+    split = np.array(["train", "val", "test"] * 4)
+    b.metadata["split"] = split
+    b.data[split != "train"] = 50.0 + 10.0 * b.data[split != "train"]
+    cfg = PreprocessConfig(clip=5.0)
+    scaled, scaler = scale_subject(b, cfg)
+    reference = fit_robust_scaler(b.data[split == "train"], cfg.quantile_range)
+    np.testing.assert_array_equal(scaler.center, reference.center)
+    np.testing.assert_array_equal(scaler.scale, reference.scale)
+    np.testing.assert_array_equal(scaled.data, apply_scaler(b.data, reference, cfg.clip))
+    # training epochs centred per channel; the held-out ones clipped at the top
+    train = scaled.data[split == "train"].transpose(1, 0, 2).reshape(C, -1)
+    np.testing.assert_allclose(np.median(train, axis=1), 0.0, atol=1e-6)
+    assert (scaled.data[split != "train"] == cfg.clip).mean() > 0.9
+    b.metadata["split"] = "test"
+    with pytest.raises(ValueError, match="BIGMEG1 has no training epochs"):
+        scale_subject(b, cfg)
 
 
 def test_stack_order_puts_run_2_before_run_10() -> None:

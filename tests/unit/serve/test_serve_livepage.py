@@ -95,6 +95,25 @@ def test_replay_is_a_run_of_the_stores_bids_in_the_bundles_channel_order(tiny_ru
     assert err.value.status == 404 and subject in err.value.detail
 
 
+def test_replay_rows_follow_a_bundle_channel_order_unlike_the_files(tiny_run: Path) -> None:
+    """The model's input rows are its bundle's channel order; the twin's store and files list
+    channels in the same (sorted) order, so that order is permuted here: a replay in the
+    file's order (or sorted) would feed each channel's signal to another channel's weights."""
+    bundle = _bundle(tiny_run)
+    order = np.random.default_rng(0).permutation(len(bundle.ch_names))
+    bundle.ch_names = [bundle.ch_names[i] for i in order]
+    assert bundle.ch_names != sorted(bundle.ch_names)
+    replay = LivePage(LiveConfig()).replay(bundle, "", None, None)
+    key = bids.find_runs(tiny_run / "bids", subjects=[replay.subject])[-1]
+    raw = mne.io.read_raw_fif(bids.raw_path(tiny_run / "bids", key).fpath, verbose=False)
+    in_file_order = [c for c in raw.ch_names if c in set(bundle.ch_names)]
+    assert in_file_order != bundle.ch_names  # the file lists the same channels in another order
+    every = raw.get_data(start=100, stop=400)  # all channels, in the file's order
+    rows = [raw.ch_names.index(name) for name in bundle.ch_names]
+    assert replay.channels == bundle.ch_names
+    np.testing.assert_allclose(replay.read(100, 400), every[rows], rtol=1e-6)
+
+
 def test_without_a_bids_dataset_the_replay_is_noise_and_says_why(
     tiny_run: Path, tmp_path: Path
 ) -> None:
