@@ -12,7 +12,10 @@ Prints per N: wall time of `fit_ridge`, peak RSS, the input's size and the model
 `megdecode.models.ridge` (input + 8 N^2 + 2 x 8 (N (K-1)/K)^2 bytes); then projects to
 N = 20k: time by a least-squares fit of t = a N^2 + b N^3 (the Gram and the per-fold
 eigendecompositions), memory by the model with the smallest-N measurement's overhead.
+`--store STORE` instead fits once on a real one-subject store's train+val epochs (e.g. one
+session of the full twin subject) and prints its cost next to the model's.
 Usage: python benchmarks/ridge_memory.py [--sizes 2000 4000 6000] [--target 20000]
+       python benchmarks/ridge_memory.py --store runs/full1/store
 """
 
 from __future__ import annotations
@@ -61,6 +64,36 @@ def _fit_once(n: int, folds: int, decim: int) -> dict[str, float]:
     }
 
 
+def _fit_store(store: str, folds: int, decim: int) -> dict[str, float]:
+    """Fit one subject's ridge on a real store's train+val epochs (the full twin subject's:
+    1200 Hz recorded, 120 Hz stored), against a random F-dim target: the cost is the
+    shapes', so this checks the synthetic sizes' model on real epochs."""
+    from threadpoolctl import threadpool_limits
+
+    from megdecode.data import store as epoch_store
+    from megdecode.models.ridge import RidgeConfig, fit_ridge
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        X, meta = epoch_store.load_epochs(store, splits=["train", "val"])
+        if meta["subject"].nunique() != 1:
+            raise SystemExit(f"{store}: expected one subject, got {sorted(meta.subject.unique())}")
+        Y = np.random.default_rng(0).standard_normal((len(X), F)).astype(np.float32)
+        rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        started = time.perf_counter()
+        model = fit_ridge(X, Y, RidgeConfig(cv_folds=folds, decim=decim))
+        seconds = time.perf_counter() - started
+    return {
+        "n": len(X),
+        "shape": list(X.shape),
+        "seconds": seconds,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_after_data": rss_data,
+        "input_bytes": X.nbytes,
+        "alpha": model.alpha,
+        "form": model.form,
+    }
+
+
 def model_bytes(n: int, folds: int, input_bytes: float) -> float:
     """The docstring's model of the dual form's peak: input + Gram + fold block + vectors."""
     m = n * (folds - 1) / folds
@@ -74,7 +107,23 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--decim", type=int, default=1)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="instead: one fit on this one-subject store's train+val epochs (e.g. a session "
+        "of the full twin subject), printed next to the model's prediction for its shape",
+    )
     args = parser.parse_args()
+    if args.store is not None:
+        row = _fit_store(args.store, args.folds, args.decim)
+        n, c, t = row["shape"]
+        print(
+            f"real epochs {args.store}: X float32 ({n}, {c}, {t}), F={F}, decim {args.decim}, "
+            f"{row['form']} form: fit {row['seconds']:.1f} s, peak RSS "
+            f"{row['peak_rss'] / GB:.2f} GB (input {row['input_bytes'] / GB:.2f} GB, model "
+            f"{model_bytes(n, args.folds, row['input_bytes']) / GB:.2f} GB)"
+        )
+        return
     if args.one is not None:  # child: one size
         print(json.dumps(_fit_once(args.one, args.folds, args.decim)))
         return
