@@ -10,7 +10,9 @@ latents. Then, as the paper claims on THINGS-MEG:
 - ridge sliding-window curves (100 ms, 25 ms stride) peak, by window centre, within
   25 ms of the latencies the twin's subjects realised: the early (low-level) and the
   late (category) response.
-Margins: benchmarks/twin_decoding.py on the same twin (numbers next to each assertion).
+Margins: benchmarks/twin_decoding.py on the same twin (docs/twin_protocol.md): ConvNet
+small averaged top-5 0.425 / 0.463 / 0.450 over seeds 0-2 vs ridge 0.300; peaks 8-10 ms
+before the realised latencies.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from megdecode.twin.latencies import realised_onset_latencies
 from megdecode.twin.simulate import simulate
 from megdecode.twin.truth_latents import write_twin_latents
 
-pytestmark = pytest.mark.slow
+# Three ConvNet fits on the demo twin: ~10 min on 2 cores, past the suite's 600 s default.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-TARGET = "twin-category"  # where the reduced ConvNet learns on this twin (benchmarks/twin_decoding.py)
+# where the reduced ConvNet learns on this twin (benchmarks/twin_decoding.py)
+TARGET = "twin-category"
 SEEDS = (0, 1, 2)
 TOLERANCE_S = 0.025
 BRAIN = BrainConfig(hidden_channels=96, merger_channels=96, projection_hidden=192, depth=2)
