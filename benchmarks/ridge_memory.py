@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -33,52 +34,18 @@ C, T, F = 271, 181, 768
 GB = 1e9
 
 
-def _fit_once(n: int, folds: int, decim: int) -> dict[str, float]:
-    """Build the arrays, fit once, return seconds and peak RSS (this process)."""
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _timed_fit(X: np.ndarray, Y: np.ndarray, folds: int, decim: int) -> dict[str, Any]:
+    """Fit once with one BLAS thread; seconds, peak RSS (this process) and the input."""
     from threadpoolctl import threadpool_limits
 
     from megdecode.models.ridge import RidgeConfig, fit_ridge
 
+    rss_data = _peak_rss()
     with threadpool_limits(limits=1, user_api="blas"):
-        rng = np.random.default_rng(0)
-        Y = rng.standard_normal((n, F)).astype(np.float32)
-        X = np.empty((n, C, T), dtype=np.float32)
-        mixing = rng.standard_normal((F, 64)).astype(np.float32) / np.sqrt(F)
-        pattern = rng.standard_normal((64, C * T)).astype(np.float32)
-        for i in range(0, n, 500):  # blockwise, so no N x D temporary beyond X itself
-            block = (Y[i : i + 500] @ mixing) @ pattern
-            block += 5.0 * rng.standard_normal(block.shape, dtype=np.float32)
-            X[i : i + 500] = block.reshape(-1, C, T)
-        rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        started = time.perf_counter()
-        model = fit_ridge(X, Y, RidgeConfig(cv_folds=folds, decim=decim))
-        seconds = time.perf_counter() - started
-    return {
-        "n": n,
-        "seconds": seconds,
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rss_after_data": rss_data,
-        "input_bytes": X.nbytes,
-        "alpha": model.alpha,
-        "form": model.form,
-    }
-
-
-def _fit_store(store: str, folds: int, decim: int) -> dict[str, float]:
-    """Fit one subject's ridge on a real store's train+val epochs (the full twin subject's:
-    1200 Hz recorded, 120 Hz stored), against a random F-dim target: the cost is the
-    shapes', so this checks the synthetic sizes' model on real epochs."""
-    from threadpoolctl import threadpool_limits
-
-    from megdecode.data import store as epoch_store
-    from megdecode.models.ridge import RidgeConfig, fit_ridge
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        X, meta = epoch_store.load_epochs(store, splits=["train", "val"])
-        if meta["subject"].nunique() != 1:
-            raise SystemExit(f"{store}: expected one subject, got {sorted(meta.subject.unique())}")
-        Y = np.random.default_rng(0).standard_normal((len(X), F)).astype(np.float32)
-        rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         started = time.perf_counter()
         model = fit_ridge(X, Y, RidgeConfig(cv_folds=folds, decim=decim))
         seconds = time.perf_counter() - started
@@ -86,12 +53,39 @@ def _fit_store(store: str, folds: int, decim: int) -> dict[str, float]:
         "n": len(X),
         "shape": list(X.shape),
         "seconds": seconds,
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss": _peak_rss(),
         "rss_after_data": rss_data,
         "input_bytes": X.nbytes,
         "alpha": model.alpha,
         "form": model.form,
     }
+
+
+def _fit_once(n: int, folds: int, decim: int) -> dict[str, Any]:
+    """Build synthetic arrays of N epochs, fit once."""
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((n, F)).astype(np.float32)
+    X = np.empty((n, C, T), dtype=np.float32)
+    mixing = rng.standard_normal((F, 64)).astype(np.float32) / np.sqrt(F)
+    pattern = rng.standard_normal((64, C * T)).astype(np.float32)
+    for i in range(0, n, 500):  # blockwise, so no N x D temporary beyond X itself
+        block = (Y[i : i + 500] @ mixing) @ pattern
+        block += 5.0 * rng.standard_normal(block.shape, dtype=np.float32)
+        X[i : i + 500] = block.reshape(-1, C, T)
+    return _timed_fit(X, Y, folds, decim)
+
+
+def _fit_store(store: str, folds: int, decim: int) -> dict[str, Any]:
+    """Fit one subject's ridge on a real store's train+val epochs (the full twin subject's:
+    1200 Hz recorded, 120 Hz stored), against a random F-dim target: the cost is the
+    shapes', so this checks the synthetic sizes' model on real epochs."""
+    from megdecode.data import store as epoch_store
+
+    X, meta = epoch_store.load_epochs(store, splits=["train", "val"])
+    if meta["subject"].nunique() != 1:
+        raise SystemExit(f"{store}: expected one subject, got {sorted(meta.subject.unique())}")
+    Y = np.random.default_rng(0).standard_normal((len(X), F)).astype(np.float32)
+    return _timed_fit(X, Y, folds, decim)
 
 
 def model_bytes(n: int, folds: int, input_bytes: float) -> float:
