@@ -317,6 +317,56 @@ MUTANTS: tuple[Mutant, ...] = (
         "the epoch store reader skips every file's seal (size, magic, footer sha256)",
         ("tests/unit/data/store/test_store_verify.py",),
     ),
+    # --- behaviour added with the paper's protocol (not in the "before" list) ---
+    Mutant(
+        "clip-mask-off",
+        f"{PKG}/losses.py",
+        "    return same & ~torch.eye(len(image_ids), dtype=torch.bool, device=image_ids.device)",
+        "    return same & False",
+        "InfoNCE keeps other subjects' views of the same image as negatives (no mask)",
+        ("tests/unit/test_losses.py",) + TRAIN,
+    ),
+    Mutant(
+        "ridge-folds-whole-sessions",
+        f"{PKG}/models/subject_ridge.py",
+        "        rank * n_folds // size, index=pd.MultiIndex.from_frame",
+        "        np.zeros_like(rank) + by_session.ngroup().to_numpy() % n_folds,"
+        " index=pd.MultiIndex.from_frame",
+        "ridge CV folds hold out whole sessions instead of a slice of every session",
+        ("tests/unit/models/test_subject_ridge.py", "tests/unit/models/test_ridge.py"),
+    ),
+    Mutant(
+        "ridge-one-subject-model",
+        f"{PKG}/models/subject_ridge.py",
+        "                out[rows] = model.predict(X[rows])",
+        "                out[rows] = first.predict(X[rows])",
+        "every subject's rows are predicted by the first subject's ridge",
+        ("tests/unit/models/test_subject_ridge.py", "tests/unit/evaluation/test_baseline.py"),
+    ),
+    Mutant(
+        "distractors-not-ranked",
+        f"{PKG}/evaluation/retrieval.py",
+        "        candidate_ids = np.union1d(candidate_ids, extra)",
+        "        candidate_ids = np.union1d(candidate_ids, extra[:0])",
+        "the large_distractors set ranks without its distractors (chance and scores wrong)",
+        RETRIEVAL + ("tests/unit/evaluation/test_baseline.py",),
+    ),
+    Mutant(
+        "growing-stops-short",
+        f"{PKG}/evaluation/windows.py",
+        "        if not ends or ends[-1] < _r(epoch_tmax):\n            ends.append(_r(epoch_tmax))",
+        "        if not ends:\n            ends.append(_r(epoch_tmax))",
+        "growing windows end on the step grid, not on the full epoch",
+        ("tests/unit/evaluation/test_windows.py",),
+    ),
+    Mutant(
+        "bandpass-by-default",
+        f"{PKG}/data/preprocess.py",
+        "    l_freq: float | None = None  # high-pass edge (Hz); None = none (the paper's pipeline)",
+        "    l_freq: float | None = 0.1  # high-pass edge (Hz); None = none (the paper's pipeline)",
+        "the default preprocessing high-passes at 0.1 Hz (the paper's pipeline has no band-pass)",
+        ("tests/unit/data/test_preprocess.py",),
+    ),
 )
 
 

@@ -42,7 +42,9 @@ def test_demo_writes_store_latents_and_summary(demo_out: Path) -> None:
     }
     latents = summary["latents"][0]
     assert latents["name"] == "handcrafted"
-    assert latents["n_images"] == meta["image_id"].nunique()
+    # every shown image plus the twin's never-shown distractors (the large set's extras)
+    assert latents["n_distractors"] > 0
+    assert latents["n_images"] == meta["image_id"].nunique() + latents["n_distractors"]
 
 
 def test_store_from_ray_equals_local(demo_out: Path, tmp_path: Path) -> None:
