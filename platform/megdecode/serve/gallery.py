@@ -65,10 +65,12 @@ class Gallery:
         return out
 
     def rank_of(self, pred: np.ndarray, image_id: int) -> int:
-        """0-based rank of `image_id` for one prediction (F,), pessimistic ties as evaluate."""
+        """0-based rank of `image_id` for one prediction (F,), by evaluation's rule
+        (`megdecode.evaluation.retrieval.retrieval_ranks`: ties broken at random, seed 0)."""
+        from megdecode.evaluation.retrieval import retrieval_ranks
+
         where = np.flatnonzero(self.ids == image_id)
         if not len(where):
             raise KeyError(f"image {image_id} is not in the gallery")
-        p = np.asarray(pred, np.float32)
-        sim = self.unit @ (p / max(float(np.linalg.norm(p)), 1e-8))
-        return int((sim >= sim[where[0]]).sum() - 1)
+        p = np.asarray(pred, np.float32)[None, :]
+        return int(retrieval_ranks(p, self.unit, where[:1])[0])

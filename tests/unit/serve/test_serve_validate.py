@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from megdecode.config import ConfigError
+from megdecode.evaluation.retrieval import retrieval_ranks
 from megdecode.serve.config import ServeConfig, read_config_file
 from megdecode.serve.errors import ApiError
 from megdecode.serve.gallery import Gallery
@@ -92,6 +93,11 @@ def test_gallery_topk_is_cosine_order() -> None:
     hits = g.topk(np.array([[0.1, 2.0, 1.0]]), 2)[0]
     assert [h["image_id"] for h in hits] == [11, 12] and hits[0]["category"] == "b"
     assert g.rank_of(np.array([0.1, 2.0, 1.0]), 12) == 1
+    # ties as in evaluation: a prediction equally close to every image ranks at random
+    # (rank 0 or 1 or 2 for seed 0), never last by rule as pessimistic ties would put it
+    tied = g.rank_of(np.array([1.0, 1.0, 1.0]), 12)
+    expected = retrieval_ranks(np.ones((1, 3)), np.eye(3), np.array([2]))[0]
+    assert tied == expected and expected < 2
 
 
 def test_ring_buffer_wraps() -> None:
