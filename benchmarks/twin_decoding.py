@@ -42,6 +42,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from megdecode.evaluation.baseline import (
+    convnet_predictions,
     metrics_by_subject,
     retrieval_metrics,
     ridge_predictions,
@@ -58,7 +59,6 @@ from megdecode.logs import setup_logging
 from megdecode.models.brain import BrainConfig
 from megdecode.models.ridge import RidgeConfig
 from megdecode.rundata import RunData, load_run_data
-from megdecode.train import fit, predict
 from megdecode.train_config import FitConfig, TrainConfig
 from megdecode.twin.latencies import realised_onset_latencies
 from megdecode.twin.simulate import read_ground_truth
@@ -95,16 +95,11 @@ PAPER = {
 }
 
 
-def convnet_predictions(cfg: FitConfig, data: RunData) -> tuple[np.ndarray, dict[str, float]]:
+def convnet_fit(cfg: FitConfig, data: RunData) -> tuple[np.ndarray, dict[str, float]]:
     """(CLIP-head test predictions, training facts) of one ConvNet fit."""
-    result = fit(cfg, data=data)
-    clip, _, _ = predict(result.model, result.loss, data.test, cfg.train.batch_size)
-    facts = {
-        "best_epoch": float(result.metrics["best_epoch"]),
-        "epochs": float(result.metrics["epochs"]),
-        "train_s": float(result.metrics["train_seconds"]),
-    }
-    return clip, facts
+    clip, metrics = convnet_predictions(data, cfg)
+    facts = {k: float(metrics[k]) for k in ("best_epoch", "epochs")}
+    return clip, facts | {"train_s": float(metrics["train_seconds"])}
 
 
 def mean_sd(values: list[float]) -> str:
@@ -131,7 +126,7 @@ def full_window(
         subject_rows.append(by_subject.assign(alpha=by_subject["subject"].map(alphas)))
         for seed in seeds:
             t0 = time.perf_counter()
-            clip, facts = convnet_predictions(cfg.replace(train=cfg.train.replace(seed=seed)), data)
+            clip, facts = convnet_fit(cfg.replace(train=cfg.train.replace(seed=seed)), data)
             timings[f"{target}/convnet/seed{seed}"] = time.perf_counter() - t0
             conv = retrieval_metrics(clip, data)
             rows.append({"target": target, "model": "convnet", "seed": seed, **conv, **facts})
@@ -286,9 +281,7 @@ def shuffled_control(
     t0 = time.perf_counter()
     rows = [{"model": "ridge", **retrieval_metrics(ridge_predictions(data)[0], data)}]
     if with_convnet:
-        rows.append(
-            {"model": "convnet", **retrieval_metrics(convnet_predictions(cfg, data)[0], data)}
-        )
+        rows.append({"model": "convnet", **retrieval_metrics(convnet_fit(cfg, data)[0], data)})
     timings["shuffled"] = time.perf_counter() - t0
     table = pd.DataFrame(rows)
     keep = (

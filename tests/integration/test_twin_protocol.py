@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from megdecode.data.build import build_epoch_store
 from megdecode.evaluation.baseline import (
+    convnet_predictions,
     retrieval_metrics,
     ridge_predictions,
     shuffle_targets,
@@ -34,8 +35,7 @@ from megdecode.evaluation.baseline import (
 from megdecode.evaluation.windows import curve_peak, window_table
 from megdecode.models.brain import BrainConfig
 from megdecode.models.ridge import RidgeConfig
-from megdecode.rundata import RunData, load_run_data
-from megdecode.train import fit, predict
+from megdecode.rundata import load_run_data
 from megdecode.train_config import FitConfig, TrainConfig
 from megdecode.twin.config import TwinConfig
 from megdecode.twin.latencies import realised_onset_latencies
@@ -81,17 +81,16 @@ def fit_config(root: Path, latent: str, seed: int = 0) -> FitConfig:
     )
 
 
-def convnet_scores(cfg: FitConfig, data: RunData) -> dict[str, float]:
-    result = fit(cfg, data=data)
-    clip, _, _ = predict(result.model, result.loss, data.test, cfg.train.batch_size)
-    return retrieval_metrics(clip, data)
-
-
 def test_convnet_beats_the_per_subject_ridge_by_more_than_its_seed_spread(twin: Path) -> None:
     data = load_run_data(fit_config(twin, TARGET))
     ridge = retrieval_metrics(ridge_predictions(data)[0], data)["small_top5_avg"]
     convnet = np.array(
-        [convnet_scores(fit_config(twin, TARGET, seed), data)["small_top5_avg"] for seed in SEEDS]
+        [
+            retrieval_metrics(convnet_predictions(data, fit_config(twin, TARGET, seed))[0], data)[
+                "small_top5_avg"
+            ]
+            for seed in SEEDS
+        ]
     )
     spread = float(convnet.std(ddof=1))
     assert convnet.mean() - ridge > spread, (convnet.tolist(), ridge)
@@ -102,7 +101,7 @@ def test_shuffled_labels_retrieve_at_chance_for_both_models(twin: Path) -> None:
     data = shuffle_targets(load_run_data(cfg), seed=0)
     for name, pred in (
         ("ridge", ridge_predictions(data)[0]),
-        ("convnet", _convnet_clip(cfg, data)),
+        ("convnet", convnet_predictions(data, cfg)[0]),
     ):
         m = retrieval_metrics(pred, data)
         # 80 averaged small-set rows over 20 images, 480 large-set trials over 120 images:
@@ -110,12 +109,6 @@ def test_shuffled_labels_retrieve_at_chance_for_both_models(twin: Path) -> None:
         assert abs(m["small_mean_rank_avg"] - 0.5) < 0.12, (name, m)
         assert abs(m["large_mean_rank"] - 0.5) < 0.06, (name, m)
         assert m["large_top5"] < 2.5 * m["large_chance_top5"], (name, m)
-
-
-def _convnet_clip(cfg: FitConfig, data: RunData) -> np.ndarray:
-    result = fit(cfg, data=data)
-    clip, _, _ = predict(result.model, result.loss, data.test, cfg.train.batch_size)
-    return clip
 
 
 @pytest.mark.parametrize(

@@ -127,49 +127,51 @@ def _fit_train_val(data: RunData, cfg: RidgeConfig | None) -> SubjectRidge:
     return fit_subject_ridges(blocks, cfg)
 
 
-def _predict_test(model: SubjectRidge, data: RunData) -> np.ndarray:
-    """(N_test, F) predictions aligned with data.test.meta, each row by its subject's ridge."""
-    return model.predict(data.test.meg.numpy(), data.test.meta["subject"].to_numpy())
-
-
 def ridge_predictions(
     data: RunData, cfg: RidgeConfig | None = None
 ) -> tuple[np.ndarray, dict[str, float]]:
     """(test predictions aligned with data.test.meta, {subject: CV alpha}) of the
-    per-subject ridges fitted on train+val of `data`."""
+    per-subject ridges fitted on train+val of `data`: each test row by its subject's ridge."""
     model = _fit_train_val(data, cfg)
-    return _predict_test(model, data), dict(model.alphas)
+    pred = model.predict(data.test.meg.numpy(), data.test.meta["subject"].to_numpy())
+    return pred, dict(model.alphas)
 
 
 def ridge_metrics(data: RunData, cfg: RidgeConfig | None = None) -> dict[str, float]:
     """`retrieval_metrics` of the per-subject ridges fitted on train+val of `data`, pooled
     over subjects like the ConvNet's, plus `alpha` (the median of the subjects' CV alphas)
     and `alpha_<subject>` for each subject."""
-    model = _fit_train_val(data, cfg)
-    alphas = model.alphas
+    pred, alphas = ridge_predictions(data, cfg)
     return {
-        **retrieval_metrics(_predict_test(model, data), data),
+        **retrieval_metrics(pred, data),
         "alpha": float(np.median(list(alphas.values()))),
         **{f"alpha_{subject}": alpha for subject, alpha in alphas.items()},
     }
 
 
+def convnet_predictions(data: RunData, cfg: FitConfig) -> tuple[np.ndarray, dict[str, float]]:
+    """(CLIP-head test predictions aligned with data.test.meta, the run's metrics) of the
+    brain module trained on `data` by `train.fit`."""
+    result = fit(cfg, data=data)
+    clip, _, _ = predict(result.model, result.loss, data.test, cfg.train.batch_size)
+    return clip, result.metrics
+
+
 def convnet_metrics(data: RunData, cfg: FitConfig) -> dict[str, float]:
     """`retrieval_metrics` of the brain module trained on `data` by `train.fit`, plus its
     best epoch and validation top-5 (cfg.train's window is what the run records)."""
-    result = fit(cfg, data=data)
-    clip, _, _ = predict(result.model, result.loss, data.test, cfg.train.batch_size)
+    clip, metrics = convnet_predictions(data, cfg)
     return {
         **retrieval_metrics(clip, data),
-        "best_epoch": result.metrics["best_epoch"],
-        "val_top5": result.metrics["val/top5"],
+        "best_epoch": metrics["best_epoch"],
+        "val_top5": metrics["val/top5"],
     }
 
 
 def ridge_table(data: RunData, cfg: RidgeConfig | None = None) -> pd.DataFrame:
     """Fit one ridge per subject on train+val (alpha by CV inside) and score the pooled
     test predictions like the brain module."""
-    pred = _predict_test(_fit_train_val(data, cfg), data)
+    pred, _ = ridge_predictions(data, cfg)
     return evaluate_all(pred, data.test.meta, data.latent_ids, data.latents)
 
 
