@@ -101,7 +101,12 @@ def train_generator_cmd(
 
 def reconstruct(
     window: Annotated[Path, typer.Option(help="a /v1/decode JSON body: {subject, data: C x T}")],
-    generator: Annotated[Path, typer.Option(help="generator folder")],
+    generator: Annotated[
+        Path,
+        typer.Option(
+            help="generator folder: Versatile Diffusion (model_index.json) or twin (generator.json)"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="PNG to write")] = Path("reconstruction.png"),
     bundle: Annotated[Path | None, typer.Option(help="bundle folder")] = None,
     model: Annotated[

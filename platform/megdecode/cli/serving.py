@@ -75,7 +75,11 @@ def serve_cmd(
         str | None, typer.Option(envvar="MEGDECODE_TRACKING_URI", help="MLflow URI for --model")
     ] = None,
     generator: Annotated[
-        Path | None, typer.Option(help="generator folder for /v1/reconstruct")
+        Path | None,
+        typer.Option(
+            help="generator folder for /v1/reconstruct: a Versatile Diffusion folder "
+            "(model_index.json) or a twin generator (generator.json)"
+        ),
     ] = None,
     port: Annotated[
         int | None, typer.Option(help="default: the config's http_options.port")

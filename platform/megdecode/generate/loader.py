@@ -27,7 +27,7 @@ EXPECTED = (
 
 
 def generator_kind(path: str | Path) -> str:
-    """"versatile" or "twin" from what the folder holds; FileNotFoundError when neither."""
+    """ "versatile" or "twin" from what the folder holds; FileNotFoundError when neither."""
     path = Path(path)
     if not path.is_dir() or not any(path.iterdir()):
         what = "no such folder" if not path.exists() else "empty folder"

@@ -229,9 +229,7 @@ def null_embeddings_from_encoders(path: Path) -> tuple[torch.Tensor, torch.Tenso
         grey = np.zeros((512, 512, 3)) + 0.5  # VD's null image, through the same processor call
         pixels = processor(images=[grey], return_tensors="pt").pixel_values
         hidden = image_encoder(pixels).last_hidden_state
-        vision = image_encoder.visual_projection(
-            image_encoder.vision_model.post_layernorm(hidden)
-        )
+        vision = image_encoder.visual_projection(image_encoder.vision_model.post_layernorm(hidden))
         vision = normalise_vision(vision)
     return text[0].float(), vision[0].float()
 

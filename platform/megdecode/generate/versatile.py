@@ -64,7 +64,9 @@ class VersatileConfig(FlatConfig):
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+            raise ConfigError(
+                f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
+            )
         if not 0.0 <= self.strength <= 1.0:
             raise ConfigError(f"strength must be in [0, 1], got {self.strength}")
         if not 0.0 <= self.text_mix <= 1.0:
@@ -74,7 +76,7 @@ class VersatileConfig(FlatConfig):
 
 
 def pick_device(device: str) -> torch.device:
-    """"auto" -> cuda when present, else cpu; anything else as given."""
+    """ "auto" -> cuda when present, else cpu; anything else as given."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -130,11 +132,15 @@ class VersatileGenerator:
         """latents[name] (N, F) or (N, *shape) -> (N, *shape) on the device; clear errors."""
         shape = self.token_shapes[name]
         if name not in latents:
-            raise ValueError(f"missing latent {name!r}; this generator needs {sorted(self.conditions)}")
+            raise ValueError(
+                f"missing latent {name!r}; this generator needs {sorted(self.conditions)}"
+            )
         arr = np.asarray(latents[name], np.float32)
         flat = int(np.prod(shape))
-        if arr.ndim < 2 or int(np.prod(arr.shape[1:])) != flat or (
-            arr.ndim > 2 and arr.shape[1:] != shape
+        if (
+            arr.ndim < 2
+            or int(np.prod(arr.shape[1:])) != flat
+            or (arr.ndim > 2 and arr.shape[1:] != shape)
         ):
             raise ValueError(
                 f"latent {name!r} has shape {arr.shape}, expected (N, {flat}) or (N, "
@@ -218,7 +224,9 @@ class VersatileGenerator:
             # img2img as brain-diffuser: skip the first (1 - strength) of the schedule
             kept = min(int(cfg.steps * cfg.strength), cfg.steps)
             timesteps = timesteps[cfg.steps - kept :]
-            sample = self.scheduler.add_noise(init, noise, timesteps[:1].repeat(n)) if kept else init
+            sample = (
+                self.scheduler.add_noise(init, noise, timesteps[:1].repeat(n)) if kept else init
+            )
         gen = torch.Generator().manual_seed(int(seeds[0]))  # eta > 0 draws extra noise
         step_kwargs: dict[str, Any] = {"eta": cfg.eta, "generator": gen} if cfg.eta > 0 else {}
         for t in timesteps:

@@ -106,7 +106,9 @@ class DecoderConfig(FlatConfig):
 class GeneratorConfig(FlatConfig):
     """The Generator deployment: a pool of replicas sharing GPUs, bounded sampling options."""
 
-    weights: str = ""  # a megdecode.generate.LatentGenerator folder; "" = /v1/reconstruct is 503
+    weights: str = (
+        ""  # a VD or twin generator folder (generate.loader); "" = /v1/reconstruct is 503
+    )
     num_gpus: float = 0.25  # a GPU share per replica (a scheduling label; see gpu_memory_fraction)
     gpu_memory_fraction: float = 0.0  # cap on this process' GPU memory; 0 = num_gpus
     cpu_fallback: bool = True  # no GPU in the cluster: run on CPU instead of never starting

@@ -39,7 +39,7 @@ def gpu_share_device(cfg: GeneratorConfig) -> str:
 
 @serve.deployment(name="Generator")
 class Generator:
-    """One replica of the latent-conditioned diffusion pipeline."""
+    """One replica of the latent-conditioned diffusion pipeline (VD or the twin generator)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.cfg = GeneratorConfig.from_flat_dict(config)
@@ -48,9 +48,10 @@ class Generator:
         self.error = ""
         self._lock = threading.Lock()  # one sampling loop at a time per replica (memory)
         try:
-            from megdecode.generate.pipeline import LatentGenerator
+            from megdecode.generate.loader import load_generator
 
-            self.pipeline = LatentGenerator.from_dir(self.cfg.weights, device=self.device)
+            # a Versatile Diffusion folder or the twin generator's, from what it holds
+            self.pipeline = load_generator(self.cfg.weights, device=self.device)
         except (
             FileNotFoundError,
             ValueError,

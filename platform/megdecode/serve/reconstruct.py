@@ -6,7 +6,7 @@
 
 The BrainDecoder deployment runs `window_latents`, the Generator deployment `render_png`,
 and `reconstruct` runs both in one process on the same loaders (`load_served_model`,
-`LatentGenerator.from_dir`), so a window gives the same PNG bytes online and offline for
+`load_generator`), so a window gives the same PNG bytes online and offline for
 the same seed, steps and guidance (on the same device and torch thread count: float
 reductions differ between them).
 """
@@ -44,7 +44,7 @@ def window_latents(
 def render_png(
     pipeline: Any, latents: dict[str, np.ndarray], steps: int, guidance: float, seed: int
 ) -> list[bytes]:
-    """A `LatentGenerator`'s images of `latents` {name: (N, F)} as PNG bytes; its stored
+    """A generator's (`megdecode.generate.loader`) images of `latents` {name: (N, F)} as PNG bytes; its stored
     defaults (strength, mix, eta) for everything but steps, guidance and seed."""
     images = pipeline.generate(latents, steps=steps, guidance_scale=guidance, seed=seed)
     pngs = []
@@ -82,13 +82,13 @@ def reconstruct(
 ) -> Reconstruction:
     """The offline `/v1/reconstruct`: bundle folder or ``models:/`` URI, generator folder and a
     window JSON file -> the PNG the app returns for them."""
-    from megdecode.generate.pipeline import LatentGenerator
+    from megdecode.generate.loader import load_generator
     from megdecode.serve.model import load_served_model
 
     subject, data = read_window(window)
     state = load_served_model(source, tracking_uri, precision=precision)
     latents = window_latents(state, data, subject)
-    pipeline = LatentGenerator.from_dir(generator_dir, device=device)
+    pipeline = load_generator(generator_dir, device=device)
     missing = sorted(set(pipeline.conditions) - set(latents))
     if missing:
         raise ValueError(
