@@ -131,10 +131,9 @@ def step_generators(args: argparse.Namespace) -> dict[str, float]:
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from vd_pipeline import compare
-
     from megdecode.generate.tiny import build_tiny_generator
     from megdecode.generate.tiny_vd import build_tiny_vd
+    from vd_pipeline import compare
 
     with tempfile.TemporaryDirectory() as tmp:
         vd = Path(args.vd) if args.vd else build_tiny_vd(Path(tmp) / "vd")
@@ -152,17 +151,18 @@ def step_serve(_: argparse.Namespace) -> dict[str, float]:
     from ray import serve
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from serve_latency import stream, synthetic_bundle
-
     from megdecode.bundle_io import load_bundle
     from megdecode.generate.tiny import build_tiny_generator
     from megdecode.serve.app import free_port, start
     from megdecode.serve.config import ServeConfig
+    from serve_latency import stream, synthetic_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = synthetic_bundle("paper", Path(tmp) / "bundle")
         b = load_bundle(bundle)
-        gen = build_tiny_generator(Path(tmp) / "gen", {"synthetic": int(b.latent_mean.shape[0])}, size=16)
+        gen = build_tiny_generator(
+            Path(tmp) / "gen", {"synthetic": int(b.latent_mean.shape[0])}, size=16
+        )
         cfg = ServeConfig.from_flat_dict(
             {
                 "http.port": free_port(),
@@ -180,9 +180,11 @@ def step_serve(_: argparse.Namespace) -> dict[str, float]:
         try:
             x = np.random.default_rng(0).standard_normal((len(b.ch_names), b.n_times))
             body = json.dumps({"subject": b.subjects[0], "data": x.tolist()})
-            post = lambda _: requests.post(  # noqa: E731
-                f"{url}/v1/reconstruct?steps=50", data=body, timeout=120
-            ).status_code
+
+            def post(_: int) -> int:
+                reply = requests.post(f"{url}/v1/reconstruct?steps=50", data=body, timeout=120)
+                return int(reply.status_code)
+
             with cf.ThreadPoolExecutor(16) as pool:
                 codes = list(pool.map(post, range(16)))
             if 503 not in codes or 200 not in codes:

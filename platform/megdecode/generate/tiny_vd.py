@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -64,24 +65,24 @@ def build_tiny_vd(out_dir: str | Path, config: TinyVDConfig | None = None) -> Pa
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.seed)
         # as VD: cross-attention in every block but the lowest-resolution one
-        image_unet = UNet2DConditionModel(
+        image_unet: Any = UNet2DConditionModel(
             sample_size=c.sample_size,
             in_channels=4,
             out_channels=4,
             down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-            **common,  # type: ignore[arg-type]
+            **common,
         )
-        text_unet = UNetFlatConditionModel(
+        text_unet: Any = UNetFlatConditionModel(
             sample_size=c.sample_size,
             in_channels=4,
             out_channels=4,
             down_block_types=("CrossAttnDownBlockFlat",) * (n - 1) + ("DownBlockFlat",),
             up_block_types=("UpBlockFlat",) + ("CrossAttnUpBlockFlat",) * (n - 1),
-            **common,  # type: ignore[arg-type]
+            **common,
         )
         m = len(c.vae_channels)
-        vae = AutoencoderKL(
+        vae: Any = AutoencoderKL(
             block_out_channels=c.vae_channels,
             down_block_types=("DownEncoderBlock2D",) * m,
             up_block_types=("UpDecoderBlock2D",) * m,
@@ -93,7 +94,7 @@ def build_tiny_vd(out_dir: str | Path, config: TinyVDConfig | None = None) -> Pa
         null_text = null_text / null_text[:, -1:].norm(dim=-1, keepdim=True)
         null_vision = normalise_vision(torch.randn(1, c.vision_tokens, c.width))
     # VD's schedule (scaled-linear betas 0.00085..0.012), read as DDIM like brain-diffuser
-    scheduler = DDIMScheduler(
+    scheduler: Any = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",

@@ -161,7 +161,7 @@ def _mask_tolerant_dual() -> type:
     from diffusers.models.transformers.dual_transformer_2d import DualTransformer2DModel
 
     class MaskTolerantDual(DualTransformer2DModel):
-        def forward(  # type: ignore[override]
+        def forward(
             self,
             hidden_states: torch.Tensor,
             encoder_hidden_states: torch.Tensor,

@@ -28,7 +28,10 @@ def test_the_folder_picks_the_pipeline(vd_dir: Path, tmp_path: Path) -> None:
 
 
 def test_a_folder_without_weights_names_what_was_expected(vd_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"no weights at .*absent \(no such folder\).*model_index.json.*generator.json"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no weights at .*absent \(no such folder\).*model_index.json.*generator.json",
+    ):
         load_generator(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no weights at .*empty \(empty folder\)"):

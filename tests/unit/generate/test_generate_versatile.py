@@ -43,7 +43,9 @@ def test_shapes_follow_the_folder(gen: VersatileGenerator) -> None:
     assert [im.size for im in images] == [(c.size, c.size)] * 2
 
 
-def test_the_text_unet_transformers_join_the_image_unet(vd_dir: Path, gen: VersatileGenerator) -> None:
+def test_the_text_unet_transformers_join_the_image_unet(
+    vd_dir: Path, gen: VersatileGenerator
+) -> None:
     from diffusers.models.transformers.dual_transformer_2d import DualTransformer2DModel
     from safetensors.torch import load_file
 
@@ -117,7 +119,9 @@ def test_embeddings_are_normalised_as_vd_does(gen: VersatileGenerator) -> None:
 def test_bad_latents_are_refused_with_the_expected_shape(gen: VersatileGenerator) -> None:
     x = _latents(gen, 2)
     d = TinyVDConfig().width
-    with pytest.raises(ValueError, match=rf"'clip-vision-tokens' has shape \(2, 79\), expected \(N, {5 * d}\)"):
+    with pytest.raises(
+        ValueError, match=rf"'clip-vision-tokens' has shape \(2, 79\), expected \(N, {5 * d}\)"
+    ):
         gen.generate({**x, VISION: x[VISION][:, :79]})
     with pytest.raises(ValueError, match="missing latent 'clip-text-tokens'"):
         gen.generate({VISION: x[VISION], INIT: x[INIT]})
