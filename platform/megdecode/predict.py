@@ -15,9 +15,22 @@ import torch
 from megdecode.bundle import ModelBundle
 from megdecode.bundle_fields import BundleError
 from megdecode.bundle_io import load_bundle
+from megdecode.data.sensors import require_same_sensors
 from megdecode.models.brain import BrainConfig, BrainModule
 
 logger = logging.getLogger(__name__)
+
+
+def check_store_sensors(bundle: ModelBundle, store_ch_names: list[str], store: object) -> None:
+    """Refuse to run `bundle` on a store whose sensors are not the bundle's, in its order.
+
+    Matching is by sensor name (`megdecode.data.sensors`): a store of another CTF-275's
+    serial runs, a store with other sensors or another order raises naming the difference,
+    because the model would otherwise read each channel as another sensor.
+    """
+    require_same_sensors(
+        list(bundle.ch_names), list(store_ch_names), "the bundle", f"store {store}"
+    )
 
 
 def model_from_bundle(bundle: ModelBundle) -> BrainModule:

@@ -144,9 +144,10 @@ def evaluate(
 
 def _retrieval_table(bundle: Path, store: Path | None, latents_dir: Path | None) -> str:
     """The retrieval table of `bundle` on its store's test sets (`megdecode evaluate BUNDLE`)."""
+    from megdecode.data.sensors import SensorMismatchError
     from megdecode.evaluation.baseline import format_table, results_table
     from megdecode.evaluation.retrieval import evaluate_all
-    from megdecode.predict import load_model, predict_windows
+    from megdecode.predict import check_store_sensors, load_model, predict_windows
     from megdecode.rundata import load_run_data
     from megdecode.train import FitConfig
 
@@ -157,8 +158,10 @@ def _retrieval_table(bundle: Path, store: Path | None, latents_dir: Path | None)
         | {k: str(v) for k, v in (("store", store), ("latents_dir", latents_dir)) if v is not None}
     )
     run_data = load_run_data(fit_cfg)
-    if run_data.ch_names != meta.ch_names:
-        raise typer.BadParameter("the store's channels differ from the bundle's")
+    try:
+        check_store_sensors(meta, run_data.ch_names, fit_cfg.store)
+    except SensorMismatchError as exc:
+        raise typer.BadParameter(str(exc)) from None
     clip, _ = predict_windows(model, run_data.test.meg.numpy(), run_data.test.subject.numpy())
     table = evaluate_all(clip, run_data.test.meta, run_data.latent_ids, run_data.latents)
     return format_table(results_table(table))

@@ -46,6 +46,9 @@ class BuildReport:
     # wall seconds of "runs" (pass 1), "splits" (driver, metadata only), "subjects" (pass 2 +
     # manifest): where the time goes, for benchmarks/preprocess_scaling.py
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    # epochs left out by the preprocessing over all runs, by reason ("catch"; "edge": the
+    # window does not fit the run; "gap": it crosses a discontinuity); per subject in the manifest
+    dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def epochs_per_second(self) -> float:
@@ -225,12 +228,20 @@ def build_epoch_store(
             preprocess_config=preprocess,
             split_config=split,
             scalers={r.shards.subject: r.scaler for r in results},
+            compensation_grade={r.shards.subject: r.compensation_grade for r in results},
+            dropped={r.shards.subject: r.dropped for r in results},
         )
     clock.lap("subjects")
     seconds = clock.total
     n_epochs = sum(len(job.metadata) for job in jobs)
     counts = pd.concat([job.metadata["split"] for job in jobs]).value_counts().to_dict()
-    logger.info("wrote %d epochs to %s in %.1f s", n_epochs, out, seconds)
+    dropped: dict[str, int] = {}
+    for by_reason in manifest.dropped.values():
+        for reason, n in by_reason.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    logger.info(
+        "wrote %d epochs to %s in %.1f s (left out: %s)", n_epochs, out, seconds, dropped or "none"
+    )
     return BuildReport(
         store=out,
         n_runs=len(keys),
@@ -241,4 +252,5 @@ def build_epoch_store(
         split_counts={str(k): int(v) for k, v in counts.items()},
         n_runs_reused=reused,
         phase_seconds=clock.as_dict(),
+        dropped=dropped,
     )

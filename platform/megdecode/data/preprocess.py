@@ -41,6 +41,8 @@ import numpy as np
 import pandas as pd
 
 from megdecode.config import ConfigError, FlatConfig
+from megdecode.data.gaps import crosses_gap, gaps
+from megdecode.data.sensors import excluded
 from megdecode.data.signal import (
     baseline_correct,
     causal_sos,
@@ -89,7 +91,9 @@ class PreprocessConfig(FlatConfig):
     # from its own is refused.
     preset: str | None = None
     picks: str = "mag"  # CTF axial gradiometers are typed "mag" by MNE; "meg" | "grad" too
-    exclude: tuple[str, ...] = ("MRO11-1609",)  # broken THINGS-MEG channel (official pipeline)
+    # broken THINGS-MEG channel (official pipeline); matched by sensor name, whatever the
+    # system's serial (MRO11-4304 on another CTF-275 is dropped too)
+    exclude: tuple[str, ...] = ("MRO11-1609",)
     l_freq: float | None = None  # high-pass edge (Hz); None = none (the paper's pipeline)
     h_freq: float | None = None  # low-pass edge (Hz); None = none (the resampler anti-aliases)
     filter_method: str = "fir"  # MNE default zero-phase FIR; "iir" = Butterworth, faster
@@ -192,7 +196,10 @@ class EpochBlock:
     """The epochs of one run (or a stack of runs) on one channel list and time grid.
 
     data: (N, C, T) float32; metadata: N rows with `METADATA_COLUMNS`;
-    pos2d: (C, 2) in [0, 1]; pos3d: (C, 3) metres; dropped: epochs left out, by reason.
+    pos2d: (C, 2) in [0, 1]; pos3d: (C, 3) metres; dropped: epochs left out, by reason
+    ("catch", "edge": the window does not fit the run, "gap": it crosses a discontinuity);
+    compensation_grade: the CTF gradient compensation of the data, as recorded (None: the
+    file has no compensation, e.g. not CTF).
     """
 
     data: np.ndarray
@@ -203,6 +210,7 @@ class EpochBlock:
     pos2d: np.ndarray
     pos3d: np.ndarray
     dropped: dict[str, int] = field(default_factory=dict)
+    compensation_grade: int | None = None
 
     def __post_init__(self) -> None:
         n, c, _ = self.data.shape
@@ -233,8 +241,14 @@ class RecordingLike(Protocol):
 
 
 def pick_meg(info: mne.Info, cfg: PreprocessConfig) -> np.ndarray:
-    """Indices of the MEG channels to keep; bads are kept so every run has the same list."""
-    picks = mne.pick_types(info, meg=_PICKS[cfg.picks], ref_meg=False, exclude=list(cfg.exclude))
+    """Indices of the MEG channels to keep; bads are kept so every run has the same list.
+
+    Reference sensors (CTF's ref_meg), EEG, stim and misc channels are never picked. The
+    channels of `cfg.exclude` are matched by sensor name (`megdecode.data.sensors`), so the
+    broken THINGS sensor is dropped from any CTF system's recording whatever its serial.
+    """
+    drop = excluded(info.ch_names, cfg.exclude)
+    picks = mne.pick_types(info, meg=_PICKS[cfg.picks], ref_meg=False, exclude=drop)
     if len(picks) == 0:
         types = sorted(set(info.get_channel_types()))
         raise ValueError(
@@ -293,8 +307,27 @@ def _check_events(events: pd.DataFrame, n_times: int, label: str) -> None:
         )
 
 
+def compensation_grade(raw: mne.io.BaseRaw) -> int | None:
+    """The CTF gradient compensation grade the data carries, or None without compensators.
+
+    The pipeline keeps the data at the grade it was recorded with and does not apply
+    grade 3: the model's input must be what a real-time stream delivers, which is the
+    acquisition's own grade, and the served window (MEG channels only) lacks the
+    reference channels that a change of grade needs. The grade is recorded in the store
+    manifest per subject, and runs recorded at different grades are never stacked.
+    """
+    if not raw.info["comps"]:
+        return None
+    return int(raw.compensation_grade or 0)
+
+
 def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> EpochBlock:
-    """One run -> unscaled epochs (N, C, T) float32 in tesla, plus metadata and positions."""
+    """One run -> unscaled epochs (N, C, T) float32 in tesla, plus metadata and positions.
+
+    Epochs whose padded window does not fit the run ("edge") or crosses a discontinuity
+    of the recording ("gap", `megdecode.data.gaps`) are dropped, counted in
+    `EpochBlock.dropped` and logged.
+    """
     cfg = cfg or PreprocessConfig()
     raw, key = rec.raw, rec.key
     label = f"sub-{key.subject} ses-{key.session} run-{key.run}"
@@ -303,7 +336,7 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
         raise ValueError(f"{label}: sampling rate {sfreq_in} Hz is below the target {cfg.sfreq} Hz")
     _check_events(rec.events, raw.n_times, label)
     events = rec.events
-    dropped = {"catch": 0, "edge": 0}
+    dropped = {"catch": 0, "edge": 0, "gap": 0}
     if cfg.drop_catch:
         is_catch = events["trial_type"].to_numpy() == "catch"
         dropped["catch"] = int(is_catch.sum())
@@ -314,6 +347,10 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
     inside = (onsets + grid.start_in >= 0) & (onsets + grid.start_in + grid.n_in <= raw.n_times)
     dropped["edge"] = int((~inside).sum())
     events, onsets = events[inside], onsets[inside]
+    spans = gaps(raw)
+    crossing = crosses_gap(onsets + grid.start_in, grid.n_in, spans)
+    dropped["gap"] = int(crossing.sum())
+    events, onsets = events[~crossing], onsets[~crossing]
 
     picks = pick_meg(raw.info, cfg)
     data = raw.get_data(picks=picks).astype(np.float64, copy=False)
@@ -359,11 +396,19 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
         },
         columns=list(METADATA_COLUMNS),
     )
-    info = mne.pick_info(raw.info, picks)
+    # verbose=False: MNE says it removes the compensators, whose reference channels are not picked
+    info = mne.pick_info(raw.info, picks, verbose=False)
     pos2d, pos3d = sensor_positions(info)
     if dropped["edge"]:
         logger.warning(
             "%s: dropped %d epoch(s) too close to the recording edges", label, dropped["edge"]
+        )
+    if dropped["gap"]:
+        logger.warning(
+            "%s: dropped %d epoch(s) crossing a discontinuity of the recording (%d gap(s))",
+            label,
+            dropped["gap"],
+            len(spans),
         )
     logger.info(
         "%s: %d epochs x %d channels x %d samples (%d catch dropped)",
@@ -371,4 +416,14 @@ def preprocess_run(rec: RecordingLike, cfg: PreprocessConfig | None = None) -> E
         *epochs.shape,
         dropped["catch"],
     )
-    return EpochBlock(epochs, metadata, list(info.ch_names), cfg.sfreq, tmin, pos2d, pos3d, dropped)
+    return EpochBlock(
+        epochs,
+        metadata,
+        list(info.ch_names),
+        cfg.sfreq,
+        tmin,
+        pos2d,
+        pos3d,
+        dropped,
+        compensation_grade(raw),
+    )

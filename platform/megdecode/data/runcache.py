@@ -71,6 +71,7 @@ def save_block(block: EpochBlock, stem: Path, source: str = "") -> None:
         "npz": sha256_file(arrays),
         "parquet": sha256_file(table),
         "dropped": block.dropped,
+        "compensation_grade": block.compensation_grade,
         "source": source,
     }
     tmp = marker.with_suffix(".json.tmp")
@@ -93,6 +94,9 @@ def load_block(stem: Path, source: str | None = None) -> EpochBlock | None:
         if source is not None and info.get("source") != source:
             logger.info("cached run %s was made from other input files; rebuilding it", stem.name)
             return None
+        if "compensation_grade" not in info:  # written before the grade was recorded
+            logger.info("cached run %s lacks its compensation grade; rebuilding it", stem.name)
+            return None
         if sha256_file(arrays) != info["npz"] or sha256_file(table) != info["parquet"]:
             logger.warning("cached run %s does not match its checksum; rebuilding it", stem.name)
             return None
@@ -106,6 +110,7 @@ def load_block(stem: Path, source: str | None = None) -> EpochBlock | None:
                 pos2d=npz["pos2d"],
                 pos3d=npz["pos3d"],
                 dropped=dict(info.get("dropped", {})),
+                compensation_grade=info["compensation_grade"],
             )
     except (OSError, ValueError, KeyError) as exc:
         logger.warning("cached run %s is unreadable (%s); rebuilding it", stem.name, exc)

@@ -15,6 +15,7 @@ trial_index), whatever order its runs finished in; `stack_order` applies it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from megdecode.data import bids, runcache
 from megdecode.data import store as epoch_store
 from megdecode.data.preprocess import EpochBlock, PreprocessConfig
 from megdecode.data.scaling import RobustScaler, apply_scaler, fit_scaler
+from megdecode.data.sensors import require_same_sensors
 from megdecode.data.splits import recording_order
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class SubjectResult:
 
     shards: epoch_store.SubjectShards
     scaler: dict[str, Any]  # RobustScaler.to_dict() plus "raw_sfreq"
+    compensation_grade: int | None = None  # CTF gradient compensation of its runs, as recorded
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # epochs left out, by reason
 
 
 def stack_order(metadatas: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -61,15 +65,19 @@ def stack_order(metadatas: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, np.nda
 
 
 def concat_blocks(blocks: Sequence[EpochBlock]) -> EpochBlock:
-    """Stack runs of one subject; channel lists and time grids must agree.
+    """Stack runs of one subject; channels, time grids and compensation grades must agree.
 
     Each run's epochs are copied once, straight to their sorted rows (a concatenate then
     a reorder would copy the subject's whole array twice).
     """
     first = blocks[0]
     for block in blocks[1:]:
-        if list(block.ch_names) != list(first.ch_names):
-            raise ValueError("runs of one subject have different MEG channels; cannot stack")
+        require_same_sensors(first.ch_names, block.ch_names, "the subject's first run", "a run")
+        if block.compensation_grade != first.compensation_grade:
+            raise ValueError(
+                f"runs of one subject were recorded at CTF compensation grades "
+                f"{first.compensation_grade} and {block.compensation_grade}; cannot stack"
+            )
         if block.sfreq != first.sfreq or block.data.shape[2] != first.data.shape[2]:
             raise ValueError("runs of one subject have different time grids; cannot stack")
     metadata, order = stack_order([b.metadata for b in blocks])
@@ -90,7 +98,18 @@ def concat_blocks(blocks: Sequence[EpochBlock]) -> EpochBlock:
         tmin=first.tmin,
         pos2d=first.pos2d,
         pos3d=first.pos3d,
+        dropped=total_dropped(blocks),
+        compensation_grade=first.compensation_grade,
     )
+
+
+def total_dropped(blocks: Sequence[EpochBlock]) -> dict[str, int]:
+    """Epochs left out over `blocks`, by reason (the sum of each run's counts)."""
+    total: dict[str, int] = {}
+    for block in blocks:
+        for reason, n in block.dropped.items():
+            total[reason] = total.get(reason, 0) + int(n)
+    return total
 
 
 def scale_subject(block: EpochBlock, cfg: PreprocessConfig) -> tuple[EpochBlock, RobustScaler]:
@@ -109,6 +128,8 @@ def scale_subject(block: EpochBlock, cfg: PreprocessConfig) -> tuple[EpochBlock,
         tmin=block.tmin,
         pos2d=block.pos2d,
         pos3d=block.pos3d,
+        dropped=block.dropped,
+        compensation_grade=block.compensation_grade,
     )
     return scaled, scaler
 
@@ -147,7 +168,7 @@ def scale_and_write(
     # needs both to rebuild the model's input from raw samples.
     stats = scaler.to_dict() | {"raw_sfreq": raw_sfreq(Path(job.bids_root), job.first_run)}
     logger.info("subject %s: %d epochs scaled and written", job.subject, len(scaled.metadata))
-    return SubjectResult(written, stats)
+    return SubjectResult(written, stats, scaled.compensation_grade, dict(scaled.dropped))
 
 
 def run_subjects(

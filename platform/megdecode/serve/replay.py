@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from megdecode.bundle import ModelBundle
+from megdecode.data.sensors import SensorMismatchError, match_sensors
 from megdecode.serve.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -85,11 +86,13 @@ def read_recording(
         logger.warning("live page: cannot read %s: %s", wanted, exc)
         return f"{wanted} could not be read ({type(exc).__name__})"
     raw = rec.raw
-    index = {name: i for i, name in enumerate(raw.ch_names)}
-    missing = [c for c in bundle.ch_names if c not in index]
-    if missing:
-        return f"{wanted} lacks {len(missing)} of the model's channels (e.g. {missing[0]})"
-    picks = [index[c] for c in bundle.ch_names]
+    try:  # by sensor name: a recording of another CTF system's serial replays too
+        picks = match_sensors(
+            bundle.ch_names, raw.ch_names, allow_extra=True,
+            expected_label="the model", got_label=wanted,
+        ).tolist()  # fmt: skip
+    except SensorMismatchError as exc:
+        return str(exc)
     events = rec.events[EVENT_COLUMNS].copy()
     return Replay(
         "recording",

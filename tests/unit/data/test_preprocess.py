@@ -358,7 +358,7 @@ def test_catch_dropped_channels_picked_and_metadata() -> None:
     assert block.ch_names == [c + "-1609" for c in CHANNELS if c != "MRO11"]
     assert list(block.metadata.columns) == list(METADATA_COLUMNS)
     assert (block.metadata["trial_type"] == "exp").all()
-    assert block.dropped == {"catch": 2, "edge": 0}
+    assert block.dropped == {"catch": 2, "edge": 0, "gap": 0}
     kept = rec.events[rec.events["trial_type"] != "catch"]
     assert_array_equal(block.metadata["trial_index"], kept["trial_index"])
     assert_array_equal(block.metadata["onset_sample"], kept["sample"])

@@ -65,6 +65,11 @@ class Manifest:
     files: list[ShardFile]
     created_at: str
     megdecode_version: str
+    # subject -> CTF gradient compensation grade of its recordings, kept as recorded (None:
+    # no compensation in the files); {} in stores written before it was recorded
+    compensation_grade: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    # subject -> reason ("catch", "edge", "gap") -> epochs left out by the preprocessing
+    dropped: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def n_epochs(self) -> int:

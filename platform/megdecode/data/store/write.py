@@ -194,8 +194,12 @@ def finish_store(
     preprocess_config: Any = None,
     split_config: Any = None,
     scalers: Mapping[str, Any] | None = None,
+    compensation_grade: Mapping[str, int | None] | None = None,
+    dropped: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Manifest:
     """The manifest over the subjects written by `write_subject`, written last into `root`.
+
+    `compensation_grade` and `dropped` (per subject) are recorded as given.
 
     Refuses parts on another channel list, time grid or column schema than the first
     subject's (in label order), as `write_store` refuses such blocks.
@@ -222,8 +226,12 @@ def finish_store(
     counts = {part.subject: dict(part.counts) for part in parts}
     root = Path(root)
     return _write_manifest(
-        root, first.layout, files, counts, preprocess_config, split_config, scalers
-    )
+        root, first.layout, files, counts, preprocess_config, split_config, scalers,
+        recording={
+            "compensation_grade": dict(compensation_grade or {}),
+            "dropped": {k: dict(v) for k, v in (dropped or {}).items()},
+        },
+    )  # fmt: skip
 
 
 def _write_manifest(
@@ -234,6 +242,7 @@ def _write_manifest(
     preprocess_config: Any,
     split_config: Any,
     scalers: Mapping[str, Any] | None,
+    recording: Mapping[str, Any] | None = None,
 ) -> Manifest:
     from megdecode import __version__
 
@@ -253,6 +262,7 @@ def _write_manifest(
         files=files,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         megdecode_version=__version__,
+        **dict(recording or {}),
     )
     (root / MANIFEST).write_text(manifest.to_json())
     return manifest

@@ -79,7 +79,7 @@ def predict_split(
 def decode_test_set(cfg: GenEvalConfig, bundle: ModelBundle) -> EvalInputs:
     """Predict the small test set with the (loaded) bundle and build the four latent sets
     (and the large test set's single trials, scored for latent fidelity only)."""
-    from megdecode.predict import model_from_bundle
+    from megdecode.predict import check_store_sensors, model_from_bundle
 
     model = model_from_bundle(bundle)
     store = cfg.store or bundle.fit_config.store
@@ -89,10 +89,7 @@ def decode_test_set(cfg: GenEvalConfig, bundle: ModelBundle) -> EvalInputs:
             "the bundle does not name its store/latents folder; pass store and latents_dir"
         )
     manifest = epoch_store.read_manifest(store)
-    if list(manifest.ch_names) != list(bundle.ch_names):
-        raise ValueError(
-            f"store {store} has other channels than the bundle ({len(manifest.ch_names)} vs {len(bundle.ch_names)})"
-        )
+    check_store_sensors(bundle, manifest.ch_names, store)
     # pred_stats="bundle" decodes the drawn trials as the app does (folded layout, one window
     # per forward; batching rounds differently), so each single-trial image is the one
     # /v1/reconstruct returns for that window with the same seed
