@@ -18,6 +18,7 @@ from megdecode.data.store import Manifest
 from megdecode.rundata import SPLIT_GROUPS
 
 FLOAT32_BYTES = 4
+SHARED_SPLITS = tuple(split for group in SPLIT_GROUPS.values() for split in group)
 
 
 class EpochsTooLargeError(RuntimeError):
@@ -42,7 +43,7 @@ def shared_epoch_bytes(
     manifest: Manifest,
     subjects: Iterable[str] | None = None,
     samples: int | None = None,
-    splits: Sequence[str] = tuple(s for group in SPLIT_GROUPS.values() for s in group),
+    splits: Sequence[str] = SHARED_SPLITS,
 ) -> EpochBytes:
     """What `search.shared.SharedEpochs.load` will hold, from the manifest alone.
 
