@@ -2,6 +2,9 @@
 
 ray job submit --working-dir . -- python jobs/tune.py --space search_spaces/smoke.yaml --data /abs/run
 python jobs/tune.py --space search_spaces/smoke.yaml       # no cluster: starts a local Ray
+
+On several nodes local paths are refused unless they are a shared mount (NFS) at the same
+path on every node: add --assume-shared-fs (README, "On several nodes").
 """
 
 from __future__ import annotations

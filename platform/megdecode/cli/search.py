@@ -59,11 +59,28 @@ def tune(
     register: Annotated[
         bool, typer.Option(help="register the best bundle as megdecode-brain@champion")
     ] = True,
+    assume_shared_fs: Annotated[
+        bool,
+        typer.Option(
+            help="on a multi-node cluster, trust that local paths (data, out, MLflow) are a"
+            " shared mount (NFS) at the same path on every node; otherwise they are refused"
+        ),
+    ] = False,
+    max_object_store_fraction: Annotated[
+        float,
+        typer.Option(help="share of the smallest node's object store the epochs may take"),
+    ] = 0.5,
+    object_store_budget: Annotated[
+        int | None,
+        typer.Option(help="bytes the epochs may take in the object store (overrides the fraction)"),
+    ] = None,
 ) -> None:
     """Ray Tune + Optuna search over SPACE, N seeds a trial, logged to MLflow; prints the summary."""
     import ray as ray_module
 
+    from megdecode.search.cluster_storage import SharedStorageError
     from megdecode.search.driver import SearchSetup, latest_experiment, run_search
+    from megdecode.search.epoch_memory import EpochsTooLargeError
     from megdecode.tracking import default_tracking_uri
 
     data = data.resolve()
@@ -90,6 +107,9 @@ def tune(
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
         scheduler=scheduler,
+        assume_shared_fs=assume_shared_fs,
+        max_object_store_fraction=max_object_store_fraction,
+        object_store_budget_bytes=object_store_budget,
     )
     started_ray = not ray_module.is_initialized()
     try:
@@ -101,6 +121,8 @@ def tune(
             register=("megdecode-brain", "champion") if register else None,
             retry_errored=retry_errored,
         )
+    except (SharedStorageError, EpochsTooLargeError) as exc:
+        fail(f"search refused before it started: {exc}")
     finally:
         if started_ray:
             ray_module.shutdown()

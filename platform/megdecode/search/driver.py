@@ -71,10 +71,34 @@ class SearchSetup:
     scheduler: str = (
         "asha"  # "asha" (early stopping on the per-epoch mean) | "fifo" (none: baselines)
     )
+    # Multi-node: local paths are refused unless a shared mount (NFS) makes them the same
+    # on every node (`search.cluster_storage`).
+    assume_shared_fs: bool = False
+    # The shared epochs may take this much of the smallest node's object store; half leaves
+    # room for Ray Data's blocks during the read and the trials' own objects.
+    max_object_store_fraction: float = 0.5
+    object_store_budget_bytes: int | None = None  # overrides the fraction (operators, tests)
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("asha", "fifo"):
             raise ValueError(f"scheduler: expected 'asha' or 'fifo', got {self.scheduler!r}")
+        if not 0 < self.max_object_store_fraction <= 1:
+            raise ValueError(
+                f"max_object_store_fraction: expected in (0, 1], got {self.max_object_store_fraction}"
+            )
+        if self.object_store_budget_bytes is not None and self.object_store_budget_bytes < 0:
+            raise ValueError(
+                f"object_store_budget_bytes: expected >= 0, got {self.object_store_budget_bytes}"
+            )
+
+    def cluster_settings(self) -> dict[str, Any]:
+        """The fields that describe the cluster a search runs on, not the search itself:
+        a resume takes them from its own command line."""
+        return {
+            "assume_shared_fs": self.assume_shared_fs,
+            "max_object_store_fraction": self.max_object_store_fraction,
+            "object_store_budget_bytes": self.object_store_budget_bytes,
+        }
 
     @property
     def path(self) -> Path:
@@ -124,6 +148,34 @@ def data_paths(data: Path) -> tuple[Path, Path]:
     return store, latents
 
 
+def storage_paths(setup: SearchSetup, store: str | Path) -> dict[str, str | None]:
+    """The places a search's workers read or write: the store, Tune's storage, MLflow artifacts."""
+    from megdecode.tracking import Tracker
+
+    artifacts = Tracker(setup.tracking_uri).artifact_root  # None: an MLflow server keeps them
+    return {
+        "epoch store": str(store),
+        "Tune storage (--out)": str(setup.out),
+        "MLflow artifacts": None if artifacts is None else str(artifacts),
+    }
+
+
+def check_cluster(setup: SearchSetup, store: str | Path) -> None:
+    """Before the read and any trial: paths every node can see, epochs that fit the object store.
+
+    Raises `SharedStorageError` or `EpochsTooLargeError` with what to change.
+    """
+    from megdecode.data.store import read_manifest
+    from megdecode.search.cluster_storage import check_storage
+    from megdecode.search.epoch_memory import check_epochs_fit
+
+    check_storage(storage_paths(setup, store), setup.assume_shared_fs)
+    need = check_epochs_fit(
+        read_manifest(store), setup.max_object_store_fraction, setup.object_store_budget_bytes
+    )
+    logger.info("shared epochs: %d rows, %.1f MB expected", need.rows, need.nbytes / 1e6)
+
+
 def run_search(
     setup: SearchSetup,
     resume: bool = False,
@@ -157,7 +209,7 @@ def run_search(
                 saved.tracking_uri,
                 setup.tracking_uri,
             )
-        setup = saved
+        setup = replace(saved, **setup.cluster_settings())
     space = load_space(setup.space)
     seeds = tuple(range(setup.seeds or space.seeds))
     logger.info(
@@ -191,6 +243,7 @@ def run_search(
     init_ray(address)
     cpus = setup.cpus_per_trial or max(1, int(ray.cluster_resources().get("CPU", 1)) // concurrent)
     plan = replace(plan, threads=cpus)
+    check_cluster(setup, store)
     clock.lap("start")
     shared = SharedEpochs.load(store, latents_dir, latent_names(space, base))
     trainable = tune.with_resources(

@@ -7,8 +7,10 @@ trials with `tune.with_parameters` (one `ray.put`). Trials on a node map the sam
 shared-memory object store buffers (numpy arrays deserialise zero-copy, read-only), and
 each trial takes its window as a view (`SharedEpochs.run_data`, through the same
 `megdecode.rundata.build_run_data` as `megdecode train`), so memory does not grow with
-the number of trials, and worker nodes need no access to the store's disk: Ray moves the
-object to each node once. Reading the store through Ray Data inside every trial would
+the number of trials, and Ray moves the object to each node once. The read tasks, though,
+run on any node, so on several nodes the store must be shared or a URI
+(`search.cluster_storage`), and the object must fit each node's object store
+(`search.epoch_memory`); both are checked before the read. Reading the store through Ray Data inside every trial would
 instead re-read and copy it per trial; minibatch shuffling needs each split in memory
 anyway, so streaming per trial buys nothing here.
 """

@@ -163,12 +163,23 @@ def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> 
             final = _finish(trainers, folder, plan.metric, plan.mode) | {"epoch": epoch} | curve
             clock.lap("finish")
             tune.report(
-                final | timing_metrics(clock, start_at),
+                final | timing_metrics(clock, start_at) | {NODE_ID: node_id()},
                 checkpoint=tune.Checkpoint.from_directory(str(folder)),
             )
         finally:  # report() has copied the checkpoint to the experiment's storage
             shutil.rmtree(folder, ignore_errors=True)
         return
+
+
+NODE_ID = "node_id"  # the Ray node that ran the trial (Tune's node_ip is the same for two
+# nodes of one machine), in the final report
+
+
+def node_id() -> str:
+    """The Ray node id of this process (hex)."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
 
 
 TIMING = "timing/"  # prefix of a trial's timing keys in its final report
