@@ -75,6 +75,7 @@ def test_the_default_budget_is_a_fraction_of_the_nodes_object_store(
     manifest = read_manifest(tiny_run / "store")
     need = shared_epoch_bytes(manifest).nbytes
     (store,) = node_object_stores()
-    assert check_epochs_fit(manifest, need / store).nbytes == need
+    # need/store·store can round to need − 1 bytes; half a byte more is exact enough.
+    assert check_epochs_fit(manifest, (need + 0.5) / store).nbytes == need
     with pytest.raises(EpochsTooLargeError, match=f"needs .*{need} bytes"):
         check_epochs_fit(manifest, (need - 1024) / store)
