@@ -115,6 +115,11 @@ def load_efficientnet_lite0(path: Path | None) -> Any:
     return model.eval()
 
 
+def pooled_features(model: Any, pixels: Any) -> Any:
+    """(B, 3, H, W) normalised pixels -> (B, 1280): the classifier's input, before dropout."""
+    return model.forward_head(model.forward_features(pixels), pre_logits=True)
+
+
 class EfficientNetLite0Encoder(_TorchImageEncoder):
     """RGB images -> EfficientNet-Lite0 pooled features (N, 1280) float32; `logits` gives
     the ImageNet classifier's (N, 1000) output of the same network."""
@@ -136,7 +141,7 @@ class EfficientNetLite0Encoder(_TorchImageEncoder):
         self.fingerprint = f"{ARCHITECTURE}-pooled|{weights_identity(path)}|{IMAGE_SIZE}px"
 
     def _forward(self, pixels: Any) -> Any:
-        return self.model.forward_head(self.model.forward_features(pixels), pre_logits=True)
+        return pooled_features(self.model, pixels)
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """RGB images -> (N, 1280) float32, `batch_size` images per forward pass."""
