@@ -395,6 +395,7 @@ def main() -> None:
         ("Growing windows: last window vs full window (ridge)", growing),
         ("Shuffled-label control", control),
     ]
+    sections = [(title, frame) for title, frame in sections if not frame.empty]
     (out / "table.md").write_text(
         "\n\n".join(f"### {title}\n\n{markdown(frame)}" for title, frame in sections) + "\n"
     )
