@@ -26,6 +26,7 @@ simulate --size demo`, `preprocess`, `latents`): reads RUN/bids, RUN/store and
 RUN/latents/handcrafted.parquet, writes the twin latents into RUN/latents (a pure function
 of the ground truth) and the curves (CSV, PNG), table.md and results.json into --out.
 Usage: python benchmarks/twin_decoding.py [--run runs/demo] [--seeds 0 1 2] [--epochs 25]
+[--targets efficientnet-lite0,twin-lowlevel] [--full-window-only]
 """
 
 from __future__ import annotations
@@ -304,7 +305,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"))
     parser.add_argument("--out", type=Path, default=None, help="default RUN/twin_decoding")
-    parser.add_argument("--targets", nargs="*", default=list(TARGETS))
+    parser.add_argument(
+        "--targets",
+        type=lambda v: [t for t in v.split(",") if t],
+        default=list(TARGETS),
+        help="comma-separated latent names of RUN/latents, e.g. efficientnet-lite0,twin-lowlevel",
+    )
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="ConvNet seeds")
     parser.add_argument("--epochs", type=int, default=25, help="ConvNet max epochs")
     parser.add_argument("--patience", type=int, default=5)
@@ -316,6 +322,11 @@ def main() -> None:
         help="ridge sliding curves: time samples averaged per feature (13 = the window mean)",
     )
     parser.add_argument("--skip-convnet-control", action="store_true")
+    parser.add_argument(
+        "--full-window-only",
+        action="store_true",
+        help="only the full-window table (no window curves, no shuffled control)",
+    )
     args = parser.parse_args()
     if len(args.seeds) < 1:
         parser.error("--seeds needs at least one seed (three for a spread)")
@@ -347,9 +358,12 @@ def main() -> None:
     per_seed, subject_rows, ratios = full_window(base, args.targets, args.seeds, timings)
     table = paper_table(per_seed, ratios)
     subjects = subject_table(subject_rows)
-    peaks = sliding_curves(base, out, curve_ridge, truth, realised, timings)
-    growing = growing_curves(base, args.targets, out, per_seed, timings)
-    control = shuffled_control(base, args.seeds[0], not args.skip_convnet_control, timings)
+    if args.full_window_only:
+        peaks = growing = control = pd.DataFrame()
+    else:
+        peaks = sliding_curves(base, out, curve_ridge, truth, realised, timings)
+        growing = growing_curves(base, args.targets, out, per_seed, timings)
+        control = shuffled_control(base, args.seeds[0], not args.skip_convnet_control, timings)
     blas.restore_original_limits()
     wall = time.perf_counter() - started
     timings["total"] = wall
@@ -381,6 +395,7 @@ def main() -> None:
         ("Growing windows: last window vs full window (ridge)", growing),
         ("Shuffled-label control", control),
     ]
+    sections = [(title, frame) for title, frame in sections if not frame.empty]
     (out / "table.md").write_text(
         "\n\n".join(f"### {title}\n\n{markdown(frame)}" for title, frame in sections) + "\n"
     )

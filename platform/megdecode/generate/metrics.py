@@ -1,6 +1,8 @@
 """Image reconstruction metrics, defined as in brain-diffuser / MindEye (and the paper).
 
-Low-level: PixCorr, SSIM, AlexNet(2), AlexNet(5); high-level: Inception, CLIP, SwAV.
+Low-level: PixCorr, SSIM, AlexNet(2), AlexNet(5); high-level: Inception, CLIP, SwAV, and
+EfficientNet-Lite0 (pooled 1280-d pre-logits features of a supervised ImageNet CNN, the
+role the paper gives VGG-19; its weights ship with the `pretrained` extra).
 Reconstruction i is always compared with its own seen image i.
 
 - PixCorr: both images resized to `size` x `size` (425 px, bilinear, antialiased), RGB
@@ -10,7 +12,8 @@ Reconstruction i is always compared with its own seen image i.
   (0.2125 R + 0.7154 G + 0.0721 B), ``structural_similarity(gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False, data_range=1.0)``; mean over pairs. Higher is
   better.
-- Two-way identification (AlexNet(2), AlexNet(5), Inception, CLIP): features f of
+- Two-way identification (AlexNet(2), AlexNet(5), Inception, CLIP, effnet_lite0_2way):
+  features f of
   every reconstruction and every seen image (`features.FeatureNets`); for reconstruction
   j, the fraction of the other N - 1 seen images i != j with
   corr(f(rec_j), f(gt_i)) < corr(f(rec_j), f(gt_j)) (Pearson r over feature dims, strict
@@ -33,7 +36,7 @@ from megdecode.generate.features import FeatureNets, ImagesLike, as_float_images
 logger = logging.getLogger(__name__)
 
 METRIC_SIZE = 425  # the pixel-metric resolution of brain-diffuser / MindEye (NSD's 425 px)
-IDENTIFICATION = ("alexnet2", "alexnet5", "inception", "clip")
+IDENTIFICATION = ("alexnet2", "alexnet5", "inception", "clip", "effnet_lite0_2way")
 LOWER_IS_BETTER = ("swav",)
 
 
@@ -118,8 +121,8 @@ def compute_metrics(
 
     recons, targets: N images each (PIL, or (N, H, W, 3) uint8 / float in [0, 1]), pair
     i = reconstruction and seen image of trial i. Keys: pixcorr, ssim, and for each
-    network in `feature_nets`: alexnet2, alexnet5, inception, clip (two-way
-    identification, higher is better), swav (correlation distance, lower is better).
+    network in `feature_nets`: alexnet2, alexnet5, inception, clip, effnet_lite0_2way
+    (two-way identification, higher is better), swav (correlation distance, lower is better).
     """
     rec = as_float_images(recons)
     gt = as_float_images(targets)

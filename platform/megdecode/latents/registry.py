@@ -14,6 +14,8 @@ weights everywhere.
     autokl-avg           its channel average             64 x 64
     dinov2               timm DINOv2 CLS token           1024 (ViT-L/14)
     vgg19                torchvision VGG-19 logits       1000
+    efficientnet-lite0   timm EfficientNet-Lite0 pooled  1280 (ImageNet weights from the
+                                                         `pretrained` extra or a file)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ ENCODERS = (
     "autokl-avg",
     "dinov2",
     "vgg19",
+    "efficientnet-lite0",
 )
 Encoder = ImageEncoder | TextEncoder
 
@@ -50,6 +53,7 @@ def make_encoder(
     autokl_weights: Path | None = None,
     dinov2_weights: Path | None = None,
     vgg19_weights: Path | None = None,
+    efficientnet_weights: Path | None = None,
     dinov2_model: str = "vit_large_patch14_dinov2",
     autokl_size: int | None = None,
     allow_random_init: bool = False,
@@ -58,7 +62,8 @@ def make_encoder(
 
     `clip_weights` serves the four CLIP latents (a full open_clip checkpoint holds both
     towers); `clip_model` is an open_clip name or a JSON config path. `autokl_weights` is
-    a diffusers folder, the others are files.
+    a diffusers folder, the others are files. `efficientnet_weights` defaults to the file of
+    the installed `pretrained` extra.
     `autokl_size` defaults to 512 px with weights and 64 px for the tiny random VAE.
     `allow_random_init` (tests and twin demos only) builds random weights where a path is
     missing, with a loud warning; the cache fingerprint records it.
@@ -110,6 +115,12 @@ def make_encoder(
             vgg19_weights,
             device=device,
             allow_random_init=allow_random_init,
+        )
+    if name == "efficientnet-lite0":
+        from megdecode.latents.encoders.efficientnet import EfficientNetLite0Encoder
+
+        return EfficientNetLite0Encoder(
+            efficientnet_weights, device=device, allow_random_init=allow_random_init
         )
     raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
 

@@ -30,15 +30,32 @@ logger = logging.getLogger(__name__)
 
 
 def metric_nets(weights: str) -> FeatureNets | None:
-    """FeatureNets for the networks whose weights are in `weights`; None without a folder."""
-    if not weights:
-        return None
-    from megdecode.generate.features import NETWORKS, WEIGHT_FILES, FeatureNets
+    """FeatureNets for the networks whose weights are in the folder `weights`, plus
+    EfficientNet-Lite0 (effnet_lite0_2way) from the folder or the `pretrained` extra.
 
-    present = [n for n in NETWORKS if (Path(weights) / WEIGHT_FILES[n]).is_file()]
-    if not present:
-        raise FileNotFoundError(f"no weights at {weights}: none of {sorted(WEIGHT_FILES.values())}")
-    return FeatureNets.load(weights, present)
+    Without a folder: EfficientNet-Lite0 alone, or None (PixCorr/SSIM only) when its
+    weights are not installed; the log says which metric is skipped and why.
+    """
+    from megdecode.generate.features import (
+        EFFNET,
+        EFFNET_FILE,
+        EFFNET_METRIC,
+        NETWORKS,
+        WEIGHT_FILES,
+        FeatureNets,
+        effnet_weights,
+    )
+
+    present = [n for n in NETWORKS if weights and (Path(weights) / WEIGHT_FILES[n]).is_file()]
+    if weights and not present and not (Path(weights) / EFFNET_FILE).is_file():
+        names = sorted((*WEIGHT_FILES.values(), EFFNET_FILE))
+        raise FileNotFoundError(f"no weights at {weights}: none of {names}")
+    try:
+        effnet_weights(weights or None)
+        present.append(EFFNET)
+    except FileNotFoundError as err:
+        logger.warning("%s skipped: %s", EFFNET_METRIC, err)
+    return FeatureNets.load(weights or None, present) if present else None
 
 
 def image_paths(cfg: GenEvalConfig, bundle: ModelBundle) -> dict[int, Path]:
