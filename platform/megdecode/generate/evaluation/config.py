@@ -31,7 +31,7 @@ DECODED = ("single", "averaged")  # the kinds made from MSE outputs, z-scored pe
 @dataclass(frozen=True)
 class GenEvalConfig(FlatConfig):
     bundle: str = ""  # bundle folder or models:/name@alias
-    generator: str = ""  # generator folder (LatentGenerator.from_dir)
+    generator: str = ""  # generator folder: Versatile Diffusion or twin (generate.loader)
     bids_root: str = ""  # where the images are (root/stimuli unless images_root)
     images_root: str = ""
     store: str = ""  # default: the store the bundle was trained on

@@ -15,11 +15,15 @@ from PIL import Image
 
 from megdecode.generate.evaluation.config import GenEvalConfig
 from megdecode.generate.evaluation.decode import EvalInputs
+from megdecode.generate.loader import load_generator
 from megdecode.generate.pipeline import GenerateConfig, LatentGenerator
 from megdecode.latents.distributed import ROW, map_in_row_order
 from megdecode.latents.targets import split_target
 
 logger = logging.getLogger(__name__)
+
+# Sampler settings a `GenerateConfig` passes on to a Versatile Diffusion folder's generator.
+VD_SHARED = ("steps", "guidance_scale", "strength", "eta")
 
 
 class _GenerateActor:
@@ -35,16 +39,18 @@ class _GenerateActor:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.gen = LatentGenerator.from_dir(generator_dir, device=device)
+        self.gen = load_generator(generator_dir, device=device)
         self.parts = [(str(n), int(w)) for n, w in parts]
         self.config = GenerateConfig.from_flat_dict(config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = self.gen.generate(
-            split_target(batch["latent"].astype(np.float32), self.parts),
-            self.config,
-            seeds=[int(s) for s in batch["seed"]],
-        )
+        latents = split_target(batch["latent"].astype(np.float32), self.parts)
+        seeds = [int(s) for s in batch["seed"]]
+        if isinstance(self.gen, LatentGenerator):
+            images = self.gen.generate(latents, self.config, seeds=seeds)
+        else:  # Versatile Diffusion: its own defaults, with the sampler settings both share
+            shared = {k: getattr(self.config, k) for k in VD_SHARED}
+            images = self.gen.generate(latents, seeds=seeds, **shared)
         return {ROW: batch[ROW], "image": np.stack([np.asarray(im) for im in images])}
 
 
