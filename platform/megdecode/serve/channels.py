@@ -13,9 +13,10 @@ records (THINGS' broken ``MRO11``, which a model may have been trained without, 
 without learning each bundle's exclusions. A missing sensor is always a 422
 ``channel_mismatch`` naming it: the model cannot run without it.
 
-Why a cache: matching 272 names costs ~0.2 ms of dictionary work, more than the reordering
-itself; a client sends the same list with every window, so `ChannelOrder` keeps the
-permutation per distinct list (a bounded LRU, so many distinct lists cannot grow it).
+Why a cache: matching 272 names costs ~0.35 ms of dictionary work (2-core CPU), the cached
+reordering of a 272 x 181 window ~0.02 ms; a client sends the same list with every window,
+so `ChannelOrder` keeps the permutation per distinct list (a bounded LRU, so many distinct
+lists cannot grow it).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def channels_from_header(text: str | None) -> tuple[str, ...] | None:
     """The X-Channels header ('MLC11-4304,MLC12-4304,...') -> the names; None when absent."""
     if text is None:
         return None
-    return channels_value([part for part in text.split(",")] if text.strip() else [])
+    return channels_value(text.split(",") if text.strip() else [])
 
 
 def channel_picks(

@@ -121,5 +121,5 @@ def window_body(description: str) -> dict[str, Any]:
                 "application/json": {"schema": DecodeRequest.model_json_schema()},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
-        }
+        },
     }
