@@ -115,6 +115,12 @@ def test_health_ready_model_and_openapi(served: tuple[str, object], tiny_bundle:
     assert {"/v1/decode", "/v1/reconstruct", "/v1/model", "/healthz", "/readyz"} <= set(
         schema["paths"]
     )
+    for path in ("/v1/decode", "/v1/reconstruct"):  # the optional channel names, both forms
+        op = schema["paths"][path]["post"]
+        assert "X-Channels" in {p["name"] for p in op["parameters"]}
+        assert (
+            "channels" in op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        )
 
 
 def test_decode_json_and_bytes_agree(served: tuple[str, object], tiny_bundle: Path) -> None:
@@ -859,7 +865,7 @@ def test_property_based_requests_from_the_openapi_schema_never_get_a_5xx(
     )
     @given(
         op=st.sampled_from(ops),
-        body=bodies(len(b.ch_names), b.n_times, list(b.subjects)),
+        body=bodies(len(b.ch_names), b.n_times, list(b.subjects), list(b.ch_names)),
         params=queries(),
         extra=auth_headers(),
     )
