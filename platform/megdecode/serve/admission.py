@@ -26,6 +26,7 @@ import numpy as np
 from fastapi import Request
 from ray.serve.exceptions import BackPressureError
 
+from megdecode.serve.channels import CHANNELS_HEADER, channels_from_header, channels_value
 from megdecode.serve.config import ServeConfig
 from megdecode.serve.errors import ApiError, unavailable
 from megdecode.serve.validate import (
@@ -169,8 +170,11 @@ class Admission:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def window(self, request: Request) -> tuple[str | int, np.ndarray]:
-        """(subject, (C, T) window) of a JSON or float32-bytes request body."""
+    async def window(
+        self, request: Request
+    ) -> tuple[str | int, np.ndarray, tuple[str, ...] | None]:
+        """(subject, (C, T) window, its channel names or None) of a JSON or float32-bytes
+        request body; the names come from the body's "channels" or the X-Channels header."""
         kind = media_type(request.headers.get("content-type"))
         if kind not in JSON_TYPES + OCTET_TYPES:
             raise ApiError(
@@ -178,5 +182,8 @@ class Admission:
             )
         body = await self.body(request)
         if kind in OCTET_TYPES:
-            return window_from_bytes(body, request.headers)
-        return window_from_json(parse_json_body(body))
+            subject, data = window_from_bytes(body, request.headers)
+            return subject, data, channels_from_header(request.headers.get(CHANNELS_HEADER))
+        doc = parse_json_body(body)
+        subject, data = window_from_json(doc)
+        return subject, data, channels_value(doc.get("channels"))

@@ -107,16 +107,33 @@ class DecoderCore:
             raise ApiError(503, "model_not_loaded", self.load_error or "the model is still loading")
         return self.state
 
-    def _check(self, state: LoadedModel, window: np.ndarray, subject: str | int) -> int:
+    def _check(
+        self,
+        state: LoadedModel,
+        window: np.ndarray,
+        subject: str | int,
+        channels: tuple[str, ...] | None,
+    ) -> tuple[np.ndarray, int]:
+        """(the window in the model's channel order, the subject index) or an ApiError."""
+        window = state.channels.align(window, channels)
         check_window(window, *state.shape)
-        return subject_index(subject, state.bundle.subjects)
+        return window, subject_index(subject, state.bundle.subjects)
 
     # --- decoding --------------------------------------------------------------------------
-    async def decode(self, window: np.ndarray, subject: str | int, top_k: int) -> dict[str, Any]:
-        """One window (C, T) -> {latent, top_k, model, timing} or an error dict."""
+    async def decode(
+        self,
+        window: np.ndarray,
+        subject: str | int,
+        top_k: int,
+        channels: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        """One window (C, T) -> {latent, top_k, model, timing} or an error dict.
+
+        `channels` names the window's rows (any order, any CTF serial), None when they are
+        the model's channels in its order."""
         try:
             state = self._current()
-            index = self._check(state, window, subject)
+            window, index = self._check(state, window, subject, channels)
         except ApiError as exc:
             return error_dict(exc)
         clip, forward_ms, batch = await self._batched((state, window, index))
@@ -130,11 +147,15 @@ class DecoderCore:
         }
 
     async def decode_parts(
-        self, subject: str | int, top_k: int, *parts: np.ndarray
+        self,
+        subject: str | int,
+        top_k: int,
+        *parts: np.ndarray,
+        channels: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
         """`decode` of the window sent as `inline_parts` (one argument each)."""
         window = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return await self.decode(window, subject, top_k)
+        return await self.decode(window, subject, top_k, channels)
 
     @serve.batch(
         max_batch_size=16, batch_wait_timeout_s=0.0
@@ -199,13 +220,15 @@ class DecoderCore:
             "channels": list(state.bundle.ch_names),
         }
 
-    def generation_latent(self, window: np.ndarray, subject: str | int) -> dict[str, Any]:
+    def generation_latent(
+        self, window: np.ndarray, subject: str | int, channels: tuple[str, ...] | None = None
+    ) -> dict[str, Any]:
         """MSE head -> latents z-scored with the bundle's prediction statistics, on the training
         latents' scale, split per named latent (`reconstruct.window_latents`, which
         `megdecode reconstruct` runs too), for the generator."""
         try:
             state = self._current()
-            latents = window_latents(state, window, subject)
+            latents = window_latents(state, window, subject, channels)
         except ApiError as exc:
             return error_dict(exc)
         return {

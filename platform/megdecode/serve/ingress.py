@@ -108,7 +108,8 @@ class Ingress:
         response_model=schemas.DecodeResponse,
         responses=schemas.ERRORS,
         openapi_extra=schemas.window_body(
-            "one window, JSON or raw float32 bytes (headers X-Shape: C,T and X-Subject)"
+            "one window, JSON or raw float32 bytes (headers X-Shape: C,T and X-Subject; "
+            "optional X-Channels: the rows' channel names, comma-separated)"
         ),
     )
     async def decode(self, request: Request, top_k: int | None = None) -> Response:
@@ -120,12 +121,17 @@ class Ingress:
             else int(bounded("top_k", top_k, 1, self.cfg.decoder.max_top_k, True))
         )
         with self.admission.decode_slot():
-            subject, window = await self.admission.window(request)
+            subject, window, channels = await self.admission.window(request)
             if self.local is not None and self.cfg.decoder.ingress_copy == "all":
-                result = await self.admission.local_call(self.local.decode(window, subject, k))
+                result = await self.admission.local_call(
+                    self.local.decode(window, subject, k, channels)
+                )
             else:
                 result = await self.admission.call(
-                    self.decoder.decode_parts.remote(subject, k, *inline_parts(window)), "decoder"
+                    self.decoder.decode_parts.remote(
+                        subject, k, *inline_parts(window), channels=channels
+                    ),
+                    "decoder",
                 )
         result["timing"]["server_ms"] = round((time.perf_counter() - start) * 1e3, 3)
         return FastJSONResponse(result)
@@ -168,9 +174,9 @@ class Ingress:
             raise unavailable(
                 "generator_disabled", "no generator is configured (generator.weights)", 60
             )
-        subject, window = await self.admission.window(request)
+        subject, window, channels = await self.admission.window(request)
         decoded = await self.admission.call(
-            self.decoder.generation_latent.remote(window, subject), "decoder"
+            self.decoder.generation_latent.remote(window, subject, channels), "decoder"
         )
         result = await self.admission.call(
             self.generator.generate.remote(decoded["latents"], steps_, guidance_, seed_),
@@ -187,7 +193,8 @@ class Ingress:
 
     @api.websocket("/v1/stream")
     async def stream(self, ws: WebSocket) -> None:
-        """Start message {subject, sfreq?, top_k?}, then binary float32 chunks (C x n, channel-major)."""
+        """Start message {subject, sfreq?, top_k?, channels?}, then binary float32 chunks
+        (C x n, channel-major; rows in the order of `channels` when given)."""
         await self.streams.handle(ws)
 
     # --- the live page (megdecode.serve.livepage) ------------------------------------------

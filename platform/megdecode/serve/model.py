@@ -9,7 +9,7 @@ model runs in its serving layout (`BrainModule.folded`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from megdecode.bundle import ModelBundle
 from megdecode.model_registry import resolve_bundle
 from megdecode.models.brain import BrainModule
 from megdecode.predict import load_model
+from megdecode.serve.channels import ChannelOrder
 from megdecode.serve.gallery import Gallery
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,12 @@ class LoadedModel:
     dtype: torch.dtype = (
         torch.float32
     )  # the model's; inputs are cast to it, outputs back to float32
+    # Windows sent with channel names are reordered to the bundle's channels through it;
+    # it lives with the model so that a reload starts a cache of its own.
+    channels: ChannelOrder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channels = ChannelOrder(self.bundle.ch_names)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from megdecode.generate.postprocess import bundle_latents
+from megdecode.serve.channels import channels_value
 from megdecode.serve.model import LoadedModel
 from megdecode.serve.validate import check_window, parse_json_body, subject_index, window_from_json
 
@@ -29,12 +30,18 @@ logger = logging.getLogger(__name__)
 
 
 def window_latents(
-    state: LoadedModel, window: np.ndarray, subject: str | int
+    state: LoadedModel,
+    window: np.ndarray,
+    subject: str | int,
+    channels: tuple[str, ...] | None = None,
 ) -> dict[str, np.ndarray]:
     """(C, T) float32 window of `subject` -> {latent name: (1, F_name)} on the training scale.
 
-    Raises `ApiError` (422) for a window or subject the model cannot take.
+    `channels` names the window's rows (reordered to the model's by sensor), None when
+    they are already in the model's order. Raises `ApiError` (422) for a window or subject
+    the model cannot take.
     """
+    window = state.channels.align(window, channels)
     check_window(window, *state.shape)
     index = subject_index(subject, state.bundle.subjects)
     _, mse = state.forward(window[None], np.array([index], np.int64))
@@ -55,9 +62,12 @@ def render_png(
     return pngs
 
 
-def read_window(path: str | Path) -> tuple[str | int, np.ndarray]:
-    """A /v1/decode JSON body on disk -> (subject, float32 (C, T)), parsed as the ingress does."""
-    return window_from_json(parse_json_body(Path(path).read_bytes()))
+def read_window(path: str | Path) -> tuple[str | int, np.ndarray, tuple[str, ...] | None]:
+    """A /v1/decode JSON body on disk -> (subject, float32 (C, T), channel names or None),
+    parsed as the ingress does."""
+    doc = parse_json_body(Path(path).read_bytes())
+    subject, data = window_from_json(doc)
+    return subject, data, channels_value(doc.get("channels"))
 
 
 @dataclass(frozen=True)
@@ -85,9 +95,9 @@ def reconstruct(
     from megdecode.generate.loader import load_generator
     from megdecode.serve.model import load_served_model
 
-    subject, data = read_window(window)
+    subject, data, channels = read_window(window)
     state = load_served_model(source, tracking_uri, precision=precision)
-    latents = window_latents(state, data, subject)
+    latents = window_latents(state, data, subject, channels)
     pipeline = load_generator(generator_dir, device=device)
     missing = sorted(set(pipeline.conditions) - set(latents))
     if missing:

@@ -18,7 +18,17 @@ class DecodeRequest(BaseModel):
 
     subject: str | int = Field(description="subject label (as in the bundle) or its index")
     data: list[list[float]] = Field(
-        description="C x T window, channel rows in the model's channel order"
+        description="C x T window; rows in the model's channel order unless `channels` names them"
+    )
+    channels: list[str] | None = Field(
+        default=None,
+        description=(
+            "optional: the channel name of each data row (C names). Rows are matched to the "
+            "model's channels by sensor, ignoring the CTF serial suffix ('MLC11-4304' is the "
+            "model's 'MLC11-1609'), in any order; sensors the model does not use are dropped, "
+            "a sensor it needs and the list lacks is a 422 'channel_mismatch' naming it. "
+            "Absent: the rows must be the model's channels in its order (shape check only)"
+        ),
     )
 
 
@@ -90,8 +100,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def window_body(description: str) -> dict[str, Any]:
-    """openapi_extra of a route whose body is a window as JSON or raw float32 bytes."""
+    """openapi_extra of a route whose body is a window as JSON or raw float32 bytes (the
+    X-Channels header is the raw form's `DecodeRequest.channels`; FastAPI appends it to the
+    route's own parameters)."""
     return {
+        "parameters": [
+            {
+                "name": "X-Channels",
+                "in": "header",
+                "required": False,
+                "description": "raw bytes only: the rows' channel names, comma-separated "
+                "(as `channels` of the JSON form)",
+                "schema": {"type": "string"},
+            }
+        ],
         "requestBody": {
             "required": True,
             "description": description,
@@ -99,5 +121,5 @@ def window_body(description: str) -> dict[str, Any]:
                 "application/json": {"schema": DecodeRequest.model_json_schema()},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
-        }
+        },
     }

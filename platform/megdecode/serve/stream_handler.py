@@ -1,7 +1,10 @@
 """WS /v1/stream: the start message, the "ready" reply, then decodes of the live feed.
 
-The client sends a start message {subject, sfreq?, top_k?}, then binary float32 chunks
-(C x n, channel-major). The handler checks the token (`megdecode.serve.admission`), asks
+The client sends a start message {subject, sfreq?, top_k?, channels?}, then binary float32
+chunks (C x n, channel-major). With ``channels`` (the names of the chunk rows) the rows are
+matched to the model's channels by sensor (`megdecode.serve.channels`) once, at the start:
+a sensor the model needs and the list lacks closes the socket with a "channel_mismatch"
+error, extra sensors are dropped from every chunk. The handler checks the token (`megdecode.serve.admission`), asks
 the decoder (the ingress' own model copy when it holds one, else the pool) how to
 preprocess the subject's feed, answers "ready" with the stride and delay, and runs the
 connection's loop (`megdecode.serve.live.run_session`). Every failure closes the socket
@@ -18,6 +21,7 @@ import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from megdecode.serve.admission import Admission, ws_auth
+from megdecode.serve.channels import channel_picks, channels_value, dropped
 from megdecode.serve.config import ServeConfig
 from megdecode.serve.decoder import DecoderCore
 from megdecode.serve.errors import ApiError
@@ -50,6 +54,7 @@ class StreamHandler:
             if not isinstance(start, dict):
                 raise ApiError(400, "malformed_json", "the first message must be a JSON object")
             subject = subject_value(start.get("subject"))
+            channels = channels_value(start.get("channels"))
             sfreq = start.get("sfreq")
             if sfreq is not None:
                 bounded("sfreq", sfreq, 1.0, 100_000.0)
@@ -70,7 +75,8 @@ class StreamHandler:
                 info = await self.admission.call(
                     self.decoder.stream_spec.remote(subject, sfreq), "decoder"
                 )
-            await self._loop(ws, info, k)
+            picks = None if channels is None else channel_picks(info["channels"], channels)
+            await self._loop(ws, info, k, channels, picks)
         except WebSocketDisconnect:
             return
         except ApiError as exc:
@@ -87,8 +93,19 @@ class StreamHandler:
                 },
             )
 
-    async def _loop(self, ws: WebSocket, info: dict[str, Any], k: int) -> None:
-        """Refuse a model the causal filter would feed other inputs, say "ready", run the loop."""
+    async def _loop(
+        self,
+        ws: WebSocket,
+        info: dict[str, Any],
+        k: int,
+        channels: tuple[str, ...] | None,
+        picks: np.ndarray | None,
+    ) -> None:
+        """Refuse a model the causal filter would feed other inputs, say "ready", run the loop.
+
+        With `channels` (the start message's names of the chunk rows), `picks` takes the
+        model's sensors out of every chunk in the model's order; "ready" then says how many
+        rows a chunk has and which named channels the model does not use."""
         s = self.cfg.stream
         spec, n_channels = info["spec"], int(info["n_channels"])
         if s.require_causal_training and not spec.matches_training:
@@ -98,11 +115,15 @@ class StreamHandler:
                 "this model was trained on zero-phase band-passed data; "
                 "the stream's causal filter would feed it other inputs",
             )
-        session = StreamSession(spec, n_channels, s.stride_s, s.max_backlog_s, s.max_chunk_s)
+        session = StreamSession(
+            spec, n_channels, s.stride_s, s.max_backlog_s, s.max_chunk_s, picks=picks
+        )
+        rows = n_channels if channels is None else len(channels)
         await ws.send_json(
             {
                 "type": "ready",
-                "n_channels": n_channels,
+                "n_channels": rows,
+                "dropped_channels": [] if picks is None else dropped(channels or (), picks),
                 "sfreq": spec.sfreq_in,
                 "stride_samples": session.stride,
                 "stride_s": session.stride_s,
@@ -115,7 +136,7 @@ class StreamHandler:
         await run_session(
             ws,
             session,
-            n_channels,
+            rows,
             s.max_backlog_s,
             lambda segment, onsets: self._decode(session, segment, onsets, subject, k),
         )

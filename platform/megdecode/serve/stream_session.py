@@ -49,7 +49,11 @@ class StreamSession:
         max_backlog_s: float,
         max_chunk_s: float = 2.0,
         clock=time.monotonic,
+        picks: np.ndarray | None = None,
     ) -> None:
+        # picks: rows of a received chunk in the model's channel order (a client that named
+        # its channels); None when chunks arrive in the model's order.
+        self.picks = picks
         self.stride = max(1, int(round(stride_s * spec.sfreq_in)))
         self.max_chunk = int(max_chunk_s * spec.sfreq_in)
         self.pre = OnlinePreprocessor(spec, n_channels, extra_capacity=self.max_chunk + self.stride)
@@ -68,9 +72,12 @@ class StreamSession:
         return self.stride / self.pre.spec.sfreq_in
 
     def push(self, chunk: np.ndarray) -> int:
-        """Filter (C, n) raw samples into the buffer; the number of onsets now queued."""
+        """Filter (C, n) raw samples (rows as sent; `picks` applied) into the buffer; the number
+        of onsets now queued."""
         if chunk.ndim != 2 or chunk.shape[1] > self.max_chunk:
             raise StreamError(f"a chunk must be (C, n) with n <= {self.max_chunk} samples")
+        if self.picks is not None:
+            chunk = chunk[self.picks]
         if self.t0 is None:
             self.t0 = self.clock()
         self.pre.push(chunk)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from megdecode.data.sensors import SensorMismatchError, match_sensors
 from megdecode.serve import jsonio
+from megdecode.serve.channels import ChannelOrder
 from megdecode.serve.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -140,30 +140,21 @@ def check_window(arr: np.ndarray, n_channels: int, n_times: int) -> np.ndarray:
 
 
 def align_channels(
-    arr: np.ndarray, channels: Sequence[str] | None, expected: Sequence[str]
+    arr: np.ndarray,
+    channels: Sequence[str] | None,
+    expected: Sequence[str],
+    *,
+    allow_extra: bool = False,
 ) -> np.ndarray:
     """The (C, T) window with its rows in the model's channel order, matched by sensor name.
 
     `channels` names the window's rows as the client sent them (None: already the model's
     order, checked by shape only). A window from another CTF system of the same sensors
     (``MLC11-4304`` for the model's ``MLC11-1609``), in any order, is reordered; missing
-    or extra sensors are 422 "channel_mismatch" naming them.
+    sensors (and extra ones unless `allow_extra`) are 422 "channel_mismatch" naming them.
+    The served routes keep one `ChannelOrder` per model instead, which caches the order.
     """
-    if channels is None:
-        return arr
-    if len(channels) != arr.shape[0]:
-        raise ApiError(
-            422,
-            "invalid_shape",
-            f"{len(channels)} channel names for {arr.shape[0]} data rows",
-        )
-    try:
-        order = match_sensors(
-            expected, channels, expected_label="the model", got_label="the window"
-        )
-    except SensorMismatchError as exc:
-        raise ApiError(422, "channel_mismatch", str(exc)) from None
-    return arr[order]
+    return ChannelOrder(expected, allow_extra=allow_extra).align(arr, channels)
 
 
 def subject_index(subject: str | int, subjects: Sequence[str]) -> int:

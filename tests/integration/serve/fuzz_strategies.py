@@ -49,9 +49,18 @@ def window_data(shape: tuple[int, int], fill: str, seed: int) -> Any:
 
 
 def bodies(
-    n_channels: int, n_times: int, subjects: list[str]
+    n_channels: int, n_times: int, subjects: list[str], channels: list[str] | None = None
 ) -> st.SearchStrategy[tuple[bytes, dict[str, str]]]:
-    """(body, headers): JSON windows of near-right shapes, arbitrary JSON, raw bytes, junk."""
+    """(body, headers): JSON windows of near-right shapes, arbitrary JSON, raw bytes, junk;
+    with or without channel names (the model's, shuffled or cut, or garbage)."""
+    model_names = list(channels or [f"CH{i:03d}" for i in range(n_channels)])
+    names = (
+        st.none()
+        | st.permutations(model_names).map(list)
+        | st.permutations(model_names).map(lambda p: p[1:])
+        | st.lists(st.text(max_size=12), max_size=4)
+        | JSON
+    )
     shapes = st.sampled_from(
         [
             (n_channels, n_times),
@@ -69,18 +78,28 @@ def bodies(
         | st.lists(st.integers(), max_size=2)
     )
     json_window = st.builds(
-        lambda s, shape, fill, seed: {"subject": s, "data": window_data(shape, fill, seed)},
+        lambda s, shape, fill, seed, ch: {
+            "subject": s,
+            "data": window_data(shape, fill, seed),
+            **({} if ch is None else {"channels": ch}),
+        },
         subject,
         shapes,
         st.sampled_from(FILLS),
         st.integers(0, 10),
+        names,
     )
     as_json = (json_window | JSON).map(
         lambda doc: (json.dumps(doc).encode(), {"content-type": "application/json"})
     )
 
     def raw(
-        shape: tuple[int, int], extra: int, subject_h: str, shape_h: str | None, dtype: str | None
+        shape: tuple[int, int],
+        extra: int,
+        subject_h: str,
+        shape_h: str | None,
+        dtype: str | None,
+        channels_h: str | None,
     ) -> tuple[bytes, dict[str, str]]:
         values = np.zeros(shape, "<f4").tobytes()[: max(0, shape[0] * shape[1] * 4 + extra)]
         headers = {
@@ -90,6 +109,8 @@ def bodies(
         }
         if dtype is not None:
             headers["x-dtype"] = dtype
+        if channels_h is not None:
+            headers["x-channels"] = channels_h
         return values + b"\x00" * max(0, extra), headers
 
     as_bytes = st.builds(
@@ -99,6 +120,7 @@ def bodies(
         st.sampled_from(subjects) | HEADER_TEXT,
         st.none() | HEADER_TEXT,
         st.none() | st.sampled_from(["float32", "float64", "<f4", "int8"]) | HEADER_TEXT,
+        st.none() | st.permutations(model_names).map(",".join) | HEADER_TEXT,
     )
     junk = st.tuples(
         st.binary(max_size=512),

@@ -115,6 +115,12 @@ def test_health_ready_model_and_openapi(served: tuple[str, object], tiny_bundle:
     assert {"/v1/decode", "/v1/reconstruct", "/v1/model", "/healthz", "/readyz"} <= set(
         schema["paths"]
     )
+    for path in ("/v1/decode", "/v1/reconstruct"):  # the optional channel names, both forms
+        op = schema["paths"][path]["post"]
+        assert "X-Channels" in {p["name"] for p in op["parameters"]}
+        assert (
+            "channels" in op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        )
 
 
 def test_decode_json_and_bytes_agree(served: tuple[str, object], tiny_bundle: Path) -> None:
@@ -470,13 +476,17 @@ def test_served_png_equals_megdecode_reconstruct(
     assert pngs[0] != pngs[1]  # the comparison is not between two constant images
 
 
-def _stream(url: str, subject: str, raw: np.ndarray, top_k: int) -> tuple[dict, list[dict]]:
-    """Replay `raw` (C, n) float32 through WS /v1/stream in 100-sample chunks: (ready, decodes)."""
+def _stream(
+    url: str, subject: str, raw: np.ndarray, top_k: int, **start: object
+) -> tuple[dict, list[dict]]:
+    """Replay `raw` (C, n) float32 through WS /v1/stream in 100-sample chunks: (ready, decodes).
+
+    `start`: more fields of the start message (``channels``)."""
     from websockets.sync.client import connect
 
     decodes, chunk = [], 100
     with connect(url.replace("http", "ws") + "/v1/stream", max_size=2**24) as ws:
-        ws.send(json.dumps({"subject": subject, "top_k": top_k}))
+        ws.send(json.dumps({"subject": subject, "top_k": top_k, **start}))
         ready = json.loads(ws.recv(timeout=30))
         for start in range(0, raw.shape[1], chunk):
             ws.send(np.ascontiguousarray(raw[:, start : start + chunk]).tobytes())
@@ -540,6 +550,176 @@ def test_stream_decodes_every_stride_as_the_offline_model_for_every_subject(
     ) as ws:  # a bad start message: an error, then closed
         ws.send(json.dumps({"subject": "nobody"}))
         assert json.loads(ws.recv(timeout=30))["error"] == "unknown_subject"
+
+
+def _other_system(names: list[str]) -> list[str]:
+    """The same sensors under another CTF-275's serial ("MLC11-1609" -> "MLC11-4304")."""
+    from megdecode.data.sensors import sensor_name
+
+    return [f"{sensor_name(c)}-4304" for c in names]
+
+
+def _shuffled_with_extra(
+    x: np.ndarray, names: list[str], seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
+    """`x`'s rows shuffled, renamed to another system's serial, plus a sensor the model lacks."""
+    perm = np.random.default_rng(seed).permutation(len(names))
+    other = _other_system(names)
+    extra = np.full((1, x.shape[1]), 7.0, np.float32)
+    rows = np.concatenate([x[perm], extra])
+    return rows, [other[i] for i in perm] + ["EEG057-4304"]
+
+
+def test_named_channels_in_any_order_decode_as_the_model_order(
+    served: tuple[str, object], tiny_bundle: Path, offline: OfflineDecoder
+) -> None:
+    """A window sent with "channels" (JSON) or X-Channels (bytes), rows shuffled under another
+    system's serial and one extra sensor: the latent and ranking of the window in the model's
+    order, which the shuffled rows taken as they are would not give."""
+    url, _ = served
+    b = load_bundle(tiny_bundle)
+    subject, x = _window(tiny_bundle, seed=5)
+    rows, names = _shuffled_with_extra(x, list(b.ch_names))
+    k = len(offline.gallery_ids)
+    z = offline.latents(x[None], np.zeros(1))
+    assert_discriminates(
+        z, offline.latents(rows[None, :-1], np.zeros(1)), LATENT_ATOL, "the unaligned window"
+    )
+    row = offline.scores(z)[0]
+    as_json = requests.post(
+        f"{url}/v1/decode",
+        json={"subject": subject, "data": rows.tolist(), "channels": names},
+        params={"top_k": k},
+        timeout=30,
+    )
+    as_bytes = requests.post(
+        f"{url}/v1/decode",
+        data=rows.tobytes(),
+        params={"top_k": k},
+        timeout=30,
+        headers={
+            "content-type": "application/octet-stream",
+            "x-shape": f"{rows.shape[0]},{rows.shape[1]}",
+            "x-subject": subject,
+            "x-channels": ",".join(names),
+        },
+    )
+    for r in (as_json, as_bytes, _post(url, subject, x.tolist(), params={"top_k": k})):
+        assert r.status_code == 200, r.text
+        assert_same_decode(r.json(), z[0], row, offline.gallery_ids)
+
+
+def test_a_window_missing_a_sensor_is_a_422_naming_it(
+    served: tuple[str, object], tiny_bundle: Path
+) -> None:
+    """One sensor short (named channels): 422 channel_mismatch naming that sensor, for
+    /v1/decode as JSON and bytes and for /v1/reconstruct; names that do not match the rows'
+    count are a 422 invalid_shape."""
+    from megdecode.data.sensors import sensor_name
+
+    url, _ = served
+    b = load_bundle(tiny_bundle)
+    subject, x = _window(tiny_bundle, seed=6)
+    names = _other_system(list(b.ch_names))
+    lost = sensor_name(b.ch_names[3])
+    keep = [i for i in range(len(names)) if i != 3]
+    body = {"subject": subject, "data": x[keep].tolist(), "channels": [names[i] for i in keep]}
+    answers = [
+        requests.post(f"{url}/v1/decode", json=body, timeout=30),
+        requests.post(
+            f"{url}/v1/decode",
+            data=np.ascontiguousarray(x[keep]).tobytes(),
+            timeout=30,
+            headers={
+                "content-type": "application/octet-stream",
+                "x-shape": f"{len(keep)},{x.shape[1]}",
+                "x-subject": subject,
+                "x-channels": ",".join(names[i] for i in keep),
+            },
+        ),
+        requests.post(f"{url}/v1/reconstruct", json=body, params={"steps": 1}, timeout=30),
+    ]
+    for r in answers:
+        err = _is_error(r, 422)
+        assert err["error"] == "channel_mismatch" and lost in err["detail"], err
+    short = {"subject": subject, "data": x.tolist(), "channels": names[:-1]}
+    r = requests.post(f"{url}/v1/decode", json=short, timeout=30)
+    assert _is_error(r, 422)["error"] == "invalid_shape"
+
+
+def test_reconstruct_of_named_shuffled_channels_is_the_same_image(
+    served: tuple[str, object], tiny_bundle: Path
+) -> None:
+    """/v1/reconstruct of the shuffled, renamed window with its names: the same PNG bytes."""
+    url, _ = served
+    b = load_bundle(tiny_bundle)
+    subject, x = _window(tiny_bundle, seed=7)
+    rows, names = _shuffled_with_extra(x, list(b.ch_names), seed=1)
+    params = {"steps": 2, "seed": 4}
+    plain = requests.post(
+        f"{url}/v1/reconstruct",
+        json={"subject": subject, "data": x.tolist()},
+        params=params,
+        timeout=120,
+    )
+    named = requests.post(
+        f"{url}/v1/reconstruct",
+        json={"subject": subject, "data": rows.tolist(), "channels": names},
+        params=params,
+        timeout=120,
+    )
+    unnamed = requests.post(
+        f"{url}/v1/reconstruct",
+        json={"subject": subject, "data": rows[:-1].tolist()},
+        params=params,
+        timeout=120,
+    )
+    for r in (plain, named, unnamed):
+        assert r.status_code == 200, r.text
+    assert named.content == plain.content
+    assert unnamed.content != plain.content  # the reordering is what makes them equal
+
+
+def test_stream_with_named_channels_decodes_as_the_model_order(
+    served: tuple[str, object], causal_run: Path, tiny_bundle: Path, offline: OfflineDecoder
+) -> None:
+    """A recording streamed with "channels" in the start message (rows shuffled, another
+    serial, an extra sensor): every decode scores the gallery as the model-order stream does;
+    a start message lacking a sensor gets the stream's error message naming it."""
+    from websockets.sync.client import connect
+
+    from megdecode.data import bids
+    from megdecode.data.preprocess import pick_meg
+    from megdecode.data.sensors import sensor_name
+    from megdecode.serve.stream import StreamSpec
+
+    url, _ = served
+    b = load_bundle(tiny_bundle)
+    subject, k = b.subjects[0], len(offline.gallery_ids)
+    spec = StreamSpec.from_bundle(b, subject)
+    rec = bids.read_run(
+        causal_run / "bids", bids.find_runs(causal_run / "bids", subjects=[subject])[0]
+    )
+    raw = rec.raw.get_data(picks=pick_meg(rec.raw.info, spec.preprocess)).astype(np.float32)
+    raw = np.ascontiguousarray(raw[:, :900])
+    rows, names = _shuffled_with_extra(raw, list(b.ch_names), seed=2)
+    _, plain = _stream(url, subject, raw, k)
+    ready, named = _stream(url, subject, rows, k, channels=names)
+    assert ready["type"] == "ready", ready
+    assert ready["n_channels"] == len(names) and ready["dropped_channels"] == ["EEG057-4304"]
+    assert len(plain) > 5 and [d["onset_sample"] for d in named] == [
+        d["onset_sample"] for d in plain
+    ]
+    for got, want in zip(named, plain, strict=True):
+        want_scores = {h["image_id"]: h["score"] for h in want["top_k"]}
+        ids = offline.gallery_ids
+        assert_topk_matches(got["top_k"], np.array([want_scores[i] for i in ids]), ids)
+    with connect(url.replace("http", "ws") + "/v1/stream") as ws:
+        ws.send(json.dumps({"subject": subject, "channels": names[1:]}))
+        err = json.loads(ws.recv(timeout=30))
+    lost = sensor_name(names[0])
+    assert err["type"] == "error" and err["error"] == "channel_mismatch", err
+    assert lost in err["detail"], err
 
 
 @pytest.mark.slow  # a redeploy (rolling replica restart) under traffic
@@ -685,7 +865,7 @@ def test_property_based_requests_from_the_openapi_schema_never_get_a_5xx(
     )
     @given(
         op=st.sampled_from(ops),
-        body=bodies(len(b.ch_names), b.n_times, list(b.subjects)),
+        body=bodies(len(b.ch_names), b.n_times, list(b.subjects), list(b.ch_names)),
         params=queries(),
         extra=auth_headers(),
     )
