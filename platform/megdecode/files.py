@@ -52,7 +52,7 @@ def is_uri(path: PathLike) -> bool:
 
 def as_str(path: PathLike) -> str:
     """A URI unchanged, a local path made absolute (Ray workers run in other folders)."""
-    return path if is_uri(path) else str(Path(path).resolve())
+    return str(path) if is_uri(path) else str(Path(path).resolve())
 
 
 def join(base: PathLike, *parts: str) -> str:
@@ -233,6 +233,22 @@ def put_dir(local: PathLike, uri: PathLike, last: str | None = None) -> None:
             key = f"{inner}/{p.relative_to(root).as_posix()}"
             with open(p, "rb") as src, fs.open_output_stream(key) as dst:
                 shutil.copyfileobj(src, dst, 1 << 22)
+
+
+def copy_dir(src: PathLike, dst: PathLike, last: str | None = None) -> None:
+    """Copy the tree at `src` to `dst` on the same filesystem (server-side on an object
+    store); `last`, a relative path, is copied last (see `put_dir`)."""
+    fs, inner = resolve(src)
+    _, target = resolve(dst)
+    with named_errors(src):
+        found = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        rels = sorted(i.path[len(inner) + 1 :] for i in found if i.type == pafs.FileType.File)
+        if last is not None and last in rels:
+            rels = [r for r in rels if r != last] + [last]
+        for rel in rels:
+            if not is_uri(dst):
+                Path(f"{target}/{rel}").parent.mkdir(parents=True, exist_ok=True)
+            fs.copy_file(f"{inner}/{rel}", f"{target}/{rel}")
 
 
 def delete_dir(path: PathLike) -> None:

@@ -142,7 +142,7 @@ def scale_and_write(
     block.metadata = job.metadata
     scaled, scaler = scale_subject(block, cfg)
     del block, blocks  # the unscaled copy is no longer needed while the shards are written
-    written = epoch_store.write_subject(Path(staging), scaled, rows_per_file, row_group_rows)
+    written = epoch_store.write_subject(staging, scaled, rows_per_file, row_group_rows)
     # The native rate goes next to the scaler: online preprocessing (serving's stream)
     # needs both to rebuild the model's input from raw samples.
     stats = scaler.to_dict() | {"raw_sfreq": raw_sfreq(Path(job.bids_root), job.first_run)}
@@ -151,7 +151,7 @@ def scale_and_write(
 
 
 def run_subjects(
-    jobs: Sequence[SubjectJob], staging: Path, cfg: PreprocessConfig, use_ray: bool
+    jobs: Sequence[SubjectJob], staging: str | Path, cfg: PreprocessConfig, use_ray: bool
 ) -> list[SubjectResult]:
     """`scale_and_write` for every subject, as Ray tasks (one CPU each) or in a loop; results
     in the order of `jobs`."""
