@@ -104,7 +104,7 @@ def write_twin_latents(bids_root: str | Path, out_dir: str | Path) -> list[Path]
             "token_shape": None,
             "source": "twin ground truth",
         }
-        path = cache_path(out, name)
+        path = Path(cache_path(out, name))  # the twin writes its truth to a local folder
         write_latents(path, ids, latents, info)
         logger.info("%s: %d images x %d dims -> %s", name, len(ids), latents.shape[1], path)
         paths.append(path)
