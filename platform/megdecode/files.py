@@ -290,6 +290,11 @@ def local_copy(path: PathLike, *, include: list[str] | None = None) -> Iterator[
         yield Path(tmp) / rels[0] if info.type == pafs.FileType.File else Path(tmp)
 
 
+def copy_to_local(fs: pafs.FileSystem, inner: str, target: Path) -> None:
+    """Download one object (`inner` on `fs`) to the local file `target`."""
+    _get(fs, inner, target)
+
+
 def _get(fs: pafs.FileSystem, inner: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with fs.open_input_stream(inner) as src, open(target, "wb") as dst:
