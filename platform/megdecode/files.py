@@ -191,6 +191,14 @@ def open_output(path: PathLike) -> Any:
         return fs.open_output_stream(inner)
 
 
+def listdir(path: PathLike) -> list[str]:
+    """Names of the files directly under the folder `path` (none when it does not exist)."""
+    fs, inner = resolve(path)
+    with named_errors(path):
+        found = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return sorted(i.base_name for i in found if i.type == pafs.FileType.File)
+
+
 def read_text(path: PathLike) -> str:
     with open_input(path) as fh:
         return bytes(fh.read()).decode()
