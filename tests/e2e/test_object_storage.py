@@ -106,19 +106,23 @@ def _serve_and_decode(tracking: str) -> dict:
 
 @pytest.fixture()
 def no_ray() -> Iterator[None]:
-    """Each pipeline starts (and its CLI stops) its own local Ray; Serve's is stopped here."""
+    """Each pipeline starts (and its CLI stops) its own local Ray; Serve's is stopped here,
+    and the artifact root `megdecode tune --artifact-root` put in os.environ is removed."""
+    import os
+
     import ray
+
+    from megdecode.tracking import ARTIFACT_ENV
 
     yield
     ray.shutdown()
+    os.environ.pop(ARTIFACT_ENV, None)
 
 
 def test_every_stage_on_s3_then_the_same_on_local_disk(
     s3_server: S3Server, tiny_run: Path, tmp_path: Path, no_ray: None
 ) -> None:
     import ray
-
-    from megdecode.tracking import ARTIFACT_ENV
 
     started = time.perf_counter()
     bids = s3_server.uri("e2e/bids")
@@ -161,6 +165,3 @@ def test_every_stage_on_s3_then_the_same_on_local_disk(
         f"\nobject storage e2e: upload {upload_s:.1f} s; pipeline on S3 (moto) {s3_s:.1f} s, "
         f"on local disk {local_s:.1f} s"
     )
-    import os
-
-    os.environ.pop(ARTIFACT_ENV, None)  # set by `megdecode tune --artifact-root`
