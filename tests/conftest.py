@@ -17,7 +17,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-pytest_plugins = ("fixtures.hard_exit",)
+pytest_plugins = ("fixtures.hard_exit", "fixtures.s3")
 
 
 # What `megdecode.logs.setup_logging` sets in os.environ (the CLI's callback runs it).

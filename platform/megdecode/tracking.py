@@ -11,6 +11,11 @@ logs: the default store is a SQLite file (MLflow 3 deprecates the ``file:`` stor
 SQLite takes one writing process; trials report to Tune, the driver writes MLflow. On
 several nodes, point ``--tracking-uri`` at an MLflow server instead.
 
+Artifacts (bundles, figures, tables) go next to the SQLite file by default, or under an
+object-store root (``--artifact-root s3://...`` or ``MEGDECODE_ARTIFACT_ROOT``): MLflow
+writes and reads them with boto3 on the endpoint of ``MLFLOW_S3_ENDPOINT_URL`` (filled in
+from ``AWS_ENDPOINT_URL`` when unset). The SQLite file itself stays on the driver's disk.
+
 Idempotence: a trial run is found again by its ``megdecode.trial_id`` tag and a seed
 run by (parent, ``megdecode.seed``), so a resumed search does not duplicate runs.
 """
@@ -29,6 +34,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from megdecode import files
 from megdecode.bundle import git_commit
 
 # Models registered before `megdecode.pyfunc` existed load `megdecode.tracking.BundleModel`
@@ -38,6 +44,7 @@ from megdecode.pyfunc import BundleModel as BundleModel
 logger = logging.getLogger(__name__)
 
 TRACKING_ENV = "MEGDECODE_TRACKING_URI"
+ARTIFACT_ENV = "MEGDECODE_ARTIFACT_ROOT"  # where new experiments keep artifacts (path or URI)
 TAG_KIND, TAG_TRIAL, TAG_SEED = "megdecode.kind", "megdecode.trial_id", "megdecode.seed"
 TAG_COMMIT, TAG_DATA, TAG_PARENT = (
     "megdecode.git_commit",
@@ -61,16 +68,35 @@ def default_tracking_uri(run_dir: str | Path) -> str:
 
 def store_checksum(store: str | Path) -> str:
     """sha256 of the store's manifest.json, which itself holds the sha256 of every shard."""
-    manifest = Path(store) / "manifest.json"
-    if not manifest.exists():
+    manifest = files.join(store, "manifest.json")
+    if not files.exists(manifest):
         raise FileNotFoundError(f"no manifest.json in {store}; is it an epochs store?")
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    with files.open_input(manifest) as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def object_store_env() -> None:
+    """Point MLflow's S3 client at the endpoint the rest of megdecode uses (`megdecode.files`),
+    unless MLFLOW_S3_ENDPOINT_URL is set already."""
+    endpoint = files.endpoint_url()
+    if endpoint and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
+        os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint
 
 
 class Tracker:
-    """Runs of one experiment (created on first use) and the model registry of one store."""
+    """Runs of one experiment (created on first use) and the model registry of one store.
 
-    def __init__(self, tracking_uri: str, experiment_name: str | None = None) -> None:
+    artifact_root: where a new experiment keeps its artifacts, a folder or an object-store
+    URI (default: ``MEGDECODE_ARTIFACT_ROOT``, else ``mlartifacts/`` next to a SQLite file,
+    else the tracking server's default). An existing experiment keeps its own.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str | None = None,
+        artifact_root: str | None = None,
+    ) -> None:
         if tracking_uri.startswith("file:") or "://" not in tracking_uri:
             raise ValueError(
                 f"tracking URI {tracking_uri!r}: MLflow 3 deprecates the file store; "
@@ -78,13 +104,15 @@ class Tracker:
             )
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
-        self.artifact_root: Path | None = None
+        self.artifact_root: str | Path | None = artifact_root or os.environ.get(ARTIFACT_ENV)
         if tracking_uri.startswith("sqlite:///"):
             db = Path(tracking_uri.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
-            self.artifact_root = (
-                db.parent.resolve() / "mlartifacts"
-            )  # next to the db, not in the cwd
+            if self.artifact_root is None:
+                self.artifact_root = db.parent.resolve() / "mlartifacts"  # not in the cwd
+        object_store_env()  # artifacts on an object store, written here or by another driver
+        if self.artifact_root is not None and files.is_uri(self.artifact_root):
+            files.check_access(self.artifact_root)  # in seconds, not boto3's retries
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._experiment_id: str | None = None
         self._commit: str | None = None
@@ -104,7 +132,7 @@ class Tracker:
                     )
             else:
                 folder = self.experiment_name.replace("/", "_")
-                location = str(self.artifact_root / folder) if self.artifact_root else None
+                location = files.join(self.artifact_root, folder) if self.artifact_root else None
                 self._experiment_id = self.client.create_experiment(
                     self.experiment_name,
                     artifact_location=location,

@@ -18,6 +18,7 @@ import torch
 from mlflow.models import get_model_info
 
 from fixtures.configs import bundle_brain
+from fixtures.s3 import S3Server
 from megdecode.bundle import ModelBundle
 from megdecode.bundle_fields import FitRecord, GalleryMeta, LatentPart, LossState
 from megdecode.bundle_io import load_bundle, save_bundle
@@ -323,3 +324,19 @@ def test_browse_hint_links_to_the_model_training_runs_table() -> None:
         "mlflow ui --backend-store-uri sqlite:////r/mlflow.db --port 5001, then "
         "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning"
     )
+
+
+def test_artifacts_on_s3_register_and_resolve(s3_server: S3Server, tmp_path: Path) -> None:
+    """An experiment whose artifact root is an S3 URI (the SQLite db stays local): the
+    bundle is uploaded there, registered, and `resolve_bundle` (serving's path) reads it back."""
+    root = s3_server.uri("tracking/mlartifacts")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s3-artifacts", artifact_root=root)
+    bundle_dir = _bundle(tmp_path / "bundle")
+    run_id = tracker.trial_run("t_00001", {})
+    tracker.log_artifacts(run_id, bundle_dir, "seed0/bundle")
+    assert tracker.client.get_experiment(tracker.experiment_id).artifact_location.startswith(root)
+    assert not (tmp_path / "mlartifacts").exists()
+    register_bundle(tracker, run_id, bundle_dir, name="s3-brain", alias="champion")
+    folder, info = resolve_bundle("models:/s3-brain@champion", tracker.tracking_uri, tmp_path / "r")
+    assert info.run_id == run_id
+    assert load_bundle(folder).gallery_ids.tolist() == [0, 1, 2, 3]

@@ -31,8 +31,10 @@ def simulate(
 
 
 def preprocess(
-    bids_root: Annotated[Path, typer.Option("--bids", help="BIDS root (THINGS-MEG or twin)")],
-    out: Annotated[Path, typer.Option(help="epoch store to write")],
+    bids_root: Annotated[
+        str, typer.Option("--bids", help="BIDS root (THINGS-MEG or twin): a path or s3://, gs://")
+    ],
+    out: Annotated[str, typer.Option(help="epoch store to write: a path or s3://, gs://")],
     subjects: Annotated[list[str] | None, typer.Option("--subject")] = None,
     ray: Annotated[
         bool, typer.Option(help="Ray Data: one task per run file on a pool of one actor per CPU")
@@ -63,9 +65,11 @@ def preprocess(
 
 
 def latents(
-    store: Annotated[Path, typer.Option(help="epoch store (lists the images)")],
-    bids_root: Annotated[Path, typer.Option("--bids", help="BIDS root holding stimuli/")],
-    out: Annotated[Path, typer.Option(help="latents folder")],
+    store: Annotated[str, typer.Option(help="epoch store (lists the images): a path or URI")],
+    bids_root: Annotated[
+        str, typer.Option("--bids", help="BIDS root holding stimuli/: a path or URI")
+    ],
+    out: Annotated[str, typer.Option(help="latents folder: a path or s3://, gs://")],
     encoder: Annotated[
         list[str],
         typer.Option(
@@ -111,10 +115,13 @@ def latents(
 ) -> None:
     """Encode every stimulus of the store (and the never-shown distractors) into
     latents/<name>.parquet."""
+    from megdecode.files import check_access
     from megdecode.latents.distributed import ray_encode_fn
     from megdecode.latents.registry import encoder_factory, make_encoder
     from megdecode.latents.stage import build_latents
 
+    for where in (store, bids_root, out):
+        check_access(where)
     if ray:
         from megdecode.raycluster import init_ray
 
@@ -146,8 +153,8 @@ def latents(
 
 
 def _preprocess(
-    bids_root: Path,
-    out: Path,
+    bids_root: str,
+    out: str,
     subjects: list[str] | None,
     use_ray: bool,
     address: str | None,
@@ -155,7 +162,10 @@ def _preprocess(
 ) -> BuildReport:
     """`build_epoch_store`, on a Ray cluster started (or attached) here and shut down after."""
     from megdecode.data.build import build_epoch_store
+    from megdecode.files import check_access
 
+    for where in (bids_root, out):
+        check_access(where)  # a bad bucket or endpoint fails here, in seconds, naming it
     if not use_ray:
         return build_epoch_store(bids_root, out, cfg, subjects=subjects)
     import ray as ray_module

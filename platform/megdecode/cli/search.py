@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -17,9 +18,30 @@ def tune(
         typer.Option(help="search space YAML (search_spaces/*.yaml); not needed with --resume"),
     ] = None,
     data: Annotated[
-        Path, typer.Option(help="run folder with store/ and latents/ (absolute on a cluster)")
-    ] = Path("runs/demo"),
-    out: Annotated[Path | None, typer.Option(help="Tune results folder; default DATA/tune")] = None,
+        str,
+        typer.Option(
+            help="run folder with store/ and latents/: a path (absolute on a cluster) or s3://, gs://"
+        ),
+    ] = "runs/demo",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="local folder of the search's report; default DATA/tune (./tune for a URI)"
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Tune storage (experiment state, checkpoints): a path or s3://; default OUT"
+        ),
+    ] = None,
+    artifact_root: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MEGDECODE_ARTIFACT_ROOT",
+            help="MLflow artifact root of a new experiment: a path or s3://; default next to the db",
+        ),
+    ] = None,
     experiment: Annotated[
         str | None, typer.Option(help="Tune and MLflow experiment name; default <space>-<time>")
     ] = None,
@@ -78,13 +100,19 @@ def tune(
     """Ray Tune + Optuna search over SPACE, N seeds a trial, logged to MLflow; prints the summary."""
     import ray as ray_module
 
+    from megdecode import files
     from megdecode.search.cluster_storage import SharedStorageError
     from megdecode.search.driver import SearchSetup, latest_experiment, run_search
     from megdecode.search.epoch_memory import EpochsTooLargeError
-    from megdecode.tracking import default_tracking_uri
+    from megdecode.tracking import ARTIFACT_ENV, default_tracking_uri
 
-    data = data.resolve()
-    out = (out or data / "tune").resolve()
+    for where in (data, storage, artifact_root):
+        if where:
+            files.check_access(where)  # a bad bucket or endpoint fails now, naming it
+    if artifact_root:
+        os.environ[ARTIFACT_ENV] = artifact_root  # read by the driver's MLflow Tracker
+    local_data = None if files.is_uri(data) else Path(data).resolve()
+    out = (out or (local_data / "tune" if local_data else Path("tune"))).resolve()
     if resume:
         experiment = experiment or latest_experiment(out)
     elif space is None:
@@ -95,10 +123,11 @@ def tune(
         experiment = experiment or f"{load_space(space).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     setup = SearchSetup(
         space=str(space.resolve()) if space else "",
-        data=str(data),
+        data=str(local_data or data),
         out=str(out),
+        storage=storage,
         experiment=experiment,
-        tracking_uri=tracking_uri or default_tracking_uri(data),
+        tracking_uri=tracking_uri or default_tracking_uri(local_data or out),
         num_samples=num_samples,
         time_budget_s=time_budget,
         seeds=seeds,

@@ -11,7 +11,9 @@ training. No MEG array passes through the driver, so both passes use every CPU.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from megdecode.data import bids, runcache
+from megdecode import files
+from megdecode.data import bids, bids_remote, runcache
 from megdecode.data import store as epoch_store
 from megdecode.data.preprocess import PreprocessConfig, preprocess_run
 from megdecode.data.splits import SplitConfig, assign_splits
@@ -35,7 +38,7 @@ logger = logging.getLogger(__name__)
 class BuildReport:
     """What `build_epoch_store` wrote, for the CLI summary and for benchmarks."""
 
-    store: Path
+    store: Path | str  # a URI for a store on an object store
     n_runs: int
     n_epochs: int
     n_channels: int
@@ -60,15 +63,17 @@ def _preprocess_cached(
 ) -> tuple[str, bool]:
     """Preprocess one run into the run cache unless a valid cache exists: (stem, reused)."""
     stem = runcache.cache_stem(Path(cache_dir), key, cfg)
-    source = runcache.source_fingerprint(Path(root), key)
+    source = bids_remote.source_fingerprint(root, key)
     if runcache.load_block(stem, source) is not None:
         return str(stem), True
-    runcache.save_block(preprocess_run(bids.read_run(Path(root), key), cfg), stem, source)
+    with bids_remote.fetched_run(root, key) as local:  # a remote root: this run's files only
+        block = preprocess_run(bids.read_run(local, key), cfg)
+    runcache.save_block(block, stem, source)
     return str(stem), False
 
 
 def _run_local(
-    root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path
+    root: str | Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path
 ) -> list[tuple[str, bool]]:
     return [
         _preprocess_cached(str(root), key, cfg, str(cache))
@@ -106,7 +111,7 @@ class _RunWorker:
 
 
 def _run_ray(
-    root: Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path
+    root: str | Path, keys: Sequence[bids.RunKey], cfg: PreprocessConfig, cache: Path
 ) -> list[tuple[str, bool]]:
     """Ray Data over the run files: one row, hence one map call, per run, on a pool of one
     actor per CPU of the cluster (at most one per run)."""
@@ -156,7 +161,7 @@ def _run_ray(
 
 
 def _subject_jobs(
-    root: Path, keys: Sequence[bids.RunKey], stems: Sequence[str], split: SplitConfig
+    root: str | Path, keys: Sequence[bids.RunKey], stems: Sequence[str], split: SplitConfig
 ) -> list[SubjectJob]:
     """One job per subject (sorted labels), its rows split: the driver reads only the run
     cache's metadata tables; the MEG arrays stay on disk for the subjects' tasks."""
@@ -186,9 +191,19 @@ def _subject_jobs(
     ]
 
 
+def default_cache(out: str | Path) -> Path:
+    """The run cache of a store: a hidden sibling folder, or for a store on an object
+    store a local folder named after its URI."""
+    if files.is_uri(out):
+        digest = hashlib.sha256(str(out).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / "megdecode-runs" / digest
+    out = Path(out)
+    return out.parent / f".{out.name}.runs"
+
+
 def build_epoch_store(
-    bids_root: Path,
-    out: Path,
+    bids_root: str | Path,
+    out: str | Path,
     preprocess: PreprocessConfig | None = None,
     split: SplitConfig | None = None,
     subjects: Sequence[str] | None = None,
@@ -200,14 +215,16 @@ def build_epoch_store(
     Runs go through the run cache (default: a hidden sibling of `out`), so a rerun only
     recomputes runs that are missing or corrupt; the store itself is cheap to rewrite.
     With Ray, tasks write the run cache and the store's shards: on a multi-node cluster
-    both folders must be on storage every node sees.
+    both folders must be on storage every node sees. `bids_root` and `out` may be
+    object-store URIs (`megdecode.files`): each task fetches the runs it reads
+    (`bids_remote`); the run cache is then local (default: under the temp folder), so on
+    a multi-node cluster pass a `cache_dir` every node sees.
     """
     preprocess = preprocess or PreprocessConfig()
     split = split or SplitConfig()
-    bids_root, out = Path(bids_root), Path(out)
-    cache = Path(cache_dir) if cache_dir else out.parent / f".{out.name}.runs"
+    cache = Path(cache_dir) if cache_dir else default_cache(out)
     clock = PhaseClock("runs", "splits", "subjects")
-    keys = bids.find_runs(bids_root, subjects=subjects)
+    keys = bids_remote.find_runs(bids_root, subjects=subjects)
     if not keys:
         raise FileNotFoundError(f"no task-main MEG runs found under {bids_root}")
     logger.info(

@@ -134,9 +134,12 @@ def scale_subject(block: EpochBlock, cfg: PreprocessConfig) -> tuple[EpochBlock,
     return scaled, scaler
 
 
-def raw_sfreq(root: Path, key: bids.RunKey) -> float:
+def raw_sfreq(root: str | Path, key: bids.RunKey) -> float:
     """The recording's native sampling rate, from its header (no data is loaded)."""
-    return float(bids.read_run(root, key, preload=False).raw.info["sfreq"])
+    from megdecode.data.bids_remote import fetched_run
+
+    with fetched_run(root, key) as local:
+        return float(bids.read_run(local, key, preload=False).raw.info["sfreq"])
 
 
 def scale_and_write(
@@ -163,16 +166,16 @@ def scale_and_write(
     block.metadata = job.metadata
     scaled, scaler = scale_subject(block, cfg)
     del block, blocks  # the unscaled copy is no longer needed while the shards are written
-    written = epoch_store.write_subject(Path(staging), scaled, rows_per_file, row_group_rows)
+    written = epoch_store.write_subject(staging, scaled, rows_per_file, row_group_rows)
     # The native rate goes next to the scaler: online preprocessing (serving's stream)
     # needs both to rebuild the model's input from raw samples.
-    stats = scaler.to_dict() | {"raw_sfreq": raw_sfreq(Path(job.bids_root), job.first_run)}
+    stats = scaler.to_dict() | {"raw_sfreq": raw_sfreq(job.bids_root, job.first_run)}
     logger.info("subject %s: %d epochs scaled and written", job.subject, len(scaled.metadata))
     return SubjectResult(written, stats, scaled.compensation_grade, dict(scaled.dropped))
 
 
 def run_subjects(
-    jobs: Sequence[SubjectJob], staging: Path, cfg: PreprocessConfig, use_ray: bool
+    jobs: Sequence[SubjectJob], staging: str | Path, cfg: PreprocessConfig, use_ray: bool
 ) -> list[SubjectResult]:
     """`scale_and_write` for every subject, as Ray tasks (one CPU each) or in a loop; results
     in the order of `jobs`."""

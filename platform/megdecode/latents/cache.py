@@ -5,6 +5,7 @@ seed and search trial needs the same vectors, so each image is encoded once. Col
 ``image_id`` int64 and ``latent``, a canonical ``arrow.fixed_shape_tensor`` of shape
 (F,) float32 (the same choice as the epoch store: pyarrow and Ray Data both read it as
 an array). The schema metadata records the encoder name, dim, fingerprint and token shape.
+A cache folder is a local path or an object-store URI (`megdecode.files`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from megdecode import files
 from megdecode.latents.base import ImageEncoder, TextEncoder, fingerprint
 from megdecode.logs import progress
 
@@ -34,16 +36,20 @@ class LatentCacheError(ValueError):
     """A cache file does not match the encoder asking for it; the message names the file."""
 
 
-def cache_path(cache_dir: str | Path, name: str) -> Path:
+def cache_path(cache_dir: str | Path, name: str) -> Path | str:
+    """``<cache_dir>/<name>.parquet``: a `Path` for a local folder, a URI string otherwise."""
+    if files.is_uri(cache_dir):
+        return files.join(cache_dir, f"{name}.parquet")
     return Path(cache_dir) / f"{name}.parquet"
 
 
 def latent_info(path: str | Path) -> dict[str, Any]:
     """Encoder name, dim, fingerprint and token_shape stored with a cache file."""
-    path = Path(path)
-    if not path.is_file():
+    if not files.exists(path):
         raise FileNotFoundError(f"no latent cache at {path}")
-    meta = pq.read_schema(path).metadata or {}
+    fs, inner = files.resolve(path)
+    with files.named_errors(path):
+        meta = pq.read_schema(inner, filesystem=fs).metadata or {}
     if _META_KEY not in meta:
         raise LatentCacheError(f"{path} is not a megdecode latent cache (no {_META_KEY!r})")
     return dict(json.loads(meta[_META_KEY]))
@@ -51,16 +57,21 @@ def latent_info(path: str | Path) -> dict[str, Any]:
 
 def load_latents(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids (N,) int64, latents (N, F) float32), sorted by image id."""
-    path = Path(path)
     latent_info(path)
-    table = pq.read_table(path)
+    fs, inner = files.resolve(path)
+    with files.named_errors(path):
+        table = pq.read_table(inner, filesystem=fs)
     ids = table.column("image_id").to_numpy()
     latents = table.column("latent").combine_chunks().to_numpy_ndarray()
     return ids.astype(np.int64), np.ascontiguousarray(latents, dtype=np.float32)
 
 
-def write_latents(path: Path, ids: np.ndarray, latents: np.ndarray, info: dict[str, Any]) -> None:
-    """Write sorted by id to a temp file, then rename: readers never see half a cache."""
+def write_latents(
+    path: str | Path, ids: np.ndarray, latents: np.ndarray, info: dict[str, Any]
+) -> None:
+    """Write sorted by id to a temp file, then rename: readers never see half a cache.
+
+    On an object store the object is written in one piece (it appears whole on close)."""
     order = np.argsort(ids, kind="stable")
     table = pa.table(
         {
@@ -71,6 +82,12 @@ def write_latents(path: Path, ids: np.ndarray, latents: np.ndarray, info: dict[s
         }
     )
     table = table.replace_schema_metadata({_META_KEY: json.dumps(info).encode()})
+    if files.is_uri(path):
+        fs, inner = files.resolve(path)
+        with files.named_errors(path):
+            pq.write_table(table, inner, filesystem=fs, compression="zstd")
+        return
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
@@ -123,7 +140,7 @@ def encode_cached(
     }
     cached_ids = np.empty(0, np.int64)
     cached = np.empty((0, encoder.dim), np.float32)
-    if path.exists():
+    if files.exists(path):
         stored = latent_info(path)
         for key in ("dim", "fingerprint"):
             if stored.get(key) != info[key]:
@@ -156,7 +173,8 @@ def encode_cached(
         )
         cached_ids = np.concatenate([cached_ids, new_ids])
         cached = np.concatenate([cached, encoded])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
         write_latents(path, cached_ids, cached, info)
 
     row = {image_id: i for i, image_id in enumerate(cached_ids.tolist())}

@@ -14,6 +14,7 @@ latent table holds the large test set's extra candidates: the twin's, listed in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -22,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from megdecode import files
 from megdecode.data import bids
 from megdecode.data import distractors as never_shown
 from megdecode.data import store as epoch_store
 from megdecode.latents.base import TextEncoder
-from megdecode.latents.cache import EncodeFn, encode_cached
+from megdecode.latents.cache import EncodeFn, cache_path, encode_cached
 from megdecode.latents.registry import Encoder
 
 logger = logging.getLogger(__name__)
@@ -37,25 +39,25 @@ class LatentsReport:
     """What `build_latents` wrote: the latent's name, its parquet file, rows and width."""
 
     name: str
-    path: Path
+    path: Path | str  # a URI when the latents folder is on an object store
     n_images: int  # rows written, distractors included
     dim: int
     n_distractors: int = 0
 
 
-def store_images(store: Path) -> tuple[np.ndarray, list[str]]:
+def store_images(store: str | Path) -> tuple[np.ndarray, list[str]]:
     """Unique (image_id, image_path) pairs of every epoch in the store, sorted by id."""
     ids, table = _unique_images(store)
     return ids, table["image_path"].astype(str).tolist()
 
 
-def store_categories(store: Path) -> tuple[np.ndarray, list[str]]:
+def store_categories(store: str | Path) -> tuple[np.ndarray, list[str]]:
     """Unique (image_id, category) pairs of every epoch in the store, sorted by id."""
     ids, table = _unique_images(store)
     return ids, table["category"].astype(str).tolist()
 
 
-def _unique_images(store: Path) -> tuple[np.ndarray, pd.DataFrame]:
+def _unique_images(store: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
     meta = epoch_store.load_metadata(store)
     unique = meta[["image_id", "image_path", "category"]].drop_duplicates("image_id")
     unique = unique.sort_values("image_id")
@@ -95,9 +97,9 @@ def _encode_texts(encoder: TextEncoder, texts: list[str], batch_size: int) -> np
 
 
 def build_latents(
-    store: Path,
-    bids_root: Path,
-    out_dir: Path,
+    store: str | Path,
+    bids_root: str | Path,
+    out_dir: str | Path,
     encoder: Encoder,
     images_root: Path | None = None,
     batch_size: int = 32,
@@ -109,8 +111,28 @@ def build_latents(
     Image encoders read the image files; text encoders encode `encoder.prompt(category)`
     of each image. `encode_fn` runs the encoding elsewhere (e.g. `distributed.ray_encode_fn`).
     `distractors`: a folder of never-shown images (THINGS) added to the twin's own list
-    (`distractor_images`).
+    (`distractor_images`). `store`, `bids_root` and `out_dir` may be object-store URIs: the
+    stimuli of a remote BIDS root are fetched to a temporary folder for the encoders.
     """
+    with contextlib.ExitStack() as stack:
+        if images_root is None and files.is_uri(bids_root):
+            images_root = stack.enter_context(files.local_copy(files.join(bids_root, "stimuli")))
+        return _build_latents(
+            store, Path(bids_root) if not files.is_uri(bids_root) else Path("."), out_dir,
+            encoder, images_root, batch_size, encode_fn, distractors,
+        )  # fmt: skip
+
+
+def _build_latents(
+    store: str | Path,
+    bids_root: Path,
+    out_dir: str | Path,
+    encoder: Encoder,
+    images_root: Path | None,
+    batch_size: int,
+    encode_fn: EncodeFn | None,
+    distractors: Path | None,
+) -> LatentsReport:
     extra_ids, extra_files, extra_categories = distractor_images(
         bids_root, images_root, distractors
     )
@@ -126,7 +148,7 @@ def build_latents(
     ids_out, vectors = encode_cached(
         encoder, ids, items, out_dir, batch_size=batch_size, encode_fn=encode_fn
     )
-    path = Path(out_dir) / f"{encoder.name}.parquet"
+    path = cache_path(out_dir, encoder.name)
     logger.info(
         "%s: %d images (%d distractors) x %d dims -> %s",
         encoder.name,

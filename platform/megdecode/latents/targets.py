@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megdecode import files
 from megdecode.latents.cache import load_latents
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ def load_target(
     names = target_names(target)
     loaded = []
     for name in names:
-        path = Path(latents_dir) / f"{name}.parquet"
-        if not path.exists():
+        path = files.join(latents_dir, f"{name}.parquet")
+        if not files.exists(path):
             raise FileNotFoundError(
                 f"no latents {name!r} at {path}; run `megdecode latents --encoder {name}` first"
             )

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from megdecode import files
 from megdecode.logs import PhaseClock
 from megdecode.search.mlflow import MlflowSearchCallback
 from megdecode.search.report import SearchReport, write_report
@@ -39,7 +40,13 @@ from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import SearchSpace
 from megdecode.search.space_file import load_space
 from megdecode.search.trial import TrialPlan, run_trial
-from megdecode.search.tuner import build_tuner, check_searcher, saved_trials, trial_progress
+from megdecode.search.tuner import (
+    build_tuner,
+    check_searcher,
+    saved_trials,
+    trial_progress,
+    tune_storage,
+)
 from megdecode.train_config import FitConfig
 
 logger = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ class SearchSetup:
     # room for Ray Data's blocks during the read and the trials' own objects.
     max_object_store_fraction: float = 0.5
     object_store_budget_bytes: int | None = None  # overrides the fraction (operators, tests)
+    storage: str | None = None  # Tune's storage (a folder or s3://, gs://); None: `out`
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("asha", "fifo"):
@@ -102,7 +110,13 @@ class SearchSetup:
 
     @property
     def path(self) -> Path:
+        """The driver's folder of this search: search.json, the summary, trials.csv."""
         return Path(self.out) / self.experiment
+
+    @property
+    def tune_path(self) -> str | Path:
+        """Tune's experiment folder (its state, trial checkpoints): `path`, or under `storage`."""
+        return files.join(self.storage, self.experiment) if self.storage else self.path
 
     def save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -136,9 +150,15 @@ def latest_experiment(out: Path) -> str:
     return found[-1].parent.name
 
 
-def data_paths(data: Path) -> tuple[Path, Path]:
-    """(store, latents_dir) of a run folder holding store/ and latents/, as absolute paths:
-    trials run in their own trial folders, where a relative path would point elsewhere."""
+def data_paths(data: str | Path) -> tuple[str | Path, str | Path]:
+    """(store, latents_dir) of a run folder holding store/ and latents/, as absolute paths
+    (or URIs): trials run in their own trial folders, where a relative path would point
+    elsewhere."""
+    if files.is_uri(data):
+        store_uri, latents_uri = files.join(data, "store"), files.join(data, "latents")
+        if not files.exists(files.join(store_uri, "manifest.json")):
+            raise FileNotFoundError(f"no epoch store at {store_uri} (--data: store/, latents/)")
+        return store_uri, latents_uri
     store, latents = Path(data).resolve() / "store", Path(data).resolve() / "latents"
     if not (store / "manifest.json").exists():
         raise FileNotFoundError(
@@ -155,7 +175,7 @@ def storage_paths(setup: SearchSetup, store: str | Path) -> dict[str, str | None
     artifacts = Tracker(setup.tracking_uri).artifact_root  # None: an MLflow server keeps them
     return {
         "epoch store": str(store),
-        "Tune storage (--out)": str(setup.out),
+        "Tune storage (--storage, else --out)": str(setup.tune_path),
         "MLflow artifacts": None if artifacts is None else str(artifacts),
     }
 
@@ -220,7 +240,7 @@ def run_search(
         setup.num_samples or space.num_samples,
         len(seeds),
     )
-    store, latents_dir = data_paths(Path(setup.data))
+    store, latents_dir = data_paths(setup.data)
     base = FitConfig(store=str(store), latents_dir=str(latents_dir))
     plan = TrialPlan(
         base,
@@ -254,20 +274,22 @@ def run_search(
     logger.info("epochs loaded once for all trials: %.1f MB in %.1f s", shared.nbytes / 1e6, load_s)
     mlflow_callback = None
     if resume:
-        if not tune.Tuner.can_restore(str(setup.path)):
-            raise FileNotFoundError(f"no Tune experiment state in {setup.path} to resume")
-        logger.info("resuming %s", setup.path)
+        restore_path, restore_fs = tune_storage(str(setup.tune_path))
+        if not tune.Tuner.can_restore(restore_path, storage_filesystem=restore_fs):
+            raise FileNotFoundError(f"no Tune experiment state in {setup.tune_path} to resume")
+        logger.info("resuming %s", setup.tune_path)
         tuner = tune.Tuner.restore(
-            str(setup.path),
+            restore_path,
             trainable,
+            storage_filesystem=restore_fs,
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=retry_errored,
         )
     else:
-        if (setup.path / "tuner.pkl").exists():
+        if files.exists(files.join(setup.tune_path, "tuner.pkl")):
             raise FileExistsError(
-                f"{setup.path} already holds a search; pass --resume or another --experiment"
+                f"{setup.tune_path} already holds a search; pass --resume or another --experiment"
             )
         setup.save()
         tags = {
@@ -288,8 +310,8 @@ def run_search(
     clock.lap("tune")
     if mlflow_callback is not None:
         clock.add("mlflow", mlflow_callback.seconds)
-    trials = saved_trials(setup.path)
-    searcher_name, searcher_trials = check_searcher(setup.path, trials)
+    trials = saved_trials(setup.tune_path)
+    searcher_name, searcher_trials = check_searcher(setup.tune_path, trials)
     clock.lap("check")
     return write_report(
         setup,

@@ -88,6 +88,7 @@ def build_tuner(
     quiet_console()  # optuna configures its console logger at import
 
     metric = f"{space.metric}_mean"
+    storage_path, filesystem = tune_storage(setup.storage or setup.out)
     searcher = OptunaSearch(
         space=space.define_by_run, metric=metric, mode=space.mode, seed=setup.sampler_seed
     )
@@ -112,13 +113,29 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=setup.experiment,
-            storage_path=str(Path(setup.out).resolve()),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=setup.max_failures),
             progress_reporter=_reporter(space, metric),
             verbose=verbose,
         ),
     )
+
+
+def tune_storage(where: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) of Tune's `RunConfig` for a folder or a URI.
+
+    Why an explicit filesystem for a URI: Tune would otherwise build one from the URI alone,
+    on AWS's endpoint; `megdecode.files` builds it on the environment's endpoint, with short
+    timeouts, the same for the driver and (pickled) for the trials.
+    """
+    from megdecode import files
+
+    if not files.is_uri(where):
+        return str(Path(where).resolve()), None
+    files.check_access(where)
+    return files.resolve(where)[1], files.resolve(where)[0]
 
 
 def _reporter(space: SearchSpace, metric: str) -> Any:
@@ -141,7 +158,7 @@ def _reporter(space: SearchSpace, metric: str) -> Any:
     )
 
 
-def check_searcher(experiment_path: Path, trials: list[Any]) -> tuple[str, int]:
+def check_searcher(experiment_path: str | Path, trials: list[Any]) -> tuple[str, int]:
     """The searcher Tune saved must be Optuna, and its study must hold every trial's params.
 
     `trials`: Tune's trials (anything with .trial_id and .config), see `saved_trials`.
@@ -150,8 +167,13 @@ def check_searcher(experiment_path: Path, trials: list[Any]) -> tuple[str, int]:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from megdecode import files
+
     searcher = OptunaSearch()
-    searcher.restore_from_dir(str(experiment_path))  # RuntimeError when Tune saved no searcher
+    state = [n for n in files.listdir(experiment_path) if n.startswith("searcher-state")]
+    # Optuna restores from a local folder: a remote experiment's searcher files are fetched
+    with files.local_copy(experiment_path, include=state) as local:
+        searcher.restore_from_dir(str(local))  # RuntimeError when Tune saved no searcher
     study = getattr(searcher, "_ot_study", None)
     if study is None or not isinstance(study.sampler, optuna.samplers.TPESampler):
         raise RuntimeError(f"the searcher saved in {experiment_path} is not an Optuna TPE study")
@@ -173,7 +195,7 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def saved_trials(experiment_path: Path) -> list[Any]:
+def saved_trials(experiment_path: str | Path) -> list[Any]:
     """Tune's trials as saved in the experiment state (what a resume would see), pending ones too.
 
     The ResultGrid cannot tell an interrupted trial: after an interrupt Tune stops the
@@ -181,4 +203,9 @@ def saved_trials(experiment_path: Path) -> list[Any]:
     """
     from ray.tune import ExperimentAnalysis
 
-    return list(ExperimentAnalysis(str(experiment_path)).trials)
+    from megdecode import files
+
+    if not files.is_uri(experiment_path):
+        return list(ExperimentAnalysis(str(experiment_path)).trials)
+    fs, inner = files.resolve(experiment_path)
+    return list(ExperimentAnalysis(inner, storage_filesystem=fs).trials)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from megdecode import files
 from megdecode.latents.cache import cache_path, write_latents
 from megdecode.twin import bids_writer as twin_bids
 from megdecode.twin import stimuli
@@ -85,16 +86,16 @@ def twin_latents(bids_root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarra
     }
 
 
-def write_twin_latents(bids_root: str | Path, out_dir: str | Path) -> list[Path]:
+def write_twin_latents(bids_root: str | Path, out_dir: str | Path) -> list[Path | str]:
     """Write out_dir/twin-lowlevel.parquet and twin-category.parquet; returns their paths.
 
     Raises NotATwinError (a FileNotFoundError) when bids_root holds no twin ground truth.
     Existing files of the same names are replaced (they are a pure function of the truth).
     """
     latents_by_name = twin_latents(bids_root)  # first: a non-twin root writes nothing
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
+    if not files.is_uri(out_dir):  # a URI: the latents folder is on an object store
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths: list[Path | str] = []
     for name, (ids, latents) in latents_by_name.items():
         digest = hashlib.sha256(ids.tobytes() + latents.tobytes()).hexdigest()[:16]
         info = {
@@ -104,7 +105,7 @@ def write_twin_latents(bids_root: str | Path, out_dir: str | Path) -> list[Path]
             "token_shape": None,
             "source": "twin ground truth",
         }
-        path = cache_path(out, name)
+        path = cache_path(out_dir, name)
         write_latents(path, ids, latents, info)
         logger.info("%s: %d images x %d dims -> %s", name, len(ids), latents.shape[1], path)
         paths.append(path)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from fixtures.configs import TINY_TEXT, register_open_clip
+from fixtures.s3 import S3Server
 from megdecode.latents.base import ImageEncoder
 from megdecode.latents.cache import LatentCacheError, encode_cached, latent_info, load_latents
 from megdecode.latents.encoders.handcrafted import HandcraftedConfig, HandcraftedEncoder
@@ -187,3 +188,20 @@ def test_clip_loads_a_local_checkpoint(tiny_vit: str, tmp_path: Path) -> None:
     random = ClipVisionEncoder(tiny_vit, None, allow_random_init=True).encode(images)
     assert not np.allclose(out, random)
     assert str(weights.resolve()) in encoder.fingerprint
+
+
+def test_cache_on_s3_encodes_once_and_reads_back(
+    s3_server: S3Server, tmp_path: Path, image_files: list[Path]
+) -> None:
+    from megdecode.latents.targets import load_target
+
+    encoder = CountingEncoder()
+    uri = s3_server.uri("latents")
+    _, first = encode_cached(encoder, [3, 1], image_files[:2], uri)
+    encoder.calls.clear()
+    _, again = encode_cached(encoder, [1, 3], image_files[1::-1], uri)
+    assert encoder.calls == []  # read back from the bucket
+    assert np.array_equal(again, first[::-1])
+    ids, values, parts = load_target(uri, "mean-rgb")
+    assert ids.tolist() == [1, 3] and parts == [("mean-rgb", 3)]
+    assert latent_info(f"{uri}/mean-rgb.parquet")["dim"] == 3

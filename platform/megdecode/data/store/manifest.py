@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from megdecode import files
 from megdecode.data.store.verify import Seal, StoreError
 
 FORMAT_VERSION = 2  # 2: page checksums, per-file size + footer sha256, content digest
@@ -95,11 +96,11 @@ class Manifest:
 
 def read_manifest(store: str | Path) -> Manifest:
     """The store's manifest; a missing one is a FileNotFoundError, a garbled one a StoreError."""
-    path = Path(store) / MANIFEST
-    if not path.is_file():
+    path = files.join(store, MANIFEST)
+    if not files.exists(path):
         raise FileNotFoundError(f"no epoch store manifest at {path}")
     try:
-        return Manifest.from_json(path.read_text())
+        return Manifest.from_json(files.read_text(path))
     except StoreError as exc:
         raise StoreError(f"{path}: {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:  # not JSON, or not a manifest's fields

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ShardToRead = tuple[Path, Seal | None, int]  # path, seal (None: format 1), rows
+ShardToRead = tuple[str, Seal | None, int]  # path or URI, seal (None: format 1), rows
 
 
 def read_shards(

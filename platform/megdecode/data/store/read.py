@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
+from megdecode import files
 from megdecode.data.store.manifest import (
     EPOCHS_DIR,
     META_COLUMNS,
@@ -45,31 +47,32 @@ def verify_store(store: str | Path) -> Manifest:
     Reads every byte (~21 GB for THINGS-MEG); readers check sizes, footers and page CRCs
     instead (`megdecode.data.store.verify`). Raises naming the first bad file.
     """
-    store = Path(store)
     manifest = read_manifest(store)
     listed = {f.path for f in manifest.files}
-    extra = sorted(
-        p.relative_to(store).as_posix()
-        for p in (store / EPOCHS_DIR).rglob("*.parquet")
-        if p.relative_to(store).as_posix() not in listed
-    )
+    fs, root = files.resolve(store)
+    with files.named_errors(store):
+        found = fs.get_file_info(
+            pafs.FileSelector(f"{root}/{EPOCHS_DIR}", allow_not_found=True, recursive=True)
+        )
+    relative = (i.path[len(root) + 1 :] for i in found if i.type == pafs.FileType.File)
+    extra = sorted(p for p in relative if p.endswith(".parquet") and p not in listed)
     if extra:
         raise StoreError(f"store {store} has files not in its manifest: {extra}")
     for f in manifest.files:
-        check_sha256(store / f.path, f.sha256)
+        check_sha256(files.join(store, f.path), f.sha256)
     return manifest
 
 
 def check_files(
-    store: Path, manifest: Manifest, files: Sequence[ShardFile], checks: ReadChecks
+    store: str | Path, manifest: Manifest, shards: Sequence[ShardFile], checks: ReadChecks
 ) -> None:
-    """What a reader checks before it opens `files`: seals, or their sha256 (`ReadChecks`).
+    """What a reader checks before it opens `shards`: seals, or their sha256 (`ReadChecks`).
 
     A format-1 store has no seals (nor page checksums): its files are hashed in full, with
     a warning, rather than refused, so that a THINGS-size store that took hours to build
     stays usable until it is rebuilt.
     """
-    legacy = [store / f.path for f in files if f.seal is None]
+    legacy = [Path(store) / f.path for f in shards if f.seal is None and not files.is_uri(store)]
     if legacy and not checks.full:
         gb = sum(p.stat().st_size for p in legacy if p.is_file()) / 1e9
         logger.warning(
@@ -78,12 +81,12 @@ def check_files(
             "--bids BIDS --out %s` reuses the run cache) to read it at full speed",
             store, manifest.format_version, len(legacy), gb, store,
         )  # fmt: skip
-    for f in files:
+    for f in shards:
         seal = f.seal
         if checks.full or seal is None:
-            check_sha256(store / f.path, f.sha256)
+            check_sha256(files.join(store, f.path), f.sha256)
         elif checks.seals:
-            seal.check(store / f.path)
+            seal.check(files.join(store, f.path))
 
 
 def _select_files(manifest: Manifest, subjects: Sequence[str] | None) -> list[ShardFile]:
@@ -118,12 +121,12 @@ def window_slice(
 
 
 def _read_metadata(
-    store: Path, files: list[ShardFile], splits: Sequence[str] | None, checks: ReadChecks
+    store: str | Path, shards: list[ShardFile], splits: Sequence[str] | None, checks: ReadChecks
 ) -> tuple[list[pd.DataFrame], list[np.ndarray]]:
     """Per file: the kept metadata rows and the boolean mask that kept them."""
     metas, masks = [], []
-    for f in files:
-        path = store / f.path
+    for f in shards:
+        path = files.join(store, f.path)
         pf = open_parquet(path, checks.pages)
         names = [n for n in pf.schema_arrow.names if n != "meg"]
         meta = read_rows(pf, path, names).to_pandas()
@@ -155,11 +158,10 @@ def load_metadata(
     Checks every selected file's seal and the CRC of every metadata page it reads (the MEG
     pages are not read, hence not checked); raises `StoreError` naming a bad file.
     """
-    store = Path(store)
     manifest = read_manifest(store)
-    files = _select_files(manifest, subjects)
-    check_files(store, manifest, files, checks)
-    return _concat(_read_metadata(store, files, splits, checks)[0])
+    shards = _select_files(manifest, subjects)
+    check_files(store, manifest, shards, checks)
+    return _concat(_read_metadata(store, shards, splits, checks)[0])
 
 
 def load_epochs(
@@ -179,17 +181,16 @@ def load_epochs(
     first to size X once; meg is then read one row group at a time, so peak memory is X
     plus one row group.
     """
-    store = Path(store)
     manifest = read_manifest(store)
     window = window_slice(manifest.times, manifest.sfreq, tmin, tmax)
-    files = _select_files(manifest, subjects)
-    check_files(store, manifest, files, checks)
-    metas, masks = _read_metadata(store, files, splits, checks)
+    shards = _select_files(manifest, subjects)
+    check_files(store, manifest, shards, checks)
+    metas, masks = _read_metadata(store, shards, splits, checks)
     n = int(sum(m.sum() for m in masks))
     X = np.empty((n, len(manifest.ch_names), window.stop - window.start), np.float32)
     at = 0
-    for f, mask in zip(files, masks, strict=True):
-        path = store / f.path
+    for f, mask in zip(shards, masks, strict=True):
+        path = files.join(store, f.path)
         pf = open_parquet(path, checks.pages)
         start = 0
         for group in range(pf.num_row_groups):
@@ -226,15 +227,14 @@ def read_ray_dataset(
     """
     from megdecode.data.store.ray_read import read_shards
 
-    store = Path(store)
     manifest = read_manifest(store)
     window = window_slice(manifest.times, manifest.sfreq, tmin, tmax)
-    files = _select_files(manifest, subjects)
-    if not files:
+    shards = _select_files(manifest, subjects)
+    if not shards:
         raise StoreError(f"no files for subjects {subjects} in store {store}")
-    check_files(store, manifest, files, checks)
+    check_files(store, manifest, shards, checks)
     full = window == slice(0, len(manifest.times))
     return read_shards(
-        [(store / f.path, f.seal, f.rows) for f in files],
+        [(files.join(store, f.path), f.seal, f.rows) for f in shards],
         splits=splits, window=None if full else window, checks=checks,
     )  # fmt: skip

@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from megdecode import files
 from megdecode.data.store.manifest import EPOCHS_DIR, META_COLUMNS, ShardFile
 from megdecode.data.store.verify import (
     CONTENT_KEY,
@@ -69,9 +70,15 @@ class SubjectWriter:
     """
 
     def __init__(
-        self, root: Path, subject: str, schema: pa.Schema, rows_per_file: int, row_group_rows: int
+        self,
+        root: str | Path,
+        subject: str,
+        schema: pa.Schema,
+        rows_per_file: int,
+        row_group_rows: int,
     ) -> None:
-        self.dir = root / EPOCHS_DIR / f"subject={subject}"
+        self.root = root  # a local folder or an object-store URI (`megdecode.files`)
+        self.dir = f"{EPOCHS_DIR}/subject={subject}"  # relative to root, POSIX
         self.subject, self.schema = subject, schema
         self.rows_per_file, self.row_group_rows = rows_per_file, row_group_rows
         self.pending: list[pa.Table] = []
@@ -79,7 +86,7 @@ class SubjectWriter:
         self.writer: pq.ParquetWriter | None = None
         self.digest = ContentDigest()
         self.file_rows = 0
-        self.done: list[tuple[Path, int]] = []
+        self.done: list[tuple[str, int]] = []  # (path relative to root, rows)
 
     def write(self, table: pa.Table) -> None:
         self.pending.append(table)
@@ -97,8 +104,10 @@ class SubjectWriter:
         chunk, rest = table.slice(0, n), table.slice(n)
         self.pending, self.pending_rows = [rest], rest.num_rows
         if self.writer is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            path = self.dir / f"part-{len(self.done):05d}.parquet"
+            path = f"{self.dir}/part-{len(self.done):05d}.parquet"
+            fs, where = files.resolve(files.join(self.root, path))
+            if not files.is_uri(self.root):
+                Path(where).parent.mkdir(parents=True, exist_ok=True)
             strings = [
                 k
                 for k, t in zip(self.schema.names, self.schema.types, strict=True)
@@ -107,8 +116,9 @@ class SubjectWriter:
             compression = {name: "zstd" for name in self.schema.names}
             compression["meg"] = "none"
             self.writer = pq.ParquetWriter(
-                path,
+                where,
                 self.schema,
+                filesystem=fs,
                 compression=compression,
                 use_dictionary=strings,
                 **WRITER_OPTIONS,
@@ -204,7 +214,7 @@ def check_sizes(rows_per_file: int, row_group_rows: int) -> None:
 
 
 def add_table(
-    root: Path,
+    root: str | Path,
     table: pa.Table,
     index: int,
     writers: dict[str, SubjectWriter],
@@ -228,21 +238,18 @@ def add_table(
             per_split[str(split)] = per_split.get(str(split), 0) + int(n)
 
 
-def close_writers(root: Path, writers: dict[str, SubjectWriter]) -> list[ShardFile]:
-    """Close every subject's last file; the manifest entries of all files, in subject order."""
-    files: list[ShardFile] = []
+def close_writers(root: str | Path, writers: dict[str, SubjectWriter]) -> list[ShardFile]:
+    """Close every subject's last file; the manifest entries of all files, in subject order.
+
+    Sizes and digests are read back from where the files landed (on an object store: what
+    the store holds, not what this process meant to send)."""
+    shards: list[ShardFile] = []
     for subject in sorted(writers):
         writers[subject].close()
-        for path, n in writers[subject].done:
+        for rel, n in writers[subject].done:
+            path = files.join(root, rel)
             seal = Seal.of(path)
-            files.append(
-                ShardFile(
-                    path.relative_to(root).as_posix(),
-                    subject,
-                    n,
-                    sha256_file(path),
-                    seal.size,
-                    seal.footer_sha256,
-                )
+            shards.append(
+                ShardFile(rel, subject, n, sha256_file(path), seal.size, seal.footer_sha256)
             )
-    return files
+    return shards

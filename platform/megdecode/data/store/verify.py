@@ -36,13 +36,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from megdecode import files
 
 MAGIC = b"PAR1"
 TAIL = 8  # little-endian uint32 footer length + MAGIC
@@ -76,19 +77,20 @@ class ReadChecks:
 DEFAULT_CHECKS = ReadChecks()
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (shards are hundreds of MB)."""
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file (local or a URI), read in 4 MiB chunks (shards are hundreds of MB)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+    with files.open_input(path) as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
 @contextlib.contextmanager
-def _open(path: Path) -> Iterator[Any]:
+def _open(path: str | Path) -> Iterator[Any]:
+    """`path` open for reading (local or a URI: a seekable `pyarrow.NativeFile`)."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115 (closed by the `with` below; open errors named first)
+        fh = files.open_input(path)
     except FileNotFoundError:
         raise MissingShardError(f"store file {path} listed in the manifest is missing") from None
     except OSError as exc:
@@ -97,7 +99,7 @@ def _open(path: Path) -> Iterator[Any]:
         yield fh
 
 
-def _footer(fh: Any, size: int, path: Path) -> bytes:
+def _footer(fh: Any, size: int, path: str | Path) -> bytes:
     """The footer bytes (FileMetaData + length + magic); refuses a file that has none."""
     if size < len(MAGIC) + TAIL:
         raise StoreError(f"store file {path} is truncated: {size} bytes is no Parquet file")
@@ -124,15 +126,15 @@ class Seal:
     footer_sha256: str
 
     @classmethod
-    def of(cls, path: Path) -> Seal:
+    def of(cls, path: str | Path) -> Seal:
         with _open(path) as fh:
-            size = os.fstat(fh.fileno()).st_size
+            size = fh.size()
             return cls(size, hashlib.sha256(_footer(fh, size, path)).hexdigest())
 
-    def check(self, path: Path) -> None:
+    def check(self, path: str | Path) -> None:
         """Refuse `path` unless its size, magic and footer are those the manifest recorded."""
         with _open(path) as fh:
-            size = os.fstat(fh.fileno()).st_size
+            size = fh.size()
             if size != self.size:
                 raise StoreError(
                     f"store file {path} is {size} bytes, the manifest says {self.size} "
@@ -147,22 +149,23 @@ class Seal:
                 )
 
 
-def check_sha256(path: Path, expected: str) -> None:
+def check_sha256(path: str | Path, expected: str) -> None:
     """The full check: refuse `path` unless its sha256 is `expected`."""
-    if not path.is_file():
+    if not files.exists(path):
         raise MissingShardError(f"store file {path} listed in the manifest is missing")
     if sha256_file(path) != expected:
         raise StoreError(f"store file {path} is corrupt: sha256 does not match the manifest")
 
 
-def open_parquet(path: Path, pages: bool = True) -> pq.ParquetFile:
+def open_parquet(path: str | Path, pages: bool = True) -> pq.ParquetFile:
     """The file for reading, every page's CRC checked as it is decoded (when `pages`)."""
     with reading(path):
-        return pq.ParquetFile(path, page_checksum_verification=pages)
+        source = files.open_input(path) if files.is_uri(path) else path
+        return pq.ParquetFile(source, page_checksum_verification=pages)
 
 
 def read_rows(
-    pf: pq.ParquetFile, path: Path, columns: list[str] | None = None, group: int | None = None
+    pf: pq.ParquetFile, path: str | Path, columns: list[str] | None = None, group: int | None = None
 ) -> pa.Table:
     """Row group `group` of `pf` (or the whole file), every column as long as the footer says.
 
@@ -191,7 +194,7 @@ def read_rows(
 
 
 @contextlib.contextmanager
-def reading(path: Path) -> Iterator[None]:
+def reading(path: str | Path) -> Iterator[None]:
     """Errors of decoding `path` as a `StoreError` naming it.
 
     pyarrow reports a page whose CRC does not match as ``OSError: could not verify page

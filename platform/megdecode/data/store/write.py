@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from megdecode import files as storage
 from megdecode.data.store.manifest import FORMAT_VERSION, MANIFEST, Manifest, ShardFile
 from megdecode.data.store.shards import (
     EpochBlockLike,
@@ -70,14 +71,19 @@ def _jsonable(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def staged_store(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_store(out_dir: str | Path, overwrite: bool = False) -> Iterator[str | Path]:
     """A hidden sibling directory to write a store into; renamed to `out_dir` on success.
 
     A crash (or an exception in the block) removes the staging directory and never
     leaves a half-written store under the real name. Writers on other processes (the
     per-subject Ray tasks of `megdecode.data.subject_pass`) write into the same folder,
-    so on a multi-node cluster it must be on storage every node sees.
+    so on a multi-node cluster it must be on storage every node sees (an object-store URI
+    is: `_staged_uri`).
     """
+    if storage.is_uri(out_dir):
+        with _staged_uri(str(out_dir), overwrite) as staging:
+            yield staging
+        return
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"store {out_dir} exists; pass overwrite=True to replace it")
@@ -95,6 +101,23 @@ def staged_store(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _staged_uri(out_dir: str, overwrite: bool) -> Iterator[str]:
+    """`staged_store` on an object store, which has no rename: a sibling prefix, then a
+    server-side copy to `out_dir` with the manifest last (readers trust only what the
+    manifest lists, so a reader never sees a half-copied store as complete)."""
+    if storage.exists(storage.join(out_dir, MANIFEST)) and not overwrite:
+        raise FileExistsError(f"store {out_dir} exists; pass overwrite=True to replace it")
+    parent, name = out_dir.rstrip("/").rsplit("/", 1)
+    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        storage.delete_dir(out_dir)
+        storage.copy_dir(tmp, out_dir, last=MANIFEST)
+    finally:
+        storage.delete_dir(tmp)
 
 
 def write_store(
@@ -126,7 +149,7 @@ def write_store(
 
 
 def _write_into(
-    root: Path,
+    root: str | Path,
     blocks: Iterable[EpochBlockLike],
     preprocess_config: Any,
     split_config: Any,
@@ -173,7 +196,6 @@ def write_subject(
     The files are those `write_store` writes for that subject (same rows, row groups and
     bytes), so subjects can be written in parallel and the store stays the same.
     """
-    root = Path(root)
     check_sizes(rows_per_file, row_group_rows)
     table = block_table(block, None, 0)
     labels = pd.unique(table.column("subject").to_numpy(zero_copy_only=False))
@@ -224,7 +246,6 @@ def finish_store(
             )
     files = [f for part in parts for f in part.files]
     counts = {part.subject: dict(part.counts) for part in parts}
-    root = Path(root)
     return _write_manifest(
         root, first.layout, files, counts, preprocess_config, split_config, scalers,
         recording={
@@ -235,7 +256,7 @@ def finish_store(
 
 
 def _write_manifest(
-    root: Path,
+    root: str | Path,
     layout: Layout,
     files: list[ShardFile],
     counts: dict[str, dict[str, int]],
@@ -264,5 +285,5 @@ def _write_manifest(
         megdecode_version=__version__,
         **dict(recording or {}),
     )
-    (root / MANIFEST).write_text(manifest.to_json())
+    storage.write_text(storage.join(root, MANIFEST), manifest.to_json())
     return manifest
