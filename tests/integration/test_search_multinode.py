@@ -115,7 +115,7 @@ def test_local_paths_are_refused_before_the_read_and_any_trial(
     message = " ".join(result.output.split())
     assert "2 alive nodes" in message
     assert f"epoch store: {tiny_run.resolve() / 'store'}" in message
-    assert f"Tune storage (--out): {out}" in message
+    assert f"Tune storage (--storage, else --out): {out}" in message
     assert f"MLflow artifacts: {tmp_path / 'mlartifacts'}" in message
     assert "NFS" in message and "--assume-shared-fs" in message
     assert "s3://" in message and "gs://" in message
