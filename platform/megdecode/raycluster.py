@@ -56,7 +56,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         ray.init(address=address or env_address, **options)
     else:
         _loopback_only()
-        ray.init(num_cpus=num_cpus or os.cpu_count(), **options)
+        # "local": a private cluster even when `ray start` left one running on this machine
+        # (a bare ray.init() would attach to it and then refuse num_cpus).
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **options)
     quiet_console()
     resources = ray.cluster_resources()
     quiet = log_file()

@@ -63,11 +63,26 @@ def _serial_reference(root: Path, cache: Path, out: Path) -> epoch_store.Manifes
 
 def _same_store(a: epoch_store.Manifest, b: epoch_store.Manifest) -> None:
     assert a.files == b.files  # paths, rows and sha256 of every shard: the same bytes
-    skip = {"created_at"}
+    # The serial reference's single `write_store` call records no per-subject drop counts or
+    # compensation grades; `_same_drops` checks the built store's against the cached runs.
+    skip = {"created_at", "dropped", "compensation_grade"}
     da, db = json.loads(a.to_json()), json.loads(b.to_json())
     assert {k: v for k, v in da.items() if k not in skip} == {
         k: v for k, v in db.items() if k not in skip
     }
+
+
+def _same_drops(built: epoch_store.Manifest, root: Path, cache: Path) -> None:
+    """The manifest's drop counts are the sums over each subject's cached runs."""
+    cfg, expected = PreprocessConfig(), {}
+    for key in bids.find_runs(root):
+        block = runcache.load_block(runcache.cache_stem(cache, key, cfg))
+        assert block is not None
+        per = expected.setdefault(str(key.subject), {})
+        for reason, n in block.dropped.items():
+            per[reason] = per.get(reason, 0) + int(n)
+    assert built.dropped == expected
+    assert any(n > 0 for per in expected.values() for n in per.values())  # catch trials
 
 
 def test_local_build_writes_the_serial_reference_bytes(tiny_run: Path, tmp_path: Path) -> None:
@@ -75,6 +90,7 @@ def test_local_build_writes_the_serial_reference_bytes(tiny_run: Path, tmp_path:
     built = build_epoch_store(tiny_run / "bids", tmp_path / "store", cache_dir=cache)
     reference = _serial_reference(tiny_run / "bids", cache, tmp_path / "reference")
     _same_store(epoch_store.verify_store(tmp_path / "store"), reference)
+    _same_drops(epoch_store.verify_store(tmp_path / "store"), tiny_run / "bids", cache)
     assert built.n_epochs == reference.n_epochs
     assert set(built.phase_seconds) == {"runs", "splits", "subjects"}
     totals: dict[str, int] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,3 +83,28 @@ def test_the_gcs_refuses_connections_to_the_external_address(gcs_port: int) -> N
         pytest.skip("this host has no non-loopback IPv4 address to try connecting to")
     with pytest.raises(OSError):
         socket.create_connection((external, gcs_port), timeout=5).close()
+
+
+def test_a_local_run_starts_its_own_cluster_next_to_a_running_one() -> None:
+    """A cluster started on this machine (`ray start`, a test's `Cluster`) writes its address
+    where a bare ``ray.init()`` finds and attaches to it, then refuses ``num_cpus``: a local
+    run must start its own private cluster instead."""
+    import subprocess
+    import sys
+
+    from ray.cluster_utils import Cluster
+
+    other = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        probe = (
+            "import ray; from megdecode.raycluster import init_ray; init_ray(num_cpus=1); "
+            "print(ray.get_runtime_context().gcs_address); ray.shutdown()"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip().splitlines()[-1] != other.gcs_address
+    finally:
+        other.shutdown()
