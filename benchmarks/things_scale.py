@@ -182,11 +182,10 @@ def convnet_steps(data: Any, n_batches: int) -> dict[str, float]:
 def run_size(n_subjects: int, n_runs: int, out: Path, n_batches: int, keep: bool) -> dict:
     """Every stage on one size, each under its own `Sampler`; returns the measurements."""
     import pandas as pd
-    import ray  # noqa: F401 - puts the vendored psutil on sys.path for Sampler
+    import ray  # also puts the vendored psutil on sys.path for Sampler
 
     from megdecode.data.build import build_epoch_store
     from megdecode.evaluation.baseline import retrieval_metrics, ridge_predictions
-    from megdecode.raycluster import init_ray
     from megdecode.rundata import load_run_data
     from megdecode.train_config import FitConfig, TrainConfig
     from megdecode.twin.simulate import simulate
@@ -212,7 +211,9 @@ def run_size(n_subjects: int, n_runs: int, out: Path, n_batches: int, keep: bool
         )
 
     def preprocess() -> int:
-        init_ray(num_cpus=2)
+        # a cluster of its own even when another user's `ray start` runs on this machine
+        # (ray.init() without an address attaches to that one)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             report = build_epoch_store(out / "bids", out / "store", use_ray=True)
@@ -313,12 +314,14 @@ def project(rows: list[dict]) -> dict[str, dict]:
             y = np.array([r["stages"][name][key] for r in one], dtype=float)
             fits[key] = fit_stage(n, np.maximum(y, 1.0), target)
         total_wall = fits["wall_s"]["projected"] * (1 if pooled else THINGS_SUBJECTS)
+        superlinear = max(fits["wall_s"]["exponent"], fits["peak_driver"]["exponent"]) > 1.2
         out[name] = {
             "scope": "pooled" if pooled else "per subject",
             "target_n": target,
             "things_wall_s": total_wall,
-            "flag_superlinear": fits["wall_s"]["exponent"] > 1.2
-            or fits["peak_driver"]["exponent"] > 1.2,
+            # pooled: superlinear in the epochs across subjects (against the rule); per
+            # subject: superlinear within one subject only, linear in the number of subjects
+            "flag": ("ACROSS SUBJECTS" if pooled else "within subject") if superlinear else "",
             **fits,
         }
     return out
@@ -348,7 +351,7 @@ def print_report(rows: list[dict], proj: dict[str, dict]) -> None:
             f"{p['peak_driver']['exponent']:>7.2f} {p['things_wall_s'] / 3600:>8.2f} "
             f"{p['peak_driver']['projected'] / GB:>9.1f} "
             f"{p['peak_children']['projected'] / GB:>11.1f} {p['store']['projected'] / GB:>8.1f}"
-            f"  {'SUPERLINEAR' if p['flag_superlinear'] else ''}"
+            f"  {p['flag']}"
         )
     singles = {r["n_runs"]: r for r in rows if r["n_subjects"] == 1}
     for r in rows:
@@ -363,6 +366,16 @@ def print_report(rows: list[dict], proj: dict[str, dict]) -> None:
                 f"  {name:<10} {st['wall_s']:8.1f} s / {s} x {base['stages'][name]['wall_s']:.1f}"
                 f" s = {ratio:.2f}"
             )
+    from ridge_memory import model_bytes  # benchmarks/ is sys.path[0] when run as a script
+
+    big = max((r for r in rows if r["n_subjects"] == 1), key=lambda r: r["n_epochs"])
+    c, t = big["shape"]
+    n_fit = round(things_epochs_per_subject() * big["n_train"] / big["n_epochs"])
+    print(
+        f"ridge, one subject's train+val N={n_fit} (its share at the largest size): model "
+        f"{model_bytes(n_fit, 5, n_fit * c * t * 4) / GB:.1f} GB (input + 8 N^2 + 16 (4N/5)^2,"
+        " benchmarks/ridge_memory.py)"
+    )
     conv = rows[-1]["convnet"]
     samples = THINGS_SUBJECTS * things_epochs_per_subject() * 0.8  # ~train share of epochs
     gpu_s = conv["flops_per_sample"] * samples / GPU_FLOPS
@@ -382,7 +395,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=6, help="timed ConvNet steps per size")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--report", type=Path, default=None, help="only re-print this JSON")
     args = parser.parse_args()
+    if args.report is not None:
+        rows = json.loads(args.report.read_text())["sizes"]
+        proj = project(rows)
+        print_report(rows, proj)
+        args.report.write_text(json.dumps({"sizes": rows, "projection": proj}, indent=1))
+        return
     if args.one is not None:  # child: one size, its JSON on the last stdout line
         s, r = parse_size(args.one)
         print(json.dumps(run_size(s, r, args.out / args.one, args.batches, args.keep)))
