@@ -67,6 +67,11 @@ class Sampler:
         self._psutil = psutil
         self.period_s = period_s
         self.driver = self.children = self.store = self.store_samples = 0
+        # CPU seconds of the descendants: first and last reading per pid (pids that start
+        # or end during the stage count from 0 or up to their last sample)
+        self._cpu_first: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
+        self._cpu_driver = time.process_time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -91,6 +96,9 @@ class Sampler:
             for child in self._me.children(recursive=True):
                 with contextlib.suppress(self._psutil.Error):  # exited since listed
                     total += child.memory_info().rss
+                    cpu = child.cpu_times()
+                    self._cpu_first.setdefault(child.pid, 0.0 if tick else cpu.user + cpu.system)
+                    self._cpu_last[child.pid] = cpu.user + cpu.system
             self.children = max(self.children, total)
             if tick % max(1, int(0.5 / self.period_s)) == 0:
                 try:
@@ -105,7 +113,10 @@ class Sampler:
     def stop(self) -> dict[str, int]:
         self._stop.set()
         self._thread.join()
+        cpu_children = sum(v - self._cpu_first[k] for k, v in self._cpu_last.items())
         return {
+            "cpu_driver_s": time.process_time() - self._cpu_driver,  # all its threads
+            "cpu_children_s": cpu_children,
             "peak_driver": self.driver,
             "peak_children": self.children,
             "store": self.store,
@@ -250,8 +261,10 @@ def run_size(n_subjects: int, n_runs: int, out: Path, n_batches: int, keep: bool
     stage("simulate", lambda: simulate(cfg, out / "bids").n_trials)
     stage("preprocess", preprocess)
     stage("latents", latents)
-    if not keep:
-        shutil.rmtree(out / "bids" / "sub-BIGMEG1", ignore_errors=True)  # the raw runs
+    bids_bytes = sum(f.stat().st_size for f in (out / "bids").rglob("*") if f.is_file())
+    if not keep:  # the raw runs: nothing downstream reads them again
+        for sub in (out / "bids").glob("sub-*"):
+            shutil.rmtree(sub, ignore_errors=True)
     stage("load", load)
     stage("ridge", ridge)
     stage("convnet", convnet)
@@ -268,7 +281,7 @@ def run_size(n_subjects: int, n_runs: int, out: Path, n_batches: int, keep: bool
         "stages": stages,
         "convnet": {**held["convnet"], "epoch_s": held["convnet"]["step_s"] * n_train / BATCH},
         "metrics": {k: v for k, v in held["metrics"].items() if "top5" in k},
-        "bids_bytes": sum(f.stat().st_size for f in (out / "bids").rglob("*") if f.is_file()),
+        "bids_bytes": bids_bytes,
     }
 
 
@@ -313,12 +326,22 @@ def project(rows: list[dict]) -> dict[str, dict]:
         for key in ("peak_driver", "peak_children", "store"):
             y = np.array([r["stages"][name][key] for r in one], dtype=float)
             fits[key] = fit_stage(n, np.maximum(y, 1.0), target)
+        time_key = "wall_s"
+        if all("cpu_driver_s" in r["stages"][name] for r in one) and name != "convnet":
+            # CPU seconds (driver + Ray processes): what the stage costs, less sensitive
+            # than wall time to other users' load on a shared machine
+            cpu = [
+                r["stages"][name]["cpu_driver_s"] + r["stages"][name]["cpu_children_s"] for r in one
+            ]
+            fits["cpu_s"] = fit_stage(n, np.maximum(np.array(cpu), 1e-3), target)
+            time_key = "cpu_s"
         total_wall = fits["wall_s"]["projected"] * (1 if pooled else THINGS_SUBJECTS)
-        superlinear = max(fits["wall_s"]["exponent"], fits["peak_driver"]["exponent"]) > 1.2
+        superlinear = max(fits[time_key]["exponent"], fits["peak_driver"]["exponent"]) > 1.2
         out[name] = {
             "scope": "pooled" if pooled else "per subject",
             "target_n": target,
             "things_wall_s": total_wall,
+            "flag_from": time_key,
             # pooled: superlinear in the epochs across subjects (against the rule); per
             # subject: superlinear within one subject only, linear in the number of subjects
             "flag": ("ACROSS SUBJECTS" if pooled else "within subject") if superlinear else "",
@@ -329,14 +352,16 @@ def project(rows: list[dict]) -> dict[str, dict]:
 
 def print_report(rows: list[dict], proj: dict[str, dict]) -> None:
     print(
-        f"\n{'size':>6} {'N':>6} {'stage':<10} {'wall s':>8} {'epochs/s':>9} "
+        f"\n{'size':>6} {'N':>6} {'stage':<10} {'wall s':>8} {'cpu s':>8} {'epochs/s':>9} "
         f"{'driver GB':>9} {'children GB':>11} {'store GB':>8}"
     )
     for r in rows:
         size = f"{r['n_subjects']}x{r['n_runs']}"
         for name, s in r["stages"].items():
             print(
-                f"{size:>6} {r['n_epochs']:>6} {name:<10} {s['wall_s']:>8.1f} {s['per_s']:>9.1f} "
+                f"{size:>6} {r['n_epochs']:>6} {name:<10} {s['wall_s']:>8.1f} "
+                f"{s.get('cpu_driver_s', math.nan) + s.get('cpu_children_s', math.nan):>8.1f} "
+                f"{s['per_s']:>9.1f} "
                 f"{s['peak_driver'] / GB:>9.2f} {s['peak_children'] / GB:>11.2f} "
                 f"{s['store'] / GB:>8.2f}"
             )
@@ -377,7 +402,8 @@ def print_report(rows: list[dict], proj: dict[str, dict]) -> None:
         " benchmarks/ridge_memory.py)"
     )
     conv = rows[-1]["convnet"]
-    samples = THINGS_SUBJECTS * things_epochs_per_subject() * 0.8  # ~train share of epochs
+    train_share = big["n_train"] / big["n_epochs"]
+    samples = THINGS_SUBJECTS * things_epochs_per_subject() * train_share
     gpu_s = conv["flops_per_sample"] * samples / GPU_FLOPS
     print(
         f"\nconvnet: {conv['params'] / 1e6:.2f}M params, {conv['flops_per_sample'] / 1e9:.2f} "
