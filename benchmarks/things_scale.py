@@ -320,12 +320,19 @@ def project(rows: list[dict]) -> dict[str, dict]:
         pooled = name not in PER_SUBJECT
         target = per_subject * (THINGS_SUBJECTS if pooled else 1)
         wall = np.array([r["stages"][name]["wall_s"] for r in one])
-        if name == "convnet":  # a fixed number of steps: project one training epoch
-            wall = np.array([r["convnet"]["epoch_s"] for r in one])
+        if name == "convnet":
+            # a fixed number of steps of a fixed shape: a step's cost does not depend on N
+            # (its spread is the machine's load), an epoch is n_train / BATCH steps
+            step = float(np.median([r["convnet"]["step_s"] for r in one]))
+            wall = np.array([step * r["n_train"] / BATCH for r in one])
         fits = {"wall_s": fit_stage(n, wall, target)}
         for key in ("peak_driver", "peak_children", "store"):
             y = np.array([r["stages"][name][key] for r in one], dtype=float)
             fits[key] = fit_stage(n, np.maximum(y, 1.0), target)
+            if len(n) > 2 and n[-1] >= 1.8 * n[-2] and y[-1] < 1.1 * y[-2]:
+                # saturated (e.g. a pool of workers each holding one run): < 10% growth over
+                # the last doubling; the largest measurement is the projection
+                fits[key].update(projected=float(y[-1]), model=f"flat at {y[-1] / GB:.2f} GB")
         time_key = "wall_s"
         if all("cpu_driver_s" in r["stages"][name] for r in one) and name != "convnet":
             # CPU seconds (driver + Ray processes): what the stage costs, less sensitive
@@ -341,6 +348,9 @@ def project(rows: list[dict]) -> dict[str, dict]:
             "scope": "pooled" if pooled else "per subject",
             "target_n": target,
             "things_wall_s": total_wall,
+            "things_cpu_s": fits["cpu_s"]["projected"] * (1 if pooled else THINGS_SUBJECTS)
+            if "cpu_s" in fits
+            else None,
             "flag_from": time_key,
             # pooled: superlinear in the epochs across subjects (against the rule); per
             # subject: superlinear within one subject only, linear in the number of subjects
@@ -367,12 +377,12 @@ def print_report(rows: list[dict], proj: dict[str, dict]) -> None:
             )
     print(f"\nprojection to THINGS-MEG ({THINGS_SUBJECTS} x {things_epochs_per_subject()} epochs)")
     print(
-        f"{'stage':<10} {'scope':<12} {'k(wall)':>7} {'k(mem)':>7} {'wall h':>8} "
+        f"{'stage':<10} {'scope':<12} {'k(time)':>7} {'k(mem)':>7} {'wall h':>8} "
         f"{'driver GB':>9} {'children GB':>11} {'store GB':>8}  flag"
     )
     for name, p in proj.items():
         print(
-            f"{name:<10} {p['scope']:<12} {p['wall_s']['exponent']:>7.2f} "
+            f"{name:<10} {p['scope']:<12} {p[p['flag_from']]['exponent']:>7.2f} "
             f"{p['peak_driver']['exponent']:>7.2f} {p['things_wall_s'] / 3600:>8.2f} "
             f"{p['peak_driver']['projected'] / GB:>9.1f} "
             f"{p['peak_children']['projected'] / GB:>11.1f} {p['store']['projected'] / GB:>8.1f}"
