@@ -17,15 +17,17 @@ its own interpreter (its peaks are its own) through every stage:
                 lifted to 768 dims by a fixed random matrix), extrapolated to one epoch
     evaluate    evaluation.baseline.retrieval_metrics of the ridge's test predictions
 
-Per stage: wall seconds, epochs/s, peak RSS of the driver, peak summed RSS of its child
+Per stage: wall seconds, CPU seconds (driver + Ray processes: the exponents are fitted on
+them, as the wall time of a shared machine is too noisy), epochs/s, peak RSS of the driver, peak summed RSS of its child
 processes (raylet, GCS, Ray workers: psutil over the process tree, sampled every 0.2 s;
 shared pages, the object store's included, count once per process that maps them) and the
 object store's peak (`ray._private.internal_api.memory_summary(stats_only=True)`: bytes
 of plasma in use, sampled every 0.5 s while Ray is up). Then fits each stage's wall time
 and peak against N (epochs of one subject), flags stages whose exponent exceeds 1.2 and
 projects to THINGS-MEG: 4 subjects x 24,648 epochs (27,048 trials less catch).
-Usage: python benchmarks/things_scale.py [--sizes 2 5 10] [--out DIR] [--keep]
+Usage: python benchmarks/things_scale.py [--sizes 2 10 20 2x2] [--out DIR] [--keep]
        [--json docs/scale.json]
+       python benchmarks/things_scale.py --report docs/scale.json   # re-print a saved run
 """
 
 from __future__ import annotations
@@ -425,7 +427,7 @@ def print_report(rows: list[dict], proj: dict[str, dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["2", "5", "10"])
+    parser.add_argument("--sizes", nargs="+", default=["2", "10", "20", "2x2"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/things_scale"))
     parser.add_argument("--keep", action="store_true", help="keep each size's bids/ and store/")
     parser.add_argument("--batches", type=int, default=6, help="timed ConvNet steps per size")
