@@ -27,6 +27,7 @@ from megdecode.data.distractors import COLUMNS as DISTRACTOR_COLUMNS
 from megdecode.data.distractors import DISTRACTOR_TABLE
 from megdecode.logs import progress
 from megdecode.twin import bids_writer as twin_bids
+from megdecode.twin import budget as twin_budget
 from megdecode.twin import design as twin_design
 from megdecode.twin import helmet, stimuli
 from megdecode.twin import noise as twin_noise
@@ -249,13 +250,24 @@ def _write_stimuli(
             future.result()
 
 
-def simulate(cfg: TwinConfig, out_dir: str | Path, *, n_jobs: int = 1) -> TwinSummary:
+def simulate(
+    cfg: TwinConfig,
+    out_dir: str | Path,
+    *,
+    n_jobs: int = 1,
+    max_memory_bytes: float | None = None,
+) -> TwinSummary:
     """Build the twin BIDS dataset under `out_dir` (created; existing files overwritten).
 
     n_jobs > 1 renders stimuli and simulates subjects in parallel worker processes
     (spawned, so safe next to threads); the output is identical to n_jobs=1.
+    Runs are simulated and written one at a time (per worker); a config whose longest run
+    would not fit `max_memory_bytes` (default: the memory available now) raises
+    `twin.budget.TwinMemoryError` naming the estimate, before anything is written.
     """
     t0 = time.perf_counter()
+    n_parallel = min(n_jobs, cfg.n_subjects) if n_jobs > 1 else 1
+    twin_budget.check_run_memory(cfg, max_memory_bytes, n_parallel)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     geom = helmet.ctf272_geometry()
