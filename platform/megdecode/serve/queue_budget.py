@@ -51,13 +51,12 @@ class Shed:
     budget_ms: float
 
 
-def split_expired(
-    deadlines: Sequence[Deadline | None], now: float
-) -> tuple[list[int], list[int]]:
+def split_expired(deadlines: Sequence[Deadline | None], now: float) -> tuple[list[int], list[int]]:
     """(indices past their budget, indices to compute) of a batch taken at `now`.
 
     A request without a deadline (a caller that sets none) is always computed."""
-    expired, live = [], []
+    expired: list[int] = []
+    live: list[int] = []
     for i, deadline in enumerate(deadlines):
         (expired if deadline is not None and deadline.expired(now) else live).append(i)
     return expired, live
