@@ -17,7 +17,12 @@ all``, one hop); goal: p50 <= echo p50 + floor + 2 ms; throughput at saturation 
 without @serve.batch (goal >= 3x), over HTTP and straight to the decoder pool through its
 DeploymentHandle (what batching itself buys when the HTTP proxy and the ingress are not the
 bottleneck); the stream's sustained decodes/s against the 40/s a 25 ms stride needs and its
-per-decode latency (goal <= floor + 3 ms). Plus a trivial echo deployment's HTTP p50
+per-decode latency (goal <= floor + 3 ms). The load curve (``--curve``; ``--curve-only`` for
+nothing else) runs the app as shipped under 1..128 closed-loop clients, once per queue budget
+of ``--queue-ms`` (default: http.max_queue_ms's default, then 0 = none): accepted req/s, p50
+and p99 of the accepted (200) requests ("ok"), the share shed (503), and a line naming the
+saturating client count (the fewest reaching 95% of the peak) and whether the accepted p99
+stays under 250 ms at 4x it. Plus a trivial echo deployment's HTTP p50
 (Serve's own overhead) and the resident memory of the Ray + Serve processes. Everything
 binds 127.0.0.1 on free ports and is shut down at the end.
 """
@@ -310,7 +315,7 @@ def load_curve(
 def curve_table(title: str, rows: list[dict[str, float]]) -> str:
     lines = [
         title,
-        f"{'clients':>7}  {'req/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}  {'shed':>6}  {'503 max ms':>10}"
+        f"{'clients':>7}  {'req/s':>7}  {'p50 ok':>7}  {'p99 ok':>7}  {'shed':>6}  {'503 max ms':>10}"
         f"  {'other':>5}  Retry-After on every 503",
     ]
     for r in rows:
@@ -321,10 +326,30 @@ def curve_table(title: str, rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+P99_GOAL_MS = 250.0  # accepted requests at 4x the saturating client count
+
+
+def saturation_line(rows: list[dict[str, float]]) -> str:
+    """The saturating client count (the fewest reaching 95% of the peak accepted req/s) and
+    whether accepted p99 < P99_GOAL_MS holds at 4x it (the first measured count >= 4x)."""
+    peak = max(r["req_s"] for r in rows)
+    sat = int(next(r["clients"] for r in rows if r["req_s"] >= 0.95 * peak))
+    at = next((r for r in rows if r["clients"] >= 4 * sat), None)
+    head = f"saturates at {sat} clients (>= 95% of the peak {peak:.1f} req/s)"
+    if at is None:
+        return f"{head}; 4x = {4 * sat} clients not measured (add it to --curve)"
+    met = at["p99"] < P99_GOAL_MS  # NaN (nothing accepted) is not met
+    return (
+        f"{head}; at {int(at['clients'])} clients (>= 4x) accepted p99 {at['p99']:.1f} ms: "
+        f"{'met' if met else 'NOT met'} (goal < {P99_GOAL_MS:g} ms), {at['shed']:.1%} shed"
+    )
+
+
 def bench_curve(
     label: str, bundle: Path, port: int, url: str, args: argparse.Namespace
 ) -> list[str]:
-    """The app with the shipped defaults (resources derived from this cluster) under 1..128 clients."""
+    """The app with the shipped defaults (resources derived from this cluster) under 1..128
+    clients, once per queue budget of --queue-ms (http.max_queue_ms; 0 = none)."""
     from ray import serve
 
     from megdecode.bundle_io import load_bundle
@@ -338,25 +363,42 @@ def bench_curve(
         "x-shape": f"{x.shape[0]},{x.shape[1]}",
         "x-subject": b.subjects[0],
     }
-    http = {"port": port} | ({"max_decodes_in_flight": args.in_flight} if args.in_flight else {})
-    cfg = ServeConfig.from_mapping({"http": http, "decoder": {"model": str(bundle)}})
-    serve.run(build_app(cfg, token=""), name="megdecode", route_prefix="/")
     levels = [int(v) for v in args.curve.split(",")]
-    d, h = cfg.decoder, cfg.http
-    limits = (
-        f"{'defaults' if not args.in_flight else 'defaults but'}: ingress admits {cfg.decode_limit()} decodes, "
-        f"decoder max_ongoing {d.max_ongoing_requests} + queued {d.max_queued_requests}, "
-        f"batch {d.max_batch_size}; ingress max_ongoing {h.max_ongoing_requests} + queued {h.max_queued_requests}"
-    )
     tables = []
-    for honor in (True, False):
-        rows = load_curve(
-            f"{url}/v1/decode", x.tobytes(), headers, levels, args.curve_seconds, honor
+    for budget in queue_budgets(args.queue_ms):
+        http = {"port": port, "max_queue_ms": budget}
+        http |= {"max_decodes_in_flight": args.in_flight} if args.in_flight else {}
+        cfg = ServeConfig.from_mapping({"http": http, "decoder": {"model": str(bundle)}})
+        serve.run(build_app(cfg, token=""), name="megdecode", route_prefix="/")
+        d, h = cfg.decoder, cfg.http
+        limits = (
+            f"queue budget {f'{budget:g} ms' if budget else 'off'}; ingress admits "
+            f"{cfg.decode_limit()} decodes, decoder max_ongoing {d.max_ongoing_requests} + queued "
+            f"{d.max_queued_requests}, batch {d.max_batch_size}; ingress max_ongoing "
+            f"{h.max_ongoing_requests} + queued {h.max_queued_requests}"
         )
-        how = "clients wait Retry-After after a 503" if honor else "clients retry a 503 at once"
-        tables.append(curve_table(f"[{label}] /v1/decode load curve, {how} ({limits})", rows))
-    serve.delete("megdecode")
+        for honor in (True, False):
+            rows = load_curve(
+                f"{url}/v1/decode", x.tobytes(), headers, levels, args.curve_seconds, honor
+            )
+            how = "clients wait Retry-After after a 503" if honor else "clients retry a 503 at once"
+            title = f"[{label}] /v1/decode load curve, {how} ({limits})"
+            tables.append(curve_table(title, rows) + "\n" + saturation_line(rows))
+        serve.delete("megdecode")
     return tables
+
+
+def queue_budgets(text: str) -> list[float]:
+    """--queue-ms: comma-separated budgets in ms; "default" is http.max_queue_ms's default."""
+    from megdecode.serve.config import HttpConfig
+
+    out = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        value = HttpConfig().max_queue_ms if item == "default" else float(item)
+        if not value >= 0:
+            raise SystemExit(f"--queue-ms: budgets >= 0 (0 = none), got {item!r}")
+        out.append(value)
+    return out
 
 
 def ray_rss_mb() -> float:
@@ -560,6 +602,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--curve-only", action="store_true", help="only the load curve (of the demo size)"
+    )
+    parser.add_argument(
+        "--queue-ms",
+        default="default,0",
+        help="http.max_queue_ms of the curve's app, comma-separated: one curve each "
+        '("default" = the config\'s; 0 = no budget)',
     )
     parser.add_argument(
         "--in-flight",

@@ -5,9 +5,11 @@ in the user config, never in clear, and is compared in constant time; a browser,
 cannot set headers on a WebSocket, offers it as a subprotocol (`ws_auth`). Overload is
 shed at once rather than queued: beyond ``http.max_decodes_in_flight`` /v1/decode answers
 503 before its body is read, and the ingress' own model copy takes no more requests than
-the decoder pool would hold. Every failure of a model deployment (``max_queued_requests``
-reached, a timeout, a replica that died mid-request) becomes a 503 with Retry-After, so no
-client waits forever.
+the decoder pool would hold. A request that waited past ``http.max_queue_ms`` is shed too
+(`megdecode.serve.queue_budget`): here once its body is read, in the decoder when its batch
+is taken. Every failure of a model deployment (``max_queued_requests`` reached, a timeout, a
+replica that died mid-request, a shed request) becomes a 503 with Retry-After, so no client
+waits forever.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ray.serve.exceptions import BackPressureError
 from megdecode.serve.channels import CHANNELS_HEADER, channels_from_header, channels_value
 from megdecode.serve.config import ServeConfig
 from megdecode.serve.errors import ApiError, unavailable
+from megdecode.serve.queue_budget import Deadline, shed_error
 from megdecode.serve.validate import (
     JSON_TYPES,
     OCTET_TYPES,
@@ -121,12 +124,10 @@ class Admission:
                 f"{what}_unavailable", f"the {what} failed to answer; retry", retry
             ) from None
         if isinstance(result, dict) and "error" in result and "status" in result:
-            raise ApiError(
-                int(result["status"]),
-                str(result["error"]),
-                str(result["detail"]),
-                result.get("headers"),
-            )
+            status, headers = int(result["status"]), dict(result.get("headers") or {})
+            if status == 503:  # the deployment does not know http.retry_after_s
+                headers.setdefault("Retry-After", str(max(1, int(retry))))
+            raise ApiError(status, str(result["error"]), str(result["detail"]), headers)
         return result
 
     async def local_call(self, response: Awaitable[Any]) -> Any:
@@ -142,6 +143,16 @@ class Admission:
             return await self.call(response, "decoder")
         finally:
             self.local_inflight -= 1
+
+    def deadline(self) -> Deadline:
+        """The stamp of a /v1/decode request, taken when its route starts."""
+        return Deadline.start(self.cfg.http.max_queue_ms)
+
+    def check_deadline(self, deadline: Deadline) -> None:
+        """A 503 ``overloaded`` when the request already waited past http.max_queue_ms."""
+        if deadline.expired():
+            exc = shed_error(deadline.age_ms(), deadline.budget_ms, "before the ingress sent it on")
+            raise unavailable(exc.error, exc.detail, self.cfg.http.retry_after_s)
 
     @contextlib.contextmanager
     def decode_slot(self) -> Iterator[None]:

@@ -43,6 +43,12 @@ class HttpConfig(FlatConfig):
     # unbounded one makes every client wait (p50 1.2 s at 128 clients on 2 CPUs).
     # 0 = decoder.max_batch_size x decoder.num_replicas (one full batch per replica).
     max_decodes_in_flight: int = 0
+    # A /v1/decode request that waited longer than this (from the ingress' arrival to the
+    # start of its batch) is shed with a 503 instead of computed: a count bound does not
+    # bound the wait on a loaded CPU, a time budget does (megdecode.serve.queue_budget).
+    # An accepted request then takes at most this + one batch forward + the HTTP hops;
+    # keep it above one full batch's forward. 0 disables it.
+    max_queue_ms: float = 120.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -55,6 +61,8 @@ class HttpConfig(FlatConfig):
             raise ConfigError(
                 f"http.max_decodes_in_flight: >= 0 (0 = derived), got {self.max_decodes_in_flight}"
             )
+        if not self.max_queue_ms >= 0:  # NaN too
+            raise ConfigError(f"http.max_queue_ms: >= 0 (0 = no budget), got {self.max_queue_ms}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@ then swap one reference, so requests in flight finish on the old model and none 
 dropped. Single-window requests go through ``@serve.batch`` (size and wait from the
 config); the ingress sends a window as `inline_parts` to `decode_parts` (so that Ray passes
 it inline, not through the object store); the stream sends its windows already stacked to
-`decode_windows`.
+`decode_windows`. A /v1/decode request carries its `Deadline` (``http.max_queue_ms``): one
+that waited past it when the batch handler takes it is shed (`megdecode.serve.queue_budget`),
+not computed. The stream's decodes are never shed: they bypass the batch queue
+(`decode_windows`), and a stream that falls behind says so (a ``behind`` message) and skips
+ahead instead.
 
 The logic lives in `DecoderCore`, a plain class, so that the ingress can hold its own
 copy of a small model (``decoder.ingress_copy``): a live stream then decodes in the
@@ -34,6 +38,7 @@ from ray import serve
 from megdecode.serve.config import DecoderConfig
 from megdecode.serve.errors import ApiError
 from megdecode.serve.model import LoadedModel, load_served_model
+from megdecode.serve.queue_budget import Deadline, Shed, shed_error, split_expired
 from megdecode.serve.reconstruct import window_latents
 from megdecode.serve.stream import StreamError, StreamSpec
 from megdecode.serve.validate import check_window, subject_index
@@ -52,6 +57,10 @@ def inline_parts(window: np.ndarray) -> list[np.ndarray]:
     """`window` as row blocks (views) of at most INLINE_BYTES each; np.concatenate undoes it."""
     n = -(-window.nbytes // INLINE_BYTES)
     return np.array_split(window, n) if n > 1 else [window]
+
+
+# One computed row of a batch: (latent, forward ms, batch size, queue ms or None).
+Batched = tuple[np.ndarray, float, int, float | None]
 
 
 def error_dict(exc: ApiError) -> dict[str, Any]:
@@ -126,24 +135,38 @@ class DecoderCore:
         subject: str | int,
         top_k: int,
         channels: tuple[str, ...] | None = None,
+        deadline: Deadline | None = None,
     ) -> dict[str, Any]:
         """One window (C, T) -> {latent, top_k, model, timing} or an error dict.
 
         `channels` names the window's rows (any order, any CTF serial), None when they are
-        the model's channels in its order."""
+        the model's channels in its order. A request past its `deadline` when it arrives
+        here or when its batch is taken gets the 503 ``overloaded`` error dict."""
+        if deadline is not None and deadline.expired():
+            return error_dict(
+                shed_error(deadline.age_ms(), deadline.budget_ms, "before the decoder got it")
+            )
         try:
             state = self._current()
             window, index = self._check(state, window, subject, channels)
         except ApiError as exc:
             return error_dict(exc)
-        clip, forward_ms, batch = await self._batched((state, window, index))
+        done = await self._batched((state, window, index, deadline))
+        if isinstance(done, Shed):
+            return error_dict(
+                shed_error(done.waited_ms, done.budget_ms, "in the decoder's batch queue")
+            )
+        clip, forward_ms, batch, queue_ms = done
+        timing = {"forward_ms": round(forward_ms, 3), "batch_size": batch}
+        if queue_ms is not None:  # from the ingress' arrival to the batch's start
+            timing["queue_ms"] = round(queue_ms, 3)
         # The latent stays a float32 array: smaller across a handle than a list of floats,
         # and the ingress' JSON writer (`jsonio`) writes arrays itself.
         return {
             "latent": clip,
             "top_k": state.gallery.topk(clip[None], top_k)[0],
             "model": {"name": state.card["name"], "version": state.card["version"]},
-            "timing": {"forward_ms": round(forward_ms, 3), "batch_size": batch},
+            "timing": timing,
         }
 
     async def decode_parts(
@@ -152,22 +175,31 @@ class DecoderCore:
         top_k: int,
         *parts: np.ndarray,
         channels: tuple[str, ...] | None = None,
+        deadline: Deadline | None = None,
     ) -> dict[str, Any]:
         """`decode` of the window sent as `inline_parts` (one argument each)."""
         window = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return await self.decode(window, subject, top_k, channels)
+        return await self.decode(window, subject, top_k, channels, deadline)
 
     @serve.batch(
         max_batch_size=16, batch_wait_timeout_s=0.0
     )  # both reset from the config in __init__
     async def _batched(
-        self, items: list[tuple[LoadedModel, np.ndarray, int]]
-    ) -> list[tuple[np.ndarray, float, int]]:
-        """Stack the queued windows into one forward (per model, should a reload split them)."""
-        out: list[tuple[np.ndarray, float, int] | None] = [None] * len(items)
+        self, items: list[tuple[LoadedModel, np.ndarray, int, Deadline | None]]
+    ) -> list[Batched | Shed]:
+        """Stack the queued windows into one forward (per model, should a reload split them);
+        those past their deadline when the batch is taken are answered `Shed` instead."""
+        out: list[Batched | Shed | None] = [None] * len(items)
+        now = time.time()
+        deadlines = [item[3] for item in items]
+        expired, live = split_expired(deadlines, now)
+        for i in expired:
+            d = deadlines[i]
+            assert d is not None  # split_expired never expires a request without a deadline
+            out[i] = Shed(d.age_ms(now), d.budget_ms)
         groups: dict[int, list[int]] = {}
-        for i, (state, _, _) in enumerate(items):
-            groups.setdefault(id(state), []).append(i)
+        for i in live:
+            groups.setdefault(id(items[i][0]), []).append(i)
         for idx in groups.values():
             state = items[idx[0]][0]
             windows = np.stack([items[i][1] for i in idx])
@@ -176,7 +208,8 @@ class DecoderCore:
             clip, _ = await asyncio.to_thread(state.forward, windows, subjects)
             ms = (time.perf_counter() - start) * 1e3
             for row, i in enumerate(idx):
-                out[i] = (clip[row], ms, len(idx))
+                d = deadlines[i]
+                out[i] = (clip[row], ms, len(idx), None if d is None else d.age_ms(now))
         return out  # type: ignore[return-value]  # @serve.batch turns the list into one result per caller
 
     async def decode_windows_async(

@@ -113,7 +113,7 @@ class Ingress:
         ),
     )
     async def decode(self, request: Request, top_k: int | None = None) -> Response:
-        start = time.perf_counter()
+        start, deadline = time.perf_counter(), self.admission.deadline()
         self.admission.authorize(request.headers)
         k = (
             self.cfg.decoder.top_k
@@ -122,14 +122,15 @@ class Ingress:
         )
         with self.admission.decode_slot():
             subject, window, channels = await self.admission.window(request)
+            self.admission.check_deadline(deadline)
             if self.local is not None and self.cfg.decoder.ingress_copy == "all":
                 result = await self.admission.local_call(
-                    self.local.decode(window, subject, k, channels)
+                    self.local.decode(window, subject, k, channels, deadline)
                 )
             else:
                 result = await self.admission.call(
                     self.decoder.decode_parts.remote(
-                        subject, k, *inline_parts(window), channels=channels
+                        subject, k, *inline_parts(window), channels=channels, deadline=deadline
                     ),
                     "decoder",
                 )

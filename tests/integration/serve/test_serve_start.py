@@ -5,6 +5,7 @@ with 503 + Retry-After, by the ingress and by Serve's proxy, and nobody waits lo
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -246,3 +247,70 @@ def test_overload_is_shed_with_retry_after_and_nobody_waits(
     if who == "ingress":
         assert {is_error_body(503, text)["error"] for _, text in shed} == {"overloaded"}
     assert requests.get(f"{url}/readyz", timeout=30).status_code == 200  # probes still answer
+
+
+@pytest.fixture(scope="module")
+def slow_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model whose forward takes ~20 ms per window on one thread (four 640-wide blocks
+    on the 6-channel fixture bundle): a burst of requests queues behind it for hundreds of ms."""
+    import dataclasses
+
+    import torch
+
+    from fixtures.bundles import tiny_bundle
+    from megdecode.bundle_io import save_bundle
+    from megdecode.models.brain import BrainConfig, BrainModule
+
+    b = tiny_bundle()
+    wide = {"hidden_channels": 640, "projection_hidden": 640, "depth": 4}
+    cfg = BrainConfig(**(b.model_config | wide))
+    torch.manual_seed(0)
+    model = BrainModule(cfg, b.pos2d)
+    b = dataclasses.replace(b, model_config=cfg.to_flat_dict(), state_dict=model.state_dict())
+    return save_bundle(b, tmp_path_factory.mktemp("slow") / "b")
+
+
+@pytest.mark.parametrize(
+    ("budget_ms", "copy"),
+    [(100, "stream"), (100, "all"), (0, "stream")],  # pool; the ingress' copy; no budget
+)
+def test_requests_past_the_queue_budget_are_shed_and_the_accepted_stay_within_it(
+    running: list[str], port: int, slow_bundle: Path, budget_ms: int, copy: str
+) -> None:
+    """12 concurrent requests, one forward each (max_batch_size 1), all within the count
+    bounds: with a budget the late ones get 503 overloaded + Retry-After and every accepted
+    one answers within budget + its forward + slack; without one all are accepted and the
+    last ones wait longer than the budget would allow."""
+    cfg = ServeConfig.from_mapping(
+        {
+            "app_name": f"budget-{budget_ms}-{copy}",
+            "http": {
+                "port": port,
+                "retry_after_s": 2,
+                "max_queue_ms": budget_ms,
+                "max_decodes_in_flight": 32,  # the count bound (else 1 x 1) lets all 12 in
+            },
+            "decoder": {"model": str(slow_bundle), "max_batch_size": 1, "ingress_copy": copy},
+        }
+    )
+    running.append(cfg.app_name)
+    url = start(cfg, token="", fixed_cluster=True)
+    body, headers = _octet(slow_bundle)
+    assert requests.post(f"{url}/v1/decode", data=body, headers=headers, timeout=30).ok  # warm
+    results = asyncio.run(_burst(f"{url}/v1/decode", body, headers, clients=12, per_client=1))
+    codes = [status for status, *_ in results]
+    accepted = [json.loads(text)["timing"] for status, _, _, text in results if status == 200]
+    server_ms = [t["server_ms"] for t in accepted]
+    if budget_ms == 0:
+        assert codes == [200] * 12, codes
+        assert max(server_ms) > 100, server_ms  # the queue behind 12 forwards: past 100 ms
+        return
+    assert set(codes) == {200, 503}, codes
+    for _, _, retry_after, text in (r for r in results if r[0] == 503):
+        err = is_error_body(503, text)
+        assert (err["error"], retry_after) == ("overloaded", "2"), text
+        assert "http.max_queue_ms" in err["detail"], text
+    slack = 150.0  # the return hop, top-k and JSON on a loaded 2-CPU machine
+    for t in accepted:
+        assert t["queue_ms"] <= budget_ms, t
+        assert t["server_ms"] <= budget_ms + t["forward_ms"] + slack, t
