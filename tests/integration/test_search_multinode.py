@@ -13,7 +13,8 @@ nodes. The search is driven from the CLI (`megdecode tune --address HEAD`, what
   s3:// URIs, and the same search runs one trial per node. The same cluster with local
   paths and a false ``--assume-shared-fs`` fails, which shows the worker really is blind.
 
-Skipped where a mount namespace cannot be made (not root, no CAP_SYS_ADMIN).
+The blind-worker tests are skipped where a mount namespace cannot be made (not root, no
+CAP_SYS_ADMIN).
 """
 
 from __future__ import annotations
