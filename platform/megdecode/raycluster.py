@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     }
     options.update(kwargs)
     if address or env_address:
-        # Attaching to a cluster whose workers may not have megdecode installed (a job
-        # submitted with --working-dir ships the repo, but platform/ is not on sys.path):
-        # ship the package itself.
-        options.setdefault("runtime_env", {"py_modules": [package_dir()]})
+        from megdecode.files import storage_env
+
+        options["runtime_env"] = attach_runtime_env(
+            options.get("runtime_env"), package_dir(), storage_env(), job_runtime_env()
+        )
         ray.init(address=address or env_address, **options)
     else:
         _loopback_only()
@@ -69,6 +71,50 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         f"{quiet} (Ray, Tune, Serve, MLflow; -v streams them) and " if quiet else "",
         session_logs(),
     )
+
+
+def attach_runtime_env(
+    given: Mapping[str, Any] | None,
+    package: str,
+    storage: Mapping[str, str],
+    job: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``runtime_env`` of a driver attaching to a cluster: `given` (the caller's), plus
+    the package and the object-store variables where neither the caller nor the job set them.
+
+    Why: a cluster's workers may not have megdecode installed (a job submitted with
+    ``--working-dir`` ships the repository, but platform/ is not on sys.path), so the
+    package itself is shipped (``py_modules``). And worker processes inherit the
+    environment of the node they run on, not the driver's: a trial or a Ray Data read task
+    on another node would not reach the driver's S3 endpoint with its credentials, so
+    `storage` (`files.storage_env()`) goes in ``env_vars``; the caller's values win.
+
+    job: the runtime_env of the Ray job this driver runs in (`ray job submit`), if any. Ray
+    refuses a driver's runtime_env that sets a field or an environment variable the job
+    already sets, and the job's reach every worker anyway: those are left out.
+    """
+    job = job or {}
+    env = dict(given or {})
+    if "py_modules" not in job:
+        env.setdefault("py_modules", [package])
+    job_vars = job.get("env_vars") or {}
+    env_vars = {k: v for k, v in storage.items() if k not in job_vars}
+    env_vars |= dict(env.get("env_vars") or {})
+    if env_vars:
+        env["env_vars"] = env_vars
+    else:
+        env.pop("env_vars", None)
+    return env
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the Ray job this process is the driver of ({} outside a job)."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray for a submitted job
+    if not raw:
+        return {}
+    return dict(json.loads(raw).get("runtime_env") or {})
 
 
 def session_logs() -> str:

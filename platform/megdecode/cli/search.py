@@ -88,6 +88,13 @@ def tune(
             " shared mount (NFS) at the same path on every node; otherwise they are refused"
         ),
     ] = False,
+    reuse_actors: Annotated[
+        bool,
+        typer.Option(
+            help="run the next trial in a finished trial's actor (faster); --no-reuse-actors"
+            " keeps concurrent trials spread over the nodes their actors started on"
+        ),
+    ] = True,
     max_object_store_fraction: Annotated[
         float,
         typer.Option(help="share of the smallest node's object store the epochs may take"),
@@ -137,6 +144,7 @@ def tune(
         gpus_per_trial=gpus_per_trial,
         scheduler=scheduler,
         assume_shared_fs=assume_shared_fs,
+        reuse_actors=reuse_actors,
         max_object_store_fraction=max_object_store_fraction,
         object_store_budget_bytes=object_store_budget,
     )

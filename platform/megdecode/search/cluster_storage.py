@@ -55,9 +55,10 @@ def storage_problem(
     return (
         f"the Ray cluster has {nodes} alive nodes, and these are local paths that worker "
         f"nodes may not see: {named}. Either mount them on a shared filesystem (e.g. NFS) "
-        "visible at the same path on every node and pass --assume-shared-fs, or give "
-        "object-store URIs (s3://bucket/… or gs://bucket/…) for the data, --out and an "
-        "MLflow tracking server"
+        "visible at the same path on every node and pass --assume-shared-fs, or use "
+        "object storage (s3://bucket/… or gs://bucket/…): --data s3://bucket/run, "
+        "--storage s3://bucket/tune and --artifact-root s3://bucket/mlartifacts, or an "
+        "MLflow tracking server (--tracking-uri http://HOST:5000) that keeps the artifacts"
     )
 
 

@@ -86,6 +86,10 @@ class SearchSetup:
     max_object_store_fraction: float = 0.5
     object_store_budget_bytes: int | None = None  # overrides the fraction (operators, tests)
     storage: str | None = None  # Tune's storage (a folder or s3://, gs://); None: `out`
+    # A finished trial's actor runs the next trial (no new worker process, no re-import). A
+    # pending trial whose actor is still starting elsewhere is moved onto it, so on several
+    # nodes with slow actor starts the trials can gather on the node that started first.
+    reuse_actors: bool = True
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("asha", "fifo"):

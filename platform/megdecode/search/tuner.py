@@ -109,7 +109,7 @@ def build_tuner(
             time_budget_s=setup.time_budget_s or space.time_budget_s,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
-            reuse_actors=True,
+            reuse_actors=setup.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=setup.experiment,

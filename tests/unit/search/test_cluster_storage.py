@@ -52,6 +52,9 @@ def test_refused_exactly_when_several_nodes_see_a_local_path_without_the_flag(
             assert (f"{what}: {path}" in problem) == (path in local)
         assert "NFS" in problem and "--assume-shared-fs" in problem
         assert "s3://" in problem and "gs://" in problem
+        for option in ("--data s3://", "--storage s3://", "--artifact-root s3://"):
+            assert option in problem  # the options that put each place on object storage
+        assert "MLflow tracking server (--tracking-uri http://" in problem
 
 
 def test_no_alive_node_is_an_error() -> None:
