@@ -73,11 +73,23 @@ def endpoint_url() -> str | None:
     return None
 
 
-def storage_env() -> dict[str, str]:
+SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SHIP_SECRETS_ENV = "MEGDECODE_SHIP_CREDENTIALS"  # "1": storage_env() includes the AWS keys
+
+
+def storage_env(include_secrets: bool | None = None) -> dict[str, str]:
     """The variables a Ray worker needs to reach the same object store as this process
-    (for ``runtime_env={"env_vars": ...}`` where workers do not inherit the driver's)."""
-    keys = (*ENDPOINT_VARS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-            "AWS_DEFAULT_REGION", "AWS_REGION", "GOOGLE_APPLICATION_CREDENTIALS")  # fmt: skip
+    (for ``runtime_env={"env_vars": ...}`` where workers do not inherit the driver's).
+
+    The endpoint, region and the *path* of a GCS key file always; the AWS keys only when
+    `include_secrets` (default: ``MEGDECODE_SHIP_CREDENTIALS=1``): a runtime_env is stored
+    in the GCS and shown by Ray's dashboard and job API, so secrets stay out of it unless
+    asked for. Cloud nodes normally get credentials from an instance role instead.
+    """
+    if include_secrets is None:
+        include_secrets = os.environ.get(SHIP_SECRETS_ENV) == "1"
+    keys = (*ENDPOINT_VARS, "AWS_DEFAULT_REGION", "AWS_REGION", "GOOGLE_APPLICATION_CREDENTIALS",
+            *(SECRET_VARS if include_secrets else ()))  # fmt: skip
     return {k: os.environ[k] for k in keys if os.environ.get(k)}
 
 

@@ -100,3 +100,17 @@ def test_no_credentials_never_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(files.StorageError, match=r"s3://bucket/x.*AWS_ACCESS_KEY_ID"):
         files.check_access("s3://bucket/x")
     assert time.perf_counter() - start < 15
+
+
+def test_storage_env_ships_keys_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime_env is shown by Ray's dashboard: the AWS keys go into it only on request."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv(files.SHIP_SECRETS_ENV, raising=False)
+    env = files.storage_env()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "AWS_ACCESS_KEY_ID" not in env
+    monkeypatch.setenv(files.SHIP_SECRETS_ENV, "1")
+    assert files.storage_env()["AWS_SECRET_ACCESS_KEY"] == "secret"
+    assert files.storage_env(include_secrets=False).keys() == env.keys()
