@@ -41,7 +41,10 @@ class HttpConfig(FlatConfig):
     # /v1/decode requests one ingress replica works on at once; beyond them a 503 at once,
     # before the body is read: a bounded queue keeps the accepted requests fast, where an
     # unbounded one makes every client wait (p50 1.2 s at 128 clients on 2 CPUs).
-    # 0 = decoder.max_batch_size x decoder.num_replicas (one full batch per replica).
+    # 0 = half a batch per decoder replica: max(1, max_batch_size // 2) x num_replicas. By
+    # Little's law the accepted latency is about this bound / throughput: on the demo model
+    # (2 CPUs, batch 16) a full batch (16) gave 118 req/s at p50 135 ms and p99 298 ms at 64
+    # clients, half a batch (8) 99 req/s at p50 85 ms, p99 195 ms (benchmarks/serve_latency.py).
     max_decodes_in_flight: int = 0
     # A /v1/decode request that waited longer than this (from the ingress' arrival to the
     # start of its batch) is shed with a 503 instead of computed: a count bound does not
@@ -226,7 +229,7 @@ class ServeConfig(FlatConfig):
         """/v1/decode requests an ingress replica admits at once (http.max_decodes_in_flight)."""
         return (
             self.http.max_decodes_in_flight
-            or self.decoder.max_batch_size * self.decoder.num_replicas
+            or max(1, self.decoder.max_batch_size // 2) * self.decoder.num_replicas
         )
 
 
