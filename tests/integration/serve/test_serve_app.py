@@ -54,6 +54,7 @@ def served(
                 "num_cpus": 0.1,
                 "max_body_bytes": 600_000,
                 "request_timeout_s": 5,
+                "max_decodes_in_flight": 8,  # a full batch: rounds of 8 reach the decoder
             },
             "decoder": {
                 "model": str(tiny_bundle),
