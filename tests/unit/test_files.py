@@ -73,7 +73,7 @@ def test_unknown_bucket_is_named(s3_server: S3Server) -> None:
 
 
 def test_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fixtures.s3 import free_port
+    from megdecode.serve.app import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody listens
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -89,7 +89,7 @@ def test_no_credentials_never_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     """No key in the environment or in files, EC2 metadata not disabled: the SDK's chain
     gives up at once and the error (here: nobody at the endpoint) names the URI and the
     variables, within seconds. (moto accepts any key, so a refused key is not testable.)"""
-    from fixtures.s3 import free_port
+    from megdecode.serve.app import free_port
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED"):
         monkeypatch.delenv(var, raising=False)
