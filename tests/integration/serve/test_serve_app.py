@@ -510,7 +510,7 @@ def test_stream_decodes_every_stride_as_the_offline_model_for_every_subject(
     from websockets.sync.client import connect
 
     from megdecode.data import bids
-    from megdecode.data.preprocess import pick_meg
+    from megdecode.data.meg_info import pick_meg
     from megdecode.serve.online_preprocess import OnlinePreprocessor
     from megdecode.serve.stream import StreamSpec
 
@@ -690,7 +690,7 @@ def test_stream_with_named_channels_decodes_as_the_model_order(
     from websockets.sync.client import connect
 
     from megdecode.data import bids
-    from megdecode.data.preprocess import pick_meg
+    from megdecode.data.meg_info import pick_meg
     from megdecode.data.sensors import sensor_name
     from megdecode.serve.stream import StreamSpec
 

@@ -109,7 +109,7 @@ def test_stream_decodes_after_image_onsets_retrieve_the_shown_image_above_chance
 
     from megdecode.bundle_io import load_bundle
     from megdecode.data import bids
-    from megdecode.data.preprocess import pick_meg
+    from megdecode.data.meg_info import pick_meg
     from megdecode.serve.stream import StreamSpec
 
     bids_root, bundle_dir = decodable_bundle

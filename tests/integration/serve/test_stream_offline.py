@@ -12,7 +12,8 @@ from megdecode.bundle_io import load_bundle
 from megdecode.data import bids
 from megdecode.data import store as epoch_store
 from megdecode.data.build import build_epoch_store
-from megdecode.data.preprocess import PreprocessConfig, pick_meg
+from megdecode.data.meg_info import pick_meg
+from megdecode.data.preprocess import PreprocessConfig
 from megdecode.serve.online_preprocess import OnlinePreprocessor
 from megdecode.serve.stream import StreamError, StreamSpec
 from megdecode.train_bundle import serving_fields

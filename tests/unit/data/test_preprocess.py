@@ -14,11 +14,11 @@ from sklearn.preprocessing import RobustScaler as SkRobustScaler
 
 from megdecode.config import ConfigError
 from megdecode.data.bids import Recording, RunKey
+from megdecode.data.meg_info import sensor_positions
 from megdecode.data.preprocess import (
     METADATA_COLUMNS,
     PreprocessConfig,
     preprocess_run,
-    sensor_positions,
 )
 from megdecode.data.scaling import (
     RobustScaler,
