@@ -197,6 +197,7 @@ def test_without_the_token_the_page_and_its_socket_are_refused(live_url: str, br
     )
     assert r.status_code == 200 and r.headers["x-shape"] == f"{info['n_channels']},30"
     assert len(r.content) == 4 * info["n_channels"] * 30
+    assert len(info["channels"]) == info["n_channels"] and all(info["channels"])
     assert requests.get(f"{live_url}/live/live.js", timeout=30).status_code == 200
     missing = requests.get(f"{live_url}/live/secret.txt", timeout=30)
     assert missing.status_code == 404 and json.loads(missing.text)["error"] == "not_found"

@@ -138,6 +138,7 @@ class LivePage:
             "n_samples": replay.n_samples,
             "duration_s": round(replay.n_samples / replay.sfreq, 3),
             "n_channels": len(replay.channels),
+            "channels": list(replay.channels),  # the page names its rows in the stream's start
             "chunk_samples": chunk,
             "block_samples": chunk * CHUNKS_PER_BLOCK,
             "display": [

@@ -64,8 +64,20 @@ def test_finish_store_refuses_parts_that_do_not_match(tmp_path: Path) -> None:
         first = epoch_store.write_subject(staging, block("BIGMEG1", "01", "01", 4, 0))
         other = dataclasses.replace(block("BIGMEG2", "01", "01", 4, 1), ch_names=CH[::-1])
         second = epoch_store.write_subject(staging, other)
-        with pytest.raises(epoch_store.StoreError, match="BIGMEG2: channels or time grid differ"):
+        with pytest.raises(epoch_store.StoreError, match="BIGMEG2 cannot share") as reordered:
             epoch_store.finish_store(staging, [first, second])
+        assert f"same {C} in another order (first at index 0" in str(reordered.value)
+        full = block("BIGMEG3", "01", "01", 4, 1)
+        fewer = dataclasses.replace(
+            full,
+            ch_names=CH[:-1],
+            data=full.data[:, :-1],
+            pos2d=full.pos2d[:-1],
+            pos3d=full.pos3d[:-1],
+        )
+        third = epoch_store.write_subject(staging, fewer)
+        with pytest.raises(epoch_store.StoreError, match=f"lacks {CH[-1]}"):
+            epoch_store.finish_store(staging, [first, third])
         with pytest.raises(epoch_store.StoreError, match="written twice"):
             epoch_store.finish_store(staging, [first, first])
         with pytest.raises(epoch_store.StoreError, match="one subject per block"):

@@ -187,6 +187,41 @@ class Layout:
                    int(block.data.shape[-1]), np.asarray(block.pos2d, float).tolist(),
                    np.asarray(block.pos3d, float).tolist())  # fmt: skip
 
+    def differences(self, other: Layout) -> list[str]:
+        """What differs from `other`, each as a phrase naming the values (empty: same layout).
+
+        Channels are compared by name and order: sensors only one side has are listed
+        (`megdecode.data.sensors`), and a same-set list in another order says so.
+        """
+        out: list[str] = []
+        if self.ch_names != other.ch_names:
+            mine, theirs = set(self.ch_names), set(other.ch_names)
+            missing = [c for c in other.ch_names if c not in mine]
+            extra = [c for c in self.ch_names if c not in theirs]
+            if missing or extra:
+                out.append(
+                    f"channels: {len(self.ch_names)} vs {len(other.ch_names)}"
+                    + (f"; lacks {_shown(missing)}" if missing else "")
+                    + (f"; has in addition {_shown(extra)}" if extra else "")
+                )
+            else:
+                at = next(
+                    i
+                    for i, (a, b) in enumerate(zip(self.ch_names, other.ch_names, strict=True))
+                    if a != b
+                )
+                out.append(
+                    f"channels: the same {len(self.ch_names)} in another order (first at index "
+                    f"{at}: {self.ch_names[at]!r} vs {other.ch_names[at]!r})"
+                )
+        for name in ("sfreq", "tmin", "n_times"):
+            a, b = getattr(self, name), getattr(other, name)
+            if not np.isclose(a, b):
+                out.append(f"{name}: {a} vs {b}")
+        if self.ch_names == other.ch_names and not np.allclose(self.pos2d, other.pos2d):
+            out.append("sensor positions (pos2d) differ")
+        return out
+
     def check(self, block: EpochBlockLike, index: int) -> None:
         """Refuse a block on another channel list or time grid, naming what differs."""
         if list(block.ch_names) != self.ch_names:
@@ -205,6 +240,11 @@ class Layout:
             raise StoreError(
                 f"block {index}: {block.data.shape[-1]} time samples, block 0 has {self.n_times}"
             )
+
+
+def _shown(names: list[str], limit: int = 5) -> str:
+    head = ", ".join(names[:limit])
+    return head + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def check_sizes(rows_per_file: int, row_group_rows: int) -> None:

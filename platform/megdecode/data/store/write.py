@@ -233,11 +233,13 @@ def finish_store(
     if len(set(labels)) != len(labels):
         raise StoreError(f"subjects written twice: {labels}")
     first = parts[0]
-    for index, part in enumerate(parts[1:], start=1):
+    for part in parts[1:]:
         if part.layout != first.layout:
+            what = "; ".join(part.layout.differences(first.layout)) or "layout differs"
             raise StoreError(
-                f"subject {part.subject}: channels or time grid differ from {first.subject}'s "
-                f"(block {index} vs block 0)"
+                f"subject {part.subject} cannot share a store with {first.subject}: {what} "
+                f"(subject {part.subject} vs {first.subject}); preprocess them into separate "
+                "stores or with the same channels and window"
             )
         if not part.schema.equals(first.schema):
             raise StoreError(

@@ -133,7 +133,7 @@
       this.ws = new WebSocket(`${scheme}://${location.host}${BASE}/v1/stream`, protocols);
       this.ws.binaryType = "arraybuffer";
       this.ws.onopen = () => this.ws.send(JSON.stringify({
-        subject: this.info.subject, sfreq: this.sfreq, top_k: TOP_K }));
+        subject: this.info.subject, sfreq: this.sfreq, top_k: TOP_K, channels: this.info.channels }));
       this.ws.onmessage = (ev) => this.onMessage(JSON.parse(ev.data));
       this.ws.onclose = (ev) => {
         if (!this.done) this.fail(`the stream closed (code ${ev.code})`);
