@@ -31,6 +31,9 @@ import pandas as pd
 import pytest
 import torch
 
+from fixtures.searches import interrupt_after_first_finished_trial
+from fixtures.searches import mlflow_client as _client
+from fixtures.searches import mlflow_runs as _runs
 from megdecode.predict import load_model
 from megdecode.rundata import load_run_data
 from megdecode.search.driver import SearchSetup, run_search
@@ -67,42 +70,6 @@ params:
 """
 
 
-def _client(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _runs(uri: str, experiment: str, kind: str) -> list:
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    return (
-        []
-        if exp is None
-        else client.search_runs([exp.experiment_id], f"tags.`megdecode.kind` = '{kind}'")
-    )
-
-
-def _interrupt_after_first_finished_trial(
-    uri: str, experiment: str, stop: threading.Event
-) -> threading.Thread:
-    """Send SIGUSR1 to this process once a trial run is FINISHED in MLflow (Tune stops gracefully)."""
-
-    def watch() -> None:
-        while not stop.is_set():
-            try:
-                if any(r.info.status == "FINISHED" for r in _runs(uri, experiment, "trial")):
-                    os.kill(os.getpid(), signal.SIGUSR1)
-                    return
-            except Exception:  # the driver is writing the SQLite file: try again
-                pass
-            time.sleep(0.5)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
@@ -130,7 +97,7 @@ def search(
         fail_trials=(2,),
     )
     stop = threading.Event()
-    watcher = _interrupt_after_first_finished_trial(setup.tracking_uri, setup.experiment, stop)
+    watcher = interrupt_after_first_finished_trial(setup.tracking_uri, setup.experiment, stop)
     first = run_search(setup, verbose=0)
     stop.set()
     watcher.join()
