@@ -90,31 +90,35 @@ def s3_search(
     local_ray: None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> SimpleNamespace:
+    """The search, interrupted, then resumed by a driver whose --out is a new, empty folder
+    (as a new `ray job submit`, unpacked into a new working dir, would be)."""
     root = tmp_path_factory.mktemp("tune-s3")
     (root / "space.yaml").write_text(SPACE)
     storage, uri = s3_server.uri("resume/tune"), f"sqlite:///{root / 'mlflow.db'}"
     argv = [
-        "--data", str(tiny_run), "--out", str(root / "out"), "--storage", storage,
-        "--artifact-root", s3_server.uri("resume/mlartifacts"), "--tracking-uri", uri,
-        "--experiment", EXPERIMENT,
+        "--data", str(tiny_run), "--storage", storage, "--tracking-uri", uri,
+        "--artifact-root", s3_server.uri("resume/mlartifacts"), "--experiment", EXPERIMENT,
     ]  # fmt: skip
     tune_path = files.join(storage, EXPERIMENT)
     started = time.perf_counter()
     stop = threading.Event()
     watcher = interrupt_after_first_finished_trial(uri, EXPERIMENT, stop)
-    first = _tune([*argv, "--space", str(root / "space.yaml"), "--scheduler", "fifo"])
+    first = _tune(
+        [*argv, "--out", str(root / "first"), "--space", str(root / "space.yaml"),
+         "--scheduler", "fifo"]
+    )  # fmt: skip
     stop.set()
     watcher.join()
     assert first.exit_code == 130, first.output + repr(first.exception)  # interrupted
     after_interrupt = {t.trial_id: str(t.status) for t in saved_trials(tune_path)}
     results_before = _results_on_storage(tune_path)
-    second = _tune([*argv, "--resume"])
+    second = _tune([*argv, "--out", str(root / "second"), "--resume"])
     assert second.exit_code == 0, second.output + repr(second.exception)
     print(f"\nS3 search interrupted and resumed in {time.perf_counter() - started:.1f} s")
     return SimpleNamespace(
         first=first,
         second=second,
-        trials=pd.read_csv(root / "out" / EXPERIMENT / "trials.csv"),
+        trials=pd.read_csv(root / "second" / EXPERIMENT / "trials.csv"),
         after_interrupt=after_interrupt,
         results_before=results_before,
         results_after=_results_on_storage(tune_path),
@@ -131,6 +135,7 @@ def test_resume_from_s3_reruns_nothing_finished_and_duplicates_no_run(
     assert "INTERRUPTED" in s3_search.first.output and "registered:" not in s3_search.first.output
     done = {tid for tid, status in s3_search.after_interrupt.items() if status == "TERMINATED"}
     assert done, "the interrupt came before any trial was recorded as finished"
+    assert len(done) < TRIALS, "the interrupt came after the search had finished"
     trials = s3_search.trials
     assert len(trials) == TRIALS and trials["trial_id"].is_unique
     assert (trials["status"] == "FINISHED").all()
@@ -156,7 +161,9 @@ def test_resume_from_s3_keeps_the_optuna_study(s3_search: SimpleNamespace) -> No
     )
 
 
-def test_resumed_s3_search_registers_a_champion_that_loads(s3_search: SimpleNamespace) -> None:
+def test_resumed_s3_search_registers_a_champion_that_loads(
+    s3_search: SimpleNamespace, s3_server: S3Server
+) -> None:
     from megdecode.model_registry import resolve_bundle
     from megdecode.predict import load_model
 
@@ -164,16 +171,21 @@ def test_resumed_s3_search_registers_a_champion_that_loads(s3_search: SimpleName
     folder, _ = resolve_bundle("models:/megdecode-brain@champion", s3_search.uri)
     model, bundle = load_model(folder)
     assert bundle.metrics and sum(p.numel() for p in model.parameters()) > 0
-    held = files.fsspec_fs(s3_search.tune_path).find(f"{s3_search.tune_path[5:].split('/')[0]}")
-    assert any("/resume/mlartifacts/" in k and k.endswith("bundle.json") for k in held)
+    artifacts = files.fsspec_fs(s3_search.tune_path).find(f"{s3_server.bucket}/resume/mlartifacts")
+    assert any(k.endswith("bundle.json") for k in artifacts)  # the bundle is on S3
 
 
+@pytest.mark.parametrize("out", ["first", "new"])
 def test_resume_where_the_storage_holds_no_search_names_the_uri(
-    s3_search: SimpleNamespace, s3_server: S3Server
+    s3_search: SimpleNamespace, s3_server: S3Server, out: str
 ) -> None:
+    """With the interrupted search's --out (its search.json names another storage) or a new one."""
     empty = s3_server.uri("resume/nothing-here")
-    argv = [*s3_search.argv, "--resume", "--storage", empty, "--out", str(s3_search.root / "new")]
+    argv = [
+        "--data", s3_search.argv[1], "--storage", empty, "--tracking-uri", s3_search.uri,
+        "--experiment", EXPERIMENT, "--out", str(s3_search.root / out), "--resume",
+    ]  # fmt: skip
     result = _tune(argv)
-    assert result.exit_code != 0
-    said = result.output + str(result.exception)
-    assert "nothing to resume" in said and files.join(empty, EXPERIMENT) in said, said
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    assert "nothing to resume" in result.output, result.output
+    assert files.join(empty, EXPERIMENT) in result.output, result.output

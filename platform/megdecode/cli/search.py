@@ -109,7 +109,12 @@ def tune(
 
     from megdecode import files
     from megdecode.search.cluster_storage import SharedStorageError
-    from megdecode.search.driver import SearchSetup, latest_experiment, run_search
+    from megdecode.search.driver import (
+        NothingToResumeError,
+        SearchSetup,
+        latest_experiment,
+        run_search,
+    )
     from megdecode.search.epoch_memory import EpochsTooLargeError
     from megdecode.tracking import ARTIFACT_ENV, default_tracking_uri
 
@@ -121,7 +126,10 @@ def tune(
     local_data = None if files.is_uri(data) else Path(data).resolve()
     out = (out or (local_data / "tune" if local_data else Path("tune"))).resolve()
     if resume:
-        experiment = experiment or latest_experiment(out)
+        try:
+            experiment = experiment or latest_experiment(out)
+        except NothingToResumeError as exc:
+            fail(str(exc))
     elif space is None:
         raise typer.BadParameter("--space is required (unless --resume)")
     else:
@@ -160,6 +168,8 @@ def tune(
         )
     except (SharedStorageError, EpochsTooLargeError) as exc:
         fail(f"search refused before it started: {exc}")
+    except NothingToResumeError as exc:
+        fail(str(exc))
     finally:
         if started_ray:
             ray_module.shutdown()

@@ -13,7 +13,9 @@ Fault tolerance:
   kept (never re-run), unfinished ones restart (a trial has no mid-run checkpoint), errored
   ones stay failed unless ``retry_errored``. The setup of the interrupted search is read
   back from ``search.json``, so a resume trains the same space on the same data and logs
-  to the same MLflow experiment, where trial runs are found again by trial id.
+  to the same MLflow experiment, where trial runs are found again by trial id. With a
+  ``storage``, search.json is also kept next to Tune's state, so a driver with an empty
+  ``out`` (a new Ray job, a new head node) resumes from the storage alone.
 - After every search, `search.tuner.check_searcher` reloads the searcher Tune saved and
   requires an `OptunaSearch` whose study holds every trial's parameters: Ray has had bugs
   where a restored search silently fell back to random search.
@@ -52,6 +54,10 @@ from megdecode.train_config import FitConfig
 logger = logging.getLogger(__name__)
 
 SETUP_FILE = "search.json"
+
+
+class NothingToResumeError(FileNotFoundError):
+    """`--resume` names no saved search (no search.json, or no Tune state where it says)."""
 
 
 @dataclass(frozen=True)
@@ -123,18 +129,51 @@ class SearchSetup:
         return files.join(self.storage, self.experiment) if self.storage else self.path
 
     def save(self) -> None:
+        """Write search.json to `path` and, with a `storage`, next to Tune's state too: a
+        resume whose driver has another `out` (a new `ray job submit` unpacks into a new
+        working dir, a new head node has an empty disk) finds the search there."""
+        text = json.dumps(asdict(self), indent=2)
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / SETUP_FILE).write_text(json.dumps(asdict(self), indent=2))
+        (self.path / SETUP_FILE).write_text(text)
+        if self.storage:
+            files.write_text(files.join(self.tune_path, SETUP_FILE), text)
 
     @classmethod
-    def load(cls, path: Path) -> SearchSetup:
-        file = Path(path) / SETUP_FILE
-        if not file.exists():
-            raise FileNotFoundError(
-                f"no {SETUP_FILE} in {path}: not a megdecode search folder, nothing to resume"
+    def load(cls, *folders: str | Path) -> SearchSetup:
+        """The setup saved in the first of `folders` (local paths or URIs) that holds one."""
+        for folder in folders:
+            file = files.join(folder, SETUP_FILE)
+            if files.exists(file):
+                raw = json.loads(files.read_text(file))
+                return cls(**raw | {"fail_trials": tuple(raw.get("fail_trials", ()))})
+        raise NothingToResumeError(
+            f"nothing to resume: no {SETUP_FILE} in {' nor in '.join(map(str, folders))}"
+            " (not a megdecode search folder)"
+        )
+
+    def resumed(self) -> SearchSetup:
+        """The interrupted search this command names, read back from `path` or else from
+        `tune_path` (a `storage` given on the command line).
+
+        The search itself (space, data, seeds, MLflow) is the saved one; where this driver
+        writes its report (`out`), where Tune's state is (`storage`, when given) and the
+        cluster settings come from this command.
+        """
+        saved = SearchSetup.load(self.path, *([self.tune_path] if self.storage else []))
+        if saved.tracking_uri != self.tracking_uri:
+            logger.warning(
+                "resume logs to the interrupted search's MLflow store %s, not %s",
+                saved.tracking_uri,
+                self.tracking_uri,
             )
-        raw = json.loads(file.read_text())
-        return cls(**raw | {"fail_trials": tuple(raw.get("fail_trials", ()))})
+        if self.storage and saved.storage and self.storage != saved.storage:
+            logger.warning(
+                "resuming from %s; the search was started with --storage %s",
+                self.storage,
+                saved.storage,
+            )
+        storage = self.storage or saved.storage
+        return replace(saved, out=self.out, storage=storage, **self.cluster_settings())
 
 
 def latent_names(space: SearchSpace, base: FitConfig) -> list[str]:
@@ -150,7 +189,9 @@ def latest_experiment(out: Path) -> str:
     """The most recently started search under `out` (for `--resume` without a name)."""
     found = sorted(Path(out).glob(f"*/{SETUP_FILE}"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no search to resume under {out}")
+        raise NothingToResumeError(
+            f"nothing to resume under {out}; with --storage, name the search with --experiment"
+        )
     return found[-1].parent.name
 
 
@@ -225,15 +266,14 @@ def run_search(
     from megdecode.raycluster import init_ray
 
     start = time.perf_counter()
-    if resume:
-        saved = SearchSetup.load(setup.path)
-        if saved.tracking_uri != setup.tracking_uri:
-            logger.warning(
-                "resume logs to the interrupted search's MLflow store %s, not %s",
-                saved.tracking_uri,
-                setup.tracking_uri,
+    if resume:  # before Ray starts: a resume with nothing to resume fails in seconds
+        setup = setup.resumed()
+        restore_path, restore_fs = tune_storage(str(setup.tune_path))
+        if not tune.Tuner.can_restore(restore_path, storage_filesystem=restore_fs):
+            raise NothingToResumeError(
+                f"nothing to resume: no Tune experiment state in {setup.tune_path}"
             )
-        setup = replace(saved, **setup.cluster_settings())
+        setup.save()  # this driver's `out` may be new: the report and a later resume need it
     space = load_space(setup.space)
     seeds = tuple(range(setup.seeds or space.seeds))
     logger.info(
@@ -278,9 +318,6 @@ def run_search(
     logger.info("epochs loaded once for all trials: %.1f MB in %.1f s", shared.nbytes / 1e6, load_s)
     mlflow_callback = None
     if resume:
-        restore_path, restore_fs = tune_storage(str(setup.tune_path))
-        if not tune.Tuner.can_restore(restore_path, storage_filesystem=restore_fs):
-            raise FileNotFoundError(f"no Tune experiment state in {setup.tune_path} to resume")
         logger.info("resuming %s", setup.tune_path)
         tuner = tune.Tuner.restore(
             restore_path,
