@@ -2,8 +2,8 @@
 
 A search whose epochs do not fit the object store trains each trial on `StreamedSplit`s
 (`megdecode.search.streamed`). A split keeps in memory only its per-row arrays (metadata,
-subject numbers, image codes, the row of each epoch's latent) and, while a pass runs, at
-most `buffer_rows` epochs of MEG: row groups are read through the store's verified reader
+subject numbers, image codes, the row of each epoch's latent) and at most `buffer_rows`
+epochs of MEG: row groups are read through the store's verified reader
 (`megdecode.data.store.row_groups`), the window cut as each is read. Targets are looked up
 in the latent table per batch.
 
@@ -12,7 +12,9 @@ Batches. In store order without a generator (validation, test: the same batches 
 
 - a split that fits the buffer is read whole, in store order, and permuted with one
   ``torch.randperm(N, generator)``: exactly `SplitTensors.batches`, so a streamed run with
-  a large enough buffer is bit-identical to the in-memory run of the same seed;
+  a large enough buffer is bit-identical to the in-memory run of the same seed. It is read
+  once and kept (it fits the bound): the store's row groups mix splits, so re-reading a
+  small validation split would cost a pass over most of the store every epoch;
 - a larger split is read in buffers of whole row groups taken in an order drawn from the
   generator, each buffer permuted with the generator; the rows a buffer leaves over (fewer
   than a batch) open the next one. Every row appears once per pass and the order is
@@ -23,7 +25,7 @@ Batches. In store order without a generator (validation, test: the same batches 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +81,8 @@ class StreamedSplit:
     image: torch.Tensor = field(init=False, repr=False)  # (N,) long image codes
     reader: RowGroupReader = field(init=False, repr=False)
     peak_rows: int = field(default=0, init=False)
+    # the split's MEG when it fits the buffer: read once, kept for every later pass
+    _resident: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if sum(p.kept for p in self.parts) != len(self.meta):
@@ -118,6 +122,9 @@ class StreamedSplit:
             if shuffle
             else range(len(self.parts))
         )
+        if whole and self._resident is not None:  # read by an earlier pass, kept: it fits
+            yield from self._emit(np.arange(n), self._resident, size, generator, True)
+            return
         self.reader.start_pass()
         try:
             yield from self._pass(size, generator, order)
@@ -143,19 +150,33 @@ class StreamedSplit:
                 continue
             rows, meg = self._read(fill, starts, carry_rows, carry_meg)
             fill, held = [], 0
-            perm = (
-                torch.randperm(len(rows), generator=generator)
-                if generator is not None
-                else torch.arange(len(rows))
-            )
-            cut = len(rows) if last else len(rows) - len(rows) % size
-            for begin in range(0, cut, size):
-                local = perm[begin : min(begin + size, cut)].numpy()
-                if generator is not None and len(local) < 2:
-                    continue  # the in-memory rule: a trailing singleton is dropped when shuffling
-                yield self._batch(rows[local], meg[local])
-            rest = perm[cut:].numpy()
+            if last and len(rows) == len(self.meta):  # the whole split: keep it for later passes
+                self._resident = meg
+            rest = yield from self._emit(rows, meg, size, generator, last)
             carry_rows, carry_meg = rows[rest], meg[rest]
+
+    def _emit(
+        self,
+        rows: np.ndarray,
+        meg: np.ndarray,
+        size: int,
+        generator: torch.Generator | None,
+        last: bool,
+    ) -> Generator[Batch, None, np.ndarray]:
+        """The batches of one buffer (permuted when shuffling); returns the rows left over
+        (fewer than a batch, positions in the buffer) unless it is the pass's `last`."""
+        perm = (
+            torch.randperm(len(rows), generator=generator)
+            if generator is not None
+            else torch.arange(len(rows))
+        )
+        cut = len(rows) if last else len(rows) - len(rows) % size
+        for begin in range(0, cut, size):
+            local = perm[begin : min(begin + size, cut)].numpy()
+            if generator is not None and len(local) < 2:
+                continue  # the in-memory rule: a trailing singleton is dropped when shuffling
+            yield self._batch(rows[local], meg[local])
+        return perm[cut:].numpy()
 
     def _read(
         self,

@@ -91,6 +91,7 @@ def test_a_buffer_that_holds_the_split_streams_the_in_memory_batches(small_group
             ]
             assert _same_batches(*shuffled), (group, seed)
         assert _same_batches(list(mem.batches(BATCH)), list(st.batches(BATCH))), group
+        assert st.reader.rows_read == len(mem.meta)  # read once: a split that fits is kept
 
 
 def _row_numbers(batches: list, memory_meg: torch.Tensor) -> np.ndarray:

@@ -164,7 +164,9 @@ def tune(
             max_object_store_fraction=max_object_store_fraction,
             object_store_budget_bytes=object_store_budget,
             epochs=epochs,
-            **({} if stream_buffer_rows is None else {"stream_buffer_rows": stream_buffer_rows}),
+            stream_buffer_rows=SearchSetup.stream_buffer_rows
+            if stream_buffer_rows is None
+            else stream_buffer_rows,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
