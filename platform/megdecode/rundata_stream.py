@@ -192,9 +192,9 @@ class StreamedSplit:
         if carry_meg is not None and at:
             meg[:at] = carry_meg
         for i in fill:
-            block = self.reader.read(self.parts[i])
-            meg[at : at + len(block)] = block
-            at += len(block)
+            kept = self.parts[i].kept
+            self.reader.read(self.parts[i], out=meg[at : at + kept])
+            at += kept
         self.peak_rows = max(self.peak_rows, len(rows))
         return rows, meg
 

@@ -118,8 +118,9 @@ class RowGroupReader:
         """Close the files of the pass."""
         self._open.clear()
 
-    def read(self, part: RowGroupRows) -> np.ndarray:
-        """(k, C, T_window) float32 of the kept rows of one row group, a contiguous copy.
+    def read(self, part: RowGroupRows, out: np.ndarray | None = None) -> np.ndarray:
+        """(k, C, T_window) float32 of the kept rows of one row group, written into `out`
+        (k rows, e.g. a slice of the caller's buffer) or a new array.
 
         The group is decoded `DECODE_ROWS` rows at a time: pyarrow's decode of a whole
         group peaks at ~5x its size (~250 MB for 256 THINGS epochs), a slice at a fraction.
@@ -136,7 +137,11 @@ class RowGroupReader:
                 f"{pf.metadata.row_group(part.group).num_rows} rows, the plan {part.rows}"
             )
         n_times = self.window.stop - self.window.start
-        out = np.empty((part.kept, len(self.manifest.ch_names), n_times), np.float32)
+        shape = (part.kept, len(self.manifest.ch_names), n_times)
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif out.shape != shape:
+            raise ValueError(f"out: expected shape {shape}, got {out.shape}")
         at = seen = 0
         with reading(part.path):
             slices = pf.iter_batches(DECODE_ROWS, row_groups=[part.group], columns=["meg"])
