@@ -1,6 +1,7 @@
 """A trial's training on shared epochs vs epochs streamed from the store: speed and memory.
 
-One seed of a small brain module trained a few epochs on the same run folder, once on the
+One seed of a small brain module trained a few epochs on the same run folder (target
+twin-lowlevel, or handcrafted where the run has no twin latents), once on the
 epochs a search shares (`search.shared.SharedEpochs`: every epoch of the store in memory
 at the full window, which a trial maps from the object store) and once streamed from the
 store (`search.streamed.StreamedEpochs`, a small buffer). Each mode runs in a fresh
@@ -48,7 +49,9 @@ def child(mode: str, data: Path, epochs: int, buffer_rows: int, batch: int) -> d
 
     torch.set_num_threads(1)
     store, latents_dir = data_paths(data)
-    latent = "twin-lowlevel"
+    latent = (
+        "twin-lowlevel" if (Path(latents_dir) / "twin-lowlevel.parquet").exists() else "handcrafted"
+    )
     cfg = FitConfig(
         store=str(store),
         latents_dir=str(latents_dir),
@@ -111,8 +114,10 @@ def main() -> None:
             command = [sys.executable, __file__, "--child", mode, "--data", str(data),
                        "--epochs", str(args.epochs), "--buffer-rows", str(args.buffer_rows),
                        "--batch-size", str(args.batch_size)]  # fmt: skip
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            rows[mode] = json.loads(out.strip().splitlines()[-1])
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{mode} run failed:\n{done.stderr[-3000:]}")
+            rows[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"data {data}: {rows['shared']['train_rows']} training epochs, {args.epochs} epochs "
           f"of training, batch {args.batch_size}, stream buffer {args.buffer_rows} rows")  # fmt: skip
     print(f"{'mode':8} {'samples/s':>10} {'peak RSS +MB':>13} {'data only +MB':>14} "
