@@ -3,6 +3,9 @@
 ray job submit --working-dir . -- python jobs/tune.py --space search_spaces/smoke.yaml --data /abs/run
 python jobs/tune.py --space search_spaces/smoke.yaml       # no cluster: starts a local Ray
 
+With --epochs auto (default) a search whose epochs exceed the object store budget streams
+them from the store in each trial (--epochs shared refuses it; --stream-buffer-rows).
+
 On several nodes local paths are refused unless they are a shared mount (NFS) at the same
 path on every node: add --assume-shared-fs (README, "On several nodes").
 """

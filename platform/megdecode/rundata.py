@@ -7,7 +7,9 @@ and numbers the subjects. Its two callers differ only in where the epochs come f
 `megdecode.search.shared.SharedEpochs.run_data` hands over arrays a Tune search read
 once into Ray's object store. A trial therefore trains on exactly the data that
 `megdecode train` reads for the same config, which is what makes a trial reproducible
-outside Tune.
+outside Tune. A search whose epochs do not fit the object store streams them instead
+(`megdecode.rundata_stream`): the same rows, latents and subject numbers
+(`latent_rows`, `subject_numbers`, `assemble_run_data`), their MEG read per batch buffer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -59,6 +61,28 @@ class Batch:
         )
 
 
+class EpochSplit(Protocol):
+    """What training, evaluation and bundles read of a split: `SplitTensors` holds it in
+    memory, `megdecode.rundata_stream.StreamedSplit` streams its MEG from the store."""
+
+    meta: pd.DataFrame  # N rows, store order
+    image: torch.Tensor  # (N,) long image codes
+
+    @property
+    def target(self) -> torch.Tensor:
+        """(N, F) float32: the latent of every row."""
+        ...
+
+    @property
+    def n_times(self) -> int:
+        """T, the samples of the window."""
+        ...
+
+    def batches(self, size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Shuffled (from `generator`) or in store order; see `SplitTensors.batches`."""
+        ...
+
+
 @dataclass
 class SplitTensors:
     """All epochs of one split as tensors, so a batch is an index, not a Python loop."""
@@ -78,6 +102,10 @@ class SplitTensors:
         codes, _ = pd.factorize(self.meta["image_id"])
         self.image = torch.from_numpy(codes.astype(np.int64))
 
+    @property
+    def n_times(self) -> int:
+        return int(self.meg.shape[2])
+
     def batches(self, size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Shuffled when a generator is given; a trailing singleton is dropped when shuffling."""
         n = len(self.meta)
@@ -89,13 +117,20 @@ class SplitTensors:
             yield Batch(self.meg[idx], self.subject[idx], self.target[idx], self.image[idx])
 
 
-@dataclass
-class RunData:
-    """The epochs and targets of one run, split, with what the bundle must remember."""
+S = TypeVar("S", bound=EpochSplit)
 
-    train: SplitTensors
-    val: SplitTensors
-    test: SplitTensors
+
+@dataclass
+class RunData(Generic[S]):
+    """The epochs and targets of one run, split, with what the bundle must remember.
+
+    S: the splits' type. `SplitTensors` (in memory) everywhere but in a search that streams
+    its epochs (`megdecode.rundata_stream`); training and bundles take either.
+    """
+
+    train: S
+    val: S
+    test: S
     subjects: list[str]
     ch_names: list[str]
     pos2d: np.ndarray  # (C, 2)
@@ -147,7 +182,7 @@ def build_run_data(
     tmax: float,
     *,
     times: np.ndarray | None = None,
-) -> RunData:
+) -> RunData[SplitTensors]:
     """The `RunData` of window [tmin, tmax] s and latent table `latents` (named `latent`).
 
     meg[group]: (N_group, C, T) float32 with rows matching meta[group], for each group of
@@ -156,38 +191,54 @@ def build_run_data(
     read-only copy of the epochs between its trials (no copy per trial), while a run read
     from disk has read its window only (`read_groups`).
     """
-    latent_ids, values, parts = latents
     times = np.asarray(manifest.times if times is None else times)
     window = epoch_store.window_slice(times, manifest.sfreq, tmin, tmax)
     subjects = sorted(manifest.subjects)
-    number = {s: i for i, s in enumerate(subjects)}
-    index = pd.Index(latent_ids)
 
     def split(group: str) -> SplitTensors:
         rows = meta[group]
-        row = index.get_indexer(rows["image_id"].to_numpy())
-        if (row < 0).any():
-            missing = rows["image_id"].to_numpy()[row < 0][:5].tolist()
-            raise KeyError(
-                f"{int((row < 0).sum())} epochs have no {latent!r} latent, e.g. image ids {missing}"
-            )
         epochs = meg[group][:, :, window]
         with warnings.catch_warnings():  # a search's arrays are read-only; nothing writes to them
             warnings.simplefilter("ignore", UserWarning)
             tensor = torch.from_numpy(epochs)
         return SplitTensors(
             meg=tensor,
-            subject=torch.from_numpy(rows["subject"].map(number).to_numpy(np.int64, copy=True)),
-            target=torch.from_numpy(values[row]),
+            subject=torch.from_numpy(subject_numbers(rows, subjects)),
+            target=torch.from_numpy(latents[1][latent_rows(rows, latents[0], latent)]),
             meta=rows,
         )
 
-    kept = times[window]
+    splits = {group: split(group) for group in SPLIT_GROUPS}
+    return assemble_run_data(splits, manifest, times[window], latents)
+
+
+def latent_rows(meta: pd.DataFrame, latent_ids: np.ndarray, latent: str) -> np.ndarray:
+    """(N,) the row of the latent table of each epoch's image; an image without one is a KeyError."""
+    row = pd.Index(latent_ids).get_indexer(meta["image_id"].to_numpy())
+    if (row < 0).any():
+        missing = meta["image_id"].to_numpy()[row < 0][:5].tolist()
+        raise KeyError(
+            f"{int((row < 0).sum())} epochs have no {latent!r} latent, e.g. image ids {missing}"
+        )
+    return row
+
+
+def subject_numbers(meta: pd.DataFrame, subjects: list[str]) -> np.ndarray:
+    """(N,) int64: each epoch's subject as its position in the sorted `subjects`."""
+    number = {s: i for i, s in enumerate(subjects)}
+    return meta["subject"].map(number).to_numpy(np.int64, copy=True)
+
+
+def assemble_run_data(
+    splits: Mapping[str, S], manifest: epoch_store.Manifest, kept: np.ndarray, latents: Latents
+) -> RunData[S]:
+    """The `RunData` of ready splits (one per `SPLIT_GROUPS` group); `kept`: the window's times."""
+    latent_ids, values, parts = latents
     return RunData(
-        train=split("train"),
-        val=split("val"),
-        test=split("test"),
-        subjects=subjects,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        subjects=sorted(manifest.subjects),
         ch_names=list(manifest.ch_names),
         pos2d=np.asarray(manifest.pos2d),
         sfreq=manifest.sfreq,
@@ -199,7 +250,7 @@ def build_run_data(
     )
 
 
-def load_run_data(cfg: FitConfig) -> RunData:
+def load_run_data(cfg: FitConfig) -> RunData[SplitTensors]:
     """Read the store and the latent table of `cfg` from disk into its `RunData`."""
     if not cfg.store or not cfg.latents_dir:
         raise ConfigError("store and latents_dir must be set")

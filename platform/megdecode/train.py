@@ -28,7 +28,7 @@ from megdecode.evaluation.retrieval import AVERAGED, evaluate_all, retrieval_ran
 from megdecode.logs import progress
 from megdecode.losses import CombinedLoss
 from megdecode.models.brain import BrainConfig, BrainModule
-from megdecode.rundata import Batch, RunData, SplitTensors, load_run_data
+from megdecode.rundata import Batch, EpochSplit, RunData, load_run_data
 from megdecode.train_bundle import make_bundle
 from megdecode.train_config import MONITORS, FitConfig, TrainConfig
 
@@ -53,7 +53,7 @@ def build_model(cfg: BrainConfig, data: RunData) -> BrainModule:
     """The brain module sized for this data (channels, window, subjects, latent size)."""
     sized = cfg.replace(
         n_channels=len(data.ch_names),
-        n_times=int(data.train.meg.shape[2]),
+        n_times=data.train.n_times,
         n_subjects=len(data.subjects),
         out_dim=int(data.latents.shape[1]),
     )
@@ -86,7 +86,7 @@ def eval_step(
 
 
 def predict(
-    model: BrainModule, loss_fn: CombinedLoss, data: SplitTensors, batch_size: int
+    model: BrainModule, loss_fn: CombinedLoss, data: EpochSplit, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """clip (N, F), mse (N, F) predictions and the batch-size-weighted mean losses (3,)."""
     clips, mses, losses, sizes = [], [], [], []
@@ -101,7 +101,7 @@ def predict(
     return torch.cat(clips).numpy(), torch.cat(mses).numpy(), mean_loss.numpy()
 
 
-def _val_top5(pred: np.ndarray, val: SplitTensors) -> float:
+def _val_top5(pred: np.ndarray, val: EpochSplit) -> float:
     """Single-trial top-5 among the validation images."""
     ids = val.meta["image_id"].to_numpy()
     unique, first, inverse = np.unique(ids, return_index=True, return_inverse=True)

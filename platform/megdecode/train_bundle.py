@@ -55,7 +55,7 @@ def make_bundle(
         tmin=data.tmin,
         tmax=data.tmax,
         sfreq=data.sfreq,
-        n_times=int(data.train.meg.shape[2]),
+        n_times=data.train.n_times,
         ch_names=data.ch_names,
         pos2d=data.pos2d.astype(np.float32),
         subjects=data.subjects,

@@ -1,7 +1,8 @@
 """The object-store budget of a search on the tiny twin (real local Ray, 1 CPU).
 
 The size estimated from the manifest alone is the size of the arrays the search loads,
-and a budget below it stops the search before the Ray Data read, with both numbers.
+and a budget below it stops a search in ``epochs="shared"`` mode before the Ray Data read,
+with both numbers.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def test_a_budget_below_the_epochs_is_refused_before_the_read(
         experiment="budget",
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         object_store_budget_bytes=need - 1,
+        epochs="shared",  # the default, "auto", streams instead (test_search_epoch_streaming)
     )
     with pytest.raises(EpochsTooLargeError) as refused:
         run_search(setup, verbose=0)

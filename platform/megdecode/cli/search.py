@@ -103,6 +103,21 @@ def tune(
         int | None,
         typer.Option(help="bytes the epochs may take in the object store (overrides the fraction)"),
     ] = None,
+    epochs: Annotated[
+        str,
+        typer.Option(
+            help="auto: share the epochs through the object store when they fit the budget, else"
+            " every trial streams them from the store | shared: refuse what does not fit |"
+            " stream: always stream"
+        ),
+    ] = "auto",
+    stream_buffer_rows: Annotated[
+        int | None,
+        typer.Option(
+            help="epochs of MEG a streaming trial holds at once per split; default"
+            " megdecode.rundata_stream.DEFAULT_BUFFER_ROWS (2048)"
+        ),
+    ] = None,
 ) -> None:
     """Ray Tune + Optuna search over SPACE, N seeds a trial, logged to MLflow; prints the summary."""
     import ray as ray_module
@@ -136,26 +151,33 @@ def tune(
         from megdecode.search.space_file import load_space
 
         experiment = experiment or f"{load_space(space).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    setup = SearchSetup(
-        space=str(space.resolve()) if space else "",
-        data=str(local_data or data),
-        out=str(out),
-        storage=storage,
-        experiment=experiment,
-        tracking_uri=tracking_uri or default_tracking_uri(local_data or out),
-        num_samples=num_samples,
-        time_budget_s=time_budget,
-        seeds=seeds,
-        max_concurrent=max_concurrent,
-        max_failures=max_failures,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        scheduler=scheduler,
-        assume_shared_fs=assume_shared_fs,
-        reuse_actors=reuse_actors,
-        max_object_store_fraction=max_object_store_fraction,
-        object_store_budget_bytes=object_store_budget,
-    )
+    try:  # a bad value (--epochs, --scheduler, a fraction) is a usage error, not a traceback
+        setup = SearchSetup(
+            space=str(space.resolve()) if space else "",
+            data=str(local_data or data),
+            out=str(out),
+            storage=storage,
+            experiment=experiment,
+            tracking_uri=tracking_uri or default_tracking_uri(local_data or out),
+            num_samples=num_samples,
+            time_budget_s=time_budget,
+            seeds=seeds,
+            max_concurrent=max_concurrent,
+            max_failures=max_failures,
+            cpus_per_trial=cpus_per_trial,
+            gpus_per_trial=gpus_per_trial,
+            scheduler=scheduler,
+            assume_shared_fs=assume_shared_fs,
+            reuse_actors=reuse_actors,
+            max_object_store_fraction=max_object_store_fraction,
+            object_store_budget_bytes=object_store_budget,
+            epochs=epochs,
+            stream_buffer_rows=SearchSetup.stream_buffer_rows
+            if stream_buffer_rows is None
+            else stream_buffer_rows,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     started_ray = not ray_module.is_initialized()
     try:
         report = run_search(

@@ -1,7 +1,9 @@
 """The research loop: Ray Tune + OptunaSearch (TPE) + ASHA over a search space, N seeds a trial.
 
 `run_search` is what `jobs/tune.py` / `megdecode tune` call. It reads the epoch store once
-(`search.shared.SharedEpochs`), runs the Tuner that `search.tuner.build_tuner` builds
+(`search.shared.SharedEpochs`), or, when the epochs exceed the object store budget (or
+with ``epochs="stream"``), only its metadata, and each trial streams its epochs from the
+store (`search.streamed.StreamedEpochs`, `search.epoch_memory.choose_epochs`); it runs the Tuner that `search.tuner.build_tuner` builds
 (define-by-run Optuna space from `search.space.SearchSpace`, ASHA on the per-epoch mean
 over seeds, a concurrency limit, `num_samples` and a time budget), logs everything to
 MLflow from the driver (`search.mlflow.MlflowSearchCallback`), then hands over to
@@ -36,11 +38,14 @@ from typing import Any
 
 from megdecode import files
 from megdecode.logs import PhaseClock
+from megdecode.rundata_stream import DEFAULT_BUFFER_ROWS, StreamConfig
+from megdecode.search.epoch_memory import EPOCH_MODES
 from megdecode.search.mlflow import MlflowSearchCallback
 from megdecode.search.report import SearchReport, write_report
 from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import SearchSpace
 from megdecode.search.space_file import load_space
+from megdecode.search.streamed import EpochSource, StreamedEpochs
 from megdecode.search.trial import TrialPlan, run_trial
 from megdecode.search.tuner import (
     build_tuner,
@@ -91,6 +96,11 @@ class SearchSetup:
     # room for Ray Data's blocks during the read and the trials' own objects.
     max_object_store_fraction: float = 0.5
     object_store_budget_bytes: int | None = None  # overrides the fraction (operators, tests)
+    # "auto": share the epochs through the object store when they fit the budget above, else
+    # each trial streams them from the store; "shared": refuse what does not fit; "stream".
+    # Saved with the search: a resume keeps it (a streamed shuffle differs from the shared one).
+    epochs: str = "auto"
+    stream_buffer_rows: int = DEFAULT_BUFFER_ROWS  # MEG rows a streaming trial holds per split
     storage: str | None = None  # Tune's storage (a folder or s3://, gs://); None: `out`
     # A finished trial's actor runs the next trial (no new worker process, no re-import). A
     # pending trial whose actor is still starting elsewhere is moved onto it, so on several
@@ -98,6 +108,9 @@ class SearchSetup:
     reuse_actors: bool = True
 
     def __post_init__(self) -> None:
+        if self.epochs not in EPOCH_MODES:
+            raise ValueError(f"epochs: expected one of {EPOCH_MODES}, got {self.epochs!r}")
+        StreamConfig(self.stream_buffer_rows)  # validates
         if self.scheduler not in ("asha", "fifo"):
             raise ValueError(f"scheduler: expected 'asha' or 'fifo', got {self.scheduler!r}")
         if not 0 < self.max_object_store_fraction <= 1:
@@ -225,20 +238,33 @@ def storage_paths(setup: SearchSetup, store: str | Path) -> dict[str, str | None
     }
 
 
-def check_cluster(setup: SearchSetup, store: str | Path) -> None:
-    """Before the read and any trial: paths every node can see, epochs that fit the object store.
+def check_cluster(setup: SearchSetup, store: str | Path) -> str:
+    """Before the read and any trial: paths every node can see, and how the trials get their
+    epochs: "shared" (they fit the object store budget) or "stream" (`setup.epochs`).
 
-    Raises `SharedStorageError` or `EpochsTooLargeError` with what to change.
+    Raises `SharedStorageError`, or `EpochsTooLargeError` (``epochs="shared"`` only), with
+    what to change.
     """
     from megdecode.data.store import read_manifest
     from megdecode.search.cluster_storage import check_storage
-    from megdecode.search.epoch_memory import check_epochs_fit
+    from megdecode.search.epoch_memory import choose_epochs
 
     check_storage(storage_paths(setup, store), setup.assume_shared_fs)
-    need = check_epochs_fit(
-        read_manifest(store), setup.max_object_store_fraction, setup.object_store_budget_bytes
+    return choose_epochs(
+        read_manifest(store),
+        setup.epochs,
+        setup.max_object_store_fraction,
+        setup.object_store_budget_bytes,
     )
-    logger.info("shared epochs: %d rows, %.1f MB expected", need.rows, need.nbytes / 1e6)
+
+
+def load_epochs(
+    mode: str, setup: SearchSetup, store: str | Path, latents_dir: str | Path, latents: list[str]
+) -> EpochSource:
+    """The search's epochs: read once to share (mode "shared"), or planned to stream."""
+    if mode == "shared":
+        return SharedEpochs.load(store, latents_dir, latents)
+    return StreamedEpochs.load(store, latents_dir, latents, StreamConfig(setup.stream_buffer_rows))
 
 
 def run_search(
@@ -307,15 +333,24 @@ def run_search(
     init_ray(address)
     cpus = setup.cpus_per_trial or max(1, int(ray.cluster_resources().get("CPU", 1)) // concurrent)
     plan = replace(plan, threads=cpus)
-    check_cluster(setup, store)
+    mode = check_cluster(setup, store)
     clock.lap("start")
-    shared = SharedEpochs.load(store, latents_dir, latent_names(space, base))
+    shared = load_epochs(mode, setup, store, latents_dir, latent_names(space, base))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, shared=shared, plan=plan),
         {"cpu": cpus, "gpu": setup.gpus_per_trial},
     )
     load_s = clock.lap("load")
-    logger.info("epochs loaded once for all trials: %.1f MB in %.1f s", shared.nbytes / 1e6, load_s)
+    if mode == "shared":
+        logger.info(
+            "epochs loaded once for all trials: %.1f MB in %.1f s", shared.nbytes / 1e6, load_s
+        )
+    else:
+        logger.info(
+            "epochs streamed by every trial (at most %d MEG rows per split held): planned in %.1f s",
+            setup.stream_buffer_rows,
+            load_s,
+        )
     mlflow_callback = None
     if resume:
         logger.info("resuming %s", setup.tune_path)
@@ -368,4 +403,5 @@ def run_search(
         ridge,
         searcher_name,
         searcher_trials,
+        epochs=mode,
     )

@@ -1,23 +1,28 @@
-"""Refuse, before reading, a search whose shared epochs would not fit the object store.
+"""Whether a search's epochs fit the object store: share them, stream them, or refuse.
 
 A search ships its epochs to the trials through the object store (`search.shared`): one
 copy on every node that runs a trial, so the smallest node's object store is the limit.
-Past it Ray spills to disk or fails mid-search; the search refuses before the read
-instead, with the bytes it needs (computed from the store manifest, nothing read) and the
-bytes it has. Streaming the epochs from the store inside each trial is the alternative
-the design names; it is not done: `train.Trainer` shuffles minibatches over each split
-held in memory, so a streamed epoch order would change every seed's results.
+Past it Ray spills to disk or fails mid-search. `choose_epochs` decides before anything is
+read, from the bytes the search needs (computed from the store manifest) and the budget:
+``auto`` shares what fits and streams the rest (each trial reads its splits from the store
+a buffer at a time, `search.streamed`; its shuffle differs from the shared one once a split
+exceeds the buffer), ``shared`` refuses what does not fit, with both numbers, ``stream``
+always streams.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from megdecode.data.store import Manifest
 from megdecode.rundata import SPLIT_GROUPS
 
+logger = logging.getLogger(__name__)
+
 FLOAT32_BYTES = 4
+EPOCH_MODES = ("auto", "shared", "stream")
 SHARED_SPLITS = tuple(split for group in SPLIT_GROUPS.values() for split in group)
 
 
@@ -91,9 +96,10 @@ def memory_problem(need: EpochBytes, budget: int) -> str | None:
         f"{_size(need.nbytes)} ({need.rows} epochs of {need.subjects} subjects x "
         f"{need.channels} channels x {need.samples} samples x 4 bytes float32), but may use "
         f"{_size(budget)} (max_object_store_fraction of the smallest node's object store, "
-        "or the explicit budget). Give the nodes a larger object store "
-        "(`ray start --object-store-memory`), raise --max-object-store-fraction, or search "
-        "on a store of fewer subjects or a shorter stored window"
+        "or the explicit budget). Stream the epochs from the store instead (--epochs auto or "
+        "stream), give the nodes a larger object store (`ray start --object-store-memory`), "
+        "raise --max-object-store-fraction, or search on a store of fewer subjects or a "
+        "shorter stored window"
     )
 
 
@@ -118,6 +124,30 @@ def check_epochs_fit(
     if problem is not None:
         raise EpochsTooLargeError(problem)
     return need
+
+
+def choose_epochs(
+    manifest: Manifest, mode: str, fraction: float, budget_bytes: int | None = None
+) -> str:
+    """ "shared" or "stream" for a search in `mode` (`EPOCH_MODES`), logging why.
+
+    Raises `EpochsTooLargeError` in mode "shared" when the epochs exceed the budget. The
+    budget is `object_store_budget` (the running cluster's nodes unless `budget_bytes`).
+    """
+    if mode not in EPOCH_MODES:
+        raise ValueError(f"epochs: expected one of {EPOCH_MODES}, got {mode!r}")
+    need = shared_epoch_bytes(manifest)
+    stores = node_object_stores() if budget_bytes is None else []
+    budget = object_store_budget(stores, fraction, budget_bytes)
+    problem = memory_problem(need, budget)
+    if mode == "shared" and problem is not None:
+        raise EpochsTooLargeError(problem)
+    chosen = mode if mode != "auto" else ("shared" if problem is None else "stream")
+    logger.info(
+        "epochs %s (--epochs %s): the shared epochs need %s, the object store budget is %s",
+        chosen, mode, _size(need.nbytes), _size(budget),
+    )  # fmt: skip
+    return chosen
 
 
 def _size(nbytes: float) -> str:

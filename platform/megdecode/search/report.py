@@ -22,7 +22,6 @@ import pandas as pd
 
 from megdecode.logs import PhaseClock
 from megdecode.search.mlflow import final_metrics
-from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import SearchSpace, fit_config
 from megdecode.search.summary import summary_table, window_figure
 from megdecode.search.trial import SEEDS_FILE, TrialPlan
@@ -30,6 +29,7 @@ from megdecode.tracking import browse_hint
 
 if TYPE_CHECKING:
     from megdecode.search.driver import SearchSetup
+    from megdecode.search.streamed import EpochSource
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class SearchReport:
     # of `tune`, new searches only), check (searcher check), report (summary, registry)
     timings: dict[str, float] = field(default_factory=dict)
     experiment_id: str = ""  # MLflow's id of `experiment`, for the browse hint
+    epochs: str = "shared"  # how the trials got their epochs: "shared" or "stream"
 
     def text(self) -> str:
         lines = [
@@ -66,6 +67,13 @@ class SearchReport:
             "",
             f"trials: {self.counts}",
             f"searcher: {self.searcher} ({self.searcher_trials} trials in its study)",
+            f"epochs: {self.epochs} ("
+            + (
+                "streamed from the store by every trial"
+                if self.epochs == "stream"
+                else "shared through the object store"
+            )
+            + ")",
             f"tune experiment: {self.experiment_path}",
             f"mlflow: {self.tracking_uri} (experiment {self.experiment!r})",
             f"summary: {self.summary_path}",
@@ -170,7 +178,7 @@ def write_report(
     setup: SearchSetup,
     space: SearchSpace,
     plan: TrialPlan,
-    shared: SharedEpochs,
+    shared: EpochSource,
     results: Any,
     saved: list[Any],
     clock: PhaseClock,
@@ -180,6 +188,7 @@ def write_report(
     ridge: bool,
     searcher_name: str,
     searcher_trials: int,
+    epochs: str = "shared",
 ) -> SearchReport:
     """Trial rows, summary table, champion registration, summary run, files on disk.
 
@@ -199,7 +208,7 @@ def write_report(
     base = fit_config(
         plan.base, plan.fixed, seed=plan.seeds[0], device=plan.device
     )  # the space's base window
-    ridge_frame = ridge_table(shared.run_data(base)) if ridge and len(finished) else None
+    ridge_frame = ridge_table(shared.resident_run_data(base)) if ridge and len(finished) else None
     summary = summary_table(
         finished, ridge_frame, metric_col, ascending=space.mode == "min", top_k=top_k
     )
@@ -240,6 +249,7 @@ def write_report(
         0.0,
         {str(k): int(v) for k, v in counts.items()},
         experiment_id=tracker.experiment_id,
+        epochs=epochs,
     )
     summary_path.write_text(report.text() + "\n")
     report.trials.to_csv(setup.path / "trials.csv", index=False)

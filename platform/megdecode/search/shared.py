@@ -10,9 +10,10 @@ each trial takes its window as a view (`SharedEpochs.run_data`, through the same
 the number of trials, and Ray moves the object to each node once. The read tasks, though,
 run on any node, so on several nodes the store must be shared or a URI
 (`search.cluster_storage`), and the object must fit each node's object store
-(`search.epoch_memory`); both are checked before the read. Reading the store through Ray Data inside every trial would
-instead re-read and copy it per trial; minibatch shuffling needs each split in memory
-anyway, so streaming per trial buys nothing here.
+(`search.epoch_memory`); both are checked before the read. A search whose epochs exceed
+that budget streams them instead: each trial reads its own splits from the store a buffer
+at a time (`search.streamed`), trading a read per pass for memory that does not grow with
+the store.
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class SharedEpochs:
         return build_run_data(
             self.manifest, self.meg, self.meta, self.latents[t.latent], t.latent, t.tmin, t.tmax
         )
+
+    def resident_run_data(self, cfg: FitConfig) -> RunData:
+        """`run_data`: the shared arrays are in memory already (`search.streamed.EpochSource`)."""
+        return self.run_data(cfg)
 
 
 def _read_with_ray_data(

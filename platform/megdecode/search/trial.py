@@ -13,7 +13,10 @@ the trial's checkpoint (``<experiment>/<trial>/checkpoint_000000/seed<s>/``), ne
 MLflow: the driver-side callback of `megdecode.search.mlflow` is the only writer;
 `megdecode.search.driver.run_search` drives the search.
 
-Data: the trials share one read of the epoch store (`megdecode.search.shared.SharedEpochs`).
+Data: the trials share one read of the epoch store (`megdecode.search.shared.SharedEpochs`),
+or each trial streams its epochs from the store (`megdecode.search.streamed.StreamedEpochs`)
+when they do not fit the object store; a streaming trial's final report carries
+``data/peak_meg_rows``, the most MEG rows one of its splits held at once.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ import numpy as np
 import torch
 
 from megdecode.logs import PhaseClock
-from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import fit_config
+from megdecode.search.streamed import EpochSource
 from megdecode.train import RunResult, Trainer
 from megdecode.train_config import FitConfig
 
@@ -113,7 +116,7 @@ def _current_row(trainer: Trainer) -> dict[str, float]:
     return {k: v for k, v in row.items() if k != "epoch"}
 
 
-def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> None:
+def run_trial(config: dict[str, Any], shared: EpochSource, plan: TrialPlan) -> None:
     """The Tune trainable: every seed in lockstep, one report per epoch, bundles at the end.
 
     Reports {epoch, <metric>_mean, <metric>_std} after every epoch (ASHA's time attribute
@@ -163,12 +166,23 @@ def run_trial(config: dict[str, Any], shared: SharedEpochs, plan: TrialPlan) -> 
             final = _finish(trainers, folder, plan.metric, plan.mode) | {"epoch": epoch} | curve
             clock.lap("finish")
             tune.report(
-                final | timing_metrics(clock, start_at) | {NODE_ID: node_id()},
+                final | timing_metrics(clock, start_at) | {NODE_ID: node_id()} | peak_rows(data),
                 checkpoint=tune.Checkpoint.from_directory(str(folder)),
             )
         finally:  # report() has copied the checkpoint to the experiment's storage
             shutil.rmtree(folder, ignore_errors=True)
         return
+
+
+PEAK_ROWS = "data/peak_meg_rows"
+
+
+def peak_rows(data: Any) -> dict[str, float]:
+    """{PEAK_ROWS: the most MEG rows a streamed split held at once}; {} for in-memory data."""
+    splits = (data.train, data.val, data.test)
+    if not all(hasattr(s, "peak_rows") for s in splits):
+        return {}
+    return {PEAK_ROWS: float(max(int(s.peak_rows) for s in splits))}
 
 
 NODE_ID = "node_id"  # the Ray node that ran the trial (Tune's node_ip is the same for two

@@ -157,11 +157,16 @@ def check_sha256(path: str | Path, expected: str) -> None:
         raise StoreError(f"store file {path} is corrupt: sha256 does not match the manifest")
 
 
-def open_parquet(path: str | Path, pages: bool = True) -> pq.ParquetFile:
-    """The file for reading, every page's CRC checked as it is decoded (when `pages`)."""
+def open_parquet(path: str | Path, pages: bool = True, pre_buffer: bool = True) -> pq.ParquetFile:
+    """The file for reading, every page's CRC checked as it is decoded (when `pages`).
+
+    pre_buffer: pyarrow's coalesced reads (fewer requests to an object store); the file
+    then keeps the raw bytes of the last row group it read, so a reader that holds files
+    open for long passes False.
+    """
     with reading(path):
         source = files.open_input(path) if files.is_uri(path) else path
-        return pq.ParquetFile(source, page_checksum_verification=pages)
+        return pq.ParquetFile(source, page_checksum_verification=pages, pre_buffer=pre_buffer)
 
 
 def read_rows(
