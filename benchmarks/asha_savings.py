@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from megdecode.search.driver import SearchSetup, run_search
+from megdecode.search.driver import run_search
+from megdecode.search.setup import SearchSetup
 
 
 def search(

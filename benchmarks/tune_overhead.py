@@ -148,7 +148,8 @@ class Search:
 
 
 def tuned(data: Path, epochs: int, trials: int, work: Path) -> Search:
-    from megdecode.search.driver import SearchSetup, run_search
+    from megdecode.search.driver import run_search
+    from megdecode.search.setup import SearchSetup
 
     work.mkdir(parents=True, exist_ok=True)
     space = work / "space.yaml"

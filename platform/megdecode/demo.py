@@ -201,7 +201,8 @@ def _preprocess(run: TwinRun, out: Path) -> Any:
 
 
 def _tune(setup: DemoSetup, out: Path) -> Any:
-    from megdecode.search.driver import SearchSetup, run_search
+    from megdecode.search.driver import run_search
+    from megdecode.search.setup import SearchSetup
     from megdecode.search.space_file import load_space
     from megdecode.tracking import default_tracking_uri
 

@@ -24,7 +24,8 @@ import torch
 
 from fixtures.overfit import write_overfitting_run
 from megdecode.predict import load_model
-from megdecode.search.driver import SearchSetup, run_search
+from megdecode.search.driver import run_search
+from megdecode.search.setup import SearchSetup
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
 

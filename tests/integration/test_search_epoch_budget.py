@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 from megdecode.data.store import read_manifest
-from megdecode.search.driver import SearchSetup, run_search
+from megdecode.search.driver import run_search
 from megdecode.search.epoch_memory import (
     EpochsTooLargeError,
     check_epochs_fit,
     node_object_stores,
     shared_epoch_bytes,
 )
+from megdecode.search.setup import SearchSetup
 from megdecode.search.shared import SharedEpochs
 
 pytestmark = pytest.mark.ray

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 from megdecode.cli import app
 from megdecode.data.store import read_manifest
 from megdecode.predict import load_model
-from megdecode.search.driver import SearchSetup, run_search
+from megdecode.search.driver import run_search
 from megdecode.search.epoch_memory import shared_epoch_bytes
+from megdecode.search.setup import SearchSetup
 from megdecode.search.trial import PEAK_ROWS
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]

@@ -36,7 +36,8 @@ from fixtures.searches import mlflow_client as _client
 from fixtures.searches import mlflow_runs as _runs
 from megdecode.predict import load_model
 from megdecode.rundata import load_run_data
-from megdecode.search.driver import SearchSetup, run_search
+from megdecode.search.driver import run_search
+from megdecode.search.setup import SearchSetup
 from megdecode.search.shared import SharedEpochs
 from megdecode.search.space import fit_config, logged_keys
 from megdecode.search.summary import summary_table

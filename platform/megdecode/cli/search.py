@@ -124,13 +124,9 @@ def tune(
 
     from megdecode import files
     from megdecode.search.cluster_storage import SharedStorageError
-    from megdecode.search.driver import (
-        NothingToResumeError,
-        SearchSetup,
-        latest_experiment,
-        run_search,
-    )
+    from megdecode.search.driver import run_search
     from megdecode.search.epoch_memory import EpochsTooLargeError
+    from megdecode.search.setup import NothingToResumeError, SearchSetup, latest_experiment
     from megdecode.tracking import ARTIFACT_ENV, default_tracking_uri
 
     for where in (data, storage, artifact_root):

@@ -28,7 +28,7 @@ from megdecode.search.trial import SEEDS_FILE, TrialPlan
 from megdecode.tracking import browse_hint
 
 if TYPE_CHECKING:
-    from megdecode.search.driver import SearchSetup
+    from megdecode.search.setup import SearchSetup
     from megdecode.search.streamed import EpochSource
 
 logger = logging.getLogger(__name__)

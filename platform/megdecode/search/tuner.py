@@ -19,7 +19,7 @@ from megdecode.search.space import SearchSpace
 from megdecode.search.trial import trial_name
 
 if TYPE_CHECKING:
-    from megdecode.search.driver import SearchSetup
+    from megdecode.search.setup import SearchSetup
 
 logger = logging.getLogger(__name__)
 

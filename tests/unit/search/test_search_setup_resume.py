@@ -11,7 +11,7 @@ import pytest
 
 from fixtures.s3 import S3Server
 from megdecode import files
-from megdecode.search.driver import SETUP_FILE, NothingToResumeError, SearchSetup
+from megdecode.search.setup import SETUP_FILE, NothingToResumeError, SearchSetup
 
 
 def _setup(out: Path, storage: str | None, **fields: Any) -> SearchSetup:
