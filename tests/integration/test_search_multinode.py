@@ -12,6 +12,8 @@ nodes. The search is driven from the CLI (`megdecode tune --address HEAD`, what
   latents are uploaded to moto's S3 server, ``--storage`` and ``--artifact-root`` are
   s3:// URIs, and the same search runs one trial per node. The same cluster with local
   paths and a false ``--assume-shared-fs`` fails, which shows the worker really is blind.
+- "object-storage-streamed": the same with ``--epochs stream``: each trial reads its epochs
+  from S3 itself, on whichever node it runs.
 
 The blind-worker tests are skipped where a mount namespace cannot be made (not root, no
 CAP_SYS_ADMIN).
@@ -107,7 +109,7 @@ def no_artifact_root() -> Iterator[None]:
     os.environ.pop(ARTIFACT_ENV, None)
 
 
-@pytest.fixture(params=["shared-fs", "object-storage"])
+@pytest.fixture(params=["shared-fs", "object-storage", "object-storage-streamed"])
 def storage(request: pytest.FixtureRequest, tiny_run: Path, tmp_path: Path) -> SimpleNamespace:
     """The cluster, where the search reads and writes, and the CLI arguments that say so."""
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # only the driver writes it
@@ -118,7 +120,7 @@ def storage(request: pytest.FixtureRequest, tiny_run: Path, tmp_path: Path) -> S
             nodes=nodes, data=str(tiny_run), out=out, tune=out, tracking_uri=tracking_uri,
             args=["--assume-shared-fs", *SPREAD],
         )  # fmt: skip
-    if request.param == "object-storage":
+    if request.param.startswith("object-storage"):
         cluster = request.getfixturevalue("blind_worker")
         s3: S3Server = request.getfixturevalue("s3_server")
         request.getfixturevalue("no_artifact_root")
@@ -130,7 +132,8 @@ def storage(request: pytest.FixtureRequest, tiny_run: Path, tmp_path: Path) -> S
         return SimpleNamespace(
             nodes=Nodes(cluster.address, cluster.node_ids), data=run, out=str(tmp_path / "report"),
             tune=tune, tracking_uri=tracking_uri,
-            args=["--storage", tune, "--artifact-root", artifacts, *SPREAD],
+            args=["--storage", tune, "--artifact-root", artifacts, *SPREAD,
+                  *(["--epochs", "stream"] if request.param.endswith("streamed") else [])],
         )  # fmt: skip
     raise NotImplementedError(request.param)
 
@@ -209,7 +212,7 @@ def test_local_paths_are_refused_before_the_read_and_any_trial(
     assert not (out / "multinode").exists()  # no search.json, no Tune state, no trial
 
 
-def test_too_large_epochs_are_refused_with_the_bytes_needed(
+def test_too_large_shared_epochs_are_refused_with_the_bytes_needed(
     two_nodes: Nodes, tiny_run: Path, tmp_path: Path, reads: list[str]
 ) -> None:
     from megdecode.data.store import read_manifest
@@ -222,6 +225,8 @@ def test_too_large_epochs_are_refused_with_the_bytes_needed(
         str(tmp_path / "tune"),
         f"sqlite:///{tmp_path}/m.db",
         "--assume-shared-fs",
+        "--epochs",
+        "shared",  # the default, auto, streams them instead
         "--object-store-budget",
         str(need - 1),
         "--address",
@@ -253,6 +258,9 @@ def test_trials_run_on_both_nodes_and_a_champion_is_registered(
     finals = _final_results(storage.tune)
     assert len(finals) == 2 and all(r.get("final") for r in finals)
     assert {r["node_id"] for r in finals} == storage.nodes.ids  # one trial on each node
+    # streamed: each trial read the store itself, on a worker that cannot see the head's disk
+    streamed = "--epochs" in storage.args
+    assert all(("data/peak_meg_rows" in r) == streamed for r in finals), finals
     client = MlflowClient(tracking_uri=storage.tracking_uri, registry_uri=storage.tracking_uri)
     champion = client.get_model_version_by_alias("megdecode-brain", "champion")
     run = client.get_run(champion.run_id)
